@@ -1,0 +1,285 @@
+"""The `PositionalEncoding` interface and the registry every encoding joins.
+
+An encoding touches a Transformer at up to four places, one hook each. Every hook defaults to doing nothing, so
+an encoding overrides only what it changes:
+
+==============  ===========================================  ==========================================
+hook            what it does                                  used by
+==============  ===========================================  ==========================================
+``embed``       adds to / mixes into token embeddings         sinusoidal, learned, scaled_sinusoidal
+``rotate``      rotates (or scales) queries and keys          rope, xpos
+``bias``        an additive ``(H, Tq, Tk)`` attention bias    ALiBi, T5, KERPLE, FIRE, ...
+``score_mod``   the same bias as a FlexAttention callable     (fused attention without a T x T tensor)
+``attend``      replaces the attention computation itself     Shaw's value term, CoPE
+==============  ===========================================  ==========================================
+
+Positions are always explicit int64 tensors of shape ``(T,)`` (shared by the batch) or ``(B, T)`` (per sequence),
+so KV-cache decoding, packed sequences and randomized training positions work for every encoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+from collections.abc import Callable
+from typing import ClassVar, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "EncodingInfo",
+    "PositionalEncoding",
+    "check_positions",
+    "default_positions",
+    "get_encoding",
+    "list_encodings",
+    "register",
+    "registered_names",
+]
+
+FAMILIES = ("none", "absolute", "rotary", "relative", "contextual", "multiscale", "2d", "graph", "adaptive", "wrapper")
+
+
+def default_positions(length: int, *, offset: int = 0, device: torch.device | str | None = None) -> Tensor:
+    """``offset, offset + 1, ..., offset + length - 1`` as int64 of shape ``(length,)``."""
+    return torch.arange(offset, offset + length, dtype=torch.long, device=device)
+
+
+def check_positions(pos: Tensor | None, length: int, *, name: str = "pos", batch: int | None = None,
+                    device: torch.device | None = None) -> Tensor | None:
+    """Validate a positions tensor: integer dtype, shape ``(T,)`` or ``(B, T)``, on ``device``, non-negative.
+
+    Returns ``pos`` unchanged (``None`` stays ``None``). Raises ``TypeError``/``ValueError`` naming the argument.
+    """
+    if pos is None:
+        return None
+    if not isinstance(pos, Tensor):
+        raise TypeError(f"{name} must be an int64 tensor of shape (T,) or (B, T); got {type(pos).__name__}. "
+                        f"Hint: torch.arange(T) gives the default positions.")
+    if pos.dtype.is_floating_point or pos.dtype.is_complex or pos.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer positions (int64); got dtype {pos.dtype}. Fractional positions "
+                        f"are not supported here: to stretch a RoPE model, use a scaling instead. Hint: pos.long().")
+    if pos.dim() not in (1, 2):
+        raise ValueError(f"{name} must have shape (T,) or (B, T); got shape {tuple(pos.shape)}.")
+    if pos.shape[-1] != length:
+        raise ValueError(f"{name} has {pos.shape[-1]} positions on its last axis but the sequence has {length} tokens; "
+                         f"they must match.")
+    if batch is not None and pos.dim() == 2 and pos.shape[0] not in (1, batch):
+        raise ValueError(f"{name} has batch size {pos.shape[0]} but the input has batch size {batch}; "
+                         f"pass (T,) to share positions across the batch, or (B, T).")
+    if device is not None and pos.device != device:
+        raise ValueError(f"{name} is on {pos.device} but the input is on {device}; move it with {name}.to(x.device).")
+    if pos.numel() and not torch.compiler.is_compiling() and pos.min() < 0:
+        raise ValueError(f"{name} must be non-negative; got a minimum of {int(pos.min())}.")
+    return pos
+
+
+class PositionalEncoding(nn.Module):
+    """Base class for every positional encoding: hooks that default to doing nothing.
+
+    Subclasses override the hooks they need and are registered with ``@register("name")``. The constructor of every
+    encoding takes the keyword-only arguments below plus its own options.
+
+    Args:
+        dim: model width (the size of token embeddings).
+        n_heads: number of attention (query) heads; ``head_dim = dim // n_heads``.
+        max_seq_len: the longest sequence the encoding is built or trained for. Encodings with
+            ``extrapolates = True`` accept positions beyond it; the others raise a clear error.
+        causal: whether the attention it is used in is causal (decoder) or bidirectional (encoder). Only
+            direction-aware encodings (e.g. bucketed relative biases) use it.
+    """
+
+    # Filled in by @register and by each subclass.
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = "none"
+    paper: ClassVar[str | None] = None  # arXiv id of the paper that introduced it
+    extrapolates: ClassVar[bool] = True  # defined for positions >= max_seq_len
+
+    def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False) -> None:
+        super().__init__()
+        for arg, value in (("dim", dim), ("n_heads", n_heads), ("max_seq_len", max_seq_len)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{type(self).__name__}: {arg} must be an int; got {type(value).__name__} {value!r}.")
+            if value <= 0:
+                raise ValueError(f"{type(self).__name__}: {arg} must be positive; got {value}.")
+        if dim % n_heads:
+            raise ValueError(f"{type(self).__name__}: dim={dim} is not divisible by n_heads={n_heads}; "
+                             f"head_dim = dim // n_heads must be an integer.")
+        self.dim = dim
+        self.n_heads = n_heads
+        self.head_dim = dim // n_heads
+        self.max_seq_len = max_seq_len
+        self.causal = bool(causal)
+
+    # -- positions --------------------------------------------------------------------------------------------------
+    def make_positions(self, batch: int, length: int, *, offset: int = 0,
+                       device: torch.device | str | None = None) -> Tensor:
+        """Positions for a batch when the caller gives none: ``offset + arange(length)``, shape ``(T,)``.
+
+        Overridden by encodings that choose positions themselves (``randomized`` samples them while training).
+        """
+        return default_positions(length, offset=offset, device=device)
+
+    # -- hooks ------------------------------------------------------------------------------------------------------
+    def embed(self, x: Tensor, pos: Tensor) -> Tensor:
+        """Add position information to token embeddings ``x`` ``(B, T, dim)`` at positions ``pos`` ``(T,)``/``(B, T)``."""
+        return x
+
+    def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Rotate queries ``(B, H, Tq, D)`` and keys ``(B, Hkv, Tk, D)`` by their positions."""
+        return q, k
+
+    def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
+        """Additive attention bias, ``(H, Tq, Tk)`` or ``(B, H, Tq, Tk)`` in float32, or ``None`` for no bias."""
+        return None
+
+    def score_mod(self, q_pos: Tensor, k_pos: Tensor) -> Callable | None:
+        """A FlexAttention ``score_mod(score, b, h, q_idx, kv_idx)`` computing the same numbers as ``bias``."""
+        return None
+
+    # ``attend(q, k, v, *, q_pos, k_pos, causal, attn_mask, scale) -> (B, H, Tq, D)`` is looked up with getattr:
+    # encodings that change attention itself (Shaw's value term, CoPE) define it, the rest leave it absent.
+    attend: ClassVar[Callable | None] = None
+
+    # -- what the dispatcher and the model ask ------------------------------------------------------------------------
+    @property
+    def uses_embed(self) -> bool:
+        return _overrides(self, "embed")
+
+    @property
+    def uses_rotate(self) -> bool:
+        return _overrides(self, "rotate")
+
+    @property
+    def uses_bias(self) -> bool:
+        return _overrides(self, "bias")
+
+    @property
+    def uses_attend(self) -> bool:
+        return getattr(self, "attend", None) is not None
+
+    def check_length(self, pos: Tensor) -> None:
+        """Raise if ``pos`` reaches past ``max_seq_len`` and the encoding is not defined there."""
+        if self.extrapolates or pos.numel() == 0 or torch.compiler.is_compiling():
+            return
+        top = int(pos.max())
+        if top >= self.max_seq_len:
+            raise ValueError(f"{self.name or type(self).__name__}: position {top} is past max_seq_len="
+                             f"{self.max_seq_len}, and this encoding is not defined beyond it. Build it with a larger "
+                             f"max_seq_len{self._extend_hint()}.")
+
+    def _extend_hint(self) -> str:
+        return ""
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, n_heads={self.n_heads}, max_seq_len={self.max_seq_len}"
+
+
+def _overrides(obj: object, method: str) -> bool:
+    return getattr(type(obj), method) is not getattr(PositionalEncoding, method)
+
+
+# -- registry ----------------------------------------------------------------------------------------------------------
+_REGISTRY: dict[str, type[PositionalEncoding]] = {}
+_P = TypeVar("_P", bound=type[PositionalEncoding])
+
+
+def register(name: str) -> Callable[[_P], _P]:
+    """Class decorator: make an encoding available as ``get_encoding(name, ...)``."""
+    if not isinstance(name, str) or not name.isidentifier() or name.lower() != name:
+        raise ValueError(f"register: encoding names are short lowercase identifiers such as 'rope'; got {name!r}.")
+
+    def decorator(cls: _P) -> _P:
+        if not (isinstance(cls, type) and issubclass(cls, PositionalEncoding)):
+            raise TypeError(f"register({name!r}) decorates PositionalEncoding subclasses; got {cls!r}.")
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"register: {name!r} is already registered to {_REGISTRY[name].__qualname__}.")
+        if cls.family not in FAMILIES:
+            raise ValueError(f"register({name!r}): family {cls.family!r} is not one of {FAMILIES}.")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def registered_names() -> list[str]:
+    """Names of every registered encoding, sorted."""
+    _load_builtin_encodings()
+    return sorted(_REGISTRY)
+
+
+def _lookup(name: str) -> type[PositionalEncoding]:
+    _load_builtin_encodings()
+    if not isinstance(name, str):
+        raise TypeError(f"encoding name must be a str such as 'rope'; got {type(name).__name__}.")
+    key = name.lower()
+    if key not in _REGISTRY:
+        close = difflib.get_close_matches(key, _REGISTRY, n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown encoding {name!r}.{hint} Available: {', '.join(sorted(_REGISTRY))}.")
+    return _REGISTRY[key]
+
+
+def get_encoding(name: str, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
+                 **options) -> PositionalEncoding:
+    """Build the encoding registered as ``name``.
+
+    Args:
+        name: registry key, e.g. ``"rope"``; ``list_encodings()`` shows them all.
+        dim, n_heads, max_seq_len, causal: see :class:`PositionalEncoding`.
+        **options: the encoding's own keyword arguments (e.g. ``base=10000.0`` for ``rope``). Unknown options raise.
+
+    Example:
+        >>> pe = get_encoding("rope", dim=512, n_heads=8, layout="half")
+    """
+    cls = _lookup(name)
+    accepted = _accepted_options(cls)
+    unknown = sorted(set(options) - accepted) if accepted is not None else []
+    if unknown:
+        raise TypeError(f"{name}: unknown option(s) {unknown}; it accepts {sorted(accepted) or 'none'}.")
+    return cls(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal, **options)
+
+
+def _accepted_options(cls: type) -> set[str] | None:
+    """Keyword options a class's constructor accepts beyond the common four (None when it takes **kwargs)."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return {p for p in params if p not in ("self", "dim", "n_heads", "max_seq_len", "causal")}
+
+
+@dataclasses.dataclass(frozen=True)
+class EncodingInfo:
+    """One row of :func:`list_encodings`."""
+
+    name: str
+    family: str
+    parameters: int  # trainable parameters at the probe size (dim=512, n_heads=8, max_seq_len=2048)
+    paper: str | None  # arXiv id
+    extrapolates: bool  # defined for positions past max_seq_len
+    summary: str  # first line of the docstring
+
+
+def list_encodings(*, dim: int = 512, n_heads: int = 8, max_seq_len: int = 2048) -> list[EncodingInfo]:
+    """Describe every registered encoding; parameter counts are for an instance of the given size."""
+    rows = []
+    for name in registered_names():
+        cls = _REGISTRY[name]
+        pe = cls(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len)
+        n_params = sum(p.numel() for p in pe.parameters() if p.requires_grad)
+        summary = (inspect.getdoc(cls) or "").strip().splitlines()[0] if cls.__doc__ else ""
+        rows.append(EncodingInfo(name, cls.family, n_params, cls.paper, pe.extrapolates, summary))
+    return rows
+
+
+_LOADED = False
+
+
+def _load_builtin_encodings() -> None:
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        from posenc import encodings  # noqa: F401  (registers the built-in encodings)

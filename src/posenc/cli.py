@@ -1,0 +1,44 @@
+"""The ``posenc`` command. Each feature module contributes subcommands through ``add_commands(subparsers)``.
+
+Exit codes: 0 success, 1 a failure reported in one line (``--debug`` shows the traceback), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that define ``add_commands(subparsers)``; each adds its subcommands with ``set_defaults(func=...)``.
+COMMAND_MODULES = (
+    "posenc.commands",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="posenc", description="Positional encodings for Transformers: "
+                                     "list, demo, benchmark, plot and experiment.")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, OSError, RuntimeError, ImportError) as exc:
+        if args.debug:
+            raise
+        print(f"posenc {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The central claim on real trained models: without positions, "the cat chases the dog" = "the dog chases the cat".
+
+A tiny bidirectional encoder reads ``[CLS] the (adj) N1 (adv) V the (adj) N2 ? Nq`` and answers at ``[CLS]`` whether
+``Nq`` did the action (is ``N1``). Swapping ``N1`` and ``N2`` keeps the bag of words and flips the answer, so an
+encoder without position information — which is exactly permutation-equivariant — must give both sentences the
+same answer and scores 50% on a test set of such mirrored pairs. With ``sinusoidal``, ``learned`` or ``rope`` the
+same model reaches ~100%.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from posenc.model import Transformer, TransformerConfig
+
+NOUNS = ["cat", "dog", "bird", "fox", "horse", "mouse", "lion", "bear", "wolf", "duck", "frog", "owl"]
+VERBS = ["chases", "sees", "bites", "follows", "pushes", "helps", "hears", "finds"]
+ADJECTIVES = ["big", "small", "red", "old", "young", "quick"]
+ADVERBS = ["quickly", "slowly", "often"]
+SPECIAL = ["<pad>", "[CLS]", "the", "?", "yes", "no"]
+VOCAB = SPECIAL + NOUNS + VERBS + ADJECTIVES + ADVERBS
+TOKEN = {w: i for i, w in enumerate(VOCAB)}
+LENGTH = 12  # the longest sentence; shorter ones are padded
+
+
+@dataclass
+class WhoDidWhat:
+    """A batch: ``tokens`` (B, LENGTH), ``padding_mask`` (B, LENGTH) True on real tokens, ``label`` (B,) 1 = yes.
+
+    Examples come in mirrored pairs (rows ``2i`` and ``2i + 1`` hold the same words with the two nouns swapped and
+    opposite labels), so any model blind to order scores exactly 50%.
+    """
+
+    tokens: torch.Tensor
+    padding_mask: torch.Tensor
+    label: torch.Tensor
+
+    def sentence(self, i: int) -> str:
+        return " ".join(VOCAB[t] for t in self.tokens[i].tolist() if t != TOKEN["<pad>"])
+
+
+def sample_who_did_what(generator: torch.Generator, pairs: int) -> WhoDidWhat:
+    """``2 * pairs`` examples in mirrored pairs, deterministic under ``generator``."""
+
+    def pick(options: list[str]) -> str:
+        return options[int(torch.randint(len(options), (1,), generator=generator))]
+
+    def maybe(options: list[str]) -> list[str]:
+        return [pick(options)] if bool(torch.rand(1, generator=generator) < 0.5) else []
+
+    rows, labels = [], []
+    for _ in range(pairs):
+        i, j = torch.randperm(len(NOUNS), generator=generator)[:2].tolist()
+        n1, n2 = NOUNS[i], NOUNS[j]
+        adj1, adv, verb, adj2 = maybe(ADJECTIVES), maybe(ADVERBS), pick(VERBS), maybe(ADJECTIVES)
+        query = n1 if bool(torch.rand(1, generator=generator) < 0.5) else n2
+        for a, b in ((n1, n2), (n2, n1)):  # the sentence and its mirror: same words, opposite answer
+            words = ["[CLS]", "the", *adj1, a, *adv, verb, "the", *adj2, b, "?", query]
+            rows.append([TOKEN[w] for w in words] + [TOKEN["<pad>"]] * (LENGTH - len(words)))
+            labels.append(int(query == a))
+    tokens = torch.tensor(rows)
+    return WhoDidWhat(tokens, tokens != TOKEN["<pad>"], torch.tensor(labels))
+
+
+def answer_logits(model: Transformer, batch: WhoDidWhat) -> torch.Tensor:
+    """``(B, 2)`` logits for (no, yes), read at the ``[CLS]`` position."""
+    logits = model(batch.tokens, padding_mask=batch.padding_mask)[:, 0]  # (B, vocab)
+    return logits[:, [TOKEN["no"], TOKEN["yes"]]]
+
+
+def train_who_did_what(encoding: str, *, steps: int = 300, batch_pairs: int = 32, dim: int = 64, n_layers: int = 2,
+                       n_heads: int = 4, lr: float = 1e-2, seed: int = 0) -> tuple[Transformer, float]:
+    """Train a fresh encoder on who-did-what; returns the model and the final training loss."""
+    torch.manual_seed(seed)
+    cfg = TransformerConfig(kind="encoder", vocab_size=len(VOCAB), dim=dim, n_layers=n_layers, n_heads=n_heads,
+                            ffn_mult=2.0, max_seq_len=LENGTH, encoding=encoding)
+    model = Transformer(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        batch = sample_who_did_what(gen, batch_pairs)
+        loss = F.cross_entropy(answer_logits(model, batch), batch.label)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model, float(loss.detach())
+
+
+@torch.no_grad()
+def evaluate_who_did_what(model: Transformer, batch: WhoDidWhat) -> dict[str, float]:
+    """Accuracy, and the share of mirrored pairs answered identically (1.0 means blind to order)."""
+    model.eval()
+    pred = answer_logits(model, batch).argmax(-1)
+    return {"accuracy": float((pred == batch.label).float().mean()),
+            "same_answer_for_mirror": float((pred[0::2] == pred[1::2]).float().mean())}
+
+
+def run_demo(encodings: list[str], *, steps: int = 300, seed: int = 0, threads: int | None = None) -> list[dict]:
+    """Train and evaluate each encoding; print the table; return its rows."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    test = sample_who_did_what(torch.Generator().manual_seed(10_000 + seed), 500)
+    print("who-did-what: does '[CLS] the cat chases the dog ? cat' get a different answer than '... dog ? cat'?")
+    print(f"e.g. {test.sentence(0)!r} -> {'yes' if test.label[0] else 'no'};  "
+          f"{test.sentence(1)!r} -> {'yes' if test.label[1] else 'no'}")
+    print(f"tiny bidirectional encoder (2 layers, dim 64), {steps} steps each; test: {len(test.label)} sentences "
+          f"in mirrored pairs\n")
+    header = f"{'encoding':<12} {'train loss':>10} {'test acc':>9} {'same answer for mirror':>23} {'time':>6}"
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for name in encodings:
+        start = time.perf_counter()
+        model, loss = train_who_did_what(name, steps=steps, seed=seed)
+        metrics = evaluate_who_did_what(model, test)
+        row = {"encoding": name, "train_loss": loss, **metrics, "seconds": time.perf_counter() - start}
+        rows.append(row)
+        print(f"{name:<12} {loss:>10.3f} {metrics['accuracy']:>8.1%} {metrics['same_answer_for_mirror']:>23.1%} "
+              f"{row['seconds']:>5.1f}s", flush=True)
+    print("\nWithout positions ('nope') the encoder is permutation-equivariant: a sentence and its mirror get the "
+          "same answer, so accuracy is 50% (chance). Any positional encoding lets it tell who did what.")
+    return rows

@@ -1,0 +1,242 @@
+"""Rotary position embedding, RoPE (Su et al. 2021, arXiv 2104.09864), in both pair layouts.
+
+Each pair of query/key channels ``(x_a, x_b)`` is rotated by the angle ``p * theta_i`` with
+``theta_i = base^(-2i / rotary_dim)``; then ``q_n . k_m`` depends on positions only through ``n - m``.
+
+Which channels form pair ``i`` is the *layout*:
+
+- ``"half"``: ``(x[i], x[i + rotary_dim/2])`` — GPT-NeoX and Hugging Face's ``rotate_half``;
+- ``"interleaved"``: ``(x[2i], x[2i + 1])`` — the paper, Meta's llama code, torchtune.
+
+The two are the same encoding up to a fixed permutation of channels; :func:`rope_permutation` gives it and
+:func:`permute_projection` applies it to q/k projection weights, so a checkpoint can switch layout with identical
+outputs.
+
+Numerics: angles are formed in float64 (``pos * theta`` loses ~0.06 rad in float32 at position 10**6) and only the
+cosines/sines are rounded to float32. The rotation itself runs in float32 (float64 for float64 inputs) and the
+result is cast back to the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from posenc.base import PositionalEncoding, check_positions, register
+
+__all__ = [
+    "LAYOUTS",
+    "RoPE",
+    "apply_rope",
+    "permute_projection",
+    "rope_angles",
+    "rope_cos_sin",
+    "rope_frequencies",
+    "rope_permutation",
+]
+
+LAYOUTS = ("half", "interleaved")
+
+
+def _angle_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+
+def rope_frequencies(rotary_dim: int, base: float = 10000.0, *, device: torch.device | str | None = None,
+                     dtype: torch.dtype = torch.float64) -> Tensor:
+    """``theta_i = base^(-2i / rotary_dim)`` for ``i = 0 .. rotary_dim/2 - 1``, shape ``(rotary_dim // 2,)``."""
+    if rotary_dim <= 0 or rotary_dim % 2:
+        raise ValueError(f"rope: rotary_dim must be a positive even number (channels rotate in pairs); "
+                         f"got {rotary_dim}.")
+    exponent = torch.arange(0, rotary_dim, 2, device=device, dtype=torch.float64) / rotary_dim
+    return torch.pow(float(base), -exponent).to(dtype)
+
+
+def rope_angles(pos: Tensor, inv_freq: Tensor) -> Tensor:
+    """``pos * theta``: ``(...)`` int positions x ``(F,)`` frequencies -> ``(..., F)`` in float64 (float32 on MPS)."""
+    dtype = _angle_dtype(pos.device)
+    return pos.to(dtype).unsqueeze(-1) * inv_freq.to(device=pos.device, dtype=dtype)
+
+
+def rope_cos_sin(pos: Tensor, inv_freq: Tensor, *, dtype: torch.dtype = torch.float32,
+                 scale: float = 1.0) -> tuple[Tensor, Tensor]:
+    """``(scale * cos(angles), scale * sin(angles))`` in ``dtype``, each of shape ``(..., F)``."""
+    angles = rope_angles(pos, inv_freq)
+    return (angles.cos() * scale).to(dtype), (angles.sin() * scale).to(dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, *, layout: str = "half") -> Tensor:
+    """Rotate the first ``2F`` channels of ``x`` by the angles whose cos/sin are given; the rest pass through.
+
+    Args:
+        x: ``(B, H, T, D)`` (any leading dims; the last two are ``(T, D)``).
+        cos, sin: ``(T, F)`` shared by the batch, or ``(B, T, F)`` per sequence, with ``2F <= D``.
+        layout: ``"half"`` or ``"interleaved"`` (see the module docstring).
+
+    Returns:
+        A tensor like ``x`` (same shape and dtype). The arithmetic runs in float32, or float64 for float64 input.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"rope: layout must be one of {LAYOUTS}; got {layout!r}.")
+    n_freq = cos.shape[-1]
+    rot = 2 * n_freq
+    if rot > x.shape[-1]:
+        raise ValueError(f"rope: {rot} rotary channels do not fit in head_dim={x.shape[-1]}.")
+    if cos.dim() == 3:  # (B, T, F) -> (B, 1, T, F): broadcast over heads
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    compute = torch.promote_types(x.dtype, torch.float32)
+    cos, sin = cos.to(compute), sin.to(compute)
+    xr = x[..., :rot].to(compute)
+    if layout == "half":
+        x1, x2 = xr[..., :n_freq], xr[..., n_freq:]
+        out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    else:
+        x1, x2 = xr[..., 0::2], xr[..., 1::2]
+        out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+    out = out.to(x.dtype)
+    if rot == x.shape[-1]:
+        return out
+    return torch.cat((out, x[..., rot:]), dim=-1)
+
+
+def rope_permutation(head_dim: int, *, rotary_dim: int | None = None, src: str = "half",
+                     dst: str = "interleaved") -> Tensor:
+    """Channel permutation ``perm`` with ``x_dst = x_src[..., perm]`` for RoPE layouts.
+
+    Half layout pairs ``(i, i + r/2)``; interleaved pairs ``(2i, 2i + 1)``. Channels past ``rotary_dim`` stay put.
+    """
+    r = head_dim if rotary_dim is None else rotary_dim
+    for layout in (src, dst):
+        if layout not in LAYOUTS:
+            raise ValueError(f"rope: layout must be one of {LAYOUTS}; got {layout!r}.")
+    if r % 2 or not 0 < r <= head_dim:
+        raise ValueError(f"rope: rotary_dim must be even and in (0, head_dim={head_dim}]; got {r}.")
+    perm = torch.arange(head_dim)
+    if src == dst:
+        return perm
+    half = torch.arange(r // 2)
+    if dst == "interleaved":  # x_int[2i] = x_half[i], x_int[2i+1] = x_half[i + r/2]
+        perm[0:r:2], perm[1:r:2] = half, half + r // 2
+    else:  # x_half[i] = x_int[2i], x_half[i + r/2] = x_int[2i + 1]
+        perm[: r // 2], perm[r // 2: r] = 2 * half, 2 * half + 1
+    return perm
+
+
+def permute_projection(weight: Tensor, *, n_heads: int, head_dim: int, rotary_dim: int | None = None,
+                       src: str = "half", dst: str = "interleaved") -> Tensor:
+    """Reorder the output rows of a q or k projection so a model can switch RoPE layout with identical outputs.
+
+    Args:
+        weight: ``(n_heads * head_dim, in_features)`` weight or ``(n_heads * head_dim,)`` bias of the projection.
+        n_heads: heads of that projection (KV heads for the key projection).
+
+    Returns:
+        The permuted tensor (a new tensor; ``weight`` is untouched).
+    """
+    if weight.shape[0] != n_heads * head_dim:
+        raise ValueError(f"permute_projection: weight has {weight.shape[0]} output rows, expected n_heads * head_dim "
+                         f"= {n_heads} * {head_dim} = {n_heads * head_dim}.")
+    perm = rope_permutation(head_dim, rotary_dim=rotary_dim, src=src, dst=dst).to(weight.device)
+    per_head = weight.reshape(n_heads, head_dim, *weight.shape[1:])  # (H, D, ...)
+    return per_head.index_select(1, perm).reshape(weight.shape)
+
+
+@register("rope")
+class RoPE(PositionalEncoding):
+    """Rotary position embedding (Su et al. 2021, arXiv 2104.09864): rotates q and k by position.
+
+    Args:
+        base: frequency base (10000 in the paper and llama 1/2; 500000 in llama 3).
+        layout: ``"half"`` (GPT-NeoX / HF ``rotate_half``) or ``"interleaved"`` (paper, llama, torchtune).
+        rotary_dim: rotate only the first ``rotary_dim`` channels of each head (partial RoPE, as GPT-NeoX/Phi do);
+            must be even. Defaults to all of ``head_dim``.
+        rotary_fraction: alternative to ``rotary_dim``: ``rotary_dim = int(head_dim * rotary_fraction)``.
+
+    cos/sin tables for positions ``[0, L)`` are cached in non-persistent float32 buffers that grow on demand (powers
+    of two, up to ``max(max_seq_len, 65536)`` positions); positions beyond are computed directly with the same
+    formula, so results never depend on what is cached.
+    """
+
+    family = "rotary"
+    paper = "2104.09864"
+    extrapolates = True
+    cache_limit = 1 << 16
+
+    def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
+                 base: float = 10000.0, layout: str = "half", rotary_dim: int | None = None,
+                 rotary_fraction: float | None = None) -> None:
+        super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
+        if layout not in LAYOUTS:
+            raise ValueError(f"rope: layout must be one of {LAYOUTS}; got {layout!r}.")
+        if not (isinstance(base, (int, float)) and base > 1):
+            raise ValueError(f"rope: base must be a number > 1; got {base!r}.")
+        if rotary_dim is not None and rotary_fraction is not None:
+            raise ValueError("rope: pass rotary_dim or rotary_fraction, not both.")
+        if rotary_fraction is not None:
+            if not 0 < rotary_fraction <= 1:
+                raise ValueError(f"rope: rotary_fraction must be in (0, 1]; got {rotary_fraction}.")
+            rotary_dim = int(self.head_dim * rotary_fraction)
+        rotary_dim = self.head_dim if rotary_dim is None else rotary_dim
+        if isinstance(rotary_dim, bool) or not isinstance(rotary_dim, int) or rotary_dim % 2 or \
+                not 0 < rotary_dim <= self.head_dim:
+            raise ValueError(f"rope: the rotated width must be an even number of channels in (0, head_dim="
+                             f"{self.head_dim}] (channels rotate in pairs); got rotary_dim={rotary_dim}. "
+                             f"Hint: with an odd head_dim pass an even rotary_dim < head_dim (partial RoPE), or "
+                             f"choose dim and n_heads so that dim // n_heads is even.")
+        self.base = float(base)
+        self.layout = layout
+        self.rotary_dim = rotary_dim
+        self.attention_scale = 1.0  # multiplies cos and sin (context-extension scalings such as YaRN set it)
+        self.register_buffer("_cos", torch.empty(0, rotary_dim // 2), persistent=False)
+        self.register_buffer("_sin", torch.empty(0, rotary_dim // 2), persistent=False)
+        self._grow_cache(min(max_seq_len, self.cache_limit), torch.device("cpu"))
+
+    def inv_freq(self, device: torch.device | str | None = None) -> Tensor:
+        """``theta_i`` as float64 ``(rotary_dim // 2,)``. Context-extension scalings override this."""
+        return rope_frequencies(self.rotary_dim, self.base, device=device)
+
+    def _grow_cache(self, length: int, device: torch.device) -> None:
+        pos = torch.arange(length, device=device)
+        self._cos, self._sin = rope_cos_sin(pos, self.inv_freq(device), scale=self.attention_scale)
+
+    def cos_sin(self, pos: Tensor, *, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """cos/sin at positions ``pos`` ``(T,)`` or ``(B, T)`` -> two tensors ``(..., rotary_dim // 2)``."""
+        if dtype == torch.float64 or pos.numel() == 0:
+            return rope_cos_sin(pos, self.inv_freq(pos.device), dtype=dtype, scale=self.attention_scale)
+        top = int(pos.max())
+        cached = self._cos.shape[0]
+        stale = self._cos.dtype != torch.float32 or self._cos.device != pos.device  # e.g. after .to(bfloat16)
+        if stale or cached <= top < self.cache_limit:
+            self._grow_cache(min(max(1 << top.bit_length(), cached, 1), self.cache_limit), pos.device)
+        if top < self._cos.shape[0]:
+            return self._cos[pos].to(dtype), self._sin[pos].to(dtype)
+        return rope_cos_sin(pos, self.inv_freq(pos.device), dtype=dtype, scale=self.attention_scale)
+
+    def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Rotate ``q`` ``(B, H, Tq, D)`` at ``q_pos`` and ``k`` ``(B, Hkv, Tk, D)`` at ``k_pos``."""
+        return self.rotate_one(q, q_pos, "q"), self.rotate_one(k, k_pos, "k")
+
+    def rotate_one(self, x: Tensor, pos: Tensor, name: str = "x") -> Tensor:
+        """Rotate one tensor ``(B, H, T, D)`` at positions ``(T,)`` or ``(B, T)``."""
+        _check_head_tensor(x, self.head_dim, name)
+        check_positions(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
+        cos, sin = self.cos_sin(pos, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+        return apply_rope(x, cos, sin, layout=self.layout)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, base={self.base:g}, layout={self.layout!r}, "
+                f"rotary_dim={self.rotary_dim}")
+
+
+def _check_head_tensor(x: Tensor, head_dim: int, name: str) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a tensor of shape (B, H, T, D); got {type(x).__name__}.")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must have shape (B, H, T, D) = 4 dims; got shape {tuple(x.shape)}. "
+                         f"Hint: reshape (B, T, H*D) with x.view(B, T, H, D).transpose(1, 2).")
+    if x.shape[-1] != head_dim:
+        raise ValueError(f"{name} has head_dim {x.shape[-1]} but the encoding was built for head_dim={head_dim} "
+                         f"(dim // n_heads).")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point tensor; got {x.dtype}.")
+

@@ -1,0 +1,100 @@
+"""Sinusoidal absolute encodings (Vaswani et al. 2017, arXiv 1706.03762) and a learned-gain variant."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from posenc.base import PositionalEncoding, check_positions, register
+
+__all__ = ["SinusoidalPE", "ScaledSinusoidalPE", "sinusoidal_table"]
+
+
+def sinusoidal_table(pos: Tensor, dim: int, *, base: float = 10000.0) -> Tensor:
+    """The paper's encoding at integer positions, in float32.
+
+    ``PE[p, 2i] = sin(p / base^(2i/dim))`` and ``PE[p, 2i+1] = cos(p / base^(2i/dim))`` (interleaved, as in the
+    paper; for odd ``dim`` the last column is a sine).
+
+    Args:
+        pos: int64 positions, any shape ``(...)``.
+        dim: encoding width.
+        base: the wavelength base (10000 in the paper).
+
+    Returns:
+        float32 tensor of shape ``(..., dim)``.
+
+    The angles are formed in float64 and only the sines/cosines are rounded to float32, so the table is exact to
+    float32 rounding even at position 10**6 (a float32 angle there would already be off by ~0.03 rad).
+    """
+    i = torch.arange(0, dim, 2, device=pos.device, dtype=torch.float64)
+    inv_freq = torch.exp(-math.log(base) * i / dim)  # (ceil(dim/2),)
+    angles = pos.to(torch.float64).unsqueeze(-1) * inv_freq  # (..., ceil(dim/2))
+    table = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (..., 2*ceil(dim/2)) interleaved
+    return table[..., :dim].to(torch.float32)
+
+
+@register("sinusoidal")
+class SinusoidalPE(PositionalEncoding):
+    """Fixed sinusoidal encoding added to token embeddings (Vaswani et al. 2017, arXiv 1706.03762).
+
+    Zero parameters and defined at any position. ``PE(p + k)`` is a fixed linear map (a block rotation) of ``PE(p)``,
+    which is the paper's argument for why relative offsets are easy to attend to.
+
+    Args:
+        base: wavelength base (paper: 10000).
+        scale: multiplier on the encoding before it is added (1.0 in the paper; some code bases use
+            ``1 / sqrt(dim)`` on the table or ``sqrt(dim)`` on the token embeddings instead).
+    """
+
+    family = "absolute"
+    paper = "1706.03762"
+    extrapolates = True
+
+    def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
+                 base: float = 10000.0, scale: float = 1.0) -> None:
+        super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
+        if not base > 1:
+            raise ValueError(f"sinusoidal: base must be > 1; got {base}.")
+        self.base = float(base)
+        self.scale = float(scale)
+        # Cached table for positions < max_seq_len; positions beyond it are computed directly (same formula).
+        self.register_buffer("_table", sinusoidal_table(torch.arange(max_seq_len), dim, base=self.base),
+                             persistent=False)
+
+    def table(self, pos: Tensor) -> Tensor:
+        """float32 encodings at ``pos`` ``(...)`` -> ``(..., dim)``."""
+        cached = self._table
+        if cached.dtype != torch.float32 or cached.device != pos.device:  # after .to(dtype): rebuild exactly
+            cached = self._table = sinusoidal_table(torch.arange(self.max_seq_len, device=pos.device), self.dim,
+                                                    base=self.base)
+        if pos.numel() and int(pos.max()) < cached.shape[0]:
+            return cached[pos]
+        return sinusoidal_table(pos, self.dim, base=self.base)
+
+    def embed(self, x: Tensor, pos: Tensor) -> Tensor:
+        check_positions(pos, x.shape[-2], batch=x.shape[0], device=x.device)
+        return x + (self.scale * self.table(pos)).to(x.dtype)  # (B, T, dim) + (T, dim) or (B, T, dim)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, base={self.base}, scale={self.scale}"
+
+
+@register("scaled_sinusoidal")
+class ScaledSinusoidalPE(SinusoidalPE):
+    """Sinusoidal encoding times one learned scalar gain (as in x-transformers' ScaledSinusoidalEmbedding).
+
+    The gain starts at ``dim ** -0.5`` so the encoding does not swamp freshly initialised token embeddings; the
+    model learns how much position to mix in (arXiv 1706.03762 for the table).
+    """
+
+    def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
+                 base: float = 10000.0, init_scale: float | None = None) -> None:
+        super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal, base=base)
+        self.gain = nn.Parameter(torch.tensor(dim**-0.5 if init_scale is None else float(init_scale)))
+
+    def embed(self, x: Tensor, pos: Tensor) -> Tensor:
+        check_positions(pos, x.shape[-2], batch=x.shape[0], device=x.device)
+        return x + (self.gain * self.table(pos)).to(x.dtype)

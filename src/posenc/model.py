@@ -1,0 +1,427 @@
+"""A small pre-norm Transformer that takes any registered positional encoding by name.
+
+Three kinds share one block: ``"encoder"`` (bidirectional), ``"decoder"`` (causal LM, KV cache, ``generate``) and
+``"encoder_decoder"`` (a bidirectional encoder, a causal decoder with cross-attention). The encoding enters at its
+hooks only (``embed`` after the token embedding, ``rotate`` on q/k, ``bias``/``attend`` inside
+:func:`posenc.attention`); cross-attention uses no positional encoding, as in T5 and the original Transformer.
+
+Example:
+    >>> cfg = TransformerConfig(kind="decoder", vocab_size=256, dim=64, n_heads=4, encoding="rope")
+    >>> model = Transformer(cfg)
+    >>> logits = model(torch.randint(0, 256, (2, 10)))  # (B, T, vocab)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from posenc.attention import attention
+from posenc.base import PositionalEncoding, check_positions, get_encoding
+from posenc.encodings.rope import LAYOUTS, RoPE, permute_projection
+
+__all__ = ["KVCache", "Transformer", "TransformerConfig", "convert_rope_layout"]
+
+KINDS = ("encoder", "decoder", "encoder_decoder")
+
+
+@dataclass
+class TransformerConfig:
+    """Configuration of :class:`Transformer`; every field has a default for a tiny CPU model."""
+
+    kind: str = "decoder"  # "encoder" (bidirectional), "decoder" (causal LM) or "encoder_decoder"
+    vocab_size: int = 256  # tokens (bytes by default)
+    dim: int = 128  # model width
+    n_layers: int = 2  # blocks (encoder blocks for "encoder_decoder")
+    n_decoder_layers: int | None = None  # decoder blocks of "encoder_decoder" (default: n_layers)
+    n_heads: int = 4  # query heads; head_dim = dim // n_heads
+    n_kv_heads: int | None = None  # key/value heads for grouped-query attention (default: n_heads)
+    ffn_mult: float = 4.0  # feed-forward hidden width = ffn_mult * dim
+    max_seq_len: int = 256  # the length the encoding is built for (learned tables have this many rows)
+    encoding: str = "rope"  # any name in posenc.list_encodings()
+    encoding_options: dict = field(default_factory=dict)  # passed to posenc.get_encoding
+    norm: str = "layernorm"  # "layernorm" or "rmsnorm"
+    dropout: float = 0.0  # on attention and feed-forward outputs
+    tie_embeddings: bool = True  # output head shares the token embedding matrix
+    attention_backend: str = "auto"  # passed to posenc.attention
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"TransformerConfig.kind must be one of {KINDS}; got {self.kind!r}.")
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "max_seq_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"TransformerConfig.{name} must be a positive int; got {value!r}.")
+        if self.dim % self.n_heads:
+            raise ValueError(f"TransformerConfig: dim={self.dim} must be divisible by n_heads={self.n_heads}.")
+        kv = self.n_kv_heads or self.n_heads
+        if self.n_heads % kv:
+            raise ValueError(f"TransformerConfig: n_heads={self.n_heads} must be a multiple of n_kv_heads={kv}.")
+        if self.norm not in ("layernorm", "rmsnorm"):
+            raise ValueError(f"TransformerConfig.norm must be 'layernorm' or 'rmsnorm'; got {self.norm!r}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"TransformerConfig.dropout must be in [0, 1); got {self.dropout}.")
+        if not isinstance(self.encoding_options, dict):
+            raise TypeError(f"TransformerConfig.encoding_options must be a dict; got {type(self.encoding_options)}.")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+# -- KV cache -----------------------------------------------------------------------------------------------------------
+@dataclass
+class LayerCache:
+    k: Tensor | None = None  # (B, Hkv, T_cached, D), already rotated
+    v: Tensor | None = None  # (B, Hkv, T_cached, D)
+    cross_k: Tensor | None = None  # (B, Hkv, S, D) encoder memory projected once
+    cross_v: Tensor | None = None
+
+
+@dataclass
+class KVCache:
+    """Keys/values of the tokens seen so far, per layer, and their positions (for bias encodings).
+
+    ``offset`` counts cached tokens; new tokens get positions ``offset, offset + 1, ...`` unless given explicitly.
+    """
+
+    layers: list[LayerCache] = field(default_factory=list)
+    k_pos: Tensor | None = None  # (T_cached,) or (B, T_cached) int64
+    offset: int = 0
+    memory_mask: Tensor | None = None  # encoder padding mask for cross-attention (encoder-decoder)
+
+    def layer(self, i: int) -> LayerCache:
+        while len(self.layers) <= i:
+            self.layers.append(LayerCache())
+        return self.layers[i]
+
+
+def _cat_positions(old: Tensor | None, new: Tensor, batch: int) -> Tensor:
+    if old is None:
+        return new
+    if old.dim() == new.dim() == 1:
+        return torch.cat((old, new))
+    return torch.cat((old.expand(batch, -1) if old.dim() == 1 else old,
+                      new.expand(batch, -1) if new.dim() == 1 else new), dim=-1)
+
+
+# -- blocks -------------------------------------------------------------------------------------------------------------
+def _norm(cfg: TransformerConfig) -> nn.Module:
+    return nn.LayerNorm(cfg.dim) if cfg.norm == "layernorm" else nn.RMSNorm(cfg.dim)
+
+
+class Attention(nn.Module):
+    """Multi-head (grouped-query) attention with positional hooks; ``cross=True`` attends to encoder memory."""
+
+    def __init__(self, cfg: TransformerConfig, *, cross: bool = False) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads or cfg.n_heads, cfg.head_dim
+        self.cross = cross
+        self.q_proj = nn.Linear(cfg.dim, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.dim, bias=False)
+        self.dropout = cfg.dropout
+        self.backend = cfg.attention_backend
+
+    def _heads(self, x: Tensor, n: int) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, n, self.head_dim).transpose(1, 2)  # (B, T, n*D) -> (B, n, T, D)
+
+    def forward(self, x: Tensor, *, pe: PositionalEncoding | None, pos: Tensor, k_pos: Tensor, causal: bool,
+                attn_mask: Tensor | None, cache: LayerCache | None, memory: Tensor | None = None) -> Tensor:
+        b, t, _ = x.shape
+        q = self._heads(self.q_proj(x), self.n_heads)  # (B, H, T, D)
+        if self.cross:
+            if cache is not None and cache.cross_k is not None:
+                k, v = cache.cross_k, cache.cross_v
+            else:
+                k = self._heads(self.k_proj(memory), self.n_kv_heads)  # (B, Hkv, S, D)
+                v = self._heads(self.v_proj(memory), self.n_kv_heads)
+                if cache is not None:
+                    cache.cross_k, cache.cross_v = k, v
+            out = attention(q, k, v, None, attn_mask=attn_mask, backend="auto")
+        else:
+            k = self._heads(self.k_proj(x), self.n_kv_heads)  # (B, Hkv, T, D)
+            v = self._heads(self.v_proj(x), self.n_kv_heads)
+            if pe is not None and pe.uses_rotate:
+                q, k = pe.rotate(q, k, pos, pos)  # keys are cached rotated, so each is rotated exactly once
+            if cache is not None:
+                if cache.k is not None:
+                    k, v = torch.cat((cache.k, k), dim=2), torch.cat((cache.v, v), dim=2)  # (B, Hkv, T_all, D)
+                cache.k, cache.v = k, v
+            out = attention(q, k, v, pe, q_pos=pos, k_pos=k_pos, causal=causal, attn_mask=attn_mask,
+                            backend=self.backend)
+        out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)  # (B, H, T, D) -> (B, T, H*D)
+        return F.dropout(self.o_proj(out), self.dropout, self.training)
+
+
+class Block(nn.Module):
+    """Pre-norm block: ``x + attn(norm(x))`` [``+ cross_attn(norm(x), memory)``] ``+ ffn(norm(x))``."""
+
+    def __init__(self, cfg: TransformerConfig, *, cross: bool = False) -> None:
+        super().__init__()
+        self.attn_norm, self.attn = _norm(cfg), Attention(cfg)
+        self.cross_norm = _norm(cfg) if cross else None
+        self.cross_attn = Attention(cfg, cross=True) if cross else None
+        hidden = int(cfg.ffn_mult * cfg.dim)
+        self.ffn_norm = _norm(cfg)
+        self.ffn = nn.Sequential(nn.Linear(cfg.dim, hidden, bias=False), nn.GELU(), nn.Linear(hidden, cfg.dim, bias=False))
+        self.dropout = cfg.dropout
+
+    def forward(self, x: Tensor, *, pe: PositionalEncoding, pos: Tensor, k_pos: Tensor, causal: bool,
+                attn_mask: Tensor | None, cache: LayerCache | None, memory: Tensor | None,
+                memory_mask: Tensor | None) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), pe=pe, pos=pos, k_pos=k_pos, causal=causal, attn_mask=attn_mask,
+                          cache=cache)
+        if self.cross_attn is not None:
+            x = x + self.cross_attn(self.cross_norm(x), pe=None, pos=pos, k_pos=pos, causal=False,
+                                    attn_mask=memory_mask, cache=cache, memory=memory)
+        return x + F.dropout(self.ffn(self.ffn_norm(x)), self.dropout, self.training)
+
+
+class Stack(nn.Module):
+    """Blocks sharing one positional encoding (as T5 shares its bias table across layers), and a final norm."""
+
+    def __init__(self, cfg: TransformerConfig, n_layers: int, *, causal: bool, cross: bool) -> None:
+        super().__init__()
+        self.causal = causal
+        self.pe = get_encoding(cfg.encoding, dim=cfg.dim, n_heads=cfg.n_heads, max_seq_len=cfg.max_seq_len,
+                               causal=causal, **cfg.encoding_options)
+        self.blocks = nn.ModuleList(Block(cfg, cross=cross) for _ in range(n_layers))
+        self.norm = _norm(cfg)
+
+    def forward(self, x: Tensor, *, positions: Tensor | None, padding_mask: Tensor | None, cache: KVCache | None,
+                memory: Tensor | None = None, memory_mask: Tensor | None = None) -> Tensor:
+        b, t, _ = x.shape
+        offset = cache.offset if cache is not None else 0
+        if positions is None:
+            positions = self.pe.make_positions(b, t, offset=offset, device=x.device)
+        check_positions(positions, t, name="positions", batch=b, device=x.device)
+        if self.pe.uses_embed:
+            x = self.pe.embed(x, positions)
+        else:
+            self.pe.check_length(positions)
+        k_pos = positions
+        if cache is not None:
+            k_pos = cache.k_pos = _cat_positions(cache.k_pos, positions, b)
+            cache.offset += t
+        attn_mask = None
+        if padding_mask is not None:  # (B, T_keys) True = real token -> (B, 1, 1, T_keys)
+            attn_mask = padding_mask[:, None, None, :]
+        for i, block in enumerate(self.blocks):
+            x = block(x, pe=self.pe, pos=positions, k_pos=k_pos, causal=self.causal, attn_mask=attn_mask,
+                      cache=cache.layer(i) if cache is not None else None, memory=memory, memory_mask=memory_mask)
+        return self.norm(x)
+
+
+# -- model --------------------------------------------------------------------------------------------------------------
+class Transformer(nn.Module):
+    """Encoder, decoder or encoder-decoder Transformer with any registered positional encoding.
+
+    Shapes: tokens ``(B, T)`` int64; positions ``(T,)`` or ``(B, T)`` int64; logits ``(B, T, vocab_size)``.
+    """
+
+    def __init__(self, cfg: TransformerConfig) -> None:
+        super().__init__()
+        if not isinstance(cfg, TransformerConfig):
+            raise TypeError(f"Transformer takes a TransformerConfig; got {type(cfg).__name__}.")
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
+        if cfg.kind == "encoder_decoder":
+            self.encoder = Stack(cfg, cfg.n_layers, causal=False, cross=False)
+            self.decoder = Stack(cfg, cfg.n_decoder_layers or cfg.n_layers, causal=True, cross=True)
+        else:
+            self.encoder = None
+            self.decoder = Stack(cfg, cfg.n_layers, causal=cfg.kind == "decoder", cross=False)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if cfg.tie_embeddings:
+            self.head.weight = self.tok_emb.weight
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+        elif isinstance(module, nn.Embedding):
+            # unit-variance rows after the sqrt(dim) scale in _embed, on par with a sinusoidal table
+            nn.init.normal_(module.weight, std=self.cfg.dim**-0.5)
+
+    @property
+    def pe(self) -> PositionalEncoding:
+        """The positional encoding of the main stack (the decoder's, or the encoder's for an encoder)."""
+        return self.decoder.pe
+
+    def _embed(self, tokens: Tensor, name: str) -> Tensor:
+        if not isinstance(tokens, Tensor) or tokens.dtype not in (torch.long, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"{name} must be an integer tensor of token ids (B, T); got "
+                            f"{tokens.dtype if isinstance(tokens, Tensor) else type(tokens).__name__}.")
+        if tokens.dim() != 2:
+            raise ValueError(f"{name} must have shape (B, T); got {tuple(tokens.shape)}. Hint: tokens[None] adds "
+                             f"a batch dimension.")
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.vocab_size):
+            raise ValueError(f"{name} ids must lie in [0, vocab_size={self.cfg.vocab_size}); got range "
+                             f"[{int(tokens.min())}, {int(tokens.max())}].")
+        return self.tok_emb(tokens) * math.sqrt(self.cfg.dim)  # (B, T, dim)
+
+    def encode(self, src: Tensor, *, positions: Tensor | None = None, padding_mask: Tensor | None = None) -> Tensor:
+        """Run the encoder (or the whole model for ``kind="encoder"``): ``(B, S)`` -> hidden ``(B, S, dim)``."""
+        stack = self.encoder if self.encoder is not None else self.decoder
+        if self.cfg.kind == "decoder":
+            raise ValueError("encode() is for 'encoder' and 'encoder_decoder' models; a decoder uses forward().")
+        return stack(self._embed(src, "src"), positions=positions, padding_mask=padding_mask, cache=None)
+
+    def decode(self, tokens: Tensor, memory: Tensor | None = None, *, positions: Tensor | None = None,
+               padding_mask: Tensor | None = None, memory_padding_mask: Tensor | None = None,
+               cache: KVCache | None = None) -> Tensor:
+        """Run the (causal) decoder stack: ``(B, T)`` -> hidden ``(B, T, dim)``; ``memory`` for cross-attention."""
+        memory_mask = None
+        if self.cfg.kind == "encoder_decoder":
+            if memory is None:
+                raise ValueError("an encoder_decoder model needs the encoder's memory: decode(tgt, model.encode(src)).")
+            if memory_padding_mask is not None:
+                memory_mask = memory_padding_mask[:, None, None, :]  # (B, 1, 1, S)
+        return self.decoder(self._embed(tokens, "tokens"), positions=positions, padding_mask=padding_mask,
+                            cache=cache, memory=memory, memory_mask=memory_mask)
+
+    def forward(self, tokens: Tensor, tgt: Tensor | None = None, *, positions: Tensor | None = None,
+                tgt_positions: Tensor | None = None, padding_mask: Tensor | None = None,
+                tgt_padding_mask: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
+        """Logits ``(B, T, vocab_size)``.
+
+        - ``encoder``: ``model(tokens, padding_mask=...)``, logits for every input token.
+        - ``decoder``: ``model(tokens, cache=...)``, next-token logits; with a cache, only the new tokens are given.
+        - ``encoder_decoder``: ``model(src, tgt)``, logits for every target token.
+
+        Args:
+            tokens: ``(B, T)`` token ids (the source for encoder-decoder models).
+            tgt: ``(B, T_tgt)`` target ids, only for encoder-decoder models.
+            positions / tgt_positions: explicit positions ``(T,)`` or ``(B, T)``; default ``offset + arange(T)``.
+            padding_mask / tgt_padding_mask: bool ``(B, T_keys)``, True for real tokens.
+            cache: a :class:`KVCache` for incremental decoding (decoder and the decoder of encoder-decoder).
+        """
+        if self.cfg.kind == "encoder_decoder":
+            if tgt is None:
+                raise ValueError("an encoder_decoder model takes model(src, tgt).")
+            memory = self.encode(tokens, positions=positions, padding_mask=padding_mask)
+            hidden = self.decode(tgt, memory, positions=tgt_positions, padding_mask=tgt_padding_mask,
+                                 memory_padding_mask=padding_mask, cache=cache)
+        else:
+            if tgt is not None or tgt_positions is not None or tgt_padding_mask is not None:
+                raise ValueError(f"tgt arguments are only for encoder_decoder models; this is a {self.cfg.kind}.")
+            if cache is not None and self.cfg.kind == "encoder":
+                raise ValueError("a bidirectional encoder has no KV cache: every token attends to every other.")
+            hidden = self.decoder(self._embed(tokens, "tokens"), positions=positions, padding_mask=padding_mask,
+                                  cache=cache)
+        return self.head(hidden)
+
+    @torch.no_grad()
+    def generate(self, prompt: Tensor, max_new_tokens: int, *, src: Tensor | None = None,
+                 src_padding_mask: Tensor | None = None, temperature: float = 0.0, top_k: int | None = None,
+                 eos_id: int | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """Extend ``prompt`` ``(B, T0)`` by up to ``max_new_tokens`` tokens with a KV cache; returns ``(B, T0 + n)``.
+
+        ``temperature=0`` is greedy decoding; otherwise sample from ``softmax(logits / temperature)`` restricted to
+        the ``top_k`` most likely tokens. For encoder-decoder models pass ``src`` (the prompt then starts the target,
+        e.g. a BOS token). Stops early when every sequence has produced ``eos_id``.
+        """
+        if self.cfg.kind == "encoder":
+            raise ValueError("generate() needs a decoder; this model is a bidirectional encoder.")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative int; got {max_new_tokens!r}.")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy); got {temperature}.")
+        was_training = self.training
+        self.eval()
+        try:
+            memory = None
+            cache = KVCache()
+            if self.cfg.kind == "encoder_decoder":
+                if src is None:
+                    raise ValueError("generate() on an encoder_decoder model needs src=.")
+                memory = self.encode(src, padding_mask=src_padding_mask)
+            out = prompt
+            logits = self.head(self.decode(prompt, memory, memory_padding_mask=src_padding_mask, cache=cache))
+            done = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
+            for _ in range(max_new_tokens):
+                next_logits = logits[:, -1, :].float()  # (B, vocab)
+                if temperature == 0:
+                    nxt = next_logits.argmax(dim=-1, keepdim=True)
+                else:
+                    next_logits = next_logits / temperature
+                    if top_k is not None:
+                        kth = torch.topk(next_logits, min(top_k, next_logits.shape[-1])).values[:, -1:]
+                        next_logits = next_logits.masked_fill(next_logits < kth, float("-inf"))
+                    nxt = torch.multinomial(next_logits.softmax(-1), 1, generator=generator)  # (B, 1)
+                out = torch.cat((out, nxt), dim=1)
+                if eos_id is not None:
+                    done |= nxt[:, 0] == eos_id
+                    if bool(done.all()):
+                        break
+                logits = self.head(self.decode(nxt, memory, memory_padding_mask=src_padding_mask, cache=cache))
+            return out
+        finally:
+            self.train(was_training)
+
+    # -- persistence --------------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write config and weights to ``path`` atomically (temp file + fsync + rename); load with :meth:`load`."""
+        path = Path(path)
+        payload = {"format": "posenc.Transformer/1", "config": dataclasses.asdict(self.cfg),
+                   "state_dict": self.state_dict()}
+        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> "Transformer":
+        """Rebuild a model saved with :meth:`save` (``torch.load(weights_only=True)``: no code is executed)."""
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != "posenc.Transformer/1":
+            raise ValueError(f"{path} is not a posenc Transformer checkpoint (written by Transformer.save).")
+        model = cls(TransformerConfig(**payload["config"]))
+        model.load_state_dict(payload["state_dict"])
+        return model
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def convert_rope_layout(model: Transformer, layout: str) -> Transformer:
+    """Switch every rotary encoding in ``model`` to ``layout``, permuting q/k projections so outputs are unchanged.
+
+    Works in place and returns ``model``; use it to load a checkpoint trained in one layout (e.g. Meta's interleaved
+    llama weights) into code that uses the other (Hugging Face's ``rotate_half``).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"convert_rope_layout: layout must be one of {LAYOUTS}; got {layout!r}.")
+    stacks = [s for s in (model.encoder, model.decoder) if s is not None]
+    if not any(isinstance(s.pe, RoPE) for s in stacks):
+        raise ValueError(f"convert_rope_layout: the model's encoding {model.cfg.encoding!r} is not rotary.")
+    with torch.no_grad():
+        for stack in stacks:
+            pe = stack.pe
+            if not isinstance(pe, RoPE) or pe.layout == layout:
+                continue
+            for block in stack.blocks:
+                att = block.attn
+                for proj, heads in ((att.q_proj, att.n_heads), (att.k_proj, att.n_kv_heads)):
+                    proj.weight.copy_(permute_projection(proj.weight, n_heads=heads, head_dim=att.head_dim,
+                                                         rotary_dim=pe.rotary_dim, src=pe.layout, dst=layout))
+            pe.layout = layout
+    model.cfg.encoding_options = {**model.cfg.encoding_options, "layout": layout}
+    return model
