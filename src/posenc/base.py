@@ -173,6 +173,18 @@ class PositionalEncoding(nn.Module):
     def _extend_hint(self) -> str:
         return ""
 
+    def rebuild_caches(self) -> None:
+        """Recompute cached tables (cos/sin, sinusoid tables) in float32 on the current device.
+
+        Called after every ``.to()``/``.cuda()``/``.half()``: caches follow the module's device but never its dtype,
+        so ``model.to(torch.bfloat16)`` does not round a RoPE table that later runs at float32 again.
+        """
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        self.rebuild_caches()
+        return self
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}, n_heads={self.n_heads}, max_seq_len={self.max_seq_len}"
 

@@ -64,12 +64,15 @@ class SinusoidalPE(PositionalEncoding):
         self.register_buffer("_table", sinusoidal_table(torch.arange(max_seq_len), dim, base=self.base),
                              persistent=False)
 
+    def rebuild_caches(self) -> None:
+        self._table = sinusoidal_table(torch.arange(self.max_seq_len, device=self._table.device), self.dim,
+                                       base=self.base)
+
     def table(self, pos: Tensor) -> Tensor:
         """float32 encodings at ``pos`` ``(...)`` -> ``(..., dim)``."""
         cached = self._table
-        if cached.dtype != torch.float32 or cached.device != pos.device:  # after .to(dtype): rebuild exactly
-            cached = self._table = sinusoidal_table(torch.arange(self.max_seq_len, device=pos.device), self.dim,
-                                                    base=self.base)
+        if cached.device != pos.device:
+            cached = cached.to(pos.device)
         if pos.numel() and int(pos.max()) < cached.shape[0]:
             return cached[pos]
         return sinusoidal_table(pos, self.dim, base=self.base)

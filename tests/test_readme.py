@@ -1,0 +1,31 @@
+"""What a new user meets first: the README's commands, example and table of encodings."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+
+
+def test_readme_shows_the_two_commands():
+    assert "make demo" in README and "make test" in README
+
+
+def test_readme_table_of_encodings_is_current():
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "update_readme.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_readme_python_example_runs():
+    block = re.search(r"## Use an encoding in your own attention code.*?```python\n(.*?)```", README, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the README's own example
+    assert namespace["out"].shape == (2, 8, 128, 64) and torch.isfinite(namespace["out"]).all()
+    assert namespace["x"].shape == (2, 128, 512)
