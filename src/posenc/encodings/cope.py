@@ -1,0 +1,161 @@
+"""Contextual position encoding, CoPE (Golovneva et al. 2024, arXiv 2405.18719).
+
+Positions are counted by the content: for query ``i`` every key ``t`` gets a gate ``g_it = sigmoid(s_it)`` from
+its attention logit ``s_it = q_i . k_t * scale`` (after the mask, so masked keys have gate 0), and the position of
+key ``j`` relative to ``i`` is the number of "counted" keys between them:
+
+    p_ij = sum_{t=j}^{i} g_it                                       (causal, the paper's definition)
+
+The fractional ``p_ij`` (clamped to ``npos_max - 1``) interpolates learned position embeddings ``e[p]`` of size
+``head_dim``, and the logit becomes
+
+    s_ij + q_i . ((ceil p - p) e[floor p] + (p - floor p) e[ceil p])
+
+which is computed, as in the paper's Appendix B code, by forming ``q @ e^T`` once per query (``(B, H, Tq,
+npos_max)``) and gathering at ``floor p`` and ``ceil p``: no ``(Tq, Tk, D)`` tensor. As in that code the position
+term ``q . e`` is not multiplied by ``scale``, and one embedding table is shared by all heads.
+
+Bidirectional attention (``causal=False``), our extension: the paper defines CoPE for decoders only. Here a key
+``j`` after the query counts ``p_ij = sum_{t=i}^{j} g_it`` (the gates from the query forward to the key), and reads
+a second table ``e_future`` (created only when the encoding is built with ``causal=False``) so the two directions
+stay distinguishable; keys at or before the query use the paper's formula and table. "Query index" means the key
+index the query sits at, bottom-right aligned (``Tk - Tq + i``), as everywhere in :mod:`posenc.attention`.
+
+Cost: the ``(B, H, Tq, Tk)`` gates and their cumulative sums, i.e. the memory of any explicit attention.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from posenc.base import PositionalEncoding, register
+from posenc.encodings._attend_utils import (
+    additive_mask,
+    check_attend_inputs,
+    compute_dtype,
+    expand_kv,
+    safe_softmax,
+)
+
+__all__ = ["CoPE", "cope_interpolate", "cope_positions"]
+
+
+def cope_positions(gates: Tensor, *, causal: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Contextual positions from gates.
+
+    Args:
+        gates: ``(..., Tq, Tk)`` values in ``[0, 1]``; query ``i`` sits at key index ``Tk - Tq + i``.
+        causal: if True, only keys at or before the query are counted (later keys get position 0 here and are
+            expected to be masked).
+
+    Returns:
+        ``(past, future)``: ``past[..., i, j] = sum_{t=j}^{i} g_it`` for ``j <= i`` (0 after), and for
+        ``causal=False`` also ``future[..., i, j] = sum_{t=i}^{j} g_it`` for ``j > i`` (0 before), else ``None``.
+        Each is accumulated directly (a reversed or forward cumulative sum), not as a difference of prefix sums,
+        so there is no cancellation at long lengths.
+    """
+    tq, tk = gates.shape[-2:]
+    q_idx = torch.arange(tk - tq, tk, device=gates.device)[:, None]  # (Tq, 1) key index of each query
+    k_idx = torch.arange(tk, device=gates.device)  # (Tk,)
+    before = k_idx <= q_idx  # (Tq, Tk)
+    past = gates.masked_fill(~before, 0.0).flip(-1).cumsum(-1).flip(-1).masked_fill(~before, 0.0)
+    if causal:
+        return past, None
+    after = k_idx > q_idx
+    from_query = k_idx >= q_idx
+    future = gates.masked_fill(~from_query, 0.0).cumsum(-1).masked_fill(~after, 0.0)
+    return past, future
+
+
+def cope_interpolate(pos_logits: Tensor, positions: Tensor) -> Tensor:
+    """Linear interpolation of per-integer-position logits at fractional positions.
+
+    Args:
+        pos_logits: ``(B, H, Tq, P)``: ``q_i . e[p]`` for ``p = 0 .. P-1``.
+        positions: ``(B, H, Tq, Tk)`` fractional positions in ``[0, P-1]``.
+
+    Returns:
+        ``(B, H, Tq, Tk)``: ``(1 - w) * pos_logits[floor p] + w * pos_logits[ceil p]`` with ``w = p - floor p``.
+    """
+    floor = positions.floor()
+    w = positions - floor
+    lo = pos_logits.gather(-1, floor.long())
+    hi = pos_logits.gather(-1, positions.ceil().long())
+    return hi * w + lo * (1.0 - w)
+
+
+@register("cope")
+class CoPE(PositionalEncoding):
+    """Contextual position encoding (Golovneva et al. 2024, arXiv 2405.18719): positions counted by sigmoid gates.
+
+    Implemented in :meth:`attend` (the formula is in the module docstring). Positions are contextual counts, so the
+    absolute ``q_pos``/``k_pos`` values are not used at all: the encoding is translation invariant and defined at
+    any position (``extrapolates = True``).
+
+    Args:
+        npos_max: number of learned position embeddings; contextual positions are clamped to ``npos_max - 1``
+            (x-transformers defaults to 16; the paper uses up to the context length for counting tasks).
+        init_std: normal initialisation of the tables; the paper's code starts them at zero (the default).
+
+    Parameters: ``pos_table`` ``(npos_max, D)``; with ``causal=False`` also ``future_table`` ``(npos_max, D)``.
+    """
+
+    family = "contextual"
+    paper = "2405.18719"
+    extrapolates = True
+
+    def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
+                 npos_max: int = 64, init_std: float = 0.0) -> None:
+        super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
+        if isinstance(npos_max, bool) or not isinstance(npos_max, int) or npos_max < 2:
+            raise ValueError(f"cope: npos_max (learned contextual positions) must be an int >= 2; got {npos_max!r}. "
+                             f"Hint: 16-64 for language modelling; about the context length for counting tasks.")
+        if not (isinstance(init_std, (int, float)) and math.isfinite(init_std) and init_std >= 0):
+            raise ValueError(f"cope: init_std must be a finite number >= 0; got {init_std!r}.")
+        self.npos_max = npos_max
+        self.pos_table = nn.Parameter(torch.randn(npos_max, self.head_dim) * init_std)  # (P, D)
+        self.future_table = None if self.causal else nn.Parameter(torch.randn(npos_max, self.head_dim) * init_std)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool = False,
+               attn_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
+        """CoPE attention: gates on the masked logits, contextual positions, interpolated position logits.
+
+        Args:
+            q: ``(B, H, Tq, D)``; k, v: ``(B, Hkv, Tk, D)`` with ``H % Hkv == 0``.
+            q_pos, k_pos: int64 positions; accepted for the common interface and unused (positions are contextual).
+            causal: the paper's causal CoPE; ``False`` needs an encoding built with ``causal=False``.
+            attn_mask: bool (True = attend) or additive float mask broadcastable to ``(B, H, Tq, Tk)``; it enters
+                the logits before the gates, so masked keys are not counted.
+            scale: multiplies ``q . k`` (default ``1 / sqrt(D)``); the position term is not scaled.
+
+        Returns:
+            ``(B, H, Tq, Dv)`` in the dtype of ``q`` (computed in float32, or float64 for float64 input).
+        """
+        n_rep = check_attend_inputs(self.name, q, k, v, n_heads=self.n_heads, head_dim=self.head_dim)
+        if not causal and self.future_table is None:
+            raise ValueError("cope: this encoding was built with causal=True (the paper's decoder-only CoPE) but is "
+                             "called for bidirectional attention; build it with causal=False to get the "
+                             "bidirectional extension (a second table for keys after the query).")
+        ct = compute_dtype(q)
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        qc = q.to(ct)
+        kc, vc = expand_kv(k, n_rep).to(ct), expand_kv(v, n_rep).to(ct)  # (B, H, Tk, D)
+        logits = (qc @ kc.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
+        mask = additive_mask(q.shape[-2], k.shape[-2], causal=causal, attn_mask=attn_mask, dtype=ct, device=q.device)
+        if mask is not None:
+            logits = logits + mask
+        past, future = cope_positions(torch.sigmoid(logits), causal=causal)
+        top = self.npos_max - 1
+        position = cope_interpolate(qc @ self.pos_table.to(ct).t(), past.clamp(max=top))  # (B, H, Tq, Tk)
+        if future is not None:
+            future_term = cope_interpolate(qc @ self.future_table.to(ct).t(), future.clamp(max=top))
+            tq, tk = logits.shape[-2:]
+            after = torch.arange(tk, device=q.device) > torch.arange(tk - tq, tk, device=q.device)[:, None]
+            position = torch.where(after, future_term, position)
+        return (safe_softmax(logits + position) @ vc).to(q.dtype)  # (B, H, Tq, Dv)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, npos_max={self.npos_max}, causal={self.causal}"

@@ -1,0 +1,175 @@
+"""Relative position representations (Shaw et al. 2018, arXiv 1803.02155), with both the key and the value term.
+
+For query ``i`` and key ``j`` the relative distance ``j - i`` is clipped to ``[-k, k]`` and picks learned vectors
+``a^K_{clip(j-i, k)}`` and ``a^V_{clip(j-i, k)}`` of size ``head_dim``, shared across heads as in the paper:
+
+    e_ij = (q_i . k_j + q_i . a^K_ij) / sqrt(d)
+    z_i  = sum_j softmax_j(e_ij) (v_j + a^V_ij)
+
+Neither term ever builds the ``(Tq, Tk, D)`` tensor of the paper's notation:
+
+- key term: ``q @ a^K^T`` over the ``2k + 1`` clipped distances gives ``(B, H, Tq, 2k+1)``, then each pair ``(i, j)``
+  gathers its bucket (:func:`shaw_key_logits`);
+- value term: the attention probabilities are summed per clipped-distance bucket (a scatter-add into
+  ``(B, H, Tq, 2k+1)``) and multiplied by ``a^V`` (:func:`shaw_value_term`).
+
+Extra memory is therefore the ``(B, H, Tq, Tk)`` probabilities any explicit attention needs, plus ``(B, H, Tq, 2k+1)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from posenc.base import PositionalEncoding, register
+from posenc.encodings._attend_utils import (
+    additive_mask,
+    check_attend_inputs,
+    compute_dtype,
+    expand_kv,
+    positions_4d,
+    safe_softmax,
+)
+
+__all__ = ["ShawRelative", "shaw_buckets", "shaw_key_logits", "shaw_value_term"]
+
+
+def shaw_buckets(q_pos: Tensor, k_pos: Tensor, max_relative_position: int) -> Tensor:
+    """``clip(k_pos[j] - q_pos[i], -k, k) + k``: bucket indices in ``[0, 2k]``.
+
+    Args:
+        q_pos: int64 ``(Tq,)`` or ``(B, Tq)``.
+        k_pos: int64 ``(Tk,)`` or ``(B, Tk)``.
+        max_relative_position: the clipping distance ``k``.
+
+    Returns:
+        int64 ``(1, Tq, Tk)`` or ``(B, Tq, Tk)``.
+    """
+    rel = positions_4d(k_pos)[:, None, :] - positions_4d(q_pos)[:, :, None]  # (B|1, Tq, Tk)  j - i
+    return rel.clamp(-max_relative_position, max_relative_position) + max_relative_position
+
+
+def _per_head(buckets: Tensor, shape: torch.Size) -> Tensor:
+    """``(B|1, Tq, Tk)`` bucket indices -> ``(B, H, Tq, Tk)`` (a broadcast view) for gather/scatter."""
+    b, h, tq, tk = shape
+    return buckets[:, None].expand(b, h, tq, tk)
+
+
+def shaw_key_logits(q: Tensor, key_table: Tensor, buckets: Tensor) -> Tensor:
+    """``q_i . a^K_{bucket(i, j)}`` for every pair, without a ``(Tq, Tk, D)`` tensor.
+
+    Args:
+        q: ``(B, H, Tq, D)`` queries.
+        key_table: ``(2k+1, D)`` relative key embeddings ``a^K``.
+        buckets: int64 ``(B|1, Tq, Tk)`` from :func:`shaw_buckets`.
+
+    Returns:
+        ``(B, H, Tq, Tk)`` unscaled logits.
+    """
+    per_bucket = q @ key_table.t()  # (B, H, Tq, 2k+1)
+    b, h, tq, _ = q.shape
+    return per_bucket.gather(-1, _per_head(buckets, torch.Size((b, h, tq, buckets.shape[-1]))))
+
+
+def shaw_value_term(probs: Tensor, value_table: Tensor, buckets: Tensor) -> Tensor:
+    """``sum_j probs_ij a^V_{bucket(i, j)}``: probabilities summed per bucket, times ``a^V``.
+
+    Args:
+        probs: ``(B, H, Tq, Tk)`` attention probabilities.
+        value_table: ``(2k+1, D)`` relative value embeddings ``a^V``.
+        buckets: int64 ``(B|1, Tq, Tk)`` from :func:`shaw_buckets`.
+
+    Returns:
+        ``(B, H, Tq, D)``.
+    """
+    b, h, tq, _ = probs.shape
+    mass = probs.new_zeros(b, h, tq, value_table.shape[0])  # (B, H, Tq, 2k+1)
+    mass = mass.scatter_add(-1, _per_head(buckets, probs.shape), probs)
+    return mass @ value_table
+
+
+@register("shaw")
+class ShawRelative(PositionalEncoding):
+    """Shaw et al.'s relative position representations (arXiv 1803.02155): learned clipped key and value terms.
+
+    ``e_ij = (q_i . k_j + q_i . a^K_{clip(j-i,k)}) * scale`` and ``z_i = sum_j a_ij (v_j + a^V_{clip(j-i,k)})``,
+    with ``scale = 1/sqrt(head_dim)`` by default. Implemented in :meth:`attend`; only relative distances enter, so
+    shifting all positions by a constant changes nothing, and positions of any size are fine (distances past ``k``
+    share the outermost embedding).
+
+    Args:
+        max_relative_position: the clipping distance ``k`` (paper: 16 for its best base model, 2+ all similar);
+            ``2k + 1`` learned vectors per table.
+        value_term: add the value term ``a^V`` (the paper's full method). ``False`` keeps only the key term, as most
+            later implementations do.
+        init_std: normal initialisation of both tables; default ``head_dim ** -0.5``, so ``q . a^K`` is on the scale
+            of ``q . k``.
+
+    Shapes: ``q`` ``(B, H, Tq, D)``, ``k``/``v`` ``(B, Hkv, Tk, D)``, positions ``(T,)`` or ``(B, T)``; tables
+    ``(2k+1, D)`` shared by all heads.
+    """
+
+    family = "relative"
+    paper = "1803.02155"
+    extrapolates = True
+
+    def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
+                 max_relative_position: int = 16, value_term: bool = True, init_std: float | None = None) -> None:
+        super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
+        if isinstance(max_relative_position, bool) or not isinstance(max_relative_position, int) \
+                or max_relative_position < 1:
+            raise ValueError(f"shaw: max_relative_position (the clipping distance k) must be an int >= 1; got "
+                             f"{max_relative_position!r}. The paper uses k = 16; k = 2 already works well.")
+        if not isinstance(value_term, bool):
+            raise TypeError(f"shaw: value_term must be True or False; got {type(value_term).__name__} "
+                            f"{value_term!r}.")
+        std = self.head_dim**-0.5 if init_std is None else init_std
+        if not (isinstance(std, (int, float)) and math.isfinite(std) and std >= 0):
+            raise ValueError(f"shaw: init_std must be a finite number >= 0; got {init_std!r}.")
+        self.max_relative_position = max_relative_position
+        n_buckets = 2 * max_relative_position + 1
+        self.key_table = nn.Parameter(torch.randn(n_buckets, self.head_dim) * std)  # (2k+1, D) a^K
+        self.value_table = nn.Parameter(torch.randn(n_buckets, self.head_dim) * std) if value_term else None
+
+    @property
+    def value_term(self) -> bool:
+        return self.value_table is not None
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool = False,
+               attn_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
+        """Attention with relative key and value terms.
+
+        Args:
+            q: ``(B, H, Tq, D)``; k, v: ``(B, Hkv, Tk, D)`` with ``H % Hkv == 0``.
+            q_pos, k_pos: int64 ``(Tq,)``/``(B, Tq)`` and ``(Tk,)``/``(B, Tk)``.
+            causal: mask keys after each query (by index, bottom-right aligned).
+            attn_mask: bool (True = attend) or additive float mask broadcastable to ``(B, H, Tq, Tk)``.
+            scale: multiplies both logit terms; default ``1 / sqrt(D)``.
+
+        Returns:
+            ``(B, H, Tq, D)`` in the dtype of ``q`` (computed in float32, or float64 for float64 input).
+        """
+        n_rep = check_attend_inputs(self.name, q, k, v, n_heads=self.n_heads, head_dim=self.head_dim)
+        if self.value_table is not None and v.shape[-1] != self.head_dim:
+            raise ValueError(f"shaw: the value term adds a^V of size head_dim={self.head_dim} to v, but v has "
+                             f"{v.shape[-1]} channels; build it with value_term=False for a different value width.")
+        ct = compute_dtype(q)
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        qc = q.to(ct)
+        kc, vc = expand_kv(k, n_rep).to(ct), expand_kv(v, n_rep).to(ct)  # (B, H, Tk, D)
+        buckets = shaw_buckets(q_pos, k_pos, self.max_relative_position)  # (B|1, Tq, Tk)
+        scores = (qc @ kc.transpose(-2, -1) + shaw_key_logits(qc, self.key_table.to(ct), buckets)) * scale
+        mask = additive_mask(q.shape[-2], k.shape[-2], causal=causal, attn_mask=attn_mask, dtype=ct, device=q.device)
+        if mask is not None:
+            scores = scores + mask
+        probs = safe_softmax(scores)  # (B, H, Tq, Tk)
+        out = probs @ vc  # (B, H, Tq, D)
+        if self.value_table is not None:
+            out = out + shaw_value_term(probs, self.value_table.to(ct), buckets)
+        return out.to(q.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, max_relative_position={self.max_relative_position}, " \
+               f"value_term={self.value_term}"

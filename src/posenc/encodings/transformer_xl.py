@@ -1,0 +1,177 @@
+"""Transformer-XL relative attention (Dai et al. 2019, arXiv 1901.02860): sinusoidal relative embeddings, u and v.
+
+The paper's score between query ``i`` and key ``j`` (its eq. for ``A^rel_ij``), per head:
+
+    A_ij = q_i . k_j  +  q_i . W_R R_{i-j}  +  u . k_j  +  v . W_R R_{i-j}
+         = (q_i + u) . k_j  +  (q_i + v) . W_R R_{i-j}
+
+with ``R_d = [sin(d w_0) .. sin(d w_{F-1}), cos(d w_0) .. cos(d w_{F-1})]``, ``w_f = 10000^(-2f/d_R)`` (the
+sin-then-cos layout of the paper's code), ``W_R`` a learned ``(H*D, d_R)`` projection, ``u`` (content bias) and
+``v`` (position bias) learned ``(H, D)``. The whole score is multiplied by ``scale`` (``1/sqrt(D)``), as in the
+reference code. Here ``d = q_pos - k_pos`` comes from the given positions; in a bidirectional encoder ``d`` is
+negative for keys after the query and ``R_d`` is simply evaluated there (sin is odd, cos even, so the two
+directions stay distinguishable).
+
+No relative-shift trick is needed because the positional term is gathered by distance:
+
+- ``"gather"`` path: ``R`` is evaluated only at the ``U`` distances present (``U = Tq + Tk - 1`` for contiguous
+  positions), ``(q + v) W_R R^T`` gives ``(B, H, Tq, U)`` and each pair gathers its distance;
+- ``"factored"`` path, used by ``"auto"`` when the distances span more than ``Tq + Tk`` values (sparse or far
+  apart positions): ``sin/cos((p_i - p_j) w)``
+  expands into products of ``sin/cos(p_i w)`` and ``sin/cos(p_j w)``, so the positional term is one matmul of a
+  ``(B, H, Tq, d_R)`` query-side tensor with a ``(Tk, d_R)`` key-side tensor (the same algebra as RoPE).
+
+Both are exact; peak extra memory is ``O(B * H * Tq * max(Tk, U))``, never ``(Tq, Tk, D)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from posenc.base import PositionalEncoding, register
+from posenc.encodings._attend_utils import (
+    additive_mask,
+    check_attend_inputs,
+    compute_dtype,
+    expand_kv,
+    positions_4d,
+    safe_softmax,
+)
+
+__all__ = ["TransformerXL", "relative_sinusoid", "xl_frequencies", "xl_position_logits"]
+
+
+def xl_frequencies(rel_dim: int, *, device: torch.device | str | None = None) -> Tensor:
+    """``w_f = 10000^(-2f / rel_dim)`` for ``f = 0 .. rel_dim/2 - 1`` in float64, shape ``(rel_dim // 2,)``."""
+    return torch.pow(10000.0, -torch.arange(0, rel_dim, 2, device=device, dtype=torch.float64) / rel_dim)
+
+
+def relative_sinusoid(dist: Tensor, rel_dim: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
+    """``R_d = [sin(d w), cos(d w)]`` at integer distances ``dist`` ``(...)`` -> ``(..., rel_dim)`` in ``dtype``.
+
+    Angles are formed in float64, so ``R`` is exact to ``dtype`` rounding at any distance.
+    """
+    angles = dist.to(torch.float64).unsqueeze(-1) * xl_frequencies(rel_dim, device=dist.device)  # (..., F)
+    return torch.cat((angles.sin(), angles.cos()), dim=-1).to(dtype)
+
+
+def xl_position_logits(qv: Tensor, w_r: Tensor, q_pos: Tensor, k_pos: Tensor, *, method: str = "auto") -> Tensor:
+    """The positional terms ``(q_i + v) . W_R R_{q_pos[i] - k_pos[j]}`` for all pairs, unscaled.
+
+    Args:
+        qv: ``(B, H, Tq, D)`` queries plus the position bias ``v``.
+        w_r: ``(H * D, rel_dim)`` projection ``W_R``.
+        q_pos: int64 ``(Tq,)`` or ``(B, Tq)``; k_pos: int64 ``(Tk,)`` or ``(B, Tk)``.
+        method: ``"gather"`` (over the distinct distances), ``"factored"`` or ``"auto"`` (gather over the range
+            ``min .. max`` of the distances when it spans at most ``Tq + Tk`` values, else factored); see the module
+            docstring. All give the same numbers.
+
+    Returns:
+        ``(B, H, Tq, Tk)`` in the dtype of ``qv``.
+    """
+    if method not in ("auto", "gather", "factored"):
+        raise ValueError(f"transformer_xl: method must be 'auto', 'gather' or 'factored'; got {method!r}.")
+    b, h, tq, d = qv.shape
+    tk = k_pos.shape[-1]
+    rel_dim = w_r.shape[-1]
+    w_heads = w_r.view(h, d, rel_dim)  # (H, D, d_R)
+    dist = positions_4d(q_pos)[:, :, None] - positions_4d(k_pos)[:, None, :]  # (B|1, Tq, Tk)  i - j
+    uniq = inverse = None
+    if method == "auto":  # contiguous-ish positions: index distances by offset from the smallest (no sort)
+        lo, hi = int(dist.min()), int(dist.max())
+        if hi - lo + 1 <= tq + tk:
+            uniq, inverse = torch.arange(lo, hi + 1, device=dist.device), dist - lo  # (U,), (B|1, Tq, Tk)
+        else:
+            method = "factored"
+    elif method == "gather":
+        uniq, inverse = torch.unique(dist, return_inverse=True)  # (U,), (B|1, Tq, Tk)
+    if method == "factored":
+        freqs = xl_frequencies(rel_dim, device=qv.device)  # (F,)
+        n = freqs.shape[0]
+        y = qv @ w_heads  # (B, H, Tq, d_R): coefficients of sin (first F) and cos (last F)
+        a, c = y[..., :n], y[..., n:]
+        ang_q = positions_4d(q_pos).to(torch.float64)[..., None] * freqs  # (B|1, Tq, F)
+        ang_k = positions_4d(k_pos).to(torch.float64)[..., None] * freqs  # (B|1, Tk, F)
+        sq, cq = ang_q.sin().to(qv.dtype)[:, None], ang_q.cos().to(qv.dtype)[:, None]  # (B|1, 1, Tq, F)
+        # sin(x - y) = sin x cos y - cos x sin y;  cos(x - y) = cos x cos y + sin x sin y
+        query_side = torch.cat((a * sq + c * cq, c * sq - a * cq), dim=-1)  # (B, H, Tq, 2F)
+        key_side = torch.cat((ang_k.cos(), ang_k.sin()), dim=-1).to(qv.dtype)[:, None]  # (B|1, 1, Tk, 2F)
+        return query_side @ key_side.transpose(-2, -1)  # (B, H, Tq, Tk)
+    r = relative_sinusoid(uniq, rel_dim, dtype=qv.dtype)  # (U, d_R)
+    r_heads = torch.einsum("hdr,ur->hud", w_heads, r)  # (H, U, D): W_R R_d per head
+    per_dist = qv @ r_heads.transpose(-2, -1)  # (B, H, Tq, U)
+    return per_dist.gather(-1, inverse[:, None].expand(b, h, tq, tk))
+
+
+@register("transformer_xl")
+class TransformerXL(PositionalEncoding):
+    """Transformer-XL relative attention (Dai et al. 2019, arXiv 1901.02860): ``(q+u).k + (q+v).W_R R_{i-j}``.
+
+    Implemented in :meth:`attend`; depends on positions only through ``q_pos - k_pos``, so it is translation
+    invariant and defined at any position (``extrapolates = True``). ``u``, ``v`` and ``W_R`` belong to the
+    encoding; in :class:`posenc.Transformer` every layer of a stack shares them (the paper has one set per layer).
+
+    Args:
+        rel_dim: width ``d_R`` of the sinusoidal ``R`` (even); default ``dim`` rounded up to even, as in the paper.
+        init_std: normal initialisation of ``W_R``, ``u`` and ``v`` (0.02 as in the reference code).
+        method: how the positional term is formed, ``"auto"``, ``"gather"`` or ``"factored"`` (module docstring);
+            all are exact.
+
+    Parameters: ``w_r`` ``(H*D, d_R)``, ``content_bias`` (u) ``(H, D)``, ``position_bias`` (v) ``(H, D)``.
+    """
+
+    family = "relative"
+    paper = "1901.02860"
+    extrapolates = True
+
+    def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
+                 rel_dim: int | None = None, init_std: float = 0.02, method: str = "auto") -> None:
+        super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
+        rel_dim = dim + dim % 2 if rel_dim is None else rel_dim
+        if isinstance(rel_dim, bool) or not isinstance(rel_dim, int) or rel_dim <= 0 or rel_dim % 2:
+            raise ValueError(f"transformer_xl: rel_dim must be a positive even int (R holds sin/cos pairs); got "
+                             f"{rel_dim!r}. The paper uses rel_dim = dim.")
+        if not (isinstance(init_std, (int, float)) and math.isfinite(init_std) and init_std >= 0):
+            raise ValueError(f"transformer_xl: init_std must be a finite number >= 0; got {init_std!r}.")
+        if method not in ("auto", "gather", "factored"):
+            raise ValueError(f"transformer_xl: method must be 'auto', 'gather' or 'factored'; got {method!r}.")
+        self.rel_dim = rel_dim
+        self.method = method
+        self.w_r = nn.Parameter(torch.randn(n_heads * self.head_dim, rel_dim) * init_std)  # (H*D, d_R)
+        self.content_bias = nn.Parameter(torch.randn(n_heads, self.head_dim) * init_std)  # u (H, D)
+        self.position_bias = nn.Parameter(torch.randn(n_heads, self.head_dim) * init_std)  # v (H, D)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool = False,
+               attn_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
+        """Relative attention ``softmax(((q+u) k^T + (q+v) W_R R^T) * scale + mask) v``.
+
+        Args:
+            q: ``(B, H, Tq, D)``; k, v: ``(B, Hkv, Tk, D)`` with ``H % Hkv == 0``.
+            q_pos, k_pos: int64 ``(Tq,)``/``(B, Tq)`` and ``(Tk,)``/``(B, Tk)``.
+            causal: mask keys after each query (by index, bottom-right aligned).
+            attn_mask: bool (True = attend) or additive float mask broadcastable to ``(B, H, Tq, Tk)``.
+            scale: multiplies the whole score; default ``1 / sqrt(D)``.
+
+        Returns:
+            ``(B, H, Tq, Dv)`` in the dtype of ``q`` (computed in float32, or float64 for float64 input).
+        """
+        n_rep = check_attend_inputs(self.name, q, k, v, n_heads=self.n_heads, head_dim=self.head_dim)
+        ct = compute_dtype(q)
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        qc = q.to(ct)
+        kc, vc = expand_kv(k, n_rep).to(ct), expand_kv(v, n_rep).to(ct)  # (B, H, Tk, D)
+        u = self.content_bias.to(ct)[None, :, None, :]  # (1, H, 1, D)
+        vb = self.position_bias.to(ct)[None, :, None, :]
+        content = (qc + u) @ kc.transpose(-2, -1)  # (B, H, Tq, Tk)
+        position = xl_position_logits(qc + vb, self.w_r.to(ct), q_pos, k_pos, method=self.method)
+        scores = (content + position) * scale
+        mask = additive_mask(q.shape[-2], k.shape[-2], causal=causal, attn_mask=attn_mask, dtype=ct, device=q.device)
+        if mask is not None:
+            scores = scores + mask
+        return (safe_softmax(scores) @ vc).to(q.dtype)  # (B, H, Tq, Dv)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rel_dim={self.rel_dim}, method={self.method!r}"
