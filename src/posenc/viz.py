@@ -1,0 +1,804 @@
+"""Pictures of positional encodings, drawn from the same tensors the models use.
+
+Two layers, kept apart so the numbers can be tested without drawing anything:
+
+- *data functions* (``waves_data``, ``similarity_data``, ``decay_data``, ``bias_data``, ``bias_profile``,
+  ``wavelengths_data``, ``attention_data``, ``grid_data``) call an encoding's own hooks and return tensors;
+- *figure functions* (``waves``, ``similarity``, ``decay``, ``bias``, ``wavelengths``, ``attention``, ``grid``)
+  draw those tensors and return a :class:`matplotlib.figure.Figure`. :func:`plot` dispatches by kind and saves.
+
+Which plots fit an encoding is decided from its hooks, never from its name (:func:`applicable_kinds`):
+
+===============  ==================================================================  ===================================
+kind             what it shows                                                       applies to
+===============  ==================================================================  ===================================
+``waves``        each channel over positions (the paper's sin/cos figure)            ``uses_embed`` or ``uses_rotate``
+``similarity``   ``q_i . k_j`` (or cosine) of position vectors, ``(T, T)``           ``uses_embed`` or ``uses_rotate``
+``decay``        Su et al.'s relative upper bound of ``q . k`` vs distance           RoPE and its subclasses/scalings
+``bias``         ``pe.bias`` per head, ``(H, T, T)``, and its profile vs distance    ``uses_bias``
+``wavelengths``  ``2 pi / theta_i`` per rotary pair, plain and as built (scaled)     RoPE and its subclasses/scalings
+``attention``    attention probabilities of a trained :class:`posenc.Transformer`    a model, not an encoding
+``grid``         position vectors over a 2-D grid of positions, as images            ``uses_embed`` or ``uses_rotate``
+===============  ==================================================================  ===================================
+
+Position vectors: for an ``embed`` encoding, position ``p`` contributes ``embed(0, p)`` (the vector added to a
+token at ``p``); for a ``rotate`` encoding, it is an all-ones query (key) rotated to ``p``. A wrapper such as
+``randomized`` is drawn through the encoding it wraps.
+
+``grid`` and 2-D encodings: a structured encoding (``n_axes >= 2`` coordinate axes, such as ``sinusoidal_2d``,
+``axial_rope`` or ``mrope``) or any encoding of family ``"2d"`` receives coordinates ``(1, height * width, A)``
+whose last two axes are ``(row, column)`` and the others 0 (e.g. ``mrope``'s time); an encoding that defines
+``grid_positions(height, width)`` gets what that returns. Any other embed/rotate encoding is drawn with 1-D
+positions ``0 .. height * width - 1`` laid out row by row, so a new 2-D encoding shows up as soon as it exists.
+
+matplotlib is an optional extra (``pip install posenc[viz]``); the data functions need only torch. Figures are
+built with :class:`matplotlib.figure.Figure` directly (no pyplot), so drawing never opens a window or touches the
+global pyplot state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import math
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import torch
+from torch import Tensor
+
+from posenc.base import PositionalEncoding, get_encoding
+from posenc.encodings.rope import RoPE, rope_frequencies
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from posenc.model import Transformer
+
+__all__ = [
+    "MAX_DENSE",
+    "PLOT_KINDS",
+    "DecayCurves",
+    "applicable_kinds",
+    "attention",
+    "attention_data",
+    "bias",
+    "bias_data",
+    "bias_profile",
+    "decay",
+    "decay_data",
+    "grid",
+    "grid_data",
+    "plot",
+    "resolve_encoding",
+    "save_figure",
+    "similarity",
+    "similarity_data",
+    "waves",
+    "waves_data",
+    "wavelengths",
+    "wavelengths_data",
+]
+
+PLOT_KINDS = ("waves", "similarity", "decay", "bias", "wavelengths", "attention", "grid")
+MAX_DENSE = 2048  # the largest T drawn as a dense T x T heatmap (a 2048^2 image is already ~4 Mpixel)
+FORMATS = (".png", ".svg")
+
+# One look for every figure: sizes in inches at DPI, a perceptually uniform map for magnitudes, a diverging one for
+# signed values centred on zero.
+DPI = 110
+SEQUENTIAL = "viridis"
+DIVERGING = "RdBu_r"
+STYLE = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "figure.titlesize": 11,
+    "legend.fontsize": 8,
+    "axes.grid": False,
+    "image.interpolation": "nearest",
+}
+
+# -- inputs ------------------------------------------------------------------------------------------------------------
+def resolve_encoding(encoding, *, dim: int = 256, n_heads: int = 4, max_seq_len: int = 2048,
+                     causal: bool = False, **options) -> PositionalEncoding:
+    """The encoding to draw.
+
+    Args:
+        encoding: a registry name (built with ``dim``, ``n_heads``, ``max_seq_len``, ``causal`` and ``options``, in
+            eval mode), a :class:`PositionalEncoding` or :class:`posenc.Transformer` (drawn as they are, in their
+            current train/eval mode), or the path of a checkpoint written by ``Transformer.save`` (its trained
+            encoding, e.g. a learned table after training; loaded in eval mode). Registry names win over files.
+    """
+    from posenc.model import Transformer
+
+    by_name = _by_name(encoding)
+    if options and not by_name:
+        raise TypeError(f"encoding options {sorted(options)} only apply when the encoding is given by name; got "
+                        f"{encoding!r}. Build the encoding (or model) with those options instead.")
+    if isinstance(encoding, PositionalEncoding):
+        return encoding
+    if isinstance(encoding, Transformer):
+        return encoding.pe
+    if by_name:
+        return get_encoding(encoding, dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal,
+                            **options).eval()
+    if isinstance(encoding, (str, os.PathLike)):
+        return _load_model(Path(encoding)).pe  # the model is loaded in eval mode
+    raise TypeError(f"expected an encoding name such as 'rope', a PositionalEncoding, a posenc.Transformer or a "
+                    f"checkpoint path; got {type(encoding).__name__}.")
+
+
+def _by_name(encoding) -> bool:
+    """Whether ``encoding`` is a registry name (registered names win over files of the same name)."""
+    from posenc.base import registered_names
+
+    return isinstance(encoding, str) and (encoding.lower() in registered_names() or not _is_checkpoint(encoding))
+
+
+def _is_checkpoint(encoding: str | os.PathLike) -> bool:
+    """A path (not a registry name): a PathLike, a name with a directory or a .pt/.pth suffix, or an existing file."""
+    if isinstance(encoding, os.PathLike):
+        return True
+    path = Path(encoding)
+    return path.suffix in (".pt", ".pth") or len(path.parts) > 1 or path.is_file()
+
+
+def _load_model(path: Path) -> Transformer:
+    from posenc.model import Transformer
+
+    if not path.is_file():
+        raise ValueError(f"checkpoint {str(path)!r} does not exist. Hint: write one with Transformer.save(path), or "
+                         f"pass an encoding name such as 'rope' (posenc list shows them).")
+    return Transformer.load(path).eval()
+
+
+def _inner(pe: PositionalEncoding) -> PositionalEncoding:
+    """The encoding a wrapper (family ``"wrapper"`` with an ``inner`` encoding) delegates to; others unchanged."""
+    while pe.family == "wrapper" and isinstance(getattr(pe, "inner", None), PositionalEncoding):
+        pe = pe.inner
+    return pe
+
+
+def _rope(pe: PositionalEncoding) -> RoPE | None:
+    inner = _inner(pe)
+    return inner if isinstance(inner, RoPE) else None
+
+
+def applicable_kinds(pe: PositionalEncoding) -> list[str]:
+    """The plot kinds that can draw ``pe``, decided from its hooks (``attention`` needs a model: never listed)."""
+    kinds = []
+    vectors = pe.uses_embed or pe.uses_rotate
+    if vectors:
+        kinds += ["waves", "similarity"]
+    if _rope(pe) is not None:
+        kinds += ["decay", "wavelengths"]
+    if pe.uses_bias:
+        kinds.append("bias")
+    if vectors:
+        kinds.append("grid")
+    return kinds
+
+
+def _check_kind(pe: PositionalEncoding, kind: str) -> None:
+    if kind not in applicable_kinds(pe):
+        why = {"waves": "it neither embeds nor rotates (no position vectors)",
+               "similarity": "it neither embeds nor rotates (no position vectors)",
+               "grid": "it neither embeds nor rotates (no position vectors)",
+               "decay": "it is not a RoPE (no rotary frequencies)",
+               "wavelengths": "it is not a RoPE (no rotary frequencies)",
+               "bias": "it adds no attention bias"}[kind]
+        fits = ", ".join(applicable_kinds(pe)) or "none"
+        raise ValueError(f"cannot draw {kind!r} for {pe.name or type(pe).__name__}: {why}. Kinds that fit it: "
+                         f"{fits}.")
+
+
+def _check_length(length: int, *, name: str = "length", dense: bool = True) -> int:
+    if isinstance(length, bool) or not isinstance(length, int) or length < 2:
+        raise ValueError(f"{name} must be an int >= 2 (positions to draw); got {length!r}.")
+    if dense and length > MAX_DENSE:
+        raise ValueError(f"{name}={length} is too long for a dense {length} x {length} heatmap (limit {MAX_DENSE}). "
+                         f"Hint: draw a shorter window, e.g. --length 512; the pattern repeats along the diagonals.")
+    return length
+
+
+def _positions(length: int, offset: int = 0) -> Tensor:
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"offset must be a non-negative int (the first position drawn); got {offset!r}.")
+    return torch.arange(offset, offset + length)
+
+
+# -- data --------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def position_vectors(pe: PositionalEncoding, pos: Tensor) -> tuple[Tensor, Tensor]:
+    """What the encoding puts at each position, as float32 query-side and key-side vectors ``(T, C)`` each.
+
+    ``embed`` encodings: ``embed(0, pos)`` for both (``C = dim``). ``rotate`` encodings: an all-ones query and key
+    ``(1, 1, T, head_dim)`` passed through ``rotate`` (``C = head_dim``; they differ when the rotation also scales, as
+    in xPos). ``pos`` is ``(T,)`` or, for 2-D encodings, ``(1, T, 2)``.
+    """
+    length = pos.shape[-2] if pos.dim() == 3 else pos.shape[-1]
+    if pe.uses_embed:
+        x = torch.zeros(1, length, pe.dim)  # (B, T, dim)
+        vec = pe.embed(x, pos)[0].float()
+        return vec, vec
+    if pe.uses_rotate:
+        ones = torch.ones(1, 1, length, pe.head_dim)  # (B, H, T, D)
+        q, k = pe.rotate(ones, ones, pos, pos)
+        return q[0, 0].float(), k[0, 0].float()
+    raise ValueError(f"{pe.name or type(pe).__name__} neither embeds nor rotates: it has no position vectors to draw.")
+
+
+@torch.no_grad()
+def waves_data(pe: PositionalEncoding, *, length: int = 128, offset: int = 0) -> Tensor:
+    """Each channel over positions, float32 ``(T, C)``.
+
+    RoPE (and subclasses, scalings included): ``cos(p * theta_i)`` per rotary pair from the encoding's own cos/sin
+    table (``C = rotary_dim // 2``, times its attention scale if it has one). Other encodings: the position vectors of
+    :func:`position_vectors` (for sinusoidal, exactly the paper's ``PE(p, 2i) = sin(p / 10000^(2i/d))`` and
+    ``PE(p, 2i + 1) = cos(...)``).
+    """
+    _check_kind(pe, "waves")
+    pos = _positions(_check_length(length, dense=False), offset)
+    rope = _rope(pe)
+    if rope is not None:
+        cos, _ = rope.cos_sin(pos)
+        return cos.float()
+    return position_vectors(pe, pos)[0]
+
+
+@torch.no_grad()
+def similarity_data(pe: PositionalEncoding, *, length: int = 128, metric: str = "cosine", offset: int = 0) -> Tensor:
+    """``S[i, j] = q_i . k_j`` between position vectors (or their cosine), float32 ``(T, T)``.
+
+    For sinusoidal and RoPE this depends only on ``i - j`` (a Toeplitz matrix): ``sum_i cos((i - j) w_i)`` up to a
+    constant.
+    """
+    _check_kind(pe, "similarity")
+    if metric not in ("cosine", "dot"):
+        raise ValueError(f"metric must be 'cosine' or 'dot'; got {metric!r}.")
+    pos = _positions(_check_length(length), offset)
+    q, k = position_vectors(pe, pos)
+    if metric == "cosine":
+        q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        k = k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return q @ k.T  # (T, C) @ (C, T) -> (T, T)
+
+
+class DecayCurves(NamedTuple):
+    """Output of :func:`decay_data`; every field has shape ``(N,)``."""
+
+    distance: Tensor  # int64 relative distances m - n, 0 .. max_distance
+    bound: Tensor  # float64 (1 / F) sum_{j=1..F} |S_j|, Su et al.'s relative upper bound
+    ones_score: Tensor  # float32 q_m . k_n / head_dim for all-ones q and k, rotated by the encoding itself
+
+
+@torch.no_grad()
+def decay_data(pe: PositionalEncoding, *, max_distance: int = 512) -> DecayCurves:
+    """RoPE's long-term decay (Su et al. 2021, arXiv 2104.09864, section 3.4.3).
+
+    With ``h_i = q_[2i:2i+1] k*_[2i:2i+1]`` (pairs as complex numbers) and ``S_j = sum_{i<j} e^{i (m-n) theta_i}``,
+    Abel summation gives ``|q_m . k_n| <= (max_i |h_{i+1} - h_i|) sum_{j=1..F} |S_j|``; the paper plots
+    ``(1/F) sum_j |S_j|`` against ``m - n``, which decays. ``theta_i`` come from ``pe.inv_freq()``, so a scaled RoPE
+    (PI, NTK, YaRN, ...) draws its own curve. ``ones_score`` is the same picture from the encoding's ``rotate``.
+    """
+    _check_kind(pe, "decay")
+    if isinstance(max_distance, bool) or not isinstance(max_distance, int) or max_distance < 1:
+        raise ValueError(f"max_distance must be a positive int (tokens); got {max_distance!r}.")
+    rope = _rope(pe)
+    distance = torch.arange(max_distance + 1)
+    theta = rope.inv_freq().to(torch.float64)  # (F,)
+    phases = torch.polar(torch.ones((), dtype=torch.float64), distance.double()[:, None] * theta)  # (N, F)
+    partial = torch.cumsum(phases, dim=-1)  # S_1 .. S_F: (N, F)
+    bound = partial.abs().mean(dim=-1)
+    ones = torch.ones(1, 1, distance.numel(), rope.head_dim)  # (B, H, N, D)
+    q, k = rope.rotate(ones, ones, distance, torch.zeros_like(distance))  # queries at m = d, keys at n = 0
+    score = (q * k).sum(-1)[0, 0].float() / rope.head_dim
+    return DecayCurves(distance, bound, score)
+
+
+@torch.no_grad()
+def bias_data(pe: PositionalEncoding, *, length: int = 64, offset: int = 0) -> Tensor:
+    """``pe.bias(pos, pos)`` for ``pos = offset .. offset + T - 1``: float32 ``(H, T, T)``, ``-inf`` kept as is."""
+    _check_kind(pe, "bias")
+    pos = _positions(_check_length(length), offset)
+    out = pe.bias(pos, pos)
+    if out is None:
+        raise ValueError(f"{pe.name}: bias() returned None for these positions; there is nothing to draw.")
+    if out.dim() == 4:  # (1, H, T, T) -> (H, T, T)
+        if out.shape[0] != 1:
+            raise ValueError(f"{pe.name}: bias() depends on the batch ({tuple(out.shape)}); draw one sequence.")
+        out = out[0]
+    return out.float()
+
+
+@torch.no_grad()
+def bias_profile(pe: PositionalEncoding, *, length: int = 64) -> tuple[Tensor, Tensor]:
+    """Bias against signed distance ``key - query`` for one query: ``(distance (T,), values (H, T))``.
+
+    The query is the last position for a causal encoding (it sees every earlier key) and the middle one otherwise
+    (both directions).
+    """
+    b = bias_data(pe, length=length)  # (H, T, T)
+    query = length - 1 if pe.causal else length // 2
+    return torch.arange(length) - query, b[:, query, :]
+
+
+@torch.no_grad()
+def wavelengths_data(pe: PositionalEncoding) -> tuple[Tensor, Tensor]:
+    """Wavelengths ``2 pi / theta_i`` in tokens per rotary pair, ``(plain, as_built)``, float64 ``(F,)`` each.
+
+    ``plain`` is unscaled RoPE with the encoding's base and rotary_dim; ``as_built`` uses its ``inv_freq()``, so they
+    differ exactly where a context-extension scaling changed the frequencies.
+    """
+    _check_kind(pe, "wavelengths")
+    rope = _rope(pe)
+    plain = 2 * math.pi / rope_frequencies(rope.rotary_dim, rope.base)
+    return plain, 2 * math.pi / rope.inv_freq().to(torch.float64)
+
+
+def _text_tokens(text: str, vocab_size: int) -> Tensor:
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"text must be a non-empty string (its UTF-8 bytes are the tokens); got {text!r}.")
+    ids = torch.tensor(list(text.encode("utf-8")), dtype=torch.long)
+    if int(ids.max()) >= vocab_size:
+        raise ValueError(f"the model has vocab_size={vocab_size} but the text's UTF-8 bytes go up to {int(ids.max())}; "
+                         f"byte-level input needs vocab_size >= 256 (or use plain ASCII text).")
+    return ids[None]  # (1, T)
+
+
+@contextlib.contextmanager
+def _recording_attention(store: list[Tensor]) -> Iterator[None]:
+    """Within the block, every self-attention call of :mod:`posenc.model` also records its probabilities.
+
+    The probabilities are what the call computes with one-hot values (``v = I``): ``softmax(...) @ I`` is the
+    softmax itself, through the very same backend, mask, bias or ``attend``. Cross-attention (called without an
+    encoding) is not recorded.
+    """
+    import posenc.model as model_module
+
+    original = model_module.attention
+
+    def recording(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None = None, **kwargs) -> Tensor:
+        out = original(q, k, v, pe, **kwargs)
+        if pe is not None:
+            b, hkv, tk, _ = k.shape
+            eye = torch.eye(tk, dtype=v.dtype, device=v.device).expand(b, hkv, tk, tk)  # (B, Hkv, Tk, Tk)
+            backend = "auto" if pe.uses_attend else "reference"
+            try:
+                probs = original(q, k, eye, pe, **{**kwargs, "backend": backend})  # (B, H, Tq, Tk)
+            except (ValueError, RuntimeError) as exc:
+                raise ValueError(f"attention maps: {pe.name}'s own attend() does not take one-hot values, so its "
+                                 f"probabilities cannot be read through the attention call ({exc}).") from exc
+            store.append(probs.float())
+        return out
+
+    model_module.attention = recording
+    try:
+        yield
+    finally:
+        model_module.attention = original
+
+
+@torch.no_grad()
+def attention_data(model, text: str) -> Tensor:
+    """Attention probabilities of every layer and head of a decoder or encoder on ``text``: ``(L, H, T, T)``.
+
+    Args:
+        model: a :class:`posenc.Transformer` (``kind`` ``"decoder"`` or ``"encoder"``) or the path of a checkpoint
+            written by ``Transformer.save``.
+        text: the input; its UTF-8 bytes are the tokens (as in the lab's byte-level tasks).
+
+    Rows sum to 1 over the keys each query may see (masked keys are 0).
+    """
+    from posenc.model import Transformer
+
+    if isinstance(model, (str, os.PathLike)):
+        model = _load_model(Path(model))
+    if not isinstance(model, Transformer):
+        raise TypeError(f"attention maps need a posenc.Transformer or a checkpoint path; got {type(model).__name__}.")
+    if model.cfg.kind not in ("decoder", "encoder"):
+        raise ValueError(f"attention maps are drawn for 'decoder' and 'encoder' models; this one is "
+                         f"{model.cfg.kind!r}.")
+    tokens = _text_tokens(text, model.cfg.vocab_size)
+    _check_length(max(tokens.shape[1], 2), name="text length (bytes)")
+    store: list[Tensor] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with _recording_attention(store):
+            model(tokens)
+    finally:
+        model.train(was_training)
+    return torch.stack([p[0] for p in store])  # (L, H, T, T)
+
+
+@torch.no_grad()
+def grid_data(pe: PositionalEncoding, *, height: int = 16, width: int = 16) -> tuple[Tensor, Tensor]:
+    """Position vectors over a ``height x width`` grid: ``(channels (C, height, width), similarity (height, width))``.
+
+    ``similarity`` is the cosine of every grid position's key vector with the query vector of the centre cell.
+    Positions are coordinates ``(1, height * width, A)`` with ``(row, column)`` on the last two axes for 2-D /
+    structured encodings (or the encoding's ``grid_positions(height, width)``), else ``0 .. height * width - 1`` row
+    by row (see the module docstring).
+    """
+    _check_kind(pe, "grid")
+    for name, value in (("height", height), ("width", width)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int (grid cells); got {value!r}.")
+    if height * width > MAX_DENSE:
+        raise ValueError(f"a {height} x {width} grid has {height * width} cells, more than {MAX_DENSE}. "
+                         f"Hint: use a smaller grid, e.g. --height 32 --width 32.")
+    pos = _grid_positions(pe, height, width)
+    q, k = position_vectors(pe, pos)  # (T, C) each
+    centre = (height // 2) * width + width // 2
+    qc = q[centre] / q[centre].norm().clamp_min(1e-12)
+    sim = (k / k.norm(dim=-1, keepdim=True).clamp_min(1e-12)) @ qc  # (T,)
+    return k.T.reshape(-1, height, width), sim.reshape(height, width)
+
+
+def _grid_axes(pe: PositionalEncoding) -> tuple[str, str] | None:
+    """Names of the two coordinate axes a grid is drawn on, or ``None`` for a 1-D encoding."""
+    inner = _inner(pe)
+    if callable(getattr(pe, "grid_positions", None)):
+        return ("row", "column")
+    n_axes = getattr(inner, "n_axes", 1)
+    if isinstance(n_axes, int) and n_axes >= 2:
+        names = tuple(getattr(inner, "axis_names", ()) or ())
+        return (names[-2], names[-1]) if len(names) == n_axes else ("row", "column")
+    if inner.family == "2d":
+        return ("row", "column")
+    return None
+
+
+def _grid_positions(pe: PositionalEncoding, height: int, width: int) -> Tensor:
+    custom = getattr(pe, "grid_positions", None)
+    if callable(custom):
+        return custom(height, width)
+    if _grid_axes(pe) is None:
+        return torch.arange(height * width)
+    n_axes = getattr(_inner(pe), "n_axes", 2)
+    n_axes = n_axes if isinstance(n_axes, int) and n_axes >= 2 else 2
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    coords = torch.zeros(1, height * width, n_axes, dtype=torch.long)  # (1, T, A); leading axes (e.g. time) at 0
+    coords[0, :, -2], coords[0, :, -1] = rows.flatten(), cols.flatten()
+    return coords
+
+
+# -- figures -----------------------------------------------------------------------------------------------------------
+def _figure(width: float, height: float) -> Figure:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError("posenc's plots need matplotlib, an optional extra: pip install 'posenc[viz]' "
+                          f"(import failed: {exc}).") from exc
+    return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+
+
+@contextlib.contextmanager
+def _style() -> Iterator[None]:
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError("posenc's plots need matplotlib, an optional extra: pip install 'posenc[viz]' "
+                          f"(import failed: {exc}).") from exc
+    with matplotlib.rc_context(STYLE):
+        yield
+
+
+def _sized(encoding, options: dict, *, dim: int, n_heads: int) -> dict:
+    """Default ``dim``/``n_heads`` for an encoding given by name (a built encoding or model keeps its own)."""
+    if _by_name(encoding) and "dim" not in options:
+        return {"dim": dim, "n_heads": options.pop("n_heads", n_heads), **options}
+    return options
+
+
+def _label(pe: PositionalEncoding) -> str:
+    return pe.name or type(pe).__name__
+
+
+def _heatmap(fig: Figure, ax, data: Tensor, *, title: str, xlabel: str, ylabel: str, cbar: str,
+             diverging: bool = False, extent: tuple[float, float, float, float] | None = None,
+             aspect: str = "auto"):
+    values = data.detach().cpu().float()
+    finite = values[torch.isfinite(values)]
+    kwargs = {}
+    if diverging and finite.numel():
+        lim = float(finite.abs().max()) or 1.0
+        kwargs = {"vmin": -lim, "vmax": lim}
+    image = ax.imshow(values.numpy(), cmap=DIVERGING if diverging else SEQUENTIAL, aspect=aspect, origin="upper",
+                      extent=extent, **kwargs)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.colorbar(image, ax=ax, label=cbar, shrink=0.9)
+    return image
+
+
+def waves(encoding, *, length: int = 128, dims: list[int] | None = None, offset: int = 0, **options) -> Figure:
+    """Each channel over positions: a (channel x position) heatmap and a few channels as curves.
+
+    Args:
+        encoding: a name, :class:`PositionalEncoding`, :class:`posenc.Transformer` or checkpoint path (a trained
+            learned table, say); see :func:`resolve_encoding`.
+        length: positions drawn, ``offset .. offset + length - 1``.
+        dims: channels drawn as curves (default: four spread over the channels).
+        **options: ``dim``, ``n_heads``, ``max_seq_len`` and the encoding's own options, when given by name.
+    """
+    pe = resolve_encoding(encoding, **options)
+    data = waves_data(pe, length=length, offset=offset)  # (T, C)
+    rope = _rope(pe) is not None
+    channel = "rotary pair i" if rope else "dimension"
+    value = "cos(p·θᵢ)" if rope else "value added to the embedding" if pe.uses_embed else "rotated all-ones query"
+    n = data.shape[1]
+    if dims is None:
+        # four channels an octave apart in frequency (the paper's figure shows a few slow and fast ones); even
+        # indices are the sines of an interleaved table
+        dims = sorted({min(n - 1, 2 * (n // d // 2)) for d in (16, 8, 4, 2)})
+    bad = [d for d in dims if not 0 <= d < n]
+    if bad:
+        raise ValueError(f"dims {bad} are out of range: this encoding has {n} channels ({channel}), 0 .. {n - 1}.")
+    with _style():
+        fig = _figure(10, 3.8)
+        ax_map, ax_lines = fig.subplots(1, 2, width_ratios=[1.25, 1])
+        _heatmap(fig, ax_map, data.T, title=f"{_label(pe)}: every channel", xlabel="position (tokens)",
+                 ylabel=channel, cbar=value, diverging=True,
+                 extent=(offset - 0.5, offset + length - 0.5, n - 0.5, -0.5))
+        pos = torch.arange(offset, offset + length).numpy()
+        for d in dims:
+            ax_lines.plot(pos, data[:, d].numpy(), label=f"{'i' if rope else 'dim'} = {d}", linewidth=1.2)
+        ax_lines.set_title(f"{_label(pe)}: selected channels")
+        ax_lines.set_xlabel("position (tokens)")
+        ax_lines.set_ylabel(value)
+        ax_lines.legend(loc="upper right")
+        fig.suptitle(f"{_label(pe)} — waves per channel")
+    return fig
+
+
+def similarity(encoding, *, length: int = 128, metric: str = "cosine", offset: int = 0, **options) -> Figure:
+    """Position-by-position similarity heatmap and the similarity against offset from the middle position."""
+    pe = resolve_encoding(encoding, **options)
+    data = similarity_data(pe, length=length, metric=metric, offset=offset)  # (T, T)
+    what = "cosine similarity" if metric == "cosine" else "dot product q·k"
+    with _style():
+        fig = _figure(10, 4)
+        ax_map, ax_row = fig.subplots(1, 2, width_ratios=[1.15, 1])
+        ext = (offset - 0.5, offset + length - 0.5, offset + length - 0.5, offset - 0.5)
+        _heatmap(fig, ax_map, data, title=f"{_label(pe)}: {what} of positions", xlabel="key position (tokens)",
+                 ylabel="query position (tokens)", cbar=what, extent=ext)
+        mid = length // 2
+        ax_row.plot((torch.arange(length) - mid).numpy(), data[mid].numpy(), color="C0", linewidth=1.3)
+        ax_row.axvline(0, color="0.6", linewidth=0.8, linestyle="--")
+        ax_row.set_title(f"row of query position {offset + mid}")
+        ax_row.set_xlabel("offset: key − query (tokens)")
+        ax_row.set_ylabel(what)
+        fig.suptitle(f"{_label(pe)} — similarity of position vectors")
+    return fig
+
+
+def decay(encoding: str | PositionalEncoding = "rope", *, max_distance: int = 512, **options) -> Figure:
+    """RoPE's relative upper bound (Su et al. 2021, section 3.4.3) and ``q·k`` of all-ones vectors vs distance.
+
+    Pass ``base=...`` or (when the RoPE-scaling option exists) ``scaling={...}`` to compare settings.
+    """
+    pe = resolve_encoding(encoding, **_sized(encoding, options, dim=128, n_heads=1))
+    curves = decay_data(pe, max_distance=max_distance)
+    rope = _rope(pe)
+    d = curves.distance.numpy()
+    with _style():
+        fig = _figure(10, 3.6)
+        ax_bound, ax_score = fig.subplots(1, 2)
+        ax_bound.plot(d, curves.bound.numpy(), color="C0", linewidth=1.2)
+        ax_bound.set_title(f"relative upper bound, base={rope.base:g}, d={rope.rotary_dim}")
+        ax_bound.set_xlabel("relative distance m − n (tokens)")
+        ax_bound.set_ylabel("(1/F) Σⱼ |Sⱼ|")
+        ax_score.plot(d, curves.ones_score.numpy(), color="C1", linewidth=1.0)
+        ax_score.axhline(0, color="0.6", linewidth=0.8, linestyle="--")
+        ax_score.set_title("q·k / D for all-ones q, k")
+        ax_score.set_xlabel("relative distance m − n (tokens)")
+        ax_score.set_ylabel("normalized score")
+        fig.suptitle(f"{_label(pe)} — long-term decay (Su et al. 2021, §3.4.3)")
+    return fig
+
+
+def bias(encoding, *, length: int = 64, heads: int = 8, **options) -> Figure:
+    """The ``(H, T, T)`` bias of the first ``heads`` heads, and every head's bias against distance."""
+    pe = resolve_encoding(encoding, **_sized(encoding, options, dim=256, n_heads=8))
+    data = bias_data(pe, length=length)  # (H, T, T)
+    distance, profile = bias_profile(pe, length=length)
+    shown = min(heads, data.shape[0])
+    if shown < 1:
+        raise ValueError(f"heads must be >= 1; got {heads}.")
+    cols = min(shown, 4)
+    rows = math.ceil(shown / cols)
+    finite = data[torch.isfinite(data)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.numel() else (0.0, 1.0)
+    with _style():
+        fig = _figure(2.4 * cols + 3.8, 2.3 * rows + 0.6)
+        maps, side = fig.subfigures(1, 2, width_ratios=[2.4 * cols, 3.8])
+        axes = maps.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
+        image = None
+        for h in range(rows * cols):
+            ax = axes[h // cols][h % cols]
+            if h >= shown:
+                ax.set_axis_off()
+                continue
+            image = ax.imshow(data[h].numpy(), cmap=SEQUENTIAL, vmin=lo, vmax=hi, aspect="equal")
+            ax.set_title(f"head {h}")
+            if h // cols == rows - 1 or h + cols >= shown:
+                ax.set_xlabel("key position (tokens)")
+            if h % cols == 0:
+                ax.set_ylabel("query position (tokens)")
+        maps.colorbar(image, ax=axes, label="bias added to q·k/√d (logits)", shrink=0.85)
+        ax = side.subplots()
+        for h in range(profile.shape[0]):
+            ax.plot(distance.numpy(), profile[h].numpy(), linewidth=1.0, label=f"head {h}")
+        ax.set_title("bias vs distance (one query)")
+        ax.set_xlabel("key − query (tokens)")
+        ax.set_ylabel("bias (logits)")
+        if profile.shape[0] <= 8:
+            ax.legend(loc="best")
+        fig.suptitle(f"{_label(pe)} — attention bias per head (T = {length})")
+    return fig
+
+
+def wavelengths(encoding: str | PositionalEncoding = "rope", *, scaling: dict | None = None, **options) -> Figure:
+    """Wavelength ``2π/θᵢ`` of each rotary pair, plain RoPE vs as built (e.g. ``scaling={"rope_type": "yarn",
+    "factor": 4.0}`` when the RoPE-scaling option exists), with the context length marked."""
+    if scaling is not None:
+        options["scaling"] = scaling
+    pe = resolve_encoding(encoding, **_sized(encoding, options, dim=128, n_heads=1))
+    plain, built = wavelengths_data(pe)
+    idx = torch.arange(plain.numel()).numpy()
+    scaled = not torch.allclose(plain, built, rtol=1e-12, atol=0.0)
+    scaling = getattr(_rope(pe), "scaling", None) or {}
+    what = f"{scaling['rope_type']} scaling" if "rope_type" in scaling else "as built"
+    with _style():
+        fig = _figure(10, 3.6)
+        ax_w, ax_r = fig.subplots(1, 2)
+        ax_w.semilogy(idx, plain.numpy(), color="C0", linewidth=1.4, label="plain RoPE")
+        if scaled:
+            ax_w.semilogy(idx, built.numpy(), color="C3", linewidth=1.4, linestyle="--", label=what)
+        original = int(scaling.get("original_max_position_embeddings", pe.max_seq_len))
+        ax_w.axhline(original, color="0.4", linewidth=0.9, linestyle=":", label=f"trained context {original}")
+        factor = scaling.get("factor")
+        if isinstance(factor, (int, float)) and factor > 1:
+            ax_w.axhline(original * factor, color="0.4", linewidth=0.9, linestyle="-.",
+                         label=f"extended context {original * factor:g}")
+        ax_w.set_title("wavelength per rotary pair")
+        ax_w.set_xlabel("rotary pair i (low i = high frequency)")
+        ax_w.set_ylabel("wavelength 2π/θᵢ (tokens)")
+        ax_w.legend(loc="upper left")
+        ax_r.plot(idx, (built / plain).numpy(), color="C3" if scaled else "C0", linewidth=1.4)
+        ax_r.set_title("stretch factor (as built / plain)")
+        ax_r.set_xlabel("rotary pair i")
+        ax_r.set_ylabel("wavelength ratio (×)")
+        fig.suptitle(f"{_label(pe)} — frequency bands, " + (what if scaled else "no scaling"))
+    return fig
+
+
+def attention(model, text: str, *, layers: list[int] | None = None, heads: int = 4) -> Figure:
+    """Attention maps of a trained :class:`posenc.Transformer` (or checkpoint path) on ``text``: layers x heads."""
+    probs = attention_data(model, text)  # (L, H, T, T)
+    n_layers, n_heads, t, _ = probs.shape
+    layers = list(range(n_layers)) if layers is None else layers
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad or not layers:
+        raise ValueError(f"layers {layers} are out of range: the model has {n_layers} layers, 0 .. {n_layers - 1}.")
+    shown = max(1, min(heads, n_heads))
+    labels = ["␣" if b == 32 else chr(b) if 32 < b < 127 else "·" for b in text.encode("utf-8")]  # one per byte
+    with _style():
+        fig = _figure(2.5 * shown + 1.2, 2.5 * len(layers) + 0.6)
+        axes = fig.subplots(len(layers), shown, squeeze=False)
+        image = None
+        for r, layer in enumerate(layers):
+            for h in range(shown):
+                ax = axes[r][h]
+                image = ax.imshow(probs[layer, h].numpy(), cmap=SEQUENTIAL, vmin=0.0, vmax=1.0, aspect="equal")
+                ax.set_title(f"layer {layer}, head {h}")
+                ax.set_xlabel("key token")
+                ax.set_ylabel("query token")
+                if t <= 32:
+                    ax.set_xticks(range(t), labels, fontsize=6)
+                    ax.set_yticks(range(t), labels, fontsize=6)
+        fig.colorbar(image, ax=axes, label="attention probability", shrink=0.85)
+        pe = model.pe if not isinstance(model, (str, os.PathLike)) else None
+        name = _label(pe) if pe is not None else Path(model).name
+        fig.suptitle(f"attention maps — {name}, {t} tokens")
+    return fig
+
+
+def grid(encoding, *, height: int = 16, width: int = 16, channels: int = 4, **options) -> Figure:
+    """Position vectors over a 2-D grid as images: similarity to the centre cell and a few channels spread out."""
+    from matplotlib.ticker import MaxNLocator
+
+    pe = resolve_encoding(encoding, **options)
+    images, sim = grid_data(pe, height=height, width=width)
+    n = images.shape[0]
+    picked = sorted({round(j * (n - 1) / max(channels - 1, 1)) for j in range(channels)}) if channels > 0 else []
+    axes_names = _grid_axes(pe)
+    if axes_names is not None:
+        layout = f"coordinates ({axes_names[0]}, {axes_names[1]})"
+        ylabel, xlabel = axes_names
+    else:
+        layout = f"1-D positions 0..{height * width - 1} laid out row by row"
+        ylabel, xlabel = "row (positions / width)", "column (positions mod width)"
+    with _style():
+        fig = _figure(2.6 * (len(picked) + 1) + 1.5, 3.1)
+        axes = fig.subplots(1, len(picked) + 1, squeeze=False)[0]
+        _heatmap(fig, axes[0], sim, title="cosine to centre cell", xlabel=xlabel, ylabel=ylabel,
+                 cbar="cosine similarity", aspect="equal")
+        lim = float(images[picked].abs().max()) if picked else 1.0
+        image = None
+        for ax, c in zip(axes[1:], picked):
+            image = ax.imshow(images[c].numpy(), cmap=DIVERGING, vmin=-lim, vmax=lim, aspect="equal")
+            ax.set_title(f"channel {c}")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+        for ax in axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        if image is not None:
+            fig.colorbar(image, ax=list(axes[1:]), label="channel value", shrink=0.85)
+        fig.suptitle(f"{_label(pe)} — {height}×{width} grid ({layout})")
+    return fig
+
+
+# -- dispatch and saving -----------------------------------------------------------------------------------------------
+FIGURES: dict[str, Callable[..., Figure]] = {
+    "waves": waves,
+    "similarity": similarity,
+    "decay": decay,
+    "bias": bias,
+    "wavelengths": wavelengths,
+    "attention": attention,
+    "grid": grid,
+}
+
+
+def check_output_path(out: str | os.PathLike) -> Path:
+    """Validate where a figure goes: a ``.png`` or ``.svg`` name in an existing, writable directory."""
+    path = Path(out)
+    if path.suffix.lower() not in FORMATS:
+        raise ValueError(f"cannot save a figure as {str(path)!r}: the name must end in {' or '.join(FORMATS)}.")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise ValueError(f"cannot write {str(path)!r}: directory {str(parent)!r} does not exist (or is not a "
+                         f"directory). Hint: create it first (mkdir -p {parent}).")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"cannot write {str(path)!r}: permission denied. Hint: choose a directory you can write to.")
+    if path.is_dir():
+        raise ValueError(f"cannot write {str(path)!r}: it is a directory; give a file name ending in .png or .svg.")
+    return path
+
+
+def save_figure(fig: Figure, out: str | os.PathLike) -> Path:
+    """Save ``fig`` as PNG or SVG (by the name's suffix); returns the path."""
+    path = check_output_path(out)
+    try:
+        fig.savefig(path, format=path.suffix.lower()[1:], dpi=DPI)
+    except OSError as exc:
+        raise ValueError(f"cannot write {str(path)!r}: {exc.strerror or exc}.") from exc
+    return path
+
+
+def plot(kind: str, encoding, *, out: str | os.PathLike | None = None, **kwargs) -> Figure:
+    """Draw ``kind`` (one of :data:`PLOT_KINDS`) for ``encoding`` and save it to ``out`` when given.
+
+    For ``attention``, ``encoding`` is the model (or checkpoint path) and ``text=`` is required.
+
+    Example:
+        >>> fig = plot("similarity", "sinusoidal", length=64, out="sim.png")
+    """
+    if kind not in FIGURES:
+        close = difflib.get_close_matches(str(kind), FIGURES, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown plot kind {kind!r}.{hint} Kinds: {', '.join(PLOT_KINDS)}.")
+    if out is not None:
+        check_output_path(out)  # fail before drawing
+    fig = FIGURES[kind](encoding, **kwargs)
+    if out is not None:
+        save_figure(fig, out)
+    return fig

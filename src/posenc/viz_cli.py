@@ -1,0 +1,124 @@
+"""Subcommands ``posenc plot`` and ``posenc gallery`` (listed in :data:`posenc.cli.COMMAND_MODULES`).
+
+Examples::
+
+    posenc plot similarity sinusoidal --length 128 --out sim.png
+    posenc plot decay rope --option base=500000 --out decay.svg
+    posenc plot wavelengths rope --scaling '{"rope_type": "yarn", "factor": 4.0}' --out bands.png
+    posenc plot waves runs/learned.pt --out learned_waves.png        # a trained Transformer.save checkpoint
+    posenc plot attention runs/rope.pt --text "the cat sat" --out attn.png
+    posenc gallery --out gallery/ --lang zh
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from posenc.viz import PLOT_KINDS
+
+
+def _parse_option(text: str) -> tuple[str, object]:
+    """``key=value`` with ``value`` read as JSON when it parses (numbers, true/false, lists, dicts), else a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE such as base=500000; got {text!r}.")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def _parse_json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"rope_type\": \"yarn\", \"factor\": 4}}'"
+                                         f"; got {text!r} ({exc.msg}).") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object (a dict); got {type(value).__name__}.")
+    return value
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from posenc import viz
+
+    kwargs: dict = {}
+    options = dict(args.option or [])
+    for flag, key in (("dim", "dim"), ("heads", "n_heads"), ("max_seq_len", "max_seq_len")):
+        if getattr(args, flag) is not None:
+            options[key] = getattr(args, flag)
+    if args.scaling is not None:
+        options["scaling"] = args.scaling
+    kind = args.kind
+    if kind == "attention":
+        if args.text is None:
+            raise ValueError("posenc plot attention needs --text 'some input' (its UTF-8 bytes are the tokens).")
+        if options:
+            raise ValueError(f"options {sorted(options)} do not apply to attention maps: the checkpoint fixes the "
+                             f"model.")
+        kwargs["text"] = args.text
+        if args.layers is not None:
+            kwargs["layers"] = args.layers
+        if args.heads_shown is not None:
+            kwargs["heads"] = args.heads_shown
+    else:
+        if args.text is not None:
+            raise ValueError("--text is only for 'posenc plot attention'.")
+        if kind in ("waves", "similarity", "bias") and args.length is not None:
+            kwargs["length"] = args.length
+        if kind == "similarity":
+            kwargs["metric"] = args.metric
+        if kind == "decay" and args.length is not None:
+            kwargs["max_distance"] = args.length
+        if kind == "grid":
+            kwargs["height"], kwargs["width"] = args.height, args.width
+        if kind == "bias" and args.heads_shown is not None:
+            kwargs["heads"] = args.heads_shown
+        kwargs.update(options)
+    viz.plot(kind, args.name, out=args.out, **kwargs)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _gallery(args: argparse.Namespace) -> int:
+    from posenc.gallery import build_gallery
+
+    page = build_gallery(args.out, lang=args.lang, names=args.encodings, progress=sys.stderr)
+    print(f"wrote {page}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("plot", help="draw one picture of an encoding (waves, similarity, decay, bias, ...)",
+                       description="Draw one picture of an encoding from the tensors the models use.")
+    p.add_argument("kind", choices=PLOT_KINDS, metavar="KIND", help=f"one of: {', '.join(PLOT_KINDS)}")
+    p.add_argument("name", metavar="NAME", help="encoding name (posenc list), or a Transformer.save checkpoint "
+                   "(required for 'attention'; for the others it draws the checkpoint's trained encoding)")
+    p.add_argument("--out", required=True, metavar="FILE", help="output image, .png or .svg")
+    p.add_argument("--length", type=int, default=None,
+                   help="positions drawn (waves/similarity/bias) or the largest distance (decay)")
+    p.add_argument("--metric", choices=("cosine", "dot"), default="cosine", help="similarity measure (default cosine)")
+    p.add_argument("--height", type=int, default=16, help="grid rows (default 16)")
+    p.add_argument("--width", type=int, default=16, help="grid columns (default 16)")
+    p.add_argument("--dim", type=int, default=None, help="model width of the encoding built by name")
+    p.add_argument("--heads", type=int, default=None, help="n_heads of the encoding built by name")
+    p.add_argument("--max-seq-len", type=int, default=None, help="max_seq_len of the encoding built by name")
+    p.add_argument("--option", type=_parse_option, action="append", metavar="KEY=VALUE",
+                   help="an encoding option, e.g. --option base=500000 (repeatable; values are JSON when they parse)")
+    p.add_argument("--scaling", type=_parse_json_dict, default=None, metavar="JSON",
+                   help="RoPE scaling as an HF-style dict, e.g. '{\"rope_type\": \"yarn\", \"factor\": 4}'")
+    p.add_argument("--text", default=None, help="input text for 'attention' (UTF-8 bytes are the tokens)")
+    p.add_argument("--layers", type=int, nargs="+", default=None, help="layers drawn by 'attention' (default all)")
+    p.add_argument("--heads-shown", type=int, default=None, help="heads drawn by 'attention' and 'bias'")
+    p.set_defaults(func=_plot)
+
+    p = sub.add_parser("gallery", help="write an HTML page with every registered encoding and its plots",
+                       description="Write one self-contained HTML page (images embedded, no network) describing "
+                                   "every registered encoding with its plots.")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory for index.html (created if missing)")
+    p.add_argument("--lang", choices=("en", "zh"), default="en", help="caption language (default en)")
+    p.add_argument("--encodings", nargs="+", default=None, metavar="NAME",
+                   help="only these encodings (default: every registered one)")
+    p.set_defaults(func=_gallery)
