@@ -1,0 +1,139 @@
+"""Structured positions: coordinates with several axes (row/col, time/height/width, token/sentence/paragraph).
+
+Not an encoding (the leading underscore keeps auto-discovery from importing it as one). Shared by ``grid2d``,
+``mrope`` and ``hierarchical``.
+
+A structured encoding takes positions in two forms:
+
+- **coordinates** ``(B, T, A)`` int64 (``A`` axes) passed straight to its hooks, e.g. ``(row, col)`` per token;
+- plain positions ``(T,)`` / ``(B, T)``, which is what :class:`posenc.Transformer` passes. They are then *indices
+  into a coordinate table* set with :meth:`StructuredPositions.set_coordinates` (or the encoding's named alias such
+  as ``set_grid``): token at position ``p`` has coordinates ``table[..., p, :]``. With no table set, each encoding
+  maps a plain position to coordinates its own documented way (a 1 x T grid, text-only, one sentence), so every
+  structured encoding also works on a plain sequence. Positions past the table follow the encoding's
+  ``continue_coordinates`` rule (text after an image, more tokens of the last sentence) or raise.
+
+Because the table is indexed by position, KV-cache decoding (positions ``offset, offset + 1, ...``) reads the same
+coordinates a full forward does. The table is input context, not a weight: it is not in ``state_dict``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+__all__ = ["StructuredPositions", "gather_rows"]
+
+
+def gather_rows(table: Tensor, pos: Tensor) -> Tensor:
+    """``table`` ``(Bt, L, A)`` read at ``pos`` ``(T,)`` or ``(B, T)``: ``(max(Bt, B), T, A)``."""
+    if pos.dim() == 1:
+        return table[:, pos]  # (Bt, T, A)
+    b = max(table.shape[0], pos.shape[0])
+    table = table.expand(b, -1, -1)
+    pos = pos.expand(b, -1)
+    return torch.gather(table, 1, pos.unsqueeze(-1).expand(-1, -1, table.shape[-1]))  # (B, T, A)
+
+
+class StructuredPositions:
+    """Mixin for encodings whose positions have ``n_axes`` coordinates (see the module docstring).
+
+    Subclasses set ``n_axes``, ``axis_names`` and implement :meth:`plain_coordinates`; they may override
+    :meth:`continue_coordinates` to define positions past the coordinate table.
+    """
+
+    n_axes: int = 1
+    axis_names: tuple[str, ...] = ()
+    allow_negative: bool = False  # whether coordinates may be negative (e.g. a CLS token outside a grid)
+
+    _coordinates: Tensor | None = None
+
+    # -- the coordinate table ------------------------------------------------------------------------------------------
+    def set_coordinates(self, coordinates: Tensor | None) -> None:
+        """Set (or clear, with ``None``) the table of coordinates that plain positions index.
+
+        Args:
+            coordinates: int64 ``(L, A)`` shared by the batch or ``(B, L, A)`` per sequence; row ``p`` holds the
+                coordinates of the token at position ``p``.
+        """
+        if coordinates is not None:
+            coordinates = self.check_coordinates(coordinates, name="coordinates", allow_2d=True)
+            if coordinates.dim() == 2:
+                coordinates = coordinates.unsqueeze(0)
+        self._coordinates = coordinates
+
+    @contextlib.contextmanager
+    def coordinates(self, coordinates: Tensor) -> Iterator[None]:
+        """Context manager: use ``coordinates`` (see :meth:`set_coordinates`) inside the block, then restore."""
+        previous = self._coordinates
+        self.set_coordinates(coordinates)
+        try:
+            yield
+        finally:
+            self._coordinates = previous
+
+    def check_coordinates(self, coords: Tensor, *, name: str, allow_2d: bool = False) -> Tensor:
+        who = getattr(self, "name", "") or type(self).__name__
+        axes = ", ".join(self.axis_names) or f"{self.n_axes} axes"
+        shapes = "(L, A) or (B, L, A)" if allow_2d else "(B, T, A)"
+        if not isinstance(coords, Tensor):
+            raise TypeError(f"{who}: {name} must be an int64 tensor of shape {shapes} with A = {self.n_axes} "
+                            f"({axes}); got {type(coords).__name__}.")
+        if coords.dtype.is_floating_point or coords.dtype.is_complex or coords.dtype == torch.bool:
+            raise TypeError(f"{who}: {name} must hold integer coordinates (int64); got dtype {coords.dtype}. "
+                            f"Hint: coords.long().")
+        if coords.dim() not in ((2, 3) if allow_2d else (3,)) or coords.shape[-1] != self.n_axes:
+            raise ValueError(f"{who}: {name} must have shape {shapes} with A = {self.n_axes} ({axes}); got shape "
+                             f"{tuple(coords.shape)}.")
+        if not self.allow_negative and coords.numel() and not torch.compiler.is_compiling() and coords.min() < 0:
+            raise ValueError(f"{who}: {name} must be non-negative; got a minimum of {int(coords.min())}.")
+        return coords.long()
+
+    # -- plain positions -> coordinates --------------------------------------------------------------------------------
+    def plain_coordinates(self, pos: Tensor) -> Tensor:
+        """Coordinates ``(..., A)`` of plain positions ``pos`` ``(...)`` when no table is set."""
+        raise NotImplementedError(f"{type(self).__name__} must define plain_coordinates")
+
+    def continue_coordinates(self, table: Tensor, pos: Tensor) -> Tensor:
+        """Coordinates ``(Bt, T, A)`` for positions ``pos`` ``(Bt|1, T)`` at or past the table's length ``L``.
+
+        Default: raise; encodings with a natural continuation (text after the last token) override it.
+        """
+        who = getattr(self, "name", "") or type(self).__name__
+        raise ValueError(f"{who}: position {int(pos.max())} is past the {table.shape[1]} coordinates set with "
+                         f"set_coordinates; set coordinates for every position the model will see.")
+
+    def resolve(self, pos: Tensor, length: int, *, batch: int | None, device: torch.device, name: str) -> Tensor:
+        """Coordinates ``(B|1, T, A)`` for ``pos``: coordinates as given, or plain positions looked up / mapped."""
+        from posenc.base import check_positions  # local: base imports nothing from encodings
+
+        if isinstance(pos, Tensor) and pos.dim() == 3:
+            coords = self.check_coordinates(pos, name=name)
+            if coords.shape[1] != length:
+                raise ValueError(f"{name} has {coords.shape[1]} positions but the sequence has {length} tokens.")
+            if batch is not None and coords.shape[0] not in (1, batch):
+                raise ValueError(f"{name} has batch size {coords.shape[0]} but the input has batch size {batch}.")
+            if coords.device != device:
+                raise ValueError(f"{name} is on {coords.device} but the input is on {device}.")
+            return coords
+        check_positions(pos, length, name=name, batch=batch, device=device)
+        table = self._coordinates
+        if table is None:
+            coords = self.plain_coordinates(pos)
+            return coords.unsqueeze(0) if pos.dim() == 1 else coords
+        table = table.to(device)
+        if batch is not None and table.shape[0] not in (1, batch):
+            raise ValueError(f"the coordinate table has batch size {table.shape[0]} but the input has batch size "
+                             f"{batch}; set coordinates of shape (L, A) or (B, L, A).")
+        n = table.shape[1]
+        if pos.numel() == 0 or int(pos.max()) < n:
+            return gather_rows(table, pos)
+        pos2 = pos.unsqueeze(0) if pos.dim() == 1 else pos  # (1|B, T)
+        b = max(table.shape[0], pos2.shape[0])
+        pos2, table = pos2.expand(b, -1), table.expand(b, -1, -1)
+        inside = gather_rows(table, pos2.clamp(max=n - 1))
+        beyond = self.continue_coordinates(table, pos2)
+        return torch.where((pos2 < n).unsqueeze(-1), inside, beyond)

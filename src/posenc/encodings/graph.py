@@ -1,0 +1,429 @@
+"""Graph positional encodings: ``laplacian`` and ``rwpe`` (Dwivedi et al.), ``spd`` (Graphormer, Ying et al. 2021).
+
+Tokens are the nodes of a graph and a token's position is its node index. Give the graph with
+``pe.set_graph(adj)`` or, scoped, ``with pe.graph(adj):`` -- ``adj`` is a ``(N, N)`` adjacency shared by the batch or
+``(B, N, N)`` per sequence (nonzero = edge; a symmetric matrix for an undirected graph) -- then run the model on
+``N`` node tokens with the default positions ``0 .. N-1`` (or any node indices as positions)::
+
+    pe = model.pe
+    with pe.graph(adj):                     # adj: (B, N, N)
+        logits = model(node_tokens)         # node_tokens: (B, N)
+
+With no graph set, a sequence is a *path graph* ``0 - 1 - 2 - ... - (max_seq_len - 1)``: ``laplacian`` and ``rwpe``
+then use that path's closed-form features (and raise past ``max_seq_len``, as node ``max_seq_len`` does not exist),
+and ``spd``'s distance is ``|i - j|`` (a clipped relative bias, defined at any position).
+
+- ``laplacian`` (Dwivedi et al. 2020, arXiv 2003.00982): the eigenvectors of the normalized Laplacian
+  ``I - D^-1/2 A D^-1/2`` for the ``k`` smallest eigenvalues after the trivial one, zero-padded for graphs with fewer
+  than ``k + 1`` nodes, each flipped by a random sign per graph while training (eigenvectors have no canonical sign),
+  and projected to ``dim`` by a learned linear map added to the node embeddings.
+- ``rwpe`` (Dwivedi et al. 2022, arXiv 2110.07875): the landing probabilities ``[RW_ii, RW^2_ii, ..., RW^k_ii]`` of a
+  random walk ``RW = D^-1 A`` returning to its start node, projected to ``dim`` the same way.
+- ``spd`` (Graphormer, arXiv 2106.05234): a learned bias per head for each shortest-path distance ``0 ..
+  max_distance`` (longer distances share the last entry; unreachable pairs have their own), added to attention scores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from posenc.base import PositionalEncoding, check_positions, register
+
+__all__ = [
+    "LaplacianPE",
+    "RandomWalkPE",
+    "ShortestPathBias",
+    "cycle_adjacency",
+    "laplacian_eigenvectors",
+    "normalized_laplacian",
+    "path_adjacency",
+    "path_laplacian_eigenvectors",
+    "path_random_walk_landing",
+    "random_walk_landing",
+    "shortest_path_distances",
+]
+
+
+# -- graphs and their features (pure functions) ------------------------------------------------------------------------
+def path_adjacency(n: int, *, device: torch.device | str | None = None) -> Tensor:
+    """Adjacency ``(n, n)`` float32 of the path ``0 - 1 - ... - (n-1)``."""
+    i = torch.arange(n - 1, device=device)
+    adj = torch.zeros(n, n, device=device)
+    adj[i, i + 1] = adj[i + 1, i] = 1.0
+    return adj
+
+
+def cycle_adjacency(n: int, *, device: torch.device | str | None = None) -> Tensor:
+    """Adjacency ``(n, n)`` float32 of the cycle ``0 - 1 - ... - (n-1) - 0`` (``n >= 3``)."""
+    if n < 3:
+        raise ValueError(f"cycle_adjacency: a simple cycle needs n >= 3 nodes; got {n}.")
+    adj = path_adjacency(n, device=device)
+    adj[0, n - 1] = adj[n - 1, 0] = 1.0
+    return adj
+
+
+def _check_adjacency(adj: Tensor, who: str) -> Tensor:
+    if not isinstance(adj, Tensor):
+        raise TypeError(f"{who}: adjacency must be a tensor of shape (N, N) or (B, N, N); got {type(adj).__name__}.")
+    if adj.dim() not in (2, 3) or adj.shape[-1] != adj.shape[-2] or adj.shape[-1] == 0:
+        raise ValueError(f"{who}: adjacency must be square, of shape (N, N) or (B, N, N) with N >= 1; got shape "
+                         f"{tuple(adj.shape)}.")
+    if adj.is_complex():
+        raise TypeError(f"{who}: adjacency must be real or bool; got {adj.dtype}.")
+    a = adj.to(torch.float64)
+    if bool((a < 0).any()):
+        raise ValueError(f"{who}: adjacency entries must be non-negative (nonzero = edge); got a minimum of "
+                         f"{float(a.min())}.")
+    return a
+
+
+def normalized_laplacian(adj: Tensor) -> Tensor:
+    """``I - D^-1/2 A D^-1/2`` in float64 for ``adj`` ``(..., N, N)``; isolated nodes get ``D^-1/2 = 0``."""
+    a = _check_adjacency(adj, "normalized_laplacian")
+    deg = a.sum(-1)
+    inv_sqrt = torch.where(deg > 0, deg.clamp(min=1e-300).rsqrt(), torch.zeros_like(deg))
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    return eye - inv_sqrt[..., :, None] * a * inv_sqrt[..., None, :]
+
+
+def laplacian_eigenvectors(adj: Tensor, k: int) -> Tensor:
+    """Eigenvectors of the normalized Laplacian for the ``k`` smallest eigenvalues after the first (trivial) one.
+
+    Args:
+        adj: ``(N, N)`` or ``(B, N, N)`` symmetric adjacency.
+        k: number of eigenvectors; columns past ``N - 1`` are zero.
+
+    Returns:
+        float64 ``(..., N, k)``, unit-norm columns (sign arbitrary), ordered by increasing eigenvalue.
+    """
+    lap = normalized_laplacian(adj)
+    _, vecs = torch.linalg.eigh(lap)  # ascending eigenvalues; (..., N, N), columns are eigenvectors
+    vecs = vecs[..., :, 1:k + 1]
+    pad = k - vecs.shape[-1]
+    return torch.nn.functional.pad(vecs, (0, pad)) if pad > 0 else vecs
+
+
+def path_laplacian_eigenvectors(pos: Tensor, n: int, k: int) -> Tensor:
+    """Closed-form :func:`laplacian_eigenvectors` of the path on ``n`` nodes, read at node indices ``pos``.
+
+    The random-walk matrix of a path has eigenvectors ``f_m(j) = cos(pi m j / (n - 1))`` with eigenvalue
+    ``cos(pi m / (n - 1))``, so the normalized Laplacian has eigenvalue ``1 - cos(pi m / (n - 1))`` and eigenvector
+    ``sqrt(deg_j) f_m(j)`` (normalized); ``m = 1 .. k`` are the non-trivial ones (zero past ``m = n - 1``).
+
+    Returns:
+        float64 ``(..., k)`` for ``pos`` ``(...)``.
+    """
+    m = torch.arange(1, k + 1, device=pos.device, dtype=torch.float64)  # (k,)
+    if n < 2:
+        return torch.zeros(*pos.shape, k, dtype=torch.float64, device=pos.device)
+    nodes = torch.arange(n, device=pos.device, dtype=torch.float64)
+    deg = torch.full((n,), 2.0, dtype=torch.float64, device=pos.device)
+    deg[0] = deg[-1] = 1.0
+    full = deg.sqrt()[:, None] * torch.cos(math.pi * nodes[:, None] * m / (n - 1))  # (n, k)
+    full = full / full.norm(dim=0, keepdim=True)
+    full = full * (m <= n - 1)  # a path on n nodes has only n - 1 non-trivial eigenvectors
+    return full[pos]
+
+
+def random_walk_landing(adj: Tensor, k: int) -> Tensor:
+    """``[RW_ii, (RW^2)_ii, ..., (RW^k)_ii]`` with ``RW = D^-1 A``: float64 ``(..., N, k)`` (isolated nodes: 0)."""
+    a = _check_adjacency(adj, "random_walk_landing")
+    deg = a.sum(-1, keepdim=True)
+    rw = torch.where(deg > 0, a / deg.clamp(min=1e-300), torch.zeros_like(a))  # (..., N, N)
+    out, power = [], rw
+    for step in range(k):
+        out.append(power.diagonal(dim1=-2, dim2=-1))
+        if step + 1 < k:
+            power = power @ rw
+    return torch.stack(out, dim=-1)
+
+
+def path_random_walk_landing(pos: Tensor, n: int, k: int) -> Tensor:
+    """:func:`random_walk_landing` of the path on ``n`` nodes at node indices ``pos``, in ``O(k^3)``.
+
+    A walk of ``s <= k`` steps that returns to node ``j`` never goes further than ``s / 2`` from it, so nodes more
+    than ``k / 2`` from both ends all share the value of an infinite line, and each end looks like the end of a
+    path on ``2k + 2`` nodes. Returns float64 ``(..., k)``.
+    """
+    if n <= 2 * k + 2:
+        return random_walk_landing(path_adjacency(n, device=pos.device), k)[pos]
+    m = 2 * k + 2
+    small = random_walk_landing(path_adjacency(m, device=pos.device), k)  # (m, k)
+    from_end = (n - 1) - pos
+    idx = torch.where(pos <= k, pos, torch.where(from_end <= k, (m - 1) - from_end, torch.full_like(pos, k)))
+    return small[idx]
+
+
+def shortest_path_distances(adj: Tensor) -> Tensor:
+    """Hop counts of shortest paths (breadth-first, following edges ``i -> j`` where ``adj[i, j] != 0``).
+
+    Returns:
+        int64 ``(..., N, N)``: 0 on the diagonal, -1 where ``j`` cannot be reached from ``i``.
+    """
+    a = _check_adjacency(adj, "shortest_path_distances") > 0
+    n = a.shape[-1]
+    reached = torch.eye(n, dtype=torch.bool, device=a.device).expand_as(a).clone()
+    dist = torch.where(reached, 0, -1).long()
+    frontier = reached
+    step = 0
+    while bool(frontier.any()):
+        step += 1
+        nxt = (frontier.to(torch.float32) @ a.to(torch.float32)) > 0  # reachable in one more hop
+        frontier = nxt & ~reached
+        reached |= frontier
+        dist = torch.where(frontier, step, dist)
+    return dist
+
+
+# -- shared plumbing ---------------------------------------------------------------------------------------------------
+class _GraphEncoding(PositionalEncoding):
+    """Stores the graph set by :meth:`set_graph` (input context, not a weight: it is not in ``state_dict``)."""
+
+    family = "graph"
+    _adjacency: Tensor | None = None
+    _features: Tensor | None = None
+
+    def set_graph(self, adjacency: Tensor | None) -> None:
+        """Set (``None``: clear, back to the default path graph) the graph: adjacency ``(N, N)`` or ``(B, N, N)``.
+
+        Positions then index nodes (``0 <= pos < N``).
+        """
+        if adjacency is None:
+            self._adjacency = self._features = None
+            return
+        a = _check_adjacency(adjacency, self.name or type(self).__name__)
+        self._adjacency = a.unsqueeze(0) if a.dim() == 2 else a  # (Bg, N, N) float64
+        self._features = self.graph_features(self._adjacency)
+
+    @contextlib.contextmanager
+    def graph(self, adjacency: Tensor) -> Iterator[None]:
+        """Context manager form of :meth:`set_graph`; restores the previous graph on exit."""
+        previous = (self._adjacency, self._features)
+        self.set_graph(adjacency)
+        try:
+            yield
+        finally:
+            self._adjacency, self._features = previous
+
+    @property
+    def num_nodes(self) -> int | None:
+        """Nodes of the graph set with :meth:`set_graph`, or ``None`` (the default path graph)."""
+        return None if self._adjacency is None else self._adjacency.shape[-1]
+
+    def graph_features(self, adjacency: Tensor) -> Tensor:
+        """What the encoding precomputes from a ``(Bg, N, N)`` float64 adjacency."""
+        raise NotImplementedError
+
+    def _check_nodes(self, pos: Tensor, batch: int | None) -> None:
+        n = self.num_nodes
+        if n is None:
+            return
+        if pos.numel() and not torch.compiler.is_compiling() and int(pos.max()) >= n:
+            raise ValueError(f"{self.name}: position {int(pos.max())} is not a node of the graph set with set_graph "
+                             f"({n} nodes); positions are node indices 0 .. {n - 1}.")
+        bg = self._adjacency.shape[0]
+        if batch is not None and bg not in (1, batch):
+            raise ValueError(f"{self.name}: the graph has batch size {bg} but the input has batch size {batch}; set "
+                             f"an (N, N) adjacency shared by the batch or one (B, N, N).")
+
+    def check_length(self, pos: Tensor) -> None:
+        if self.num_nodes is None:
+            super().check_length(pos)
+        else:
+            self._check_nodes(pos, None)
+
+    def _extend_hint(self) -> str:
+        return ", or set the graph explicitly with pe.set_graph(adjacency)"
+
+
+def _gather_nodes(features: Tensor, pos: Tensor) -> Tensor:
+    """``features`` ``(Bg, N, F)`` at node indices ``pos`` ``(T,)`` / ``(B, T)`` -> ``(max(Bg, B), T, F)``."""
+    if pos.dim() == 1:
+        return features[:, pos]
+    b = max(features.shape[0], pos.shape[0])
+    f, p = features.expand(b, -1, -1), pos.expand(b, -1)
+    return torch.gather(f, 1, p.unsqueeze(-1).expand(-1, -1, f.shape[-1]))
+
+
+class _NodeFeatureEncoding(_GraphEncoding):
+    """Per-node features ``(N, k)`` projected to ``dim`` and added to token embeddings."""
+
+    extrapolates = False
+
+    def __init__(self, *, dim: int, n_heads: int, max_seq_len: int, causal: bool, k: int) -> None:
+        super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"{type(self).name}: k (features per node) must be a positive int; got {k!r}.")
+        self.k = k
+        self.proj = nn.Linear(k, dim, bias=False)  # features -> embedding, as Dwivedi et al.'s linear layer
+
+    def path_features(self, pos: Tensor) -> Tensor:
+        """float64 ``(..., k)`` features of the default path graph on ``max_seq_len`` nodes at ``pos``."""
+        raise NotImplementedError
+
+    def node_features(self, pos: Tensor, batch: int | None = None) -> Tensor:
+        """float64 ``(B|1, T, k)`` features of the nodes at ``pos`` (``(T,)`` or ``(B, T)``)."""
+        if self._features is None:
+            feats = self.path_features(pos)
+            return feats.unsqueeze(0) if pos.dim() == 1 else feats
+        self._check_nodes(pos, batch)
+        return _gather_nodes(self._features.to(pos.device), pos)
+
+    def embed(self, x: Tensor, pos: Tensor) -> Tensor:
+        """``x`` ``(B, T, dim)`` plus the projected features of nodes ``pos`` ``(T,)`` / ``(B, T)``."""
+        check_positions(pos, x.shape[-2], batch=x.shape[0], device=x.device)
+        self.check_length(pos)
+        feats = self.transform_features(self.node_features(pos, x.shape[0]))  # (B|1, T, k)
+        w = self.proj.weight
+        return x + self.proj(feats.to(w.dtype)).to(x.dtype)
+
+    def transform_features(self, feats: Tensor) -> Tensor:
+        return feats
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, k={self.k}"
+
+
+@register("laplacian")
+class LaplacianPE(_NodeFeatureEncoding):
+    """Laplacian eigenvector encoding of graph nodes, random sign flips in training (Dwivedi et al., arXiv 2003.00982).
+
+    See the module docstring for the graph API. Features: the ``k`` non-trivial eigenvectors of the normalized
+    Laplacian with the smallest eigenvalues (zero-padded), multiplied by a random ``+-1`` per eigenvector and graph
+    while training (``sign_flip=True``), then a learned ``Linear(k, dim)``. Eigenvectors of repeated eigenvalues are
+    determined only up to a rotation of their eigenspace (``torch.linalg.eigh`` picks one).
+
+    Args:
+        k: number of eigenvectors (Dwivedi et al. use 2 to 20 depending on the graph size).
+        sign_flip: randomly flip eigenvector signs while training (set ``pe.generator`` to a CPU
+            ``torch.Generator`` for reproducible flips).
+    """
+
+    paper = "2003.00982"
+
+    def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False, k: int = 8,
+                 sign_flip: bool = True) -> None:
+        super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal, k=k)
+        self.sign_flip = bool(sign_flip)
+        self.generator: torch.Generator | None = None  # a CPU generator, for reproducible sign flips
+
+    def graph_features(self, adjacency: Tensor) -> Tensor:
+        return laplacian_eigenvectors(adjacency, self.k)  # (Bg, N, k)
+
+    def path_features(self, pos: Tensor) -> Tensor:
+        return path_laplacian_eigenvectors(pos, self.max_seq_len, self.k)
+
+    def transform_features(self, feats: Tensor) -> Tensor:
+        if not (self.training and self.sign_flip):
+            return feats
+        signs = torch.randint(0, 2, (feats.shape[0], 1, self.k), generator=self.generator) * 2 - 1  # per graph, vector
+        return feats * signs.to(feats.device)
+
+
+@register("rwpe")
+class RandomWalkPE(_NodeFeatureEncoding):
+    """Random-walk structural encoding of graph nodes: k-step return probabilities (Dwivedi et al., arXiv 2110.07875).
+
+    See the module docstring for the graph API. Features ``[RW_ii, ..., (RW^k)_ii]`` with ``RW = D^-1 A``, then a
+    learned ``Linear(k, dim)``. Unlike Laplacian eigenvectors they have no sign ambiguity.
+
+    Args:
+        k: number of random-walk steps (16 in the paper's molecular benchmarks).
+    """
+
+    paper = "2110.07875"
+
+    def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
+                 k: int = 16) -> None:
+        super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal, k=k)
+
+    def graph_features(self, adjacency: Tensor) -> Tensor:
+        return random_walk_landing(adjacency, self.k)
+
+    def path_features(self, pos: Tensor) -> Tensor:
+        return path_random_walk_landing(pos, self.max_seq_len, self.k)
+
+
+@register("spd")
+class ShortestPathBias(_GraphEncoding):
+    """Graphormer's spatial encoding: a learned per-head attention bias per shortest-path distance (arXiv 2106.05234).
+
+    ``bias[h, i, j] = table[min(spd(i, j), max_distance), h]``, and a separate learned entry for unreachable pairs.
+    See the module docstring for the graph API; on the default path graph ``spd(i, j) = |i - j|``.
+
+    Args:
+        max_distance: distances ``>= max_distance`` share one entry (Graphormer clips at 20 hops by default).
+        init_std: standard deviation of the normal initialisation of the table.
+    """
+
+    paper = "2106.05234"
+    extrapolates = True
+
+    def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
+                 max_distance: int = 20, init_std: float = 0.02) -> None:
+        super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
+        if isinstance(max_distance, bool) or not isinstance(max_distance, int) or max_distance < 1:
+            raise ValueError(f"spd: max_distance must be a positive int; got {max_distance!r}.")
+        self.max_distance = max_distance
+        # rows 0 .. max_distance: distances (clipped); row max_distance + 1: unreachable
+        self.table = nn.Parameter(torch.randn(max_distance + 2, n_heads) * init_std)  # (max_distance + 2, H)
+
+    def graph_features(self, adjacency: Tensor) -> Tensor:
+        return shortest_path_distances(adjacency)  # (Bg, N, N) int64, -1 unreachable
+
+    def distance_index(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        """Table rows ``(Tq, Tk)`` or ``(B, Tq, Tk)`` int64 for node positions ``q_pos``, ``k_pos``."""
+        if self._features is None:  # the default path graph: |i - j| (broadcasts (T,) against (B, T))
+            return (q_pos.unsqueeze(-1) - k_pos.unsqueeze(-2)).abs().clamp(max=self.max_distance)
+        spd = self._features.to(q_pos.device)  # (Bg, N, N)
+        batched = spd.shape[0] > 1 or q_pos.dim() == 2 or k_pos.dim() == 2
+        b = max(spd.shape[0], q_pos.shape[0] if q_pos.dim() == 2 else 1, k_pos.shape[0] if k_pos.dim() == 2 else 1)
+        qp, kp = q_pos.expand(b, -1), k_pos.expand(b, -1)  # (B, Tq), (B, Tk)
+        bi = torch.arange(b, device=q_pos.device) if spd.shape[0] > 1 else torch.zeros(b, dtype=torch.long,
+                                                                                      device=q_pos.device)
+        d = spd[bi[:, None, None], qp[:, :, None], kp[:, None, :]]  # (B, Tq, Tk)
+        d = torch.where(d < 0, self.max_distance + 1, d.clamp(max=self.max_distance))
+        return d if batched else d[0]
+
+    def _check(self, q_pos: Tensor, k_pos: Tensor) -> None:
+        check_positions(q_pos, q_pos.shape[-1], name="q_pos")
+        check_positions(k_pos, k_pos.shape[-1], name="k_pos")
+        self._check_nodes(q_pos, q_pos.shape[0] if q_pos.dim() == 2 else None)
+        self._check_nodes(k_pos, k_pos.shape[0] if k_pos.dim() == 2 else None)
+
+    def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        """float32 ``(H, Tq, Tk)``, or ``(B, H, Tq, Tk)`` for per-sequence positions or a batch of graphs."""
+        self._check(q_pos, k_pos)
+        idx = self.distance_index(q_pos, k_pos)  # (Tq, Tk) or (B, Tq, Tk)
+        out = self.table[idx]  # (..., Tq, Tk, H)
+        out = out.movedim(-1, -3)  # (..., H, Tq, Tk)
+        return out.to(torch.promote_types(out.dtype, torch.float32))
+
+    def score_mod(self, q_pos: Tensor, k_pos: Tensor) -> Callable:
+        """FlexAttention ``score_mod`` adding ``table[distance, h]``; the same numbers as :meth:`bias`."""
+        self._check(q_pos, k_pos)
+        table = self.table
+        top, unreachable = self.max_distance, self.max_distance + 1
+        spd = None if self._features is None else self._features.to(q_pos.device)
+
+        def _pos(p: Tensor, b: Tensor, idx: Tensor) -> Tensor:
+            return p[b, idx] if p.dim() == 2 else p[idx]
+
+        def spd_score_mod(score, b, h, q_idx, kv_idx):
+            qp, kp = _pos(q_pos, b, q_idx), _pos(k_pos, b, kv_idx)
+            if spd is None:
+                d = (qp - kp).abs().clamp(max=top)
+            else:
+                raw = spd[b if spd.shape[0] > 1 else torch.zeros_like(b), qp, kp]
+                d = torch.where(raw < 0, unreachable, raw.clamp(max=top))
+            return score + table[d, h].to(score.dtype)
+
+        return spd_score_mod
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, max_distance={self.max_distance}"

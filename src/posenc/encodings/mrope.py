@@ -1,0 +1,172 @@
+"""Multimodal RoPE, M-RoPE (Qwen2-VL, Wang et al. 2024, arXiv 2409.12191): one position system for text and images.
+
+Every token has three coordinates ``(time, height, width)``. The ``head_dim / 2`` rotary frequencies
+``theta_i = base^(-2i / head_dim)`` are split in three consecutive *sections*: pair ``i`` in the first section rotates
+by ``time * theta_i``, in the second by ``height * theta_i``, in the third by ``width * theta_i`` (Qwen2-VL's
+``mrope_section = [16, 24, 24]`` for ``head_dim = 128``). Text tokens carry the same position on all three axes,
+so on text alone M-RoPE *is* 1-D RoPE; image patches carry ``(t, row, col)`` offset by the text before them.
+
+Positions: int64 ``(B, T, 3)`` coordinates passed to the hooks, or plain positions indexing a table set with
+``pe.set_position_ids(ids)`` / ``with pe.position_ids(ids):`` (``(L, 3)`` or ``(B, L, 3)``), which is how
+:class:`posenc.Transformer` uses it. :func:`mrope_position_ids` builds the table for a mixed sequence. Past the table,
+new tokens are text continuing after the largest position so far (Qwen2-VL's ``rope_deltas``), so KV-cache generation
+after a prompt with images needs nothing more. With no table, plain positions are text-only: ``(p, p, p)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from posenc.base import PositionalEncoding, register
+from posenc.encodings._structured import StructuredPositions
+from posenc.encodings.rope import LAYOUTS, _check_head_tensor, apply_rope, rope_frequencies
+
+__all__ = ["MRoPE", "default_mrope_section", "mrope_angles", "mrope_position_ids"]
+
+
+def default_mrope_section(head_dim: int) -> tuple[int, int, int]:
+    """Qwen2-VL's proportions ``(1/4, 3/8, 3/8)`` of the ``head_dim / 2`` frequencies: ``(16, 24, 24)`` at 128."""
+    n_freq = head_dim // 2
+    hw = 3 * n_freq // 8
+    return (n_freq - 2 * hw, hw, hw)
+
+
+def mrope_position_ids(segments: Sequence[int | tuple[int, int, int]], *,
+                       device: torch.device | str | None = None) -> Tensor:
+    """``(time, height, width)`` position ids for a sequence of text runs and vision grids, as Qwen2-VL's
+    ``get_rope_index`` builds them.
+
+    Each segment starts at ``s`` = 1 + the largest position id so far (0 at the start). A text run of ``n`` tokens
+    gets ``s, s + 1, ..., s + n - 1`` on all three axes; a vision grid ``(t, h, w)`` of ``t * h * w`` patches (already
+    spatially merged, in ``(t, row, col)`` row-major order) gets ``(s + ti, s + row, s + col)``. (For images this
+    equals Hugging Face's ``get_rope_index``; for videos, Qwen2.5-VL and newer ``transformers`` space the time ids by an
+    interval and advance by ``max(h, w)``; this follows Qwen2-VL's original rule.)
+
+    Args:
+        segments: an ``int`` per text run (its length) or a ``(t, h, w)`` tuple per image / video grid.
+
+    Returns:
+        int64 ``(T, 3)``.
+
+    Example:
+        >>> mrope_position_ids([2, (1, 2, 2), 1]).tolist()
+        [[0, 0, 0], [1, 1, 1], [2, 2, 2], [2, 2, 3], [2, 3, 2], [2, 3, 3], [4, 4, 4]]
+    """
+    parts = []
+    start = 0
+    for i, seg in enumerate(segments):
+        if isinstance(seg, bool):
+            seg = None  # reject below
+        if isinstance(seg, int) and seg >= 0:
+            ids = torch.arange(start, start + seg, device=device).unsqueeze(-1).expand(-1, 3)  # (n, 3)
+        elif isinstance(seg, (tuple, list)) and len(seg) == 3 and all(
+                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in seg):
+            t, h, w = seg
+            ti = torch.arange(t, device=device).repeat_interleave(h * w)
+            hi = torch.arange(h, device=device).repeat_interleave(w).repeat(t)
+            wi = torch.arange(w, device=device).repeat(t * h)
+            ids = torch.stack((ti, hi, wi), dim=-1) + start  # (t*h*w, 3)
+        else:
+            raise ValueError(f"mrope_position_ids: segment {i} must be a non-negative int (a text run's length) or a "
+                             f"(t, h, w) tuple of positive ints (a vision grid); got {seg!r}.")
+        if ids.numel():
+            start = int(ids.max()) + 1
+        parts.append(ids)
+    if not parts:
+        return torch.zeros(0, 3, dtype=torch.long, device=device)
+    return torch.cat(parts, dim=0).long()
+
+
+def mrope_angles(coords: Tensor, inv_freq: Tensor, section: Sequence[int]) -> Tensor:
+    """Angles ``(..., F)`` in float64: pair ``i`` of section ``a`` rotates by ``coords[..., a] * inv_freq[i]``.
+
+    Args:
+        coords: int ``(..., 3)`` ``(time, height, width)``.
+        inv_freq: ``(F,)`` frequencies with ``F = sum(section)``.
+        section: three section sizes.
+    """
+    axis = torch.repeat_interleave(torch.arange(3, device=coords.device),
+                                   torch.tensor(list(section), device=coords.device))  # (F,)
+    chosen = coords.to(torch.float64).index_select(-1, axis)  # (..., F): the coordinate each pair uses
+    return chosen * inv_freq.to(device=coords.device, dtype=torch.float64)
+
+
+@register("mrope")
+class MRoPE(StructuredPositions, PositionalEncoding):
+    """Multimodal RoPE (Qwen2-VL, arXiv 2409.12191): rotary sections for time, height and width.
+
+    On text-only input (plain positions) it equals 1-D ``rope`` with the same base and layout.
+
+    Args:
+        base: frequency base (Qwen2-VL: 1000000; 10000 as in RoPE by default).
+        layout: ``"half"`` (Qwen2-VL / HF ``rotate_half``) or ``"interleaved"``.
+        mrope_section: sizes of the (time, height, width) sections, summing to ``head_dim / 2``; default
+            :func:`default_mrope_section`.
+    """
+
+    family = "rotary"
+    paper = "2409.12191"
+    extrapolates = True
+    n_axes = 3
+    axis_names = ("time", "height", "width")
+
+    def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
+                 base: float = 10000.0, layout: str = "half", mrope_section: Sequence[int] | None = None) -> None:
+        super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
+        if self.head_dim % 2:
+            raise ValueError(f"mrope: head_dim = dim // n_heads must be even (channels rotate in pairs); got "
+                             f"{self.head_dim}.")
+        if layout not in LAYOUTS:
+            raise ValueError(f"mrope: layout must be one of {LAYOUTS}; got {layout!r}.")
+        if not (isinstance(base, (int, float)) and base > 1):
+            raise ValueError(f"mrope: base must be a number > 1; got {base!r}.")
+        section = default_mrope_section(self.head_dim) if mrope_section is None else tuple(mrope_section)
+        if len(section) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in section) or \
+                sum(section) != self.head_dim // 2:
+            raise ValueError(f"mrope: mrope_section must be three non-negative ints (time, height, width) summing to "
+                             f"head_dim / 2 = {self.head_dim // 2}; got {mrope_section!r}. Hint: Qwen2-VL uses "
+                             f"[16, 24, 24] for head_dim 128.")
+        self.base = float(base)
+        self.layout = layout
+        self.mrope_section = section
+
+    # -- coordinates ---------------------------------------------------------------------------------------------------
+    def set_position_ids(self, ids: Tensor | None) -> None:
+        """Set (``None``: clear) the ``(time, height, width)`` table ``(L, 3)`` or ``(B, L, 3)``."""
+        self.set_coordinates(ids)
+
+    @contextlib.contextmanager
+    def position_ids(self, ids: Tensor) -> Iterator[None]:
+        """Context manager form of :meth:`set_position_ids`."""
+        with self.coordinates(ids):
+            yield
+
+    def plain_coordinates(self, pos: Tensor) -> Tensor:
+        return pos.unsqueeze(-1).expand(*pos.shape, 3)  # text: one position on all three axes
+
+    def continue_coordinates(self, table: Tensor, pos: Tensor) -> Tensor:
+        # Qwen2-VL's rope_deltas: a token at index p >= L is text at (largest id + 1) + (p - L) on every axis.
+        top = table.amax(dim=(1, 2))  # (B,)
+        text = top[:, None] + 1 + (pos - table.shape[1])  # (B, T)
+        return text.unsqueeze(-1).expand(*text.shape, 3)
+
+    # -- hook ----------------------------------------------------------------------------------------------------------
+    def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Rotate ``q`` ``(B, H, Tq, D)`` and ``k`` ``(B, Hkv, Tk, D)`` at ``(B, T, 3)`` coordinates or positions."""
+        return self.rotate_one(q, q_pos, "q"), self.rotate_one(k, k_pos, "k")
+
+    def rotate_one(self, x: Tensor, pos: Tensor, name: str = "x") -> Tensor:
+        _check_head_tensor(x, self.head_dim, name)
+        coords = self.resolve(pos, x.shape[-2], batch=x.shape[0], device=x.device, name=f"{name}_pos")  # (B|1,T,3)
+        inv_freq = rope_frequencies(self.head_dim, self.base, device=x.device)
+        angles = mrope_angles(coords, inv_freq, self.mrope_section)  # (B|1, T, F)
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return apply_rope(x, angles.cos().to(dtype), angles.sin().to(dtype), layout=self.layout)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, base={self.base:g}, layout={self.layout!r}, "
+                f"mrope_section={list(self.mrope_section)}")
