@@ -3,15 +3,31 @@
 Shapes: ``q`` is ``(B, H, Tq, D)``, ``k`` is ``(B, Hkv, Tk, D)`` and ``v`` is ``(B, Hkv, Tk, Dv)`` with ``H`` a
 multiple of ``Hkv`` (grouped-query attention). Positions are int64 ``(T,)`` or ``(B, T)``.
 
-Backends (``backend=``):
+Backends (``backend=``), all computing the same numbers:
 
-- ``"sdpa"``: :func:`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient / math kernels).
-  An encoding's ``bias`` is materialized as a dense ``(B|1, H, Tq, Tk)`` float mask first.
+- ``"sdpa"``: :func:`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient / math kernels),
+  what ``auto`` uses when the encoding adds no bias. Given a bias it behaves exactly like ``"dense"`` (kept so that
+  code written before ``"dense"`` existed keeps working), but ``auto`` names that path ``"dense"``.
+- ``"dense"``: the encoding's ``bias``, the causal mask and ``attn_mask`` materialized as one ``(B|1, H, Tq, Tk)``
+  float mask, then SDPA. Fastest for short sequences; ``O(H * Tq * Tk)`` extra memory.
+- ``"chunked"``: queries in blocks of :func:`chunk_rows` rows; each block builds only its own
+  ``(B|1, H, rows, Tk)`` mask (``pe.bias(q_pos[..., rows], k_pos)``) and runs SDPA, and under autograd each block is
+  recomputed in the backward pass (activation checkpointing), so extra memory is ``O(rows * Tk)`` in the forward
+  *and* the backward pass. Causal blocks also skip the keys no query of the block may see. The CPU training path for
+  long sequences.
+- ``"flex"``: :func:`torch.nn.attention.flex_attention` with the encoding's ``score_mod`` and a ``block_mask`` for
+  causal / boolean ``attn_mask``, compiled once per process (``O(T)`` extra memory). The causal block mask comes
+  from block arithmetic (:func:`causal_flex_block_mask`, cached per shape); a bool ``attn_mask`` goes through
+  ``create_block_mask`` (compiled on GPU; on CPU it evaluates the ``(Tq, Tk)`` grid once per call). On CPU Flex
+  runs only compiled and forward-only, so it refuses calls that need gradients there.
 - ``"reference"``: explicit softmax math in float32 (float64 for float64 input), the oracle for tests.
-- ``"auto"``: the encoding's own ``attend`` when it has one, else ``sdpa``. :func:`explain` says which and why.
+- ``"attend"``: the encoding's own ``attend`` (Shaw's value term, CoPE, ...).
+- ``"auto"``: the encoding's ``attend`` when it has one; otherwise the highest-priority backend that both
+  *supports* the call (can compute it exactly) and *suits* it (is the cheap choice for its device, size and
+  gradient needs): ``flex`` > ``chunked`` > ``dense`` > ``sdpa``. :func:`explain` says which and why, and every
+  ``auto`` choice is logged at DEBUG level on the ``"posenc.attention"`` logger.
 
-More backends (FlexAttention ``score_mod``, chunked bias attention) register themselves with
-:func:`register_backend`; ``auto`` consults each backend's ``supports`` check in priority order.
+More backends register themselves with :func:`register_backend`.
 
 Causal masking is by *index*, aligned bottom-right: query ``i`` of ``Tq`` sits at key index ``Tk - Tq + i``, which
 is right for KV-cache decoding (the new queries are the last tokens) and independent of position values (which may
@@ -21,16 +37,28 @@ be randomized or restart per packed document; mask documents with ``attn_mask``)
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import shutil
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from posenc.base import PositionalEncoding, check_positions, default_positions
 
-__all__ = ["AttentionCall", "attention", "explain", "register_backend", "BACKENDS"]
+__all__ = ["AttentionCall", "attention", "explain", "register_backend", "BACKENDS", "causal_flex_block_mask",
+           "chunk_rows"]
+
+logger = logging.getLogger("posenc.attention")
+
+# Cost model of ``auto`` (element counts of the dense ``(B|1, H, Tq, Tk)`` mask that ``dense`` would build).
+DENSE_MAX_ELEMENTS = 2**24  # above this (64 MiB in float32) a bias call leaves ``dense`` for ``chunked``/``flex``
+FLEX_MIN_ELEMENTS = 2**20  # on GPU, smaller calls (decode steps) stay on ``dense``: no compile, no shape churn
+FLEX_CPU_MIN_ELEMENTS = 2**26  # on CPU compiling Flex (~30 s, once) pays off only for long inference calls
+CHUNK_ELEMENTS = 2**22  # ``chunked`` sizes its query blocks so one block's mask holds about this many elements
 
 
 @dataclasses.dataclass
@@ -51,47 +79,124 @@ class AttentionCall:
     def n_rep(self) -> int:
         return self.q.shape[1] // self.k.shape[1]
 
+    @property
+    def uses_bias(self) -> bool:
+        return self.pe is not None and self.pe.uses_bias
+
+    @property
+    def needs_grad(self) -> bool:
+        """Whether autograd will record this call (an input or a parameter of the encoding requires grad)."""
+        if not torch.is_grad_enabled():
+            return False
+        if any(t is not None and t.requires_grad for t in (self.q, self.k, self.v, self.attn_mask)):
+            return True
+        return self.pe is not None and any(p.requires_grad for p in self.pe.parameters())
+
+    @property
+    def dense_mask_shape(self) -> tuple[int, int, int, int]:
+        """Shape of the float mask ``dense`` materializes: ``(B or 1, H, Tq, Tk)``."""
+        b, h, tq, _ = self.q.shape
+        batched = any(p.dim() == 2 and p.shape[0] > 1 for p in (self.q_pos, self.k_pos)) or (
+            self.attn_mask is not None and self.attn_mask.dim() == 4 and self.attn_mask.shape[0] > 1)
+        return (b if batched else 1, h, tq, self.k.shape[-2])
+
+    def describe(self) -> str:
+        """One line of the facts ``auto`` decides on (for :func:`explain` and the debug log)."""
+        facts = (f"device={self.q.device.type}, dtype={str(self.q.dtype).removeprefix('torch.')}, "
+                 f"grad={self.needs_grad}, causal={self.causal}, q {tuple(self.q.shape)}, k {tuple(self.k.shape)}")
+        if not self.uses_bias:
+            return f"{facts}, no bias"
+        shape = self.dense_mask_shape
+        return f"{facts}, bias={self.pe.name}: dense mask {shape} = {_human_bytes(math.prod(shape) * 4)} in float32"
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
 
 @dataclasses.dataclass(frozen=True)
 class Backend:
     name: str
     fn: Callable[[AttentionCall], Tensor]
-    supports: Callable[[AttentionCall], str | None]  # None if it can run this call, else why not
+    supports: Callable[[AttentionCall], str | None]  # None if it can run this call exactly, else why not
     priority: int  # auto tries higher first
+    suits: Callable[[AttentionCall], str | None]  # None if auto should pick it for this call (cost), else why not
 
 
 BACKENDS: dict[str, Backend] = {}
 
 
-def register_backend(name: str, *, priority: int = 0,
-                     supports: Callable[[AttentionCall], str | None] = lambda call: None):
+def _always(call: AttentionCall) -> str | None:
+    return None
+
+
+def register_backend(name: str, *, priority: int = 0, supports: Callable[[AttentionCall], str | None] = _always,
+                     suits: Callable[[AttentionCall], str | None] = _always):
     """Decorator: add ``fn(call: AttentionCall) -> (B, H, Tq, Dv)`` as ``backend=name``.
 
-    ``supports(call)`` returns ``None`` when the backend can compute this call exactly, or a reason why not; ``auto``
-    picks the highest-priority backend that supports the call.
+    Args:
+        name: the ``backend=`` name.
+        priority: ``auto`` tries higher priorities first.
+        supports: ``supports(call)`` returns ``None`` when the backend can compute this call exactly, or a reason
+            why not (then neither ``auto`` nor an explicit ``backend=name`` runs it).
+        suits: ``suits(call)`` returns ``None`` when ``auto`` should pick this backend for the call (it is the cheap
+            choice for this device, size and gradient need), or a reason why not; an explicit ``backend=name``
+            ignores it.
     """
 
     def decorator(fn: Callable[[AttentionCall], Tensor]) -> Callable[[AttentionCall], Tensor]:
-        BACKENDS[name] = Backend(name, fn, supports, priority)
+        BACKENDS[name] = Backend(name, fn, supports, priority, suits)
         return fn
 
     return decorator
 
 
-# -- masks --------------------------------------------------------------------------------------------------------------
-def causal_mask(q_len: int, k_len: int, device: torch.device) -> Tensor:
-    """Bool ``(Tq, Tk)``, True where query ``i`` (at key index ``Tk - Tq + i``) may attend key ``j``."""
-    q_idx = torch.arange(k_len - q_len, k_len, device=device)
-    return torch.arange(k_len, device=device) <= q_idx[:, None]
+# -- masks -------------------------------------------------------------------------------------------------------------
+def causal_mask(q_len: int, k_len: int, device: torch.device, *, start: int = 0, stop: int | None = None,
+                key_stop: int | None = None) -> Tensor:
+    """Bool ``(stop - start, key_stop)``, True where query ``i`` (at key index ``Tk - Tq + i``) may attend key ``j``.
+
+    With the defaults it is the full ``(Tq, Tk)`` mask; ``start``/``stop`` select query rows and ``key_stop`` the
+    first keys, as ``chunked`` needs for one block.
+    """
+    stop = q_len if stop is None else stop
+    key_stop = k_len if key_stop is None else key_stop
+    q_idx = torch.arange(k_len - q_len + start, k_len - q_len + stop, device=device)
+    return torch.arange(key_stop, device=device) <= q_idx[:, None]
 
 
-def combined_mask(call: AttentionCall, dtype: torch.dtype, *, with_bias: bool = True) -> Tensor | None:
-    """The causal mask, ``attn_mask`` and the encoding's dense bias as one additive float mask (or a bool mask)."""
+def _slice_mask(mask: Tensor, q_len: int, k_len: int, start: int, stop: int, key_stop: int) -> Tensor:
+    """Rows ``start:stop`` and keys ``:key_stop`` of an ``attn_mask`` broadcastable to ``(B, H, Tq, Tk)``."""
+    if mask.dim() >= 2 and mask.shape[-2] == q_len and (start, stop) != (0, q_len):
+        mask = mask[..., start:stop, :]
+    if mask.dim() >= 1 and mask.shape[-1] == k_len and key_stop != k_len:
+        mask = mask[..., :key_stop]
+    return mask
+
+
+def block_mask(call: AttentionCall, dtype: torch.dtype, *, start: int = 0, stop: int | None = None,
+               key_stop: int | None = None, with_bias: bool = True) -> Tensor | None:
+    """The mask of query rows ``start:stop`` against keys ``:key_stop``: bias + causal + ``attn_mask`` in one.
+
+    Returns an additive float mask in ``dtype`` broadcastable to ``(B, H, stop - start, key_stop)`` when there is a
+    bias, a bool mask (True = attend) when there is only masking, or ``None`` when there is neither.
+    """
     q, k = call.q, call.k
-    bias = call.pe.bias(call.q_pos, call.k_pos) if (with_bias and call.pe is not None and call.pe.uses_bias) else None
+    q_len, k_len = q.shape[-2], k.shape[-2]
+    stop = q_len if stop is None else stop
+    key_stop = k_len if key_stop is None else key_stop
+    bias = None
+    if with_bias and call.uses_bias:
+        bias = call.pe.bias(call.q_pos[..., start:stop], call.k_pos[..., :key_stop])  # (B|, H, rows, keys)
     mask = call.attn_mask
+    if mask is not None:
+        mask = _slice_mask(mask, q_len, k_len, start, stop, key_stop)
     if call.causal:
-        cm = causal_mask(q.shape[-2], k.shape[-2], q.device)
+        cm = causal_mask(q_len, k_len, q.device, start=start, stop=stop, key_stop=key_stop)
         if mask is None:
             mask = cm
         elif mask.dtype == torch.bool:
@@ -110,19 +215,222 @@ def combined_mask(call: AttentionCall, dtype: torch.dtype, *, with_bias: bool = 
     return bias + mask.to(dtype)
 
 
-# -- backends -----------------------------------------------------------------------------------------------------------
-def _sdpa_supports(call: AttentionCall) -> str | None:
+def combined_mask(call: AttentionCall, dtype: torch.dtype, *, with_bias: bool = True) -> Tensor | None:
+    """The causal mask, ``attn_mask`` and the encoding's dense bias as one additive float mask (or a bool mask)."""
+    return block_mask(call, dtype, with_bias=with_bias)
+
+
+# -- backends ----------------------------------------------------------------------------------------------------------
+def _no_bias_reason(call: AttentionCall) -> str | None:
+    return None if call.uses_bias else "no bias to apply: sdpa's fused kernels need nothing materialized"
+
+
+def _dense_suits(call: AttentionCall) -> str | None:
+    return _no_bias_reason(call)
+
+
+@register_backend("sdpa", priority=10)
+@register_backend("dense", priority=20, suits=_dense_suits)
+def _dense(call: AttentionCall) -> Tensor:
+    """SDPA with bias, causal mask and ``attn_mask`` as one dense mask (no mask at all when there is none)."""
+    q, k, v = call.q, call.k, call.v
+    if call.causal and call.attn_mask is None and not call.uses_bias and q.shape[-2] == k.shape[-2]:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=call.scale, enable_gqa=call.n_rep > 1)
+    mask = combined_mask(call, q.dtype)  # (B|1, H|1, Tq, Tk) or None
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=call.scale, enable_gqa=call.n_rep > 1)
+
+
+def chunk_rows(call: AttentionCall) -> int:
+    """Query rows per ``chunked`` block: about ``CHUNK_ELEMENTS`` mask elements per block, at least 16 rows."""
+    b, h, q_len, _ = call.dense_mask_shape
+    return max(1, min(q_len, max(16, CHUNK_ELEMENTS // max(1, b * h * call.k.shape[-2]))))
+
+
+def _chunked_suits(call: AttentionCall) -> str | None:
+    if not call.uses_bias:
+        return _no_bias_reason(call)
+    n = math.prod(call.dense_mask_shape)
+    if n <= DENSE_MAX_ELEMENTS:
+        return f"the dense mask is small ({n} <= DENSE_MAX_ELEMENTS = {DENSE_MAX_ELEMENTS} elements): dense is faster"
     return None
 
 
-@register_backend("sdpa", priority=10, supports=_sdpa_supports)
-def _sdpa(call: AttentionCall) -> Tensor:
-    q, k, v = call.q, call.k, call.v
-    uses_bias = call.pe is not None and call.pe.uses_bias
-    if call.causal and call.attn_mask is None and not uses_bias and q.shape[-2] == k.shape[-2]:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=call.scale, enable_gqa=call.n_rep > 1)
-    mask = combined_mask(call, q.dtype)
+def _attend_block(call: AttentionCall, start: int, stop: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    # q (B, H, rows, D), k (B, Hkv, keys, D), v (B, Hkv, keys, Dv) -> (B, H, rows, Dv)
+    mask = block_mask(call, q.dtype, start=start, stop=stop, key_stop=k.shape[-2])
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=call.scale, enable_gqa=call.n_rep > 1)
+
+
+@register_backend("chunked", priority=30, suits=_chunked_suits)
+def _chunked(call: AttentionCall) -> Tensor:
+    """Query blocks of :func:`chunk_rows` rows, each with only its own mask; checkpointed under autograd.
+
+    Checkpointing is what keeps the *backward* pass small too: SDPA saves its ``attn_mask`` for backward, so without
+    it every block's mask would stay alive until backward and the total would be the dense mask again.
+    """
+    q, k, v = call.q, call.k, call.v
+    q_len, k_len = q.shape[-2], k.shape[-2]
+    rows = chunk_rows(call)
+    recompute = call.needs_grad
+    outs = []
+    for start in range(0, q_len, rows):
+        stop = min(start + rows, q_len)
+        # Causal: the block's last query sits at key index k_len - q_len + stop - 1; later keys are masked anyway.
+        key_stop = k_len - q_len + stop if call.causal else k_len
+        args = (call, start, stop, q[:, :, start:stop], k[:, :, :key_stop], v[:, :, :key_stop])
+        if recompute:
+            outs.append(checkpoint(_attend_block, *args, use_reentrant=False, preserve_rng_state=False))
+        else:
+            outs.append(_attend_block(*args))
+    if not outs:
+        return q.new_zeros(*q.shape[:-1], v.shape[-1])
+    return torch.cat(outs, dim=-2)  # (B, H, Tq, Dv)
+
+
+_FLEX_COMPILED: Callable | None = None
+
+
+def _flex_module():
+    try:
+        from torch.nn.attention import flex_attention as flex
+    except ImportError:
+        return None
+    return flex
+
+
+def _flex_supports(call: AttentionCall) -> str | None:
+    if _flex_module() is None:
+        return f"torch {torch.__version__} has no torch.nn.attention.flex_attention (it needs torch >= 2.5)"
+    device = call.q.device.type
+    if device == "cpu" and call.needs_grad:
+        return (f"FlexAttention on CPU is forward-only in torch {torch.__version__.split('+')[0]} and these inputs "
+                f"need gradients; use 'chunked' for training (or run under torch.no_grad())")
+    if device == "cpu" and shutil.which("g++") is None and shutil.which("clang++") is None:
+        return "FlexAttention on CPU runs only under torch.compile, which needs a C++ compiler (g++ or clang++)"
+    if call.q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return f"FlexAttention computes in float32/bfloat16/float16, not {call.q.dtype}"
+    if call.attn_mask is not None and call.attn_mask.dtype != torch.bool:
+        return "a float attn_mask cannot become a block_mask; pass a bool mask (True = attend) or use 'chunked'"
+    if call.uses_bias and type(call.pe).score_mod is PositionalEncoding.score_mod:
+        return f"{call.pe.name} defines bias() but no score_mod()"
+    if call.uses_bias and call.needs_grad and not getattr(call.pe, "flex_backward", True):
+        return (f"{call.pe.name}'s score_mod indexes a trainable tensor more than once, which FlexAttention's "
+                f"backward does not support (torch {torch.__version__.split('+')[0]}); use 'chunked' or 'dense'")
+    return None
+
+
+def _flex_suits(call: AttentionCall) -> str | None:
+    if not call.uses_bias:
+        return _no_bias_reason(call)
+    n = math.prod(call.dense_mask_shape)
+    if call.q.device.type == "cpu" and n < FLEX_CPU_MIN_ELEMENTS:
+        return (f"on CPU compiling FlexAttention (~30 s once) pays off only from FLEX_CPU_MIN_ELEMENTS = "
+                f"{FLEX_CPU_MIN_ELEMENTS} mask elements; this call has {n}")
+    if call.q.device.type != "cpu" and n < FLEX_MIN_ELEMENTS:
+        return f"a small call ({n} < FLEX_MIN_ELEMENTS = {FLEX_MIN_ELEMENTS} mask elements) is cheaper dense"
+    return None
+
+
+def _flex_block_mask(call: AttentionCall):
+    """A FlexAttention ``BlockMask`` for the causal mask and a bool ``attn_mask``, or ``None`` without either."""
+    flex = _flex_module()
+    b, h, q_len, _ = call.q.shape
+    k_len = call.k.shape[-2]
+    mods = []
+    batch_dims: tuple[int | None, int | None] = (None, None)
+    if call.causal:
+        offset = k_len - q_len  # bottom-right: query i sits at key index offset + i
+
+        def causal_mod(b_idx, h_idx, q_idx, kv_idx):
+            return kv_idx <= q_idx + offset
+
+        mods.append(causal_mod)
+    if call.attn_mask is not None:
+        m = call.attn_mask.reshape((1,) * (4 - call.attn_mask.dim()) + tuple(call.attn_mask.shape))
+        batch_dims = (b if m.shape[0] > 1 else None, h if m.shape[1] > 1 else None)
+        m = m.expand(b, h, q_len, k_len)  # a view: no copy
+
+        def mask_mod(b_idx, h_idx, q_idx, kv_idx):
+            return m[b_idx, h_idx, q_idx, kv_idx]
+
+        mods.append(mask_mod)
+    if not mods:
+        return None
+    if call.attn_mask is None:  # causal only: built from block arithmetic, O((T / 128)^2) integers
+        key = (q_len, k_len, str(call.q.device))
+        if key not in _CAUSAL_BLOCK_MASKS:  # every layer of a model asks for the same one
+            if len(_CAUSAL_BLOCK_MASKS) >= 8:
+                _CAUSAL_BLOCK_MASKS.pop(next(iter(_CAUSAL_BLOCK_MASKS)))
+            _CAUSAL_BLOCK_MASKS[key] = causal_flex_block_mask(q_len, k_len, call.q.device)
+        return _CAUSAL_BLOCK_MASKS[key]
+    mod = mods[0] if len(mods) == 1 else flex.and_masks(*mods)
+    # Eager create_block_mask evaluates mask_mod on the whole (Tq, Tk) grid (int64 indices: 8 bytes per pair);
+    # compiled, it works block by block. On CPU compiling it would add another ~30 s, so only on GPU.
+    return flex.create_block_mask(mod, batch_dims[0], batch_dims[1], q_len, k_len, device=call.q.device,
+                                  _compile=call.q.device.type != "cpu")
+
+
+_CAUSAL_BLOCK_MASKS: dict[tuple[int, int, str], object] = {}  # (Tq, Tk, device) -> BlockMask, oldest first
+
+
+def causal_flex_block_mask(q_len: int, k_len: int, device: torch.device | str, *, block: int = 128):
+    """The bottom-right causal FlexAttention ``BlockMask`` without evaluating the mask on the ``(Tq, Tk)`` grid.
+
+    A ``block x block`` tile of query block ``i`` and key block ``j`` is *full* when every key in it is at or before
+    the first query's key index (``Tk - Tq + i * block``), *partial* (the mask is applied inside it) when only some
+    are, and skipped otherwise; tiles cut by the sequence ends count as partial. The result equals
+    ``create_block_mask`` of the same mask (``tests/test_attention_backends.py`` checks it) at ``O((T / block)^2)``
+    memory instead of ``O(Tq * Tk)``.
+    """
+    flex = _flex_module()
+    offset = k_len - q_len  # query i sits at key index offset + i
+
+    def causal_mod(b_idx, h_idx, q_idx, kv_idx):
+        return kv_idx <= q_idx + offset
+
+    n_q, n_k = -(-q_len // block), -(-k_len // block)
+    qi = torch.arange(n_q, device=device)[:, None]  # (nq, 1)
+    kj = torch.arange(n_k, device=device)[None, :]  # (1, nk)
+    q_first, q_last = qi * block, torch.clamp((qi + 1) * block, max=q_len) - 1
+    k_first, k_last = kj * block, torch.clamp((kj + 1) * block, max=k_len) - 1
+    whole = ((qi + 1) * block <= q_len) & ((kj + 1) * block <= k_len)
+    full = (k_last <= offset + q_first) & whole  # (nq, nk)
+    partial = (k_first <= offset + q_last) & ~full
+
+    def as_blocks(m: Tensor) -> tuple[Tensor, Tensor]:
+        # (1, 1, nq) counts and (1, 1, nq, nk) indices with the selected key blocks first, in order
+        order = torch.argsort((~m).to(torch.int32), dim=-1, stable=True)
+        return m.sum(-1).to(torch.int32)[None, None], order.to(torch.int32)[None, None]
+
+    return flex.BlockMask.from_kv_blocks(*as_blocks(partial), *as_blocks(full), BLOCK_SIZE=block,
+                                         mask_mod=causal_mod, seq_lengths=(q_len, k_len))
+
+
+def _compiled_flex() -> Callable:
+    global _FLEX_COMPILED
+    flex = _flex_module()
+    if torch.compiler.is_compiling():  # already inside the caller's torch.compile: let it trace flex directly
+        return flex.flex_attention
+    if _FLEX_COMPILED is None:
+        _FLEX_COMPILED = torch.compile(flex.flex_attention)
+    return _FLEX_COMPILED
+
+
+@register_backend("flex", priority=40, supports=_flex_supports, suits=_flex_suits)
+def _flex(call: AttentionCall) -> Tensor:
+    """FlexAttention: the encoding's ``score_mod`` and a ``block_mask``, compiled; no ``(Tq, Tk)`` tensor."""
+    score_mod = call.pe.score_mod(call.q_pos, call.k_pos) if call.uses_bias else None
+    block_mask = _flex_block_mask(call)
+    # Each encoding's score_mod (and causal/masked, dtype, ...) is its own compiled graph. Past dynamo's recompile
+    # limit (8) dynamo would silently run Flex *eagerly*, which materializes the full score matrix (and has no
+    # backward for some score_mods): allow more graphs, and make hitting the limit an error instead.
+    limits = {name: max(getattr(torch._dynamo.config, name), 64) for name in ("recompile_limit", "cache_size_limit")
+              if hasattr(torch._dynamo.config, name)}
+    fail = {name: True for name in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit")
+            if hasattr(torch._dynamo.config, name)}
+    with torch._dynamo.config.patch(**limits, **fail):
+        return _compiled_flex()(call.q, call.k, call.v, score_mod=score_mod, block_mask=block_mask,
+                                scale=call.scale, enable_gqa=call.n_rep > 1)  # (B, H, Tq, Dv)
 
 
 @register_backend("reference", priority=-100)
@@ -150,7 +458,7 @@ def _attend(call: AttentionCall) -> Tensor:
                           attn_mask=call.attn_mask, scale=call.scale)
 
 
-# -- entry point --------------------------------------------------------------------------------------------------------
+# -- entry point -------------------------------------------------------------------------------------------------------
 def attention(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None = None, *, q_pos: Tensor | None = None,
               k_pos: Tensor | None = None, causal: bool = False, attn_mask: Tensor | None = None,
               backend: str = "auto", scale: float | None = None) -> Tensor:
@@ -168,23 +476,43 @@ def attention(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None = N
         k_pos: int64 ``(Tk,)`` or ``(B, Tk)``; default ``0 .. Tk - 1``.
         causal: mask keys after each query (by index, bottom-right aligned; see the module docstring).
         attn_mask: bool (True = may attend) or additive float mask broadcastable to ``(B, H, Tq, Tk)``.
-        backend: ``"auto"``, or a name in ``BACKENDS`` (``"sdpa"``, ``"reference"``, ...).
+        backend: ``"auto"``, or a name in ``BACKENDS``: ``"sdpa"``, ``"dense"``, ``"chunked"``, ``"flex"``,
+            ``"reference"``, ``"attend"`` (see the module docstring). A named backend that cannot compute the call
+            exactly raises ``ValueError`` with the reason; it never falls back silently.
         scale: softmax scale, default ``1 / sqrt(D)``.
 
     Returns:
         ``(B, H, Tq, Dv)`` in the dtype of ``q``.
     """
     call = _prepare(q, k, v, pe, q_pos=q_pos, k_pos=k_pos, causal=causal, attn_mask=attn_mask, scale=scale)
-    chosen, _ = _choose(call, backend)
+    chosen, reason = _choose(call, backend)
+    if backend == "auto" and not torch.compiler.is_compiling() and logger.isEnabledFor(logging.DEBUG):
+        logger.debug("auto chose %s: %s [%s]", chosen.name, reason, call.describe())
     return chosen.fn(call)
 
 
 def explain(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None = None, *, backend: str = "auto",
             **kwargs) -> str:
-    """Which backend :func:`attention` would use for these arguments, and why (no attention is computed)."""
+    """Which backend :func:`attention` would use for these arguments, and why (no attention is computed).
+
+    Takes the same arguments as :func:`attention`. The answer reads ``"<backend>: <why> [<facts>]"``, where the
+    facts are what ``auto`` decides on (device, dtype, whether gradients are needed, the bias, the dense mask size)
+    and the *why* lists every higher-priority backend that was skipped with its reason.
+
+    Example:
+        >>> posenc.attention.explain(q, k, v, pe, causal=True)  # doctest: +SKIP
+        'chunked: highest-priority backend that supports and suits this call (skipped: flex: FlexAttention on CPU
+        is forward-only ...) [device=cpu, dtype=float32, grad=True, causal=True, bias=alibi, dense mask
+        (1, 8, 8192, 8192) = 2.0 GiB in float32]'
+    """
     call = _prepare(q, k, v, pe, **kwargs)
     chosen, reason = _choose(call, backend)
-    return f"{chosen.name}: {reason}"
+    return f"{chosen.name}: {reason} [{call.describe()}]"
+
+
+# ``posenc.attention`` is this function (the package re-exports it over the module name), so hang ``explain`` on it
+# too: ``posenc.attention.explain(...)`` then works whichever of the two a user holds.
+attention.explain = explain
 
 
 def _choose(call: AttentionCall, backend: str) -> tuple[Backend, str]:
@@ -197,7 +525,7 @@ def _choose(call: AttentionCall, backend: str) -> tuple[Backend, str]:
         why_not = chosen.supports(call)
         if why_not is not None:
             raise ValueError(f"backend {backend!r} cannot compute this call exactly: {why_not}. Use backend='auto'.")
-        if call.pe is not None and call.pe.uses_attend and backend not in ("attend", "reference"):
+        if call.pe is not None and call.pe.uses_attend and backend != "attend":
             raise ValueError(f"backend {backend!r} would skip {call.pe.name}'s own attend(); use backend='auto'.")
         return chosen, "requested"
     if call.pe is not None and call.pe.uses_attend:
@@ -206,12 +534,20 @@ def _choose(call: AttentionCall, backend: str) -> tuple[Backend, str]:
     for candidate in sorted(BACKENDS.values(), key=lambda b: -b.priority):
         if candidate.name in ("attend", "reference"):
             continue
-        why_not = candidate.supports(call)
+        why_not = candidate.supports(call) or candidate.suits(call)
         if why_not is None:
-            extra = f" (skipped: {'; '.join(skipped)})" if skipped else ""
-            return candidate, f"highest-priority backend that supports this call{extra}"
-        skipped.append(f"{candidate.name}: {why_not}")
-    return BACKENDS["reference"], f"no faster backend supports this call ({'; '.join(skipped)})"
+            extra = f" (skipped {_join_skipped(skipped)})" if skipped else ""
+            return candidate, f"highest-priority backend that supports and suits this call{extra}"
+        skipped.append((candidate.name, why_not))
+    return BACKENDS["reference"], f"no faster backend supports this call (skipped {_join_skipped(skipped)})"
+
+
+def _join_skipped(skipped: list[tuple[str, str]]) -> str:
+    """``[(name, reason), ...]`` as ``"a, b: reason; c: other reason"`` (backends with one reason share it)."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in skipped:
+        by_reason.setdefault(reason, []).append(name)
+    return "; ".join(f"{', '.join(names)}: {reason}" for reason, names in by_reason.items())
 
 
 def _prepare(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None, *, q_pos: Tensor | None = None,

@@ -96,6 +96,9 @@ class PositionalEncoding(nn.Module):
     family: ClassVar[str] = "none"
     paper: ClassVar[str | None] = None  # arXiv id of the paper that introduced it
     extrapolates: ClassVar[bool] = True  # defined for positions >= max_seq_len
+    # False when the score_mod cannot be differentiated by FlexAttention (it indexes one trainable tensor more than
+    # once, which torch's flex backward rejects); training then uses the chunked/dense backends instead.
+    flex_backward: ClassVar[bool] = True
 
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False) -> None:
         super().__init__()

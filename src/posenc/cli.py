@@ -12,6 +12,9 @@ import sys
 # Modules that define ``add_commands(subparsers)``; each adds its subcommands with ``set_defaults(func=...)``.
 COMMAND_MODULES = (
     "posenc.commands",
+    "posenc.bench.cli",
+    "posenc.rope_scaling_cli",
+    "posenc.viz_cli",
 )
 
 
@@ -30,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `posenc list | head`: the reader left; not an error worth a message
+        sys.stderr.close()
+        return 0
     except (ValueError, TypeError, OSError, RuntimeError, ImportError) as exc:
         if args.debug:
             raise

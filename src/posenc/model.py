@@ -266,7 +266,8 @@ class Transformer(nn.Module):
         if tokens.dim() != 2:
             raise ValueError(f"{name} must have shape (B, T); got {tuple(tokens.shape)}. Hint: tokens[None] adds "
                              f"a batch dimension.")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.vocab_size):
+        if tokens.numel() and not torch.compiler.is_compiling() and (
+                int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.vocab_size):
             raise ValueError(f"{name} ids must lie in [0, vocab_size={self.cfg.vocab_size}); got range "
                              f"[{int(tokens.min())}, {int(tokens.max())}].")
         return self.tok_emb(tokens) * math.sqrt(self.cfg.dim)  # (B, T, dim)

@@ -55,7 +55,7 @@ def additive_mask(q_len: int, k_len: int, *, causal: bool, attn_mask: Tensor | N
 def safe_softmax(scores: Tensor) -> Tensor:
     """Softmax over the last axis; a row whose every entry is ``-inf`` gives zeros (with zero, not NaN, gradients)."""
     dead = torch.isneginf(scores).all(dim=-1, keepdim=True)
-    if not bool(dead.any()):
+    if not torch.compiler.is_compiling() and not bool(dead.any()):  # skip the fix-up when no row is dead
         return torch.softmax(scores, dim=-1)
     return torch.softmax(scores.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
 

@@ -92,6 +92,7 @@ class AdaptiveBias(PositionalEncoding):
                             options=options.get(c) if isinstance(c, str) else None) for c in components)
         self.component_names = tuple(names)
         self.extrapolates = all(c.extrapolates for c in self.components)
+        self.flex_backward = all(c.flex_backward for c in self.components)
         self.mix_logits = nn.Parameter(torch.zeros(n_heads, len(self.components)))  # (H, C)
         self.content = bool(content)
         if self.content:

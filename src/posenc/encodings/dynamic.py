@@ -43,6 +43,7 @@ class DynamicPositionBias(PairwiseBias):
 
     paper = "2111.09883"
     extrapolates = True  # the MLP is defined for every distance (how well it generalises is an empirical question)
+    flex_backward = False  # its lookup-table gather of trainable MLP outputs fails to compile a flex backward
 
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False, hidden: int = 64,
                  depth: int = 2, log_distance: bool = True) -> None:

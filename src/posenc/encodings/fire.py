@@ -72,6 +72,7 @@ class FIRE(PairwiseBias):
 
     paper = "2310.04418"
     extrapolates = True  # the normalised distance stays in [0, 1] at any length
+    flex_backward = False  # the MLP weights are read once per hidden unit; flex backward rejects that (GPU, torch 2.11)
 
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False, hidden: int = 32,
                  init_c: float = 0.1, init_threshold: float = 512.0, bidirectional: bool | None = None,

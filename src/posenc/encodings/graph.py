@@ -76,7 +76,7 @@ def _check_adjacency(adj: Tensor, who: str) -> Tensor:
     if adj.is_complex():
         raise TypeError(f"{who}: adjacency must be real or bool; got {adj.dtype}.")
     a = adj.to(torch.float64)
-    if bool((a < 0).any()):
+    if not torch.compiler.is_compiling() and bool((a < 0).any()):
         raise ValueError(f"{who}: adjacency entries must be non-negative (nonzero = edge); got a minimum of "
                          f"{float(a.min())}.")
     return a

@@ -89,8 +89,7 @@ def mrope_angles(coords: Tensor, inv_freq: Tensor, section: Sequence[int]) -> Te
         inv_freq: ``(F,)`` frequencies with ``F = sum(section)``.
         section: three section sizes.
     """
-    axis = torch.repeat_interleave(torch.arange(3, device=coords.device),
-                                   torch.tensor(list(section), device=coords.device))  # (F,)
+    axis = torch.tensor([a for a, n in enumerate(section) for _ in range(n)], device=coords.device)  # (F,)
     chosen = coords.to(torch.float64).index_select(-1, axis)  # (..., F): the coordinate each pair uses
     return chosen * inv_freq.to(device=coords.device, dtype=torch.float64)
 

@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 
 from posenc.base import PositionalEncoding, check_positions, register
+from posenc.kernels import fast_rotate
+from posenc.rope_scaling import SCALING_METHODS, logn_scale, resolve_scaling, scaled_inv_freq
 
 __all__ = [
     "LAYOUTS",
@@ -151,6 +153,14 @@ class RoPE(PositionalEncoding):
         rotary_dim: rotate only the first ``rotary_dim`` channels of each head (partial RoPE, as GPT-NeoX/Phi do);
             must be even. Defaults to all of ``head_dim``.
         rotary_fraction: alternative to ``rotary_dim``: ``rotary_dim = int(head_dim * rotary_fraction)``.
+        scaling: context extension as a Hugging Face style dict, e.g. ``{"rope_type": "yarn", "factor": 4.0,
+            "original_max_position_embeddings": 4096}`` (legacy ``"type"`` too; ``"logn": True`` adds log-n query
+            scaling). Methods and keys: :mod:`posenc.rope_scaling`. ``original_max_position_embeddings`` defaults to
+            ``max_seq_len``. ``None`` (default) is plain RoPE.
+
+    Length-dependent scalings (``dynamic``, ``longrope``) choose their frequencies per :meth:`rotate` call from
+    ``seq_len = 1 + max(q_pos, k_pos)``: every query and key of the call uses them, and keys cached by earlier calls
+    keep theirs (as Hugging Face does), so KV-cache decoding past the training length differs from a full forward.
 
     cos/sin tables for positions ``[0, L)`` are cached in non-persistent float32 buffers that grow on demand (powers
     of two, up to ``max(max_seq_len, 65536)`` positions); positions beyond are computed directly with the same
@@ -164,7 +174,7 @@ class RoPE(PositionalEncoding):
 
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
                  base: float = 10000.0, layout: str = "half", rotary_dim: int | None = None,
-                 rotary_fraction: float | None = None) -> None:
+                 rotary_fraction: float | None = None, scaling: dict | None = None) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
         if layout not in LAYOUTS:
             raise ValueError(f"rope: layout must be one of {LAYOUTS}; got {layout!r}.")
@@ -187,45 +197,104 @@ class RoPE(PositionalEncoding):
         self.layout = layout
         self.rotary_dim = rotary_dim
         self.attention_scale = 1.0  # multiplies cos and sin (context-extension scalings such as YaRN set it)
+        self.scaling = None if scaling is None else self._resolve_scaling(scaling)
+        if self.scaling is not None:
+            _, self.attention_scale = scaled_inv_freq(rotary_dim, self.base, self.scaling)  # validates the values
         self.register_buffer("_cos", torch.empty(0, rotary_dim // 2), persistent=False)
         self.register_buffer("_sin", torch.empty(0, rotary_dim // 2), persistent=False)
         self._grow_cache(min(max_seq_len, self.cache_limit), torch.device("cpu"))
 
-    def inv_freq(self, device: torch.device | str | None = None) -> Tensor:
-        """``theta_i`` as float64 ``(rotary_dim // 2,)``. Context-extension scalings override this."""
-        return rope_frequencies(self.rotary_dim, self.base, device=device)
+    def _resolve_scaling(self, scaling: dict) -> dict | None:
+        if not isinstance(scaling, dict):
+            raise TypeError(f"rope: scaling must be a dict such as {{'rope_type': 'yarn', 'factor': 4.0}} or None; "
+                            f"got {type(scaling).__name__}.")
+        scaling = dict(scaling)
+        theta = scaling.pop("rope_theta", None)  # HF rope_parameters carry these two; they must agree with ours
+        if theta is not None and float(theta) != self.base:
+            raise ValueError(f"rope: scaling has rope_theta={theta} but base={self.base:g}; pass base={theta} (or "
+                             f"build it with posenc.hf.from_hf_config).")
+        fraction = scaling.pop("partial_rotary_factor", None)
+        if fraction is not None and int(self.head_dim * fraction) != self.rotary_dim:
+            raise ValueError(f"rope: scaling has partial_rotary_factor={fraction} (rotary_dim "
+                             f"{int(self.head_dim * fraction)}) but rotary_dim={self.rotary_dim}; pass "
+                             f"rotary_fraction={fraction}.")
+        resolved = resolve_scaling(scaling, max_seq_len=self.max_seq_len)
+        if resolved["rope_type"] == "default" and not resolved["logn"]:
+            return None  # plain RoPE, the same numbers as scaling=None
+        return resolved
+
+    @property
+    def length_dependent(self) -> bool:
+        """Whether the frequencies depend on the current sequence length (``dynamic``, ``longrope``)."""
+        return self.scaling is not None and SCALING_METHODS[self.scaling["rope_type"]].length_dependent
+
+    def inv_freq(self, device: torch.device | str | None = None, *, seq_len: int | None = None) -> Tensor:
+        """``theta_i`` as float64 ``(rotary_dim // 2,)``, scaled by ``scaling`` (at ``seq_len`` if length-dependent)."""
+        if self.scaling is None:
+            return rope_frequencies(self.rotary_dim, self.base, device=device)
+        return scaled_inv_freq(self.rotary_dim, self.base, self.scaling, seq_len=seq_len)[0].to(device)
+
+    def rebuild_caches(self) -> None:
+        self._grow_cache(self._cos.shape[0], self._cos.device)
 
     def _grow_cache(self, length: int, device: torch.device) -> None:
         pos = torch.arange(length, device=device)
         self._cos, self._sin = rope_cos_sin(pos, self.inv_freq(device), scale=self.attention_scale)
 
-    def cos_sin(self, pos: Tensor, *, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
-        """cos/sin at positions ``pos`` ``(T,)`` or ``(B, T)`` -> two tensors ``(..., rotary_dim // 2)``."""
-        if dtype == torch.float64 or pos.numel() == 0:
+    def cos_sin(self, pos: Tensor, *, dtype: torch.dtype = torch.float32,
+                seq_len: int | None = None) -> tuple[Tensor, Tensor]:
+        """cos/sin at positions ``pos`` ``(T,)`` or ``(B, T)`` -> two tensors ``(..., rotary_dim // 2)``.
+
+        ``seq_len`` is the current length for length-dependent scalings (default ``1 + pos.max()``); the cache holds
+        the frequencies of lengths up to ``original_max_position_embeddings``, longer ones are computed directly.
+        """
+        if self.length_dependent and pos.numel() and not torch.compiler.is_compiling():
+            seq_len = int(pos.max()) + 1 if seq_len is None else seq_len
+            if seq_len > self.scaling["original_max_position_embeddings"]:
+                return rope_cos_sin(pos, self.inv_freq(pos.device, seq_len=seq_len), dtype=dtype,
+                                    scale=self.attention_scale)
+        # float64 requests, empty positions and torch.compile (where a cache lookup keyed on pos.max() would break
+        # the graph) compute directly: the same formula as the cache, so the numbers do not depend on the path.
+        if dtype == torch.float64 or pos.numel() == 0 or torch.compiler.is_compiling():
             return rope_cos_sin(pos, self.inv_freq(pos.device), dtype=dtype, scale=self.attention_scale)
         top = int(pos.max())
         cached = self._cos.shape[0]
-        stale = self._cos.dtype != torch.float32 or self._cos.device != pos.device  # e.g. after .to(bfloat16)
-        if stale or cached <= top < self.cache_limit:
+        if self._cos.device != pos.device or cached <= top < self.cache_limit:
             self._grow_cache(min(max(1 << top.bit_length(), cached, 1), self.cache_limit), pos.device)
         if top < self._cos.shape[0]:
             return self._cos[pos].to(dtype), self._sin[pos].to(dtype)
         return rope_cos_sin(pos, self.inv_freq(pos.device), dtype=dtype, scale=self.attention_scale)
 
     def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
-        """Rotate ``q`` ``(B, H, Tq, D)`` at ``q_pos`` and ``k`` ``(B, Hkv, Tk, D)`` at ``k_pos``."""
-        return self.rotate_one(q, q_pos, "q"), self.rotate_one(k, k_pos, "k")
+        """Rotate ``q`` ``(B, H, Tq, D)`` at ``q_pos`` and ``k`` ``(B, Hkv, Tk, D)`` at ``k_pos``.
 
-    def rotate_one(self, x: Tensor, pos: Tensor, name: str = "x") -> Tensor:
-        """Rotate one tensor ``(B, H, T, D)`` at positions ``(T,)`` or ``(B, T)``."""
+        With ``scaling["logn"]`` the rotated queries are also multiplied by :func:`~posenc.rope_scaling.logn_scale`
+        of their positions (keys are not). Length-dependent scalings use ``seq_len = 1 + max(q_pos, k_pos)``.
+        """
+        seq_len = None
+        if self.length_dependent:
+            tops = [int(p.max()) for p in (q_pos, k_pos) if isinstance(p, Tensor) and p.numel()]
+            seq_len = max(tops) + 1 if tops else None
+        q = self.rotate_one(q, q_pos, "q", seq_len=seq_len)
+        if self.scaling is not None and self.scaling["logn"]:
+            scale = logn_scale(q_pos, self.scaling["original_max_position_embeddings"])  # (Tq,) or (B, Tq)
+            scale = scale[:, None] if scale.dim() == 1 else scale[:, None, :, None]  # -> (Tq, 1) or (B, 1, Tq, 1)
+            q = (q.to(torch.promote_types(q.dtype, torch.float32)) * scale).to(q.dtype)
+        return q, self.rotate_one(k, k_pos, "k", seq_len=seq_len)
+
+    def rotate_one(self, x: Tensor, pos: Tensor, name: str = "x", *, seq_len: int | None = None) -> Tensor:
+        """Rotate one tensor ``(B, H, T, D)`` at positions ``(T,)`` or ``(B, T)`` (``seq_len``: see :meth:`cos_sin`)."""
         _check_head_tensor(x, self.head_dim, name)
         check_positions(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
-        cos, sin = self.cos_sin(pos, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
-        return apply_rope(x, cos, sin, layout=self.layout)
+        cos, sin = self.cos_sin(pos, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
+                                seq_len=seq_len)
+        fused = fast_rotate(x, None, cos, sin, layout=self.layout)  # posenc.kernels: same numbers, one pass
+        return fused[0] if fused is not None else apply_rope(x, cos, sin, layout=self.layout)
 
     def extra_repr(self) -> str:
+        scaling = "" if self.scaling is None else f", scaling={self.scaling['rope_type']!r}"
         return (f"{super().extra_repr()}, base={self.base:g}, layout={self.layout!r}, "
-                f"rotary_dim={self.rotary_dim}")
+                f"rotary_dim={self.rotary_dim}{scaling}")
 
 
 def _check_head_tensor(x: Tensor, head_dim: int, name: str) -> None:

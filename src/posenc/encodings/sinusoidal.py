@@ -73,6 +73,8 @@ class SinusoidalPE(PositionalEncoding):
         cached = self._table
         if cached.device != pos.device:
             cached = cached.to(pos.device)
+        if torch.compiler.is_compiling():  # no data-dependent branch (graph break) under torch.compile
+            return sinusoidal_table(pos, self.dim, base=self.base)
         if pos.numel() and int(pos.max()) < cached.shape[0]:
             return cached[pos]
         return sinusoidal_table(pos, self.dim, base=self.base)

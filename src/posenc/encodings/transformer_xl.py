@@ -80,6 +80,8 @@ def xl_position_logits(qv: Tensor, w_r: Tensor, q_pos: Tensor, k_pos: Tensor, *,
     w_heads = w_r.view(h, d, rel_dim)  # (H, D, d_R)
     dist = positions_4d(q_pos)[:, :, None] - positions_4d(k_pos)[:, None, :]  # (B|1, Tq, Tk)  i - j
     uniq = inverse = None
+    if method == "auto" and torch.compiler.is_compiling():  # no data-dependent choice inside a graph
+        method = "factored"
     if method == "auto":  # contiguous-ish positions: index distances by offset from the smallest (no sort)
         lo, hi = int(dist.min()), int(dist.max())
         if hi - lo + 1 <= tq + tk:

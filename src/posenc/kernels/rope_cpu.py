@@ -1,0 +1,261 @@
+"""Fused CPU RoPE: one pass over q or k, reading each element once and writing it once (arXiv 2104.09864).
+
+The plain PyTorch formula (:func:`posenc.encodings.rope.apply_rope`) makes about ten passes over memory (slices,
+four products, two sums, a concatenation, dtype casts). This module compiles a ~100-line C kernel with the system C
+compiler on first use (under a second; cached by source hash in ``$POSENC_CACHE_DIR`` or ``~/.cache/posenc``) and
+calls it through :mod:`ctypes`. It needs no torch headers, so there is no minutes-long C++ extension build.
+
+The kernel reads any ``(B, H, T, D)`` strides, writes into a given output (which may be the input: in place), takes
+the float32 cos/sin tables ``(T, F)`` or ``(B, T, F)`` that :class:`~posenc.encodings.rope.RoPE` caches (float64
+for float64 input), rotates the first ``2F`` channels in the ``"half"`` or ``"interleaved"`` pair layout, copies the
+rest, and splits rows over ``torch.get_num_threads()`` OpenMP threads (torch's own libgomp pool, so no extra
+threads compete with torch's). Arithmetic is float32 (float64 for float64),
+one rounding to the output dtype, exactly as the reference does; bfloat16 rounds to nearest even.
+
+If no compiler is found or the build fails, :func:`load_library` logs the reason once at WARNING and returns
+``None``; callers then use the plain PyTorch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["SUPPORTED_DTYPES", "cache_dir", "load_library", "rotate_into", "unavailable_reason"]
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+_SOURCE = r"""
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+typedef int64_t i64;
+
+static inline float bf16_to_f32(uint16_t v) { uint32_t u = ((uint32_t)v) << 16; float f; memcpy(&f, &u, 4); return f; }
+static inline uint16_t f32_to_bf16(float f) {
+    uint32_t u; memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);  /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);                                               /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+typedef struct {
+    const void *x; void *out; const void *cos; const void *sin;
+    i64 B, H, T, D, F;
+    i64 sxb, sxh, sxt, sxd, sob, soh, sot, sod, scb, sct;
+    int interleaved, negate, copy_tail;
+    i64 row0, row1;
+} job_t;
+
+/* One kernel per element type: T_IN is the storage type, T_C the compute type (float, or double for double). */
+#define ROPE_KERNEL(NAME, T_IN, T_C, LOAD, STORE)                                                            \
+static void NAME(const job_t *j) {                                                                           \
+    const T_IN *x = (const T_IN *)j->x; T_IN *o = (T_IN *)j->out;                                            \
+    const T_C *cs = (const T_C *)j->cos; const T_C *sn = (const T_C *)j->sin;                                \
+    const i64 F = j->F, HT = j->H * j->T;                                                                    \
+    for (i64 r = j->row0; r < j->row1; ++r) {                                                                \
+        const i64 b = r / HT, h = (r / j->T) % j->H, t = r % j->T;                                           \
+        const T_IN *xr = x + b * j->sxb + h * j->sxh + t * j->sxt;                                           \
+        T_IN *orow = o + b * j->sob + h * j->soh + t * j->sot;                                               \
+        const T_C *c = cs + b * j->scb + t * j->sct, *s = sn + b * j->scb + t * j->sct;                      \
+        const T_C sg = j->negate ? (T_C)-1 : (T_C)1;                                                         \
+        if (j->sxd == 1 && j->sod == 1) {                                                                    \
+            if (!j->interleaved) {                                                                           \
+                _Pragma("GCC ivdep")                                                                         \
+                for (i64 i = 0; i < F; ++i) {                                                                \
+                    const T_C x1 = LOAD(xr[i]), x2 = LOAD(xr[i + F]), ci = c[i], si = sg * s[i];             \
+                    orow[i] = STORE(x1 * ci - x2 * si); orow[i + F] = STORE(x2 * ci + x1 * si);              \
+                }                                                                                            \
+            } else {                                                                                         \
+                _Pragma("GCC ivdep")                                                                         \
+                for (i64 i = 0; i < F; ++i) {                                                                \
+                    const T_C x1 = LOAD(xr[2 * i]), x2 = LOAD(xr[2 * i + 1]), ci = c[i], si = sg * s[i];     \
+                    orow[2 * i] = STORE(x1 * ci - x2 * si); orow[2 * i + 1] = STORE(x2 * ci + x1 * si);      \
+                }                                                                                            \
+            }                                                                                                \
+            if (j->copy_tail) for (i64 d = 2 * F; d < j->D; ++d) orow[d] = xr[d];                            \
+        } else {                                                                                             \
+            const i64 a = j->sxd, z = j->sod;                                                                \
+            const i64 p1 = j->interleaved ? 2 : 1, p2 = j->interleaved ? 1 : F;                              \
+            for (i64 i = 0; i < F; ++i) {                                                                    \
+                const i64 d1 = p1 * i, d2 = p1 * i + p2;                                                     \
+                const T_C x1 = LOAD(xr[d1 * a]), x2 = LOAD(xr[d2 * a]), ci = c[i], si = sg * s[i];           \
+                orow[d1 * z] = STORE(x1 * ci - x2 * si); orow[d2 * z] = STORE(x2 * ci + x1 * si);            \
+            }                                                                                                \
+            if (j->copy_tail) for (i64 d = 2 * F; d < j->D; ++d) orow[d * z] = xr[d * a];                    \
+        }                                                                                                    \
+    }                                                                                                        \
+}
+
+#define ID(v) (v)
+#define TO_F(v) ((float)(v))
+#define TO_H(v) ((_Float16)(v))
+ROPE_KERNEL(rope_f32, float, float, ID, ID)
+ROPE_KERNEL(rope_f64, double, double, ID, ID)
+ROPE_KERNEL(rope_bf16, uint16_t, float, bf16_to_f32, f32_to_bf16)
+ROPE_KERNEL(rope_f16, _Float16, float, TO_F, TO_H)
+
+typedef void (*kernel_t)(const job_t *);
+
+/* dtype: 0 float32, 1 float64, 2 bfloat16, 3 float16. shape = {B, H, T, D, F};
+   strides = {sxb, sxh, sxt, sxd, sob, soh, sot, sod, scb, sct} in elements. Returns 0 on success. */
+int posenc_rope(int dtype, const void *x, void *out, const void *cos, const void *sin, const i64 *shape,
+                const i64 *strides, int interleaved, int negate, int copy_tail, int n_threads) {
+    kernel_t fn = dtype == 0 ? rope_f32 : dtype == 1 ? rope_f64 : dtype == 2 ? rope_bf16 : dtype == 3 ? rope_f16 : 0;
+    if (!fn) return -1;
+    job_t base = {x, out, cos, sin, shape[0], shape[1], shape[2], shape[3], shape[4],
+                  strides[0], strides[1], strides[2], strides[3], strides[4], strides[5], strides[6], strides[7],
+                  strides[8], strides[9], interleaved, negate, copy_tail, 0, 0};
+    const i64 rows = base.B * base.H * base.T;
+#ifdef _OPENMP
+    /* torch's own libgomp is already loaded (same soname), so this reuses torch's thread pool: no extra threads
+       competing with torch's, no thread start-up per call. */
+    if (n_threads > 1 && rows > 1) {
+#pragma omp parallel num_threads(n_threads)
+        {
+            const i64 nt = omp_get_num_threads(), id = omp_get_thread_num();
+            job_t j = base;
+            j.row0 = rows * id / nt;
+            j.row1 = rows * (id + 1) / nt;
+            fn(&j);
+        }
+        return 0;
+    }
+#endif
+    base.row1 = rows;
+    fn(&base);
+    return 0;
+}
+"""
+
+_FLAGS = ("-O3", "-shared", "-fPIC", "-fno-strict-aliasing", "-std=gnu11")
+_OPENMP_FLAGS = ("-fopenmp",)  # tried first; a compiler without OpenMP gets a single-threaded build
+_DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+# Below this many elements a single thread is faster than starting threads (~20 us each).
+_PARALLEL_MIN_ELEMENTS = 1 << 17
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}
+
+
+def cache_dir() -> Path:
+    """Where the compiled library is kept: ``$POSENC_CACHE_DIR``, else ``$XDG_CACHE_HOME/posenc``, else ``~/.cache``."""
+    if os.environ.get("POSENC_CACHE_DIR"):
+        return Path(os.environ["POSENC_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "posenc"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _build() -> ctypes.CDLL:
+    if sys.platform == "win32":
+        raise OSError("the fused CPU kernel is built with a POSIX C compiler; Windows is not supported")
+    cc = _compiler()
+    if cc is None:
+        raise OSError("no C compiler found (tried $CC, cc, gcc, clang); install one or set CC")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    folder = cache_dir()
+    errors = []
+    for flags in ((*_FLAGS, *_OPENMP_FLAGS), _FLAGS):
+        key = hashlib.sha256("\0".join((_SOURCE, cc, version, *flags)).encode()).hexdigest()[:16]
+        target = folder / f"rope_cpu_{key}.so"
+        if target.exists():
+            break
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            src, lib = Path(tmp) / "rope_cpu.c", Path(tmp) / "rope_cpu.so"
+            src.write_text(_SOURCE)
+            proc = subprocess.run([cc, *flags, str(src), "-o", str(lib)], capture_output=True, text=True,
+                                  timeout=300)
+            if proc.returncode == 0:
+                os.replace(lib, target)  # atomic: concurrent processes never load a half-written file
+                break
+            errors.append(f"{cc} {' '.join(flags)} failed ({proc.returncode}): {proc.stderr.strip()[-1500:]}")
+    else:
+        raise OSError("; ".join(errors))
+    if errors:  # built, but without OpenMP: say so once, the kernel is still correct (single-threaded)
+        log.info("fused CPU RoPE kernel built without OpenMP (single-threaded): %s", errors[0])
+    _state["openmp"] = not errors and _OPENMP_FLAGS[0] in flags
+    lib = ctypes.CDLL(str(target))
+    lib.posenc_rope.restype = ctypes.c_int
+    lib.posenc_rope.argtypes = [ctypes.c_int, *(ctypes.c_void_p,) * 4, ctypes.POINTER(ctypes.c_int64),
+                                ctypes.POINTER(ctypes.c_int64), ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                ctypes.c_int]
+    return lib
+
+
+def load_library() -> ctypes.CDLL | None:
+    """The compiled kernel (built on first call, then cached on disk), or ``None`` with a logged reason."""
+    if "lib" in _state:
+        return _state["lib"]  # type: ignore[return-value]
+    with _lock:
+        if "lib" not in _state:
+            try:
+                _state["lib"] = _build()
+            except (OSError, subprocess.SubprocessError) as exc:
+                _state["lib"] = None
+                _state["reason"] = f"fused CPU RoPE kernel unavailable, using the plain PyTorch path: {exc}"
+                log.warning("%s", _state["reason"])
+    return _state["lib"]  # type: ignore[return-value]
+
+
+def unavailable_reason() -> str | None:
+    """Why :func:`load_library` returned ``None`` (``None`` if it has not failed)."""
+    return _state.get("reason")  # type: ignore[return-value]
+
+
+def rotate_into(x: Tensor, out: Tensor, cos: Tensor, sin: Tensor, *, layout: str, negate: bool = False) -> Tensor:
+    """Write RoPE of ``x`` into ``out`` (may be ``x`` itself) with the fused kernel; returns ``out``.
+
+    Args:
+        x: ``(B, H, T, D)`` CPU tensor, any strides, dtype in :data:`SUPPORTED_DTYPES`.
+        out: ``(B, H, T, D)`` like ``x``, any non-overlapping strides; may alias ``x`` exactly (in-place).
+        cos, sin: ``(T, F)`` or ``(B, T, F)`` (``B`` may be 1), float32 (float64 for float64 ``x``), ``2F <= D``.
+        layout: ``"half"`` or ``"interleaved"``.
+        negate: rotate by minus the angle (the transpose of the rotation: what backward needs).
+    """
+    lib = load_library()
+    if lib is None:
+        raise RuntimeError(unavailable_reason() or "fused CPU RoPE kernel unavailable")
+    b, h, t, d = x.shape
+    f = cos.shape[-1]
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if cos.dtype != compute or sin.dtype != compute:
+        raise TypeError(f"rope_cpu: cos/sin must be {compute} for {x.dtype} input; got {cos.dtype}/{sin.dtype}.")
+    if cos.dim() == 2:
+        cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
+    cos, sin = cos.contiguous(), sin.contiguous()  # (B or 1, T, F): small tables
+    if cos.shape[1:] != (t, f) or sin.shape != cos.shape or cos.shape[0] not in (1, b):
+        raise ValueError(f"rope_cpu: cos/sin of shape {tuple(cos.shape)} / {tuple(sin.shape)} do not match "
+                         f"x of shape {tuple(x.shape)}; expected (T, F) or (B, T, F).")
+    threads = torch.get_num_threads() if x.numel() >= _PARALLEL_MIN_ELEMENTS else 1
+    shape = (ctypes.c_int64 * 5)(b, h, t, d, f)
+    strides = (ctypes.c_int64 * 10)(*x.stride(), *out.stride(), cos.stride(0) if cos.shape[0] == b > 1 else 0,
+                                    cos.stride(1))
+    copy_tail = int(2 * f < d and out.data_ptr() != x.data_ptr())
+    rc = lib.posenc_rope(_DTYPE_CODE[x.dtype], x.data_ptr(), out.data_ptr(), cos.data_ptr(), sin.data_ptr(),
+                         shape, strides, int(layout == "interleaved"), int(negate), copy_tail, threads)
+    if rc != 0:
+        raise RuntimeError(f"rope_cpu: kernel returned {rc} for dtype {x.dtype}")
+    return out

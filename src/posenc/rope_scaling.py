@@ -1,0 +1,424 @@
+"""RoPE context extension: each method is a pure function of ``(rotary_dim, base, params)`` in one registry.
+
+Every method changes only the rotary frequencies and one scale on cos/sin (the shape of Hugging Face's
+``ROPE_INIT_FUNCTIONS``, with whose numbers these agree to float32 rounding where both implement a method)::
+
+    inv_freq, attention_scale = scaled_inv_freq(rotary_dim, base, params, seq_len=None)
+
+``inv_freq`` is float64 ``(rotary_dim // 2,)``; ``attention_scale`` multiplies both cos and sin, so the attention
+logits ``q . k`` are multiplied by ``attention_scale ** 2`` (YaRN's ``sqrt(1/t)``, arXiv 2309.00071 eq. 22).
+
+- ``default``: nothing (Su et al. 2021, arXiv 2104.09864);
+- ``linear``: position interpolation, ``theta_i / s`` (Chen et al. 2023, arXiv 2306.15595);
+- ``ntk``: NTK-aware base change, ``base -> base * s^(d / (d - 2))`` (bloc97 2023; arXiv 2309.00071 sec. 3.1);
+- ``dynamic``: ``ntk`` with the stretch grown from the current length (:func:`dynamic_ntk_scaling`);
+- ``yarn``: NTK-by-parts ramp from ``theta_i`` (fast pairs) to ``theta_i / s`` (slow ones) plus the attention scale
+  ``0.1 ln s + 1`` (Peng et al. 2023, arXiv 2309.00071);
+- ``longrope``: searched per-pair factors ``theta_i / lambda_i``, a short and a long set chosen by length
+  (Ding et al. 2024, arXiv 2402.13753; Phi-3);
+- ``llama3``: keep fast pairs, ``/ s`` slow ones, blend in between (Llama 3.1, arXiv 2407.21783).
+
+``params`` is a plain dict with Hugging Face's key names (``factor``, ``original_max_position_embeddings``,
+``beta_fast``, ...); :func:`resolve_scaling` validates a user's dict and fills the defaults. Any method can add
+log-n attention scaling (``"logn": True``): queries at position ``p`` are multiplied by
+``max(1, log(p + 1) / log(L_train))`` (:func:`logn_scale`; Chiang & Cholak 2022, arXiv 2202.12172, as in Qwen).
+
+Length-dependent methods (``dynamic``, ``longrope``) take the current sequence length ``seq_len`` at run time: the
+``rope`` encoding passes ``1 + the largest position`` of each call, like Hugging Face's ``dynamic_rope_update``.
+Unlike Hugging Face, invalid parameters raise ``ValueError`` instead of logging a warning.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "SCALING_METHODS",
+    "ScalingMethod",
+    "band_report",
+    "dynamic_ntk_scaling",
+    "linear_scaling",
+    "llama3_scaling",
+    "logn_scale",
+    "longrope_scaling",
+    "ntk_scaling",
+    "register_scaling",
+    "resolve_scaling",
+    "scaled_inv_freq",
+    "yarn_scaling",
+]
+
+REQUIRED = object()  # marks a parameter without a default
+# Keys every method accepts: posenc's log-n switch, and the training length it (and most methods) measure against.
+COMMON_PARAMS: dict[str, Any] = {"logn": False, "original_max_position_embeddings": None}
+
+ScalingFn = Callable[..., tuple[Tensor, float]]
+
+
+@dataclass(frozen=True)
+class ScalingMethod:
+    """One registered scaling: the function and the parameters it accepts (``REQUIRED`` or a default)."""
+
+    name: str
+    fn: ScalingFn  # (rotary_dim, base, params, *, seq_len=None) -> (inv_freq float64 (rotary_dim//2,), scale)
+    params: dict[str, Any]  # accepted keys -> default value (REQUIRED if it has none)
+    length_dependent: bool  # True when the frequencies depend on the current sequence length
+    paper: str | None  # arXiv id
+    summary: str  # first docstring line
+
+
+SCALING_METHODS: dict[str, ScalingMethod] = {}
+
+
+def register_scaling(name: str, *, params: Mapping[str, Any] | None = None, length_dependent: bool = False,
+                     paper: str | None = None) -> Callable[[ScalingFn], ScalingFn]:
+    """Decorator: register ``fn(rotary_dim, base, params, *, seq_len=None) -> (inv_freq, attention_scale)``."""
+    def decorator(fn: ScalingFn) -> ScalingFn:
+        if name in SCALING_METHODS:
+            raise ValueError(f"register_scaling: {name!r} is already registered.")
+        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        SCALING_METHODS[name] = ScalingMethod(name, fn, {**COMMON_PARAMS, **(params or {})}, length_dependent, paper,
+                                              summary)
+        return fn
+
+    return decorator
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------------
+def base_inv_freq(rotary_dim: int, base: float) -> Tensor:
+    """``theta_i = base^(-2i / rotary_dim)``, float64 ``(rotary_dim // 2,)`` (as ``rope_frequencies``)."""
+    if isinstance(rotary_dim, bool) or not isinstance(rotary_dim, int) or rotary_dim <= 0 or rotary_dim % 2:
+        raise ValueError(f"rope scaling: rotary_dim must be a positive even int (channels rotate in pairs); "
+                         f"got {rotary_dim!r}.")
+    if not (isinstance(base, (int, float)) and not isinstance(base, bool) and base > 1):
+        raise ValueError(f"rope scaling: base must be a number > 1; got {base!r}.")
+    exponent = torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim
+    return torch.pow(float(base), -exponent)
+
+
+def _number(params: Mapping[str, Any], key: str, method: str, *, minimum: float | None = None,
+            strict: bool = False, hint: str = "") -> float:
+    value = params.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"rope scaling {method!r}: {key} must be a finite number; got {value!r}.{hint}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"rope scaling {method!r}: {key} must be {'>' if strict else '>='} {minimum:g}; "
+                         f"got {value!r}.{hint}")
+    return float(value)
+
+
+def _factor(params: Mapping[str, Any], method: str) -> float:
+    return _number(params, "factor", method, minimum=1.0,
+                   hint=" Hint: factor = target length / training length, e.g. 4.0 to run 4x longer.")
+
+
+def _original_length(params: Mapping[str, Any], method: str) -> int:
+    value = params.get("original_max_position_embeddings")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise ValueError(f"rope scaling {method!r}: original_max_position_embeddings (the training length) must be "
+                         f"an int >= 2; got {value!r}.")
+    return value
+
+
+def _ntk_exponent(rotary_dim: int, method: str) -> float:
+    if rotary_dim <= 2:
+        raise ValueError(f"rope scaling {method!r}: the NTK base change base * s^(d / (d - 2)) needs rotary_dim > 2; "
+                         f"got {rotary_dim}.")
+    return rotary_dim / (rotary_dim - 2)
+
+
+# -- methods -----------------------------------------------------------------------------------------------------------
+@register_scaling("default", paper="2104.09864")
+def default_scaling(rotary_dim: int, base: float, params: Mapping[str, Any], *,
+                    seq_len: int | None = None) -> tuple[Tensor, float]:
+    """Plain RoPE (Su et al. 2021, arXiv 2104.09864): ``theta_i = base^(-2i/d)``, scale 1."""
+    return base_inv_freq(rotary_dim, base), 1.0
+
+
+@register_scaling("linear", params={"factor": REQUIRED}, paper="2306.15595")
+def linear_scaling(rotary_dim: int, base: float, params: Mapping[str, Any], *,
+                   seq_len: int | None = None) -> tuple[Tensor, float]:
+    """Position interpolation (Chen et al. 2023, arXiv 2306.15595): ``theta_i / s``, i.e. position ``p -> p / s``."""
+    return base_inv_freq(rotary_dim, base) / _factor(params, "linear"), 1.0
+
+
+@register_scaling("ntk", params={"factor": REQUIRED})
+def ntk_scaling(rotary_dim: int, base: float, params: Mapping[str, Any], *,
+                seq_len: int | None = None) -> tuple[Tensor, float]:
+    """Static NTK-aware scaling (bloc97, 2023; see arXiv 2309.00071 sec. 3.1): ``base -> base * s^(d / (d - 2))``.
+
+    The slowest pair ``i = d/2 - 1`` is then interpolated by exactly ``s`` while the fastest is unchanged.
+    """
+    factor = _factor(params, "ntk")
+    return base_inv_freq(rotary_dim, base * factor ** _ntk_exponent(rotary_dim, "ntk")), 1.0
+
+
+@register_scaling("dynamic", params={"factor": REQUIRED}, length_dependent=True, paper="2309.00071")
+def dynamic_ntk_scaling(rotary_dim: int, base: float, params: Mapping[str, Any], *,
+                        seq_len: int | None = None) -> tuple[Tensor, float]:
+    """Dynamic NTK (emozilla, 2023; arXiv 2309.00071 sec. 3.3): the NTK base change grown with the current length.
+
+    With ``L0 = original_max_position_embeddings`` and ``L = max(seq_len, L0)`` (``seq_len=None`` means ``L0``)::
+
+        base' = base * (s * L / L0 - (s - 1)) ^ (d / (d - 2))
+
+    so lengths up to ``L0`` use plain RoPE and the stretch reaches ``s`` at ``L = s * L0`` and keeps growing (Hugging
+    Face's formula). Which positions use which frequencies: the ``rope`` encoding sets ``seq_len = 1 + the largest
+    position`` in each ``rotate`` call and rotates every query and key of that call with those frequencies; keys
+    cached by earlier calls keep the frequencies of their call. Decoding one token at a time, the token at position
+    ``t`` (query and key) uses ``seq_len = t + 1`` — exactly what Hugging Face's ``DynamicCache`` + ``dynamic`` rope
+    does while a sequence grows. A full forward over the same tokens rotates every key with the final length
+    instead, so the two differ once the length passes ``L0`` (and agree up to it).
+    """
+    factor = _factor(params, "dynamic")
+    original = _original_length(params, "dynamic")
+    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1):
+        raise ValueError(f"rope scaling 'dynamic': seq_len must be a positive int; got {seq_len!r}.")
+    length = original if seq_len is None else max(seq_len, original)
+    grown = base * (factor * length / original - (factor - 1)) ** _ntk_exponent(rotary_dim, "dynamic")
+    return base_inv_freq(rotary_dim, grown), 1.0
+
+
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's ``0.1 * mscale * ln(s) + 1`` for ``s > 1`` (arXiv 2309.00071 eq. 22: ``sqrt(1/t)``), else 1."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def yarn_correction_range(rotary_dim: int, base: float, original: int, beta_fast: float, beta_slow: float,
+                          truncate: bool) -> tuple[float, float]:
+    """Pair indices ``(low, high)`` where a pair makes ``beta_fast`` and ``beta_slow`` turns within ``original``.
+
+    Pair ``i`` turns ``r_i = original * theta_i / (2 pi)`` times, so ``r_i = beta`` at
+    ``i = d * ln(original / (2 pi beta)) / (2 ln base)``. Pairs ``i <= low`` turn at least ``beta_fast`` times and are
+    kept (extrapolated); pairs ``i >= high`` turn at most ``beta_slow`` times and are interpolated by ``s``.
+    """
+    def index(turns: float) -> float:
+        return rotary_dim * math.log(original / (turns * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = index(beta_fast), index(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    return max(low, 0), min(high, rotary_dim - 1)
+
+
+@register_scaling("yarn", params={"factor": REQUIRED, "beta_fast": 32.0, "beta_slow": 1.0, "mscale": None,
+                                  "mscale_all_dim": None, "attention_factor": None, "truncate": True},
+                  paper="2309.00071")
+def yarn_scaling(rotary_dim: int, base: float, params: Mapping[str, Any], *,
+                 seq_len: int | None = None) -> tuple[Tensor, float]:
+    """YaRN (Peng et al. 2023, arXiv 2309.00071): NTK-by-parts frequencies and the attention scale ``0.1 ln s + 1``.
+
+    ``theta'_i = (1 - gamma_i) * theta_i / s + gamma_i * theta_i`` with ``gamma_i`` a linear ramp over pair index from
+    1 (``i <= low``, fast pairs, kept) to 0 (``i >= high``, slow pairs, interpolated); see
+    :func:`yarn_correction_range`. The ramp is linear in the pair index as in the reference code and Hugging Face.
+
+    Attention scale (multiplies cos and sin): ``attention_factor`` if given; else DeepSeek's
+    ``mscale(s, mscale) / mscale(s, mscale_all_dim)`` with ``mscale(s, m) = 0.1 m ln s + 1`` (defaults ``mscale=1``,
+    ``mscale_all_dim=0``, which gives the paper's ``0.1 ln s + 1``). Hugging Face silently drops ``mscale`` unless
+    both are non-zero; the cases where that changes the number raise here instead, asking for ``attention_factor``.
+    """
+    factor = _factor(params, "yarn")
+    original = _original_length(params, "yarn")
+    beta_fast = _number(params, "beta_fast", "yarn", minimum=0.0, strict=True)
+    beta_slow = _number(params, "beta_slow", "yarn", minimum=0.0, strict=True)
+    if beta_fast <= beta_slow:
+        raise ValueError(f"rope scaling 'yarn': beta_fast (turns above which pairs are kept) must exceed beta_slow "
+                         f"(turns below which they are interpolated); got beta_fast={beta_fast:g}, "
+                         f"beta_slow={beta_slow:g}. The paper uses 32 and 1.")
+    truncate = params.get("truncate", True)
+    if not isinstance(truncate, bool):
+        raise ValueError(f"rope scaling 'yarn': truncate must be a bool; got {truncate!r}.")
+    attention = _yarn_attention_factor(params, factor)
+
+    theta = base_inv_freq(rotary_dim, base)
+    low, high = yarn_correction_range(rotary_dim, base, original, beta_fast, beta_slow, truncate)
+    if low == high:
+        high += 0.001  # the reference code's guard against a zero-width ramp
+    pair = torch.arange(rotary_dim // 2, dtype=torch.float64)
+    interpolate = ((pair - low) / (high - low)).clamp(0, 1)  # 0 for fast pairs (kept), 1 for slow ones (/ s)
+    return theta / factor * interpolate + theta * (1 - interpolate), attention
+
+
+def _yarn_attention_factor(params: Mapping[str, Any], factor: float) -> float:
+    if params.get("attention_factor") is not None:
+        return _number(params, "attention_factor", "yarn", minimum=0.0, strict=True)
+    mscale, mscale_all_dim = params.get("mscale"), params.get("mscale_all_dim")
+    for key, value in (("mscale", mscale), ("mscale_all_dim", mscale_all_dim)):
+        if value is not None:
+            _number(params, key, "yarn", minimum=0.0)
+    if mscale and mscale_all_dim:
+        return yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim)
+    if mscale in (None, 1) and not mscale_all_dim:
+        return yarn_mscale(factor)
+    raise ValueError(f"rope scaling 'yarn': mscale={mscale!r} with mscale_all_dim={mscale_all_dim!r} is ambiguous: "
+                     f"DeepSeek's code gives mscale(s, mscale) / mscale(s, mscale_all_dim) = "
+                     f"{yarn_mscale(factor, mscale or 0.0) / yarn_mscale(factor, mscale_all_dim or 0.0):.6g} but "
+                     f"Hugging Face ignores mscale unless both are non-zero and uses {yarn_mscale(factor):.6g}. Pass "
+                     f"attention_factor=<the value you want> (or both mscale and mscale_all_dim).")
+
+
+def _factor_list(params: Mapping[str, Any], key: str, n: int) -> Tensor:
+    value = params.get(key)
+    if not isinstance(value, (list, tuple)) or len(value) != n or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value):
+        shown = f"a list of length {len(value)}" if isinstance(value, (list, tuple)) else repr(value)
+        raise ValueError(f"rope scaling 'longrope': {key} must be a list of rotary_dim // 2 = {n} positive numbers "
+                         f"(one per rotary pair); got {shown}.")
+    return torch.tensor([float(v) for v in value], dtype=torch.float64)
+
+
+@register_scaling("longrope", params={"short_factor": REQUIRED, "long_factor": REQUIRED, "factor": None,
+                                      "attention_factor": None}, length_dependent=True, paper="2402.13753")
+def longrope_scaling(rotary_dim: int, base: float, params: Mapping[str, Any], *,
+                     seq_len: int | None = None) -> tuple[Tensor, float]:
+    """LongRoPE (Ding et al. 2024, arXiv 2402.13753; Phi-3): ``theta_i / lambda_i`` with searched per-pair factors.
+
+    ``lambda = long_factor`` when ``seq_len > original_max_position_embeddings``, else ``short_factor``
+    (``seq_len=None`` means short). The ``rope`` encoding passes ``seq_len = 1 + the largest position`` of each call,
+    as Hugging Face does; cached keys keep the set of their call. Attention scale: ``attention_factor`` if given,
+    else ``sqrt(1 + ln s / ln L0)`` for ``s = factor > 1`` (1 otherwise).
+    """
+    original = _original_length(params, "longrope")
+    n = rotary_dim // 2
+    short, long = _factor_list(params, "short_factor", n), _factor_list(params, "long_factor", n)
+    factor = _factor(params, "longrope") if params.get("factor") is not None else 1.0
+    if params.get("attention_factor") is not None:
+        attention = _number(params, "attention_factor", "longrope", minimum=0.0, strict=True)
+    else:
+        attention = math.sqrt(1 + math.log(factor) / math.log(original)) if factor > 1 else 1.0
+    ext = long if seq_len is not None and seq_len > original else short
+    return base_inv_freq(rotary_dim, base) / ext, attention
+
+
+@register_scaling("llama3", params={"factor": REQUIRED, "low_freq_factor": 1.0, "high_freq_factor": 4.0},
+                  paper="2407.21783")
+def llama3_scaling(rotary_dim: int, base: float, params: Mapping[str, Any], *,
+                   seq_len: int | None = None) -> tuple[Tensor, float]:
+    """Llama 3.1 frequency bands (Meta 2024, arXiv 2407.21783): keep fast pairs, interpolate slow ones, blend between.
+
+    With wavelength ``w_i = 2 pi / theta_i`` and ``L0 = original_max_position_embeddings``: ``w_i < L0 /
+    high_freq_factor`` keeps ``theta_i``; ``w_i > L0 / low_freq_factor`` uses ``theta_i / s``; in between
+    ``(1 - a) theta_i / s + a theta_i`` with ``a = (L0 / w_i - low_freq_factor) / (high_freq_factor -
+    low_freq_factor)``. Scale 1.
+    """
+    factor = _factor(params, "llama3")
+    original = _original_length(params, "llama3")
+    low = _number(params, "low_freq_factor", "llama3", minimum=0.0, strict=True)
+    high = _number(params, "high_freq_factor", "llama3", minimum=0.0, strict=True)
+    if high <= low:
+        raise ValueError(f"rope scaling 'llama3': high_freq_factor must exceed low_freq_factor; got "
+                         f"high_freq_factor={high:g}, low_freq_factor={low:g} (Meta uses 4 and 1).")
+    theta = base_inv_freq(rotary_dim, base)
+    wavelength = 2 * math.pi / theta
+    blend = ((original / wavelength - low) / (high - low)).clamp(0, 1)  # 1 = keep, 0 = interpolate
+    out = (1 - blend) * theta / factor + blend * theta
+    out = torch.where(wavelength < original / high, theta, out)  # the band edges exactly as Meta writes them
+    return torch.where(wavelength > original / low, theta / factor, out), 1.0
+
+
+# -- parameters --------------------------------------------------------------------------------------------------------
+def resolve_scaling(scaling: Mapping[str, Any], *, max_seq_len: int) -> dict[str, Any]:
+    """Validate an HF-style scaling dict and fill defaults: ``{"rope_type": name, <every accepted key>: value}``.
+
+    Accepts ``rope_type`` or the legacy ``type``; ``original_max_position_embeddings`` defaults to ``max_seq_len``
+    (the length the encoding is built for, as Hugging Face defaults it to ``max_position_embeddings``); ``yarn`` and
+    ``longrope`` take a missing ``factor`` as ``max_seq_len / original_max_position_embeddings`` as Hugging Face does.
+    ``rope_theta`` and ``partial_rotary_factor`` are not scaling parameters: the caller checks and removes them.
+
+    Raises:
+        ValueError: unknown method or keys, missing required keys, or invalid values (checked by computing once).
+    """
+    if not isinstance(scaling, Mapping):
+        raise TypeError(f"rope scaling must be a dict such as {{'rope_type': 'yarn', 'factor': 4.0}}; got "
+                        f"{type(scaling).__name__}.")
+    params = dict(scaling)
+    name, legacy = params.pop("rope_type", None), params.pop("type", None)
+    if name is not None and legacy is not None and name != legacy:
+        raise ValueError(f"rope scaling: 'rope_type'={name!r} and the legacy 'type'={legacy!r} disagree; pass one.")
+    name = name if name is not None else legacy
+    if name is None:
+        raise ValueError(f"rope scaling: the dict needs 'rope_type' (or legacy 'type'), one of "
+                         f"{sorted(SCALING_METHODS)}; got keys {sorted(scaling)}.")
+    if name not in SCALING_METHODS:
+        raise ValueError(f"rope scaling: unknown rope_type {name!r}; posenc implements {sorted(SCALING_METHODS)}.")
+    method = SCALING_METHODS[name]
+    unknown = sorted(set(params) - set(method.params))
+    if unknown:
+        raise ValueError(f"rope scaling {name!r}: unknown key(s) {unknown}; it accepts {sorted(method.params)}.")
+    missing = sorted(k for k, v in method.params.items() if v is REQUIRED and params.get(k) is None)
+    if missing:
+        raise ValueError(f"rope scaling {name!r}: missing required key(s) {missing}.")
+    out = {"rope_type": name, **{k: v for k, v in method.params.items() if v is not REQUIRED}, **params}
+    if out["original_max_position_embeddings"] is None:
+        out["original_max_position_embeddings"] = max_seq_len
+    if name in ("yarn", "longrope") and out.get("factor") is None:
+        out["factor"] = max_seq_len / _original_length(out, name)
+    if not isinstance(out["logn"], bool):
+        raise ValueError(f"rope scaling {name!r}: logn must be a bool; got {out['logn']!r}.")
+    if out["logn"]:
+        _original_length(out, name)
+    return out
+
+
+def scaled_inv_freq(rotary_dim: int, base: float, params: Mapping[str, Any], *,
+                    seq_len: int | None = None) -> tuple[Tensor, float]:
+    """Frequencies (float64 ``(rotary_dim // 2,)``) and cos/sin scale of the method named by ``params["rope_type"]``."""
+    name = params.get("rope_type")
+    if name not in SCALING_METHODS:
+        raise ValueError(f"rope scaling: unknown rope_type {name!r}; posenc implements {sorted(SCALING_METHODS)}. "
+                         f"Hint: resolve_scaling(...) validates a user's dict.")
+    return SCALING_METHODS[name].fn(rotary_dim, base, params, seq_len=seq_len)
+
+
+def logn_scale(pos: Tensor, train_len: int) -> Tensor:
+    """Log-n query scale ``max(1, ln(pos + 1) / ln(train_len))`` (arXiv 2202.12172; Qwen's ``use_logn_attn``).
+
+    A query at position ``p`` attends over ``p + 1`` tokens in a causal model; multiplying it by ``log_{L}(p + 1)``
+    keeps the attention entropy of long contexts near that seen in training (length ``L``). Positions ``p < L`` are
+    unchanged. ``pos``: int ``(...)`` -> float32 ``(...)``.
+    """
+    if isinstance(train_len, bool) or not isinstance(train_len, int) or train_len < 2:
+        raise ValueError(f"logn_scale: train_len must be an int >= 2; got {train_len!r}.")
+    n = pos.to(torch.float64) + 1
+    return (torch.log(n) / math.log(train_len)).clamp(min=1.0).to(torch.float32)
+
+
+# -- inspection --------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Band:
+    """One rotary pair before and after scaling (a row of :func:`band_report`)."""
+
+    pair: int  # pair index i
+    wavelength: float  # 2 pi / theta_i, in tokens
+    scaled_wavelength: float  # 2 pi / theta'_i
+    stretch: float  # theta_i / theta'_i (1 = extrapolated, s = interpolated by the full factor)
+    turns: float  # full turns within the training length: original / wavelength
+    regime: str  # "extrapolate" (kept), "interpolate" (stretched by ~factor), "blend" (in between), "stretch"
+
+
+def band_report(rotary_dim: int, base: float, params: Mapping[str, Any], *,
+                seq_len: int | None = None) -> tuple[list[Band], float]:
+    """Per-pair wavelengths before/after a scaling and the regime of each pair; also returns the attention scale."""
+    before = base_inv_freq(rotary_dim, base)
+    after, scale = scaled_inv_freq(rotary_dim, base, params, seq_len=seq_len)
+    factor = params.get("factor") or 1.0
+    original = params.get("original_max_position_embeddings") or 1
+    rows = []
+    for i, (b, a) in enumerate(zip(before.tolist(), after.tolist())):
+        stretch = b / a
+        if math.isclose(stretch, 1.0, rel_tol=1e-9):
+            regime = "extrapolate"
+        elif math.isclose(stretch, factor, rel_tol=1e-6):
+            regime = "interpolate"
+        elif 1.0 < stretch < factor:
+            regime = "blend"
+        else:
+            regime = "stretch"  # e.g. NTK beyond s, or a LongRoPE factor outside [1, s]
+        rows.append(Band(i, 2 * math.pi / b, 2 * math.pi / a, stretch, original * b / (2 * math.pi), regime))
+    return rows, scale
