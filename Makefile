@@ -18,13 +18,13 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m posenc demo
+	$(PY) -m posenc lab run --suite quick --workers 2 --out runs/quick
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -m slow
+	HYPOTHESIS_PROFILE=long $(PY) -m pytest -q -p no:cacheprovider -m "slow or not slow" -o timeout=3600
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests

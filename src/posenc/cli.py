@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "posenc.bench.cli",
     "posenc.rope_scaling_cli",
     "posenc.viz_cli",
+    "posenc.lab.cli",
 )
 
 

@@ -10,60 +10,16 @@ same model reaches ~100%.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+# The generator lives in the lab (posenc.lab.tasks.who_did_what); this demo keeps its original API.
+from posenc.lab.tasks.who_did_what import LENGTH, TOKEN, VOCAB, WhoDidWhat, sample_who_did_what
 from posenc.model import Transformer, TransformerConfig
 
-NOUNS = ["cat", "dog", "bird", "fox", "horse", "mouse", "lion", "bear", "wolf", "duck", "frog", "owl"]
-VERBS = ["chases", "sees", "bites", "follows", "pushes", "helps", "hears", "finds"]
-ADJECTIVES = ["big", "small", "red", "old", "young", "quick"]
-ADVERBS = ["quickly", "slowly", "often"]
-SPECIAL = ["<pad>", "[CLS]", "the", "?", "yes", "no"]
-VOCAB = SPECIAL + NOUNS + VERBS + ADJECTIVES + ADVERBS
-TOKEN = {w: i for i, w in enumerate(VOCAB)}
-LENGTH = 12  # the longest sentence; shorter ones are padded
-
-
-@dataclass
-class WhoDidWhat:
-    """A batch: ``tokens`` (B, LENGTH), ``padding_mask`` (B, LENGTH) True on real tokens, ``label`` (B,) 1 = yes.
-
-    Examples come in mirrored pairs (rows ``2i`` and ``2i + 1`` hold the same words with the two nouns swapped and
-    opposite labels), so any model blind to order scores exactly 50%.
-    """
-
-    tokens: torch.Tensor
-    padding_mask: torch.Tensor
-    label: torch.Tensor
-
-    def sentence(self, i: int) -> str:
-        return " ".join(VOCAB[t] for t in self.tokens[i].tolist() if t != TOKEN["<pad>"])
-
-
-def sample_who_did_what(generator: torch.Generator, pairs: int) -> WhoDidWhat:
-    """``2 * pairs`` examples in mirrored pairs, deterministic under ``generator``."""
-
-    def pick(options: list[str]) -> str:
-        return options[int(torch.randint(len(options), (1,), generator=generator))]
-
-    def maybe(options: list[str]) -> list[str]:
-        return [pick(options)] if bool(torch.rand(1, generator=generator) < 0.5) else []
-
-    rows, labels = [], []
-    for _ in range(pairs):
-        i, j = torch.randperm(len(NOUNS), generator=generator)[:2].tolist()
-        n1, n2 = NOUNS[i], NOUNS[j]
-        adj1, adv, verb, adj2 = maybe(ADJECTIVES), maybe(ADVERBS), pick(VERBS), maybe(ADJECTIVES)
-        query = n1 if bool(torch.rand(1, generator=generator) < 0.5) else n2
-        for a, b in ((n1, n2), (n2, n1)):  # the sentence and its mirror: same words, opposite answer
-            words = ["[CLS]", "the", *adj1, a, *adv, verb, "the", *adj2, b, "?", query]
-            rows.append([TOKEN[w] for w in words] + [TOKEN["<pad>"]] * (LENGTH - len(words)))
-            labels.append(int(query == a))
-    tokens = torch.tensor(rows)
-    return WhoDidWhat(tokens, tokens != TOKEN["<pad>"], torch.tensor(labels))
+__all__ = ["LENGTH", "TOKEN", "VOCAB", "WhoDidWhat", "answer_logits", "evaluate_who_did_what", "run_demo",
+           "sample_who_did_what", "train_who_did_what"]
 
 
 def answer_logits(model: Transformer, batch: WhoDidWhat) -> torch.Tensor:

@@ -102,4 +102,5 @@ class ScaledSinusoidalPE(SinusoidalPE):
 
     def embed(self, x: Tensor, pos: Tensor) -> Tensor:
         check_positions(pos, x.shape[-2], batch=x.shape[0], device=x.device)
-        return x + (self.gain * self.table(pos)).to(x.dtype)
+        compute = torch.promote_types(x.dtype, torch.float32)  # a 0-d gain would not promote a float32 table
+        return x + (self.gain.to(compute) * self.table(pos).to(compute)).to(x.dtype)

@@ -1,0 +1,208 @@
+"""``posenc lab run | report | list``: sweeps, reports and what the lab holds.
+
+Flags for the model, run and task lengths are generated from the dataclasses in :mod:`posenc.lab.config` (their
+comments become the help), so a new field is a new flag with no second list to keep in sync. A flag left out keeps
+the suite's preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import inspect
+import re
+import sys
+import types
+import typing
+
+from posenc.lab.config import SUITES, Experiment, ModelConfig, RunConfig, TaskConfig, suite_encodings
+
+__all__ = ["add_commands", "add_dataclass_flags", "experiment_from_args"]
+
+# TaskConfig fields that are not flags: the task comes from --tasks, its options from task-specific flags (--text)
+_TASK_FLAGS = ("train_min_length", "train_max_length", "eval_lengths")
+_SECTIONS = (("model", ModelConfig, None), ("run", RunConfig, None), ("task", TaskConfig, _TASK_FLAGS))
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """``{field: comment}`` read from the ``name: type = default  # comment`` lines of a dataclass's source."""
+    comments = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
+        if m:
+            comments[m.group(1)] = m.group(2)
+    return comments
+
+
+def _flag_type(annotation) -> tuple[type, bool]:
+    """``(element type, is_sequence)`` of an annotation: ``int | None`` -> int; ``tuple[int, ...]`` -> (int, True)."""
+    hints = annotation
+    if isinstance(hints, str):
+        hints = eval(hints, {"tuple": tuple, "int": int, "float": float, "str": str, "dict": dict, "None": None})  # noqa: S307
+    args = typing.get_args(hints)
+    if isinstance(hints, types.UnionType) or typing.get_origin(hints) is typing.Union:
+        hints = next(a for a in args if a is not type(None))
+        args = typing.get_args(hints)
+    if typing.get_origin(hints) is tuple:
+        return args[0], True
+    return hints, False
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per field of ModelConfig, RunConfig and the length fields of TaskConfig (default: the preset)."""
+    for section, cls, only in _SECTIONS:
+        group = parser.add_argument_group(f"{section} settings (default: the suite's preset)")
+        comments = _field_comments(cls)
+        for f in dataclasses.fields(cls):
+            if only is not None and f.name not in only:
+                continue
+            kind, many = _flag_type(f.type)
+            if kind is dict:
+                continue
+            group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"{section}__{f.name}", type=kind,
+                               nargs="+" if many else None, default=None, metavar=kind.__name__.upper(),
+                               help=comments.get(f.name, "").replace("%", "%%"))
+
+
+def experiment_from_args(experiment: Experiment, args: argparse.Namespace) -> Experiment:
+    """A copy of ``experiment`` with every flag that was given applied."""
+    experiment = copy.deepcopy(experiment)
+    for section, cls, _ in _SECTIONS:
+        target = getattr(experiment, section)
+        changes = {}
+        for f in dataclasses.fields(cls):
+            value = getattr(args, f"{section}__{f.name}", None)
+            if value is not None:
+                changes[f.name] = tuple(value) if isinstance(value, list) else value
+        setattr(experiment, section, dataclasses.replace(target, **changes))
+    return experiment
+
+
+def _experiment_for(task: str, suite: str) -> Experiment:
+    for name in (suite, "standard", "full"):
+        if task in SUITES[name].experiments:
+            return SUITES[name].experiments[task]
+    return Experiment(TaskConfig(task))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from posenc.lab.report import summary_table, write_report
+    from posenc.lab.sweep import plan_sweep, run_sweep
+
+    suite = SUITES[args.suite]
+    tasks = args.tasks or list(suite.experiments)
+    if args.text is not None and "lm" not in tasks:
+        raise ValueError("--text sets the corpus of the 'lm' task, which this sweep does not run; add --tasks lm.")
+    experiments = {}
+    for name in tasks:
+        experiment = copy.deepcopy(_experiment_for(name, args.suite))
+        experiment.task.name = name
+        if name == "lm" and args.text is not None:
+            experiment.task.options["text"] = args.text
+        experiments[name] = experiment_from_args(experiment, args)
+    if args.encodings:
+        encodings = args.encodings
+    else:
+        encodings, missing = suite_encodings(suite)
+        note = f" (in the suite but not registered yet, skipped: {', '.join(missing)})" if missing else ""
+        print(f"encodings: {', '.join(encodings)}{note}")
+    seeds = args.seeds if args.seeds is not None else list(suite.seeds)
+    runs = plan_sweep(experiments, encodings, seeds)
+    records = run_sweep(runs, args.out, workers=args.workers, progress=not args.no_progress,
+                        extra={"suite": args.suite})
+    wanted = {r.run_id for r in runs}
+    print()
+    print(summary_table([r for r in records if r["run_id"] in wanted]))
+    path = write_report(args.out)
+    print(f"\nreport: {path} and {path.with_suffix('.html')}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from posenc.lab.report import summary_table, write_report
+    from posenc.lab.sweep import RESULTS, load_records
+
+    path = write_report(args.out)
+    print(summary_table(load_records(path.parent / RESULTS)))
+    print(f"\nreport: {path} and {path.with_suffix('.html')}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from posenc.lab.tasks import registered_tasks
+    from posenc.lab.tasks.base import task_class
+
+    print("tasks:")
+    for name in registered_tasks():
+        info = task_class(name)
+        lo, hi = info.train_lengths
+        print(f"  {name:<19} {info.kind:<8} train {lo}..{hi}, eval {', '.join(map(str, info.eval_lengths))}: "
+              f"{info.summary}")
+    print("\nsuites:")
+    for name, suite in SUITES.items():
+        available, missing = suite_encodings(suite)
+        print(f"  {name:<9} {suite.description}")
+        print(f"            tasks: {', '.join(suite.experiments)}")
+        print(f"            encodings: {', '.join(available)}" + (f" (not registered yet: {', '.join(missing)})"
+                                                                   if missing else ""))
+        print(f"            seeds: {', '.join(map(str, suite.seeds))}")
+    return 0
+
+
+def _extend(args: argparse.Namespace) -> int:
+    from posenc.lab.extension import context_extension, extension_table, write_extension
+    from posenc.lab.sweep import check_out_dir
+
+    check_out_dir(args.out)
+    model = ModelConfig(dim=args.dim, n_layers=args.n_layers, n_heads=args.n_heads)
+    rows = context_extension(train_length=args.train_length, factor=args.factor, steps=args.steps,
+                             finetune_steps=args.finetune_steps, model=model, text=args.text, seed=args.seed)
+    path = write_extension(rows, args.out)
+    print(extension_table(rows))
+    print(f"\nrows: {path} (posenc lab report {args.out} adds them to the report)")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    lab = sub.add_parser("lab", help="train and compare encodings on tasks that isolate what positions do")
+    lab_sub = lab.add_subparsers(dest="lab_command", metavar="LAB_COMMAND", required=True)
+
+    p = lab_sub.add_parser("run", help="run a sweep (tasks x encodings x seeds); resumes where a killed one stopped")
+    p.add_argument("--suite", choices=sorted(SUITES), default="quick", help="preset sweep (default: quick)")
+    p.add_argument("--tasks", nargs="+", default=None, help="tasks to run (default: the suite's)")
+    p.add_argument("--encodings", nargs="+", default=None, help="encodings (default: the suite's, if registered)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the suite's)")
+    p.add_argument("--workers", type=int, default=1, help="runs trained in parallel processes (default: 1)")
+    p.add_argument("--text", default=None, help="file or folder of text for the lm task (default: built-in corpus)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per run only)")
+    p.add_argument("--out", required=True, help="output folder: results.jsonl, checkpoints/, report")
+    add_dataclass_flags(p)
+    p.set_defaults(func=_run)
+
+    p = lab_sub.add_parser("report", help="write report.md, report.html and plots from a sweep's records")
+    p.add_argument("out", help="the sweep's output folder")
+    p.set_defaults(func=_report)
+
+    p = lab_sub.add_parser("extend", help="context extension: rope trained at L, evaluated at factor*L with each "
+                           "RoPE scaling, zero-shot and after a short fine-tune")
+    p.add_argument("--train-length", type=int, default=32, help="L, the training window in bytes (default: 32)")
+    p.add_argument("--factor", type=int, default=4, help="evaluate and fine-tune at factor * L (default: 4)")
+    p.add_argument("--steps", type=int, default=400, help="training steps at L (default: 400)")
+    p.add_argument("--finetune-steps", type=int, default=50, help="fine-tune steps at factor * L (default: 50)")
+    p.add_argument("--dim", type=int, default=64, help="model width (default: 64)")
+    p.add_argument("--n-layers", type=int, default=2, help="blocks (default: 2)")
+    p.add_argument("--n-heads", type=int, default=4, help="attention heads (default: 4)")
+    p.add_argument("--text", default=None, help="file or folder of text (default: built-in corpus)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder (extension.json)")
+    p.set_defaults(func=_extend)
+
+    p = lab_sub.add_parser("list", help="tasks, suites and what each measures")
+    p.set_defaults(func=_list)
+
+
+if __name__ == "__main__":
+    from posenc.cli import main
+
+    sys.exit(main(["lab", *sys.argv[1:]]))

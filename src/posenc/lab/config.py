@@ -1,0 +1,173 @@
+"""Dataclass configs for the lab's model, task and run, and the presets of each suite.
+
+Every field has a comment; the CLI turns fields into flags (``--dim``, ``--steps``, ...) so nothing is listed twice.
+A suite is a plain dict ``task name -> Experiment`` plus the encodings and seeds it sweeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+__all__ = ["SUITES", "Experiment", "ModelConfig", "RunConfig", "Suite", "TaskConfig", "config_hash",
+           "suite_encodings"]
+
+
+@dataclass
+class ModelConfig:
+    """The Transformer trained in a run (``kind``, ``vocab_size`` and ``max_seq_len`` come from the task)."""
+
+    dim: int = 64  # model width
+    n_layers: int = 2  # blocks (encoder and decoder each, for encoder-decoder tasks)
+    n_heads: int = 4  # attention heads; head_dim = dim // n_heads
+    ffn_mult: float = 2.0  # feed-forward width = ffn_mult * dim
+    dropout: float = 0.0  # on attention and feed-forward outputs
+    norm: str = "layernorm"  # "layernorm" or "rmsnorm"
+
+
+@dataclass
+class TaskConfig:
+    """Which task, and the lengths it is trained and evaluated at (``None``: the task's own protocol)."""
+
+    name: str = "parity_check"  # a registered task (posenc lab list)
+    train_min_length: int | None = None  # shortest training length (task length, not tokens)
+    train_max_length: int | None = None  # longest training length; the encoding's max_seq_len covers it
+    eval_lengths: tuple[int, ...] | None = None  # lengths evaluated after training, in and beyond the training range
+    options: dict = field(default_factory=dict)  # passed to the task's constructor (e.g. {"text": "corpus/"} for lm)
+
+
+@dataclass
+class RunConfig:
+    """How a run trains and evaluates."""
+
+    steps: int = 300  # optimizer steps
+    batch_size: int = 32  # global batch (split across processes under torchrun)
+    lr: float = 3e-3  # peak learning rate of AdamW
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup: float = 0.1  # share of steps with linear warmup, then cosine decay to 10% of lr
+    grad_clip: float = 1.0  # max gradient norm (0 disables clipping)
+    eval_batches: int = 4  # batches per evaluation length
+    eval_batch_size: int = 64  # examples per evaluation batch
+    checkpoint_every: int = 100  # steps between atomic checkpoints (0: none)
+    log_every: int = 10  # steps between recorded training losses
+    device: str = "cpu"  # "cpu" or "cuda"
+    threads: int = 1  # torch threads per process on CPU
+
+
+@dataclass
+class Experiment:
+    """One task with its model and run settings; a sweep runs it for every encoding and seed."""
+
+    task: TaskConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Experiment":
+        task = dict(data["task"])
+        if task.get("eval_lengths") is not None:
+            task["eval_lengths"] = tuple(task["eval_lengths"])
+        return cls(TaskConfig(**task), ModelConfig(**data["model"]), RunConfig(**data["run"]))
+
+
+# Settings that change the numbers; device/threads/logging do not, so a resumed sweep may change them.
+_NOT_IDENTITY = ("device", "threads", "log_every", "checkpoint_every")
+
+
+def config_hash(experiment: Experiment, encoding: str, seed: int) -> str:
+    """A short stable id of everything that determines a run's result."""
+    data = experiment.to_dict()
+    for key in _NOT_IDENTITY:
+        data["run"].pop(key)
+    data.update(encoding=encoding, seed=seed)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass
+class Suite:
+    """A preset sweep: experiments per task, the encodings and the seeds."""
+
+    description: str  # one line for `posenc lab list`
+    experiments: dict[str, Experiment]  # task name -> settings
+    encodings: tuple[str, ...]  # encodings run on every task (names not registered yet are skipped and reported)
+    seeds: tuple[int, ...] = (0,)  # seeds run for every task and encoding
+    all_encodings: bool = False  # True: every registered encoding, whatever `encodings` says
+
+
+CORE = ("nope", "sinusoidal", "learned", "rope", "alibi", "t5")  # alibi/t5 join as soon as they are registered
+STANDARD = CORE + ("randomized", "xpos", "kerple", "fire", "cope")
+
+
+def _algorithmic(name: str, *, max_len: int, evals: tuple[int, ...], steps: int) -> Experiment:
+    return Experiment(TaskConfig(name, 1, max_len, evals), ModelConfig(dim=64, n_layers=2, n_heads=4),
+                      RunConfig(steps=steps, batch_size=32, lr=3e-3))
+
+
+_QUICK = {
+    "who_did_what": Experiment(TaskConfig("who_did_what"), ModelConfig(dim=64, n_layers=2, n_heads=4),
+                               RunConfig(steps=500, batch_size=64, lr=1e-2, eval_batches=4)),
+    "bucket_sort": _algorithmic("bucket_sort", max_len=10, evals=(10, 15, 20), steps=800),
+    "lm": Experiment(TaskConfig("lm", 32, 32, (32, 64, 128, 256, 512), {"eval_tokens": 8192}),
+                     ModelConfig(dim=64, n_layers=2, n_heads=4), RunConfig(steps=400, batch_size=16, lr=3e-3)),
+}
+
+_ALGORITHMIC = ("reverse_string", "duplicate_string", "binary_addition", "parity_check", "modular_arithmetic",
+                "bucket_sort", "missing_duplicate")
+
+_STANDARD = {
+    "who_did_what": Experiment(TaskConfig("who_did_what"), ModelConfig(dim=64, n_layers=2, n_heads=4),
+                               RunConfig(steps=400, batch_size=64, lr=1e-2)),
+    "negation": Experiment(TaskConfig("negation"), ModelConfig(dim=64, n_layers=2, n_heads=4),
+                           RunConfig(steps=400, batch_size=64, lr=1e-2)),
+    **{name: _algorithmic(name, max_len=20, evals=(20, 30, 40, 60), steps=2000) for name in _ALGORITHMIC},
+    "decoder_copy": Experiment(TaskConfig("decoder_copy", 1, 20, (20, 30, 40)), ModelConfig(dim=128, n_layers=2),
+                               RunConfig(steps=2000, batch_size=32, lr=1e-3)),
+    "decoder_reverse": Experiment(TaskConfig("decoder_reverse", 1, 20, (20, 30, 40)), ModelConfig(dim=128, n_layers=2),
+                                  RunConfig(steps=2000, batch_size=32, lr=1e-3)),
+    "lm": Experiment(TaskConfig("lm", 64, 64, (64, 128, 256, 512, 1024)), ModelConfig(dim=128, n_layers=3),
+                     RunConfig(steps=2000, batch_size=16, lr=2e-3)),
+    **{name: Experiment(TaskConfig(name), ModelConfig(dim=64, n_layers=2, n_heads=4),
+                        RunConfig(steps=2000, batch_size=32, lr=1e-3))
+       for name in ("flip_flop", "counting", "selective_copy", "associative_recall", "passkey")},
+    "scan": Experiment(TaskConfig("scan"), ModelConfig(dim=128, n_layers=2, n_heads=4),
+                       RunConfig(steps=2000, batch_size=32, lr=1e-3)),
+    "reorder": Experiment(TaskConfig("reorder"), ModelConfig(dim=64, n_layers=2, n_heads=4),
+                          RunConfig(steps=2000, batch_size=32, lr=1e-3)),
+}
+
+_FULL = {
+    **{name: _algorithmic(name, max_len=40, evals=(40, 60, 100, 200, 500), steps=10000) for name in _ALGORITHMIC},
+    "who_did_what": _STANDARD["who_did_what"],
+    "negation": _STANDARD["negation"],
+    "decoder_copy": Experiment(TaskConfig("decoder_copy", 1, 20, (20, 25, 30, 35, 40)),
+                               ModelConfig(dim=256, n_layers=4, n_heads=8), RunConfig(steps=10000, lr=5e-4)),
+    "decoder_reverse": Experiment(TaskConfig("decoder_reverse", 1, 20, (20, 25, 30, 35, 40)),
+                                  ModelConfig(dim=256, n_layers=4, n_heads=8), RunConfig(steps=10000, lr=5e-4)),
+    "lm": Experiment(TaskConfig("lm", 128, 128, (128, 256, 512, 1024, 2048), {"eval_tokens": 65536}),
+                     ModelConfig(dim=256, n_layers=4, n_heads=8), RunConfig(steps=10000, batch_size=32, lr=1e-3)),
+    **{name: dataclasses.replace(_STANDARD[name], run=dataclasses.replace(_STANDARD[name].run, steps=10000))
+       for name in ("flip_flop", "counting", "selective_copy", "associative_recall", "passkey", "scan", "reorder")},
+}
+
+SUITES: dict[str, Suite] = {
+    "quick": Suite("`make demo`: who-did-what, one algorithmic task, LM extrapolation; ~10 min on 2 CPU cores",
+                   _QUICK, CORE),
+    "standard": Suite("every task, the core encodings, one seed; a few hours on 2 CPU cores", _STANDARD, STANDARD),
+    "full": Suite("every task at paper-like lengths, all encodings, 3 seeds; meant for a GPU", _FULL, (),
+                  seeds=(0, 1, 2), all_encodings=True),
+}
+
+
+def suite_encodings(suite: Suite) -> tuple[list[str], list[str]]:
+    """``(available, missing)``: the suite's encodings that are registered now, and those that are not (yet)."""
+    from posenc.base import registered_names
+
+    names = registered_names()
+    if suite.all_encodings:
+        return names, []
+    return [e for e in suite.encodings if e in names], [e for e in suite.encodings if e not in names]

@@ -1,0 +1,216 @@
+"""A sweep: tasks x encodings x seeds, one JSON record per finished run, resumable after any crash.
+
+Records live in ``OUT/results.jsonl``, one JSON object per line. A record is added by writing the whole new file to a
+temporary name, fsyncing and renaming it over the old one, so a kill at any instant leaves either the old file or the
+new one: never half a line. A run is identified by a hash of everything that determines its result
+(:func:`posenc.lab.config.config_hash`); a sweep started again with the same command skips the runs that have a
+record and resumes the unfinished one from its checkpoint (``OUT/checkpoints/``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import torch
+
+from posenc.base import registered_names
+from posenc.lab.config import Experiment, config_hash
+from posenc.lab.tasks import get_task
+from posenc.lab.train import atomic_write_bytes, resolve_lengths, train_run
+
+__all__ = ["RESULTS", "PlannedRun", "append_record", "check_out_dir", "load_records", "plan_sweep", "run_sweep",
+           "summary_line"]
+
+RESULTS = "results.jsonl"
+
+
+@dataclass
+class PlannedRun:
+    """One (task, encoding, seed) of a sweep."""
+
+    experiment: Experiment
+    encoding: str
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.experiment.task.name}/{self.encoding}/seed{self.seed}/" \
+               f"{config_hash(self.experiment, self.encoding, self.seed)}"
+
+    @property
+    def checkpoint_name(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", self.run_id) + ".pt"
+
+
+def load_records(path: str | os.PathLike) -> list[dict]:
+    """Records of a ``results.jsonl`` (``[]`` if it does not exist); a damaged file raises ``ValueError``."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}, line {i}, is not valid JSON ({exc.msg}); the results file is damaged. It was "
+                             f"left untouched: repair or move it, or choose another --out.") from None
+        if not isinstance(record, dict) or not {"run_id", "task", "encoding", "seed", "metrics"} <= set(record):
+            raise ValueError(f"{path}, line {i}, is not a lab run record (it needs run_id, task, encoding, seed and "
+                             f"metrics). The file was left untouched: repair or move it, or choose another --out.")
+        records.append(record)
+    return records
+
+
+def append_record(path: str | os.PathLike, record: dict) -> None:
+    """Add one record to ``path`` atomically (the whole file is rewritten through a temporary file and a rename)."""
+    path = Path(path)
+    old = path.read_bytes() if path.exists() else b""
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    atomic_write_bytes(path, old + json.dumps(record, sort_keys=True).encode() + b"\n")
+
+
+def check_out_dir(out: str | os.PathLike) -> Path:
+    """Create ``out`` if needed and make sure files can be written in it; raise a clear ``OSError`` if not."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OSError(f"output folder {out} exists and is not a folder; choose another --out.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OSError(f"output folder {out} is not writable ({exc.strerror or exc}); choose another --out.") from None
+    return out
+
+
+def plan_sweep(experiments: dict[str, Experiment], encodings: list[str], seeds: list[int]) -> list[PlannedRun]:
+    """Every (task, encoding, seed), validated up front: unknown names or impossible lengths fail before any work."""
+    known = registered_names()
+    for name in encodings:
+        if name not in known:
+            raise ValueError(f"unknown encoding {name!r}; registered: {', '.join(known)}.")
+    if not experiments or not encodings or not seeds:
+        raise ValueError("a sweep needs at least one task, one encoding and one seed.")
+    for experiment in experiments.values():
+        resolve_lengths(get_task(experiment.task.name, **experiment.task.options), experiment.task)
+        if experiment.run.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for, but torch.cuda.is_available() is False here; "
+                               "use --device cpu.")
+        if experiment.run.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda'; got {experiment.run.device!r}.")
+    return [PlannedRun(exp, enc, seed) for exp in experiments.values() for enc in encodings for seed in seeds]
+
+
+def summary_line(record: dict) -> str:
+    """One line per finished run: the headline metric in and beyond the training range."""
+    hi = record["train_lengths"][1]
+    parts = []
+    for length, m in record["metrics"].items():
+        if "undefined" in m:
+            parts.append(f"{length}: n/a")
+        elif record["metric"] == "perplexity":
+            parts.append(f"{length}: {m['perplexity']:.2f}")
+        else:
+            parts.append(f"{length}: {m['accuracy']:.0%}")
+    label = "ppl" if record["metric"] == "perplexity" else "acc"
+    return (f"{record['task']:<18} {record['encoding']:<11} seed {record['seed']}  train<= {hi:<4} "
+            f"{label} {'  '.join(parts)}  loss {record['final_train_loss']:.3f}  {record['wall_time_s']:.0f}s")
+
+
+def _execute(run: PlannedRun, checkpoint: str, progress: bool) -> dict:
+    return train_run(run.experiment, encoding=run.encoding, seed=run.seed, checkpoint=checkpoint, progress=progress)
+
+
+def run_sweep(runs: list[PlannedRun], out: str | os.PathLike, *, workers: int = 1, progress: bool = True,
+              extra: dict | None = None, echo: Callable[[str], None] | None = None) -> list[dict]:
+    """Run every planned run that has no record in ``out`` yet; returns all records of ``out`` afterwards.
+
+    Args:
+        runs: from :func:`plan_sweep`.
+        out: the output folder (created if needed).
+        workers: runs trained in parallel processes (each with ``run.threads`` threads).
+        progress: tqdm bars (sweep and run) with ETA.
+        extra: fields added to every new record (e.g. the suite name).
+        echo: where one-line summaries go (default: ``tqdm.write``).
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive int; got {workers!r}.")
+    out = check_out_dir(out)
+    results = out / RESULTS
+    records = load_records(results)  # a damaged file stops the sweep here, before anything is written
+    done = {r["run_id"] for r in records}
+    ckpt_dir = out / "checkpoints"
+    todo = [r for r in runs if r.run_id not in done]
+    for r in runs:  # a crash between writing a record and removing its checkpoint leaves a stale one
+        if r.run_id in done:
+            (ckpt_dir / r.checkpoint_name).unlink(missing_ok=True)
+    echo = echo or tqdm.write
+    echo(f"sweep: {len(runs)} runs, {len(runs) - len(todo)} already recorded in {results}, {len(todo)} to go")
+    if not todo:
+        return records
+    ckpt_dir.mkdir(exist_ok=True)
+    bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=not progress, dynamic_ncols=True)
+
+    def finish(run: PlannedRun, record: dict) -> None:
+        record.update(extra or {})
+        if record["run_id"] != run.run_id:
+            raise RuntimeError(f"internal error: run id {record['run_id']} != planned {run.run_id}")
+        append_record(results, record)
+        records.append(record)
+        (ckpt_dir / run.checkpoint_name).unlink(missing_ok=True)
+        bar.update(1)
+        echo(summary_line(record))
+
+    failed: list[str] = []
+
+    def fail(run: PlannedRun, exc: BaseException) -> None:
+        # one broken run must not cost the others: it gets no record (so a rerun retries it) and the sweep fails
+        failed.append(f"{run.run_id}: {type(exc).__name__}: {exc}")
+        bar.update(1)
+        echo(f"FAILED {run.run_id}: {type(exc).__name__}: {exc}")
+
+    start = time.perf_counter()
+    try:
+        if workers == 1:
+            for run in todo:
+                try:
+                    record = _execute(run, str(ckpt_dir / run.checkpoint_name), progress)
+                except Exception as exc:  # noqa: BLE001 (reported, and the sweep fails at the end)
+                    fail(run, exc)
+                    continue
+                finish(run, record)
+        else:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+                futures = {pool.submit(_execute, run, str(ckpt_dir / run.checkpoint_name), False): run
+                           for run in todo}
+                for future in as_completed(futures):
+                    try:
+                        record = future.result()
+                    except Exception as exc:  # noqa: BLE001
+                        fail(futures[future], exc)
+                        continue
+                    finish(futures[future], record)
+    finally:
+        bar.close()
+        if ckpt_dir.exists() and not any(ckpt_dir.iterdir()):
+            ckpt_dir.rmdir()
+    echo(f"sweep finished in {time.perf_counter() - start:.0f}s; records in {results}")
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(todo)} runs failed (no record written; rerun the same command "
+                           f"to retry them): " + "; ".join(failed))
+    return records

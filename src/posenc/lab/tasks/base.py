@@ -1,0 +1,175 @@
+"""The :class:`Task` interface and the task registry (the lab's counterpart of the encoding registry).
+
+A task draws batches at a requested length from a ``torch.Generator``; the same generator state gives the same batch.
+Every batch is a dict of int64 / bool tensors with one layout for all tasks, so one training loop serves them all:
+
+- ``inputs``  ``(B, T)`` token ids (the source for encoder-decoder tasks);
+- ``targets`` ``(B, T_out)`` token ids to predict, ``IGNORE`` (-100) where nothing is scored. For ``encoder`` tasks
+  ``T_out = T`` and the logits at position ``t`` predict ``targets[:, t]`` (answers read at output positions); for
+  ``decoder`` tasks ``targets`` are the next tokens (``targets[:, t]`` follows ``inputs[:, t]``); for
+  ``encoder_decoder`` tasks they are the next tokens of ``decoder_inputs``;
+- optional ``padding_mask`` ``(B, T)`` True on real tokens, and for ``encoder_decoder`` tasks ``decoder_inputs``
+  ``(B, T_out)`` and ``decoder_padding_mask``.
+
+Metrics follow from this: ``accuracy`` is the share of sequences whose every scored token is right (exact match;
+with teacher forcing this equals greedy decoding), ``token_accuracy`` the share of scored tokens, ``perplexity``
+``exp`` of the mean loss per scored token.
+"""
+
+from __future__ import annotations
+
+import abc
+import difflib
+import importlib
+import pkgutil
+from typing import ClassVar, TypeVar
+
+import torch
+from torch import Tensor
+
+__all__ = ["IGNORE", "Task", "get_task", "register_task", "registered_tasks", "task_class", "uniform_int",
+           "with_output_positions"]
+
+IGNORE = -100  # target id that is not scored (F.cross_entropy's ignore_index)
+KINDS = ("encoder", "decoder", "encoder_decoder")
+
+
+def uniform_int(generator: torch.Generator, low: int, high: int, size: tuple[int, ...] = ()) -> Tensor:
+    """Integers uniform in ``[low, high]`` (inclusive), drawn from ``generator``."""
+    return torch.randint(low, high + 1, size, generator=generator)
+
+
+class Task(abc.ABC):
+    """A synthetic or text task that draws batches at a requested length.
+
+    Subclasses set the class attributes and implement :meth:`sample_batch`; register with ``@register_task("name")``.
+
+    Attributes:
+        kind: ``"encoder"``, ``"decoder"`` or ``"encoder_decoder"`` (the :class:`posenc.TransformerConfig` kind).
+        vocab: the token strings; ``vocab_size = len(vocab)``.
+        train_lengths: ``(min, max)`` lengths sampled during training (inclusive), as the paper's protocol has it.
+        eval_lengths: lengths evaluated after training (the first ones in distribution, the rest beyond).
+        metric: the headline metric of reports: ``"accuracy"`` (higher is better) or ``"perplexity"``.
+        paper: arXiv id of the paper whose protocol the task follows, or ``None``.
+        summary: one line on what the task measures.
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "encoder"
+    vocab: ClassVar[tuple[str, ...]] = ()
+    train_lengths: ClassVar[tuple[int, int]] = (1, 40)
+    eval_lengths: ClassVar[tuple[int, ...]] = (40, 60, 100)
+    metric: ClassVar[str] = "accuracy"
+    paper: ClassVar[str | None] = None
+    summary: ClassVar[str] = ""
+    min_length: ClassVar[int] = 1  # the shortest length sample_batch accepts
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def token(self, word: str) -> int:
+        return self.vocab.index(word)
+
+    def decode(self, ids: Tensor | list[int]) -> str:
+        """Token ids as words (``IGNORE`` and padding shown as ``_``)."""
+        ids = ids.tolist() if isinstance(ids, Tensor) else ids
+        return " ".join(self.vocab[i] if 0 <= i < len(self.vocab) else "_" for i in ids)
+
+    def check_length(self, length: int) -> None:
+        """Raise a clear ``ValueError`` for a length this task cannot produce."""
+        if isinstance(length, bool) or not isinstance(length, int):
+            raise TypeError(f"task {self.name!r}: length must be an int; got {type(length).__name__} {length!r}.")
+        if length < self.min_length:
+            raise ValueError(f"task {self.name!r}: length must be >= {self.min_length}; got {length}.")
+
+    def sequence_length(self, length: int) -> int:
+        """Tokens the model sees for a task length (the encoding's ``max_seq_len`` must cover the training ones)."""
+        return length
+
+    @abc.abstractmethod
+    def sample_batch(self, generator: torch.Generator, batch_size: int, length: int) -> dict[str, Tensor]:
+        """A batch of ``batch_size`` examples at task length ``length``, deterministic under ``generator``."""
+
+    def eval_batches(self, generator: torch.Generator, batch_size: int, length: int, n_batches: int):
+        """Evaluation batches at ``length``; the default draws fresh samples, :mod:`lm` reads held-out text."""
+        for _ in range(n_batches):
+            yield self.sample_batch(generator, batch_size, length)
+
+
+# -- registry ----------------------------------------------------------------------------------------------------------
+_TASKS: dict[str, type[Task]] = {}
+_T = TypeVar("_T", bound=type[Task])
+
+
+def register_task(name: str):
+    """Class decorator: make a task available as ``get_task(name)``."""
+    if not isinstance(name, str) or not name.isidentifier() or name.lower() != name:
+        raise ValueError(f"register_task: task names are lowercase identifiers such as 'parity_check'; got {name!r}.")
+
+    def decorator(cls: _T) -> _T:
+        if not (isinstance(cls, type) and issubclass(cls, Task)):
+            raise TypeError(f"register_task({name!r}) decorates Task subclasses; got {cls!r}.")
+        if name in _TASKS and _TASKS[name] is not cls:
+            raise ValueError(f"register_task: {name!r} is already registered to {_TASKS[name].__qualname__}.")
+        if cls.kind not in KINDS:
+            raise ValueError(f"register_task({name!r}): kind {cls.kind!r} is not one of {KINDS}.")
+        cls.name = name
+        _TASKS[name] = cls
+        return cls
+
+    return decorator
+
+
+_LOADED = False
+
+
+def _load() -> None:
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        from posenc.lab import tasks
+
+        for module in sorted(m.name for m in pkgutil.iter_modules(tasks.__path__)):
+            if not module.startswith("_") and module != "base":
+                importlib.import_module(f"posenc.lab.tasks.{module}")
+
+
+def registered_tasks() -> list[str]:
+    """Names of every registered task, sorted."""
+    _load()
+    return sorted(_TASKS)
+
+
+def get_task(name: str, **options) -> Task:
+    """Build the task registered as ``name`` (options go to its constructor)."""
+    return task_class(name)(**options)
+
+
+def task_class(name: str) -> type[Task]:
+    """The class registered as ``name`` (its class attributes describe the protocol without building it)."""
+    _load()
+    if not isinstance(name, str):
+        raise TypeError(f"task name must be a str such as 'parity_check'; got {type(name).__name__}.")
+    if name not in _TASKS:
+        close = difflib.get_close_matches(name, _TASKS, n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(f"unknown task {name!r}.{hint} Available: {', '.join(sorted(_TASKS))}.")
+    return _TASKS[name]
+
+
+def with_output_positions(inputs: Tensor, outputs: Tensor, *, query: int) -> dict[str, Tensor]:
+    """The Delétang et al. (arXiv 2207.02098) encoder layout: the input, then one ``query`` token per answer token.
+
+    Args:
+        inputs: ``(B, n)`` input ids.
+        outputs: ``(B, m)`` answer ids, read at the ``m`` appended output positions.
+        query: id of the placeholder token at the output positions.
+
+    Returns:
+        ``inputs`` ``(B, n + m)`` and ``targets`` ``(B, n + m)`` (``IGNORE`` on the input part).
+    """
+    b, m = outputs.shape
+    placeholders = torch.full((b, m), query, dtype=torch.long)
+    ignored = torch.full_like(inputs, IGNORE)
+    return {"inputs": torch.cat((inputs, placeholders), dim=1), "targets": torch.cat((ignored, outputs), dim=1)}

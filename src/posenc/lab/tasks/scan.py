@@ -1,0 +1,102 @@
+"""SCAN (Lake & Baroni 2018, arXiv 1711.00350), generated from its published grammar, with the length split."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+
+import torch
+from torch import Tensor
+
+from posenc.lab.tasks._seq2seq import BOS, EOS, PAD, seq2seq_batch
+from posenc.lab.tasks.base import Task, register_task
+
+__all__ = ["Scan", "scan_commands"]
+
+PRIMITIVES = {"walk": "WALK", "look": "LOOK", "run": "RUN", "jump": "JUMP"}
+TURN = {"left": "LTURN", "right": "RTURN"}
+COMMAND_WORDS = ("walk", "look", "run", "jump", "turn", "left", "right", "opposite", "around", "twice", "thrice",
+                 "and", "after")
+ACTIONS = ("WALK", "LOOK", "RUN", "JUMP", "LTURN", "RTURN")
+SOURCE_LENGTH = 9  # the longest command, in words
+TRAIN_MAX_ACTIONS = 22  # the length split: train on action sequences <= 22, test on 24..48
+
+
+def _directions() -> list[tuple[str, list[str]]]:
+    """D -> U left | U right | turn left | turn right, with the U's: (command, actions)."""
+    out = [(u, [a]) for u, a in PRIMITIVES.items()]
+    for d, turn in TURN.items():
+        out += [(f"{u} {d}", [turn, a]) for u, a in PRIMITIVES.items()]
+        out.append((f"turn {d}", [turn]))
+    return out
+
+
+def _verb_phrases() -> list[tuple[str, list[str]]]:
+    """V -> D | U | U/turn opposite dir | U/turn around dir."""
+    out = _directions()
+    for d, turn in TURN.items():
+        for u, a in [*PRIMITIVES.items(), ("turn", None)]:
+            step = [turn] if a is None else [turn, a]
+            out.append((f"{u} opposite {d}", [turn] + step))
+            out.append((f"{u} around {d}", step * 4))
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def scan_commands() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Every SCAN command with its action sequence (20,910 of them), in a fixed order."""
+    sentences = []
+    for cmd, acts in _verb_phrases():
+        sentences += [(cmd, acts), (f"{cmd} twice", acts * 2), (f"{cmd} thrice", acts * 3)]
+    commands = list(sentences)
+    for (c1, a1), (c2, a2) in itertools.product(sentences, sentences):
+        commands.append((f"{c1} and {c2}", a1 + a2))
+        commands.append((f"{c1} after {c2}", a2 + a1))
+    return tuple((c, tuple(a)) for c, a in commands)
+
+
+@register_task("scan")
+class Scan(Task):
+    """Encoder-decoder: translate a SCAN command into its actions; exact match of the whole action sequence.
+
+    ``length`` is the longest action sequence drawn: up to 22 the training split (commands with at most 22
+    actions); past 22 the test split of the length split, restricted to at most ``length`` actions (24..48 in all).
+
+    Example:
+        ``jump around left twice`` -> ``LTURN JUMP LTURN JUMP LTURN JUMP LTURN JUMP`` x 2 (16 actions);
+        ``walk after run left`` -> ``LTURN RUN WALK``.
+    """
+
+    kind = "encoder_decoder"
+    vocab = (PAD, BOS, EOS) + COMMAND_WORDS + ACTIONS
+    train_lengths = (TRAIN_MAX_ACTIONS, TRAIN_MAX_ACTIONS)
+    eval_lengths = (22, 30, 36, 48)
+    min_length = 2
+    paper = "1711.00350"
+    summary = "SCAN length split: commands to actions, train <= 22 actions, test 24..48 (exact match)"
+
+    def __init__(self) -> None:
+        self._by_length: dict[int, list[int]] = {}
+        for i, (_, acts) in enumerate(scan_commands()):
+            self._by_length.setdefault(len(acts), []).append(i)
+
+    def pool(self, length: int) -> list[int]:
+        """Indices of the commands drawn at ``length``."""
+        lo = 0 if length <= TRAIN_MAX_ACTIONS else TRAIN_MAX_ACTIONS + 1
+        return [i for n, idx in sorted(self._by_length.items()) if lo < n <= length for i in idx]
+
+    def sequence_length(self, length: int) -> int:
+        return max(SOURCE_LENGTH, length + 1)  # the longer side: commands have <= 9 words, actions + </s>
+
+    def sample_batch(self, generator: torch.Generator, batch_size: int, length: int) -> dict[str, Tensor]:
+        self.check_length(length)
+        pool = self.pool(length)
+        if not pool:
+            raise ValueError(f"task 'scan': no command has {TRAIN_MAX_ACTIONS + 1}..{length} actions (the test split "
+                             f"starts at 24); use a length of at least 24 or at most {TRAIN_MAX_ACTIONS}.")
+        picks = torch.randint(0, len(pool), (batch_size,), generator=generator).tolist()
+        tok = {w: i for i, w in enumerate(self.vocab)}
+        commands = [scan_commands()[pool[p]] for p in picks]
+        return seq2seq_batch([[tok[w] for w in c.split()] for c, _ in commands],
+                             [[tok[a] for a in acts] for _, acts in commands], pad=tok[PAD], bos=tok[BOS],
+                             eos=tok[EOS], src_len=SOURCE_LENGTH, tgt_len=length)

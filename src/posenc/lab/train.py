@@ -1,0 +1,331 @@
+"""One lab run: train a :class:`posenc.Transformer` on a task, then evaluate it at and beyond the training length.
+
+AdamW with linear warmup and cosine decay; the training length of each step is drawn uniformly from the task's
+training range (the Delétang/Ruoss protocol). Checkpoints are written atomically, so a killed run resumes from the
+last one. Under ``torchrun`` the same code runs DistributedDataParallel (gloo on CPU, NCCL on GPU): every process
+draws the same global batch from the same generator and trains on its slice, with the loss normalised by the global
+number of scored tokens, so N processes follow the loss curve of one.
+
+Example::
+
+    torchrun --nproc_per_node 2 -m posenc.lab.train --task parity_check --encoding rope --steps 100 --out run.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import posenc
+from posenc.base import get_encoding
+from posenc.lab.config import Experiment, ModelConfig, RunConfig, TaskConfig, config_hash
+from posenc.lab.tasks import IGNORE, Task, get_task
+from posenc.lab.tasks.base import uniform_int
+from posenc.model import Transformer, TransformerConfig
+
+__all__ = ["atomic_write_bytes", "evaluate", "resolve_lengths", "train_run"]
+
+EVAL_SEED_OFFSET = 1_000_003  # evaluation data never shares a generator state with training data
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, fsync and rename: readers see the old or the new file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared like any other file
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve_lengths(task: Task, cfg: TaskConfig) -> tuple[int, int, tuple[int, ...]]:
+    """``(train_min, train_max, eval_lengths)`` from the config or the task's protocol, validated."""
+    lo = task.train_lengths[0] if cfg.train_min_length is None else cfg.train_min_length
+    hi = task.train_lengths[1] if cfg.train_max_length is None else cfg.train_max_length
+    evals = tuple(task.eval_lengths if cfg.eval_lengths is None else cfg.eval_lengths)
+    for what, value in (("train_min_length", lo), ("train_max_length", hi), *(("eval length", e) for e in evals)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < task.min_length:
+            raise ValueError(f"task {task.name!r}: {what} must be an int >= {task.min_length}; got {value!r}.")
+    if lo > hi:
+        raise ValueError(f"task {task.name!r}: train_min_length={lo} is larger than train_max_length={hi}.")
+    if not evals:
+        raise ValueError(f"task {task.name!r}: no evaluation lengths; give at least one (e.g. the training length).")
+    return lo, hi, evals
+
+
+def _forward(model: nn.Module, kind: str, batch: dict[str, Tensor]) -> Tensor:
+    if kind == "encoder_decoder":
+        return model(batch["inputs"], batch["decoder_inputs"], padding_mask=batch.get("padding_mask"),
+                     tgt_padding_mask=batch.get("decoder_padding_mask"))
+    return model(batch["inputs"], padding_mask=batch.get("padding_mask"))  # (B, T, vocab)
+
+
+def _slice(batch: dict[str, Tensor], rank: int, world: int, device: torch.device) -> dict[str, Tensor]:
+    per = batch["inputs"].shape[0] // world
+    return {k: v[rank * per:(rank + 1) * per].to(device) for k, v in batch.items()}
+
+
+def _schedule(run: RunConfig):
+    warmup = max(1, round(run.warmup * run.steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, run.steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def undefined_reason(model: Transformer, n_tokens: int) -> str | None:
+    """Why ``model``'s encoding cannot be run on ``n_tokens`` tokens (``None`` when it can)."""
+    pe = model.pe
+    try:
+        pe.check_length(torch.tensor([n_tokens - 1]))
+    except ValueError as exc:
+        return f"{exc} (not evaluated: no interpolation is applied in the lab)"
+    return None
+
+
+@torch.no_grad()
+def evaluate(model: Transformer, task: Task, length: int, *, seed: int, batch_size: int, n_batches: int,
+             device: torch.device) -> dict:
+    """Metrics of ``model`` on ``task`` at ``length``: accuracy (exact match per row), token accuracy, loss, perplexity.
+
+    Returns ``{"undefined": reason}`` when the encoding is not defined at that many tokens (e.g. ``learned`` past
+    its table), instead of silently stretching it.
+    """
+    reason = undefined_reason(model, task.sequence_length(length))
+    if reason is not None:
+        return {"undefined": reason}
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET + length)
+    rows = rows_right = tokens = tokens_right = 0
+    loss_sum = 0.0
+    for batch in task.eval_batches(gen, batch_size, length, n_batches):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = _forward(model, task.kind, batch).float()  # (B, T, vocab)
+        targets = batch["targets"]
+        scored = targets != IGNORE
+        loss_sum += float(F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
+                                          reduction="sum"))
+        right = (logits.argmax(-1) == targets) | ~scored
+        rows += targets.shape[0]
+        rows_right += int(right.all(dim=1).sum())
+        tokens += int(scored.sum())
+        tokens_right += int((right & scored).sum())
+    extra = _bleu(model, task, length, seed=seed, batch_size=batch_size, n_batches=n_batches, device=device) \
+        if getattr(task, "bleu", False) else {}
+    model.train(was_training)
+    loss = loss_sum / max(tokens, 1)
+    return {"accuracy": rows_right / rows, "token_accuracy": tokens_right / max(tokens, 1), "loss": loss,
+            "perplexity": math.exp(min(loss, 50.0)), "examples": rows, "tokens": tokens, **extra}
+
+
+def _bleu(model: Transformer, task: Task, length: int, *, seed: int, batch_size: int, n_batches: int,
+          device: torch.device) -> dict:
+    """Corpus BLEU (sacrebleu) and exact match of greedy translations, for encoder-decoder tasks with ``bleu``."""
+    import sacrebleu
+
+    eos = task.token("</s>")
+    gen = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET + length)
+    hyps, refs = [], []
+    for batch in task.eval_batches(gen, batch_size, length, n_batches):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        steps = batch["targets"].shape[1] - 1  # the last fed token sits at position <= max_seq_len - 1
+        out = model.generate(batch["decoder_inputs"][:, :1], steps, src=batch["inputs"],
+                             src_padding_mask=batch["padding_mask"], eos_id=eos)[:, 1:]
+        for hyp, ref in zip(out.tolist(), batch["targets"].tolist()):
+            hyps.append(task.decode(hyp[:hyp.index(eos)] if eos in hyp else hyp))
+            refs.append(task.decode(ref[:ref.index(eos)]))
+    return {"bleu": sacrebleu.corpus_bleu(hyps, [refs]).score,
+            "generated_exact_match": sum(h == r for h, r in zip(hyps, refs)) / max(len(refs), 1)}
+
+
+def _dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def versions() -> dict[str, str]:
+    return {"posenc": posenc.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def build_model(experiment: Experiment, task: Task, encoding: str, max_seq_len: int) -> Transformer:
+    m = experiment.model
+    get_encoding(encoding, dim=m.dim, n_heads=m.n_heads, max_seq_len=max_seq_len)  # unknown names fail here, clearly
+    cfg = TransformerConfig(kind=task.kind, vocab_size=task.vocab_size, dim=m.dim, n_layers=m.n_layers,
+                            n_heads=m.n_heads, ffn_mult=m.ffn_mult, dropout=m.dropout, norm=m.norm,
+                            max_seq_len=max_seq_len, encoding=encoding)
+    return Transformer(cfg)
+
+
+def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: str | os.PathLike | None = None,
+              progress: bool = False, on_step=None, model_out: str | os.PathLike | None = None) -> dict:
+    """Train and evaluate one run; returns its record (config, seed, per-length metrics, wall time, parameters, ...).
+
+    Args:
+        experiment: task, model and run settings.
+        encoding: a registered encoding name.
+        seed: seeds the model initialisation and the training data.
+        checkpoint: a file to resume from if it exists and to write every ``run.checkpoint_every`` steps.
+        progress: show a tqdm bar with the ETA of this run.
+        on_step: optional ``callback(step, loss)`` after every step (used by tests).
+        model_out: where to save the trained model (:meth:`posenc.Transformer.save`), if anywhere.
+    """
+    start = time.perf_counter()
+    run = experiment.run
+    rank, world = _dist_info()
+    if run.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch.cuda.is_available() is False on this machine.")
+    device = torch.device(f"cuda:{torch.cuda.current_device()}" if run.device == "cuda" else run.device)
+    if run.device == "cpu" and run.threads:
+        torch.set_num_threads(run.threads)
+    if run.batch_size % world:
+        raise ValueError(f"batch_size={run.batch_size} must be divisible by the {world} processes of torchrun.")
+    task = get_task(experiment.task.name, **experiment.task.options)
+    lo, hi, evals = resolve_lengths(task, experiment.task)
+    max_seq_len = task.sequence_length(hi)
+
+    torch.manual_seed(seed)
+    model = build_model(experiment, task, encoding, max_seq_len).to(device)
+    trained: nn.Module = model
+    if world > 1:
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                      else None)
+    opt = torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=run.weight_decay, betas=(0.9, 0.999))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(run))
+    gen = torch.Generator().manual_seed(seed)
+    step, curve = 0, []
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)  # RNG states must stay on CPU
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])  # dropout and randomized positions draw from the global generator
+        step, curve = int(state["step"]), [list(p) for p in state["curve"]]
+
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=run.steps, initial=step, desc=f"{experiment.task.name}/{encoding}/s{seed}", leave=False,
+                   unit="step", dynamic_ncols=True)
+    model.train()
+    while step < run.steps:
+        length = int(uniform_int(gen, lo, hi))
+        full = task.sample_batch(gen, run.batch_size, length)
+        batch = _slice(full, rank, world, device)
+        scored = (full["targets"] != IGNORE).sum().item()  # global count: every process sees the same full batch
+        logits = _forward(trained, task.kind, batch).float()  # (B, T, vocab)
+        loss_sum = F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=IGNORE,
+                                   reduction="sum")
+        # DDP averages gradients over processes, so scale by world: the mean over the global batch, as in one process
+        loss = loss_sum * world / max(scored, 1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if run.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
+        opt.step()
+        sched.step()
+        step += 1
+        reported = loss_sum.detach()
+        if world > 1:
+            dist.all_reduce(reported)
+        value = float(reported) / max(scored, 1)
+        if not math.isfinite(value):
+            raise RuntimeError(f"{experiment.task.name}/{encoding}/seed {seed}: the training loss became {value} at "
+                               f"step {step}; lower --lr or raise --warmup.")
+        if step % run.log_every == 0 or step == run.steps:
+            curve.append([step, value])
+        if on_step is not None:
+            on_step(step, value)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.3f}", length=length, refresh=False)
+        if ckpt is not None and rank == 0 and run.checkpoint_every and step % run.checkpoint_every == 0 \
+                and step < run.steps:
+            import io
+
+            buf = io.BytesIO()
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
+                        "curve": curve}, buf)
+            atomic_write_bytes(ckpt, buf.getvalue())
+    if bar is not None:
+        bar.close()
+
+    metrics = {}
+    if rank == 0 and model_out is not None:
+        model.save(model_out)
+    if rank == 0:
+        for length in evals:
+            metrics[str(length)] = evaluate(model, task, length, seed=seed, batch_size=run.eval_batch_size,
+                                            n_batches=run.eval_batches, device=device)
+    extra = {"content_hash": task.content_hash} if hasattr(task, "content_hash") else {}
+    return {
+        "run_id": f"{experiment.task.name}/{encoding}/seed{seed}/{config_hash(experiment, encoding, seed)}",
+        "task": experiment.task.name, "encoding": encoding, "seed": seed, "kind": task.kind,
+        "metric": task.metric, "paper": task.paper, "train_lengths": [lo, hi], "eval_lengths": list(evals),
+        "max_seq_len": max_seq_len, "config": experiment.to_dict(), "metrics": metrics,
+        "final_train_loss": curve[-1][1] if curve else None, "loss_curve": curve,
+        "parameters": model.num_parameters(), "wall_time_s": time.perf_counter() - start, "world_size": world,
+        "versions": versions(), **extra,
+    }
+
+
+# -- torchrun entry point ----------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """``python -m posenc.lab.train`` (or under ``torchrun``): one run, its record written as JSON by rank 0."""
+    from posenc.lab.cli import add_dataclass_flags, experiment_from_args
+
+    parser = argparse.ArgumentParser(prog="python -m posenc.lab.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--task", required=True, help="a registered task")
+    parser.add_argument("--encoding", required=True, help="a registered encoding")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True, help="JSON file for the run's record")
+    parser.add_argument("--checkpoint", default=None, help="checkpoint file to resume from / write")
+    add_dataclass_flags(parser)
+    args = parser.parse_args(argv)
+    experiment = experiment_from_args(Experiment(TaskConfig(args.task), ModelConfig(), RunConfig()), args)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        backend = "nccl" if experiment.run.device == "cuda" else "gloo"
+        if experiment.run.device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend)
+    try:
+        record = train_run(experiment, encoding=args.encoding, seed=args.seed, checkpoint=args.checkpoint)
+        if _dist_info()[0] == 0:
+            atomic_write_bytes(Path(args.out), json.dumps(record, indent=1).encode())
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Sweeps: SIGKILL and restart loses and duplicates nothing; bad input is a clear error and touches nothing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from posenc.cli import main
+from posenc.lab.config import Experiment, ModelConfig, RunConfig, TaskConfig
+from posenc.lab.sweep import RESULTS, append_record, load_records, plan_sweep, run_sweep
+
+TINY_FLAGS = ["--dim", "16", "--n-layers", "1", "--n-heads", "2", "--batch-size", "8", "--eval-batches", "1",
+              "--eval-batch-size", "8", "--train-max-length", "4", "--eval-lengths", "4", "6"]
+
+
+def _cmd(out: Path, steps: int) -> list[str]:
+    return [sys.executable, "-m", "posenc", "lab", "run", "--suite", "quick", "--tasks", "parity_check",
+            "--encodings", "nope", "rope", "--seeds", "0", "1", "--steps", str(steps), "--checkpoint-every", "2",
+            "--no-progress", "--out", str(out), *TINY_FLAGS]
+
+
+@pytest.mark.timeout(900)  # three interpreter starts; seconds on an idle machine, minutes on a busy one
+def test_sigkill_then_rerun_finishes_every_run_exactly_once(tmp_path):
+    out = tmp_path / "sweep"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_cmd(out, 30), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    results = out / RESULTS
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if results.exists() and results.read_text().count("\n") >= 1:  # mid-way: one run recorded, more to go
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, proc.stdout.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = load_records(results)
+    assert 1 <= len(before) < 4
+    rerun = subprocess.run(_cmd(out, 30), env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(before)} already recorded" in rerun.stderr + rerun.stdout
+    records = load_records(results)
+    ids = [r["run_id"] for r in records]
+    assert len(ids) == 4 and len(set(ids)) == 4  # nothing lost, nothing duplicated
+    assert {(r["encoding"], r["seed"]) for r in records} == {(e, s) for e in ("nope", "rope") for s in (0, 1)}
+    assert records[: len(before)] == before  # earlier records are kept byte for byte
+    assert not (out / "checkpoints").exists()  # every checkpoint is removed once its record is written
+    assert (out / "report.md").exists() and (out / "report.html").exists()
+    again = subprocess.run(_cmd(out, 30), env=env, capture_output=True, text=True, timeout=300)
+    assert "0 to go" in again.stderr + again.stdout and load_records(results) == records
+
+
+def _tiny_runs():
+    exp = Experiment(TaskConfig("parity_check", 1, 3, (3,)), ModelConfig(dim=16, n_layers=1, n_heads=2),
+                     RunConfig(steps=2, batch_size=4, eval_batches=1, eval_batch_size=4))
+    return plan_sweep({"parity_check": exp}, ["nope"], [0])
+
+
+def test_corrupt_results_file_is_a_clear_error_and_is_left_untouched(tmp_path):
+    results = tmp_path / RESULTS
+    results.write_text('{"run_id": "a", "task": "t", "encoding": "e", "seed": 0, "metrics": {}}\n{"run_id": "b", "ta')
+    before = results.read_bytes()
+    with pytest.raises(ValueError, match=r"line 2, is not valid JSON.*left untouched"):
+        run_sweep(_tiny_runs(), tmp_path, progress=False, echo=lambda s: None)
+    assert results.read_bytes() == before
+    assert not (tmp_path / "checkpoints").exists()
+    results.write_text('{"not": "a record"}\n')
+    with pytest.raises(ValueError, match="line 1, is not a lab run record"):
+        load_records(results)
+
+
+def test_unwritable_output_folder_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("keep me")
+    with pytest.raises(OSError, match="is not a folder"):
+        run_sweep(_tiny_runs(), blocker, progress=False, echo=lambda s: None)
+    with pytest.raises(OSError, match="is not writable"):
+        run_sweep(_tiny_runs(), blocker / "sub", progress=False, echo=lambda s: None)
+    assert blocker.read_text() == "keep me"
+
+
+def test_cli_reports_bad_names_in_one_line_before_any_work(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["lab", "run", "--tasks", "no_such_task", "--encodings", "rope", "--out", str(out)]) == 1
+    assert "unknown task 'no_such_task'" in capsys.readouterr().err
+    assert main(["lab", "run", "--tasks", "parity_check", "--encodings", "ropee", "--out", str(out)]) == 1
+    assert "unknown encoding 'ropee'" in capsys.readouterr().err
+    assert main(["lab", "run", "--tasks", "parity_check", "--encodings", "rope", "--train-min-length", "9",
+                 "--train-max-length", "3", "--out", str(out)]) == 1
+    assert "larger than train_max_length" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_append_record_keeps_earlier_lines(tmp_path):
+    path = tmp_path / RESULTS
+    for i in range(3):
+        append_record(path, {"run_id": str(i), "task": "t", "encoding": "e", "seed": i, "metrics": {}})
+    assert [json.loads(line)["run_id"] for line in path.read_text().splitlines()] == ["0", "1", "2"]
+    assert not [p for p in tmp_path.iterdir() if p.name != RESULTS]  # no temporary files left behind
