@@ -83,7 +83,7 @@ def test_fuzz_every_backend_agrees_with_reference(case):
         if pe.uses_attend and name != "attend":
             continue
         out = posenc.attention(q, k, v, pe, backend=name, **kwargs).float()
-        torch.testing.assert_close(out, ref, atol=TOL[dtype], rtol=TOL[dtype], msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(out, ref, atol=TOL[dtype], rtol=TOL[dtype], msg=lambda m, name=name: f"{name}: {m}")
     auto = posenc.attention(q, k, v, pe, **kwargs).float()
     torch.testing.assert_close(auto, ref, atol=TOL[dtype], rtol=TOL[dtype])
 

@@ -68,5 +68,6 @@ def test_gradcheck_inputs(name):
     g = torch.Generator().manual_seed(2)
     x = torch.randn(1, T, H * D, generator=g, dtype=torch.float64, requires_grad=True)
     q, k, v = (torch.randn(1, H, T, D, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    assert torch.autograd.gradcheck(lambda *a: probe(*a, torch.arange(T)), (x, q, k, v), eps=1e-6, atol=1e-5, fast_mode=True,
+    assert torch.autograd.gradcheck(lambda *a: probe(*a, torch.arange(T)), (x, q, k, v), eps=1e-6, atol=1e-5,
+                                    fast_mode=True,
                                     rtol=1e-4)

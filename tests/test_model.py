@@ -51,7 +51,7 @@ def test_save_load_round_trip(tmp_path):
     assert loaded.cfg == model.cfg
     torch.testing.assert_close(loaded(x), model(x))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="not a readable posenc Transformer checkpoint"):
         Transformer.load(tmp_path / "junk.pt")
     torch.save({"something": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not a posenc Transformer checkpoint"):

@@ -127,7 +127,7 @@ class PositionalEncoding(nn.Module):
 
     # -- hooks ------------------------------------------------------------------------------------------------------
     def embed(self, x: Tensor, pos: Tensor) -> Tensor:
-        """Add position information to token embeddings ``x`` ``(B, T, dim)`` at positions ``pos`` ``(T,)``/``(B, T)``."""
+        """Add position information to token embeddings ``x`` ``(B, T, dim)`` at ``pos`` ``(T,)`` or ``(B, T)``."""
         return x
 
     def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import pickle
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +78,7 @@ class TransformerConfig:
         return self.dim // self.n_heads
 
 
-# -- KV cache -----------------------------------------------------------------------------------------------------------
+# -- KV cache ----------------------------------------------------------------------------------------------------------
 @dataclass
 class LayerCache:
     k: Tensor | None = None  # (B, Hkv, T_cached, D), already rotated
@@ -113,7 +114,7 @@ def _cat_positions(old: Tensor | None, new: Tensor, batch: int) -> Tensor:
                       new.expand(batch, -1) if new.dim() == 1 else new), dim=-1)
 
 
-# -- blocks -------------------------------------------------------------------------------------------------------------
+# -- blocks ------------------------------------------------------------------------------------------------------------
 def _norm(cfg: TransformerConfig) -> nn.Module:
     return nn.LayerNorm(cfg.dim) if cfg.norm == "layernorm" else nn.RMSNorm(cfg.dim)
 
@@ -174,7 +175,8 @@ class Block(nn.Module):
         self.cross_attn = Attention(cfg, cross=True) if cross else None
         hidden = int(cfg.ffn_mult * cfg.dim)
         self.ffn_norm = _norm(cfg)
-        self.ffn = nn.Sequential(nn.Linear(cfg.dim, hidden, bias=False), nn.GELU(), nn.Linear(hidden, cfg.dim, bias=False))
+        self.ffn = nn.Sequential(nn.Linear(cfg.dim, hidden, bias=False), nn.GELU(),
+                                 nn.Linear(hidden, cfg.dim, bias=False))
         self.dropout = cfg.dropout
 
     def forward(self, x: Tensor, *, pe: PositionalEncoding, pos: Tensor, k_pos: Tensor, causal: bool,
@@ -223,7 +225,7 @@ class Stack(nn.Module):
         return self.norm(x)
 
 
-# -- model --------------------------------------------------------------------------------------------------------------
+# -- model -------------------------------------------------------------------------------------------------------------
 class Transformer(nn.Module):
     """Encoder, decoder or encoder-decoder Transformer with any registered positional encoding.
 
@@ -391,7 +393,11 @@ class Transformer(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> "Transformer":
         """Rebuild a model saved with :meth:`save` (``torch.load(weights_only=True)``: no code is executed)."""
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        try:
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:  # not a torch file, or a truncated one
+            raise ValueError(f"{path} is not a readable posenc Transformer checkpoint ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else 'empty'}).") from exc
         if not isinstance(payload, dict) or payload.get("format") != "posenc.Transformer/1":
             raise ValueError(f"{path} is not a posenc Transformer checkpoint (written by Transformer.save).")
         model = cls(TransformerConfig(**payload["config"]))

@@ -13,7 +13,7 @@ from posenc.encodings.rope import apply_rope, permute_projection, rope_cos_sin, 
 from posenc.encodings.sinusoidal import sinusoidal_table
 
 
-# -- sinusoidal ---------------------------------------------------------------------------------------------------------
+# -- sinusoidal --------------------------------------------------------------------------------------------------------
 def test_sinusoidal_matches_paper_formula():
     dim, base = 10, 10000.0
     pos = torch.tensor([0, 1, 7, 513, 10**6])
@@ -58,10 +58,11 @@ def test_scaled_sinusoidal_has_one_learned_gain():
     pe = get_encoding("scaled_sinusoidal", dim=16, n_heads=2)
     assert [n for n, _ in pe.named_parameters()] == ["gain"]
     x = torch.zeros(1, 5, 16)
-    torch.testing.assert_close(pe.embed(x, torch.arange(5)), pe.gain.detach() * sinusoidal_table(torch.arange(5), 16)[None])
+    want = pe.gain.detach() * sinusoidal_table(torch.arange(5), 16)[None]
+    torch.testing.assert_close(pe.embed(x, torch.arange(5)), want)
 
 
-# -- learned and nope ---------------------------------------------------------------------------------------------------
+# -- learned and nope --------------------------------------------------------------------------------------------------
 def test_learned_errors_past_its_table_and_interpolates():
     pe = get_encoding("learned", dim=8, n_heads=2, max_seq_len=10)
     x = torch.zeros(1, 3, 8)
@@ -99,7 +100,7 @@ def test_a_positional_encoding_breaks_permutation_equivariance(name):
     assert not torch.allclose(model(x[:, perm]), model(x)[:, perm], atol=1e-3)
 
 
-# -- randomized ---------------------------------------------------------------------------------------------------------
+# -- randomized --------------------------------------------------------------------------------------------------------
 def test_randomized_positions_are_sorted_distinct_samples_while_training():
     pe = get_encoding("randomized", dim=16, n_heads=2, max_seq_len=32, base="rope", max_positions=100)
     pe.generator = torch.Generator().manual_seed(0)
@@ -128,7 +129,7 @@ def test_randomized_wraps_any_encoding(base):
         get_encoding("randomized", dim=32, n_heads=4, max_seq_len=64, max_positions=10)
 
 
-# -- rope ---------------------------------------------------------------------------------------------------------------
+# -- rope --------------------------------------------------------------------------------------------------------------
 def _naive_rope_interleaved(x: torch.Tensor, pos: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """Su et al. 2021 eq. (34) written out with Python floats, pair (2i, 2i+1) at angle p * base^(-2i/d)."""
     out = x.clone().double()
@@ -240,7 +241,7 @@ def test_rope_low_precision_rotation_runs_in_float32():
     assert (got.double() - ref).abs().max() < 4 * 2**-8 * x.abs().max()
 
 
-# -- xpos ---------------------------------------------------------------------------------------------------------------
+# -- xpos --------------------------------------------------------------------------------------------------------------
 def test_xpos_scores_are_relative_and_decay():
     pe = get_encoding("xpos", dim=64, n_heads=4, max_seq_len=256)
     q = torch.ones(1, 1, 1, 16).expand(1, 4, 1, 16)
@@ -256,7 +257,9 @@ def test_xpos_scores_are_relative_and_decay():
     n, m = 40, 0
     qa, ka = pe.rotate(q.double(), k.double(), torch.tensor([n]), torch.tensor([m]))
     ratio = (qa[0, 0, 0].norm() * ka[0, 0, 0].norm())
-    want = (2 * (zeta ** ((n - pe.center) / 512)) ** 2).sum().sqrt() * (2 * (zeta ** (-(m - pe.center) / 512)) ** 2).sum().sqrt()
+    q_norm = (2 * (zeta ** ((n - pe.center) / 512)) ** 2).sum().sqrt()
+    k_norm = (2 * (zeta ** (-(m - pe.center) / 512)) ** 2).sum().sqrt()
+    want = q_norm * k_norm
     assert ratio.item() == pytest.approx(want.item(), rel=1e-9)
 
 
