@@ -62,7 +62,9 @@ def _tiny_runs():
 
 def test_corrupt_results_file_is_a_clear_error_and_is_left_untouched(tmp_path):
     results = tmp_path / RESULTS
-    results.write_text('{"run_id": "a", "task": "t", "encoding": "e", "seed": 0, "metrics": {}}\n{"run_id": "b", "ta')
+    record = '{"run_id": "a", "task": "t", "encoding": "e", "seed": 0, "metrics": {}}\n'
+    # damage in the middle (a torn *last* line is set aside instead: see test_lab_crash_safety.py)
+    results.write_text(record + '{"run_id": "b", "ta\n' + record)
     before = results.read_bytes()
     with pytest.raises(ValueError, match=r"line 2, is not valid JSON.*left untouched"):
         run_sweep(_tiny_runs(), tmp_path, progress=False, echo=lambda s: None)

@@ -14,6 +14,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -70,6 +71,34 @@ def load_records(path: str | os.PathLike) -> list[dict]:
                              f"metrics). The file was left untouched: repair or move it, or choose another --out.")
         records.append(record)
     return records
+
+
+def set_aside_torn_tail(path: str | os.PathLike) -> Path | None:
+    """Move an unparseable, unterminated last line of ``path`` to ``<path>.partial-<time>`` and warn.
+
+    posenc itself only ever replaces the results file whole, but a file copied during a write, a file system without
+    atomic renames or power loss on some disks can leave the final line cut off. Such a torn tail is the only damage
+    repaired automatically: it is set aside (not deleted) and every complete record is kept. Damage anywhere else
+    still stops the sweep in :func:`load_records`. Returns the set-aside file, or ``None`` when there was nothing to do.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return None
+    head, _, tail = data.rpartition(b"\n")
+    try:
+        json.loads(tail)
+        return None  # a complete record that only lacks its newline; append_record adds it
+    except ValueError:
+        pass
+    aside = path.with_name(f"{path.name}.partial-{time.strftime('%Y%m%d-%H%M%S')}")
+    atomic_write_bytes(aside, tail)
+    atomic_write_bytes(path, head + b"\n" if head else b"")
+    warnings.warn(f"{path}: its last line was cut off mid-record ({len(tail)} bytes, e.g. by a power loss); it was "
+                  f"moved to {aside} and every complete record was kept.", RuntimeWarning, stacklevel=2)
+    return aside
 
 
 def append_record(path: str | os.PathLike, record: dict) -> None:
@@ -152,7 +181,8 @@ def run_sweep(runs: list[PlannedRun], out: str | os.PathLike, *, workers: int = 
         raise ValueError(f"workers must be a positive int; got {workers!r}.")
     out = check_out_dir(out)
     results = out / RESULTS
-    records = load_records(results)  # a damaged file stops the sweep here, before anything is written
+    set_aside_torn_tail(results)  # a record cut off mid-line is set aside with a warning
+    records = load_records(results)  # other damage stops the sweep here, before anything is written
     done = {r["run_id"] for r in records}
     ckpt_dir = out / "checkpoints"
     todo = [r for r in runs if r.run_id not in done]

@@ -55,6 +55,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    try:  # make the rename itself durable (power loss right after it must not resurrect the old file)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # platforms without directory handles
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def resolve_lengths(task: Task, cfg: TaskConfig) -> tuple[int, int, tuple[int, ...]]:
