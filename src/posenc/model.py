@@ -14,10 +14,10 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import io
 import math
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from posenc._io import atomic_write_bytes
 from posenc.attention import attention
 from posenc.base import PositionalEncoding, check_positions, get_encoding
 from posenc.encodings.rope import LAYOUTS, RoPE, permute_projection
@@ -376,19 +377,11 @@ class Transformer(nn.Module):
     # -- persistence --------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write config and weights to ``path`` atomically (temp file + fsync + rename); load with :meth:`load`."""
-        path = Path(path)
         payload = {"format": "posenc.Transformer/1", "config": dataclasses.asdict(self.cfg),
                    "state_dict": self.state_dict()}
-        fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        atomic_write_bytes(Path(path), buffer.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> "Transformer":

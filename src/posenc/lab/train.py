@@ -19,7 +19,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import posenc
+from posenc._io import atomic_write_bytes
 from posenc.base import get_encoding
 from posenc.lab.config import Experiment, ModelConfig, RunConfig, TaskConfig, config_hash
 from posenc.lab.tasks import IGNORE, Task, get_task
@@ -38,31 +38,6 @@ from posenc.model import Transformer, TransformerConfig
 __all__ = ["atomic_write_bytes", "evaluate", "resolve_lengths", "train_run"]
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation data never shares a generator state with training data
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, fsync and rename: readers see the old or the new file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are meant to be shared like any other file
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable (power loss right after it must not resurrect the old file)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # platforms without directory handles
-        return
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def resolve_lengths(task: Task, cfg: TaskConfig) -> tuple[int, int, tuple[int, ...]]:
