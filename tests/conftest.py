@@ -17,7 +17,7 @@ try:  # property-based fuzzing: a fast profile in `make test`, a long one in `ma
 
     settings.register_profile("fast", max_examples=25, deadline=None, derandomize=True,
                               suppress_health_check=[HealthCheck.too_slow])
-    settings.register_profile("long", max_examples=3500, deadline=None,
+    settings.register_profile("long", max_examples=6000, deadline=None,
                               suppress_health_check=[HealthCheck.too_slow])
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 except ImportError:  # hypothesis comes with the dev extra; the fuzz tests importorskip it
