@@ -26,6 +26,7 @@ so ``bias`` always returns float32 for a float32/bf16/fp16 encoding.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Any
 
@@ -60,7 +61,7 @@ def distance_range(q_pos: Tensor, k_pos: Tensor) -> tuple[int, int]:
     return int((q_lo - k_hi).min()), int((q_hi - k_lo).max())
 
 
-class PairwiseBias(PositionalEncoding):
+class PairwiseBias(PositionalEncoding, metaclass=abc.ABCMeta):
     """Base class for additive attention biases computed from query and key *positions*.
 
     Subclasses implement :meth:`prepare` (parameters and tables for one call) and the elementwise
@@ -70,14 +71,14 @@ class PairwiseBias(PositionalEncoding):
     family = "relative"
 
     # -- what subclasses implement ----------------------------------------------------------------------------------
+    @abc.abstractmethod
     def prepare(self, q_pos: Tensor, k_pos: Tensor, dtype: torch.dtype) -> dict[str, Any]:
         """Tensors (in ``dtype``, on the positions' device) and numbers :meth:`pair_bias` needs for this call."""
-        raise NotImplementedError(f"{type(self).__name__} must implement prepare()")
 
     @staticmethod
+    @abc.abstractmethod
     def pair_bias(q: Tensor, k: Tensor, h: Tensor, p: dict[str, Any]) -> Tensor:
         """Elementwise bias for query positions ``q``, key positions ``k`` and heads ``h`` (broadcastable)."""
-        raise NotImplementedError("PairwiseBias subclasses must implement pair_bias()")
 
     # -- the hooks --------------------------------------------------------------------------------------------------
     def compute_dtype(self) -> torch.dtype:

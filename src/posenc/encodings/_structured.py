@@ -19,6 +19,7 @@ coordinates a full forward does. The table is input context, not a weight: it is
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections.abc import Iterator
 
@@ -38,7 +39,7 @@ def gather_rows(table: Tensor, pos: Tensor) -> Tensor:
     return torch.gather(table, 1, pos.unsqueeze(-1).expand(-1, -1, table.shape[-1]))  # (B, T, A)
 
 
-class StructuredPositions:
+class StructuredPositions(abc.ABC):
     """Mixin for encodings whose positions have ``n_axes`` coordinates (see the module docstring).
 
     Subclasses set ``n_axes``, ``axis_names`` and implement :meth:`plain_coordinates`; they may override
@@ -93,9 +94,9 @@ class StructuredPositions:
         return coords.long()
 
     # -- plain positions -> coordinates --------------------------------------------------------------------------------
+    @abc.abstractmethod
     def plain_coordinates(self, pos: Tensor) -> Tensor:
         """Coordinates ``(..., A)`` of plain positions ``pos`` ``(...)`` when no table is set."""
-        raise NotImplementedError(f"{type(self).__name__} must define plain_coordinates")
 
     def continue_coordinates(self, table: Tensor, pos: Tensor) -> Tensor:
         """Coordinates ``(Bt, T, A)`` for positions ``pos`` ``(Bt|1, T)`` at or past the table's length ``L``.

@@ -25,6 +25,7 @@ and ``spd``'s distance is ``|i - j|`` (a clipped relative bias, defined at any p
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 from collections.abc import Callable, Iterator
@@ -181,7 +182,7 @@ def shortest_path_distances(adj: Tensor) -> Tensor:
 
 
 # -- shared plumbing ---------------------------------------------------------------------------------------------------
-class _GraphEncoding(PositionalEncoding):
+class _GraphEncoding(PositionalEncoding, metaclass=abc.ABCMeta):
     """Stores the graph set by :meth:`set_graph` (input context, not a weight: it is not in ``state_dict``)."""
 
     family = "graph"
@@ -215,9 +216,9 @@ class _GraphEncoding(PositionalEncoding):
         """Nodes of the graph set with :meth:`set_graph`, or ``None`` (the default path graph)."""
         return None if self._adjacency is None else self._adjacency.shape[-1]
 
+    @abc.abstractmethod
     def graph_features(self, adjacency: Tensor) -> Tensor:
         """What the encoding precomputes from a ``(Bg, N, N)`` float64 adjacency."""
-        raise NotImplementedError
 
     def _check_nodes(self, pos: Tensor, batch: int | None) -> None:
         n = self.num_nodes
@@ -262,9 +263,9 @@ class _NodeFeatureEncoding(_GraphEncoding):
         self.k = k
         self.proj = nn.Linear(k, dim, bias=False)  # features -> embedding, as Dwivedi et al.'s linear layer
 
+    @abc.abstractmethod
     def path_features(self, pos: Tensor) -> Tensor:
         """float64 ``(..., k)`` features of the default path graph on ``max_seq_len`` nodes at ``pos``."""
-        raise NotImplementedError
 
     def node_features(self, pos: Tensor, batch: int | None = None) -> Tensor:
         """float64 ``(B|1, T, k)`` features of the nodes at ``pos`` (``(T,)`` or ``(B, T)``)."""

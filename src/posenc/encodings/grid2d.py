@@ -23,6 +23,7 @@ the last ``head_dim / 2`` another; each block uses ``layout`` ("half" or "interl
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 from collections.abc import Iterator
@@ -167,9 +168,9 @@ class _GridRoPE(_GridEncoding):
         self.base = float(base)
         self.layout = layout
 
+    @abc.abstractmethod
     def angles(self, coords: Tensor, n_heads: int) -> Tensor:
         """float64 angles ``(B|1, n_heads|1, T, 2, head_dim/4)`` for coordinates ``(B|1, T, 2)``."""
-        raise NotImplementedError
 
     def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
         """Rotate ``q`` ``(B, H, Tq, D)`` and ``k`` ``(B, Hkv, Tk, D)`` at ``(B, T, 2)`` coordinates or positions."""

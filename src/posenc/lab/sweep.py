@@ -91,9 +91,8 @@ def set_aside_torn_tail(path: str | os.PathLike) -> Path | None:
     try:
         json.loads(tail)
         return None  # a complete record that only lacks its newline; append_record adds it
-    except ValueError:
-        pass
-    aside = path.with_name(f"{path.name}.partial-{time.strftime('%Y%m%d-%H%M%S')}")
+    except ValueError:  # cut off mid-record
+        aside = path.with_name(f"{path.name}.partial-{time.strftime('%Y%m%d-%H%M%S')}")
     atomic_write_bytes(aside, tail)
     atomic_write_bytes(path, head + b"\n" if head else b"")
     warnings.warn(f"{path}: its last line was cut off mid-record ({len(tail)} bytes, e.g. by a power loss); it was "
