@@ -55,3 +55,17 @@ def test_a_kill_during_a_checkpoint_write_leaves_the_previous_one(tmp_path, monk
         atomic_write_bytes(ckpt, b"new checkpoint, never finished")
     assert ckpt.read_bytes() == b"previous checkpoint"
     assert [p.name for p in tmp_path.iterdir()] == ["run.pt"]  # no temporary file left behind
+
+
+def test_a_full_disk_fails_at_start_with_a_clear_message(tmp_path, monkeypatch):
+    import errno
+
+    from posenc.lab.sweep import check_out_dir
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match="not writable.*No space left on device"):
+        check_out_dir(tmp_path / "out")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == []  # the probe was removed

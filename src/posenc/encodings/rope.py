@@ -14,7 +14,9 @@ outputs.
 
 Numerics: angles are formed in float64 (``pos * theta`` loses ~0.06 rad in float32 at position 10**6) and only the
 cosines/sines are rounded to float32. The rotation itself runs in float32 (float64 for float64 inputs) and the
-result is cast back to the input dtype.
+result is cast back to the input dtype. What no dtype choice here can fix: a bfloat16 (float16) result carries 8 (11)
+significant bits, so rotated bfloat16 queries/keys are exact only to ~4e-3 (~5e-4) relative at every position, 10**6
+included; the angle adds no error of its own (``docs/numerics.md``, ``posenc numerics``).
 """
 
 from __future__ import annotations

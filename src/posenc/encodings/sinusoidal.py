@@ -27,7 +27,8 @@ def sinusoidal_table(pos: Tensor, dim: int, *, base: float = 10000.0) -> Tensor:
         float32 tensor of shape ``(..., dim)``.
 
     The angles are formed in float64 and only the sines/cosines are rounded to float32, so the table is exact to
-    float32 rounding even at position 10**6 (a float32 angle there would already be off by ~0.03 rad).
+    float32 rounding even at position 10**6 (a float32 angle there would already be off by ~0.03 rad). Added to
+    bfloat16 / float16 embeddings it is rounded to those formats (~4e-3 / ~5e-4 relative), the same at every position.
     """
     i = torch.arange(0, dim, 2, device=pos.device, dtype=torch.float64)
     inv_freq = torch.exp(-math.log(base) * i / dim)  # (ceil(dim/2),)

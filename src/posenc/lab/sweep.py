@@ -117,8 +117,12 @@ def check_out_dir(out: str | os.PathLike) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=out, prefix=".write-probe-")
-        os.close(fd)
-        os.unlink(probe)
+        try:  # write real bytes and sync them, so a full disk fails here and not after an hour of training
+            os.write(fd, b"\0" * 65536)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
     except OSError as exc:
         raise OSError(f"output folder {out} is not writable ({exc.strerror or exc}); choose another --out.") from None
     return out
