@@ -103,3 +103,15 @@ def test_append_record_keeps_earlier_lines(tmp_path):
         append_record(path, {"run_id": str(i), "task": "t", "encoding": "e", "seed": i, "metrics": {}})
     assert [json.loads(line)["run_id"] for line in path.read_text().splitlines()] == ["0", "1", "2"]
     assert not [p for p in tmp_path.iterdir() if p.name != RESULTS]  # no temporary files left behind
+
+
+def test_a_finished_run_leaves_a_loadable_model_for_plots(tmp_path):
+    from posenc import Transformer
+    from posenc.viz import resolve_encoding
+
+    runs = _tiny_runs()
+    run_sweep(runs, tmp_path, progress=False, echo=lambda s: None)
+    saved = tmp_path / "models" / runs[0].checkpoint_name
+    model = Transformer.load(saved)
+    assert model.cfg.encoding == "nope"
+    assert resolve_encoding(str(saved)).name == "nope"  # what `posenc plot waves OUT/models/X.pt` draws

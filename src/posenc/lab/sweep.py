@@ -163,7 +163,11 @@ def summary_line(record: dict) -> str:
 
 
 def _execute(run: PlannedRun, checkpoint: str, progress: bool) -> dict:
-    return train_run(run.experiment, encoding=run.encoding, seed=run.seed, checkpoint=checkpoint, progress=progress)
+    # the trained model goes to OUT/models/ (Transformer.save) so plots can read it: posenc plot waves OUT/models/X.pt
+    model_out = Path(checkpoint).parent.parent / "models" / run.checkpoint_name
+    model_out.parent.mkdir(exist_ok=True)
+    return train_run(run.experiment, encoding=run.encoding, seed=run.seed, checkpoint=checkpoint, progress=progress,
+                     model_out=model_out)
 
 
 def run_sweep(runs: list[PlannedRun], out: str | os.PathLike, *, workers: int = 1, progress: bool = True,
