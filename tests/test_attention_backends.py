@@ -378,7 +378,18 @@ def test_flex_every_bias_encoding(name):
         pad[1, ..., 70:] = False  # padding keys: a bool attn_mask becomes part of the block mask
         for kw in (dict(causal=True), dict(causal=False, q_pos=pos[:, 16:], k_pos=pos),
                    dict(causal=True, attn_mask=pad)):
-            out = posenc.attention(q, k, v, pe, backend="flex", **kw)
+            if q.device.type == "cpu" and "q_pos" in kw:  # refused on CPU (inductor codegen bug), with the reason
+                with pytest.raises(ValueError, match=r"per-sequence \(B, T\) positions"):
+                    posenc.attention(q, k, v, pe, backend="flex", **kw)
+                continue
+            try:
+                out = posenc.attention(q, k, v, pe, backend="flex", **kw)
+            # an upstream CPU codegen bug; auto avoids compiled flex on CPU
+            except importlib.import_module("torch._inductor.exc").InductorError as exc:
+                if q.device.type != "cpu":
+                    raise
+                pytest.xfail(f"torch's CPU flex template does not compile {name}'s score_mod: "
+                             f"{str(exc).splitlines()[0][:120]}")
             ref = posenc.attention(q, k, v, pe, backend="reference", **kw)
             torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 

@@ -57,7 +57,10 @@ logger = logging.getLogger("posenc.attention")
 # Cost model of ``auto`` (element counts of the dense ``(B|1, H, Tq, Tk)`` mask that ``dense`` would build).
 DENSE_MAX_ELEMENTS = 2**24  # above this (64 MiB in float32) a bias call leaves ``dense`` for ``chunked``/``flex``
 FLEX_MIN_ELEMENTS = 2**20  # on GPU, smaller calls (decode steps) stay on ``dense``: no compile, no shape churn
-FLEX_CPU_MIN_ELEMENTS = 2**26  # on CPU compiling Flex (~30 s, once) pays off only for long inference calls
+# auto never picks compiled Flex on CPU by default: torch 2.13's CPU flex template fails to compile some score_mods
+# (inductor C++ error "cur_qSplitSize<N> was not declared"; seen for sandwich, and for every bias over (B, T)
+# positions with Tq != Tk). Set a finite number of mask elements to opt in (2**26 pays for the ~30 s compile).
+FLEX_CPU_MIN_ELEMENTS = math.inf
 CHUNK_ELEMENTS = 2**22  # ``chunked`` sizes its query blocks so one block's mask holds about this many elements
 
 
@@ -311,6 +314,11 @@ def _flex_supports(call: AttentionCall) -> str | None:
         return f"FlexAttention computes in float32/bfloat16/float16, not {call.q.dtype}"
     if call.attn_mask is not None and call.attn_mask.dtype != torch.bool:
         return "a float attn_mask cannot become a block_mask; pass a bool mask (True = attend) or use 'chunked'"
+    if device == "cpu" and call.uses_bias and (call.q_pos.dim() == 2 or call.k_pos.dim() == 2):
+        # torch 2.13's CPU flex template fails to compile (C++ error 'cur_qSplitSize4' not declared) when a score_mod
+        # reads per-sequence positions with Tq != Tk; refuse (B, T) positions on CPU rather than crash mid-call.
+        return ("FlexAttention on CPU cannot compile a score_mod over per-sequence (B, T) positions in torch "
+                f"{torch.__version__.split('+')[0]} (inductor codegen error); use 'chunked' or 'dense'")
     if call.uses_bias and type(call.pe).score_mod is PositionalEncoding.score_mod:
         return f"{call.pe.name} defines bias() but no score_mod()"
     if call.uses_bias and call.needs_grad and not getattr(call.pe, "flex_backward", True):
@@ -324,6 +332,9 @@ def _flex_suits(call: AttentionCall) -> str | None:
         return _no_bias_reason(call)
     n = math.prod(call.dense_mask_shape)
     if call.q.device.type == "cpu" and n < FLEX_CPU_MIN_ELEMENTS:
+        if FLEX_CPU_MIN_ELEMENTS == math.inf:
+            return ("auto does not use compiled FlexAttention on CPU (torch's CPU flex kernel fails to compile some "
+                    "score_mods; opt in by setting FLEX_CPU_MIN_ELEMENTS in the posenc.attention module)")
         return (f"on CPU compiling FlexAttention (~30 s once) pays off only from FLEX_CPU_MIN_ELEMENTS = "
                 f"{FLEX_CPU_MIN_ELEMENTS} mask elements; this call has {n}")
     if call.q.device.type != "cpu" and n < FLEX_MIN_ELEMENTS:
