@@ -9,6 +9,8 @@ backend on masking: causal masking is by index, aligned bottom-right (query ``i`
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -80,3 +82,16 @@ def check_attend_inputs(name: str, q: Tensor, k: Tensor, v: Tensor, *, n_heads: 
         raise ValueError(f"{name}: query heads ({q.shape[1]}) must be a multiple of key/value heads "
                          f"(k {k.shape[1]}, v {v.shape[1]}).")
     return q.shape[1] // k.shape[1]
+
+
+def attend_inputs(pe, q: Tensor, k: Tensor, v: Tensor,
+                  scale: float | None) -> tuple[Tensor, Tensor, Tensor, float, torch.dtype]:
+    """The common start of every ``attend``: validate, then q, k, v in the compute dtype with kv heads expanded.
+
+    Returns ``(q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv), scale, compute dtype)``; ``scale`` defaults to
+    ``1 / sqrt(D)``.
+    """
+    n_rep = check_attend_inputs(pe.name, q, k, v, n_heads=pe.n_heads, head_dim=pe.head_dim)
+    ct = compute_dtype(q)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    return q.to(ct), expand_kv(k, n_rep).to(ct), expand_kv(v, n_rep).to(ct), scale, ct

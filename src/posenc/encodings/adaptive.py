@@ -17,7 +17,6 @@ floats (about 0.5 GB for B=1, H=8, hidden=32, T=4096). Use them at moderate leng
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -25,7 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from posenc.base import PositionalEncoding, get_encoding, register
-from posenc.encodings._attend_utils import additive_mask, check_attend_inputs, compute_dtype, expand_kv, safe_softmax
+from posenc.encodings._attend_utils import (
+    additive_mask,
+    attend_inputs,
+    safe_softmax,
+)
 
 __all__ = ["AdaptiveBias", "DAPE"]
 
@@ -159,11 +162,7 @@ class AdaptiveBias(PositionalEncoding):
     def _content_attend(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor,
                         causal: bool = False, attn_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
         """``softmax(q k^T * scale + sum_c softmax(mix_logits[h] + q_i U[h])_c bias_c + mask) v``, dense."""
-        n_rep = check_attend_inputs(self.name, q, k, v, n_heads=self.n_heads, head_dim=self.head_dim)
-        ct = compute_dtype(q)
-        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-        qc = q.to(ct)
-        kc, vc = expand_kv(k, n_rep).to(ct), expand_kv(v, n_rep).to(ct)  # (B, H, Tk, D)
+        qc, kc, vc, scale, ct = attend_inputs(self, q, k, v, scale)  # (B, H, T, D) in compute dtype
         scores = (qc @ kc.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
         gate = torch.einsum("bhqd,hdc->bhqc", qc, self.content_proj.to(ct))  # (B, H, Tq, C)
         w = torch.softmax(self.mix_logits.to(ct)[None, :, None, :] + gate, dim=-1)  # (B, H, Tq, C)
@@ -233,11 +232,7 @@ class DAPE(PositionalEncoding):
         Returns:
             ``(B, H, Tq, Dv)`` in the dtype of ``q`` (computed in float32, or float64 for float64 input).
         """
-        n_rep = check_attend_inputs(self.name, q, k, v, n_heads=self.n_heads, head_dim=self.head_dim)
-        ct = compute_dtype(q)
-        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-        qc = q.to(ct)
-        kc, vc = expand_kv(k, n_rep).to(ct), expand_kv(v, n_rep).to(ct)  # (B, H, Tk, D)
+        qc, kc, vc, scale, ct = attend_inputs(self, q, k, v, scale)  # (B, H, T, D) in compute dtype
         logits = (qc @ kc.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
         bias = _batched(self.base.bias(q_pos, k_pos).to(ct), q.shape[0])  # (B, H, Tq, Tk)
         scores = logits + bias + self.refine(logits, bias)

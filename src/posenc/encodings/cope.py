@@ -34,9 +34,7 @@ from torch import Tensor, nn
 from posenc.base import PositionalEncoding, register
 from posenc.encodings._attend_utils import (
     additive_mask,
-    check_attend_inputs,
-    compute_dtype,
-    expand_kv,
+    attend_inputs,
     safe_softmax,
 )
 
@@ -134,15 +132,11 @@ class CoPE(PositionalEncoding):
         Returns:
             ``(B, H, Tq, Dv)`` in the dtype of ``q`` (computed in float32, or float64 for float64 input).
         """
-        n_rep = check_attend_inputs(self.name, q, k, v, n_heads=self.n_heads, head_dim=self.head_dim)
+        qc, kc, vc, scale, ct = attend_inputs(self, q, k, v, scale)  # (B, H, T, D) in compute dtype
         if not causal and self.future_table is None:
             raise ValueError("cope: this encoding was built with causal=True (the paper's decoder-only CoPE) but is "
                              "called for bidirectional attention; build it with causal=False to get the "
                              "bidirectional extension (a second table for keys after the query).")
-        ct = compute_dtype(q)
-        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-        qc = q.to(ct)
-        kc, vc = expand_kv(k, n_rep).to(ct), expand_kv(v, n_rep).to(ct)  # (B, H, Tk, D)
         logits = (qc @ kc.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
         mask = additive_mask(q.shape[-2], k.shape[-2], causal=causal, attn_mask=attn_mask, dtype=ct, device=q.device)
         if mask is not None:

@@ -26,9 +26,7 @@ from torch import Tensor, nn
 from posenc.base import PositionalEncoding, register
 from posenc.encodings._attend_utils import (
     additive_mask,
-    check_attend_inputs,
-    compute_dtype,
-    expand_kv,
+    attend_inputs,
     positions_4d,
     safe_softmax,
 )
@@ -151,14 +149,10 @@ class ShawRelative(PositionalEncoding):
         Returns:
             ``(B, H, Tq, D)`` in the dtype of ``q`` (computed in float32, or float64 for float64 input).
         """
-        n_rep = check_attend_inputs(self.name, q, k, v, n_heads=self.n_heads, head_dim=self.head_dim)
+        qc, kc, vc, scale, ct = attend_inputs(self, q, k, v, scale)  # (B, H, T, D) in compute dtype
         if self.value_table is not None and v.shape[-1] != self.head_dim:
             raise ValueError(f"shaw: the value term adds a^V of size head_dim={self.head_dim} to v, but v has "
                              f"{v.shape[-1]} channels; build it with value_term=False for a different value width.")
-        ct = compute_dtype(q)
-        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-        qc = q.to(ct)
-        kc, vc = expand_kv(k, n_rep).to(ct), expand_kv(v, n_rep).to(ct)  # (B, H, Tk, D)
         buckets = shaw_buckets(q_pos, k_pos, self.max_relative_position)  # (B|1, Tq, Tk)
         scores = (qc @ kc.transpose(-2, -1) + shaw_key_logits(qc, self.key_table.to(ct), buckets)) * scale
         mask = additive_mask(q.shape[-2], k.shape[-2], causal=causal, attn_mask=attn_mask, dtype=ct, device=q.device)

@@ -34,9 +34,7 @@ from torch import Tensor, nn
 from posenc.base import PositionalEncoding, register
 from posenc.encodings._attend_utils import (
     additive_mask,
-    check_attend_inputs,
-    compute_dtype,
-    expand_kv,
+    attend_inputs,
     positions_4d,
     safe_softmax,
 )
@@ -160,11 +158,7 @@ class TransformerXL(PositionalEncoding):
         Returns:
             ``(B, H, Tq, Dv)`` in the dtype of ``q`` (computed in float32, or float64 for float64 input).
         """
-        n_rep = check_attend_inputs(self.name, q, k, v, n_heads=self.n_heads, head_dim=self.head_dim)
-        ct = compute_dtype(q)
-        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-        qc = q.to(ct)
-        kc, vc = expand_kv(k, n_rep).to(ct), expand_kv(v, n_rep).to(ct)  # (B, H, Tk, D)
+        qc, kc, vc, scale, ct = attend_inputs(self, q, k, v, scale)  # (B, H, T, D) in compute dtype
         u = self.content_bias.to(ct)[None, :, None, :]  # (1, H, 1, D)
         vb = self.position_bias.to(ct)[None, :, None, :]
         content = (qc + u) @ kc.transpose(-2, -1)  # (B, H, Tq, Tk)
