@@ -115,3 +115,26 @@ def test_a_finished_run_leaves_a_loadable_model_for_plots(tmp_path):
     model = Transformer.load(saved)
     assert model.cfg.encoding == "nope"
     assert resolve_encoding(str(saved)).name == "nope"  # what `posenc plot waves OUT/models/X.pt` draws
+
+
+def test_plan_sweep_takes_encodings_per_task():
+    small = Experiment(TaskConfig("parity_check", 1, 3, (3,)), ModelConfig(dim=16, n_layers=1, n_heads=2))
+    other = Experiment(TaskConfig("bucket_sort", 1, 3, (3,)), ModelConfig(dim=16, n_layers=1, n_heads=2))
+    runs = plan_sweep({"parity_check": small, "bucket_sort": other},
+                      {"parity_check": ["nope", "rope"], "bucket_sort": ["alibi"]}, [0, 1])
+    assert [(r.experiment.task.name, r.encoding, r.seed) for r in runs] == [
+        ("parity_check", "nope", 0), ("parity_check", "nope", 1), ("parity_check", "rope", 0),
+        ("parity_check", "rope", 1), ("bucket_sort", "alibi", 0), ("bucket_sort", "alibi", 1)]
+    with pytest.raises(ValueError, match="task 'bucket_sort' has none"):
+        plan_sweep({"parity_check": small, "bucket_sort": other}, {"parity_check": ["nope"]}, [0])
+    with pytest.raises(ValueError, match="unknown encoding 'ropee'"):
+        plan_sweep({"parity_check": small}, {"parity_check": ["ropee"]}, [0])
+
+
+def test_suite_task_encodings_override_the_suite_list():
+    from posenc.lab.config import Suite, suite_encodings
+
+    suite = Suite("test", {}, ("nope", "rope"), task_encodings={"grid": ("rope", "not_registered_yet")})
+    assert suite.encodings_for("parity_check") == ("nope", "rope")
+    assert suite_encodings(suite, "grid") == (["rope"], ["not_registered_yet"])
+    assert suite_encodings(suite) == (["nope", "rope"], [])

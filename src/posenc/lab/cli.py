@@ -104,9 +104,17 @@ def _run(args: argparse.Namespace) -> int:
     if args.encodings:
         encodings = args.encodings
     else:
-        encodings, missing = suite_encodings(suite)
-        note = f" (in the suite but not registered yet, skipped: {', '.join(missing)})" if missing else ""
-        print(f"encodings: {', '.join(encodings)}{note}")
+        encodings, missing = {}, set()
+        for name in tasks:
+            encodings[name], absent = suite_encodings(suite, name)
+            missing.update(absent)
+        note = f" (in the suite but not registered yet, skipped: {', '.join(sorted(missing))})" if missing else ""
+        listed = sorted({e for names in encodings.values() for e in names}, key=lambda e: min(
+            (names.index(e) for names in encodings.values() if e in names)))
+        print(f"encodings: {', '.join(listed)}{note}")
+        for name in tasks:
+            if name in suite.task_encodings:
+                print(f"  {name}: {', '.join(encodings[name])}")
     seeds = args.seeds if args.seeds is not None else list(suite.seeds)
     runs = plan_sweep(experiments, encodings, seeds)
     records = run_sweep(runs, args.out, workers=args.workers, progress=not args.no_progress,
@@ -146,6 +154,8 @@ def _list(args: argparse.Namespace) -> int:
         print(f"            tasks: {', '.join(suite.experiments)}")
         print(f"            encodings: {', '.join(available)}" + (f" (not registered yet: {', '.join(missing)})"
                                                                    if missing else ""))
+        for task, names in suite.task_encodings.items():
+            print(f"            {task}: {', '.join(names)}")
         print(f"            seeds: {', '.join(map(str, suite.seeds))}")
     return 0
 

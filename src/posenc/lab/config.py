@@ -97,6 +97,11 @@ class Suite:
     encodings: tuple[str, ...]  # encodings run on every task (names not registered yet are skipped and reported)
     seeds: tuple[int, ...] = (0,)  # seeds run for every task and encoding
     all_encodings: bool = False  # True: every registered encoding, whatever `encodings` says
+    task_encodings: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per task, instead of `encodings`
+
+    def encodings_for(self, task: str) -> tuple[str, ...]:
+        """The encodings this suite runs on ``task``: its own list if it has one, else the suite's."""
+        return self.task_encodings.get(task, self.encodings)
 
 
 CORE = ("nope", "sinusoidal", "learned", "rope", "alibi", "t5")  # alibi/t5 join as soon as they are registered
@@ -163,11 +168,13 @@ SUITES: dict[str, Suite] = {
 }
 
 
-def suite_encodings(suite: Suite) -> tuple[list[str], list[str]]:
-    """``(available, missing)``: the suite's encodings that are registered now, and those that are not (yet)."""
+def suite_encodings(suite: Suite, task: str | None = None) -> tuple[list[str], list[str]]:
+    """``(available, missing)``: the suite's encodings (for ``task``, if given) that are registered now, and those
+    that are not (yet)."""
     from posenc.base import registered_names
 
     names = registered_names()
     if suite.all_encodings:
         return names, []
-    return [e for e in suite.encodings if e in names], [e for e in suite.encodings if e not in names]
+    wanted = suite.encodings if task is None else suite.encodings_for(task)
+    return [e for e in wanted if e in names], [e for e in wanted if e not in names]

@@ -128,13 +128,21 @@ def check_out_dir(out: str | os.PathLike) -> Path:
     return out
 
 
-def plan_sweep(experiments: dict[str, Experiment], encodings: list[str], seeds: list[int]) -> list[PlannedRun]:
-    """Every (task, encoding, seed), validated up front: unknown names or impossible lengths fail before any work."""
+def plan_sweep(experiments: dict[str, Experiment], encodings: list[str] | dict[str, list[str]],
+               seeds: list[int]) -> list[PlannedRun]:
+    """Every (task, encoding, seed), validated up front: unknown names or impossible lengths fail before any work.
+
+    ``encodings`` is one list for every task, or a dict ``task -> list`` (structured tasks compare their own set).
+    """
+    per_task = encodings if isinstance(encodings, dict) else {task: encodings for task in experiments}
     known = registered_names()
-    for name in encodings:
-        if name not in known:
-            raise ValueError(f"unknown encoding {name!r}; registered: {', '.join(known)}.")
-    if not experiments or not encodings or not seeds:
+    for task in experiments:
+        if not per_task.get(task):
+            raise ValueError(f"a sweep needs at least one encoding for every task; task {task!r} has none.")
+        for name in per_task[task]:
+            if name not in known:
+                raise ValueError(f"unknown encoding {name!r}; registered: {', '.join(known)}.")
+    if not experiments or not seeds:
         raise ValueError("a sweep needs at least one task, one encoding and one seed.")
     for experiment in experiments.values():
         resolve_lengths(get_task(experiment.task.name, **experiment.task.options), experiment.task)
@@ -143,7 +151,8 @@ def plan_sweep(experiments: dict[str, Experiment], encodings: list[str], seeds: 
                                "use --device cpu.")
         if experiment.run.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda'; got {experiment.run.device!r}.")
-    return [PlannedRun(exp, enc, seed) for exp in experiments.values() for enc in encodings for seed in seeds]
+    return [PlannedRun(exp, enc, seed) for task, exp in experiments.items() for enc in per_task[task]
+            for seed in seeds]
 
 
 def summary_line(record: dict) -> str:

@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -30,12 +31,14 @@ from torch import Tensor, nn
 import posenc
 from posenc._io import atomic_write_bytes
 from posenc.base import get_encoding
+from posenc.encodings._structured import StructuredPositions
+from posenc.encodings.graph import _GraphEncoding
 from posenc.lab.config import Experiment, ModelConfig, RunConfig, TaskConfig, config_hash
 from posenc.lab.tasks import IGNORE, Task, get_task
 from posenc.lab.tasks.base import uniform_int
 from posenc.model import Transformer, TransformerConfig
 
-__all__ = ["atomic_write_bytes", "evaluate", "resolve_lengths", "train_run"]
+__all__ = ["atomic_write_bytes", "evaluate", "reads_structure", "resolve_lengths", "structure", "train_run"]
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation data never shares a generator state with training data
 
@@ -55,7 +58,40 @@ def resolve_lengths(task: Task, cfg: TaskConfig) -> tuple[int, int, tuple[int, .
     return lo, hi, evals
 
 
-def _forward(model: nn.Module, kind: str, batch: dict[str, Tensor]) -> Tensor:
+def reads_structure(pe: nn.Module, task: Task) -> bool:
+    """Whether ``pe`` reads the structure ``task`` adds to its batches (coordinates or a graph).
+
+    A task with ``coordinate_axes`` adds ``coordinates`` ``(B, T, A)`` to its batches; an encoding reads them when
+    its ``axis_names`` are exactly those axes (``hierarchical`` on sentence/paragraph levels, ``axial_rope`` on
+    ``(row, col)``, ``mrope`` on ``(time, height, width)``). A task with ``graph = True`` adds ``adjacency``
+    ``(B, N, N)``, read by the graph encodings. Every other encoding sees the plain positions ``0 .. T-1``: the flat
+    baseline the structured encodings are compared against.
+    """
+    if task.coordinate_axes:
+        return isinstance(pe, StructuredPositions) and tuple(pe.axis_names) == tuple(task.coordinate_axes)
+    return bool(task.graph) and isinstance(pe, _GraphEncoding)
+
+
+@contextlib.contextmanager
+def structure(model: nn.Module, task: Task, batch: dict[str, Tensor]):
+    """Inside the block the model's encoding reads the batch's ``coordinates`` or ``adjacency``, if it reads them."""
+    pe = getattr(model, "module", model).pe  # DistributedDataParallel wraps the Transformer
+    if not reads_structure(pe, task):
+        yield
+        return
+    key = "adjacency" if task.graph else "coordinates"
+    if key not in batch:
+        raise ValueError(f"task {task.name!r} declares structured inputs but its batch has no {key!r} entry.")
+    with pe.graph(batch[key]) if task.graph else pe.coordinates(batch[key]):
+        yield
+
+
+def _forward(model: nn.Module, task: Task, batch: dict[str, Tensor]) -> Tensor:
+    with structure(model, task, batch):
+        return _forward_plain(model, task.kind, batch)
+
+
+def _forward_plain(model: nn.Module, kind: str, batch: dict[str, Tensor]) -> Tensor:
     if kind == "encoder_decoder":
         return model(batch["inputs"], batch["decoder_inputs"], padding_mask=batch.get("padding_mask"),
                      tgt_padding_mask=batch.get("decoder_padding_mask"))
@@ -97,17 +133,19 @@ def evaluate(model: Transformer, task: Task, length: int, *, seed: int, batch_si
     Returns ``{"undefined": reason}`` when the encoding is not defined at that many tokens (e.g. ``learned`` past
     its table), instead of silently stretching it.
     """
-    reason = undefined_reason(model, task.sequence_length(length))
+    gen = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET + length)
+    batches = [{k: v.to(device) for k, v in batch.items()}
+               for batch in task.eval_batches(gen, batch_size, length, n_batches)]
+    with structure(model, task, batches[0]):  # a graph or coordinate table decides what positions exist
+        reason = undefined_reason(model, task.sequence_length(length))
     if reason is not None:
         return {"undefined": reason}
     was_training = model.training
     model.eval()
-    gen = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET + length)
     rows = rows_right = tokens = tokens_right = 0
     loss_sum = 0.0
-    for batch in task.eval_batches(gen, batch_size, length, n_batches):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = _forward(model, task.kind, batch).float()  # (B, T, vocab)
+    for batch in batches:
+        logits = _forward(model, task, batch).float()  # (B, T, vocab)
         targets = batch["targets"]
         scored = targets != IGNORE
         loss_sum += float(F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
@@ -223,7 +261,7 @@ def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: s
         full = task.sample_batch(gen, run.batch_size, length)
         batch = _slice(full, rank, world, device)
         scored = (full["targets"] != IGNORE).sum().item()  # global count: every process sees the same full batch
-        logits = _forward(trained, task.kind, batch).float()  # (B, T, vocab)
+        logits = _forward(trained, task, batch).float()  # (B, T, vocab)
         loss_sum = F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=IGNORE,
                                    reduction="sum")
         # DDP averages gradients over processes, so scale by world: the mean over the global batch, as in one process
@@ -273,7 +311,8 @@ def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: s
         "run_id": f"{experiment.task.name}/{encoding}/seed{seed}/{config_hash(experiment, encoding, seed)}",
         "task": experiment.task.name, "encoding": encoding, "seed": seed, "kind": task.kind,
         "metric": task.metric, "paper": task.paper, "train_lengths": [lo, hi], "eval_lengths": list(evals),
-        "max_seq_len": max_seq_len, "config": experiment.to_dict(), "metrics": metrics,
+        "max_seq_len": max_seq_len, "reads_structure": reads_structure(model.pe, task),
+        "config": experiment.to_dict(), "metrics": metrics,
         "final_train_loss": curve[-1][1] if curve else None, "loss_curve": curve,
         "parameters": model.num_parameters(), "wall_time_s": time.perf_counter() - start, "world_size": world,
         "versions": versions(), **extra,

@@ -9,7 +9,11 @@ Every batch is a dict of int64 / bool tensors with one layout for all tasks, so 
   ``decoder`` tasks ``targets`` are the next tokens (``targets[:, t]`` follows ``inputs[:, t]``); for
   ``encoder_decoder`` tasks they are the next tokens of ``decoder_inputs``;
 - optional ``padding_mask`` ``(B, T)`` True on real tokens, and for ``encoder_decoder`` tasks ``decoder_inputs``
-  ``(B, T_out)`` and ``decoder_padding_mask``.
+  ``(B, T_out)`` and ``decoder_padding_mask``;
+- structured tasks add ``coordinates`` ``(B, T, A)`` int64 (axes named by the class's ``coordinate_axes``, e.g.
+  ``("row", "col")``), read by encodings with exactly those ``axis_names``; graph tasks (``graph = True``) add
+  ``adjacency`` ``(B, N, N)`` over their ``N`` node tokens, read by the graph encodings. Other encodings see plain
+  positions ``0 .. T-1`` (see :func:`posenc.lab.train.reads_structure`).
 
 Metrics follow from this: ``accuracy`` is the share of sequences whose every scored token is right (exact match;
 with teacher forcing this equals greedy decoding), ``token_accuracy`` the share of scored tokens, ``perplexity``
@@ -63,6 +67,8 @@ class Task(abc.ABC):
     paper: ClassVar[str | None] = None
     summary: ClassVar[str] = ""
     min_length: ClassVar[int] = 1  # the shortest length sample_batch accepts
+    coordinate_axes: ClassVar[tuple[str, ...]] = ()  # axes of the batch's ``coordinates`` (B, T, A), if it has them
+    graph: ClassVar[bool] = False  # True: batches carry ``adjacency`` (B, N, N) over the N node tokens
 
     @property
     def vocab_size(self) -> int:
