@@ -109,8 +109,7 @@ def _run(args: argparse.Namespace) -> int:
             encodings[name], absent = suite_encodings(suite, name)
             missing.update(absent)
         note = f" (in the suite but not registered yet, skipped: {', '.join(sorted(missing))})" if missing else ""
-        listed = sorted({e for names in encodings.values() for e in names}, key=lambda e: min(
-            (names.index(e) for names in encodings.values() if e in names)))
+        listed = dict.fromkeys(e for names in encodings.values() for e in names)  # in order of first use
         print(f"encodings: {', '.join(listed)}{note}")
         for name in tasks:
             if name in suite.task_encodings:
