@@ -37,6 +37,7 @@ be randomized or restart per packed document; mask documents with ``attn_mask``)
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import shutil
@@ -301,6 +302,12 @@ def _flex_module():
     return flex
 
 
+@functools.cache
+def _have_cxx() -> bool:
+    """Whether a C++ compiler is on PATH (torch.compile's CPU backend needs one); looked up once per process."""
+    return shutil.which("g++") is not None or shutil.which("clang++") is not None
+
+
 def _flex_supports(call: AttentionCall) -> str | None:
     if _flex_module() is None:
         return f"torch {torch.__version__} has no torch.nn.attention.flex_attention (it needs torch >= 2.5)"
@@ -308,7 +315,7 @@ def _flex_supports(call: AttentionCall) -> str | None:
     if device == "cpu" and call.needs_grad:
         return (f"FlexAttention on CPU is forward-only in torch {torch.__version__.split('+')[0]} and these inputs "
                 f"need gradients; use 'chunked' for training (or run under torch.no_grad())")
-    if device == "cpu" and shutil.which("g++") is None and shutil.which("clang++") is None:
+    if device == "cpu" and not _have_cxx():
         return "FlexAttention on CPU runs only under torch.compile, which needs a C++ compiler (g++ or clang++)"
     if call.q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return f"FlexAttention computes in float32/bfloat16/float16, not {call.q.dtype}"

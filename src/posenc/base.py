@@ -55,6 +55,19 @@ def check_positions(pos: Tensor | None, length: int, *, name: str = "pos", batch
     """
     if pos is None:
         return None
+    _check_positions_layout(pos, length, name=name, batch=batch, device=device)
+    if pos.numel() and not torch.compiler.is_compiling() and pos.min() < 0:
+        raise ValueError(f"{name} must be non-negative; got a minimum of {int(pos.min())}.")
+    return pos
+
+
+def _check_positions_layout(pos: Tensor, length: int, *, name: str = "pos", batch: int | None = None,
+                           device: torch.device | None = None) -> None:
+    """The checks of :func:`check_positions` that read no values: type, dtype, shape, batch, device.
+
+    Reads only metadata (no kernel, no device sync), so a hook may repeat it freely for positions whose values
+    were already checked (e.g. the same positions tensor at every layer of one forward).
+    """
     if not isinstance(pos, Tensor):
         raise TypeError(f"{name} must be an int64 tensor of shape (T,) or (B, T); got {type(pos).__name__}. "
                         f"Hint: torch.arange(T) gives the default positions.")
@@ -71,9 +84,6 @@ def check_positions(pos: Tensor | None, length: int, *, name: str = "pos", batch
                          f"pass (T,) to share positions across the batch, or (B, T).")
     if device is not None and pos.device != device:
         raise ValueError(f"{name} is on {pos.device} but the input is on {device}; move it with {name}.to(x.device).")
-    if pos.numel() and not torch.compiler.is_compiling() and pos.min() < 0:
-        raise ValueError(f"{name} must be non-negative; got a minimum of {int(pos.min())}.")
-    return pos
 
 
 class PositionalEncoding(nn.Module):

@@ -251,8 +251,9 @@ def run_rope_bench(*, device: str = "cpu", quick: bool = False, q_shape: Sequenc
 
     fused = fast_path_name(q)
     measure("copy (empty_like + copy_)", copy_fn, direction="forward", note="the memory ceiling", check=False)
-    measure("posenc RoPE.rotate", lambda: pe.rotate(q, k, pos, pos), direction="forward",
-            note=f"module call incl. cos/sin lookup; fused path: {fused or 'none'}")
+    measure("posenc RoPE.rotate", lambda: pe.rotate(q, k, *(pos.clone(),) * 2), direction="forward",
+            note=f"module call incl. cos/sin lookup (fresh positions each call: RoPE's per-forward memo "
+                 f"never hits); fused path: {fused or 'none'}")
     if fused:
         measure("posenc fused kernel", lambda: rope_rotate_qk(q, k, cos, sin, cos, sin), direction="forward",
                 note=f"{fused}; cos/sin tables given")
@@ -300,7 +301,7 @@ def run_rope_bench(*, device: str = "cpu", quick: bool = False, q_shape: Sequenc
         grad_ref = fwd_bwd(lambda a, c: (apply_rope(a, cos, sin), apply_rope(c, cos, sin)))()
         measure("copy x2 (forward+backward bytes)", copy2, direction="forward+backward", check=False)
         bwd_rows: list[tuple[str, Callable, str]] = [
-            ("posenc RoPE.rotate", lambda a, c: pe.rotate(a, c, pos, pos), "half"),
+            ("posenc RoPE.rotate", lambda a, c: pe.rotate(a, c, *(pos.clone(),) * 2), "half"),
             ("posenc apply_rope (reference, eager)", lambda a, c: (apply_rope(a, cos, sin), apply_rope(c, cos, sin)),
              "half")]
         if fused:
@@ -374,7 +375,8 @@ def run_decode_bench(*, device: str = "cpu", quick: bool = False, steps: int | N
     Decoder (dim 256, 4 layers, 8 heads, RoPE; quick: dim 64, 2 layers), a prompt of 256 tokens (quick: 16) in the
     cache, then ``steps`` single-token steps. On CPU the share is measured directly (``pe.rotate`` wrapped in a
     timer); on CUDA, as the step-time difference against the same model with ``rotate`` made the identity. Rows for
-    the fused path and for the reference path (``POSENC_FAST_ROPE=0``).
+    the fused path and for the reference path (``POSENC_FAST_ROPE=0``). Each step's cos/sin lookup and position
+    checks run inside the first layer's ``rotate`` call (later layers reuse them), so both methods count them.
     """
     from posenc.model import KVCache, Transformer, TransformerConfig
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from posenc.base import PositionalEncoding, check_positions, register
+from posenc.base import PositionalEncoding, _check_positions_layout, check_positions, register
 from posenc.kernels import fast_rotate
 from posenc.rope_scaling import SCALING_METHODS, logn_scale, resolve_scaling, scaled_inv_freq
 
@@ -167,6 +167,10 @@ class RoPE(PositionalEncoding):
     cos/sin tables for positions ``[0, L)`` are cached in non-persistent float32 buffers that grow on demand (powers
     of two, up to ``max(max_seq_len, 65536)`` positions); positions beyond are computed directly with the same
     formula, so results never depend on what is cached.
+
+    :meth:`rotate` also remembers the cos/sin it looked up last, keyed on the positions tensor itself (its identity
+    and version counter): a model passes one positions tensor to every layer of a forward, so the lookup and the
+    value checks run once per forward, not twice per layer (a KV-cache decode step pays them once).
     """
 
     family = "rotary"
@@ -204,6 +208,7 @@ class RoPE(PositionalEncoding):
             _, self.attention_scale = scaled_inv_freq(rotary_dim, self.base, self.scaling)  # validates the values
         self.register_buffer("_cos", torch.empty(0, rotary_dim // 2), persistent=False)
         self.register_buffer("_sin", torch.empty(0, rotary_dim // 2), persistent=False)
+        self._memo: tuple | None = None  # the last lookup of rotate_one; see _cos_sin_for
         self._grow_cache(min(max_seq_len, self.cache_limit), torch.device("cpu"))
 
     def _resolve_scaling(self, scaling: dict) -> dict | None:
@@ -241,6 +246,7 @@ class RoPE(PositionalEncoding):
 
     def _grow_cache(self, length: int, device: torch.device) -> None:
         pos = torch.arange(length, device=device)
+        self._memo = None
         self._cos, self._sin = rope_cos_sin(pos, self.inv_freq(device), scale=self.attention_scale)
 
     def cos_sin(self, pos: Tensor, *, dtype: torch.dtype = torch.float32,
@@ -275,23 +281,58 @@ class RoPE(PositionalEncoding):
         """
         seq_len = None
         if self.length_dependent:
-            tops = [int(p.max()) for p in (q_pos, k_pos) if isinstance(p, Tensor) and p.numel()]
+            tops = [int(p.max()) for p in ((q_pos,) if q_pos is k_pos else (q_pos, k_pos))
+                    if isinstance(p, Tensor) and p.numel()]
             seq_len = max(tops) + 1 if tops else None
-        q = self.rotate_one(q, q_pos, "q", seq_len=seq_len)
+        if q_pos is k_pos and isinstance(q, Tensor) and isinstance(k, Tensor) and q.dtype == k.dtype:
+            # Self-attention (every layer of a model): one cos/sin lookup and one fused call for q and k together.
+            _check_head_tensor(q, self.head_dim, "q")
+            cos, sin = self._cos_sin_for(q, q_pos, "q", seq_len)
+            _check_head_tensor(k, self.head_dim, "k")
+            _check_positions_layout(k_pos, k.shape[-2], name="k_pos", batch=k.shape[0], device=k.device)
+            fused = fast_rotate(q, k, cos, sin, layout=self.layout)  # posenc.kernels: same numbers, one pass
+            q, k = fused if fused is not None else (apply_rope(q, cos, sin, layout=self.layout),
+                                                     apply_rope(k, cos, sin, layout=self.layout))
+        else:
+            q = self.rotate_one(q, q_pos, "q", seq_len=seq_len)
+            k = self.rotate_one(k, k_pos, "k", seq_len=seq_len)
         if self.scaling is not None and self.scaling["logn"]:
             scale = logn_scale(q_pos, self.scaling["original_max_position_embeddings"])  # (Tq,) or (B, Tq)
             scale = scale[:, None] if scale.dim() == 1 else scale[:, None, :, None]  # -> (Tq, 1) or (B, 1, Tq, 1)
             q = (q.to(torch.promote_types(q.dtype, torch.float32)) * scale).to(q.dtype)
-        return q, self.rotate_one(k, k_pos, "k", seq_len=seq_len)
+        return q, k
 
     def rotate_one(self, x: Tensor, pos: Tensor, name: str = "x", *, seq_len: int | None = None) -> Tensor:
         """Rotate one tensor ``(B, H, T, D)`` at positions ``(T,)`` or ``(B, T)`` (``seq_len``: see :meth:`cos_sin`)."""
         _check_head_tensor(x, self.head_dim, name)
-        check_positions(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
-        cos, sin = self.cos_sin(pos, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
-                                seq_len=seq_len)
+        cos, sin = self._cos_sin_for(x, pos, name, seq_len)
         fused = fast_rotate(x, None, cos, sin, layout=self.layout)  # posenc.kernels: same numbers, one pass
         return fused[0] if fused is not None else apply_rope(x, cos, sin, layout=self.layout)
+
+    def _cos_sin_for(self, x: Tensor, pos: Tensor, name: str, seq_len: int | None) -> tuple[Tensor, Tensor]:
+        """Validated ``pos`` for ``x`` and its cos/sin ``(B or 1, T, rotary_dim // 2)`` in ``x``'s compute dtype.
+
+        Repeats the last lookup when ``pos`` is the same tensor at the same version (``_version`` counts in-place
+        writes, views included), for the same dtype, ``seq_len`` and inference mode: then only the metadata checks
+        run again (``pos`` against this ``x``); the value check (no negative position) and the table lookup, which
+        launch kernels and on GPU sync with the host, are skipped. Not memoised under ``torch.compile``, tracing,
+        tensor subclasses or functorch transforms, which must see every operation.
+        """
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        memoise = type(pos) is Tensor and not (torch.compiler.is_compiling() or torch.jit.is_tracing()
+                                               or torch._C._functorch.is_functorch_wrapped_tensor(pos))
+        key = (pos._version, dtype, seq_len, torch.is_inference_mode_enabled()) if memoise else None
+        memo = self._memo
+        if memoise and memo is not None and memo[0] is pos and memo[1] == key:
+            _check_positions_layout(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
+            return memo[2], memo[3]
+        check_positions(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
+        cos, sin = self.cos_sin(pos, dtype=dtype, seq_len=seq_len)
+        if cos.dim() == 2:  # (T, F) -> (1, T, F) once here, not in every kernel call (same broadcast, same numbers)
+            cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
+        if memoise:
+            self._memo = (pos, key, cos, sin)
+        return cos, sin
 
     def extra_repr(self) -> str:
         scaling = "" if self.scaling is None else f", scaling={self.scaling['rope_type']!r}"
