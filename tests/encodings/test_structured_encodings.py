@@ -558,3 +558,13 @@ def test_dape_starts_as_its_base_and_refines_per_pair():
                                atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="pure attention-bias"):
         get_encoding("dape", dim=DIM, n_heads=HEADS, base="sinusoidal")
+
+
+def test_hierarchical_default_tells_reordered_levels_apart():
+    # with one sinusoid per level summed, (2, 1, 5) and (5, 2, 1) would get the same vector: concat is the default
+    x = torch.zeros(1, 2, DIM)
+    levels = torch.tensor([[[2, 1, 5], [5, 2, 1]]])
+    out = get_encoding("hierarchical", dim=DIM, n_heads=HEADS).embed(x, levels)
+    assert (out[0, 0] - out[0, 1]).abs().max() > 0.5
+    summed = get_encoding("hierarchical", dim=DIM, n_heads=HEADS, combine="sum").embed(x, levels)
+    torch.testing.assert_close(summed[0, 0], summed[0, 1])  # the symmetry the default avoids
