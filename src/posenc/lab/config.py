@@ -143,7 +143,17 @@ _STANDARD = {
                        RunConfig(steps=2000, batch_size=32, lr=1e-3)),
     "reorder": Experiment(TaskConfig("reorder"), ModelConfig(dim=64, n_layers=2, n_heads=4),
                           RunConfig(steps=2000, batch_size=32, lr=1e-3)),
+    # beyond a line: document structure and graphs (each ~1-1.5 min per run on one core)
+    **{name: Experiment(TaskConfig(name, 2, 12, (12, 24, 48)), ModelConfig(dim=64, n_layers=2, n_heads=4),
+                        RunConfig(steps=600, batch_size=32, lr=3e-3))
+       for name in ("sentence_index", "paragraph_index")},
+    "graph_distance": Experiment(TaskConfig("graph_distance"), ModelConfig(dim=64, n_layers=2, n_heads=4),
+                                 RunConfig(steps=1000, batch_size=64, lr=3e-3)),
+    "cycle_detection": Experiment(TaskConfig("cycle_detection"), ModelConfig(dim=64, n_layers=3, n_heads=4),
+                                  RunConfig(steps=1000, batch_size=64, lr=6e-3)),
 }
+
+_STRUCTURED = ("sentence_index", "paragraph_index", "graph_distance", "cycle_detection")
 
 _FULL = {
     **{name: _algorithmic(name, max_len=40, evals=(40, 60, 100, 200, 500), steps=10000) for name in _ALGORITHMIC},
@@ -157,6 +167,9 @@ _FULL = {
                      ModelConfig(dim=256, n_layers=4, n_heads=8), RunConfig(steps=10000, batch_size=32, lr=1e-3)),
     **{name: dataclasses.replace(_STANDARD[name], run=dataclasses.replace(_STANDARD[name].run, steps=10000))
        for name in ("flip_flop", "counting", "selective_copy", "associative_recall", "passkey", "scan", "reorder")},
+    **{name: dataclasses.replace(_STANDARD[name], run=dataclasses.replace(_STANDARD[name].run,
+                                                                          steps=5 * _STANDARD[name].run.steps))
+       for name in _STRUCTURED},
 }
 
 # Besides the core encodings, the standard suite runs each paper's own proposal on that paper's tasks: randomized
@@ -167,6 +180,9 @@ _STANDARD_ENCODINGS = {
     **{name: CORE + ("randomized",) + ADAPTIVE for name in ("bucket_sort", "parity_check")},
     **{name: CORE + ("cope",) for name in ("flip_flop", "counting", "selective_copy")},
     "lm": CORE + ADAPTIVE,
+    **{name: ("nope", "sinusoidal", "learned", "rope", "alibi", "hierarchical")
+       for name in ("sentence_index", "paragraph_index")},
+    **{name: ("nope", "rope", "laplacian", "rwpe", "spd") for name in ("graph_distance", "cycle_detection")},
 }
 
 SUITES: dict[str, Suite] = {
