@@ -16,7 +16,9 @@ and ``spd``'s distance is ``|i - j|`` (a clipped relative bias, defined at any p
 - ``laplacian`` (Dwivedi et al. 2020, arXiv 2003.00982): the eigenvectors of the normalized Laplacian
   ``I - D^-1/2 A D^-1/2`` for the ``k`` smallest eigenvalues after the trivial one, zero-padded for graphs with fewer
   than ``k + 1`` nodes, each flipped by a random sign per graph while training (eigenvectors have no canonical sign),
-  and projected to ``dim`` by a learned linear map added to the node embeddings.
+  and projected to ``dim`` by a learned linear map added to the node embeddings. By default (``normalize=True``)
+  the eigenvectors are rescaled to unit mean square (``sqrt(N) * v``) and the projection keeps its own init; see
+  :class:`LaplacianPE` for why.
 - ``rwpe`` (Dwivedi et al. 2022, arXiv 2110.07875): the landing probabilities ``[RW_ii, RW^2_ii, ..., RW^k_ii]`` of a
   random walk ``RW = D^-1 A`` returning to its start node, projected to ``dim`` the same way.
 - ``spd`` (Graphormer, arXiv 2106.05234): a learned bias per head for each shortest-path distance ``0 ..
@@ -251,6 +253,27 @@ def _gather_nodes(features: Tensor, pos: Tensor) -> Tensor:
     return torch.gather(f, 1, p.unsqueeze(-1).expand(-1, -1, f.shape[-1]))
 
 
+class _FeatureProjection(nn.Module):
+    """``Linear(k, dim, bias=False)`` that keeps its own init: ``nn.Linear``'s default, uniform in ``+-1/sqrt(k)``.
+
+    Not an ``nn.Linear`` on purpose: :class:`posenc.Transformer` re-initialises every ``nn.Linear`` with std 0.02,
+    which makes a node-feature branch about 10x weaker next to the unit-scale token embeddings than in Dwivedi et
+    al.'s code (``nn.Linear`` default init added to an ``nn.Embedding``). Same ``weight`` ``(dim, k)`` as
+    ``nn.Linear``, so state dicts are interchangeable.
+    """
+
+    def __init__(self, k: int, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(dim, k))  # (dim, k), as nn.Linear
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))  # nn.Linear.reset_parameters: U(+-1/sqrt(k))
+
+    def forward(self, feats: Tensor) -> Tensor:
+        return torch.nn.functional.linear(feats, self.weight)  # (..., k) -> (..., dim)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, bias=False"
+
+
 class _NodeFeatureEncoding(_GraphEncoding):
     """Per-node features ``(N, k)`` projected to ``dim`` and added to token embeddings."""
 
@@ -299,31 +322,55 @@ class LaplacianPE(_NodeFeatureEncoding):
     while training (``sign_flip=True``), then a learned ``Linear(k, dim)``. Eigenvectors of repeated eigenvalues are
     determined only up to a rotation of their eigenspace (``torch.linalg.eigh`` picks one).
 
+    Why ``normalize``: the sign of an eigenvector is arbitrary (and flipped at random in training), so no single
+    feature correlates with any node label; the projection gets no consistent gradient until attention already
+    compares eigenvector entries across nodes (``sum_j c_j v_j(u) v_j(w)``, which is sign-invariant). With the tiny
+    default branch (unit-norm eigenvectors, entries ``~1/sqrt(N)``, through a projection that
+    :class:`posenc.Transformer` initialises with std 0.02) training does not leave that saddle: on the lab's
+    ``graph_distance`` and ``cycle_detection`` the loss follows ``nope``'s. ``normalize=True`` puts the branch on the
+    scale of Dwivedi et al.'s model: eigenvectors times ``sqrt(N)`` (unit mean square entries, the same scale for
+    every graph size) through a projection that keeps ``nn.Linear``'s default init. The eigenvectors, their order
+    and the sign flips are unchanged.
+
     Args:
         k: number of eigenvectors (Dwivedi et al. use 2 to 20 depending on the graph size).
         sign_flip: randomly flip eigenvector signs while training (set ``pe.generator`` to a CPU
             ``torch.Generator`` for reproducible flips).
+        normalize: scale eigenvectors by ``sqrt(N)`` (``N``: nodes of the adjacency, or ``max_seq_len`` for the
+            default path) and give the projection its own ``nn.Linear`` default init, which the model's init does
+            not overwrite (the default, since the literal form does not train in the lab). ``False``: unit-norm
+            eigenvectors through a projection the model initialises like every other linear layer.
     """
 
     paper = "2003.00982"
 
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False, k: int = 8,
-                 sign_flip: bool = True) -> None:
+                 sign_flip: bool = True, normalize: bool = True) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal, k=k)
+        if not isinstance(normalize, bool):
+            raise TypeError(f"laplacian: normalize must be a bool; got {normalize!r}.")
         self.sign_flip = bool(sign_flip)
+        self.normalize = normalize
+        if normalize:
+            self.proj = _FeatureProjection(k, dim)  # same parameter name and shape as the nn.Linear it replaces
         self.generator: torch.Generator | None = None  # a CPU generator, for reproducible sign flips
 
     def graph_features(self, adjacency: Tensor) -> Tensor:
-        return laplacian_eigenvectors(adjacency, self.k)  # (Bg, N, k)
+        vecs = laplacian_eigenvectors(adjacency, self.k)  # (Bg, N, k)
+        return vecs * math.sqrt(adjacency.shape[-1]) if self.normalize else vecs
 
     def path_features(self, pos: Tensor) -> Tensor:
-        return path_laplacian_eigenvectors(pos, self.max_seq_len, self.k)
+        vecs = path_laplacian_eigenvectors(pos, self.max_seq_len, self.k)  # (..., k)
+        return vecs * math.sqrt(self.max_seq_len) if self.normalize else vecs
 
     def transform_features(self, feats: Tensor) -> Tensor:
         if not (self.training and self.sign_flip):
             return feats
         signs = torch.randint(0, 2, (feats.shape[0], 1, self.k), generator=self.generator) * 2 - 1  # per graph, vector
         return feats * signs.to(feats.device)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, sign_flip={self.sign_flip}, normalize={self.normalize}"
 
 
 @register("rwpe")
