@@ -41,9 +41,13 @@ def test_rope_bench_rows_are_measured_and_correct():
 
 def test_decode_bench_reports_a_share():
     rows = run_decode_bench(quick=True, steps=2, repeats=1)
-    assert [r["name"] for r in rows] == ["decode step, rope (fused path)", "decode step, rope (reference path)"]
+    assert [r["name"] for r in rows] == ["decode step, rope (fused path)", "decode step, rope (reference path)",
+                                         "decode step, alibi (bias)"]
     for r in rows:
         assert 0 < r["pe_ms"] < r["step_ms"] and 0 < r["pe_share"] < 1
+    alibi = rows[-1]
+    assert "pe.bias" in alibi["method"] and alibi["step_ms_without_pe"] > 0  # a difference: noise may flip its sign
+    assert alibi["removed_ms"] == pytest.approx(alibi["step_ms"] - alibi["step_ms_without_pe"])
 
 
 def test_numerics_float64_angles_beat_float32_angles():

@@ -72,9 +72,27 @@ def test_a_decode_step_looks_up_cos_sin_once_for_all_layers():
             model(torch.randint(0, 256, (1, 6)), cache=cache)
             model.pe.rotate = counted
             model(torch.randint(0, 256, (1, 1)), cache=cache)
-        # one value check (min), one cache bound (max), one cos and one sin gather per step, however many layers
+        # one position: read once (one scalar), then slices of the cached tables -- however many layers
+        c = ops.counts
+        assert (c.get("min", 0), c.get("max", 0), c.get("index", 0)) == (0, 0, 0), (n_layers, c)
+        assert c.get("_local_scalar_dense", 0) == 1, (n_layers, c)
+        ops.counts.clear()
+        with torch.no_grad():  # a prefill of several tokens: one value check (min), one bound (max), two gathers
+            model(torch.randint(0, 256, (1, 3)), cache=cache)
         c = ops.counts
         assert (c.get("min", 0), c.get("max", 0), c.get("index", 0)) == (1, 1, 2), (n_layers, c)
+
+
+def test_the_one_position_path_equals_the_table_gather():
+    pe = RoPE(dim=64, n_heads=4, max_seq_len=32)
+    q = torch.randn(2, 4, 1, 16)
+    for p in (0, 7, 31, 40, 100_000):  # inside the cache, at its end, past it (computed directly)
+        pos = torch.tensor([p])
+        assert torch.equal(pe.rotate(q, q, pos, pos)[0], _expected(pe, q, pos)), p
+        pos2 = torch.tensor([[p], [p]])  # (B, 1)
+        assert torch.equal(pe.rotate(q, q, pos2, pos2)[0], _expected(pe, q, pos2)), p
+    with pytest.raises(ValueError, match="non-negative"):
+        pe.rotate(q, q, torch.tensor([-1]), torch.tensor([-1]))
 
 
 def test_in_place_position_updates_and_moves_invalidate_the_memo():
@@ -140,3 +158,64 @@ def test_decoding_matches_the_unmemoised_encoding_bit_for_bit(monkeypatch):
     monkeypatch.setattr(RoPE, "_cos_sin_for", no_memo)
     assert torch.equal(model.generate(prompt, 6), memoised)
     assert torch.equal(model(memoised), logits)
+
+
+# -- ALiBi (and every PairwiseBias): the bias is built once per forward, not once per layer ----------------------------
+def _bias_decoder(encoding: str, n_layers: int) -> Transformer:
+    torch.manual_seed(0)
+    cfg = TransformerConfig(kind="decoder", dim=64, n_heads=4, n_layers=n_layers, max_seq_len=64, encoding=encoding)
+    return Transformer(cfg).eval()
+
+
+def test_a_decode_step_builds_the_alibi_bias_once_for_all_layers(monkeypatch):
+    from posenc.encodings._relative import PairwiseBias
+
+    built = []
+    original = PairwiseBias._bias
+    monkeypatch.setattr(PairwiseBias, "_bias", lambda self, q, k: built.append(1) or original(self, q, k))
+    for n_layers in (1, 4):
+        model = _bias_decoder("alibi", n_layers)
+        cache = KVCache()
+        with torch.no_grad():
+            model(torch.randint(0, 256, (1, 6)), cache=cache)
+            built.clear()
+            model(torch.randint(0, 256, (1, 1)), cache=cache)
+        assert len(built) == 1, (n_layers, len(built))
+
+
+@pytest.mark.parametrize("encoding", ["alibi", "t5", "kerple"])
+def test_bias_decoding_matches_the_unmemoised_bias_bit_for_bit(monkeypatch, encoding):
+    from posenc.encodings._relative import PairwiseBias
+
+    model = _bias_decoder(encoding, 3)
+    prompt = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(1))
+    memoised = model.generate(prompt, 6)
+    logits = model(memoised)
+    monkeypatch.setattr(PairwiseBias, "bias", PairwiseBias._bias)
+    assert torch.equal(model.generate(prompt, 6), memoised)
+    assert torch.equal(model(memoised), logits)
+
+
+def test_bias_memo_sees_in_place_writes_moves_and_trainable_parameters():
+    import posenc
+
+    pe = posenc.get_encoding("alibi", dim=64, n_heads=4, causal=True)
+    q_pos, k_pos = torch.arange(5, 8), torch.arange(8)
+    first = pe.bias(q_pos, k_pos)
+    assert pe.bias(q_pos[..., 0:3], k_pos[..., :8]) is first  # fresh views of the same positions hit
+    q_pos += 1  # same tensor, new version
+    assert torch.equal(pe.bias(q_pos, k_pos), pe._bias(q_pos, k_pos))
+    again = pe.bias(q_pos, k_pos)
+    again.add_(1.0)  # a caller wrote into the result: it is not handed out again
+    assert torch.equal(pe.bias(q_pos, k_pos), pe._bias(q_pos, k_pos))
+    pe.double()  # new buffers: a new key
+    assert pe.bias(q_pos, k_pos).dtype == torch.float64
+    t5 = posenc.get_encoding("t5", dim=64, n_heads=4, causal=True)  # trainable: no memo while grads are recorded
+    a, b = t5.bias(q_pos, k_pos), t5.bias(q_pos, k_pos)
+    assert a is not b and a.requires_grad
+    (a.sum() + b.sum()).backward()
+    with torch.no_grad():
+        assert t5.bias(q_pos, k_pos) is t5.bias(q_pos, k_pos)
+    with torch.no_grad():
+        frozen = t5.bias(q_pos, k_pos)
+    assert not frozen.requires_grad and t5.bias(q_pos, k_pos).requires_grad  # grad mode is part of the key

@@ -294,3 +294,43 @@ def test_cuda_triton_issue_shape_forward_backward():
     want = torch.autograd.grad((ref_q, ref_k), (q, k), (gq, gk))
     for a, b in zip(got, want):
         torch.testing.assert_close(a.float(), b.float(), rtol=2.0**-7, atol=1e-6)
+
+
+# -- one C call for q and k (decode-step overhead, issue #8 item 4) ------------------------------------------------
+@needs_cpu_kernel
+def test_cpu_pair_call_mixes_dtypes_and_tables():
+    """q and k in one kernel call may differ in dtype, heads, length, strides and cos/sin (the record is per tensor)."""
+    cq, sq = _tables(torch.arange(3, 8), 16)
+    ck, sk = _tables(torch.randint(0, 900, (2, 9)), 12)
+    q = torch.randn(2, 5, 4, 16).transpose(1, 2)  # (B, H, Tq, D) view
+    k = (torch.randn(2, 3, 9, 16) * 4).bfloat16()
+    out_q, out_k = rope_cpu.rotate_qk_into(q, torch.empty_like(q), cq, sq, k, torch.empty_like(k), ck, sk,
+                                           layout="interleaved")
+    assert torch.equal(out_q, apply_rope(q, cq, sq, layout="interleaved"))
+    torch.testing.assert_close(out_k.float(), apply_rope(k, ck, sk, layout="interleaved").float(),
+                               rtol=2.0**-7, atol=0)
+
+
+@needs_cpu_kernel
+def test_cpu_kernel_rejects_what_would_leave_memory():
+    cos, sin = _tables(torch.arange(4), 8)
+    x = torch.randn(1, 2, 4, 8)
+    with pytest.raises(ValueError, match="output alike"):
+        rope_cpu.rotate_into(x, torch.empty(1, 2, 4, 6), cos, sin, layout="half")
+    with pytest.raises(ValueError, match="2F <= D"):
+        rope_cpu.rotate_into(torch.randn(1, 2, 4, 6), torch.empty(1, 2, 4, 6), cos, sin, layout="half")
+    with pytest.raises(TypeError, match="cos/sin must be torch.float32"):
+        rope_cpu.rotate_into(x, torch.empty_like(x), cos.double(), sin.double(), layout="half")
+    with pytest.raises(TypeError, match="pass out_k"):
+        rope_cpu.rotate_qk_into(x, torch.empty_like(x), cos, sin, x, layout="half")
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("value,fused", [("0", False), (" Off ", False), ("no", False), ("1", True), ("yes", True)])
+def test_fast_rope_switch_is_read_at_every_call(monkeypatch, value, fused):
+    x = torch.randn(1, 2, 3, 8)
+    assert fast_path_name(x) == "cpu"
+    monkeypatch.setenv("POSENC_FAST_ROPE", value)
+    assert (fast_path_name(x) == "cpu") is fused
+    monkeypatch.delenv("POSENC_FAST_ROPE")
+    assert fast_path_name(x) == "cpu"

@@ -199,7 +199,7 @@ def block_mask(call: AttentionCall, dtype: torch.dtype, *, start: int = 0, stop:
     mask = call.attn_mask
     if mask is not None:
         mask = _slice_mask(mask, q_len, k_len, start, stop, key_stop)
-    if call.causal:
+    if call.causal and start != q_len - 1:  # the last query row attends every key (a decode step): no mask needed
         cm = causal_mask(q_len, k_len, q.device, start=start, stop=stop, key_stop=key_stop)
         if mask is None:
             mask = cm

@@ -372,67 +372,78 @@ def run_decode_bench(*, device: str = "cpu", quick: bool = False, steps: int | N
                      repeats: int | None = None) -> list[dict]:
     """The positional encoding's share of one KV-cache decode step of a small :class:`posenc.Transformer`.
 
-    Decoder (dim 256, 4 layers, 8 heads, RoPE; quick: dim 64, 2 layers), a prompt of 256 tokens (quick: 16) in the
-    cache, then ``steps`` single-token steps. On CPU the share is measured directly (``pe.rotate`` wrapped in a
-    timer); on CUDA, as the step-time difference against the same model with ``rotate`` made the identity. Rows for
-    the fused path and for the reference path (``POSENC_FAST_ROPE=0``). Each step's cos/sin lookup and position
-    checks run inside the first layer's ``rotate`` call (later layers reuse them), so both methods count them.
+    Decoder (dim 256, 4 layers, 8 heads; quick: dim 64, 2 layers), a prompt of 256 tokens (quick: 16) in the
+    cache, then ``steps`` single-token steps. Rows: RoPE on the fused path, RoPE on the reference path
+    (``POSENC_FAST_ROPE=0``), and ALiBi (a bias: attention adds it to the scores).
+
+    On CPU the share is measured directly: the encoding's hook (``pe.rotate``; ``pe.bias`` for ALiBi) wrapped in a
+    timer. Each step's cos/sin lookup and position checks (RoPE), or its bias (ALiBi), are built inside the first
+    layer's call and reused by the later layers, so the timer counts them. ALiBi also costs attention something
+    outside ``bias`` (merging the bias with the causal mask, a float mask instead of a bool one), so its row also
+    gives ``removed_ms``: the step time minus that of the same weights with no encoding (``nope``), both timed
+    round-robin. On CUDA the share is that difference for every row (for RoPE: ``rotate`` made the identity).
     """
     from posenc.model import KVCache, Transformer, TransformerConfig
 
     dim, layers, heads, prompt_len = (64, 2, 4, 16) if quick else (256, 4, 8, 256)
     steps = steps or (8 if quick else 64)
     repeats = repeats or (3 if quick else 5)
-    cfg = TransformerConfig(kind="decoder", dim=dim, n_layers=layers, n_heads=heads,
-                            max_seq_len=prompt_len + steps + 8, encoding="rope")
-    torch.manual_seed(0)
-    model = Transformer(cfg).to(device).eval()
-    pe = model.pe
-    prompt = torch.randint(0, cfg.vocab_size, (1, prompt_len), device=device)
-    original_rotate = pe.rotate
+    config = {"dim": dim, "n_layers": layers, "n_heads": heads, "prompt": prompt_len, "steps": steps}
+
+    def build(encoding: str) -> Transformer:
+        cfg = TransformerConfig(kind="decoder", dim=dim, n_layers=layers, n_heads=heads,
+                                max_seq_len=prompt_len + steps + 8, encoding=encoding)
+        torch.manual_seed(0)
+        return Transformer(cfg).to(device).eval()
+
+    model = build("rope")
+    prompt = torch.randint(0, model.cfg.vocab_size, (1, prompt_len), device=device)
     spent = [0.0]
 
-    def timed_rotate(q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
-        t0 = time.perf_counter()
-        out = original_rotate(q, k, q_pos, k_pos)
-        spent[0] += time.perf_counter() - t0
-        return out
+    def timed(hook: Callable) -> Callable:
+        def call(*args: Tensor) -> object:
+            t0 = time.perf_counter()
+            out = hook(*args)
+            spent[0] += time.perf_counter() - t0
+            return out
+        return call
 
-    def decode_ms() -> float:
-        """Median over ``repeats`` of the mean step time (ms) of ``steps`` decode steps after the prompt."""
-        per_step = []
-        for _ in range(repeats):
-            cache = KVCache()
-            with torch.no_grad():
-                model(prompt, cache=cache)
-                tok = prompt[:, -1:]
-                _sync(device)
-                spent[0] = 0.0
-                t0 = time.perf_counter()
-                for _ in range(steps):
-                    tok = model(tok, cache=cache)[:, -1:].argmax(-1)
-                _sync(device)
-                per_step.append(((time.perf_counter() - t0) / steps * 1e3, spent[0] / steps * 1e3))
-        per_step.sort()
-        return per_step[len(per_step) // 2]
+    def one_run(net: Transformer) -> tuple[float, float]:
+        """(mean step ms, mean ms inside the timed hook per step) over ``steps`` decode steps after the prompt."""
+        cache = KVCache()
+        with torch.no_grad():
+            net(prompt, cache=cache)
+            tok = prompt[:, -1:]
+            _sync(device)
+            spent[0] = 0.0
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                tok = net(tok, cache=cache)[:, -1:].argmax(-1)
+            _sync(device)
+            return (time.perf_counter() - t0) / steps * 1e3, spent[0] / steps * 1e3
+
+    def decode_ms(net: Transformer) -> tuple[float, float]:
+        """Median over ``repeats`` runs (by step time) of :func:`one_run`."""
+        runs = sorted(one_run(net) for _ in range(repeats))
+        return runs[len(runs) // 2]
 
     rows = []
+    pe = model.pe
     previous = os.environ.get("POSENC_FAST_ROPE")
     try:
         for label, flag in (("fused", "1"), ("reference", "0")):
             os.environ["POSENC_FAST_ROPE"] = flag
-            decode_ms()  # warm-up (and kernel build)
-            row = {"suite": "decode", "device": device, "name": f"decode step, rope ({label} path)",
-                   "config": {"dim": dim, "n_layers": layers, "n_heads": heads, "prompt": prompt_len, "steps": steps}}
+            decode_ms(model)  # warm-up (and kernel build)
+            row = {"suite": "decode", "device": device, "name": f"decode step, rope ({label} path)", "config": config}
             if device == "cpu":
-                pe.rotate = timed_rotate
-                step, pe_ms = decode_ms()
+                pe.rotate = timed(type(pe).rotate.__get__(pe))
+                step, pe_ms = decode_ms(model)
                 del pe.rotate  # back to the class method
                 row.update(step_ms=step, pe_ms=pe_ms, pe_share=pe_ms / step, method="timed pe.rotate calls")
             else:
-                step, _ = decode_ms()
+                step, _ = decode_ms(model)
                 pe.rotate = lambda q, k, q_pos, k_pos: (q, k)
-                base, _ = decode_ms()
+                base, _ = decode_ms(model)
                 del pe.rotate
                 row.update(step_ms=step, pe_ms=step - base, pe_share=(step - base) / step,
                            method="step time minus step time with rotate = identity")
@@ -442,7 +453,42 @@ def run_decode_bench(*, device: str = "cpu", quick: bool = False, steps: int | N
             os.environ.pop("POSENC_FAST_ROPE", None)
         else:
             os.environ["POSENC_FAST_ROPE"] = previous
+    rows.append(_decode_bias_row(build("alibi"), build("nope"), one_run, timed, repeats=repeats, device=device,
+                                 config=config))
     return rows
+
+
+def _decode_bias_row(model: torch.nn.Module, bare: torch.nn.Module, one_run: Callable, timed: Callable, *,
+                     repeats: int, device: str, config: dict) -> dict:
+    """ALiBi's row of :func:`run_decode_bench`: timed ``pe.bias`` (CPU) and the step time against ``bare``.
+
+    ``bare`` has ``model``'s weights and no encoding; runs of the two alternate, so load drift hits both alike.
+    """
+    bare.load_state_dict(model.state_dict())  # ALiBi has no parameters: the very same network, minus the bias
+    pe = model.pe
+    if device == "cpu":
+        pe.bias = timed(type(pe).bias.__get__(pe))
+    try:
+        one_run(model), one_run(bare)  # warm-up
+        with_pe, without = [], []
+        for _ in range(repeats):
+            with_pe.append(one_run(model))
+            without.append(one_run(bare)[0])
+    finally:
+        pe.__dict__.pop("bias", None)
+    with_pe.sort()
+    step, bias_ms = with_pe[len(with_pe) // 2]
+    removed = step - statistics.median(without)
+    row = {"suite": "decode", "device": device, "name": "decode step, alibi (bias)", "config": config,
+           "step_ms": step, "step_ms_without_pe": statistics.median(without), "removed_ms": removed,
+           "removed_share": removed / step}
+    if device == "cpu":
+        row.update(pe_ms=bias_ms, pe_share=bias_ms / step,
+                   method="timed pe.bias calls; removed_ms: step time minus that of the same weights without PE")
+    else:
+        row.update(pe_ms=removed, pe_share=removed / step,
+                   method="step time minus that of the same weights without PE")
+    return row
 
 
 def format_table(rows: Sequence[dict]) -> str:
@@ -468,8 +514,10 @@ def format_table(rows: Sequence[dict]) -> str:
                                  f"{'-' if err is None else f'{err:.2g}':>9s}  {r.get('note', '')}")
         elif suite == "decode":
             for r in group:
+                removed = "" if "removed_ms" not in r or r["method"].startswith("step time") else \
+                    f"; without PE {r['removed_ms']:.4f} ms = {100 * r['removed_share']:.1f}% less"
                 lines.append(f"{r['name']:40s} step {r['step_ms']:.3f} ms, PE {r['pe_ms']:.4f} ms = "
-                             f"{100 * r['pe_share']:.1f}% ({r['method']}; {r['config']})")
+                             f"{100 * r['pe_share']:.1f}%{removed} ({r['method']}; {r['config']})")
         elif suite == "numerics":
             for r in group:
                 lines.append(f"{r['name']:44s} max abs err {r['max_abs_err']:.3g}, rel err {r['rel_err']:.3g} "

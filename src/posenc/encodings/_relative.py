@@ -61,6 +61,12 @@ def distance_range(q_pos: Tensor, k_pos: Tensor) -> tuple[int, int]:
     return int((q_lo - k_hi).min()), int((q_hi - k_lo).max())
 
 
+def _same_key(objs: tuple, meta: tuple, key: tuple[tuple, tuple]) -> bool:
+    """Whether a memo key matches: tensors by identity (``==`` on tensors compares values), the rest by value."""
+    new_objs, new_meta = key
+    return len(objs) == len(new_objs) and all(a is b for a, b in zip(objs, new_objs)) and meta == new_meta
+
+
 class PairwiseBias(PositionalEncoding, metaclass=abc.ABCMeta):
     """Base class for additive attention biases computed from query and key *positions*.
 
@@ -69,6 +75,7 @@ class PairwiseBias(PositionalEncoding, metaclass=abc.ABCMeta):
     """
 
     family = "relative"
+    bias_memo_elements = 1 << 20  # bias() remembers results up to this size (4 MiB in float32); see bias()
 
     # -- what subclasses implement ----------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -104,6 +111,15 @@ class PairwiseBias(PositionalEncoding, metaclass=abc.ABCMeta):
     def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         """The bias ``(H, Tq, Tk)`` for ``(T,)`` positions, ``(B, H, Tq, Tk)`` when either is ``(B, T)``.
 
+        Remembers its last result (up to ``bias_memo_elements`` elements), keyed on the positions themselves: a
+        model passes the same positions to every layer of a forward, so a KV-cache decode step builds its bias once,
+        not once per layer. The key is each positions tensor's storage (views of one tensor match: attention
+        slices them per call), offset, shape, strides and version counter (which counts in-place writes, views
+        included), plus the encoding's parameters and buffers (identity, version, dtype, device), grad and inference
+        mode. Not memoised: under ``torch.compile``, tracing or torch.func, for tensor subclasses, or while the
+        result would record a gradient for a trainable parameter. The memoised tensor is returned again only if
+        nobody wrote into it.
+
         Args:
             q_pos: int64 query positions ``(Tq,)`` or ``(B, Tq)``.
             k_pos: int64 key positions ``(Tk,)`` or ``(B, Tk)``.
@@ -111,6 +127,35 @@ class PairwiseBias(PositionalEncoding, metaclass=abc.ABCMeta):
         Returns:
             float32 tensor (float64 for a float64 encoding).
         """
+        key = self._bias_key(q_pos, k_pos)
+        if key is not None:
+            memo = self.__dict__.get("_bias_memo")
+            if memo is not None and memo[2]._version == memo[3] and _same_key(memo[0], memo[1], key):
+                return memo[2]
+        out = self._bias(q_pos, k_pos)
+        if key is not None and out.numel() <= self.bias_memo_elements:
+            # Set through __dict__: nn.Module.__setattr__ costs microseconds a decode step does not have to spend.
+            self.__dict__["_bias_memo"] = (*key, out, out._version)
+        return out
+
+    def _bias_key(self, q_pos: Tensor, k_pos: Tensor) -> tuple[tuple, tuple] | None:
+        """``(tensors compared by identity, metadata compared by value)`` for :meth:`bias`'s memo, or ``None``."""
+        if type(q_pos) is not Tensor or type(k_pos) is not Tensor or torch.compiler.is_compiling() or \
+                torch._C._is_tracing() or torch._C._functorch.is_functorch_wrapped_tensor(q_pos) or \
+                torch._C._functorch.is_functorch_wrapped_tensor(k_pos):
+            return None
+        state = (*self.parameters(), *self.buffers())
+        grad = torch.is_grad_enabled()
+        if grad and any(t.requires_grad for t in state):
+            return None  # a trainable bias: each call must record its own graph
+        q_base = q_pos if q_pos._base is None else q_pos._base
+        k_base = k_pos if k_pos._base is None else k_pos._base
+        meta = (q_pos._version, q_pos.storage_offset(), q_pos.shape, q_pos.stride(), q_pos.dtype,
+                k_pos._version, k_pos.storage_offset(), k_pos.shape, k_pos.stride(), k_pos.dtype,
+                grad, torch.is_inference_mode_enabled(), *((t._version, t.dtype, t.device) for t in state))
+        return (q_base, k_base, *state), meta
+
+    def _bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         self._check(q_pos, k_pos)
         batched = q_pos.dim() == 2 or k_pos.dim() == 2
         p = self.prepare(q_pos, k_pos, self.compute_dtype())

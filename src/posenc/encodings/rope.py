@@ -326,12 +326,24 @@ class RoPE(PositionalEncoding):
         if memoise and memo is not None and memo[0] is pos and memo[1] == key:
             _check_positions_layout(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
             return memo[2], memo[3]
-        check_positions(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
-        cos, sin = self.cos_sin(pos, dtype=dtype, seq_len=seq_len)
-        if cos.dim() == 2:  # (T, F) -> (1, T, F) once here, not in every kernel call (same broadcast, same numbers)
-            cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
+        cos = None
+        if memoise and pos.numel() == 1 and dtype is torch.float32 and seq_len is None and \
+                type(self).cos_sin is RoPE.cos_sin:
+            # One position (a KV-cache decode step): read it once instead of a min, a max and two gathers; a slice
+            # of the cached table holds the very numbers the gather would give.
+            _check_positions_layout(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
+            p = int(pos.item())
+            if p < 0:
+                raise ValueError(f"{name}_pos must be non-negative; got a minimum of {p}.")
+            if self._cos.device == pos.device and p < self._cos.shape[0]:
+                cos, sin = self._cos[None, p:p + 1], self._sin[None, p:p + 1]  # (1, 1, F) views of the cache
+        if cos is None:
+            check_positions(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
+            cos, sin = self.cos_sin(pos, dtype=dtype, seq_len=seq_len)
+            if cos.dim() == 2:  # (T, F) -> (1, T, F) once here, not in every kernel call (same broadcast, numbers)
+                cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
         if memoise:
-            self._memo = (pos, key, cos, sin)
+            self.__dict__["_memo"] = (pos, key, cos, sin)  # skips nn.Module.__setattr__ (microseconds per call)
         return cos, sin
 
     def extra_repr(self) -> str:
