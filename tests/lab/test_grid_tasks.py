@@ -8,6 +8,7 @@ from posenc.encodings.grid2d import grid_coordinates
 from posenc.encodings.mrope import mrope_position_ids
 from posenc.lab.config import Experiment, ModelConfig, RunConfig, TaskConfig
 from posenc.lab.tasks import IGNORE, get_task
+from posenc.lab.tasks.text_image_grounding import COLOURS, cell_token
 from posenc.lab.train import _forward, build_model, reads_structure, structure, train_run
 
 TASKS = ("grid_relation", "text_image_grounding")
@@ -38,12 +39,14 @@ def _grid_answer(task, tokens: list[int], side: int) -> str:
 def _grounding_answer(task, tokens: list[int], side: int) -> str:
     """The answer to a text_image_grounding example, worked out from its tokens with plain Python."""
     words = [task.vocab[t] for t in tokens]
-    colour, row_word, r1, r0, col_word, c1, c0, mark = words[:8]
-    assert (row_word, col_word, mark) == ("row", "col", "?")
-    row, col = int(r1 + r0), int(c1 + c0)
-    patches = words[8:]
+    first, query = words[:2]
+    _, row, col = query.split("_")  # "cell_1_2"
+    patches = words[2:]
     assert len(patches) == side * side
-    return "yes" if patches[row * side + col] == f"[{colour}]" else "no"
+    cell = patches[int(row) * side + int(col)]
+    if first == "what":
+        return cell[1:-1]  # "[red]" -> "red"
+    return "yes" if cell == f"[{first}]" else "no"
 
 
 # -- sampling ------------------------------------------------------------------------------------------------------
@@ -69,8 +72,21 @@ def test_coordinates_are_the_encodings_own_layouts():
     assert torch.equal(grid[1], grid_coordinates(3, 3, prefix_tokens=1))
     assert grid[1, :4].tolist() == [[-1, -1], [0, 0], [0, 1], [0, 2]]  # the question token sits outside the grid
     text = get_task("text_image_grounding").sample_batch(_gen(), 2, 3)["coordinates"]
-    assert torch.equal(text[1], mrope_position_ids([8, (1, 3, 3)]))
-    assert text[1, 7:10].tolist() == [[7, 7, 7], [8, 8, 8], [8, 8, 9]]  # "?", then patch (0, 0), patch (0, 1)
+    assert torch.equal(text[1], mrope_position_ids([2, (1, 3, 3)]))
+    assert text[1, 1:4].tolist() == [[1, 1, 1], [2, 2, 2], [2, 2, 3]]  # the query, then patch (0, 0), patch (0, 1)
+
+
+@pytest.mark.parametrize("side", [4, 6, 12])
+def test_grounding_named_cell_is_a_fixed_mrope_offset_from_the_query(side):
+    """The point of the task: in M-RoPE the named patch sits at (1, 1 + r, 1 + c) from the query for every side;
+    in flat positions at 1 + side*r + c, which moves with the side."""
+    task = get_task("text_image_grounding")
+    coords = task.sample_batch(_gen(), 1, side)["coordinates"][0]  # (T, 3)
+    query = 1
+    for r, c in [(0, 0), (2, 3), (3, 1)]:
+        patch = 2 + r * side + c
+        assert (coords[patch] - coords[query]).tolist() == [1, 1 + r, 1 + c]
+        assert patch - query == 1 + side * r + c
 
 
 @pytest.mark.parametrize("side", [2, 8, 13])
@@ -89,39 +105,56 @@ def test_grid_relation_hand_example():
     assert _grid_answer(task, left, 2) == "yes" and _grid_answer(task, above, 2) == "no"
 
 
-@pytest.mark.parametrize("max_named,side", [(8, 5), (8, 16), (None, 16)])
-def test_grounding_labels_match_the_image(max_named, side):
-    task = get_task("text_image_grounding", max_named=max_named)
+@pytest.mark.parametrize("question", ["colour", "match"])
+@pytest.mark.parametrize("max_named,side", [(6, 5), (6, 16), (None, 16)])
+def test_grounding_labels_match_the_image(question, max_named, side):
+    task = get_task("text_image_grounding", question=question, max_named=max_named)
     batch = task.sample_batch(_gen(1), 64, side)
     rows, cols = [], []
     for tokens, targets in zip(batch["inputs"].tolist(), batch["targets"].tolist()):
-        assert task.vocab[targets[7]] == _grounding_answer(task, tokens, side)
-        rows.append(int(task.vocab[tokens[2]] + task.vocab[tokens[3]]))
-        cols.append(int(task.vocab[tokens[5]] + task.vocab[tokens[6]]))
+        assert task.vocab[targets[1]] == _grounding_answer(task, tokens, side)
+        assert targets[:1] + targets[2:] == [IGNORE] * (1 + side * side)
+        _, row, col = task.vocab[tokens[1]].split("_")
+        rows.append(int(row))
+        cols.append(int(col))
+        assert task.vocab[tokens[0]] in (("what",) if question == "colour" else COLOURS)
     limit = side if max_named is None else min(side, max_named)
     assert max(rows + cols) < limit
     if max_named is None:
-        assert max(rows + cols) >= 8  # rows/columns never named in training are asked about
+        assert max(rows + cols) >= 6  # rows/columns never named in training are asked about
 
 
 def test_grounding_hand_example():
-    task = get_task("text_image_grounding")
+    task = get_task("text_image_grounding", question="match")
     image = "[red] [green] [blue] [yellow] [red] [green] [yellow] [blue] [red]".split()  # 3x3, (1, 1) is red
-    tokens = [task.token(w) for w in "red row 0 1 col 0 1 ?".split() + image]
+    assert cell_token(1, 1) == "cell_1_1"
+    tokens = [task.token(w) for w in "red cell_1_1".split() + image]
     assert _grounding_answer(task, tokens, 3) == "yes"
     tokens[0] = task.token("blue")
     assert _grounding_answer(task, tokens, 3) == "no"
+    tokens[:2] = task.token("what"), task.token("cell_1_2")  # (1, 2) is green
+    assert _grounding_answer(task, tokens, 3) == "green"
+    # and the sampler writes exactly this layout: the word, the query token, then the patches
+    batch = task.sample_batch(_gen(5), 1, 3)
+    words = task.decode(batch["inputs"][0]).split()
+    assert words[0] in COLOURS and words[1].startswith("cell_") and all(w.startswith("[") for w in words[2:])
+    assert batch["targets"][0, 1] == task.token(_grounding_answer(task, batch["inputs"][0].tolist(), 3))
 
 
-@pytest.mark.parametrize("name", TASKS)
-def test_labels_balanced_and_bag_of_tokens_uninformative(name):
-    task = get_task(name)
+@pytest.mark.parametrize("name,options,answers", [
+    ("grid_relation", {}, ("yes", "no")),
+    ("text_image_grounding", {"question": "match"}, ("yes", "no")),
+    ("text_image_grounding", {}, ("red", "green", "blue", "yellow")),
+])
+def test_labels_balanced_and_bag_of_tokens_uninformative(name, options, answers):
+    task = get_task(name, **options)
     batch = task.sample_batch(_gen(2), 2000, 8)
-    answers = batch["targets"][batch["targets"] != IGNORE]
-    share_yes = float((answers == task.token("yes")).float().mean())
-    assert 0.46 < share_yes < 0.54
+    scored = batch["targets"][batch["targets"] != IGNORE]
+    shares = [float((scored == task.token(a)).float().mean()) for a in answers]
+    assert sum(shares) == pytest.approx(1.0)
+    assert all(abs(share - 1 / len(answers)) < 0.04 for share in shares), shares
     # every image has the same bag of patches, so only positions can tell the answers apart
-    start = 1 if name == "grid_relation" else 8
+    start = 1 if name == "grid_relation" else 2
     bags = batch["inputs"][:, start:].sort(dim=1).values
     assert (bags == bags[0]).all()
 
@@ -145,10 +178,13 @@ def test_bad_lengths_are_clear_errors(name):
 
 
 def test_bad_options_are_clear_errors():
-    with pytest.raises(ValueError, match="two digits, so the grid side must be <= 100"):
-        get_task("text_image_grounding").sample_batch(_gen(), 1, 101)
-    with pytest.raises(ValueError, match="max_named must be a positive int"):
-        get_task("text_image_grounding", max_named=0)
+    with pytest.raises(ValueError, match="so the grid side must be <= 16; got 17"):
+        get_task("text_image_grounding").sample_batch(_gen(), 1, 17)
+    with pytest.raises(ValueError, match="question must be one of"):
+        get_task("text_image_grounding", question="where")
+    for bad in (0, 17, True):
+        with pytest.raises(ValueError, match="max_named must be an int in 1..16"):
+            get_task("text_image_grounding", max_named=bad)
     with pytest.raises(ValueError, match="questions must be distinct names from"):
         get_task("grid_relation", questions=("left", "diagonal"))
     with pytest.raises(ValueError, match="at least one"):

@@ -149,13 +149,17 @@ _STANDARD = {
        for name in ("sentence_index", "paragraph_index")},
     "grid_relation": Experiment(TaskConfig("grid_relation"), ModelConfig(dim=64, n_layers=2, n_heads=4),
                                 RunConfig(steps=400, batch_size=32, lr=3e-3)),
+    "text_image_grounding": Experiment(TaskConfig("text_image_grounding", 4, 6, (6, 8, 12)),
+                                       ModelConfig(dim=64, n_layers=2, n_heads=4),
+                                       RunConfig(steps=1200, batch_size=32, lr=3e-3)),
     "graph_distance": Experiment(TaskConfig("graph_distance"), ModelConfig(dim=64, n_layers=2, n_heads=4),
                                  RunConfig(steps=1000, batch_size=64, lr=3e-3)),
     "cycle_detection": Experiment(TaskConfig("cycle_detection"), ModelConfig(dim=64, n_layers=3, n_heads=4),
                                   RunConfig(steps=1000, batch_size=64, lr=6e-3)),
 }
 
-_STRUCTURED = ("sentence_index", "paragraph_index", "grid_relation", "graph_distance", "cycle_detection")
+_STRUCTURED = ("sentence_index", "paragraph_index", "grid_relation", "text_image_grounding", "graph_distance",
+               "cycle_detection")
 
 _FULL = {
     **{name: _algorithmic(name, max_len=40, evals=(40, 60, 100, 200, 500), steps=10000) for name in _ALGORITHMIC},
@@ -185,6 +189,7 @@ _STANDARD_ENCODINGS = {
     **{name: ("nope", "sinusoidal", "learned", "rope", "alibi", "hierarchical")
        for name in ("sentence_index", "paragraph_index")},
     "grid_relation": ("nope", "sinusoidal", "rope", "sinusoidal_2d", "axial_rope", "rope_mixed"),
+    "text_image_grounding": ("nope", "rope", "mrope"),
     **{name: ("nope", "rope", "laplacian", "rwpe", "spd") for name in ("graph_distance", "cycle_detection")},
 }
 

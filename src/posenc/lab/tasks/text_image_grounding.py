@@ -1,32 +1,52 @@
-"""Text-image grounding: a caption names a cell and a colour ("red row 02 col 05 ?"), then the image's patches.
+"""Text-image grounding: one caption token names a cell (``cell_2_5``), then the image's patches (M-RoPE vs flat).
 
-An encoder reads an 8-token caption, then ``side x side`` colour patches row-major, and answers ``yes``/``no`` at the
-caption's ``?``: is the patch at that row and column of that colour? Rows and columns are written as two digit tokens
-(``0 2`` for row 2, 0-based), so every cell of grids up to 100x100 can be named::
+An encoder reads a 2-token caption, a word then one *query* token naming a cell, then ``side x side`` colour patches
+row-major, and answers at the query token (position 1). Each nameable cell is one vocabulary entry (``cell_R_C`` for
+``R, C < 16``), so the answer is one hop: the query attends to the patch at a fixed offset from itself and reads its
+colour. (An earlier version spelled the cell as ``r2 c5 ?``; the ``?`` then had to gather the row and column tokens
+before it could look the patch up, two hops, and no encoding learned it in 800 steps.) Two questions (``question``):
 
-    red row 0 1 col 0 2 ?   [g] [b] [y] [r]      answer at "?": is (row 1, col 2) red?
-                            [b] [r] [r] [g]      -> yes
-                            ...
+- ``"colour"`` (default): ``what cell_1_2`` -> the colour of patch (row 1, col 2), one of 4 classes;
+- ``"match"``: ``red cell_1_2`` -> ``yes``/``no`` (balanced): is that patch red? (the issue's phrasing; one bit per
+  example, and the query also reads the caption word just before it)::
+
+    what cell_1_2  [g] [b] [y] [r]      answer at "cell_1_2": the colour of (row 1, col 2)
+                   [b] [r] [r] [g]      -> red
+                   ...
 
 The batch carries ``coordinates`` ``(B, T, 3)`` as ``(time, height, width)``, Qwen2-VL's layout built by
 :func:`posenc.encodings.mrope.mrope_position_ids`: caption token ``p`` at ``(p, p, p)``, patch ``(r, c)`` at
-``(8, 8 + r, 8 + c)``. ``mrope`` reads them; every other encoding sees the flat positions ``0 .. 8 + side*side - 1``.
-Trained on 8x8 images and evaluated on 8x8, 12x12 and 16x16. By default (``max_named=8``) questions name only rows and
-columns 0..7, the numbers seen in training, so a larger image tests finding a *known* cell among more patches: in
-flat positions cell ``(r, c)`` moves from ``8 + 8r + c`` to ``8 + side*r + c``, in M-RoPE it stays at
-``(8, 8 + r, 8 + c)``. With ``max_named=None`` questions name any cell, so larger grids also ask about rows and
-columns never named in training (their tens digit ``1`` never appeared there).
+``(2, 2 + r, 2 + c)``. ``mrope`` reads them; every other encoding sees the flat positions ``0 .. 2 + side*side - 1``.
+The query sits *before* the image so that the cell it names is at the fixed M-RoPE offset ``(1, 1 + r, 1 + c)``
+from it whatever the side (after the image it would start at ``2 + side`` and the offset would depend on the side);
+in flat positions the offset is ``1 + side*r + c``, which changes with the side. Trained on sides 4..6 (so flat
+positions cannot memorise one raster) and evaluated on 6, 8 and 12. By default (``max_named=6``, the largest training
+side) questions name only rows and columns 0..5, the query tokens seen in training, so a larger image tests finding
+a *known* cell among more patches. With ``max_named=None`` questions name any cell (sides up to 16), so larger grids
+also ask about query tokens never seen in training (their embeddings are untrained).
+
+Note on M-RoPE's sections (it matters here): with Qwen2-VL's split (``default_mrope_section``: 1/4 time, 3/8 height,
+3/8 width of the frequencies, consecutively) the width axis gets the slowest frequencies, ``base^(-5/8)`` = 0.003 rad
+per column at base 10000 whatever the head size, and height starts at 0.1 rad per row; the fastest quarter goes to
+time, which is the same for every patch of an image. So the default ``mrope`` can barely tell columns apart: at
+dim 64 / 4 heads it stays at the label prior (25%) even on one 4x4 side after 800 steps, where 1-D ``rope`` reaches
+100% in 400. With ``base=10`` it learns 4x4 (97% in 800 steps), with ``base=10, mrope_section=(0, 4, 4)`` (no time
+section, height and width share the spectrum) 100%. On sides 4..6 the default ``mrope`` scores exactly like ``nope``.
+The lab builds ``mrope`` with its defaults (``ModelConfig`` carries no encoding options), so that is what this task
+measures by default.
 
 Shortcuts ruled out:
 
 - **Colour counts.** Each image holds the four colours as equally often as the grid allows (exactly
-  ``side*side / 4`` each when 4 divides it, e.g. at 8, 12, 16), shuffled; the named cell is uniform and the named
-  colour is its own (yes) or a uniformly drawn other one (no). So the bag of tokens (caption and patches) has the
-  same distribution under both answers, and a model blind to positions (``nope``) scores exactly 50% (when 4 does
-  not divide ``side*side`` the colours with a spare patch are named slightly more often in yes-questions).
+  ``side*side / 4`` each when 4 divides it, e.g. at 4, 6, 8, 12), shuffled; the named cell is
+  uniform, so its colour is (nearly) uniform and a model blind to positions (``nope``) scores 25% on ``colour`` and
+  50% on ``match`` (the named colour is the cell's own (yes) or a uniformly drawn other one (no), so the bag of
+  tokens has the same distribution under both answers). When 4 does not divide ``side*side`` the colours with a
+  spare patch are slightly more likely.
 - **Caption words vs patches.** Patch tokens (``[red]``) are distinct from caption words (``red``), so matching must go
   through the named position, not through token identity alone.
-- **Row vs column.** ``row 0 2 col 0 5`` and ``row 0 5 col 0 2`` hold the same tokens; only order tells them apart.
+- **Query identity alone.** The query token says which cell, never which colour: the image is reshuffled in every
+  example, so only the patch's position relative to the query tells the answer.
 """
 
 from __future__ import annotations
@@ -37,53 +57,69 @@ from torch import Tensor
 from posenc.encodings.mrope import mrope_position_ids
 from posenc.lab.tasks.base import IGNORE, Task, register_task
 
-__all__ = ["CAPTION", "COLOURS", "TextImageGrounding", "VOCAB"]
+__all__ = ["CAPTION", "COLOURS", "QUESTIONS", "TextImageGrounding", "VOCAB", "cell_token"]
 
 COLOURS = ("red", "green", "blue", "yellow")
-DIGITS = tuple(str(d) for d in range(10))
-VOCAB = COLOURS + tuple(f"[{c}]" for c in COLOURS) + ("row", "col", "?", "yes", "no") + DIGITS
+MAX_SIDE = 16  # one query token per cell (row, col) with row, col < MAX_SIDE
+QUESTIONS = ("colour", "match")
+VOCAB = (COLOURS + tuple(f"[{c}]" for c in COLOURS) + ("what", "yes", "no")
+         + tuple(f"cell_{r}_{c}" for r in range(MAX_SIDE) for c in range(MAX_SIDE)))
 TOKEN = {w: i for i, w in enumerate(VOCAB)}
-CAPTION = 8  # colour, "row", 2 digits, "col", 2 digits, "?"
-ANSWER_AT = CAPTION - 1  # the "?" token
-MAX_SIDE = 100  # two digits per number
+CAPTION = 2  # colour (or "what"), then the query token naming the cell
+ANSWER_AT = CAPTION - 1  # the query token
+
+
+def cell_token(row: int, col: int) -> str:
+    """The query token naming cell ``(row, col)``, e.g. ``cell_1_2``."""
+    return f"cell_{row}_{col}"
 
 
 @register_task("text_image_grounding")
 class TextImageGrounding(Task):
-    """Encoder: ``colour row d d col d d ?`` then a ``side x side`` image of colour patches (``length`` = ``side``).
+    """Encoder: ``what|colour cell_R_C`` then a ``side x side`` image of colour patches (``length`` = ``side``).
 
-    The answer (``yes``/``no``, balanced) is read at the ``?`` (position 7): is the named cell of the named colour?
+    The answer is read at the query token ``cell_R_C`` (position 1): the named cell's colour (``question="colour"``)
+    or whether it has the caption's colour (``question="match"``, ``yes``/``no`` balanced).
 
     Args:
-        max_named: questions name rows and columns ``< max_named`` (capped at the grid side). Default 8, the training
-            side: a larger image asks only about numbers seen in training. ``None``: any cell of the grid.
+        question: ``"colour"`` (4 classes, default) or ``"match"`` (yes/no).
+        max_named: questions name rows and columns ``< max_named`` (capped at the grid side; at most 16, the cells
+            with a query token). Default 6, the largest training side: a larger image asks only about rows and
+            columns seen in training. ``None``: any cell.
     """
 
     kind = "encoder"
     vocab = VOCAB
-    train_lengths = (8, 8)
-    eval_lengths = (8, 12, 16)
+    train_lengths = (4, 6)
+    eval_lengths = (6, 8, 12)
     min_length = 2
     coordinate_axes = ("time", "height", "width")
-    summary = "does the caption's (colour, row, col) match the image? (M-RoPE vs flat positions; train 8x8, eval 16x16)"
+    summary = "the colour of the patch one query token names by (row, col): M-RoPE vs flat (train sides 4-6, eval 12)"
 
-    def __init__(self, *, max_named: int | None = 8) -> None:
-        if max_named is not None and (isinstance(max_named, bool) or not isinstance(max_named, int) or max_named < 1):
-            raise ValueError(f"task 'text_image_grounding': max_named must be a positive int (questions name rows and "
-                             f"columns below it) or None (any cell); got {max_named!r}.")
+    def __init__(self, *, question: str = "colour", max_named: int | None = 6) -> None:
+        if question not in QUESTIONS:
+            raise ValueError(f"task 'text_image_grounding': question must be one of {QUESTIONS} (the named cell's "
+                             f"colour, or yes/no for a named colour); got {question!r}.")
+        if max_named is not None and (isinstance(max_named, bool) or not isinstance(max_named, int)
+                                      or not 1 <= max_named <= MAX_SIDE):
+            raise ValueError(f"task 'text_image_grounding': max_named must be an int in 1..{MAX_SIDE} (questions name "
+                             f"rows and columns below it; only those cells have query tokens) or None (any cell); "
+                             f"got {max_named!r}.")
+        self.question = question
         self.max_named = max_named
 
     def check_length(self, length: int) -> None:
         super().check_length(length)
         if length > MAX_SIDE:
-            raise ValueError(f"task 'text_image_grounding': the caption writes rows and columns with two digits, so "
-                             f"the grid side must be <= {MAX_SIDE}; got {length}.")
+            raise ValueError(f"task 'text_image_grounding': cells are named by query tokens cell_0_0 .. "
+                             f"cell_{MAX_SIDE - 1}_{MAX_SIDE - 1}, so the grid side must be <= {MAX_SIDE}; "
+                             f"got {length}.")
 
     def sequence_length(self, length: int) -> int:
         return CAPTION + length * length
 
     def coordinates(self, side: int) -> Tensor:
-        """``(time, height, width)`` of every token, int64 ``(8 + side*side, 3)`` (Qwen2-VL's rule for one image)."""
+        """``(time, height, width)`` of every token, int64 ``(2 + side*side, 3)`` (Qwen2-VL's rule for one image)."""
         return mrope_position_ids([CAPTION, (1, side, side)])
 
     def sample_batch(self, generator: torch.Generator, batch_size: int, length: int) -> dict[str, Tensor]:
@@ -99,17 +135,19 @@ class TextImageGrounding(Task):
         named = side if self.max_named is None else min(side, self.max_named)
         row = torch.randint(named, (n,), generator=generator)
         col = torch.randint(named, (n,), generator=generator)
-        yes = torch.rand(n, generator=generator) < 0.5
-        actual = image[torch.arange(n), row * side + col]
-        other = (actual + torch.randint(1, len(COLOURS), (n,), generator=generator)) % len(COLOURS)
-        colour = torch.where(yes, actual, other)
-
-        digit = TOKEN["0"]
-        caption = torch.stack((colour + TOKEN[COLOURS[0]], torch.full((n,), TOKEN["row"]), digit + row // 10,
-                               digit + row % 10, torch.full((n,), TOKEN["col"]), digit + col // 10, digit + col % 10,
-                               torch.full((n,), TOKEN["?"])), dim=1)  # (n, CAPTION)
+        actual = image[torch.arange(n), row * side + col]  # (n,) colour index of the named cell
+        if self.question == "colour":
+            first = torch.full((n,), TOKEN["what"])
+            answer = actual + TOKEN[COLOURS[0]]
+        else:
+            yes = torch.rand(n, generator=generator) < 0.5
+            other = (actual + torch.randint(1, len(COLOURS), (n,), generator=generator)) % len(COLOURS)
+            first = torch.where(yes, actual, other) + TOKEN[COLOURS[0]]
+            answer = torch.where(yes, TOKEN["yes"], TOKEN["no"])
+        query = TOKEN[cell_token(0, 0)] + row * MAX_SIDE + col  # (n,) the token cell_{row}_{col}
+        caption = torch.stack((first, query), dim=1)  # (n, CAPTION)
         inputs = torch.cat((caption, image + TOKEN[f"[{COLOURS[0]}]"]), dim=1)  # (n, CAPTION + cells)
         targets = torch.full_like(inputs, IGNORE)
-        targets[:, ANSWER_AT] = torch.where(yes, TOKEN["yes"], TOKEN["no"])
+        targets[:, ANSWER_AT] = answer
         coords = self.coordinates(side).expand(n, -1, -1).clone()  # (n, T, 3)
         return {"inputs": inputs, "targets": targets, "coordinates": coords}
