@@ -3,6 +3,8 @@
 import argparse
 import dataclasses
 
+import pytest
+
 from posenc.cli import build_parser, main
 from posenc.lab.cli import add_dataclass_flags, experiment_from_args
 from posenc.lab.config import SUITES, Experiment, ModelConfig, RunConfig, TaskConfig, config_hash
@@ -49,3 +51,15 @@ def test_suites_use_registered_tasks_with_valid_lengths():
     quick = SUITES["quick"]
     assert {"nope", "sinusoidal", "learned", "rope", "alibi", "t5"} <= set(quick.encodings)
     assert "who_did_what" in quick.experiments and "lm" in quick.experiments
+
+
+def test_encoding_options_flag_takes_json_and_rejects_anything_else(capsys):
+    parser = argparse.ArgumentParser()
+    add_dataclass_flags(parser)
+    args = parser.parse_args(["--encoding-options", '{"mrope": {"base": 10, "mrope_section": [0, 4, 4]}}'])
+    exp = experiment_from_args(SUITES["standard"].experiments["text_image_grounding"], args)
+    assert exp.model.encoding_options == {"mrope": {"base": 10, "mrope_section": [0, 4, 4]}}
+    for bad in ("{mrope: 1}", '{"mrope": 10}', "[1]"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--encoding-options", bad])
+        assert "JSON" in capsys.readouterr().err

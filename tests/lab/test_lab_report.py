@@ -67,3 +67,14 @@ def test_ties_share_a_rank_and_do_not_count_as_agreement():
     copy = paper_comparison(records)["decoder_copy"]
     assert {row[0]: row[4] for row in copy["rows"]} == {"nope": 1, "t5": 1, "rope": 1}
     assert copy["pairs"] == 0 and copy["agree"] == 0
+
+
+def test_runs_with_encoding_options_are_reported_apart():
+    from posenc.lab.report import aggregate, encoding_label
+
+    base = {"task": "t", "seed": 0, "metric": "accuracy", "train_lengths": [1, 2], "eval_lengths": [2],
+            "metrics": {"2": {"accuracy": 0.5}}}
+    plain = {**base, "encoding": "mrope"}
+    tuned = {**base, "encoding": "mrope", "encoding_options": {"base": 10}, "metrics": {"2": {"accuracy": 0.9}}}
+    assert encoding_label(plain) == "mrope" and encoding_label(tuned) == 'mrope {"base": 10}'
+    assert aggregate([plain, tuned])["t"]["encodings"] == {"mrope": {2: [0.5]}, 'mrope {"base": 10}': {2: [0.9]}}

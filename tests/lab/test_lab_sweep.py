@@ -138,3 +138,29 @@ def test_suite_task_encodings_override_the_suite_list():
     assert suite.encodings_for("parity_check") == ("nope", "rope")
     assert suite_encodings(suite, "grid") == (["rope"], ["not_registered_yet"])
     assert suite_encodings(suite) == (["nope", "rope"], [])
+
+
+def test_encoding_options_reach_the_model_and_only_their_encoding_s_run_id():
+    from posenc.lab.config import config_hash
+    from posenc.lab.tasks import get_task
+    from posenc.lab.train import build_model
+
+    # a run id computed before the field existed (the standard suite's lm preset, alibi, seed 0) stays the same
+    lm = Experiment(TaskConfig("lm", 64, 64, (64, 128, 256, 512, 1024)), ModelConfig(dim=128, n_layers=3),
+                    RunConfig(steps=2000, batch_size=16, lr=2e-3))
+    assert config_hash(lm, "alibi", 0) == "425536910e46"
+
+    exp = Experiment(TaskConfig("parity_check", 1, 3, (3,)), ModelConfig(dim=16, n_layers=1, n_heads=2))
+    tuned = Experiment(exp.task, ModelConfig(dim=16, n_layers=1, n_heads=2,
+                                             encoding_options={"rope": {"base": 100.0}}))
+    # ids of runs without options are what they were before the field existed, and other encodings' ids don't move
+    assert config_hash(tuned, "nope", 0) == config_hash(exp, "nope", 0)
+    assert config_hash(tuned, "rope", 0) != config_hash(exp, "rope", 0)
+    model = build_model(tuned, get_task("parity_check"), "rope", 8)
+    assert model.pe.base == 100.0 and model.cfg.encoding_options == {"base": 100.0}
+    assert build_model(tuned, get_task("parity_check"), "alibi", 8).cfg.encoding_options == {}
+    bad = Experiment(exp.task, ModelConfig(dim=16, n_layers=1, n_heads=2, encoding_options={"rope": {"bsae": 1}}))
+    with pytest.raises((TypeError, ValueError), match="bsae"):
+        plan_sweep({"parity_check": bad}, ["nope", "rope"], [0])  # fails before any work
+    with pytest.raises(TypeError, match="map encoding names to dicts"):
+        plan_sweep({"parity_check": Experiment(exp.task, ModelConfig(encoding_options={"rope": 1}))}, ["rope"], [0])

@@ -58,10 +58,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser) -> None:
             if only is not None and f.name not in only:
                 continue
             kind, many = _flag_type(f.type)
-            if kind is dict:
-                continue
-            group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"{section}__{f.name}", type=kind,
-                               nargs="+" if many else None, default=None, metavar=kind.__name__.upper(),
+            group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"{section}__{f.name}",
+                               type=_json_options if kind is dict else kind, nargs="+" if many else None,
+                               default=None, metavar="JSON" if kind is dict else kind.__name__.upper(),
                                help=comments.get(f.name, "").replace("%", "%%"))
 
 
@@ -77,6 +76,21 @@ def experiment_from_args(experiment: Experiment, args: argparse.Namespace) -> Ex
                 changes[f.name] = tuple(value) if isinstance(value, list) else value
         setattr(experiment, section, dataclasses.replace(target, **changes))
     return experiment
+
+
+def _json_options(text: str) -> dict:
+    """A dict-valued flag (``--encoding-options``): a JSON object mapping names to objects of options."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}); expected e.g. "
+                                         f"'{{\"mrope\": {{\"base\": 10}}}}'") from None
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise argparse.ArgumentTypeError(f"expected a JSON object of objects such as '{{\"mrope\": {{\"base\": "
+                                         f"10}}}}'; got {text!r}")
+    return value
 
 
 def _experiment_for(task: str, suite: str) -> Experiment:

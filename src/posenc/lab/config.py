@@ -25,6 +25,7 @@ class ModelConfig:
     ffn_mult: float = 2.0  # feed-forward width = ffn_mult * dim
     dropout: float = 0.0  # on attention and feed-forward outputs
     norm: str = "layernorm"  # "layernorm" or "rmsnorm"
+    encoding_options: dict = field(default_factory=dict)  # get_encoding options per encoding: {"mrope": {"base": 10}}
 
 
 @dataclass
@@ -84,6 +85,9 @@ def config_hash(experiment: Experiment, encoding: str, seed: int) -> str:
     data = experiment.to_dict()
     for key in _NOT_IDENTITY:
         data["run"].pop(key)
+    options = data["model"].pop("encoding_options", {}).get(encoding)
+    if options:  # only this run's encoding's options count (and none: the id of a run from before the field)
+        data["encoding_options"] = options
     data.update(encoding=encoding, seed=seed)
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

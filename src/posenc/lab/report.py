@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import os
 import statistics
 from pathlib import Path
@@ -26,19 +27,25 @@ def _value(record: dict, length: str) -> float | None:
     return m["perplexity"] if record["metric"] == "perplexity" else m["accuracy"]
 
 
+def encoding_label(record: dict) -> str:
+    """The encoding's name, with its options when the run had any (``mrope {"base": 10}``): variants stay apart."""
+    options = record.get("encoding_options")
+    return record["encoding"] if not options else f"{record['encoding']} {json.dumps(options, sort_keys=True)}"
+
+
 def aggregate(records: list[dict]) -> dict[str, dict]:
     """Per task: its metric, training range, evaluation lengths, and per encoding the per-seed values per length."""
     tasks: dict[str, dict] = {}
-    for r in sorted(records, key=lambda r: (r["task"], r["encoding"], r["seed"])):
+    for r in sorted(records, key=lambda r: (r["task"], encoding_label(r), r["seed"])):
         t = tasks.setdefault(r["task"], {"metric": r["metric"], "train_lengths": r["train_lengths"],
                                          "eval_lengths": r["eval_lengths"], "encodings": {}, "undefined": {},
                                          "paper": r.get("paper")})
-        per_enc = t["encodings"].setdefault(r["encoding"], {})
+        per_enc = t["encodings"].setdefault(encoding_label(r), {})
         for length in r["eval_lengths"]:
             per_enc.setdefault(length, []).append(_value(r, str(length)))
             m = r["metrics"].get(str(length), {})
             if "undefined" in m:
-                t["undefined"].setdefault(r["encoding"], m["undefined"])
+                t["undefined"].setdefault(encoding_label(r), m["undefined"])
     return tasks
 
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from posenc.base import registered_names
+from posenc.base import get_encoding, registered_names
 from posenc.lab.config import Experiment, config_hash
 from posenc.lab.tasks import get_task
-from posenc.lab.train import atomic_write_bytes, resolve_lengths, train_run
+from posenc.lab.train import atomic_write_bytes, encoding_options_for, resolve_lengths, train_run
 
 __all__ = ["RESULTS", "PlannedRun", "append_record", "check_out_dir", "load_records", "plan_sweep", "run_sweep",
            "summary_line"]
@@ -144,8 +144,11 @@ def plan_sweep(experiments: dict[str, Experiment], encodings: list[str] | dict[s
                 raise ValueError(f"unknown encoding {name!r}; registered: {', '.join(known)}.")
     if not experiments or not seeds:
         raise ValueError("a sweep needs at least one task, one encoding and one seed.")
-    for experiment in experiments.values():
+    for task, experiment in experiments.items():
         resolve_lengths(get_task(experiment.task.name, **experiment.task.options), experiment.task)
+        m = experiment.model
+        for name in per_task[task]:  # unknown or invalid encoding options fail here, before any work
+            get_encoding(name, dim=m.dim, n_heads=m.n_heads, **encoding_options_for(experiment, name))
         if experiment.run.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda was asked for, but torch.cuda.is_available() is False here; "
                                "use --device cpu.")

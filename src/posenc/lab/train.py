@@ -193,12 +193,23 @@ def versions() -> dict[str, str]:
     return {"posenc": posenc.__version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
+def encoding_options_for(experiment: Experiment, encoding: str) -> dict:
+    """The options ``experiment.model.encoding_options`` gives ``encoding`` (``{}`` if none), validated."""
+    all_options = experiment.model.encoding_options
+    if not isinstance(all_options, dict) or not all(isinstance(v, dict) for v in all_options.values()):
+        raise TypeError(f"encoding_options must map encoding names to dicts of options, such as "
+                        f"{{'mrope': {{'base': 10.0}}}}; got {all_options!r}.")
+    return dict(all_options.get(encoding, {}))
+
+
 def build_model(experiment: Experiment, task: Task, encoding: str, max_seq_len: int) -> Transformer:
     m = experiment.model
-    get_encoding(encoding, dim=m.dim, n_heads=m.n_heads, max_seq_len=max_seq_len)  # unknown names fail here, clearly
+    options = encoding_options_for(experiment, encoding)
+    # unknown names or options fail here, clearly
+    get_encoding(encoding, dim=m.dim, n_heads=m.n_heads, max_seq_len=max_seq_len, **options)
     cfg = TransformerConfig(kind=task.kind, vocab_size=task.vocab_size, dim=m.dim, n_layers=m.n_layers,
                             n_heads=m.n_heads, ffn_mult=m.ffn_mult, dropout=m.dropout, norm=m.norm,
-                            max_seq_len=max_seq_len, encoding=encoding)
+                            max_seq_len=max_seq_len, encoding=encoding, encoding_options=options)
     return Transformer(cfg)
 
 
@@ -230,6 +241,7 @@ def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: s
     max_seq_len = task.sequence_length(hi)
 
     torch.manual_seed(seed)
+    options = encoding_options_for(experiment, encoding)
     model = build_model(experiment, task, encoding, max_seq_len).to(device)
     trained: nn.Module = model
     if world > 1:
@@ -310,6 +322,7 @@ def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: s
     return {
         "run_id": f"{experiment.task.name}/{encoding}/seed{seed}/{config_hash(experiment, encoding, seed)}",
         "task": experiment.task.name, "encoding": encoding, "seed": seed, "kind": task.kind,
+        **({"encoding_options": options} if options else {}),
         "metric": task.metric, "paper": task.paper, "train_lengths": [lo, hi], "eval_lengths": list(evals),
         "max_seq_len": max_seq_len, "reads_structure": reads_structure(model.pe, task),
         "config": experiment.to_dict(), "metrics": metrics,
