@@ -112,8 +112,14 @@ CORE = ("nope", "sinusoidal", "learned", "rope", "alibi", "t5")  # alibi/t5 join
 ADAPTIVE = ("kerple", "fire", "adaptive", "dape")  # adaptive mixes alibi/t5/fire; dape refines kerple
 
 
+# Ruoss et al. evaluate randomized positions the way they train them (sampled from [0, L) at test time too); the
+# encoding's own default (0..T-1 in eval mode) keeps KV-cache decoding consistent but is not their protocol.
+RUOSS = {"randomized": {"sample_at_eval": True}}
+
+
 def _algorithmic(name: str, *, max_len: int, evals: tuple[int, ...], steps: int) -> Experiment:
-    return Experiment(TaskConfig(name, 1, max_len, evals), ModelConfig(dim=64, n_layers=2, n_heads=4),
+    return Experiment(TaskConfig(name, 1, max_len, evals), ModelConfig(dim=64, n_layers=2, n_heads=4,
+                                                                       encoding_options=RUOSS),
                       RunConfig(steps=steps, batch_size=32, lr=3e-3))
 
 
@@ -134,9 +140,11 @@ _STANDARD = {
     "negation": Experiment(TaskConfig("negation"), ModelConfig(dim=64, n_layers=2, n_heads=4),
                            RunConfig(steps=400, batch_size=64, lr=1e-2)),
     **{name: _algorithmic(name, max_len=20, evals=(20, 30, 40, 60), steps=2000) for name in _ALGORITHMIC},
-    "decoder_copy": Experiment(TaskConfig("decoder_copy", 1, 20, (20, 30, 40)), ModelConfig(dim=128, n_layers=2),
+    "decoder_copy": Experiment(TaskConfig("decoder_copy", 1, 20, (20, 30, 40)),
+                               ModelConfig(dim=128, n_layers=2, encoding_options=RUOSS),
                                RunConfig(steps=2000, batch_size=32, lr=1e-3)),
-    "decoder_reverse": Experiment(TaskConfig("decoder_reverse", 1, 20, (20, 30, 40)), ModelConfig(dim=128, n_layers=2),
+    "decoder_reverse": Experiment(TaskConfig("decoder_reverse", 1, 20, (20, 30, 40)),
+                                  ModelConfig(dim=128, n_layers=2, encoding_options=RUOSS),
                                   RunConfig(steps=2000, batch_size=32, lr=1e-3)),
     "lm": Experiment(TaskConfig("lm", 64, 64, (64, 128, 256, 512, 1024)), ModelConfig(dim=128, n_layers=3),
                      RunConfig(steps=2000, batch_size=16, lr=2e-3)),
