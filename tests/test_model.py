@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -105,3 +107,40 @@ def test_errors_for_misuse():
         enc.generate(torch.zeros(1, 3, dtype=torch.long), 2)
     with pytest.raises(ValueError, match=r"model\(src, tgt\)"):
         _model(kind="encoder_decoder")(torch.zeros(1, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("kind", ["encoder", "decoder", "encoder_decoder"])
+@pytest.mark.parametrize("dim,vocab", [(64, 18), (256, 256)])
+def test_initial_loss_is_that_of_a_uniform_guess(kind, dim, vocab):
+    # an untrained model predicts no token in particular: loss ~ ln(vocab). The old recipe (tied head, sqrt(dim)
+    # embedding scale) put the current token at logit ~sqrt(dim): loss 10.45 on 18 tokens.
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(kind=kind, vocab_size=vocab, dim=dim, n_heads=4, max_seq_len=64))
+    tokens, targets = torch.randint(0, vocab, (2, 8, 32))
+    with torch.no_grad():
+        logits = model(tokens, tokens) if kind == "encoder_decoder" else model(tokens)
+    for against in (targets, tokens):  # a random next token, and the current one (which a tied head favours)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), against.flatten())
+        assert abs(float(loss) - math.log(vocab)) < 0.02 * math.log(vocab)
+
+
+def test_tied_head_scales_logits_and_starts_near_uniform():
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(kind="decoder", vocab_size=18, dim=128, tie_embeddings=True))
+    assert model.head.weight is model.tok_emb.weight
+    tokens, targets = torch.randint(0, 18, (2, 8, 32))
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(tokens).flatten(0, 1), targets.flatten())
+    assert abs(float(loss) - math.log(18)) < 0.25 * math.log(18)
+
+
+def test_the_model_leaves_the_encodings_initialisation_alone():
+    # FIRE's MLP keeps nn.Linear's default init, U(+-1/sqrt(fan_in)), instead of the model's own
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(encoding="fire", dim=64))
+    layers = [m for m in model.pe.modules() if isinstance(m, torch.nn.Linear)]
+    assert layers
+    for layer in layers:
+        bound = layer.in_features**-0.5
+        assert float(layer.weight.abs().max()) <= bound
+        assert float(layer.weight.std()) > 0.5 * bound / math.sqrt(3)

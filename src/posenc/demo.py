@@ -29,7 +29,7 @@ def answer_logits(model: Transformer, batch: WhoDidWhat) -> torch.Tensor:
 
 
 def train_who_did_what(encoding: str, *, steps: int = 300, batch_pairs: int = 32, dim: int = 64, n_layers: int = 2,
-                       n_heads: int = 4, lr: float = 1e-2, seed: int = 0) -> tuple[Transformer, float]:
+                       n_heads: int = 4, lr: float = 3e-3, seed: int = 0) -> tuple[Transformer, float]:
     """Train a fresh encoder on who-did-what; returns the model and the final training loss."""
     torch.manual_seed(seed)
     cfg = TransformerConfig(kind="encoder", vocab_size=len(VOCAB), dim=dim, n_layers=n_layers, n_heads=n_heads,

@@ -70,19 +70,19 @@ def _model(**options) -> Transformer:
     return Transformer(cfg)
 
 
-def test_normalize_projection_keeps_its_own_init_in_a_model():
-    # the model re-initialises every nn.Linear with std 0.02; the normalized branch keeps nn.Linear's default init
+def test_projection_keeps_its_own_init_in_a_model():
+    # the model initialises only its own layers: either branch keeps nn.Linear's default init, U(+-1/sqrt(k))
     torch.manual_seed(0)
     bound = 1 / math.sqrt(8)
-    plain = _model(normalize=False).pe.proj.weight.detach()  # (64, 8)
-    normed = _model(normalize=True).pe.proj.weight.detach()
-    assert float(plain.std()) < 0.03
-    assert float(normed.abs().max()) <= bound and float(normed.std()) > 0.5 * bound / math.sqrt(3)
+    for normalize in (False, True):
+        weight = _model(normalize=normalize).pe.proj.weight.detach()  # (64, 8)
+        assert float(weight.abs().max()) <= bound and float(weight.std()) > 0.5 * bound / math.sqrt(3)
 
 
 def test_normalized_branch_is_on_the_token_embedding_scale():
-    # Why normalize exists: the default branch is ~50x smaller than the unit-scale token embeddings at init, and
-    # sign-ambiguous eigenvectors give it no consistent gradient to grow from (issue 7). Normalized, it is O(1).
+    # Why normalize exists: raw eigenvectors have entries ~1/sqrt(N), so the literal branch is several times smaller
+    # than the unit-scale token embeddings at init, and sign-ambiguous eigenvectors give it no consistent gradient
+    # to grow from (issue 7). Normalized, it is O(1).
     torch.manual_seed(0)
     adj = _trees(12, batch=16)
     tokens = torch.zeros(16, 12, dtype=torch.long)
@@ -93,7 +93,7 @@ def test_normalized_branch_is_on_the_token_embedding_scale():
         with model.pe.graph(adj), torch.no_grad():
             branch = model.pe.embed(x, torch.arange(12)) - x
         scales[normalize] = float(branch.pow(2).mean().sqrt() / x.pow(2).mean().sqrt())
-    assert scales[False] < 0.05 and scales[True] > 0.2
+    assert scales[True] > 0.2 and scales[False] < scales[True] / 2
 
 
 def test_normalize_state_dicts_are_interchangeable():

@@ -106,6 +106,36 @@ def test_evaluate_reports_exact_match_and_token_accuracy():
     assert m["examples"] == 100 and m["tokens"] == 100
 
 
+class _ReverseOracle(torch.nn.Module):
+    """Answers reverse_string from its input, but gets the first answer token wrong in every other row."""
+
+    def __init__(self, n_bits: int) -> None:
+        super().__init__()
+        from posenc.base import get_encoding
+
+        self.n = n_bits
+        self.pe = get_encoding("nope", dim=8, n_heads=1)
+
+    def forward(self, inputs, padding_mask=None):  # (B, 2n) -> logits (B, 2n, 3)
+        answer = inputs.clone()
+        answer[:, self.n:] = inputs[:, :self.n].flip(1)
+        answer[::2, self.n] = 1 - answer[::2, self.n]  # rows 0, 2, 4, ...: one wrong bit
+        return torch.nn.functional.one_hot(answer, 3).float()
+
+
+def test_evaluate_tells_exact_match_from_token_accuracy():
+    # multi-token answers: one wrong token in every other row gives exact match 1/2 and token accuracy 1 - 1/(2n),
+    # so swapping the two metrics (or scoring only the last token) fails here
+    from posenc.lab.tasks import get_task
+
+    n = 5
+    task = get_task("reverse_string")
+    m = evaluate(_ReverseOracle(n), task, n, seed=0, batch_size=10, n_batches=2, device=torch.device("cpu"))
+    assert m["accuracy"] == pytest.approx(0.5)
+    assert m["token_accuracy"] == pytest.approx(1 - 1 / (2 * n))
+    assert m["examples"] == 20 and m["tokens"] == 20 * n
+
+
 def _names():
     from posenc.base import registered_names
 
