@@ -141,6 +141,6 @@ def test_the_model_leaves_the_encodings_initialisation_alone():
     layers = [m for m in model.pe.modules() if isinstance(m, torch.nn.Linear)]
     assert layers
     for layer in layers:
-        bound = layer.in_features**-0.5
-        assert float(layer.weight.abs().max()) <= bound
-        assert float(layer.weight.std()) > 0.5 * bound / math.sqrt(3)
+        bound, weight = layer.in_features**-0.5, layer.weight.detach()
+        assert float(weight.abs().max()) <= bound
+        assert float(weight.std()) > 0.5 * bound / math.sqrt(3)

@@ -45,7 +45,8 @@ def schedule_factor(run: RunConfig) -> Callable[[int], float]:
     return factor
 
 
-def _x_transformers(task: Task, *, dim: int, n_layers: int, n_heads: int, ffn_mult: float, max_seq_len: int) -> nn.Module:
+def _x_transformers(task: Task, *, dim: int, n_layers: int, n_heads: int, ffn_mult: float,
+                    max_seq_len: int) -> nn.Module:
     try:
         from x_transformers import Decoder, Encoder, TransformerWrapper
     except ImportError as exc:  # pragma: no cover - the peers extra is installed by `make`
