@@ -1,4 +1,5 @@
-"""The report is built from records alone: mean +- std over seeds, plots, a self-contained HTML, paper ranking."""
+"""The report is built from records alone: mean and 95% interval over seeds, plots, a self-contained HTML, the
+paper's ranking beside ours on the runs that learned, with a verdict."""
 
 import base64
 import json
@@ -10,25 +11,68 @@ from posenc.lab.report import paper_comparison, summary_rows, summary_table, wri
 from posenc.lab.sweep import RESULTS, append_record
 
 
-def _record(task, encoding, seed, values, *, metric="accuracy", train=(1, 4), paper=None):
+def _record(task, encoding, seed, values, *, metric="accuracy", train=(1, 4), paper=None, learned=True):
     key = "perplexity" if metric == "perplexity" else "accuracy"
     metrics = {str(length): ({"undefined": "learned: position 7 is past max_seq_len=5"} if v is None else {key: v})
                for length, v in values.items()}
     return {"run_id": f"{task}/{encoding}/seed{seed}/x", "task": task, "encoding": encoding, "seed": seed,
             "metric": metric, "paper": paper, "train_lengths": list(train), "eval_lengths": list(values),
-            "metrics": metrics, "final_train_loss": 0.1, "wall_time_s": 1.0, "versions": {"torch": "x"}}
+            "metrics": metrics, "final_train_loss": 0.1, "wall_time_s": 1.0, "versions": {"torch": "x"},
+            "learned": learned}
 
 
-def test_summary_is_mean_and_std_over_seeds():
+def test_summary_is_mean_and_95_percent_interval_over_seeds():
     records = [_record("parity_check", "rope", s, {4: a, 8: b}) for s, (a, b) in enumerate([(1.0, 0.5), (0.8, 0.3)])]
     records.append(_record("parity_check", "learned", 0, {4: 0.9, 8: None}))
     rows = {r["encoding"]: r for r in summary_rows(records)}
     assert rows["rope"]["seeds"] == 2
-    assert rows["rope"]["in_distribution"] == pytest.approx((0.9, statistics.stdev([1.0, 0.8])))
-    assert rows["rope"]["beyond"] == pytest.approx((0.4, statistics.stdev([0.5, 0.3])))
+    half = 12.706 * statistics.stdev([1.0, 0.8]) / 2**0.5  # t_{0.975, 1} * s / sqrt(n)
+    assert rows["rope"]["in_distribution"] == pytest.approx((0.9, half))
+    assert rows["rope"]["beyond"] == pytest.approx((0.4, 12.706 * statistics.stdev([0.5, 0.3]) / 2**0.5))
     assert rows["learned"]["beyond"] is None
     text = summary_table(records)
-    assert "90.0% ± 14.1%" in text and "n/a" in text
+    assert f"90.0% ± {half:.1%}" in text and "n/a" in text
+    single = next(line for line in text.splitlines() if line.split()[1:2] == ["learned"])
+    assert "90.0%" in single and "±" not in single  # one seed: its value alone, no "± 0.0%"
+
+
+def test_runs_that_did_not_learn_are_marked_and_left_out_of_rankings():
+    records = [_record("decoder_copy", enc, 0, {20: 0.95, 40: score}, train=(1, 20))
+               for enc, score in (("nope", 0.4), ("t5", 0.5), ("alibi", 0.45), ("sinusoidal", 0.05))]
+    records.append(_record("decoder_copy", "rope", 0, {20: 0.3, 40: 0.9}, train=(1, 20), learned=False))
+    copy = paper_comparison(records)["decoder_copy"]
+    assert [row[0] for row in copy["rows"]] == ["t5", "alibi", "nope", "sinusoidal"]  # rope's 0.9 is not ranked
+    assert copy["not_learned"] == ["rope"]
+    assert copy["tau"] == pytest.approx(1.0) and copy["verdict"] == "agrees"
+    table = summary_table(records)
+    assert "30.0% †" in table and "90.0% †" in table and table.count("†") == 2
+
+
+def test_kendall_tau_and_verdicts():
+    from posenc.lab.report import kendall_tau, verdict
+
+    a = {"x": 3.0, "y": 2.0, "z": 1.0}
+    assert kendall_tau(a, a) == pytest.approx(1.0)
+    assert kendall_tau(a, {"x": 1.0, "y": 2.0, "z": 3.0}) == pytest.approx(-1.0)
+    assert kendall_tau(a, {"x": 3.0, "y": 1.0, "z": 2.0}) == pytest.approx(1 / 3)
+    assert kendall_tau(a, {"x": 1.0, "y": 1.0, "z": 1.0}) is None  # all ties: no ranking
+    assert verdict(1.0, 3) == "agrees" and verdict(1 / 3, 3) == "partly" and verdict(-1 / 3, 3) == "disagrees"
+    assert verdict(1.0, 2) == "not comparable" and verdict(None, 4) == "not comparable"
+
+
+def test_randomized_is_compared_with_the_encoding_it_wraps():
+    from posenc.lab.report import randomized_comparison
+
+    records = []
+    for task, base_score, ours in (("reverse_string", 0.2, 0.5), ("bucket_sort", 0.6, 0.7), ("parity_check", 0.5, 0.4)):
+        records.append(_record(task, "sinusoidal", 0, {4: 1.0, 8: base_score}))
+        records.append(_record(task, "randomized", 0, {4: 1.0, 8: ours}))
+    records.append(_record("binary_addition", "sinusoidal", 0, {4: 1.0, 8: 0.1}))
+    records.append(_record("binary_addition", "randomized", 0, {4: 0.2, 8: 0.9}, learned=False))
+    result = randomized_comparison(records)
+    assert [row[0] for row in result["rows"]] == ["bucket_sort", "parity_check", "reverse_string"]
+    assert result["mean_gain"] == pytest.approx((0.3 + 0.1 - 0.1) / 3) and result["ahead"] == 2
+    assert result["verdict"] == "agrees" and "binary_addition" in result["why"]
 
 
 def test_perplexity_ratio_and_paper_ranking():
@@ -67,6 +111,7 @@ def test_ties_share_a_rank_and_do_not_count_as_agreement():
     copy = paper_comparison(records)["decoder_copy"]
     assert {row[0]: row[4] for row in copy["rows"]} == {"nope": 1, "t5": 1, "rope": 1}
     assert copy["pairs"] == 0 and copy["agree"] == 0
+    assert copy["tau"] is None and copy["verdict"] == "not comparable" and "tie" in copy["why"]
 
 
 def test_runs_with_encoding_options_are_reported_apart():

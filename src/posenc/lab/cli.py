@@ -160,6 +160,7 @@ def _list(args: argparse.Namespace) -> int:
         lo, hi = info.train_lengths
         print(f"  {name:<19} {info.kind:<8} train {lo}..{hi}, eval {', '.join(map(str, info.eval_lengths))}: "
               f"{info.summary}")
+        print(f"  {'':<19} learned when: {info.bar_text()}")
     print("\nsuites:")
     for name, suite in SUITES.items():
         available, missing = suite_encodings(suite)

@@ -1,15 +1,21 @@
 """The lab report, built from the records of a sweep alone: ``report.md``, a self-contained ``report.html`` and PNGs.
 
 - accuracy (or perplexity) vs evaluation length, one line per encoding, the training range shaded;
-- a summary table: in distribution and beyond the training range, mean +- std over seeds;
-- for tasks with a published counterpart, the paper's ranking beside ours (:mod:`posenc.lab.reference`).
+- a summary table: in distribution and beyond the training range, mean and 95% interval over seeds (Student's t;
+  a single seed shows its value alone);
+- a run *learned* when its in-distribution score meets its task's bar (``Task.learned_bar``, stored in the record);
+  runs that did not learn are shown, marked ``†``, but left out of every ranking beyond the training length;
+- for tasks with a published counterpart, the paper's ranking beside ours (:mod:`posenc.lab.reference`) on the
+  encodings that learned, Kendall's tau between the two, and a verdict: agrees / partly / disagrees / not comparable.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import json
+import math
 import os
 import statistics
 from pathlib import Path
@@ -17,7 +23,83 @@ from pathlib import Path
 from posenc.lab.reference import PUBLISHED
 from posenc.lab.sweep import RESULTS, load_records
 
-__all__ = ["aggregate", "summary_rows", "summary_table", "write_report"]
+__all__ = ["aggregate", "kendall_tau", "mean_interval", "paper_comparison", "record_learned", "summary_rows",
+           "summary_table", "verdict", "write_report"]
+
+NOT_LEARNED = "†"  # marks scores of runs below their task's in-distribution bar
+
+# Student's t quantile t_{0.975, df} for df = 1..30 (a 95% two-sided interval of the mean); 1.96 beyond
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+@functools.cache
+def _task_bar(task: str, options: str) -> tuple[str, float] | None:
+    """``(metric, bar)`` of a registered task built with ``options`` (JSON), or ``None`` if it is not registered."""
+    from posenc.lab.tasks import get_task, registered_tasks
+
+    if task not in registered_tasks():
+        return None
+    built = get_task(task, **json.loads(options))
+    return built.metric, built.bar()
+
+
+def record_learned(record: dict) -> bool:
+    """Whether a run learned: the record's own verdict, or (records from before bars) its task's bar now."""
+    if "learned" in record:
+        return bool(record["learned"])
+    from posenc.lab.tasks.base import learned
+    from posenc.lab.train import in_distribution
+
+    options = record.get("config", {}).get("task", {}).get("options", {})
+    found = _task_bar(record["task"], json.dumps(options, sort_keys=True))
+    if found is None:
+        return True  # a task this installation does not know: nothing to judge it by
+    metric, bar = found
+    return learned(metric, bar, in_distribution(record["metrics"], record["metric"], record["train_lengths"][1]))
+
+
+def mean_interval(values: list[float | None]) -> tuple[float, float | None] | None:
+    """``(mean, half-width of the 95% interval)`` over seeds; half-width ``None`` for one seed; ``None`` if any
+    value is undefined or there are none."""
+    if not values or any(v is None for v in values):
+        return None
+    if len(values) == 1:
+        return values[0], None
+    df = len(values) - 1
+    t = _T975[df - 1] if df <= len(_T975) else 1.96
+    return statistics.fmean(values), t * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def kendall_tau(a: dict[str, float], b: dict[str, float]) -> float | None:
+    """Kendall's tau-b between two scorings of the same keys (ties handled); ``None`` when either is all ties."""
+    keys = sorted(a)
+    concordant = discordant = ties_a = ties_b = 0
+    for i, x in enumerate(keys):
+        for y in keys[i + 1:]:
+            da, db = a[x] - a[y], b[x] - b[y]
+            if da == 0 and db == 0:
+                continue
+            if da == 0:
+                ties_a += 1
+            elif db == 0:
+                ties_b += 1
+            elif (da > 0) == (db > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    denom = math.sqrt((concordant + discordant + ties_a) * (concordant + discordant + ties_b))
+    return None if denom == 0 else (concordant - discordant) / denom
+
+
+def verdict(tau: float | None, n_common: int) -> str:
+    """One word for a rank agreement: ``agrees`` (tau >= 0.6), ``partly`` (0 < tau < 0.6), ``disagrees``
+    (tau <= 0), or ``not comparable`` (fewer than 3 encodings both rank, or our scores all tie)."""
+    if n_common < 3 or tau is None:
+        return "not comparable"
+    if tau >= 0.6:
+        return "agrees"
+    return "partly" if tau > 0 else "disagrees"
 
 
 def _value(record: dict, length: str) -> float | None:
@@ -34,13 +116,15 @@ def encoding_label(record: dict) -> str:
 
 
 def aggregate(records: list[dict]) -> dict[str, dict]:
-    """Per task: its metric, training range, evaluation lengths, and per encoding the per-seed values per length."""
+    """Per task: its metric, training range, evaluation lengths, per encoding the per-seed values per length, and
+    per encoding whether each seed learned (``t["learned"][encoding]``, in the same seed order)."""
     tasks: dict[str, dict] = {}
     for r in sorted(records, key=lambda r: (r["task"], encoding_label(r), r["seed"])):
         t = tasks.setdefault(r["task"], {"metric": r["metric"], "train_lengths": r["train_lengths"],
                                          "eval_lengths": r["eval_lengths"], "encodings": {}, "undefined": {},
                                          "paper": r.get("paper")})
         per_enc = t["encodings"].setdefault(encoding_label(r), {})
+        t.setdefault("learned", {}).setdefault(encoding_label(r), []).append(record_learned(r))
         for length in r["eval_lengths"]:
             per_enc.setdefault(length, []).append(_value(r, str(length)))
             m = r["metrics"].get(str(length), {})
@@ -49,19 +133,14 @@ def aggregate(records: list[dict]) -> dict[str, dict]:
     return tasks
 
 
-def _mean_std(values: list[float | None]) -> tuple[float, float] | None:
-    if not values or any(v is None for v in values):
-        return None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _fmt(stat: tuple[float, float] | None, metric: str) -> str:
+def _fmt(stat: tuple[float, float | None] | None, metric: str, *, learned: bool = True) -> str:
     if stat is None:
         return "n/a"
-    mean, std = stat
+    mean, half = stat
+    mark = "" if learned else f" {NOT_LEARNED}"
     if metric == "perplexity":
-        return f"{mean:.2f} ± {std:.2f}"
-    return f"{mean:.1%} ± {std:.1%}"
+        return (f"{mean:.2f}" if half is None else f"{mean:.2f} ± {half:.2f}") + mark
+    return (f"{mean:.1%}" if half is None else f"{mean:.1%} ± {half:.1%}") + mark
 
 
 def _per_seed(values_by_length: dict[int, list], lengths: list[int]) -> list[float | None]:
@@ -77,34 +156,44 @@ def _per_seed(values_by_length: dict[int, list], lengths: list[int]) -> list[flo
 
 
 def summary_rows(records: list[dict]) -> list[dict]:
-    """One row per (task, encoding): seeds, in-distribution and beyond (mean, std over seeds), and for perplexity
-    tasks the ratio of the perplexity at the longest length to that at the training length."""
+    """One row per (task, encoding): seeds, how many learned, in-distribution and beyond (mean and 95% half-width
+    over seeds; ``*_learned``: over the seeds that learned only, what rankings use), and for perplexity tasks the
+    ratio of the perplexity at the longest length to that at the training length."""
     rows = []
     for task, t in aggregate(records).items():
         hi = t["train_lengths"][1]
         inside = [length for length in t["eval_lengths"] if length <= hi]
         beyond = [length for length in t["eval_lengths"] if length > hi]
         for enc, by_len in t["encodings"].items():
+            flags = t["learned"][enc]
+            kept = lambda values: [v for v, ok in zip(values, flags) if ok]  # noqa: E731  (learned seeds only)
+            beyond_seeds = _per_seed(by_len, beyond)
             row = {"task": task, "encoding": enc, "metric": t["metric"], "seeds": len(next(iter(by_len.values()))),
-                   "in_distribution": _mean_std(_per_seed(by_len, inside)),
-                   "beyond": _mean_std(_per_seed(by_len, beyond)) if beyond else None, "ratio": None,
-                   "longest": _mean_std(by_len[t["eval_lengths"][-1]])}
+                   "learned": sum(flags), "in_distribution": mean_interval(_per_seed(by_len, inside)),
+                   "beyond": mean_interval(beyond_seeds) if beyond else None,
+                   "beyond_learned": mean_interval(kept(beyond_seeds)) if beyond else None, "ratio": None,
+                   "longest": mean_interval(by_len[t["eval_lengths"][-1]]),
+                   "longest_learned": mean_interval(kept(by_len[t["eval_lengths"][-1]]))}
             if t["metric"] == "perplexity" and inside and beyond:
                 first, last = by_len[inside[-1]], by_len[t["eval_lengths"][-1]]
                 if all(v is not None for v in first + last):
-                    row["ratio"] = _mean_std([b / a for a, b in zip(first, last)])
+                    row["ratio"] = mean_interval([b / a for a, b in zip(first, last)])
+            row["learned_all"] = row["learned"] == row["seeds"]
             rows.append(row)
     return rows
 
 
 def summary_table(records: list[dict], *, markdown: bool = False) -> str:
-    """The summary table as text (for the terminal) or Markdown."""
-    header = ["task", "encoding", "seeds", "in distribution", "beyond", "longest / train (ppl)"]
+    """The summary table as text (for the terminal) or Markdown: ``learned`` counts the seeds that met the task's
+    bar; scores of encodings with no such seed carry ``†``."""
+    header = ["task", "encoding", "learned", "in distribution", "beyond", "longest / train (ppl)"]
     body = []
     for r in summary_rows(records):
         ratio = "" if r["ratio"] is None else f"{r['ratio'][0]:.2f}x"
-        body.append([r["task"], r["encoding"], str(r["seeds"]), _fmt(r["in_distribution"], r["metric"]),
-                     _fmt(r["beyond"], r["metric"]) if _has_beyond(records, r["task"]) else "-", ratio])
+        ok = r["learned"] > 0
+        body.append([r["task"], r["encoding"], f"{r['learned']}/{r['seeds']}",
+                     _fmt(r["in_distribution"], r["metric"], learned=ok),
+                     _fmt(r["beyond"], r["metric"], learned=ok) if _has_beyond(records, r["task"]) else "-", ratio])
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
@@ -129,13 +218,16 @@ def _plot(task: str, t: dict, path: Path) -> None:
     for enc, by_len in t["encodings"].items():
         xs, ys, es = [], [], []
         for length in t["eval_lengths"]:
-            stat = _mean_std(by_len[length])
+            stat = mean_interval(by_len[length])
             if stat is not None:
                 xs.append(length)
                 ys.append(stat[0])
-                es.append(stat[1])
-        if xs:
+                es.append(stat[1] or 0.0)
+        if xs and any(t["learned"][enc]):
             ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=enc)
+        elif xs:  # did not learn: drawn grey and dashed, beside the others
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color="0.6", linestyle="--", alpha=0.7,
+                        label=f"{enc} (not learned)")
     ax.set_xlabel("evaluation length")
     if t["metric"] == "perplexity":
         ax.set_ylabel("perplexity (log scale)")
@@ -158,37 +250,100 @@ def _rank(scores: dict[str, float], higher_is_better: bool) -> dict[str, int]:
 
 
 def paper_comparison(records: list[dict]) -> dict[str, dict]:
-    """Per task with a published counterpart: rows (encoding, paper score, paper rank, ours, our rank), agreement."""
+    """Per task with a published counterpart: the paper's ranking beside ours on the encodings that learned.
+
+    Each entry: ``rows`` (encoding, paper score, paper rank, ours, our rank) best first by the paper, ``agree`` and
+    ``pairs`` (pairs of encodings both rankings order, and how many of them they order alike), ``tau`` (Kendall's
+    tau-b, ``None`` when our scores all tie), ``verdict`` and ``why`` (one line), and ``not_learned`` (encodings the
+    paper ranks that did not learn here, so are left out).
+    """
     out = {}
-    by_task = {r["task"]: r for r in summary_rows(records)}
+    rows_by_task: dict[str, list[dict]] = {}
+    for row in summary_rows(records):
+        rows_by_task.setdefault(row["task"], []).append(row)
     for task, ref in PUBLISHED.items():
-        if task not in by_task:
+        if task not in rows_by_task:
             continue
-        ours = {}
-        for row in summary_rows(records):
-            if row["task"] != task or row["encoding"] not in ref["scores"]:
+        ours, not_learned = {}, []
+        for row in rows_by_task[task]:
+            if row["encoding"] not in ref["scores"]:
                 continue
-            stat = row["longest"] if ref["ours_at"] == "longest" else row["beyond"]
-            if stat is not None:
+            stat = row["longest_learned"] if ref["ours_at"] == "longest" else row["beyond_learned"]
+            if row["learned"] == 0:
+                not_learned.append(row["encoding"])
+            elif stat is not None:
                 ours[row["encoding"]] = stat[0]
         common = [e for e in ref["scores"] if e in ours]
-        if len(common) < 2:
+        if len(common) + len(not_learned) < 2:
             continue
-        paper_rank = _rank({e: ref["scores"][e] for e in common}, ref["higher_is_better"])
-        our_rank = _rank({e: ours[e] for e in common}, ref["higher_is_better"])
+        higher = ref["higher_is_better"]
+        paper_rank = _rank({e: ref["scores"][e] for e in common}, higher)
+        our_rank = _rank({e: ours[e] for e in common}, higher)
         # only pairs that both rankings order count: a tie (e.g. every encoding at 0%) agrees with nothing
         pairs = [(a, b) for i, a in enumerate(common) for b in common[i + 1:]
                  if paper_rank[a] != paper_rank[b] and our_rank[a] != our_rank[b]]
         agree = sum((paper_rank[a] < paper_rank[b]) == (our_rank[a] < our_rank[b]) for a, b in pairs)
+        tau = kendall_tau({e: ref["scores"][e] for e in common}, {e: ours[e] for e in common}) if common else None
+        word = verdict(tau, len(common))
+        if word != "not comparable":
+            why = f"Kendall's tau = {tau:+.2f} over {len(common)} encodings that learned"
+        elif len(common) < 3:
+            why = (f"only {len(common)} of the paper's encodings learned here"
+                   + (f" ({', '.join(not_learned)} did not)" if not_learned else "") + "; a ranking needs 3")
+        else:
+            why = "our scores tie on every encoding, so there is no ranking to compare"
         out[task] = {"ref": ref, "rows": [(e, ref["scores"][e], paper_rank[e], ours[e], our_rank[e])
                                           for e in sorted(common, key=paper_rank.get)],
-                     "agree": agree, "pairs": len(pairs)}
+                     "agree": agree, "pairs": len(pairs), "tau": tau, "verdict": word, "why": why,
+                     "not_learned": not_learned}
     return out
+
+
+def randomized_comparison(records: list[dict]) -> dict | None:
+    """Ruoss et al. (arXiv 2305.16843): randomized positions beside the encoding they wrap, beyond the training
+    length, on every task where both learned. ``None`` when no task has both.
+
+    Returns ``rows`` (task, base, base score, randomized score, difference), the mean difference, the number of
+    tasks where randomized is ahead, a verdict (``agrees`` when randomized is ahead on average and on most tasks,
+    ``partly`` when ahead on average or on most tasks but not both, ``disagrees`` otherwise) and a one-line why.
+    """
+    rows_by_task: dict[str, dict[str, dict]] = {}
+    bases: dict[str, str] = {}
+    for r in records:
+        if r["encoding"] == "randomized":
+            bases[r["task"]] = r.get("config", {}).get("model", {}).get("encoding_options", {}).get(
+                "randomized", {}).get("base", "sinusoidal")
+    for row in summary_rows(records):
+        rows_by_task.setdefault(row["task"], {})[row["encoding"]] = row
+    rows, skipped = [], []
+    for task, base in sorted(bases.items()):
+        by_enc = rows_by_task.get(task, {})
+        ours, theirs = by_enc.get("randomized"), by_enc.get(base)
+        if ours is None or theirs is None or ours["beyond_learned"] is None or theirs["beyond_learned"] is None:
+            skipped.append(task)
+            continue
+        a, b = theirs["beyond_learned"][0], ours["beyond_learned"][0]
+        rows.append((task, base, a, b, b - a))
+    if not rows:
+        return None
+    mean_gain = statistics.fmean(r[4] for r in rows)
+    ahead = sum(r[4] > 0 for r in rows)
+    if mean_gain > 0 and ahead * 2 > len(rows):
+        word = "agrees"
+    elif mean_gain > 0 or ahead * 2 > len(rows):
+        word = "partly"
+    else:
+        word = "disagrees"
+    why = (f"randomized is {mean_gain:+.1%} on average beyond the training length, ahead on {ahead} of {len(rows)} "
+           f"tasks where both learned (paper: +12.0% mean over 15 tasks)")
+    if skipped:
+        why += f"; left out (one of the two did not learn or was not run): {', '.join(skipped)}"
+    return {"rows": rows, "mean_gain": mean_gain, "ahead": ahead, "verdict": word, "why": why}
 
 
 def _length_table(t: dict) -> tuple[list[str], list[list[str]]]:
     header = ["encoding"] + [str(x) + (" (train)" if x <= t["train_lengths"][1] else "") for x in t["eval_lengths"]]
-    rows = [[enc] + [_fmt(_mean_std(by_len[x]), t["metric"]) for x in t["eval_lengths"]]
+    rows = [[enc] + [_fmt(mean_interval(by_len[x]), t["metric"]) for x in t["eval_lengths"]]
             for enc, by_len in t["encodings"].items()]
     return header, rows
 
@@ -202,6 +357,25 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+_PAPERS = (("ALiBi (Press et al., arXiv 2108.12409)", ("lm",)),
+           ("Kazemnejad et al. (arXiv 2305.19466)", ("decoder_copy", "decoder_reverse")),
+           ("CoPE (Golovneva et al., arXiv 2405.18719)", ("flip_flop", "selective_copy")))
+
+
+def _papers_section(comparison: dict, randomized: dict | None) -> list[str]:
+    """Markdown lines: one verdict per paper and task (ALiBi, Kazemnejad, Ruoss, CoPE), from learned runs only."""
+    lines = []
+    for paper, tasks in _PAPERS:
+        for task in tasks:
+            if task in comparison:
+                c = comparison[task]
+                lines.append(f"- **{paper}**, `{task}`: **{c['verdict']}** — {c['why']}.")
+    if randomized is not None:
+        lines.append(f"- **Ruoss et al. (arXiv 2305.16843)**, randomized positions vs the encoding they wrap: "
+                     f"**{randomized['verdict']}** — {randomized['why']}.")
+    return ["## The papers beside ours", "", *lines, ""] if lines else []
 
 
 def write_report(out: str | os.PathLike) -> Path:
@@ -222,13 +396,20 @@ def write_report(out: str | os.PathLike) -> Path:
           f"{len({r['encoding'] for r in records})} encodings; built from `{RESULTS}` alone. "
           f"Versions: {'; '.join(versions)}." + (f" LM corpus sha256: {', '.join(h[:16] for h in hashes)}."
                                                   if hashes else ""),
-          "", "## Summary (mean ± std over seeds)", "",
+          "", "## Summary (mean ± 95% interval over seeds)", "",
           "Accuracy is exact match per example; `in distribution` averages the evaluation lengths inside the "
-          "training range, `beyond` those past it; `n/a`: the encoding is not defined there (see notes).", "",
+          "training range, `beyond` those past it; `n/a`: the encoding is not defined there (see notes). The "
+          "interval is Student's t over seeds; a single seed shows its value alone. `learned` counts the seeds "
+          f"that met the task's in-distribution bar; {NOT_LEARNED} marks encodings with none, which no ranking "
+          "below uses.", "",
           summary_table(records, markdown=True), ""]
-    htm = ["<h1>posenc lab report</h1>", f"<p>{html.escape(md[2])}</p>", "<h2>Summary (mean ± std over seeds)</h2>",
-           f"<p>{html.escape(md[6])}</p>"]
-    header = ["task", "encoding", "seeds", "in distribution", "beyond", "longest / train (ppl)"]
+    htm = ["<h1>posenc lab report</h1>", f"<p>{html.escape(md[2])}</p>",
+           "<h2>Summary (mean ± 95% interval over seeds)</h2>", f"<p>{html.escape(md[6])}</p>"]
+    papers = _papers_section(comparison, randomized_comparison(records))
+    if papers:
+        md[7:7] = papers
+        htm += ["<h2>The papers beside ours</h2>"] + [f"<p>{html.escape(line)}</p>" for line in papers[2:] if line]
+    header = ["task", "encoding", "learned", "in distribution", "beyond", "longest / train (ppl)"]
     htm.append(_html_table(header, [[c.strip() for c in line.strip("|").split("|")]
                                     for line in summary_table(records, markdown=True).splitlines()[2:]]))
     for task, t in tasks.items():
@@ -251,10 +432,10 @@ def write_report(out: str | os.PathLike) -> Path:
             c = comparison[task]
             ref = c["ref"]
             rows = [[e, f"{p:g}", str(pr), f"{o:.3g}", str(orank)] for e, p, pr, o, orank in c["rows"]]
+            rows += [[e, f"{ref['scores'][e]:g}", "-", f"not learned {NOT_LEARNED}", "-"] for e in c["not_learned"]]
             head = ["encoding", "paper", "paper rank", "ours", "our rank"]
-            agreement = (f"Rankings agree on {c['agree']} of the {c['pairs']} pairs of encodings that both order"
-                         if c["pairs"] else "Our scores tie, so there is no ranking to compare")
-            text = f"Paper: {ref['paper']} ({ref['measure']}). {agreement}. Scale: {ref['scale']}"
+            text = (f"**Verdict: {c['verdict']}** ({c['why']}). Paper: {ref['paper']} ({ref['measure']}). Only "
+                    f"runs that learned are ranked. Scale: {ref['scale']}")
             md += [f"### {task}: the paper's ranking beside ours", "", text, "", _md_table(head, rows), ""]
             htm += [f"<h3>{html.escape(task)}: the paper's ranking beside ours</h3>", f"<p>{html.escape(text)}</p>",
                     _html_table(head, rows)]

@@ -170,8 +170,10 @@ def summary_line(record: dict) -> str:
         else:
             parts.append(f"{length}: {m['accuracy']:.0%}")
     label = "ppl" if record["metric"] == "perplexity" else "acc"
+    verdict = "" if record.get("learned", True) else "  NOT LEARNED (below the task's in-distribution bar)"
     return (f"{record['task']:<18} {record['encoding']:<11} seed {record['seed']}  train<= {hi:<4} "
-            f"{label} {'  '.join(parts)}  loss {record['final_train_loss']:.3f}  {record['wall_time_s']:.0f}s")
+            f"{label} {'  '.join(parts)}  loss {record['final_train_loss']:.3f}  {record['wall_time_s']:.0f}s"
+            f"{verdict}")
 
 
 def _execute(run: PlannedRun, checkpoint: str, progress: bool) -> dict:

@@ -38,7 +38,8 @@ from posenc.lab.tasks import IGNORE, Task, get_task
 from posenc.lab.tasks.base import uniform_int
 from posenc.model import Transformer, TransformerConfig
 
-__all__ = ["atomic_write_bytes", "evaluate", "reads_structure", "resolve_lengths", "structure", "train_run"]
+__all__ = ["atomic_write_bytes", "evaluate", "in_distribution", "reads_structure", "resolve_lengths", "structure",
+           "train_run"]
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation data never shares a generator state with training data
 
@@ -113,6 +114,14 @@ def _schedule(run: RunConfig):
         return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
+
+
+def in_distribution(metrics: dict[str, dict], metric: str, train_max: int) -> float | None:
+    """Mean of ``metric`` over the evaluation lengths inside the training range (``None`` if one is undefined)."""
+    values = [m.get(metric) for length, m in metrics.items() if int(length) <= train_max]
+    if not values or any(v is None for v in values):
+        return None
+    return sum(values) / len(values)
 
 
 def undefined_reason(model: Transformer, n_tokens: int) -> str | None:
@@ -319,6 +328,9 @@ def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: s
             metrics[str(length)] = evaluate(model, task, length, seed=seed, batch_size=run.eval_batch_size,
                                             n_batches=run.eval_batches, device=device)
     extra = {"content_hash": task.content_hash} if hasattr(task, "content_hash") else {}
+    if rank == 0:
+        bar = task.bar()
+        extra.update(learned_bar=bar, learned=task.learned(in_distribution(metrics, task.metric, hi)))
     return {
         "run_id": f"{experiment.task.name}/{encoding}/seed{seed}/{config_hash(experiment, encoding, seed)}",
         "task": experiment.task.name, "encoding": encoding, "seed": seed, "kind": task.kind,

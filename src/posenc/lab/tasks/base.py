@@ -31,8 +31,8 @@ from typing import ClassVar, TypeVar
 import torch
 from torch import Tensor
 
-__all__ = ["IGNORE", "Task", "get_task", "register_task", "registered_tasks", "task_class", "uniform_int",
-           "with_output_positions"]
+__all__ = ["IGNORE", "Task", "get_task", "learned", "register_task", "registered_tasks", "task_class",
+           "uniform_int", "with_output_positions"]
 
 IGNORE = -100  # target id that is not scored (F.cross_entropy's ignore_index)
 KINDS = ("encoder", "decoder", "encoder_decoder")
@@ -56,6 +56,9 @@ class Task(abc.ABC):
         metric: the headline metric of reports: ``"accuracy"`` (higher is better) or ``"perplexity"``.
         paper: arXiv id of the paper whose protocol the task follows, or ``None``.
         summary: one line on what the task measures.
+        learned_bar: the in-distribution bar of ``metric``: a run whose mean over the evaluation lengths inside the
+            training range stays below it (accuracy) or above it (perplexity) did not learn the task, and reports
+            leave it out of every ranking beyond the training length.
     """
 
     name: ClassVar[str] = ""
@@ -66,6 +69,7 @@ class Task(abc.ABC):
     metric: ClassVar[str] = "accuracy"
     paper: ClassVar[str | None] = None
     summary: ClassVar[str] = ""
+    learned_bar: ClassVar[float] = 0.9  # exact match in distribution (perplexity tasks: an upper bound)
     min_length: ClassVar[int] = 1  # the shortest length sample_batch accepts
     coordinate_axes: ClassVar[tuple[str, ...]] = ()  # axes of the batch's ``coordinates`` (B, T, A), if it has them
     graph: ClassVar[bool] = False  # True: batches carry ``adjacency`` (B, N, N) over the N node tokens
@@ -73,6 +77,21 @@ class Task(abc.ABC):
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)
+
+    def bar(self) -> float:
+        """The value of :attr:`learned_bar` for this instance (a text task may derive it from its corpus)."""
+        return self.learned_bar
+
+    @classmethod
+    def bar_text(cls) -> str:
+        """The bar in words, for ``posenc lab list`` and reports."""
+        if cls.metric == "perplexity":
+            return f"perplexity <= {cls.learned_bar:g} in distribution"
+        return f"exact match >= {cls.learned_bar:.0%} in distribution"
+
+    def learned(self, in_distribution: float | None) -> bool:
+        """Whether an in-distribution score (mean over the lengths inside the training range) meets the bar."""
+        return learned(self.metric, self.bar(), in_distribution)
 
     def token(self, word: str) -> int:
         return self.vocab.index(word)
@@ -101,6 +120,13 @@ class Task(abc.ABC):
         """Evaluation batches at ``length``; the default draws fresh samples, :mod:`lm` reads held-out text."""
         for _ in range(n_batches):
             yield self.sample_batch(generator, batch_size, length)
+
+
+def learned(metric: str, bar: float, in_distribution: float | None) -> bool:
+    """``in_distribution`` meets ``bar``: at least it for accuracy, at most it for perplexity (``None``: no)."""
+    if in_distribution is None:
+        return False
+    return in_distribution <= bar if metric == "perplexity" else in_distribution >= bar
 
 
 # -- registry ----------------------------------------------------------------------------------------------------------
