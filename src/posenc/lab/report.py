@@ -155,6 +155,10 @@ def _per_seed(values_by_length: dict[int, list], lengths: list[int]) -> list[flo
     return out
 
 
+def _learned_only(values: list, flags: list[bool]) -> list:
+    return [v for v, ok in zip(values, flags) if ok]
+
+
 def summary_rows(records: list[dict]) -> list[dict]:
     """One row per (task, encoding): seeds, how many learned, in-distribution and beyond (mean and 95% half-width
     over seeds; ``*_learned``: over the seeds that learned only, what rankings use), and for perplexity tasks the
@@ -166,14 +170,13 @@ def summary_rows(records: list[dict]) -> list[dict]:
         beyond = [length for length in t["eval_lengths"] if length > hi]
         for enc, by_len in t["encodings"].items():
             flags = t["learned"][enc]
-            kept = lambda values: [v for v, ok in zip(values, flags) if ok]  # noqa: E731  (learned seeds only)
             beyond_seeds = _per_seed(by_len, beyond)
             row = {"task": task, "encoding": enc, "metric": t["metric"], "seeds": len(next(iter(by_len.values()))),
                    "learned": sum(flags), "in_distribution": mean_interval(_per_seed(by_len, inside)),
                    "beyond": mean_interval(beyond_seeds) if beyond else None,
-                   "beyond_learned": mean_interval(kept(beyond_seeds)) if beyond else None, "ratio": None,
+                   "beyond_learned": mean_interval(_learned_only(beyond_seeds, flags)) if beyond else None, "ratio": None,
                    "longest": mean_interval(by_len[t["eval_lengths"][-1]]),
-                   "longest_learned": mean_interval(kept(by_len[t["eval_lengths"][-1]]))}
+                   "longest_learned": mean_interval(_learned_only(by_len[t["eval_lengths"][-1]], flags))}
             if t["metric"] == "perplexity" and inside and beyond:
                 first, last = by_len[inside[-1]], by_len[t["eval_lengths"][-1]]
                 if all(v is not None for v in first + last):
