@@ -174,7 +174,8 @@ def summary_rows(records: list[dict]) -> list[dict]:
             row = {"task": task, "encoding": enc, "metric": t["metric"], "seeds": len(next(iter(by_len.values()))),
                    "learned": sum(flags), "in_distribution": mean_interval(_per_seed(by_len, inside)),
                    "beyond": mean_interval(beyond_seeds) if beyond else None,
-                   "beyond_learned": mean_interval(_learned_only(beyond_seeds, flags)) if beyond else None, "ratio": None,
+                   "beyond_learned": mean_interval(_learned_only(beyond_seeds, flags)) if beyond else None,
+                   "ratio": None,
                    "longest": mean_interval(by_len[t["eval_lengths"][-1]]),
                    "longest_learned": mean_interval(_learned_only(by_len[t["eval_lengths"][-1]], flags))}
             if t["metric"] == "perplexity" and inside and beyond:
