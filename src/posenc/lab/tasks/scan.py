@@ -1,4 +1,13 @@
-"""SCAN (Lake & Baroni 2018, arXiv 1711.00350), generated from its published grammar, with the length split."""
+"""SCAN (Lake & Baroni 2018, arXiv 1711.00350), generated from its published grammar, with the length split.
+
+Two protocols:
+
+- ``scan``: encoder-decoder, the original paper's setting (a bidirectional encoder reads the command, a causal
+  decoder writes the actions).
+- ``scan_decoder``: decoder-only, as Kazemnejad et al. (arXiv 2305.19466) run it: ``command -> actions </s>`` in one
+  causal sequence, the loss on the actions only, exact match of greedy decoding on the *whole* length-split test
+  set (all 3,920 commands with 24..48 actions), not a sample of it.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +18,9 @@ import torch
 from torch import Tensor
 
 from posenc.lab.tasks._seq2seq import BOS, EOS, PAD, seq2seq_batch
-from posenc.lab.tasks.base import Task, register_task
+from posenc.lab.tasks.base import IGNORE, Task, register_task
 
-__all__ = ["Scan", "scan_commands"]
+__all__ = ["Scan", "ScanDecoder", "scan_commands"]
 
 PRIMITIVES = {"walk": "WALK", "look": "LOOK", "run": "RUN", "jump": "JUMP"}
 TURN = {"left": "LTURN", "right": "RTURN"}
@@ -73,7 +82,7 @@ class Scan(Task):
     eval_lengths = (22, 30, 36, 48)
     min_length = 2
     paper = "1711.00350"
-    summary = "SCAN length split: commands to actions, train <= 22 actions, test 24..48 (exact match)"
+    summary = "SCAN length split, encoder-decoder: commands to actions, train <= 22 actions, test 24..48 (exact match)"
 
     def __init__(self) -> None:
         self._by_length: dict[int, list[int]] = {}
@@ -100,3 +109,63 @@ class Scan(Task):
         return seq2seq_batch([[tok[w] for w in c.split()] for c, _ in commands],
                              [[tok[a] for a in acts] for _, acts in commands], pad=tok[PAD], bos=tok[BOS],
                              eos=tok[EOS], src_len=SOURCE_LENGTH, tgt_len=length)
+
+
+SEP = "->"
+
+
+@register_task("scan_decoder")
+class ScanDecoder(Scan):
+    """Decoder-only SCAN (the Kazemnejad et al. protocol): ``command -> actions </s>``, loss on the actions.
+
+    ``length`` is as for :class:`Scan`: at most 22 actions the training split, 23..48 the test split (with at most
+    ``length`` actions). Sequences are right-padded; a causal decoder never lets an earlier position see padding, and
+    padding is not scored. With teacher forcing, "every scored token right" is exactly greedy decoding's exact match.
+    Evaluation past the training split reads the whole test split once, in a fixed order, at every length.
+
+    Example:
+        inputs  ``walk after run left -> LTURN RUN WALK``, targets ``_ _ _ _ LTURN RUN WALK </s>``.
+    """
+
+    kind = "decoder"
+    vocab = (PAD, SEP, EOS) + COMMAND_WORDS + ACTIONS
+    train_lengths = (TRAIN_MAX_ACTIONS, TRAIN_MAX_ACTIONS)
+    eval_lengths = (22, 48)
+    paper = "2305.19466"
+    summary = ("SCAN length split, decoder-only (Kazemnejad protocol): train <= 22 actions, exact match of greedy "
+               "decoding on the whole test split (24..48 actions)")
+
+    def sequence_length(self, length: int) -> int:
+        return SOURCE_LENGTH + 1 + length  # command, ->, actions, </s>, less the last token
+
+    def _batch(self, indices: list[int], length: int) -> dict[str, Tensor]:
+        tok = {w: i for i, w in enumerate(self.vocab)}
+        t = self.sequence_length(length)
+        inputs = torch.full((len(indices), t), tok[PAD], dtype=torch.long)
+        targets = torch.full((len(indices), t), IGNORE, dtype=torch.long)
+        for row, i in enumerate(indices):
+            command, actions = scan_commands()[i]
+            src = [tok[w] for w in command.split()] + [tok[SEP]]
+            seq = src + [tok[a] for a in actions] + [tok[EOS]]
+            inputs[row, :len(seq) - 1] = torch.tensor(seq[:-1])
+            targets[row, len(src) - 1:len(seq) - 1] = torch.tensor(seq[len(src):])  # actions and </s>
+        return {"inputs": inputs, "targets": targets}
+
+    def sample_batch(self, generator: torch.Generator, batch_size: int, length: int) -> dict[str, Tensor]:
+        self.check_length(length)
+        pool = self.pool(length)
+        if not pool:
+            raise ValueError(f"task 'scan_decoder': no command has {TRAIN_MAX_ACTIONS + 1}..{length} actions (the "
+                             f"test split starts at 24); use a length of at least 24 or at most {TRAIN_MAX_ACTIONS}.")
+        picks = torch.randint(0, len(pool), (batch_size,), generator=generator).tolist()
+        return self._batch([pool[p] for p in picks], length)
+
+    def eval_batches(self, generator: torch.Generator, batch_size: int, length: int, n_batches: int):
+        """In the training split: ``n_batches`` random batches. Past it: every test command, once, in order."""
+        if length <= TRAIN_MAX_ACTIONS:
+            yield from super().eval_batches(generator, batch_size, length, n_batches)
+            return
+        self.check_length(length)
+        pool = self.pool(length)
+        for first in range(0, len(pool), batch_size):
+            yield self._batch(pool[first:first + batch_size], length)
