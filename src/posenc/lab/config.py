@@ -125,8 +125,12 @@ def _algorithmic(name: str, *, max_len: int, evals: tuple[int, ...], steps: int)
 
 _QUICK = {
     "who_did_what": Experiment(TaskConfig("who_did_what"), ModelConfig(dim=64, n_layers=2, n_heads=4),
-                               RunConfig(steps=500, batch_size=64, lr=1e-2, eval_batches=4)),
-    "bucket_sort": _algorithmic("bucket_sort", max_len=10, evals=(10, 15, 20), steps=800),
+                               RunConfig(steps=500, batch_size=64, lr=3e-3, eval_batches=4)),
+    # randomized RoPE (Ruoss et al. ran randomized variants of several bases): the quick suite's extrapolation case
+    "bucket_sort": dataclasses.replace(
+        _algorithmic("bucket_sort", max_len=10, evals=(10, 15, 20), steps=800),
+        model=ModelConfig(dim=64, n_layers=2, n_heads=4,
+                          encoding_options={"randomized": {"sample_at_eval": True, "base": "rope"}})),
     "lm": Experiment(TaskConfig("lm", 32, 32, (32, 64, 128, 256, 512), {"eval_tokens": 8192}),
                      ModelConfig(dim=64, n_layers=2, n_heads=4), RunConfig(steps=400, batch_size=16, lr=3e-3)),
 }
@@ -136,9 +140,9 @@ _ALGORITHMIC = ("reverse_string", "duplicate_string", "binary_addition", "parity
 
 _STANDARD = {
     "who_did_what": Experiment(TaskConfig("who_did_what"), ModelConfig(dim=64, n_layers=2, n_heads=4),
-                               RunConfig(steps=400, batch_size=64, lr=1e-2)),
+                               RunConfig(steps=400, batch_size=64, lr=3e-3)),
     "negation": Experiment(TaskConfig("negation"), ModelConfig(dim=64, n_layers=2, n_heads=4),
-                           RunConfig(steps=400, batch_size=64, lr=1e-2)),
+                           RunConfig(steps=400, batch_size=64, lr=3e-3)),
     **{name: _algorithmic(name, max_len=20, evals=(20, 30, 40, 60), steps=2000) for name in _ALGORITHMIC},
     "decoder_copy": Experiment(TaskConfig("decoder_copy", 1, 20, (20, 30, 40)),
                                ModelConfig(dim=128, n_layers=2, encoding_options=RUOSS),
@@ -153,6 +157,8 @@ _STANDARD = {
        for name in ("flip_flop", "counting", "selective_copy", "associative_recall", "passkey")},
     "scan": Experiment(TaskConfig("scan"), ModelConfig(dim=128, n_layers=2, n_heads=4),
                        RunConfig(steps=2000, batch_size=32, lr=1e-3)),
+    "scan_decoder": Experiment(TaskConfig("scan_decoder"), ModelConfig(dim=128, n_layers=2, n_heads=4),
+                               RunConfig(steps=2000, batch_size=32, lr=1e-3)),
     "reorder": Experiment(TaskConfig("reorder"), ModelConfig(dim=64, n_layers=2, n_heads=4),
                           RunConfig(steps=2000, batch_size=32, lr=1e-3)),
     # beyond a line: document structure and graphs (each ~1-1.5 min per run on one core)
@@ -184,7 +190,8 @@ _FULL = {
     "lm": Experiment(TaskConfig("lm", 128, 128, (128, 256, 512, 1024, 2048), {"eval_tokens": 65536}),
                      ModelConfig(dim=256, n_layers=4, n_heads=8), RunConfig(steps=10000, batch_size=32, lr=1e-3)),
     **{name: dataclasses.replace(_STANDARD[name], run=dataclasses.replace(_STANDARD[name].run, steps=10000))
-       for name in ("flip_flop", "counting", "selective_copy", "associative_recall", "passkey", "scan", "reorder")},
+       for name in ("flip_flop", "counting", "selective_copy", "associative_recall", "passkey", "scan", "scan_decoder",
+                    "reorder")},
     **{name: dataclasses.replace(_STANDARD[name], run=dataclasses.replace(_STANDARD[name].run,
                                                                           steps=5 * _STANDARD[name].run.steps))
        for name in _STRUCTURED},
@@ -206,8 +213,8 @@ _STANDARD_ENCODINGS = {
 }
 
 SUITES: dict[str, Suite] = {
-    "quick": Suite("`make demo`: who-did-what, one algorithmic task, LM extrapolation; ~10 min on 2 CPU cores",
-                   _QUICK, CORE),
+    "quick": Suite("`make demo`: who-did-what, bucket sort (with randomized positions), LM extrapolation; ~4 min "
+                   "on 2 CPU cores", _QUICK, CORE, task_encodings={"bucket_sort": CORE + ("randomized",)}),
     "standard": Suite("every task, the core encodings (plus each paper's own on its tasks), one seed; a few hours "
                       "on 2 CPU cores", _STANDARD, CORE, task_encodings=_STANDARD_ENCODINGS),
     "full": Suite("every task at paper-like lengths, all encodings, 3 seeds; meant for a GPU", _FULL, (),
