@@ -316,11 +316,13 @@ class RoPE(PositionalEncoding):
         writes, views included), for the same dtype, ``seq_len`` and inference mode: then only the metadata checks
         run again (``pos`` against this ``x``); the value check (no negative position) and the table lookup, which
         launch kernels and on GPU sync with the host, are skipped. Not memoised under ``torch.compile``, tracing,
-        tensor subclasses or functorch transforms, which must see every operation.
+        tensor subclasses or functorch transforms, which must see every operation, nor for inference tensors
+        (made under ``torch.inference_mode()``), which have no version counter to notice an in-place write.
         """
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         memoise = type(pos) is Tensor and not (torch.compiler.is_compiling() or torch.jit.is_tracing()
-                                               or torch._C._functorch.is_functorch_wrapped_tensor(pos))
+                                               or torch._C._functorch.is_functorch_wrapped_tensor(pos)
+                                               or pos.is_inference())  # no version counter to key on
         key = (pos._version, dtype, seq_len, torch.is_inference_mode_enabled()) if memoise else None
         memo = self._memo
         if memoise and memo is not None and memo[0] is pos and memo[1] == key:
