@@ -340,8 +340,23 @@ class Transformer(nn.Module):
             raise ValueError("generate() needs a decoder; this model is a bidirectional encoder.")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative int; got {max_new_tokens!r}.")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy); got {temperature}.")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
+                not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy); got {temperature!r}.")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be None (no restriction) or an int >= 1; got {top_k!r}.")
+        if not isinstance(prompt, Tensor) or prompt.dtype == torch.bool or prompt.dtype.is_floating_point or \
+                prompt.dtype.is_complex:
+            got = f"a {prompt.dtype} tensor" if isinstance(prompt, Tensor) else type(prompt).__name__
+            raise TypeError(f"prompt must be an integer tensor of token ids (B, T0); got {got}.")
+        if prompt.dim() != 2:
+            raise ValueError(f"prompt must have shape (B, T0); got shape {tuple(prompt.shape)}. "
+                             f"Hint: prompt[None] for a single sequence.")
+        if prompt.shape[1] == 0:
+            raise ValueError(f"prompt must hold at least one token per sequence; got shape {tuple(prompt.shape)}. "
+                             f"Start from a BOS token, e.g. torch.zeros(B, 1, dtype=torch.long).")
+        if prompt.shape[0] == 0:  # an empty batch: nothing to decode
+            return prompt.new_zeros((0, prompt.shape[1] + max_new_tokens))
         was_training = self.training
         self.eval()
         try:
