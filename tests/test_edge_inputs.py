@@ -111,3 +111,17 @@ def test_generate_top_k_one_is_greedy(decoder):
     greedy = decoder.generate(prompt, 5)
     sampled = decoder.generate(prompt, 5, temperature=0.7, top_k=1, generator=torch.Generator().manual_seed(1))
     assert torch.equal(sampled, greedy)
+
+
+# -- plots ----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["waves", "decay"])
+def test_a_plot_refuses_more_positions_than_it_can_show_before_allocating(kind):
+    from posenc import viz
+
+    pe = posenc.get_encoding("rope", dim=16, n_heads=2)
+    with pytest.raises(ValueError, match=str(viz.MAX_PLOT_LENGTH)):
+        if kind == "waves":
+            viz.waves_data(pe, length=viz.MAX_PLOT_LENGTH + 1)
+        else:
+            viz.decay_data(pe, max_distance=viz.MAX_PLOT_LENGTH + 1)
+    assert viz.waves_data(pe, length=viz.MAX_PLOT_LENGTH).shape[0] == viz.MAX_PLOT_LENGTH  # the limit itself works
