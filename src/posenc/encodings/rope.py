@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from posenc._angles import exact_angles
 from posenc.base import PositionalEncoding, _check_positions_layout, check_positions, register
 from posenc.kernels import fast_rotate
 from posenc.rope_scaling import SCALING_METHODS, logn_scale, resolve_scaling, scaled_inv_freq
@@ -57,9 +58,11 @@ def rope_frequencies(rotary_dim: int, base: float = 10000.0, *, device: torch.de
 
 
 def rope_angles(pos: Tensor, inv_freq: Tensor) -> Tensor:
-    """``pos * theta``: ``(...)`` int positions x ``(F,)`` frequencies -> ``(..., F)`` in float64 (float32 on MPS)."""
-    dtype = _angle_dtype(pos.device)
-    return pos.to(dtype).unsqueeze(-1) * inv_freq.to(device=pos.device, dtype=dtype)
+    """``pos * theta``: ``(...)`` int positions x ``(F,)`` frequencies -> ``(..., F)`` in float64 (float32 on MPS).
+
+    Exact at every int64 position: from 2**24 on, the product is range-reduced exactly (:mod:`posenc._angles`).
+    """
+    return exact_angles(pos, inv_freq, _angle_dtype(pos.device))
 
 
 def rope_cos_sin(pos: Tensor, inv_freq: Tensor, *, dtype: torch.dtype = torch.float32,
