@@ -462,8 +462,9 @@ def test_cli_generated_flags_and_errors(capsys):
     assert main(["rope-scaling", "--type", "llama3", "--factor", "8", "--original-max", "8192", "--base", "500000",
                  "--low-freq-factor", "1", "--high-freq-factor", "4"]) == 0
     assert "llama3" in capsys.readouterr().out
-    assert main(["rope-scaling", "--type", "yarn", "--factor", "0.5"]) == 1
-    assert "factor must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # out of the flag's stated range: a usage error
+        main(["rope-scaling", "--type", "yarn", "--factor", "0.5"])
+    assert exc.value.code == 2 and "--factor: expected a finite number [1, " in capsys.readouterr().err
 
 
 def test_cli_plot_writes_png(tmp_path, capsys):

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes"]
+__all__ = ["CHECKED_MAGIC", "DamagedFileError", "FolderLock", "FolderLockedError", "atomic_write_bytes",
+           "checked_bytes", "read_checked", "remove_stale_tmp"]
+
+# A checked file: this line, the sha256 of the payload in hex and a newline, then the payload (a torch.save zip).
+CHECKED_MAGIC = b"posenc-checked/1 sha256 "
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's zip format: files written before checksums were added
+
+
+class DamagedFileError(ValueError):
+    """A file that is not what it should be: empty, truncated, corrupted, or not the kind of file expected."""
+
+
+class FolderLockedError(RuntimeError):
+    """Another process holds the folder's lock (another sweep writes into the same output folder)."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -32,3 +47,86 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def checked_bytes(payload: bytes) -> bytes:
+    """``payload`` behind a header carrying its sha256, for :func:`read_checked` to verify."""
+    return CHECKED_MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+
+
+def read_checked(path: str | os.PathLike, what: str, hint: str, *, legacy: bool = True) -> bytes:
+    """The payload of a file written with :func:`checked_bytes`, after checking its sha256.
+
+    Raises :class:`DamagedFileError` naming ``path``, what is wrong and ``hint`` (what to do) for an empty,
+    truncated, corrupted or foreign file. ``legacy``: a bare torch.save zip (written before checksums) is returned
+    unchecked. A missing file stays ``FileNotFoundError``.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise DamagedFileError(f"{path} is a folder, not a {what}; {hint}")
+    data = path.read_bytes()
+    if data.startswith(CHECKED_MAGIC):
+        header, newline, payload = data[len(CHECKED_MAGIC):].partition(b"\n")
+        if not newline or len(header) != 64:
+            raise DamagedFileError(f"{path} is a damaged {what} (its checksum header is cut off or altered); {hint}")
+        if hashlib.sha256(payload).hexdigest().encode() != header:
+            raise DamagedFileError(f"{path} is a damaged {what}: its sha256 does not match the one written with it "
+                                   f"({len(payload)} bytes; truncated or corrupted on disk); {hint}")
+        return payload
+    if legacy and data.startswith(_ZIP_MAGIC):
+        return data
+    kind = "empty" if not data else "not a posenc file (it does not start with the posenc header)"
+    raise DamagedFileError(f"{path} is not a readable {what}: {kind}; {hint}")
+
+
+def remove_stale_tmp(folder: str | os.PathLike, prefix: str = ".") -> list[Path]:
+    """Delete the temporary files that killed :func:`atomic_write_bytes` calls left in ``folder`` (not recursive).
+
+    Only call it while no other process may be writing there (under a :class:`FolderLock`): a live write's temporary
+    file has the same name pattern. ``prefix`` narrows the names (``".results.jsonl."``). Returns what was removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in folder.iterdir():
+        if p.name.startswith(prefix) and p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+class FolderLock:
+    """An exclusive OS lock on ``folder/.lock`` (``fcntl.flock``), released when the holder exits or is killed.
+
+    The lock file holds the holder's PID and command line, so a refused second process can say who holds it.
+    Where ``fcntl`` does not exist (Windows) the lock is a no-op.
+    """
+
+    def __init__(self, folder: str | os.PathLike, what: str = "sweep") -> None:
+        self.path = Path(folder) / ".lock"
+        self.what = what
+        self._fd: int | None = None
+
+    def __enter__(self) -> "FolderLock":
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "an unknown process"
+            os.close(fd)
+            raise FolderLockedError(f"{self.path.parent} is in use by another {self.what} ({holder}); wait for it "
+                                    f"to finish (or stop it), or choose another --out.") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"PID {os.getpid()}: {' '.join(sys.argv)}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock; the file stays (unlinking it would race a newcomer)
+            self._fd = None

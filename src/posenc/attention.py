@@ -602,6 +602,7 @@ def _prepare(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None, *, 
         raise ValueError(f"causal attention needs Tq <= Tk (queries are the last Tq keys); got Tq={tq}, Tk={tk}.")
     if attn_mask is not None:
         _check_mask(attn_mask, (b, h, tq, tk), q)
+        attn_mask = _normalize_mask(attn_mask, q.dtype)
     q_pos = check_positions(q_pos, tq, name="q_pos", batch=b, device=q.device)
     k_pos = check_positions(k_pos, tk, name="k_pos", batch=b, device=q.device)
     if k_pos is None:
@@ -624,3 +625,17 @@ def _check_mask(mask: Tensor, target: tuple[int, int, int, int], q: Tensor) -> N
     if not ok:
         raise ValueError(f"attn_mask of shape {shape} does not broadcast to (B, H, Tq, Tk) = {target}; each dim must "
                          f"be 1 or match.")
+
+
+def _normalize_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """A checked ``attn_mask`` as every backend takes it: 4-D (a view), a float mask in a dtype SDPA accepts.
+
+    ``(Tk,)`` or ``(Tq, Tk)`` masks gain leading size-1 dims (SDPA and the slicing in :func:`block_mask` index
+    ``shape[-2]``); a float mask in another dtype than the queries (float16 with bfloat16 queries, say) is cast to
+    float64 for float64 queries and float32 otherwise, which holds every float16/bfloat16 value exactly.
+    """
+    if mask.dim() < 4:
+        mask = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))
+    if mask.dtype != torch.bool and mask.dtype != dtype:
+        mask = mask.to(torch.float64 if dtype == torch.float64 else torch.float32)
+    return mask

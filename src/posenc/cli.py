@@ -9,6 +9,8 @@ import argparse
 import importlib
 import sys
 
+from posenc._cli_types import UsageError
+
 # Modules that define ``add_commands(subparsers)``; each adds its subcommands with ``set_defaults(func=...)``.
 COMMAND_MODULES = (
     "posenc.commands",
@@ -29,6 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or "no message"
+    # the errors posenc raises say what to do; anything else gets its type and the way to see more
+    known = isinstance(exc, (ValueError, TypeError, OSError, RuntimeError, ImportError))
+    return text if known else f"{type(exc).__name__}: {text} (rerun with --debug for the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -37,14 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `posenc list | head`: the reader left; not an error worth a message
         sys.stderr.close()
         return 0
-    except (ValueError, TypeError, OSError, RuntimeError, ImportError) as exc:
+    except UsageError as exc:  # flags that do not fit together: a usage error, like argparse's own
         if args.debug:
             raise
-        print(f"posenc {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        print(f"posenc {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - one line, never a traceback without --debug
+        if args.debug:
+            raise
+        print(f"posenc {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

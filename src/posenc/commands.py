@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from posenc._cli_types import int_in, ranged
+
 
 def encodings_table(markdown: bool = False) -> str:
     """The registry as a table (the README's table is this with ``markdown=True``)."""
@@ -64,9 +66,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train tiny encoders on who-did-what: without positions they are at chance")
     p.add_argument("--encodings", nargs="+", default=["nope", "sinusoidal", "learned", "rope"],
                    help="encodings to compare (default: nope sinusoidal learned rope)")
-    p.add_argument("--steps", type=int, default=300, help="training steps per encoding (default: 300)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    steps, seed, threads = int_in(1, 1 << 30), int_in(0, 2**63 - 1), int_in(1, 4096)
+    p.add_argument("--steps", type=steps, default=300, help=ranged("training steps per encoding (default: 300)", steps))
+    p.add_argument("--seed", type=seed, default=0, help=ranged("random seed (default: 0)", seed))
+    p.add_argument("--threads", type=threads, default=None,
+                   help=ranged("torch threads (default: torch's choice)", threads))
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("numerics", help="max error of every encoding vs float64 at positions 1e3..1e6, per dtype")

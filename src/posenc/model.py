@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posenc._io import atomic_write_bytes
+from posenc._io import DamagedFileError, atomic_write_bytes, checked_bytes, read_checked
 from posenc.attention import attention
 from posenc.base import PositionalEncoding, check_positions, get_encoding
 from posenc.encodings.rope import LAYOUTS, RoPE, permute_projection
@@ -375,8 +375,23 @@ class Transformer(nn.Module):
             raise ValueError("generate() needs a decoder; this model is a bidirectional encoder.")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative int; got {max_new_tokens!r}.")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy); got {temperature}.")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
+                not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy); got {temperature!r}.")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be None (no restriction) or an int >= 1; got {top_k!r}.")
+        if not isinstance(prompt, Tensor) or prompt.dtype == torch.bool or prompt.dtype.is_floating_point or \
+                prompt.dtype.is_complex:
+            got = f"a {prompt.dtype} tensor" if isinstance(prompt, Tensor) else type(prompt).__name__
+            raise TypeError(f"prompt must be an integer tensor of token ids (B, T0); got {got}.")
+        if prompt.dim() != 2:
+            raise ValueError(f"prompt must have shape (B, T0); got shape {tuple(prompt.shape)}. "
+                             f"Hint: prompt[None] for a single sequence.")
+        if prompt.shape[1] == 0:
+            raise ValueError(f"prompt must hold at least one token per sequence; got shape {tuple(prompt.shape)}. "
+                             f"Start from a BOS token, e.g. torch.zeros(B, 1, dtype=torch.long).")
+        if prompt.shape[0] == 0:  # an empty batch: nothing to decode
+            return prompt.new_zeros((0, prompt.shape[1] + max_new_tokens))
         was_training = self.training
         self.eval()
         try:
@@ -411,25 +426,41 @@ class Transformer(nn.Module):
 
     # -- persistence --------------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write config and weights to ``path`` atomically (temp file + fsync + rename); load with :meth:`load`."""
+        """Write config and weights to ``path`` atomically (temp file + fsync + rename); load with :meth:`load`.
+
+        The file carries the sha256 of its payload, which :meth:`load` checks: a corrupted file is an error, never
+        a model with wrong weights.
+        """
         payload = {"format": "posenc.Transformer/1", "config": dataclasses.asdict(self.cfg),
                    "state_dict": self.state_dict()}
         buffer = io.BytesIO()
         torch.save(payload, buffer)
-        atomic_write_bytes(Path(path), buffer.getvalue())
+        atomic_write_bytes(Path(path), checked_bytes(buffer.getvalue()))
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> "Transformer":
-        """Rebuild a model saved with :meth:`save` (``torch.load(weights_only=True)``: no code is executed)."""
+        """Rebuild a model saved with :meth:`save` (``torch.load(weights_only=True)``: no code is executed).
+
+        Raises ``ValueError`` (:class:`posenc._io.DamagedFileError`) naming the file for an empty, truncated,
+        corrupted (sha256 mismatch) or foreign file; ``FileNotFoundError`` if there is none.
+        """
+        hint = "save the model again with Transformer.save (or restore the file from a copy)."
+        data = read_checked(path, "posenc Transformer checkpoint", hint)
         try:
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:  # not a torch file, or a truncated one
-            raise ValueError(f"{path} is not a readable posenc Transformer checkpoint ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else 'empty'}).") from exc
-        if not isinstance(payload, dict) or payload.get("format") != "posenc.Transformer/1":
-            raise ValueError(f"{path} is not a posenc Transformer checkpoint (written by Transformer.save).")
-        model = cls(TransformerConfig(**payload["config"]))
-        model.load_state_dict(payload["state_dict"])
+            payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, AttributeError) as exc:
+            raise DamagedFileError(f"{path} is not a readable posenc Transformer checkpoint ({type(exc).__name__}: "
+                                   f"{str(exc).splitlines()[0] if str(exc) else 'empty'}); {hint}") from exc
+        if not isinstance(payload, dict) or payload.get("format") != "posenc.Transformer/1" or \
+                not isinstance(payload.get("config"), dict) or not isinstance(payload.get("state_dict"), dict):
+            raise DamagedFileError(f"{path} is not a posenc Transformer checkpoint (written by Transformer.save); "
+                                   f"{hint}")
+        try:
+            model = cls(TransformerConfig(**payload["config"]))
+            model.load_state_dict(payload["state_dict"])
+        except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+            raise DamagedFileError(f"{path} holds a configuration or weights this posenc cannot build "
+                                   f"({type(exc).__name__}: {str(exc).splitlines()[0]}); {hint}") from exc
         return model
 
     def num_parameters(self) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from posenc._cli_types import UsageError, float_in, int_in, ranged
 from posenc.rope_scaling import REQUIRED, SCALING_METHODS, band_report, resolve_scaling
 
 # Parameters with their own flags below, or not sensible on a command line.
@@ -57,6 +58,9 @@ def _params(args: argparse.Namespace, rope_type: str, rotary_dim: int) -> dict:
 
 def _run(args: argparse.Namespace) -> int:
     rotary_dim = args.rotary_dim or args.head_dim
+    if rotary_dim > args.head_dim:
+        raise UsageError(f"--rotary-dim {rotary_dim} is larger than --head-dim {args.head_dim}; at most the head "
+                         f"dim rotates.")
     params = _params(args, args.type, rotary_dim)
     seq_len = args.seq_len if args.seq_len is not None else int(args.factor * args.original_max)
     rows, scale = band_report(rotary_dim, args.base, params, seq_len=seq_len)
@@ -116,20 +120,28 @@ def plot_bands(args: argparse.Namespace, rotary_dim: int, seq_len: int, path: Pa
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rope-scaling", help="show what a RoPE context-extension method does to each frequency band")
     p.add_argument("--type", required=True, choices=sorted(SCALING_METHODS), help="scaling method")
-    p.add_argument("--factor", type=float, default=4.0, help="target length / training length (default: 4)")
-    p.add_argument("--original-max", type=int, default=4096, help="training length (default: 4096)")
-    p.add_argument("--base", type=float, default=10000.0, help="RoPE base (default: 10000)")
-    p.add_argument("--head-dim", type=int, default=128, help="head dim (default: 128)")
-    p.add_argument("--rotary-dim", type=int, default=None, help="rotated channels (default: head dim)")
-    p.add_argument("--seq-len", type=int, default=None,
-                   help="current length for dynamic/longrope (default: factor * original-max)")
-    p.add_argument("--short-factor", type=float, nargs="+", default=None, help="longrope short factors (one per pair)")
-    p.add_argument("--long-factor", type=float, nargs="+", default=None, help="longrope long factors (one per pair)")
+    factor, length, base = float_in(1, 1e6), int_in(2, 1 << 40), float_in(1, 1e12, lo_open=True)
+    dim, positive = int_in(2, 1 << 16, even=True), float_in(0, 1e6, lo_open=True)
+    p.add_argument("--factor", type=factor, default=4.0,
+                   help=ranged("target length / training length (default: 4)", factor))
+    p.add_argument("--original-max", type=length, default=4096, help=ranged("training length (default: 4096)", length))
+    p.add_argument("--base", type=base, default=10000.0, help=ranged("RoPE base (default: 10000)", base))
+    p.add_argument("--head-dim", type=dim, default=128, help=ranged("head dim (default: 128)", dim))
+    p.add_argument("--rotary-dim", type=dim, default=None,
+                   help=ranged("rotated channels, at most the head dim (default: head dim)", dim))
+    p.add_argument("--seq-len", type=int_in(1, 1 << 46), default=None,
+                   help=ranged("current length for dynamic/longrope (default: factor * original-max)",
+                               int_in(1, 1 << 46)))
+    p.add_argument("--short-factor", type=positive, nargs="+", default=None,
+                   help=ranged("longrope short factors (one per pair)", positive))
+    p.add_argument("--long-factor", type=positive, nargs="+", default=None,
+                   help=ranged("longrope long factors (one per pair)", positive))
     for key, default in _method_flags().items():
-        kind = _parse_bool if isinstance(default, bool) else float
+        kind = _parse_bool if isinstance(default, bool) else float_in(-1e6, 1e6)
         shown = "" if default is REQUIRED or default is None else f" (default: {default})"
         used = ", ".join(n for n, m in SCALING_METHODS.items() if key in m.params)
+        text = f"{used} parameter {key}{shown}"
         p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind, default=None,
-                       help=f"{used} parameter {key}{shown}")
+                       help=text if kind is _parse_bool else ranged(text, kind))
     p.add_argument("--plot", default=None, metavar="PNG", help="also write a plot of wavelengths per pair")
     p.set_defaults(func=_run)

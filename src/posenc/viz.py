@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_DENSE",
+    "MAX_PLOT_LENGTH",
     "PLOT_KINDS",
     "DecayCurves",
     "applicable_kinds",
@@ -84,6 +85,7 @@ __all__ = [
 
 PLOT_KINDS = ("waves", "similarity", "decay", "bias", "wavelengths", "attention", "grid")
 MAX_DENSE = 2048  # the largest T drawn as a dense T x T heatmap (a 2048^2 image is already ~4 Mpixel)
+MAX_PLOT_LENGTH = 1 << 16  # the most positions (or distances) a 1-D plot draws: far more than its pixels
 FORMATS = (".png", ".svg")
 
 # One look for every figure: sizes in inches at DPI, a perceptually uniform map for magnitudes, a diverging one for
@@ -198,6 +200,9 @@ def _check_kind(pe: PositionalEncoding, kind: str) -> None:
 def _check_length(length: int, *, name: str = "length", dense: bool = True) -> int:
     if isinstance(length, bool) or not isinstance(length, int) or length < 2:
         raise ValueError(f"{name} must be an int >= 2 (positions to draw); got {length!r}.")
+    if not dense and length > MAX_PLOT_LENGTH:
+        raise ValueError(f"{name}={length} is more positions than a plot can show (limit {MAX_PLOT_LENGTH}; the "
+                         f"figure is ~1000 pixels wide). Hint: draw a window with offset=, e.g. --length 4096.")
     if dense and length > MAX_DENSE:
         raise ValueError(f"{name}={length} is too long for a dense {length} x {length} heatmap (limit {MAX_DENSE}). "
                          f"Hint: draw a shorter window, e.g. --length 512; the pattern repeats along the diagonals.")
@@ -287,6 +292,9 @@ def decay_data(pe: PositionalEncoding, *, max_distance: int = 512) -> DecayCurve
     _check_kind(pe, "decay")
     if isinstance(max_distance, bool) or not isinstance(max_distance, int) or max_distance < 1:
         raise ValueError(f"max_distance must be a positive int (tokens); got {max_distance!r}.")
+    if max_distance > MAX_PLOT_LENGTH:
+        raise ValueError(f"max_distance={max_distance} is more distances than a plot can show (limit "
+                         f"{MAX_PLOT_LENGTH}). Hint: e.g. --length 4096.")
     rope = _rope(pe)
     distance = torch.arange(max_distance + 1)
     theta = rope.inv_freq().to(torch.float64)  # (F,)

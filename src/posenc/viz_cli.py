@@ -16,7 +16,8 @@ import argparse
 import json
 import sys
 
-from posenc.viz import PLOT_KINDS
+from posenc._cli_types import int_in, ranged
+from posenc.viz import MAX_PLOT_LENGTH, PLOT_KINDS
 
 
 def _parse_option(text: str) -> tuple[str, object]:
@@ -97,21 +98,28 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name", metavar="NAME", help="encoding name (posenc list), or a Transformer.save checkpoint "
                    "(required for 'attention'; for the others it draws the checkpoint's trained encoding)")
     p.add_argument("--out", required=True, metavar="FILE", help="output image, .png or .svg")
-    p.add_argument("--length", type=int, default=None,
-                   help="positions drawn (waves/similarity/bias) or the largest distance (decay)")
+    p.add_argument("--length", type=int_in(1, MAX_PLOT_LENGTH), default=None,
+                   help=ranged("positions drawn (waves/similarity/bias) or the largest distance (decay)",
+                               int_in(1, MAX_PLOT_LENGTH)))
     p.add_argument("--metric", choices=("cosine", "dot"), default="cosine", help="similarity measure (default cosine)")
-    p.add_argument("--height", type=int, default=16, help="grid rows (default 16)")
-    p.add_argument("--width", type=int, default=16, help="grid columns (default 16)")
-    p.add_argument("--dim", type=int, default=None, help="model width of the encoding built by name")
-    p.add_argument("--heads", type=int, default=None, help="n_heads of the encoding built by name")
-    p.add_argument("--max-seq-len", type=int, default=None, help="max_seq_len of the encoding built by name")
+    side = int_in(1, 1024)
+    p.add_argument("--height", type=side, default=16, help=ranged("grid rows (default 16)", side))
+    p.add_argument("--width", type=side, default=16, help=ranged("grid columns (default 16)", side))
+    p.add_argument("--dim", type=int_in(1, 1 << 16), default=None,
+                   help=ranged("model width of the encoding built by name", int_in(1, 1 << 16)))
+    p.add_argument("--heads", type=int_in(1, 1024), default=None,
+                   help=ranged("n_heads of the encoding built by name", int_in(1, 1024)))
+    p.add_argument("--max-seq-len", type=int_in(1, MAX_PLOT_LENGTH), default=None,
+                   help=ranged("max_seq_len of the encoding built by name", int_in(1, MAX_PLOT_LENGTH)))
     p.add_argument("--option", type=_parse_option, action="append", metavar="KEY=VALUE",
                    help="an encoding option, e.g. --option base=500000 (repeatable; values are JSON when they parse)")
     p.add_argument("--scaling", type=_parse_json_dict, default=None, metavar="JSON",
                    help="RoPE scaling as an HF-style dict, e.g. '{\"rope_type\": \"yarn\", \"factor\": 4}'")
     p.add_argument("--text", default=None, help="input text for 'attention' (UTF-8 bytes are the tokens)")
-    p.add_argument("--layers", type=int, nargs="+", default=None, help="layers drawn by 'attention' (default all)")
-    p.add_argument("--heads-shown", type=int, default=None, help="heads drawn by 'attention' and 'bias'")
+    p.add_argument("--layers", type=int_in(0, 1023), nargs="+", default=None,
+                   help=ranged("layers drawn by 'attention' (default all)", int_in(0, 1023)))
+    p.add_argument("--heads-shown", type=int_in(1, 1024), default=None,
+                   help=ranged("heads drawn by 'attention' and 'bias'", int_in(1, 1024)))
     p.set_defaults(func=_plot)
 
     p = sub.add_parser("gallery", help="write an HTML page with every registered encoding and its plots",

@@ -1,10 +1,12 @@
 """Training runs: science checks on tiny settings, resuming from a checkpoint, evaluation past a learned table."""
 
 import dataclasses
+import io
 
 import pytest
 import torch
 
+from posenc._io import read_checked
 from posenc.lab.config import Experiment, ModelConfig, RunConfig, TaskConfig
 from posenc.lab.train import evaluate, train_run
 
@@ -60,7 +62,8 @@ def test_resume_from_checkpoint_follows_the_uninterrupted_run(tmp_path):
     ckpt = tmp_path / "run.pt"
     with pytest.raises(_Stop):
         train_run(exp, encoding="rope", seed=1, checkpoint=ckpt, on_step=crash)
-    assert ckpt.exists() and torch.load(ckpt, weights_only=True)["step"] == 8
+    payload = read_checked(ckpt, "run checkpoint", "")
+    assert torch.load(io.BytesIO(payload), weights_only=True)["step"] == 8
     resumed = train_run(exp, encoding="rope", seed=1, checkpoint=ckpt)
     assert [s for s, _ in resumed["loss_curve"]] == list(range(1, 13))
     torch.testing.assert_close(torch.tensor(resumed["loss_curve"]), torch.tensor(straight["loss_curve"]))

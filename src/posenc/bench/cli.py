@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from posenc._cli_types import int_in, ranged
 from posenc.bench.rope import PEERS
 
 SUITES = ("rope", "decode", "attention", "all")
@@ -120,11 +121,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="small shapes, few repeats, no torch.compile (seconds)")
     p.add_argument("--json", metavar="OUT", default=None, help="write all rows and the environment to this file")
     p.add_argument("--numerics", action="store_true", help="also measure accuracy at positions near 10**6")
-    p.add_argument("--repeats", type=int, default=None, help="timed samples per row (default: 20; quick: 5)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--repeats", type=int_in(1, 100000), default=None,
+                   help=ranged("timed samples per row (default: 20; quick: 5)", int_in(1, 100000)))
+    p.add_argument("--threads", type=int_in(1, 4096), default=None,
+                   help=ranged("torch CPU threads (default: torch's choice)", int_in(1, 4096)))
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile rows (they compile for ~30 s+)")
     p.add_argument("--peers", nargs="*", choices=PEERS, default=list(PEERS),
                    help=f"peers to include (default: all of {' '.join(PEERS)}; missing packages are reported)")
-    p.add_argument("--lengths", type=int, nargs="+", default=None,
-                   help="sequence lengths for the attention suite (default: its own)")
+    p.add_argument("--lengths", type=int_in(1, 1 << 20), nargs="+", default=None,
+                   help=ranged("sequence lengths for the attention suite (default: its own)", int_in(1, 1 << 20)))
     p.set_defaults(func=_bench)

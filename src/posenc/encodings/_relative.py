@@ -116,8 +116,8 @@ class PairwiseBias(PositionalEncoding, metaclass=abc.ABCMeta):
         not once per layer. The key is each positions tensor's storage (views of one tensor match: attention
         slices them per call), offset, shape, strides and version counter (which counts in-place writes, views
         included), plus the encoding's parameters and buffers (identity, version, dtype, device), grad and inference
-        mode. Not memoised: under ``torch.compile``, tracing or torch.func, for tensor subclasses, or while the
-        result would record a gradient for a trainable parameter. The memoised tensor is returned again only if
+        mode. Not memoised: under ``torch.compile``, tracing or torch.func, for tensor subclasses, for inference
+        tensors (no version counter) or while the result would record a gradient for a trainable parameter. The memoised tensor is returned again only if
         nobody wrote into it.
 
         Args:
@@ -133,7 +133,7 @@ class PairwiseBias(PositionalEncoding, metaclass=abc.ABCMeta):
             if memo is not None and memo[2]._version == memo[3] and _same_key(memo[0], memo[1], key):
                 return memo[2]
         out = self._bias(q_pos, k_pos)
-        if key is not None and out.numel() <= self.bias_memo_elements:
+        if key is not None and out.numel() <= self.bias_memo_elements and not out.is_inference():
             # Set through __dict__: nn.Module.__setattr__ costs microseconds a decode step does not have to spend.
             self.__dict__["_bias_memo"] = (*key, out, out._version)
         return out
@@ -142,8 +142,9 @@ class PairwiseBias(PositionalEncoding, metaclass=abc.ABCMeta):
         """``(tensors compared by identity, metadata compared by value)`` for :meth:`bias`'s memo, or ``None``."""
         if type(q_pos) is not Tensor or type(k_pos) is not Tensor or torch.compiler.is_compiling() or \
                 torch._C._is_tracing() or torch._C._functorch.is_functorch_wrapped_tensor(q_pos) or \
-                torch._C._functorch.is_functorch_wrapped_tensor(k_pos):
-            return None
+                torch._C._functorch.is_functorch_wrapped_tensor(k_pos) or q_pos.is_inference() or \
+                k_pos.is_inference():
+            return None  # inference tensors have no version counter: an in-place write would go unnoticed
         state = (*self.parameters(), *self.buffers())
         grad = torch.is_grad_enabled()
         if grad and any(t.requires_grad for t in state):

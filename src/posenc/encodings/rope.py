@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from posenc._angles import exact_angles
 from posenc.base import PositionalEncoding, _check_positions_layout, check_positions, register
 from posenc.kernels import fast_rotate
 from posenc.rope_scaling import SCALING_METHODS, logn_scale, resolve_scaling, scaled_inv_freq
@@ -57,9 +58,11 @@ def rope_frequencies(rotary_dim: int, base: float = 10000.0, *, device: torch.de
 
 
 def rope_angles(pos: Tensor, inv_freq: Tensor) -> Tensor:
-    """``pos * theta``: ``(...)`` int positions x ``(F,)`` frequencies -> ``(..., F)`` in float64 (float32 on MPS)."""
-    dtype = _angle_dtype(pos.device)
-    return pos.to(dtype).unsqueeze(-1) * inv_freq.to(device=pos.device, dtype=dtype)
+    """``pos * theta``: ``(...)`` int positions x ``(F,)`` frequencies -> ``(..., F)`` in float64 (float32 on MPS).
+
+    Exact at every int64 position: from 2**24 on, the product is range-reduced exactly (:mod:`posenc._angles`).
+    """
+    return exact_angles(pos, inv_freq, _angle_dtype(pos.device))
 
 
 def rope_cos_sin(pos: Tensor, inv_freq: Tensor, *, dtype: torch.dtype = torch.float32,
@@ -316,11 +319,13 @@ class RoPE(PositionalEncoding):
         writes, views included), for the same dtype, ``seq_len`` and inference mode: then only the metadata checks
         run again (``pos`` against this ``x``); the value check (no negative position) and the table lookup, which
         launch kernels and on GPU sync with the host, are skipped. Not memoised under ``torch.compile``, tracing,
-        tensor subclasses or functorch transforms, which must see every operation.
+        tensor subclasses or functorch transforms, which must see every operation, nor for inference tensors
+        (made under ``torch.inference_mode()``), which have no version counter to notice an in-place write.
         """
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         memoise = type(pos) is Tensor and not (torch.compiler.is_compiling() or torch.jit.is_tracing()
-                                               or torch._C._functorch.is_functorch_wrapped_tensor(pos))
+                                               or torch._C._functorch.is_functorch_wrapped_tensor(pos)
+                                               or pos.is_inference())  # no version counter to key on
         key = (pos._version, dtype, seq_len, torch.is_inference_mode_enabled()) if memoise else None
         memo = self._memo
         if memoise and memo is not None and memo[0] is pos and memo[1] == key:

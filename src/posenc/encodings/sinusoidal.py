@@ -7,13 +7,14 @@ import math
 import torch
 from torch import Tensor, nn
 
+from posenc._angles import exact_angles
 from posenc.base import PositionalEncoding, check_positions, register
 
 __all__ = ["SinusoidalPE", "ScaledSinusoidalPE", "sinusoidal_table"]
 
 
-def sinusoidal_table(pos: Tensor, dim: int, *, base: float = 10000.0) -> Tensor:
-    """The paper's encoding at integer positions, in float32.
+def sinusoidal_table(pos: Tensor, dim: int, *, base: float = 10000.0, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The paper's encoding at integer positions, in float32 (or ``dtype``: float64 keeps every digit).
 
     ``PE[p, 2i] = sin(p / base^(2i/dim))`` and ``PE[p, 2i+1] = cos(p / base^(2i/dim))`` (interleaved, as in the
     paper; for odd ``dim`` the last column is a sine).
@@ -24,17 +25,18 @@ def sinusoidal_table(pos: Tensor, dim: int, *, base: float = 10000.0) -> Tensor:
         base: the wavelength base (10000 in the paper).
 
     Returns:
-        float32 tensor of shape ``(..., dim)``.
+        tensor of shape ``(..., dim)`` in ``dtype``.
 
-    The angles are formed in float64 and only the sines/cosines are rounded to float32, so the table is exact to
-    float32 rounding even at position 10**6 (a float32 angle there would already be off by ~0.03 rad). Added to
+    The angles are formed in float64, range-reduced exactly from position 2**24 on (:mod:`posenc._angles`), and
+    only the sines/cosines are rounded to float32, so the table is exact to float32 rounding at every int64 position
+    (a float32 angle at 10**6 would already be off by ~0.03 rad, a plain float64 one at 2**40 by ~1e-4). Added to
     bfloat16 / float16 embeddings it is rounded to those formats (~4e-3 / ~5e-4 relative), the same at every position.
     """
     i = torch.arange(0, dim, 2, device=pos.device, dtype=torch.float64)
     inv_freq = torch.exp(-math.log(base) * i / dim)  # (ceil(dim/2),)
-    angles = pos.to(torch.float64).unsqueeze(-1) * inv_freq  # (..., ceil(dim/2))
+    angles = exact_angles(pos, inv_freq)  # (..., ceil(dim/2)) float64
     table = torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # (..., 2*ceil(dim/2)) interleaved
-    return table[..., :dim].to(torch.float32)
+    return table[..., :dim].to(dtype)
 
 
 @register("sinusoidal")
@@ -66,23 +68,26 @@ class SinusoidalPE(PositionalEncoding):
                              persistent=False)
 
     def rebuild_caches(self) -> None:
+        # float64 after .double() (a float64 module gets a float64 table); float32 for every other dtype
+        dtype = torch.float64 if self._table.dtype == torch.float64 else torch.float32
         self._table = sinusoidal_table(torch.arange(self.max_seq_len, device=self._table.device), self.dim,
-                                       base=self.base)
+                                       base=self.base, dtype=dtype)
 
-    def table(self, pos: Tensor) -> Tensor:
-        """float32 encodings at ``pos`` ``(...)`` -> ``(..., dim)``."""
+    def table(self, pos: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """Encodings at ``pos`` ``(...)`` -> ``(..., dim)``: float32, or float64 for a float64 module or ``dtype``."""
+        dtype = torch.float64 if torch.float64 in (dtype, self._table.dtype) else torch.float32
         cached = self._table
         if cached.device != pos.device:
             cached = cached.to(pos.device)
         if torch.compiler.is_compiling():  # no data-dependent branch (graph break) under torch.compile
-            return sinusoidal_table(pos, self.dim, base=self.base)
-        if pos.numel() and int(pos.max()) < cached.shape[0]:
+            return sinusoidal_table(pos, self.dim, base=self.base, dtype=dtype)
+        if pos.numel() and int(pos.max()) < cached.shape[0] and cached.dtype == dtype:
             return cached[pos]
-        return sinusoidal_table(pos, self.dim, base=self.base)
+        return sinusoidal_table(pos, self.dim, base=self.base, dtype=dtype)
 
     def embed(self, x: Tensor, pos: Tensor) -> Tensor:
         check_positions(pos, x.shape[-2], batch=x.shape[0], device=x.device)
-        return x + (self.scale * self.table(pos)).to(x.dtype)  # (B, T, dim) + (T, dim) or (B, T, dim)
+        return x + (self.scale * self.table(pos, x.dtype)).to(x.dtype)  # (B, T, dim) + (T, dim) or (B, T, dim)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, base={self.base}, scale={self.scale}"
@@ -104,4 +109,4 @@ class ScaledSinusoidalPE(SinusoidalPE):
     def embed(self, x: Tensor, pos: Tensor) -> Tensor:
         check_positions(pos, x.shape[-2], batch=x.shape[0], device=x.device)
         compute = torch.promote_types(x.dtype, torch.float32)  # a 0-d gain would not promote a float32 table
-        return x + (self.gain.to(compute) * self.table(pos).to(compute)).to(x.dtype)
+        return x + (self.gain.to(compute) * self.table(pos, x.dtype).to(compute)).to(x.dtype)

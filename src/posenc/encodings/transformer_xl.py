@@ -80,6 +80,8 @@ def xl_position_logits(qv: Tensor, w_r: Tensor, q_pos: Tensor, k_pos: Tensor, *,
     uniq = inverse = None
     if method == "auto" and torch.compiler.is_compiling():  # no data-dependent choice inside a graph
         method = "factored"
+    if method == "auto" and dist.numel() == 0:  # T = 0 or B = 0: nothing to index, any method gives (.., 0, ..)
+        method = "factored"
     if method == "auto":  # contiguous-ish positions: index distances by offset from the smallest (no sort)
         lo, hi = int(dist.min()), int(dist.max())
         if hi - lo + 1 <= tq + tk:

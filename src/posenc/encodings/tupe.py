@@ -54,8 +54,8 @@ def tupe_position_channels(pos: Tensor, table: Tensor, proj: Tensor, *, n_heads:
     x = p @ proj.t()  # (..., T, H*D)
     if x.dim() == 2:
         x = x.unsqueeze(0)
-    b, t, _ = x.shape
-    return x.view(b, t, n_heads, -1).transpose(1, 2)  # (B|1, T, H*D) -> (B|1, H, T, D)
+    b, t, width = x.shape
+    return x.view(b, t, n_heads, width // n_heads).transpose(1, 2)  # (B|1, T, H*D) -> (B|1, H, T, D)
 
 
 @register("tupe")

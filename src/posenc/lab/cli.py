@@ -16,6 +16,7 @@ import sys
 import types
 import typing
 
+from posenc._cli_types import float_in, int_in, ranged
 from posenc.lab.config import SUITES, Experiment, ModelConfig, RunConfig, TaskConfig, suite_encodings
 
 __all__ = ["add_commands", "add_dataclass_flags", "experiment_from_args"]
@@ -23,6 +24,16 @@ __all__ = ["add_commands", "add_dataclass_flags", "experiment_from_args"]
 # TaskConfig fields that are not flags: the task comes from --tasks, its options from task-specific flags (--text)
 _TASK_FLAGS = ("train_min_length", "train_max_length", "eval_lengths")
 _SECTIONS = (("model", ModelConfig, None), ("run", RunConfig, None), ("task", TaskConfig, _TASK_FLAGS))
+# The range of every numeric flag generated from those dataclasses (a test checks that none is missing).
+_COUNT, _SIZE, _LENGTH = int_in(1, 1 << 20), int_in(1, 1 << 16), int_in(1, 1 << 24)
+FLAG_RANGES = {
+    "dim": _SIZE, "n_layers": int_in(1, 1024), "n_heads": int_in(1, 1024), "ffn_mult": float_in(0, 1024, lo_open=True),
+    "dropout": float_in(0, 1, hi_open=True), "steps": int_in(1, 1 << 30), "batch_size": _COUNT,
+    "lr": float_in(0, 10, lo_open=True), "weight_decay": float_in(0, 10), "warmup": float_in(0, 1, hi_open=True),
+    "grad_clip": float_in(0, 1e6), "eval_batches": _COUNT, "eval_batch_size": _COUNT,
+    "checkpoint_every": int_in(0, 1 << 30), "log_every": int_in(1, 1 << 30), "threads": int_in(1, 4096),
+    "train_min_length": _LENGTH, "train_max_length": _LENGTH, "eval_lengths": _LENGTH,
+}
 
 
 def _field_comments(cls: type) -> dict[str, str]:
@@ -58,10 +69,12 @@ def add_dataclass_flags(parser: argparse.ArgumentParser) -> None:
             if only is not None and f.name not in only:
                 continue
             kind, many = _flag_type(f.type)
+            parse = FLAG_RANGES.get(f.name) if kind in (int, float) else None
+            text = comments.get(f.name, "")
             group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"{section}__{f.name}",
-                               type=_json_options if kind is dict else kind, nargs="+" if many else None,
+                               type=_json_options if kind is dict else parse or kind, nargs="+" if many else None,
                                default=None, metavar="JSON" if kind is dict else kind.__name__.upper(),
-                               help=comments.get(f.name, "").replace("%", "%%"))
+                               help=ranged(text, parse) if parse else text.replace("%", "%%"))
 
 
 def experiment_from_args(experiment: Experiment, args: argparse.Namespace) -> Experiment:
@@ -196,8 +209,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--suite", choices=sorted(SUITES), default="quick", help="preset sweep (default: quick)")
     p.add_argument("--tasks", nargs="+", default=None, help="tasks to run (default: the suite's)")
     p.add_argument("--encodings", nargs="+", default=None, help="encodings (default: the suite's, if registered)")
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: the suite's)")
-    p.add_argument("--workers", type=int, default=1, help="runs trained in parallel processes (default: 1)")
+    seed, workers = int_in(0, 2**63 - 1), int_in(1, 1024)
+    p.add_argument("--seeds", nargs="+", type=seed, default=None, help=ranged("seeds (default: the suite's)", seed))
+    p.add_argument("--workers", type=workers, default=1,
+                   help=ranged("runs trained in parallel processes (default: 1)", workers))
     p.add_argument("--text", default=None, help="file or folder of text for the lm task (default: built-in corpus)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per run only)")
     p.add_argument("--out", required=True, help="output folder: results.jsonl, checkpoints/, report")
@@ -210,15 +225,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     p = lab_sub.add_parser("extend", help="context extension: rope trained at L, evaluated at factor*L with each "
                            "RoPE scaling, zero-shot and after a short fine-tune")
-    p.add_argument("--train-length", type=int, default=32, help="L, the training window in bytes (default: 32)")
-    p.add_argument("--factor", type=int, default=4, help="evaluate and fine-tune at factor * L (default: 4)")
-    p.add_argument("--steps", type=int, default=400, help="training steps at L (default: 400)")
-    p.add_argument("--finetune-steps", type=int, default=50, help="fine-tune steps at factor * L (default: 50)")
-    p.add_argument("--dim", type=int, default=64, help="model width (default: 64)")
-    p.add_argument("--n-layers", type=int, default=2, help="blocks (default: 2)")
-    p.add_argument("--n-heads", type=int, default=4, help="attention heads (default: 4)")
+    length, factor, steps, finetune = int_in(2, 1 << 16), int_in(2, 1024), int_in(1, 1 << 30), int_in(0, 1 << 30)
+    p.add_argument("--train-length", type=length, default=32,
+                   help=ranged("L, the training window in bytes (default: 32)", length))
+    p.add_argument("--factor", type=factor, default=4,
+                   help=ranged("evaluate and fine-tune at factor * L (default: 4)", factor))
+    p.add_argument("--steps", type=steps, default=400, help=ranged("training steps at L (default: 400)", steps))
+    p.add_argument("--finetune-steps", type=finetune, default=50,
+                   help=ranged("fine-tune steps at factor * L (default: 50)", finetune))
+    p.add_argument("--dim", type=_SIZE, default=64, help=ranged("model width (default: 64)", _SIZE))
+    p.add_argument("--n-layers", type=int_in(1, 1024), default=2, help=ranged("blocks (default: 2)", int_in(1, 1024)))
+    p.add_argument("--n-heads", type=int_in(1, 1024), default=4,
+                   help=ranged("attention heads (default: 4)", int_in(1, 1024)))
     p.add_argument("--text", default=None, help="file or folder of text (default: built-in corpus)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0, help=ranged("random seed (default: 0)", seed))
     p.add_argument("--out", required=True, help="output folder (extension.json)")
     p.set_defaults(func=_extend)
 

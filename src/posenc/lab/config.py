@@ -82,10 +82,15 @@ _NOT_IDENTITY = ("device", "threads", "log_every", "checkpoint_every")
 
 def config_hash(experiment: Experiment, encoding: str, seed: int) -> str:
     """A short stable id of everything that determines a run's result."""
-    data = experiment.to_dict()
+    return config_hash_of(experiment.to_dict(), encoding, seed)
+
+
+def config_hash_of(data: dict, encoding: str, seed: int | None) -> str:
+    """:func:`config_hash` of an ``Experiment.to_dict()`` (a record's ``config``); ``seed=None``: any seed."""
+    data = json.loads(json.dumps(data, default=str))  # a deep copy
     for key in _NOT_IDENTITY:
-        data["run"].pop(key)
-    options = data["model"].pop("encoding_options", {}).get(encoding)
+        data.get("run", {}).pop(key, None)
+    options = data.get("model", {}).pop("encoding_options", {}).get(encoding)
     if options:  # only this run's encoding's options count (and none: the id of a run from before the field)
         data["encoding_options"] = options
     data.update(encoding=encoding, seed=seed)

@@ -10,6 +10,7 @@ record and resumes the unfinished one from its checkpoint (``OUT/checkpoints/``)
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -23,13 +24,15 @@ from pathlib import Path
 
 import torch
 
+from posenc._io import FolderLock, remove_stale_tmp
 from posenc.base import get_encoding, registered_names
-from posenc.lab.config import Experiment, config_hash
+from posenc.lab.config import Experiment, config_hash, config_hash_of
 from posenc.lab.tasks import get_task
-from posenc.lab.train import atomic_write_bytes, encoding_options_for, resolve_lengths, train_run
+from posenc.lab.train import DamagedCheckpointError, atomic_write_bytes, encoding_options_for, resolve_lengths, \
+    train_run
 
-__all__ = ["RESULTS", "PlannedRun", "append_record", "check_out_dir", "load_records", "plan_sweep", "run_sweep",
-           "summary_line"]
+__all__ = ["RESULTS", "PlannedRun", "append_record", "check_out_dir", "check_plan_against_records", "load_records",
+           "plan_sweep", "run_sweep", "summary_line"]
 
 RESULTS = "results.jsonl"
 
@@ -52,12 +55,44 @@ class PlannedRun:
         return re.sub(r"[^A-Za-z0-9_.-]", "_", self.run_id) + ".pt"
 
 
+def _label(record: dict) -> str:
+    options = record.get("encoding_options")
+    return record["encoding"] if not options else f"{record['encoding']} {json.dumps(options, sort_keys=True)}"
+
+
+def _check_metrics(record: dict) -> str | None:
+    """What is impossible about a record's metrics (an accuracy outside [0, 1], say), or ``None``."""
+    if not isinstance(record["metrics"], dict):
+        return "its metrics are not an object"
+    for length, m in record["metrics"].items():
+        if not isinstance(m, dict):
+            return f"its metrics at length {length} are not an object"
+        for name, value in m.items():
+            if name == "undefined":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                return f"its {name} at length {length} is {value!r}, not a finite number"
+            if name == "accuracy" and not 0.0 <= value <= 1.0:
+                return f"its accuracy at length {length} is {value!r}, outside [0, 1]"
+            if name == "perplexity" and value < 1.0:
+                return f"its perplexity at length {length} is {value!r}, below 1"
+    return None
+
+
 def load_records(path: str | os.PathLike) -> list[dict]:
-    """Records of a ``results.jsonl`` (``[]`` if it does not exist); a damaged file raises ``ValueError``."""
+    """Records of a ``results.jsonl`` (``[]`` if it does not exist); a damaged file raises ``ValueError``.
+
+    Every record must hold together: its run id names its task, encoding, seed and the hash of its configuration
+    (``config_hash``), its metrics are possible (accuracies in [0, 1], finite perplexities >= 1), and all records of
+    one task and encoding share one configuration (only the seed differs), so the report's mean over seeds is a mean
+    over seeds. A contradiction is a ``ValueError`` naming the line. A line repeated with the same run id (two
+    sweeps that raced into one folder before sweeps took a lock) is read once.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    records = []
+    records, seen, plans = [], {}, {}
+    where = "The file was left untouched: repair or move it, or choose another --out."
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -69,8 +104,48 @@ def load_records(path: str | os.PathLike) -> list[dict]:
         if not isinstance(record, dict) or not {"run_id", "task", "encoding", "seed", "metrics"} <= set(record):
             raise ValueError(f"{path}, line {i}, is not a lab run record (it needs run_id, task, encoding, seed and "
                              f"metrics). The file was left untouched: repair or move it, or choose another --out.")
+        problem = _check_metrics(record)
+        prefix = f"{record['task']}/{record['encoding']}/seed{record['seed']}/"
+        plan = None
+        if problem is None and isinstance(record.get("config"), dict):  # a record written by train_run
+            digest = config_hash_of(record["config"], record["encoding"], record["seed"])
+            if record["run_id"] != prefix + digest or record.get("config_hash", digest) != digest:
+                problem = (f"its configuration hashes to {digest}, but it says {record['run_id']} (config_hash "
+                           f"{record.get('config_hash', '-')}): it was edited, or does not belong to this run id")
+            plan = config_hash_of(record["config"], record["encoding"], None)
+        if problem is not None:
+            raise ValueError(f"{path}, line {i}: {problem}. {where}")
+        if record["run_id"] in seen:
+            continue  # the same run recorded twice: one record
+        seen[record["run_id"]] = i
+        group = (record["task"], _label(record))
+        if plan is not None:
+            first = plans.setdefault(group, (plan, i))
+            if first[0] != plan:
+                raise ValueError(f"{path}, line {i}: a {group[0]}/{group[1]} run with another configuration than "
+                                 f"line {first[1]} (only seeds may differ within one folder, or the report would "
+                                 f"average different experiments as seeds). {where}")
         records.append(record)
     return records
+
+
+def check_plan_against_records(runs: list["PlannedRun"], records: list[dict], results: Path) -> None:
+    """Refuse a sweep whose runs contradict the folder's records: same task and encoding, another configuration."""
+    plans = {}
+    for r in records:
+        if isinstance(r.get("config"), dict):
+            plans.setdefault((r["task"], _label(r)), (config_hash_of(r["config"], r["encoding"], None), r["run_id"]))
+    for run in runs:
+        options = encoding_options_for(run.experiment, run.encoding)
+        label = run.encoding if not options else f"{run.encoding} {json.dumps(options, sort_keys=True)}"
+        have = plans.get((run.experiment.task.name, label))
+        if have is None:
+            continue
+        want = config_hash_of(run.experiment.to_dict(), run.encoding, None)
+        if want != have[0]:
+            raise ValueError(f"{results} already holds {run.experiment.task.name}/{label} runs of another "
+                             f"configuration (e.g. {have[1]}); this sweep's settings differ (flags such as --steps, "
+                             f"--eval-lengths or model sizes). Use another --out, or the same settings as before.")
 
 
 def set_aside_torn_tail(path: str | os.PathLike) -> Path | None:
@@ -180,8 +255,17 @@ def _execute(run: PlannedRun, checkpoint: str, progress: bool) -> dict:
     # the trained model goes to OUT/models/ (Transformer.save) so plots can read it: posenc plot waves OUT/models/X.pt
     model_out = Path(checkpoint).parent.parent / "models" / run.checkpoint_name
     model_out.parent.mkdir(exist_ok=True)
-    return train_run(run.experiment, encoding=run.encoding, seed=run.seed, checkpoint=checkpoint, progress=progress,
-                     model_out=model_out)
+    try:
+        return train_run(run.experiment, encoding=run.encoding, seed=run.seed, checkpoint=checkpoint,
+                         progress=progress, model_out=model_out)
+    except DamagedCheckpointError as exc:  # a rerun would fail the same way: set the file aside, start over
+        ckpt = Path(checkpoint)
+        aside = ckpt.with_name(f"{ckpt.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(ckpt, aside)
+        warnings.warn(f"{run.run_id}: its checkpoint could not be resumed ({exc}); it was moved to {aside} and the "
+                      f"run restarts from step 0.", RuntimeWarning, stacklevel=2)
+        return train_run(run.experiment, encoding=run.encoding, seed=run.seed, checkpoint=checkpoint,
+                         progress=progress, model_out=model_out)
 
 
 def run_sweep(runs: list[PlannedRun], out: str | os.PathLike, *, workers: int = 1, progress: bool = True,
@@ -195,17 +279,31 @@ def run_sweep(runs: list[PlannedRun], out: str | os.PathLike, *, workers: int = 
         progress: tqdm bars (sweep and run) with ETA.
         extra: fields added to every new record (e.g. the suite name).
         echo: where one-line summaries go (default: ``tqdm.write``).
-    """
-    from tqdm.auto import tqdm
 
+    The sweep holds an OS lock on ``out/.lock`` while it runs (a second sweep into ``out`` is refused with
+    :class:`posenc._io.FolderLockedError` naming the first one's PID and command; a killed sweep releases it), so
+    only one process ever writes results, checkpoints and models there. A checkpoint that cannot be resumed is
+    moved aside (``*.damaged-<time>``) and its run restarts.
+    """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int; got {workers!r}.")
     out = check_out_dir(out)
+    with FolderLock(out, "sweep"):  # a second sweep into this folder is refused, naming this one's PID and command
+        return _run_locked(runs, out, workers=workers, progress=progress, extra=extra, echo=echo)
+
+
+def _run_locked(runs: list[PlannedRun], out: Path, *, workers: int, progress: bool, extra: dict | None,
+                echo: Callable[[str], None] | None) -> list[dict]:
+    from tqdm.auto import tqdm
+
     results = out / RESULTS
+    ckpt_dir = out / "checkpoints"
+    for folder, prefix in ((out, f".{RESULTS}."), (ckpt_dir, "."), (out / "models", ".")):
+        remove_stale_tmp(folder, prefix)  # temporary files of writes killed mid-way (only sweeps write these)
     set_aside_torn_tail(results)  # a record cut off mid-line is set aside with a warning
     records = load_records(results)  # other damage stops the sweep here, before anything is written
+    check_plan_against_records(runs, records, results)
     done = {r["run_id"] for r in records}
-    ckpt_dir = out / "checkpoints"
     todo = [r for r in runs if r.run_id not in done]
     for r in runs:  # a crash between writing a record and removing its checkpoint leaves a stale one
         if r.run_id in done:

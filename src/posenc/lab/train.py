@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import math
 import os
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import posenc
-from posenc._io import atomic_write_bytes
+from posenc._io import DamagedFileError, atomic_write_bytes, checked_bytes, read_checked
 from posenc.base import get_encoding
 from posenc.encodings._structured import StructuredPositions
 from posenc.encodings.graph import _GraphEncoding
@@ -38,8 +39,8 @@ from posenc.lab.tasks import IGNORE, Task, get_task
 from posenc.lab.tasks.base import uniform_int
 from posenc.model import Transformer, TransformerConfig
 
-__all__ = ["atomic_write_bytes", "evaluate", "in_distribution", "reads_structure", "resolve_lengths", "structure",
-           "train_run"]
+__all__ = ["DamagedCheckpointError", "atomic_write_bytes", "evaluate", "in_distribution", "reads_structure",
+           "resolve_lengths", "structure", "train_run"]
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation data never shares a generator state with training data
 
@@ -262,13 +263,7 @@ def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: s
     step, curve = 0, []
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)  # RNG states must stay on CPU
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])  # dropout and randomized positions draw from the global generator
-        step, curve = int(state["step"]), [list(p) for p in state["curve"]]
+        step, curve = _resume(ckpt, model, opt, sched, gen)
 
     bar = None
     if progress and rank == 0:
@@ -310,13 +305,11 @@ def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: s
             bar.set_postfix(loss=f"{value:.3f}", length=length, refresh=False)
         if ckpt is not None and rank == 0 and run.checkpoint_every and step % run.checkpoint_every == 0 \
                 and step < run.steps:
-            import io
-
             buf = io.BytesIO()
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
                         "curve": curve}, buf)
-            atomic_write_bytes(ckpt, buf.getvalue())
+            atomic_write_bytes(ckpt, checked_bytes(buf.getvalue()))
     if bar is not None:
         bar.close()
 
@@ -333,6 +326,7 @@ def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: s
         extra.update(learned_bar=bar, learned=task.learned(in_distribution(metrics, task.metric, hi)))
     return {
         "run_id": f"{experiment.task.name}/{encoding}/seed{seed}/{config_hash(experiment, encoding, seed)}",
+        "config_hash": config_hash(experiment, encoding, seed),
         "task": experiment.task.name, "encoding": encoding, "seed": seed, "kind": task.kind,
         **({"encoding_options": options} if options else {}),
         "metric": task.metric, "paper": task.paper, "train_lengths": [lo, hi], "eval_lengths": list(evals),
@@ -342,6 +336,29 @@ def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: s
         "parameters": model.num_parameters(), "wall_time_s": time.perf_counter() - start, "world_size": world,
         "versions": versions(), **extra,
     }
+
+
+class DamagedCheckpointError(DamagedFileError):
+    """A run checkpoint that cannot be resumed from (a sweep moves it aside and restarts the run)."""
+
+
+def _resume(ckpt: Path, model: nn.Module, opt, sched, gen: torch.Generator) -> tuple[int, list]:
+    """Load a run checkpoint into the training state; ``(step, curve)``. Raises :class:`DamagedCheckpointError`."""
+    hint = "delete it (or move it aside) to restart this run from step 0; posenc lab run does that by itself."
+    try:
+        data = read_checked(ckpt, "run checkpoint", hint)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)  # RNG states stay on CPU
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])  # dropout and randomized positions draw from the global generator
+        return int(state["step"]), [list(p) for p in state["curve"]]
+    except DamagedFileError as exc:
+        raise DamagedCheckpointError(str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - anything a damaged or foreign file can raise from torch.load or loading
+        raise DamagedCheckpointError(f"{ckpt} is not a resumable run checkpoint ({type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); {hint}") from exc
 
 
 # -- torchrun entry point ----------------------------------------------------------------------------------------------
