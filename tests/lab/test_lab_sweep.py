@@ -164,3 +164,17 @@ def test_encoding_options_reach_the_model_and_only_their_encoding_s_run_id():
         plan_sweep({"parity_check": bad}, ["nope", "rope"], [0])  # fails before any work
     with pytest.raises(TypeError, match="map encoding names to dicts"):
         plan_sweep({"parity_check": Experiment(exp.task, ModelConfig(encoding_options={"rope": 1}))}, ["rope"], [0])
+
+
+def test_seeds_may_differ_per_task():
+    from posenc.lab.config import PAPER_TASKS, SUITES
+    from posenc.lab.sweep import plan_sweep
+
+    suite = SUITES["standard"]
+    experiments = {name: suite.experiments[name] for name in ("decoder_copy", "who_did_what")}
+    runs = plan_sweep(experiments, ["nope", "rope"], {name: list(suite.seeds_for(name)) for name in experiments})
+    seeds = {(r.experiment.task.name, r.encoding): [] for r in runs}
+    for r in runs:
+        seeds[(r.experiment.task.name, r.encoding)].append(r.seed)
+    assert seeds[("decoder_copy", "rope")] == [0, 1, 2] and seeds[("who_did_what", "rope")] == [0]
+    assert "decoder_copy" in PAPER_TASKS and "who_did_what" not in PAPER_TASKS

@@ -141,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
         for name in tasks:
             if name in suite.task_encodings:
                 print(f"  {name}: {', '.join(encodings[name])}")
-    seeds = args.seeds if args.seeds is not None else list(suite.seeds)
+    seeds = args.seeds if args.seeds is not None else {name: list(suite.seeds_for(name)) for name in tasks}
     runs = plan_sweep(experiments, encodings, seeds)
     records = run_sweep(runs, args.out, workers=args.workers, progress=not args.no_progress,
                         extra={"suite": args.suite})
@@ -184,6 +184,9 @@ def _list(args: argparse.Namespace) -> int:
         for task, names in suite.task_encodings.items():
             print(f"            {task}: {', '.join(names)}")
         print(f"            seeds: {', '.join(map(str, suite.seeds))}")
+        if suite.task_seeds:
+            three = sorted(suite.task_seeds)
+            print(f"            seeds {', '.join(map(str, suite.task_seeds[three[0]]))} on: {', '.join(three)}")
     return 0
 
 

@@ -204,12 +204,14 @@ def check_out_dir(out: str | os.PathLike) -> Path:
 
 
 def plan_sweep(experiments: dict[str, Experiment], encodings: list[str] | dict[str, list[str]],
-               seeds: list[int]) -> list[PlannedRun]:
+               seeds: list[int] | dict[str, list[int]]) -> list[PlannedRun]:
     """Every (task, encoding, seed), validated up front: unknown names or impossible lengths fail before any work.
 
-    ``encodings`` is one list for every task, or a dict ``task -> list`` (structured tasks compare their own set).
+    ``encodings`` is one list for every task, or a dict ``task -> list`` (structured tasks compare their own set);
+    ``seeds`` likewise (paper-comparison tasks run more seeds).
     """
     per_task = encodings if isinstance(encodings, dict) else {task: encodings for task in experiments}
+    seeds_of = seeds if isinstance(seeds, dict) else {task: seeds for task in experiments}
     known = registered_names()
     for task in experiments:
         if not per_task.get(task):
@@ -217,7 +219,7 @@ def plan_sweep(experiments: dict[str, Experiment], encodings: list[str] | dict[s
         for name in per_task[task]:
             if name not in known:
                 raise ValueError(f"unknown encoding {name!r}; registered: {', '.join(known)}.")
-    if not experiments or not seeds:
+    if not experiments or not all(seeds_of.get(task) for task in experiments):
         raise ValueError("a sweep needs at least one task, one encoding and one seed.")
     for task, experiment in experiments.items():
         resolve_lengths(get_task(experiment.task.name, **experiment.task.options), experiment.task)
@@ -230,7 +232,7 @@ def plan_sweep(experiments: dict[str, Experiment], encodings: list[str] | dict[s
         if experiment.run.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda'; got {experiment.run.device!r}.")
     return [PlannedRun(exp, enc, seed) for task, exp in experiments.items() for enc in per_task[task]
-            for seed in seeds]
+            for seed in seeds_of[task]]
 
 
 def summary_line(record: dict) -> str:
