@@ -30,7 +30,7 @@ from torch import Tensor
 
 from posenc.encodings.rope import LAYOUTS, apply_rope
 from posenc.rope_scaling import SCALING_METHODS, base_inv_freq, logn_scale, resolve_scaling, scaled_inv_freq
-from posenc.testing.diagnose import ConformanceResult, Hypothesis, Probe, diagnose, dtype_name
+from posenc.testing.diagnose import ConformanceResult, Hypothesis, Probe, diagnose, dtype_name, one_thread
 
 __all__ = ["RopeSpec", "check_rope", "reference_rope", "rope_cases", "rope_hypotheses", "rope_spec"]
 
@@ -60,6 +60,8 @@ class RopeSpec:
     q_scale_power: int = 1  # queries carry attention_scale ** q_scale_power (1 correct)
     k_scale_power: int = 1
     shift: int = 0  # positions p are rotated as p + shift
+    sign: int = 1  # -1: every pair rotated the other way (angle -p * theta)
+    angle_dtype: torch.dtype = torch.float64  # pos * theta formed (rounded) in this dtype
 
     def inv_freq(self, seq_len: int | None = None) -> tuple[Tensor, float]:
         """float64 ``(rotary_dim // 2,)`` frequencies and the attention scale for this call's length."""
@@ -135,7 +137,9 @@ def reference_rope(q: Tensor, k: Tensor, positions: Tensor, spec: RopeSpec) -> t
     pos = positions.to(torch.int64)
     seq_len = int(pos.max()) + 1 if pos.numel() else None
     inv_freq, scale = spec.inv_freq(seq_len)
-    angles = (pos + spec.shift).to(torch.float64).unsqueeze(-1) * inv_freq  # (T, F) or (B, T, F)
+    dt = spec.angle_dtype
+    angles = (pos + spec.shift).to(dt).unsqueeze(-1) * (inv_freq * spec.sign).to(dt)  # (T, F) or (B, T, F)
+    angles = angles.to(torch.float64)
     cos, sin = angles.cos(), angles.sin()
     sq, sk = scale ** spec.q_scale_power, scale ** spec.k_scale_power  # on cos/sin: pass-through channels stay
     q_out = _rotate(q.to(torch.float64), cos * sq, sin * sq, spec)
@@ -250,6 +254,13 @@ def rope_hypotheses(spec: RopeSpec) -> list[tuple[str, str, RopeSpec]]:
         out.append((f"offset_{'plus' if shift > 0 else 'minus'}_one", f"your output equals the reference at positions "
                     f"shifted by {shift:+d} (an off-by-one offset: position p is rotated as p {'+' if shift > 0 else '-'}"
                     f" 1)", dataclasses.replace(spec, shift=shift)))
+    out.append(("rotation_reversed", "your output rotates every pair by -p * theta (sin with the wrong sign: the "
+                "rotation runs the other way, so q . k depends on m - n instead of n - m)",
+                dataclasses.replace(spec, sign=-1)))
+    for dt in (torch.bfloat16, torch.float16):
+        out.append((f"angles_{dtype_name(dt)}", f"your angles are formed in {dtype_name(dt)} (pos and inv_freq cast to "
+                    f"{dtype_name(dt)} before multiplying): even short positions lose most of the angle; form them "
+                    f"in float32 or better float64", dataclasses.replace(spec, angle_dtype=dt)))
     if spec.base != 10000.0:
         out.append(("wrong_base", f"your output equals the reference with base 10000; the configuration's rope_theta "
                     f"is {spec.base:g}", dataclasses.replace(spec, base=10000.0)))
@@ -347,6 +358,13 @@ def check_rope(candidate: Any, config: Any, *, layout: str | None = None,
     Returns:
         A :class:`~posenc.testing.ConformanceResult`: ``passed``, ``conforms``, ``diagnosis``, ``cases``.
     """
+    with one_thread():
+        return _check_rope(candidate, config, layout=layout, dtypes=dtypes, max_position=max_position, gqa=gqa,
+                           batch_positions=batch_positions, cases=cases, seed=seed, target=target)
+
+
+def _check_rope(candidate: Any, config: Any, *, layout, dtypes, max_position, gqa, batch_positions, cases, seed,
+                target) -> ConformanceResult:
     spec = rope_spec(config, layout=layout)
     fn = _as_candidate(candidate)
     cases = list(cases) if cases is not None else rope_cases(dtypes=dtypes, max_position=max_position, gqa=gqa,
