@@ -283,13 +283,15 @@ def _explain(ran, failed, raised, hypotheses: Sequence[Hypothesis], angles: bool
 
     # 2. only the error of float32 angles: a precision limit
     if angles and all(e <= p.tolerance + p.slack(torch.float32) for p, e, _ in ran):
-        worst = max(ran, key=lambda r: r[1])
-        short = [e for p, e, _ in ran if p.max_position < SHORT_POSITION]
+        finest = min((p.dtype for p, _, _ in failed), key=eps)  # report the dtype where the limit shows most
+        same = [r for r in ran if r[0].dtype == finest]
+        worst = max(same, key=lambda r: r[1])
+        short = [e for p, e, _ in same if p.max_position < SHORT_POSITION]
         short_text = f"; below position {SHORT_POSITION} at most {max(short):.3g}" if short else ""
-        sentence = (f"angles formed in float32 (pos * inv_freq rounded before cos/sin): error {worst[1]:.3g} at "
-                    f"position {worst[2].get('position', worst[0].max_position)} (case {worst[0].name!r}){short_text}"
-                    f" - a long-position precision limit many implementations share, not a pairing or frequency "
-                    f"bug; forming the angles in float64 removes it.")
+        sentence = (f"angles formed in float32 (pos * inv_freq rounded before cos/sin): {dtype_name(finest)} error "
+                    f"{worst[1]:.3g} at position {worst[2].get('position', worst[0].max_position)} (case "
+                    f"{worst[0].name!r}){short_text} - a long-position precision limit many implementations share, "
+                    f"not a pairing or frequency bug; forming the angles in float64 removes it.")
         return Finding("angles_float32", "precision", sentence + suffix, worst[2])
 
     # 3. a buggy reference that matches every probe
