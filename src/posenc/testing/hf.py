@@ -121,7 +121,8 @@ def check_hf_model(source: Any, *, layout: str | None = None, target: str | None
     from posenc.testing.mrope import check_mrope
     from posenc.testing.rope import check_rope
     fn, text, kind = hf_rope_candidate(source)
-    name = target or f"{getattr(text, 'model_type', 'hf')} ({type(source).__name__ if isinstance(source, nn.Module) else 'config'})"
+    what = type(source).__name__ if isinstance(source, nn.Module) else "config"
+    name = target or f"{getattr(text, 'model_type', 'hf')} ({what})"
     if kind == "mrope":
         return check_mrope(fn, text, layout=layout, target=name, **options)
     return check_rope(fn, text, layout=layout, target=name, **options)

@@ -112,7 +112,8 @@ def mrope_hypotheses(spec: MRopeSpec) -> list[tuple[str, str, MRopeSpec]]:
             "the image coordinates", dataclasses.replace(spec, text_only=True))]
     for shift in (1, -1):
         out.append((f"offset_{'plus' if shift > 0 else 'minus'}_one", f"your output equals the reference at "
-                    f"coordinates shifted by {shift:+d} (an off-by-one offset)", dataclasses.replace(spec, shift=shift)))
+                    f"coordinates shifted by {shift:+d} (an off-by-one offset)",
+                    dataclasses.replace(spec, shift=shift)))
     if spec.base != 10000.0:
         out.append(("wrong_base", f"your output equals the reference with base 10000; the configuration's rope_theta "
                     f"is {spec.base:g}", dataclasses.replace(spec, base=10000.0)))

@@ -251,9 +251,10 @@ def rope_hypotheses(spec: RopeSpec) -> list[tuple[str, str, RopeSpec]]:
                  f"{scale:.6g} each (mscale applied on the wrong side), which breaks cached keys and fused kernels")):
             out.append((name, text, dataclasses.replace(spec, q_scale_power=qp, k_scale_power=kp)))
     for shift in (1, -1):
+        sign = "+" if shift > 0 else "-"
         out.append((f"offset_{'plus' if shift > 0 else 'minus'}_one", f"your output equals the reference at positions "
-                    f"shifted by {shift:+d} (an off-by-one offset: position p is rotated as p {'+' if shift > 0 else '-'}"
-                    f" 1)", dataclasses.replace(spec, shift=shift)))
+                    f"shifted by {shift:+d} (an off-by-one offset: position p is rotated as p {sign} 1)",
+                    dataclasses.replace(spec, shift=shift)))
     out.append(("rotation_reversed", "your output rotates every pair by -p * theta (sin with the wrong sign: the "
                 "rotation runs the other way, so q . k depends on m - n instead of n - m)",
                 dataclasses.replace(spec, sign=-1)))
