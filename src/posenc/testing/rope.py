@@ -390,3 +390,85 @@ def _buggy(spec: RopeSpec) -> Callable[[Probe], list[Tensor]]:
     def reference(p: Probe) -> list[Tensor]:
         return list(reference_rope(p.inputs["q"], p.inputs["k"], p.inputs["positions"], spec))
     return reference
+
+
+# -- exported tables ---------------------------------------------------------------------------------------------------
+def table_candidate(cos: Tensor, sin: Tensor, positions: Tensor, *, rotary_dim: int,
+                    layout: str = "half") -> Callable:
+    """A candidate ``fn(q, k, positions)`` that applies exported cos/sin tables as their consumer would.
+
+    Args:
+        cos, sin: ``(N, W)`` rows for ``positions`` ``(N,)``; ``W`` is ``rotary_dim`` (Hugging Face's ``cat(f, f)``
+            for the half layout, ``repeat_interleave(f, 2)`` for interleaved) or ``rotary_dim / 2`` (one per pair).
+        rotary_dim: rotated channels per head (the configuration's).
+        layout: how the consumer pairs channels.
+    """
+    if cos.shape != sin.shape or cos.dim() != 2 or cos.shape[0] != positions.numel():
+        raise ValueError(f"conform: cos and sin must be (N, W) tables with one row per position; got cos "
+                         f"{tuple(cos.shape)}, sin {tuple(sin.shape)} for {positions.numel()} positions.")
+    if cos.shape[1] not in (rotary_dim, rotary_dim // 2):
+        raise ValueError(f"conform: table rows must have rotary_dim = {rotary_dim} columns (HF's cat(f, f)) or "
+                         f"rotary_dim / 2 = {rotary_dim // 2} (one per pair); got {cos.shape[1]}.")
+    if cos.shape[1] == rotary_dim // 2:  # one column per pair: spread it over the pair's two channels
+        spread = (lambda t: torch.cat((t, t), -1)) if layout == "half" else (lambda t: t.repeat_interleave(2, -1))
+        cos, sin = spread(cos), spread(sin)
+    order = torch.argsort(positions)
+    keys, cos, sin = positions[order], cos[order], sin[order]
+
+    def rows(pos: Tensor) -> Tensor:
+        idx = torch.searchsorted(keys, pos).clamp(max=keys.numel() - 1)
+        if not bool((keys[idx] == pos).all()):
+            missing = pos[keys[idx] != pos][0].item()
+            raise ValueError(f"the tables have no row for position {missing}")
+        return idx
+
+    def fn(q: Tensor, k: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
+        idx = rows(pos)
+        c, s = cos[idx].float(), sin[idx].float()  # (T, W) or (B, T, W)
+        if c.dim() == 3:
+            c, s = c[:, None], s[:, None]  # (B, 1, T, W)
+
+        def rot(x: Tensor) -> Tensor:
+            xf = x.float()
+            cw, sw, r = c, s, c.shape[-1]
+            xr = xf[..., :r]
+            if layout == "half":
+                turned = torch.cat((-xr[..., r // 2:], xr[..., : r // 2]), -1)
+            else:
+                turned = torch.stack((-xr[..., 1::2], xr[..., 0::2]), -1).flatten(-2)
+            return torch.cat((xr * cw + turned * sw, xf[..., r:]), -1).to(x.dtype)
+
+        return rot(q), rot(k)
+
+    return fn
+
+
+def check_rope_tables(data: Mapping[str, Any], *, layout: str | None = None,
+                      dtypes: Sequence[str | torch.dtype] = ("float32",), target: str = "tables") -> ConformanceResult:
+    """Check exported cos/sin tables: ``{"config": {...}, "layout": "half", "positions": [...], "cos": [[...]],
+    "sin": [[...]]}`` (see :func:`table_candidate` for the widths); the matrix uses the tables' own positions."""
+    for key in ("config", "positions", "cos", "sin"):
+        if key not in data:
+            raise ValueError(f"conform: a tables JSON needs 'config', 'positions', 'cos' and 'sin'; '{key}' is "
+                             f"missing.")
+    layout = layout or data.get("layout") or "half"
+    positions = torch.tensor(data["positions"], dtype=torch.int64)
+    cos = torch.tensor(data["cos"], dtype=torch.float64)
+    sin = torch.tensor(data["sin"], dtype=torch.float64)
+    fn = table_candidate(cos, sin, positions, rotary_dim=rope_spec(data["config"]).rotary_dim, layout=layout)
+    have = torch.unique(positions)  # sorted
+    T = min(16, have.numel())
+    chunks = {"first": have[:T], "last": have[-T:]}
+    if have.numel() > 2 * T:
+        mid = have.numel() // 2
+        chunks["middle"] = have[mid - T // 2: mid - T // 2 + T]
+    cases = []
+    for n, dt in enumerate(dtypes):
+        dt = DTYPES[dt] if isinstance(dt, str) else dt
+        sfx = "" if n == 0 else f"-{dtype_name(dt)}"
+        for name, pos in chunks.items():
+            cases.append(RopeCase(f"{name}{sfx}", dt, 2, 4, 4, pos))
+        if n == 0:
+            cases.append(RopeCase("batch", dt, 2, 4, 4, torch.stack((chunks["first"], chunks["last"]))))
+            cases.append(RopeCase("decode", dt, 2, 4, 4, have[-1:]))
+    return check_rope(fn, data["config"], layout=layout, cases=cases, target=target)
