@@ -33,6 +33,10 @@ ROPE_PY = textwrap.dedent('''
 
     def interleaved(q, k, positions):
         return rope(q, k, positions, layout="interleaved")
+
+    def alibi(q_pos, k_pos):  # 4 heads: slopes 1/4, 1/16, 1/64, 1/256
+        m = torch.tensor([0.25, 0.0625, 0.015625, 0.00390625])
+        return m[:, None, None] * (q_pos[:, None] - k_pos[None, :]).float()  # the sign is wrong
 ''')
 CONFIG = '{"rope_type": "default", "rope_theta": 10000.0, "head_dim": 32}'
 
@@ -103,6 +107,11 @@ def test_exported_tables(tmp_path, capsys):
     (tmp_path / "swapped.json").write_text(json.dumps(table))
     assert main(["conform", str(tmp_path / "swapped.json"), "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["verdict"] == "fail"
+
+
+def test_a_bias_callable(module, capsys):
+    assert main(["conform", "user_rope:alibi", "--config", '{"type": "alibi", "n_heads": 4, "causal": true}']) == 1
+    assert "wrong sign" in capsys.readouterr().out
 
 
 def test_the_command_line_entry_point(module):

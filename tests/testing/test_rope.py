@@ -152,7 +152,7 @@ def test_a_bug_with_float32_angles_is_still_named():
     """Ports often have a bug *and* HF-style float32 angles; the bug is named and the angles mentioned."""
     result = check_rope(make_rope(YARN, q_power=0, k_power=0, angle_dtype=torch.float32), YARN, **FAST)
     assert result.finding.hypothesis == "attention_factor_missing"
-    assert "also formed in float32" in result.diagnosis
+    assert "and angles formed in float32" in result.diagnosis
 
 
 def test_float32_angles_are_a_precision_limit_not_a_bug():

@@ -13,10 +13,11 @@ limit of float32 angles), ``diagnosis`` (one sentence or ``None``) and ``cases``
 Shapes: q ``(B, H, T, D)``, k ``(B, Hkv, T, D)``, positions int64 ``(T,)`` or ``(B, T)``.
 """
 
+from posenc.testing.bias import check_bias
 from posenc.testing.diagnose import Case, ConformanceResult, Finding
 from posenc.testing.hf import check_hf_model
 from posenc.testing.mrope import check_mrope, reference_mrope
 from posenc.testing.rope import check_rope, reference_rope, rope_spec
 
-__all__ = ["Case", "ConformanceResult", "Finding", "check_hf_model", "check_mrope", "check_rope", "reference_mrope",
-           "reference_rope", "rope_spec"]
+__all__ = ["Case", "ConformanceResult", "Finding", "check_bias", "check_hf_model", "check_mrope", "check_rope",
+           "reference_mrope", "reference_rope", "rope_spec"]

@@ -211,7 +211,7 @@ def max_error(got: Sequence[Tensor], want: Sequence[Tensor],
         diff = (g.to(torch.float64) - w).abs()
         diff = torch.where(torch.isnan(diff), torch.full_like(diff, math.inf), diff)
         if mask is not None:
-            diff = diff * mask[i]
+            diff = torch.where(mask[i] > 0, diff, torch.zeros_like(diff))
         flat = int(diff.argmax())
         err = float(diff.reshape(-1)[flat])
         if err > best:
@@ -236,11 +236,15 @@ def _where(worst: dict) -> str:
             f"{worst['error']:.3g}")
 
 
+ANGLES_FLOAT32 = "angles formed in float32 (pos * inv_freq rounded before cos/sin)"
+
+
 def diagnose(kind: str, target: str, config: dict, probes: list[Probe], hypotheses: Sequence[Hypothesis], *,
-             angles: bool = True) -> ConformanceResult:
+             angles: bool = True, precision_text: str = ANGLES_FLOAT32) -> ConformanceResult:
     """Turn probes into a :class:`ConformanceResult`: per-case rows and, on failure, the finding that explains it.
 
-    ``angles=False`` (bias encodings) skips the low-precision-angle findings.
+    ``angles=False`` (exact integer outputs such as T5 buckets) skips the float32 precision finding and slack;
+    ``precision_text`` names what a float32 precision finding means for this encoding.
     """
     measured = []  # (probe, error, worst dict)
     for p in probes:
@@ -255,7 +259,7 @@ def diagnose(kind: str, target: str, config: dict, probes: list[Probe], hypothes
 
     finding = None
     if failed or raised:
-        finding = _explain(ran, failed, raised, hypotheses, angles)
+        finding = _explain(ran, failed, raised, hypotheses, angles, precision_text)
     cases = []
     for p, err, worst in measured:
         if err is None:
@@ -271,7 +275,7 @@ def diagnose(kind: str, target: str, config: dict, probes: list[Probe], hypothes
     return ConformanceResult(kind, target, config, cases, finding)
 
 
-def _explain(ran, failed, raised, hypotheses: Sequence[Hypothesis], angles: bool) -> Finding:
+def _explain(ran, failed, raised, hypotheses: Sequence[Hypothesis], angles: bool, precision_text: str) -> Finding:
     worst_fail = max(failed, key=lambda r: r[1] / r[0].tolerance) if failed else None
     if not failed:  # only exceptions
         p = raised[0]
@@ -288,10 +292,10 @@ def _explain(ran, failed, raised, hypotheses: Sequence[Hypothesis], angles: bool
         worst = max(same, key=lambda r: r[1])
         short = [e for p, e, _ in same if p.max_position < SHORT_POSITION]
         short_text = f"; below position {SHORT_POSITION} at most {max(short):.3g}" if short else ""
-        sentence = (f"angles formed in float32 (pos * inv_freq rounded before cos/sin): {dtype_name(finest)} error "
+        sentence = (f"{precision_text}: {dtype_name(finest)} error "
                     f"{worst[1]:.3g} at position {worst[2].get('position', worst[0].max_position)} (case "
                     f"{worst[0].name!r}){short_text} - a long-position precision limit many implementations share, "
-                    f"not a pairing or frequency bug; forming the angles in float64 removes it.")
+                    f"not a bug in the formula; forming it in float64 removes it.")
         return Finding("angles_float32", "precision", sentence + suffix, worst[2])
 
     # 3. a buggy reference that matches every probe
@@ -316,7 +320,7 @@ def _explain(ran, failed, raised, hypotheses: Sequence[Hypothesis], angles: bool
     if best is not None:
         _, h, exact = best
         p, e, w = worst_fail
-        extra = "" if exact or not angles else " (the angles are also formed in float32, which adds a small error " \
+        extra = "" if exact or not angles else f" (and {precision_text.split(' (')[0]}, which adds a small error " \
                                                 "at long positions)"
         sentence = f"{h.sentence}{extra}; {_where(w)} (tolerance {p.tolerance:.3g})."
         return Finding(h.name, h.severity, sentence + suffix, w)
