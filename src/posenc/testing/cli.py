@@ -8,6 +8,7 @@ Examples::
     posenc conform path/to/hf_model_dir          # its config.json; the rotary module is built locally, no download
     posenc conform tables.json                   # {"config": {...}, "positions": [...], "cos": [...], "sin": [...]}
     posenc conform mypkg.alibi:bias --kind bias --config '{"type": "alibi", "n_heads": 12, "causal": true}'
+    posenc conform posenc.testing.peers:x_transformers --factory --config '{"head_dim": 64}' --layout interleaved
 
 Exit status: 0 when every case passes (with ``--allow-precision`` also when the only failures are the long-position
 precision limit of float32 angles), 1 when a case fails, 2 for bad arguments. ``--json`` prints the result as JSON.
@@ -88,6 +89,8 @@ def run_conform(args: argparse.Namespace) -> Any:
     if ":" not in target:
         raise UsageError(f"TARGET must be module:function, a model directory or a .json file; got {target!r}")
     fn = _import_callable(target)
+    if args.factory and config is not None:
+        fn = fn(config)  # a factory builds the candidate from the same config (e.g. posenc.testing.peers adapters)
     if config is None:
         raise UsageError("a callable needs --config (an HF-style JSON dict or a file), e.g. --config "
                          "'{\"rope_type\": \"default\", \"rope_theta\": 10000, \"head_dim\": 64}'")
@@ -126,6 +129,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="module:function, a Hugging Face model directory / config.json, or a tables JSON")
     p.add_argument("--config", default=None, metavar="JSON",
                    help="HF-style configuration for a callable: a JSON dict or a file holding one")
+    p.add_argument("--factory", action="store_true",
+                   help="TARGET is a factory: call it with the config to get the candidate")
     p.add_argument("--kind", choices=("auto", "rope", "mrope", "bias"), default="auto",
                    help="what the callable implements (default: from the config)")
     p.add_argument("--layout", choices=("half", "interleaved"), default=None,
