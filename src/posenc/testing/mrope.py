@@ -123,7 +123,7 @@ def mrope_hypotheses(spec: MRopeSpec) -> list[tuple[str, str, MRopeSpec]]:
 def mrope_cases(*, dtypes: Sequence[str | torch.dtype] = ("float32", "bfloat16"), max_position: int = 1_000_000,
                 heads: int = 4) -> list[tuple[str, torch.dtype, int, Tensor]]:
     """``(name, dtype, kv_heads, coords (B, T, 3))``: text, an image between text runs, a video grid, ``(B, T)``
-    rows with different layouts, GQA, and text at long positions (up to ``max_position``)."""
+    rows with different layouts, GQA, an image at 50000 and text at 10**5 and 10**6 (up to ``max_position``)."""
     image = mrope_position_ids([3, (1, 3, 4), 2])  # (17, 3)
     video = mrope_position_ids([2, (2, 2, 3), 3])  # (17, 3)
     text = mrope_position_ids([17])
@@ -137,8 +137,9 @@ def mrope_cases(*, dtypes: Sequence[str | torch.dtype] = ("float32", "bfloat16")
             out.append(("text", dt, heads, torch.stack((text, text + 40))))
             out.append(("video", dt, heads, torch.stack((video, video))))
             out.append(("gqa", dt, max(1, heads // 2), torch.stack((image, image))))
-            if max_position >= 100_000:
-                out.append(("long-text", dt, heads, torch.stack((text + 100_000 - 17, text + max_position - 17))))
+            for top in (100_007, 999_999):
+                if top <= max_position:
+                    out.append((f"long-{top}", dt, heads, torch.stack((text + top - 16, text + top - 16))))
             out.append(("long-image", dt, heads, torch.stack((image + 50_000, image + 50_000))))
     return out
 
