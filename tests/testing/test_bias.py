@@ -48,6 +48,7 @@ ALIBI_BUGS = [
     ("sign_flipped", 8, True, {"sign": -1.0}),
     ("slopes_reversed", 8, True, {"slopes": paper_slopes(8)[::-1]}),
     ("offset_plus_one", 8, True, {"shift": 1}),
+    ("offset_minus_one", 8, True, {"shift": -1}),
     ("symmetry", 8, False, {"symmetric": False}),
     ("slopes_naive", 12, True, {"slopes": [2 ** (-8 * (h + 1) / 12) for h in range(12)]}),
     ("slopes_truncated", 12, True, {"slopes": paper_slopes(16)[:12]}),

@@ -66,6 +66,7 @@ BUGS = [
     ("height_width_swapped", QWEN2, {"hw_swapped": True}, ["height and width"]),
     ("text_only", QWEN3, {"interleaved": True, "text_only": True}, ["ignore the image coordinates"]),
     ("offset_plus_one", QWEN2, {"shift": 1}, ["shifted by +1"]),
+    ("offset_minus_one", QWEN3, {"interleaved": True, "shift": -1}, ["shifted by -1"]),
     ("wrong_base", QWEN2, {}, ["base 10000"]),
 ]
 

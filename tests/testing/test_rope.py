@@ -131,6 +131,9 @@ BUGS = [
     ("scaling_linear", CONFIGS["ntk"], {"rope_type": "linear"}, "half", ["'linear'", "NTK vs linear"]),
     ("scaling_ntk", CONFIGS["linear"], {"rope_type": "ntk"}, "half", ["'ntk'", "NTK vs linear"]),
     ("scaling_ntk", CONFIGS["dynamic"], {"rope_type": "ntk"}, "half", ["static vs dynamic"]),
+    ("scaling_dynamic", CONFIGS["ntk"], {"rope_type": "dynamic"}, "half", ["'dynamic'", "static vs dynamic"]),
+    ("scaling_linear", CONFIGS["llama3"], {"rope_type": "linear"}, "half", ["'linear'", "asks for 'llama3'"]),
+    ("attention_factor_missing", CONFIGS["longrope"], {"q_power": 0, "k_power": 0}, "half", ["longrope"]),
     ("yarn_truncate", YARN, {"truncate": False}, "half", ["truncate=False"]),
 ]
 
