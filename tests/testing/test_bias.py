@@ -115,3 +115,25 @@ def test_each_t5_bug_is_named(name, fn):
 def test_bad_bias_config():
     with pytest.raises(ValueError, match="'type': 'alibi' or 't5'"):
         check_bias(hf_t5_bucket, {"type": "kerple"})
+
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+
+@hypothesis.given(n=st.integers(1, 40), causal=st.booleans())
+def test_fuzz_correct_alibi_is_never_flagged(n, causal):
+    result = check_bias(make_alibi(n, symmetric=not causal), {"type": "alibi", "n_heads": n, "causal": causal},
+                        max_position=131071)
+    assert result.passed, result.table()
+
+
+@hypothesis.given(bidirectional=st.booleans(), num_buckets=st.sampled_from([8, 16, 32, 64]),
+                  max_distance=st.sampled_from([20, 64, 128, 300]))
+def test_fuzz_hf_t5_buckets_are_never_flagged(bidirectional, num_buckets, max_distance):
+    per = num_buckets // 2 if bidirectional else num_buckets
+    if max_distance <= per // 2:
+        return
+    cfg = {"type": "t5", "bidirectional": bidirectional, "num_buckets": num_buckets, "max_distance": max_distance}
+    fn = lambda r: hf_t5_bucket(r, bidirectional, num_buckets, max_distance)  # noqa: E731
+    assert check_bias(fn, cfg).passed
