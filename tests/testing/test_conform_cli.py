@@ -34,6 +34,11 @@ ROPE_PY = textwrap.dedent('''
     def interleaved(q, k, positions):
         return rope(q, k, positions, layout="interleaved")
 
+    def mrope(q, k, coords):  # posenc's own M-RoPE with Qwen2-VL sections
+        import posenc
+        pe = posenc.get_encoding("mrope", dim=4 * 32, n_heads=4, base=1e6, mrope_section=[4, 6, 6])
+        return pe.rotate(q, k, coords, coords)
+
     def alibi(q_pos, k_pos):  # 4 heads: slopes 1/4, 1/16, 1/64, 1/256
         m = torch.tensor([0.25, 0.0625, 0.015625, 0.00390625])
         return m[:, None, None] * (q_pos[:, None] - k_pos[None, :]).float()  # the sign is wrong
@@ -107,6 +112,15 @@ def test_exported_tables(tmp_path, capsys):
     (tmp_path / "swapped.json").write_text(json.dumps(table))
     assert main(["conform", str(tmp_path / "swapped.json"), "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["verdict"] == "fail"
+
+
+def test_an_mrope_callable(module, capsys):
+    cfg = '{"head_dim": 32, "rope_theta": 1e6, "mrope_section": [4, 6, 6]}'
+    assert main(["conform", "user_rope:mrope", "--config", cfg]) == 0
+    assert "mrope user_rope:mrope: pass" in capsys.readouterr().out
+    interleaved = '{"head_dim": 32, "rope_theta": 1e6, "mrope_section": [4, 6, 6], "mrope_interleaved": true}'
+    assert main(["conform", "user_rope:mrope", "--config", interleaved, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["finding"]["hypothesis"] == "sections_order"
 
 
 def test_a_bias_callable(module, capsys):

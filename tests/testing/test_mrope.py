@@ -78,3 +78,17 @@ def test_each_mrope_bug_is_named(name, cfg, bug, words):
     result = check_mrope(fn, cfg, dtypes=("float32",))
     assert not result.conforms and result.finding.hypothesis == name, result.diagnosis
     assert all(word in result.diagnosis for word in words), result.diagnosis
+
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+
+@hypothesis.given(section=st.tuples(st.integers(0, 8), st.integers(0, 8), st.integers(0, 8)).filter(
+    lambda s: sum(s) > 0), interleaved=st.booleans(), layout=st.sampled_from(["half", "interleaved"]),
+    base=st.sampled_from([100.0, 10000.0, 1e6]))
+def test_fuzz_a_correct_mrope_is_never_flagged(section, interleaved, layout, base):
+    cfg = {"head_dim": 2 * sum(section), "rope_theta": base, "mrope_section": list(section),
+           "mrope_interleaved": interleaved}
+    fn = make_mrope(section, base, interleaved=interleaved, layout=layout)
+    assert check_mrope(fn, cfg, layout=layout, dtypes=("float32",)).passed
