@@ -29,3 +29,12 @@ def test_readme_python_example_runs():
     exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the README's own example
     assert namespace["out"].shape == (2, 8, 128, 64) and torch.isfinite(namespace["out"]).all()
     assert namespace["x"].shape == (2, 128, 512)
+
+
+def test_readme_conformance_example_runs_and_names_the_layout(capsys):
+    block = re.search(r"## Check your implementation: `posenc conform`.*?```python\n(.*?)```", README, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the README's own example
+    assert namespace["result"].finding.hypothesis == "layout"
+    assert "interleaved pairs" in namespace["result"].diagnosis
+    assert namespace["ok"].verdict == "precision" and namespace["ok"].conforms

@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "posenc.rope_scaling_cli",
     "posenc.viz_cli",
     "posenc.lab.cli",
+    "posenc.testing.cli",
 )
 
 

@@ -1,0 +1,23 @@
+"""The conformance kit (``posenc conform``): check anyone's positional-encoding implementation against posenc's exact
+references over a matrix of inputs, and when it fails, name the known bug that explains the numbers.
+
+- :func:`check_rope` — a RoPE ``fn(q, k, positions) -> (q, k)`` against an HF-style config (every scaling, both
+  layouts, partial rotary, offsets, ``(B, T)`` positions, GQA, positions up to 10**6, float32/bfloat16/float16);
+- :func:`check_mrope` — M-RoPE ``fn(q, k, coords) -> (q, k)`` with ``(B, T, 3)`` coordinates, blocked or interleaved
+  sections;
+- :func:`check_bias` — ALiBi ``fn(q_pos, k_pos) -> (H, Tq, Tk)`` and T5 bucket functions;
+- :func:`check_hf_model` — a Hugging Face model's (or config's) own rotary code.
+
+Each returns a :class:`ConformanceResult` with ``passed``, ``conforms`` (no bug; at most the long-position precision
+limit of float32 angles), ``diagnosis`` (one sentence or ``None``) and ``cases`` (one row per input).
+Shapes: q ``(B, H, T, D)``, k ``(B, Hkv, T, D)``, positions int64 ``(T,)`` or ``(B, T)``.
+"""
+
+from posenc.testing.bias import check_bias
+from posenc.testing.diagnose import Case, ConformanceResult, Finding
+from posenc.testing.hf import check_hf_model
+from posenc.testing.mrope import check_mrope, reference_mrope
+from posenc.testing.rope import check_rope, reference_rope, rope_spec
+
+__all__ = ["Case", "ConformanceResult", "Finding", "check_bias", "check_hf_model", "check_mrope", "check_rope",
+           "reference_mrope", "reference_rope", "rope_spec"]

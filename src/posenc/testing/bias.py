@@ -1,0 +1,161 @@
+"""``check_bias``: a candidate ALiBi bias or T5 bucket function against posenc's reference, with diagnoses.
+
+- ALiBi (Press et al. 2022, arXiv 2108.12409): ``fn(q_pos, k_pos) -> (H, Tq, Tk)`` bias for int64 positions
+  ``(Tq,)`` and ``(Tk,)``; config ``{"type": "alibi", "n_heads": 12, "causal": true}`` (``"symmetric"`` defaults to
+  ``not causal``, as posenc's ``alibi``; explicit ``"slopes"`` optional). In a causal model only keys at or before
+  the query count (the rest are masked).
+- T5 (Raffel et al. 2020, arXiv 1910.10683): ``fn(relative_position) -> buckets`` with ``relative_position = key -
+  query`` (int64, any shape); config ``{"type": "t5", "bidirectional": true, "num_buckets": 32, "max_distance": 128}``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from posenc.encodings.alibi import alibi_bias, alibi_slopes
+from posenc.encodings.t5 import t5_relative_position_bucket
+from posenc.testing.diagnose import ConformanceResult, Hypothesis, Probe, diagnose, one_thread
+
+__all__ = ["check_bias"]
+
+
+def _call_bias(fn: Callable, *args: Tensor, shape: tuple[int, ...]) -> tuple[list[Tensor] | None, str | None]:
+    try:
+        with torch.no_grad():
+            out = fn(*(a.clone() for a in args))
+    except Exception as exc:  # noqa: BLE001 - the candidate's failure is a result
+        return None, f"{type(exc).__name__}: {exc}".splitlines()[0]
+    if not isinstance(out, Tensor):
+        return None, f"expected a tensor back; got {type(out).__name__}"
+    if tuple(out.shape) != shape:
+        return None, f"returned shape {tuple(out.shape)}; expected {shape}"
+    return [out.detach()], None
+
+
+# -- ALiBi -------------------------------------------------------------------------------------------------------------
+def _alibi_reference(q_pos: Tensor, k_pos: Tensor, slopes: Tensor, *, symmetric: bool, sign: float = 1.0,
+                     shift: int = 0) -> Tensor:
+    return sign * alibi_bias(q_pos[:, None], k_pos[None, :] + shift, slopes, symmetric=symmetric)
+
+
+def _naive_slopes(n: int) -> Tensor:
+    return torch.tensor([2.0 ** (-8.0 * (h + 1) / n) for h in range(n)], dtype=torch.float64)
+
+
+def check_alibi(candidate: Callable, config: dict, *, max_position: int = 1_000_000,
+                target: str | None = None) -> ConformanceResult:
+    n = config.get("n_heads")
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise ValueError(f"conform alibi: the configuration needs a positive int 'n_heads'; got {n!r}.")
+    causal = bool(config.get("causal", True))
+    symmetric = config.get("symmetric")
+    symmetric = (not causal) if symmetric is None else bool(symmetric)
+    slopes = torch.tensor(config["slopes"], dtype=torch.float64) if config.get("slopes") else \
+        alibi_slopes(n, dtype=torch.float64)
+    ar = torch.arange(16)
+    cases = [("prefill", ar, ar), ("offset", ar + 37, torch.arange(53)), ("decode", torch.tensor([1000]),
+             torch.arange(1001)), ("cross", ar, torch.arange(24))]
+    cases += [(f"long-{top}", torch.arange(top - 15, top + 1), torch.arange(top - 31, top + 1))
+              for top in (100_007, 999_999) if top <= max_position]
+    probes = []
+    for name, q_pos, k_pos in cases:
+        want = [_alibi_reference(q_pos, k_pos, slopes, symmetric=symmetric)]
+        got, message = _call_bias(candidate, q_pos, k_pos, shape=(n, q_pos.numel(), k_pos.numel()))
+        mask = [(k_pos[None, None, :] <= q_pos[None, :, None]).to(torch.float64).expand(n, -1, -1)] if causal \
+            else None
+        probes.append(Probe(name, torch.float32, (n, q_pos.numel(), k_pos.numel()),
+                            f"q {q_pos[0].item()}..{q_pos[-1].item()}, k {k_pos[0].item()}..{k_pos[-1].item()}",
+                            int(max(q_pos.max(), k_pos.max())), want, got, {"q_pos": q_pos, "k_pos": k_pos},
+                            message=message, names=("bias",), mask=mask,
+                            position_of=lambda _n, idx, q=q_pos: int(q[idx[1]])))
+        # slack for float32 formation: ANGLE_ULPS * eps32 * (largest |m * position|), as Probe.slack computes it
+        probes[-1].angle = float(max(q_pos.max(), k_pos.max())) * float(slopes.max()) / max(probes[-1].magnitude,
+                                                                                               1e-30)
+
+    def hyp(name: str, sentence: str, **kw: Any) -> Hypothesis:
+        s = kw.pop("slopes", slopes)
+        sym = kw.pop("symmetric", symmetric)
+        return Hypothesis(name, sentence, lambda p: [_alibi_reference(p.inputs["q_pos"], p.inputs["k_pos"], s,
+                                                                      symmetric=sym, **kw)])
+
+    hyps = [hyp("sign_flipped", "your bias has the wrong sign (+m * (i - j)): distant keys are favoured, not "
+                "penalised", sign=-1.0),
+            hyp("slopes_reversed", "your slopes run in reverse head order (head 0 gets the smallest slope, "
+                f"{float(slopes.min()):.6g}, instead of {float(slopes.max()):.6g})", slopes=slopes.flip(0)),
+            hyp("offset_plus_one", "your distances are off by one (-m * (i - j - 1))", shift=1),
+            hyp("offset_minus_one", "your distances are off by one (-m * (i - j + 1))", shift=-1)]
+    if not causal:
+        hyps.append(hyp("symmetry", f"your bias is {'-m * (i - j)' if symmetric else '-m * |i - j|'}; the "
+                        f"configuration (bidirectional, symmetric={symmetric}) expects "
+                        f"{'-m * |i - j|' if symmetric else '-m * (i - j)'}", symmetric=not symmetric))
+    if n & (n - 1) and not config.get("slopes"):
+        p2 = 2 ** math.ceil(math.log2(n))
+        hyps.append(hyp("slopes_naive", f"your slopes are 2^(-8 (h + 1) / {n}) for all {n} heads; for a head count "
+                        f"that is not a power of two the paper takes {2 ** math.floor(math.log2(n))} of those slopes "
+                        f"and every other one of the next power of two", slopes=_naive_slopes(n)))
+        hyps.append(hyp("slopes_truncated", f"your slopes are the first {n} of the {p2}-head sequence; the paper "
+                        f"fills up with every other slope of the next power of two",
+                        slopes=alibi_slopes(p2, dtype=torch.float64)[:n]))
+    return diagnose("bias", target or getattr(candidate, "__qualname__", "alibi"),
+                    {"type": "alibi", "n_heads": n, "causal": causal, "symmetric": symmetric}, probes, hyps,
+                    precision_text="bias formed from absolute positions in float32 (m * i - m * j rounded)")
+
+
+# -- T5 ----------------------------------------------------------------------------------------------------------------
+def check_t5(candidate: Callable, config: dict, *, max_position: int = 1_000_000,
+             target: str | None = None) -> ConformanceResult:
+    bidirectional = bool(config.get("bidirectional", True))
+    num_buckets = int(config.get("num_buckets", 32))
+    max_distance = int(config.get("max_distance", 128))
+    ref = {"bidirectional": bidirectional, "num_buckets": num_buckets, "max_distance": max_distance}
+    t5_relative_position_bucket(torch.zeros(1, dtype=torch.long), **ref)  # validates the settings
+    ar = torch.arange(64)
+    cases = [("range", torch.arange(-300, 301)), ("matrix", ar[None, :] - ar[:, None]),
+             ("decode", torch.arange(1001) - 1000)]
+    cases += [("long", torch.tensor([-max_position, -max_position // 2, max_position // 2, max_position]))]
+
+    def bucket(rel: Tensor, **kw: Any) -> list[Tensor]:
+        sign = kw.pop("sign", 1)
+        return [t5_relative_position_bucket(sign * rel, **{**ref, **kw}).to(torch.float64)]
+
+    probes = []
+    for name, rel in cases:
+        got, message = _call_bias(candidate, rel, shape=tuple(rel.shape))
+        probes.append(Probe(name, torch.float32, tuple(rel.shape), f"rel {int(rel.min())}..{int(rel.max())}",
+                            int(rel.abs().max()), bucket(rel), got, {"rel": rel}, tolerance=0.5, message=message,
+                            names=("bucket",), position_of=lambda _n, idx, r=rel: int(r[idx])))
+
+    def hyp(name: str, sentence: str, **kw: Any) -> Hypothesis:
+        return Hypothesis(name, sentence, lambda p: bucket(p.inputs["rel"], **kw))
+
+    hyps = [hyp("bidirectional", f"your buckets are the {'causal' if bidirectional else 'bidirectional'} ones; the "
+                f"configuration has bidirectional={bidirectional}", bidirectional=not bidirectional),
+            hyp("sign_flipped", "your relative position is query - key; T5's is key - query (memory - context)",
+                sign=-1)]
+    for alt in (128, 256, 64):
+        if alt != max_distance:
+            hyps.append(hyp(f"max_distance_{alt}", f"your buckets saturate at max_distance={alt}; the configuration "
+                            f"has {max_distance}", max_distance=alt))
+    for alt in (32, num_buckets * 2, num_buckets // 2):
+        if alt != num_buckets and alt >= 4:
+            hyps.append(hyp(f"num_buckets_{alt}", f"your buckets are those of num_buckets={alt}; the configuration "
+                            f"has {num_buckets}", num_buckets=alt))
+    return diagnose("bias", target or getattr(candidate, "__qualname__", "t5"), {"type": "t5", **ref}, probes, hyps,
+                    angles=False)
+
+
+def check_bias(candidate: Callable, config: dict, *, max_position: int = 1_000_000,
+               target: str | None = None) -> ConformanceResult:
+    """Check an ALiBi bias ``fn(q_pos, k_pos) -> (H, Tq, Tk)`` or a T5 bucket ``fn(rel) -> buckets`` (the config's
+    ``"type"``: ``"alibi"`` or ``"t5"``); see the module docstring."""
+    if not isinstance(config, dict) or config.get("type") not in ("alibi", "t5"):
+        raise ValueError(f"conform bias: the configuration needs 'type': 'alibi' or 't5'; got "
+                         f"{config.get('type') if isinstance(config, dict) else config!r}.")
+    with one_thread():
+        check = check_alibi if config["type"] == "alibi" else check_t5
+        return check(candidate, config, max_position=max_position, target=target)
