@@ -106,7 +106,7 @@ def _value(record: dict, length: str) -> float | None:
     m = record["metrics"].get(length, {})
     if "undefined" in m or not m:
         return None
-    return m["perplexity"] if record["metric"] == "perplexity" else m["accuracy"]
+    return m.get(record["metric"], m.get("accuracy"))  # the task's headline: accuracy, token_accuracy, perplexity
 
 
 def encoding_label(record: dict) -> str:
@@ -238,9 +238,9 @@ def _plot(task: str, t: dict, path: Path) -> None:
         ax.set_yscale("log")
         ax.set_xscale("log", base=2)
     else:
-        ax.set_ylabel("accuracy (exact match)")
+        ax.set_ylabel("token accuracy" if t["metric"] == "token_accuracy" else "accuracy (exact match)")
         ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"{task}: {'perplexity' if t['metric'] == 'perplexity' else 'accuracy'} vs evaluation length")
+    ax.set_title(f"{task}: {t['metric'].replace('_', ' ')} vs evaluation length")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
@@ -401,7 +401,9 @@ def write_report(out: str | os.PathLike) -> Path:
           f"Versions: {'; '.join(versions)}." + (f" LM corpus sha256: {', '.join(h[:16] for h in hashes)}."
                                                   if hashes else ""),
           "", "## Summary (mean ± 95% interval over seeds)", "",
-          "Accuracy is exact match per example; `in distribution` averages the evaluation lengths inside the "
+          "Each task reports its own headline metric (its section says which): exact match per example, or, for the "
+          "Delétang/Ruoss algorithmic tasks as those papers score them, the share of output tokens right; "
+          "`in distribution` averages the evaluation lengths inside the "
           "training range, `beyond` those past it; `n/a`: the encoding is not defined there (see notes). The "
           "interval is Student's t over seeds; a single seed shows its value alone. `learned` counts the seeds "
           f"that met the task's in-distribution bar; {NOT_LEARNED} marks encodings with none, which no ranking "

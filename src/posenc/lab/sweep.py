@@ -72,8 +72,8 @@ def _check_metrics(record: dict) -> str | None:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 return f"its {name} at length {length} is {value!r}, not a finite number"
-            if name == "accuracy" and not 0.0 <= value <= 1.0:
-                return f"its accuracy at length {length} is {value!r}, outside [0, 1]"
+            if name in ("accuracy", "token_accuracy") and not 0.0 <= value <= 1.0:
+                return f"its {name} at length {length} is {value!r}, outside [0, 1]"
             if name == "perplexity" and value < 1.0:
                 return f"its perplexity at length {length} is {value!r}, below 1"
     return None
@@ -245,8 +245,8 @@ def summary_line(record: dict) -> str:
         elif record["metric"] == "perplexity":
             parts.append(f"{length}: {m['perplexity']:.2f}")
         else:
-            parts.append(f"{length}: {m['accuracy']:.0%}")
-    label = "ppl" if record["metric"] == "perplexity" else "acc"
+            parts.append(f"{length}: {m.get(record['metric'], m.get('accuracy')):.0%}")
+    label = {"perplexity": "ppl", "token_accuracy": "tok-acc"}.get(record["metric"], "acc")
     verdict = "" if record.get("learned", True) else "  NOT LEARNED (below the task's in-distribution bar)"
     return (f"{record['task']:<18} {record['encoding']:<11} seed {record['seed']}  train<= {hi:<4} "
             f"{label} {'  '.join(parts)}  loss {record['final_train_loss']:.3f}  {record['wall_time_s']:.0f}s"

@@ -24,6 +24,7 @@ class BinaryAddition(Task):
     train_lengths = (1, 40)
     eval_lengths = (40, 60, 100, 200)
     paper = "2305.16843"
+    metric = "token_accuracy"  # Delétang et al.'s score: the share of output tokens right
     summary = "add two binary numbers, LSB first (Delétang/Ruoss protocol)"
 
     def sequence_length(self, length: int) -> int:

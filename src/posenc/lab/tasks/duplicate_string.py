@@ -23,6 +23,7 @@ class DuplicateString(Task):
     train_lengths = (1, 40)
     eval_lengths = (40, 60, 100, 200)
     paper = "2305.16843"
+    metric = "token_accuracy"  # Delétang et al.'s score: the share of output tokens right
     summary = "write a bit string twice (Delétang/Ruoss protocol)"
 
     def sequence_length(self, length: int) -> int:

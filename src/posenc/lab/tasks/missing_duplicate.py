@@ -25,6 +25,7 @@ class MissingDuplicate(Task):
     train_lengths = (1, 40)
     eval_lengths = (40, 60, 100, 200)
     paper = "2305.16843"
+    metric = "token_accuracy"  # Delétang et al.'s score: the share of output tokens right
     summary = "find the hidden symbol of a duplicated bit string (Delétang/Ruoss protocol)"
 
     def sequence_length(self, length: int) -> int:

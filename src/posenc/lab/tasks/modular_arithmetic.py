@@ -39,6 +39,7 @@ class ModularArithmetic(Task):
     train_lengths = (1, 40)
     eval_lengths = (40, 60, 100, 200)
     paper = "2305.16843"
+    metric = "token_accuracy"  # Delétang et al.'s score: the share of output tokens right
     summary = "evaluate + - * expressions mod 5 (Delétang/Ruoss protocol)"
 
     def sequence_length(self, length: int) -> int:
