@@ -171,9 +171,9 @@ def test_from_hf_config_object_with_partial_rotary_matches_transformers():
     ({"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 32,
       "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 3, "long_factor": [1.0] * 8}}, "length 3"),
     ({"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 32,
-      "rope_parameters": {"rope_type": "proportional"}}, "proportional"),
+      "rope_parameters": {"rope_type": "axial"}}, "axial"),
     ({"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 32,
-      "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3]}}, "multimodal"),
+      "rope_parameters": {"rope_type": "yarn", "factor": 2.0, "mrope_section": [2, 3, 3]}}, "mrope"),
     ({"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 32,
       "rope_parameters": {"full_attention": {"rope_type": "default"}, "sliding_attention": {"rope_type": "default"}}},
      "layer_type"),
@@ -199,7 +199,7 @@ def test_patch_rotary_rejects_mismatches():
     model = _llama("default")
     with pytest.raises(ValueError, match="rotate_half"):
         patch_rotary(model, RoPE(dim=HIDDEN, n_heads=HEADS, layout="interleaved"))
-    with pytest.raises(ValueError, match="head_dim"):
+    with pytest.raises(ValueError, match="rotary width"):
         patch_rotary(model, RoPE(dim=HIDDEN, n_heads=2))
     with pytest.raises(ValueError, match="log-n"):
         patch_rotary(model, RoPE(dim=HIDDEN, n_heads=HEADS, scaling={"rope_type": "default", "logn": True}))

@@ -16,7 +16,9 @@ logits ``q . k`` are multiplied by ``attention_scale ** 2`` (YaRN's ``sqrt(1/t)`
   ``0.1 ln s + 1`` (Peng et al. 2023, arXiv 2309.00071);
 - ``longrope``: searched per-pair factors ``theta_i / lambda_i``, a short and a long set chosen by length
   (Ding et al. 2024, arXiv 2402.13753; Phi-3);
-- ``llama3``: keep fast pairs, ``/ s`` slow ones, blend in between (Llama 3.1, arXiv 2407.21783).
+- ``llama3``: keep fast pairs, ``/ s`` slow ones, blend in between (Llama 3.1, arXiv 2407.21783);
+- ``proportional``: p-RoPE, the slowest pairs of the whole head get frequency 0 (Barbero et al. 2024,
+  arXiv 2410.06205; Gemma 4's global layers, Hugging Face's ``proportional``).
 
 ``params`` is a plain dict with Hugging Face's key names (``factor``, ``original_max_position_embeddings``,
 ``beta_fast``, ...); :func:`resolve_scaling` validates a user's dict and fills the defaults. Any method can add
@@ -48,6 +50,7 @@ __all__ = [
     "logn_scale",
     "longrope_scaling",
     "ntk_scaling",
+    "proportional_scaling",
     "register_scaling",
     "resolve_scaling",
     "scaled_inv_freq",
@@ -320,6 +323,28 @@ def llama3_scaling(rotary_dim: int, base: float, params: Mapping[str, Any], *,
     out = (1 - blend) * theta / factor + blend * theta
     out = torch.where(wavelength < original / high, theta, out)  # the band edges exactly as Meta writes them
     return torch.where(wavelength > original / low, theta / factor, out), 1.0
+
+
+@register_scaling("proportional", params={"factor": 1.0, "partial_rotary_factor": 1.0}, paper="2410.06205")
+def proportional_scaling(rotary_dim: int, base: float, params: Mapping[str, Any], *,
+                         seq_len: int | None = None) -> tuple[Tensor, float]:
+    """p-RoPE (Barbero et al. 2024, arXiv 2410.06205): keep the fastest pairs, zero the slowest (no rotation).
+
+    With ``d = rotary_dim`` (the whole head), ``p = partial_rotary_factor`` and ``n = int(p * d // 2)``:
+    ``theta_i = base^(-2i / d) / factor`` for ``i < n`` and ``theta_i = 0`` for ``n <= i < d/2``. This is *not*
+    partial RoPE (``rotary_dim = p * d``, which recomputes the exponents over ``p * d`` channels and leaves the last
+    channels of the head alone): the exponents stay those of the full head, and the unrotated channels are the
+    pairs ``(i, i + d/2)`` of the slow half (in the half layout) — Hugging Face's ``proportional`` (Gemma 4). Scale 1.
+    """
+    factor = _factor(params, "proportional")
+    fraction = _number(params, "partial_rotary_factor", "proportional", minimum=0.0,
+                       hint=" Hint: the fraction of the head's rotary pairs that keep their frequency, in [0, 1].")
+    if fraction > 1:
+        raise ValueError(f"rope scaling 'proportional': partial_rotary_factor must be in [0, 1]; got {fraction!r}.")
+    theta = base_inv_freq(rotary_dim, base)
+    kept = int(fraction * rotary_dim // 2)
+    theta[kept:] = 0.0
+    return theta / factor, 1.0
 
 
 # -- parameters --------------------------------------------------------------------------------------------------------

@@ -3,7 +3,10 @@
 Every token has three coordinates ``(time, height, width)``. The ``head_dim / 2`` rotary frequencies
 ``theta_i = base^(-2i / head_dim)`` are split in three consecutive *sections*: pair ``i`` in the first section rotates
 by ``time * theta_i``, in the second by ``height * theta_i``, in the third by ``width * theta_i`` (Qwen2-VL's
-``mrope_section = [16, 24, 24]`` for ``head_dim = 128``). Text tokens carry the same position on all three axes,
+``mrope_section = [16, 24, 24]`` for ``head_dim = 128``). Qwen3-VL interleaves them instead
+(``mrope_interleaved=True``): pair ``i`` uses axis ``i mod 3`` while that axis has pairs left (height and width take
+the pairs ``1, 4, 7, ...`` and ``2, 5, 8, ...`` up to ``3 * section``), the rest are time — so every axis sees high and
+low frequencies (``mrope_axes`` gives the assignment). Text tokens carry the same position on all three axes,
 so on text alone M-RoPE *is* 1-D RoPE; image patches carry ``(t, row, col)`` offset by the text before them.
 
 Positions: int64 ``(B, T, 3)`` coordinates passed to the hooks, or plain positions indexing a table set with
@@ -25,7 +28,7 @@ from posenc.base import PositionalEncoding, register
 from posenc.encodings._structured import StructuredPositions
 from posenc.encodings.rope import LAYOUTS, _check_head_tensor, apply_rope, rope_frequencies
 
-__all__ = ["MRoPE", "default_mrope_section", "mrope_angles", "mrope_position_ids"]
+__all__ = ["MRoPE", "default_mrope_section", "mrope_angles", "mrope_axes", "mrope_position_ids"]
 
 
 def default_mrope_section(head_dim: int) -> tuple[int, int, int]:
@@ -81,15 +84,37 @@ def mrope_position_ids(segments: Sequence[int | tuple[int, int, int]], *,
     return torch.cat(parts, dim=0).long()
 
 
-def mrope_angles(coords: Tensor, inv_freq: Tensor, section: Sequence[int]) -> Tensor:
-    """Angles ``(..., F)`` in float64: pair ``i`` of section ``a`` rotates by ``coords[..., a] * inv_freq[i]``.
+def mrope_axes(section: Sequence[int], *, interleaved: bool = False) -> list[int]:
+    """The axis (0 time, 1 height, 2 width) each of the ``sum(section)`` rotary pairs reads.
+
+    Contiguous (Qwen2-VL): ``section[0]`` pairs of time, then height, then width. Interleaved (Qwen3-VL, Hugging
+    Face's ``apply_interleaved_mrope``): pair ``i`` is height if ``i % 3 == 1`` and ``i < 3 * section[1]``, width if
+    ``i % 3 == 2`` and ``i < 3 * section[2]``, time otherwise.
+
+    Example:
+        >>> mrope_axes([2, 1, 1], interleaved=True)
+        [0, 1, 2, 0]
+    """
+    if not interleaved:
+        return [a for a, n in enumerate(section) for _ in range(n)]
+    n_freq = sum(section)
+    axes = [0] * n_freq
+    for axis in (1, 2):
+        for i in range(axis, min(3 * section[axis], n_freq), 3):
+            axes[i] = axis
+    return axes
+
+
+def mrope_angles(coords: Tensor, inv_freq: Tensor, section: Sequence[int], *, interleaved: bool = False) -> Tensor:
+    """Angles ``(..., F)`` in float64: pair ``i`` rotates by ``coords[..., mrope_axes(section)[i]] * inv_freq[i]``.
 
     Args:
         coords: int ``(..., 3)`` ``(time, height, width)``.
         inv_freq: ``(F,)`` frequencies with ``F = sum(section)``.
         section: three section sizes.
+        interleaved: Qwen3-VL's assignment of pairs to axes instead of Qwen2-VL's sections (:func:`mrope_axes`).
     """
-    axis = torch.tensor([a for a, n in enumerate(section) for _ in range(n)], device=coords.device)  # (F,)
+    axis = torch.tensor(mrope_axes(section, interleaved=interleaved), device=coords.device)  # (F,)
     chosen = coords.to(torch.float64).index_select(-1, axis)  # (..., F): the coordinate each pair uses
     return chosen * inv_freq.to(device=coords.device, dtype=torch.float64)
 
@@ -105,6 +130,8 @@ class MRoPE(StructuredPositions, PositionalEncoding):
         layout: ``"half"`` (Qwen2-VL / HF ``rotate_half``) or ``"interleaved"``.
         mrope_section: sizes of the (time, height, width) sections, summing to ``head_dim / 2``; default
             :func:`default_mrope_section`.
+        mrope_interleaved: assign pairs to axes round-robin as Qwen3-VL does (:func:`mrope_axes`) instead of in three
+            consecutive sections (Qwen2-VL).
     """
 
     family = "rotary"
@@ -114,7 +141,8 @@ class MRoPE(StructuredPositions, PositionalEncoding):
     axis_names = ("time", "height", "width")
 
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
-                 base: float = 10000.0, layout: str = "half", mrope_section: Sequence[int] | None = None) -> None:
+                 base: float = 10000.0, layout: str = "half", mrope_section: Sequence[int] | None = None,
+                 mrope_interleaved: bool = False) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
         if self.head_dim % 2:
             raise ValueError(f"mrope: head_dim = dim // n_heads must be even (channels rotate in pairs); got "
@@ -129,9 +157,13 @@ class MRoPE(StructuredPositions, PositionalEncoding):
             raise ValueError(f"mrope: mrope_section must be three non-negative ints (time, height, width) summing to "
                              f"head_dim / 2 = {self.head_dim // 2}; got {mrope_section!r}. Hint: Qwen2-VL uses "
                              f"[16, 24, 24] for head_dim 128.")
+        if not isinstance(mrope_interleaved, bool):
+            raise TypeError(f"mrope: mrope_interleaved must be a bool (True: Qwen3-VL's round-robin axes); got "
+                            f"{mrope_interleaved!r}.")
         self.base = float(base)
         self.layout = layout
         self.mrope_section = section
+        self.mrope_interleaved = mrope_interleaved
 
     # -- coordinates ---------------------------------------------------------------------------------------------------
     def set_position_ids(self, ids: Tensor | None) -> None:
@@ -161,11 +193,16 @@ class MRoPE(StructuredPositions, PositionalEncoding):
     def rotate_one(self, x: Tensor, pos: Tensor, name: str = "x") -> Tensor:
         _check_head_tensor(x, self.head_dim, name)
         coords = self.resolve(pos, x.shape[-2], batch=x.shape[0], device=x.device, name=f"{name}_pos")  # (B|1,T,3)
-        inv_freq = rope_frequencies(self.head_dim, self.base, device=x.device)
-        angles = mrope_angles(coords, inv_freq, self.mrope_section)  # (B|1, T, F)
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        return apply_rope(x, angles.cos().to(dtype), angles.sin().to(dtype), layout=self.layout)
+        cos, sin = self.cos_sin(coords, dtype=dtype)
+        return apply_rope(x, cos, sin, layout=self.layout)
+
+    def cos_sin(self, coords: Tensor, *, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """cos/sin at ``(..., 3)`` coordinates -> two ``(..., head_dim // 2)`` tensors (angles in float64)."""
+        inv_freq = rope_frequencies(self.head_dim, self.base, device=coords.device)
+        angles = mrope_angles(coords, inv_freq, self.mrope_section, interleaved=self.mrope_interleaved)  # (..., F)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, base={self.base:g}, layout={self.layout!r}, "
-                f"mrope_section={list(self.mrope_section)}")
+                f"mrope_section={list(self.mrope_section)}, mrope_interleaved={self.mrope_interleaved}")

@@ -220,7 +220,9 @@ class RoPE(PositionalEncoding):
         if theta is not None and float(theta) != self.base:
             raise ValueError(f"rope: scaling has rope_theta={theta} but base={self.base:g}; pass base={theta} (or "
                              f"build it with posenc.hf.from_hf_config).")
-        fraction = scaling.pop("partial_rotary_factor", None)
+        # p-RoPE's partial_rotary_factor is a parameter of its frequencies over the whole head, not a rotary width
+        proportional = scaling.get("rope_type", scaling.get("type")) == "proportional"
+        fraction = None if proportional else scaling.pop("partial_rotary_factor", None)
         if fraction is not None and int(self.head_dim * fraction) != self.rotary_dim:
             raise ValueError(f"rope: scaling has partial_rotary_factor={fraction} (rotary_dim "
                              f"{int(self.head_dim * fraction)}) but rotary_dim={self.rotary_dim}; pass "
