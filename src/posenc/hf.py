@@ -6,6 +6,7 @@
 - :func:`patch_rotary` finds the rotary modules of a Hugging Face causal LM (Llama-like, GPT-NeoX, GPT-J, Gemma 3's
   per-layer-type one, Phi-3, Qwen2-VL / Qwen3-VL) and replaces each with a module that returns posenc's cos/sin in
   that model's layout, so the model runs on posenc's frequencies — checked against the model's own, or refused.
+- :func:`to_hf_config` is the way back: the config fields (``rope_parameters``, ``rope_theta``, ...) of an encoding.
 - :func:`to_scaled` converts a posenc model's (or encoding's) ``rope`` into a context-extended one, for the
   "zero-shot extension fails, a short fine-tune with interpolation recovers" experiments of PI and YaRN.
 
@@ -34,6 +35,7 @@ __all__ = [
     "from_hf_config",
     "hf_layer_types",
     "patch_rotary",
+    "to_hf_config",
     "to_scaled",
 ]
 
@@ -461,6 +463,113 @@ def _check_encoding(encoding: Any, layout: str) -> RoPE:
         raise ValueError("patch_rotary: log-n scaling multiplies queries only, but HF applies one (cos, sin) to both "
                          "q and k; remove 'logn' from the scaling.")
     return encoding
+
+
+# posenc scaling methods that transformers has too (posenc's "ntk" is static NTK, which transformers lacks)
+HF_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3", "proportional")
+
+
+def _rope_parameters(pe: RoPE | MRoPE) -> tuple[dict, int]:
+    """One HF RoPE dict for ``pe`` and the max_position_embeddings it implies."""
+    if type(pe) not in (RoPE, MRoPE):
+        raise TypeError(f"to_hf_config: expected a posenc `rope` or `mrope` encoding; got {type(pe).__name__}.")
+    max_len = pe.max_seq_len
+    out: dict[str, Any] = {"rope_type": "default", "rope_theta": pe.base}
+    if isinstance(pe, MRoPE):
+        if pe.layout != "half":
+            raise ValueError(f"to_hf_config: Qwen2-VL / Qwen3-VL pair channels with rotate_half; the mrope encoding "
+                             f"uses layout={pe.layout!r}. Hint: build it with layout='half'.")
+        out.update(mrope_section=list(pe.mrope_section))
+        if pe.mrope_interleaved:
+            out["mrope_interleaved"] = True
+        return out, max_len
+    out["partial_rotary_factor"] = pe.rotary_dim / pe.head_dim
+    if pe.scaling is None:
+        return out, max_len
+    scaling = dict(pe.scaling)
+    name = scaling.pop("rope_type")
+    if scaling.pop("logn"):
+        raise ValueError("to_hf_config: transformers has no log-n query scaling; remove 'logn' from the scaling "
+                         "(Qwen-1's use_logn_attn lives in its own modeling code).")
+    if name not in HF_ROPE_TYPES:
+        raise ValueError(f"to_hf_config: rope_type {name!r} has no Hugging Face equivalent; transformers implements "
+                         f"{list(HF_ROPE_TYPES)}. Hint: static NTK is posenc's own; 'dynamic' is transformers' "
+                         f"length-dependent form.")
+    original = scaling.pop("original_max_position_embeddings")
+    if name == "dynamic":  # transformers stretches past max_position_embeddings itself
+        max_len = original
+    elif name in ("yarn", "longrope", "llama3"):
+        out["original_max_position_embeddings"] = original
+    if name == "proportional":
+        out["partial_rotary_factor"] = scaling.pop("partial_rotary_factor")
+    if name == "yarn" and scaling.get("truncate") is True:
+        scaling.pop("truncate")  # transformers' default
+    out["rope_type"] = name
+    out.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in scaling.items() if v is not None})
+    return out, max_len
+
+
+def to_hf_config(encoding: RoPE | MRoPE | Mapping[str, RoPE], *, model_type: str | None = None) -> dict:
+    """The Hugging Face config fields that describe ``encoding``: the inverse of :func:`from_hf_config`.
+
+    Returns a plain dict (update a config.json with it, or pass it to a config class:
+    ``LlamaConfig(**to_hf_config(pe), vocab_size=...)``) with ``num_attention_heads``, ``head_dim``, ``hidden_size``
+    (``= num_attention_heads * head_dim``; set your own if the model's differs), ``max_position_embeddings``,
+    ``rope_theta``, ``partial_rotary_factor`` and ``rope_parameters`` (transformers >= 5), holding ``rope_type``, the
+    scaling's parameters under transformers' names and ``rope_theta``. ``from_hf_config(to_hf_config(pe))`` has the
+    same frequencies, attention scale, rotary width and layout as ``pe``.
+
+    Per case: ``dynamic`` sets ``max_position_embeddings`` to its training length (transformers stretches past
+    that); an ``mrope`` encoding writes ``mrope_section`` (and ``mrope_interleaved``); a dict ``{layer_type: rope}``
+    gives Gemma 3's nested ``rope_parameters``; ``model_type="gptj"`` gives GPT-J's fields (``n_head``, ``n_embd``,
+    ``n_positions``, ``rotary_dim``) for an interleaved, unscaled ``rope`` at base 10000.
+
+    Raises:
+        ValueError: what transformers cannot express: the interleaved layout (except GPT-J), log-n scaling, posenc's
+            static ``ntk``, GPT-J with a base or scaling it hard-codes otherwise, or layer types of different sizes.
+        TypeError: not a ``rope`` / ``mrope`` encoding.
+    """
+    if isinstance(encoding, Mapping):
+        if not encoding:
+            raise ValueError("to_hf_config: got an empty dict; pass {layer_type: rope, ...}.")
+        sizes = {(pe.n_heads, pe.head_dim) for pe in encoding.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"to_hf_config: the layer types have different (n_heads, head_dim) {sorted(sizes)}; one "
+                             f"config has one size.")
+        nested, lengths = {}, set()
+        for layer_type, pe in encoding.items():
+            nested[layer_type], length = _rope_parameters(_check_exportable(pe))
+            lengths.add(length)
+        if len(lengths) != 1:
+            raise ValueError(f"to_hf_config: the layer types imply different max_position_embeddings {sorted(lengths)} "
+                             f"(a 'dynamic' layer type uses its training length); give them one max_seq_len.")
+        (n_heads, head_dim), = sizes
+        return {"num_attention_heads": n_heads, "head_dim": head_dim, "hidden_size": n_heads * head_dim,
+                "max_position_embeddings": lengths.pop(), "layer_types": sorted(nested), "rope_parameters": nested}
+    if model_type == "gptj":
+        if type(encoding) is not RoPE or encoding.layout != "interleaved" or encoding.scaling is not None or \
+                encoding.base != HF_DEFAULT_THETA:
+            raise ValueError(f"to_hf_config: GPT-J hard-codes interleaved pairs, base 10000 and no scaling; got "
+                             f"{encoding!r}.")
+        return {"model_type": "gptj", "n_head": encoding.n_heads, "n_embd": encoding.dim,
+                "n_positions": encoding.max_seq_len, "rotary_dim": encoding.rotary_dim}
+    params, max_len = _rope_parameters(_check_exportable(encoding))
+    out = {"num_attention_heads": encoding.n_heads, "head_dim": encoding.head_dim,
+           "hidden_size": encoding.n_heads * encoding.head_dim, "max_position_embeddings": max_len,
+           "rope_theta": encoding.base, "rope_parameters": params}
+    if "partial_rotary_factor" in params and params["rope_type"] != "proportional":
+        out["partial_rotary_factor"] = params["partial_rotary_factor"]
+    if model_type is not None:
+        out["model_type"] = model_type
+    return out
+
+
+def _check_exportable(pe: Any) -> RoPE | MRoPE:
+    if type(pe) is RoPE and pe.layout != "half":
+        raise ValueError("to_hf_config: Hugging Face's Llama-like models pair channels with rotate_half; this rope "
+                         "uses layout='interleaved'. Hint: posenc.convert_rope_layout(model, 'half') (permutes q/k "
+                         "weights, same outputs), or model_type='gptj' for GPT-J.")
+    return pe
 
 
 def to_scaled(model_or_encoding: Transformer | RoPE, *, rope_type: str, inplace: bool = False,
