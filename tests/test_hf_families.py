@@ -245,3 +245,127 @@ def test_readme_lists_the_families():
     assert block, "README.md needs the <!-- hf-families:begin/end --> table"
     rows = [line for line in block.group(1).splitlines() if line.startswith("| `")]
     assert rows == _readme_rows(), "\n" + "\n".join(_readme_rows())
+
+
+# -- Qwen2-VL / Qwen2.5-VL / Qwen3-VL position ids and multimodal rotary ------------------------------------------------
+MERGE = 2  # spatial_merge_size of the tiny configs
+
+
+def _hf_rope_index(model_cls, config, layout, *, tokens_per_second=None, timestamps=False):
+    """HF's own get_rope_index for a layout [("text", n) | ("image", (t, h, w)) | ("video", (t, h, w), seconds)]
+    of unmerged grids; it reads only the config, so no weights are built. ``timestamps``: one text token before each
+    video frame, as Qwen3-VL's processor writes them."""
+    import functools
+    import types
+
+    ids, kinds, images, videos, seconds = [], [], [], [], []
+    for part in layout:
+        if part[0] == "text":
+            ids += [5] * part[1]
+            kinds += [0] * part[1]
+        else:
+            t, h, w = part[1]
+            frames = t if timestamps and part[0] == "video" else 1
+            for _ in range(frames):
+                if frames > 1 or (timestamps and part[0] == "video"):
+                    ids.append(5)
+                    kinds.append(0)
+                n = t * h * w // MERGE ** 2 // frames
+                ids += [98 if part[0] == "image" else 99] * n
+                kinds += [1 if part[0] == "image" else 2] * n
+            (images if part[0] == "image" else videos).append(list(part[1]))
+            if part[0] == "video":
+                seconds.append(part[2])
+    fake = types.SimpleNamespace(config=config)
+    fake.get_vision_position_ids = functools.partial(model_cls.get_vision_position_ids, fake)
+    kwargs = {"second_per_grid_ts": torch.tensor(seconds)} if tokens_per_second is not None and seconds else {}
+    pos, _ = model_cls.get_rope_index(
+        fake, torch.tensor([ids]), torch.tensor([kinds]), image_grid_thw=torch.tensor(images) if images else None,
+        video_grid_thw=torch.tensor(videos) if videos else None, **kwargs)
+    return pos[:, 0].T  # (T, 3)
+
+
+def _segments(layout, *, tokens_per_second=None, split_frames=False):
+    out = []
+    for part in layout:
+        if part[0] == "text":
+            out.append(part[1])
+            continue
+        t, h, w = part[1]
+        if part[0] == "video" and split_frames:  # Qwen3-VL: a timestamp, then one grid per frame
+            out += [1, (1, h // MERGE, w // MERGE)] * t
+        elif part[0] == "video" and tokens_per_second is not None:
+            out.append((t, h // MERGE, w // MERGE, tokens_per_second * part[2]))
+        else:
+            out.append((t, h // MERGE, w // MERGE))
+    return out
+
+
+LAYOUTS = [
+    [("text", 3), ("image", (1, 4, 4)), ("text", 4)],
+    [("text", 2), ("video", (3, 4, 2), 2.0), ("text", 3), ("image", (1, 2, 6)), ("text", 1)],
+    [("video", (5, 2, 2), 0.5), ("text", 2), ("video", (2, 4, 4), 1.0), ("text", 2)],
+]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_mrope_position_ids_match_hf_get_rope_index(layout):
+    from posenc.encodings.mrope import mrope_position_ids
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel
+
+    vision = {"spatial_merge_size": MERGE}
+    qwen2 = transformers.Qwen2VLConfig(vision_config=vision)
+    hf = _hf_rope_index(Qwen2VLModel, qwen2, layout)
+    torch.testing.assert_close(mrope_position_ids(_segments(layout), vision_advance="max_hw"), hf, rtol=0, atol=0)
+    if not any(p[0] == "video" for p in layout):  # images: the original rule is the same
+        torch.testing.assert_close(mrope_position_ids(_segments(layout)), hf, rtol=0, atol=0)
+    qwen25 = transformers.Qwen2_5_VLConfig(vision_config={**vision, "tokens_per_second": 25})
+    hf = _hf_rope_index(Qwen2_5_VLModel, qwen25, layout, tokens_per_second=25)
+    ours = mrope_position_ids(_segments(layout, tokens_per_second=25), vision_advance="max_hw")
+    torch.testing.assert_close(ours, hf, rtol=0, atol=0)
+    qwen3 = transformers.Qwen3VLConfig(vision_config=vision)
+    hf = _hf_rope_index(Qwen3VLModel, qwen3, layout, timestamps=True)
+    torch.testing.assert_close(mrope_position_ids(_segments(layout, split_frames=True), vision_advance="max_hw"), hf,
+                               rtol=0, atol=0)
+
+
+def test_text_after_a_video_differs_between_the_rules():
+    from posenc.encodings.mrope import mrope_position_ids
+
+    segments = [1, (4, 1, 2), 1]  # 4 frames of 1 x 2: time ids reach 1 + 3 = 4
+    assert mrope_position_ids(segments)[-1].tolist() == [5, 5, 5]  # Qwen2-VL's original: 1 + largest id
+    assert mrope_position_ids(segments, vision_advance="max_hw")[-1].tolist() == [3, 3, 3]  # transformers 5
+    spaced = mrope_position_ids([1, (3, 1, 1, 50.0)])
+    assert spaced[1:, 0].tolist() == [1, 51, 101]
+    with pytest.raises(ValueError, match="vision_advance"):
+        mrope_position_ids([1], vision_advance="next")
+    with pytest.raises(ValueError, match="time_interval"):
+        mrope_position_ids([(1, 2, 2, -1.0)])
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_patched_vl_model_with_an_image_keeps_logits_and_mrope_matches_hf_rotary(family):
+    """With pixels: the 3-axis position ids reach the rotary module; posenc's `mrope` table reproduces it."""
+    from posenc.encodings.mrope import mrope_position_ids
+
+    model = _build(family)
+    ids = torch.tensor([[5, 6, 97] + [98] * 4 + [7, 8, 9, 10]])
+    kinds = (ids == 98).int()
+    grid = torch.tensor([[1, 4, 4]])
+    inputs = dict(input_ids=ids, pixel_values=torch.randn(16, 12, generator=torch.Generator().manual_seed(1)),
+                  image_grid_thw=grid, mm_token_type_ids=kinds)
+    with torch.no_grad():
+        before = model(**inputs).logits
+        pos, _ = model.model.get_rope_index(ids, kinds, image_grid_thw=grid)  # (3, 1, T)
+        hf_cos, hf_sin = model.model.language_model.rotary_emb(torch.zeros(1), pos)
+    coords = mrope_position_ids([3, (1, 2, 2), 4])
+    torch.testing.assert_close(coords, pos[:, 0].T, rtol=0, atol=0)
+    pe = from_hf_config(model.config.text_config)
+    cos, sin = pe.cos_sin(coords)
+    torch.testing.assert_close(torch.cat((cos, cos), -1), hf_cos[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(torch.cat((sin, sin), -1), hf_sin[0], atol=1e-6, rtol=0)
+    patch_rotary(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, before, atol=1e-5, rtol=0)

@@ -28,7 +28,7 @@ from posenc.base import PositionalEncoding, register
 from posenc.encodings._structured import StructuredPositions
 from posenc.encodings.rope import LAYOUTS, _check_head_tensor, apply_rope, rope_frequencies
 
-__all__ = ["MRoPE", "default_mrope_section", "mrope_angles", "mrope_axes", "mrope_position_ids"]
+__all__ = ["VISION_ADVANCES", "MRoPE", "default_mrope_section", "mrope_angles", "mrope_axes", "mrope_position_ids"]
 
 
 def default_mrope_section(head_dim: int) -> tuple[int, int, int]:
@@ -38,19 +38,33 @@ def default_mrope_section(head_dim: int) -> tuple[int, int, int]:
     return (n_freq - 2 * hw, hw, hw)
 
 
-def mrope_position_ids(segments: Sequence[int | tuple[int, int, int]], *,
+VISION_ADVANCES = ("max_id", "max_hw")
+
+
+def mrope_position_ids(segments: Sequence[int | tuple], *, vision_advance: str = "max_id",
                        device: torch.device | str | None = None) -> Tensor:
     """``(time, height, width)`` position ids for a sequence of text runs and vision grids, as Qwen2-VL's
     ``get_rope_index`` builds them.
 
-    Each segment starts at ``s`` = 1 + the largest position id so far (0 at the start). A text run of ``n`` tokens
-    gets ``s, s + 1, ..., s + n - 1`` on all three axes; a vision grid ``(t, h, w)`` of ``t * h * w`` patches (already
-    spatially merged, in ``(t, row, col)`` row-major order) gets ``(s + ti, s + row, s + col)``. (For images this
-    equals Hugging Face's ``get_rope_index``; for videos, Qwen2.5-VL and newer ``transformers`` space the time ids by an
-    interval and advance by ``max(h, w)``; this follows Qwen2-VL's original rule.)
+    Each segment starts at ``s`` (0 at the start). A text run of ``n`` tokens gets ``s, s + 1, ..., s + n - 1`` on all
+    three axes and the next segment starts at ``s + n``. A vision grid ``(t, h, w)`` of ``t * h * w`` patches (already
+    spatially merged, in ``(t, row, col)`` row-major order) gets ``(s + floor(ti * interval), s + row, s + col)``,
+    where ``interval`` is 1, or the fourth entry ``(t, h, w, interval)``: Qwen2.5-VL spaces video frames by
+    ``tokens_per_second * second_per_grid_t`` (e.g. 25 tokens/s x 2 s per temporal patch = 50). Where the next
+    segment starts after a grid is ``vision_advance``:
+
+    - ``"max_id"`` (default): 1 + the largest id so far — Qwen2-VL's original code (and the paper);
+    - ``"max_hw"``: ``s + max(h, w)`` — transformers >= 5 (``get_rope_index`` of Qwen2-VL, Qwen2.5-VL, Qwen3-VL),
+      which ignores the time axis, so text after a video of ``t > max(h, w)`` frames (or spaced frames) continues
+      *below* the video's largest time id.
+
+    The two agree for images (``t = 1``, interval 1). Qwen3-VL splits a video into one ``(1, h, w)`` grid per frame
+    with timestamp text between them; pass it the same way.
 
     Args:
-        segments: an ``int`` per text run (its length) or a ``(t, h, w)`` tuple per image / video grid.
+        segments: an ``int`` per text run (its length), a ``(t, h, w)`` or ``(t, h, w, interval)`` tuple per image /
+            video grid.
+        vision_advance: ``"max_id"`` or ``"max_hw"`` (above).
 
     Returns:
         int64 ``(T, 3)``.
@@ -58,7 +72,12 @@ def mrope_position_ids(segments: Sequence[int | tuple[int, int, int]], *,
     Example:
         >>> mrope_position_ids([2, (1, 2, 2), 1]).tolist()
         [[0, 0, 0], [1, 1, 1], [2, 2, 2], [2, 2, 3], [2, 3, 2], [2, 3, 3], [4, 4, 4]]
+        >>> mrope_position_ids([1, (2, 1, 1, 2.0), 1], vision_advance="max_hw").tolist()
+        [[0, 0, 0], [1, 1, 1], [3, 1, 1], [2, 2, 2]]
     """
+    if vision_advance not in VISION_ADVANCES:
+        raise ValueError(f"mrope_position_ids: vision_advance must be one of {VISION_ADVANCES} ('max_id': Qwen2-VL's "
+                         f"original rule, 'max_hw': transformers >= 5); got {vision_advance!r}.")
     parts = []
     start = 0
     for i, seg in enumerate(segments):
@@ -66,18 +85,21 @@ def mrope_position_ids(segments: Sequence[int | tuple[int, int, int]], *,
             seg = None  # reject below
         if isinstance(seg, int) and seg >= 0:
             ids = torch.arange(start, start + seg, device=device).unsqueeze(-1).expand(-1, 3)  # (n, 3)
-        elif isinstance(seg, (tuple, list)) and len(seg) == 3 and all(
-                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in seg):
-            t, h, w = seg
-            ti = torch.arange(t, device=device).repeat_interleave(h * w)
+            start += seg
+        elif isinstance(seg, (tuple, list)) and len(seg) in (3, 4) and all(
+                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in seg[:3]) and (
+                len(seg) == 3 or (isinstance(seg[3], (int, float)) and not isinstance(seg[3], bool) and seg[3] > 0)):
+            t, h, w = seg[:3]
+            interval = float(seg[3]) if len(seg) == 4 else 1.0
+            ti = (torch.arange(t, device=device, dtype=torch.float64) * interval).long().repeat_interleave(h * w)
             hi = torch.arange(h, device=device).repeat_interleave(w).repeat(t)
             wi = torch.arange(w, device=device).repeat(t * h)
             ids = torch.stack((ti, hi, wi), dim=-1) + start  # (t*h*w, 3)
+            start = int(ids.max()) + 1 if vision_advance == "max_id" else start + max(h, w)
         else:
             raise ValueError(f"mrope_position_ids: segment {i} must be a non-negative int (a text run's length) or a "
-                             f"(t, h, w) tuple of positive ints (a vision grid); got {seg!r}.")
-        if ids.numel():
-            start = int(ids.max()) + 1
+                             f"(t, h, w) / (t, h, w, time_interval) tuple of positive numbers (a vision grid); got "
+                             f"{seg!r}.")
         parts.append(ids)
     if not parts:
         return torch.zeros(0, 3, dtype=torch.long, device=device)
