@@ -69,6 +69,15 @@ def _llama_proportional():  # p-RoPE, as Gemma 4's global layers
         rope_parameters={"rope_type": "proportional", "rope_theta": 10000.0, "partial_rotary_factor": 0.25}))
 
 
+def _deepseek_v3():  # MLA: the rotary module covers the qk_rope_head_dim slice; YaRN with DeepSeek's mscale
+    return transformers.DeepseekV3ForCausalLM(transformers.DeepseekV3Config(
+        **{**TEXT, "num_key_value_heads": HEADS}, max_position_embeddings=4 * ORIGINAL, kv_lora_rank=16,
+        q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, n_routed_experts=4,
+        num_experts_per_tok=2, n_group=1, topk_group=1, moe_intermediate_size=32, first_k_dense_replace=1,
+        rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0, "mscale": 1.0,
+                         "mscale_all_dim": 1.0, "original_max_position_embeddings": ORIGINAL}))
+
+
 VISION = dict(depth=1, num_heads=2, patch_size=2, spatial_merge_size=2, temporal_patch_size=1)
 
 
@@ -101,6 +110,8 @@ FAMILIES = {
     "gptj": (_gptj, "GPTJForCausalLM", "`rope`, layout interleaved, on the first rotary_dim channels"),
     "gemma3": (_gemma3, "Gemma3ForCausalLM", "one `rope` per layer type (sliding 1e4, full 1e6 + linear)"),
     "phi3": (_phi3, "Phi3ForCausalLM", "`rope` with `longrope` (legacy \"su\"), partial"),
+    "deepseek_v3": (_deepseek_v3, "DeepseekV3ForCausalLM",
+                    "`rope` on the qk_rope_head_dim slice (`mla` for posenc's own attention)"),
     "qwen2_vl": (_qwen2_vl, "Qwen2VLForConditionalGeneration", "`mrope` (sections)"),
     "qwen3_vl": (_qwen3_vl, "Qwen3VLForConditionalGeneration", "`mrope` with mrope_interleaved"),
 }
@@ -111,7 +122,8 @@ def _sharpen(model) -> None:
     with torch.no_grad():
         for name, module in model.named_modules():
             if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ("q_proj", "k_proj",
-                                                                               "query_key_value"):
+                                                                               "query_key_value",
+                                                                               "kv_a_proj_with_mqa"):
                 module.weight.mul_(6.0)
 
 
@@ -247,7 +259,7 @@ def test_readme_lists_the_families():
     assert rows == _readme_rows(), "\n" + "\n".join(_readme_rows())
 
 
-# -- Qwen2-VL / Qwen2.5-VL / Qwen3-VL position ids and multimodal rotary ------------------------------------------------
+# -- Qwen2-VL / Qwen2.5-VL / Qwen3-VL position ids and multimodal rotary ---------------------------------------------
 MERGE = 2  # spatial_merge_size of the tiny configs
 
 
@@ -310,10 +322,11 @@ LAYOUTS = [
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_mrope_position_ids_match_hf_get_rope_index(layout):
-    from posenc.encodings.mrope import mrope_position_ids
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
     from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
     from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel
+
+    from posenc.encodings.mrope import mrope_position_ids
 
     vision = {"spatial_merge_size": MERGE}
     qwen2 = transformers.Qwen2VLConfig(vision_config=vision)

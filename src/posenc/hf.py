@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from posenc.encodings.mla import MLARoPE
 from posenc.encodings.mrope import MRoPE
 from posenc.encodings.rope import RoPE
 from posenc.model import Transformer
@@ -34,6 +35,7 @@ __all__ = [
     "find_rotary_modules",
     "from_hf_config",
     "hf_layer_types",
+    "mla_from_hf_config",
     "patch_rotary",
     "to_hf_config",
     "to_scaled",
@@ -182,6 +184,28 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
         rotary_dim = int(head_dim * fraction)
     return RoPE(dim=n_heads * head_dim, n_heads=n_heads, max_seq_len=max_len, base=float(base), layout=layout,
                 rotary_dim=rotary_dim, scaling=None if rope_type == "default" and len(params) == 1 else params)
+
+
+def mla_from_hf_config(config: Any) -> MLARoPE:
+    """The ``mla`` encoding (decoupled RoPE of DeepSeek-V2/V3's Multi-head Latent Attention) of a HF config.
+
+    Heads of ``qk_nope_head_dim + qk_rope_head_dim`` channels, RoPE on the last ``qk_rope_head_dim`` with the config's
+    base and scaling, the interleaved pairing when ``rope_interleave`` (Hugging Face's default for DeepSeek-V3), and
+    DeepSeek's softmax factor ``mscale(s, mscale_all_dim) ** 2`` on the queries. (To patch a Hugging Face DeepSeek
+    model, use :func:`patch_rotary`: its rotary module is Llama-like with ``head_dim = qk_rope_head_dim``.)
+    """
+    for key in ("qk_rope_head_dim", "qk_nope_head_dim"):
+        _positive_int(config, key)
+    rope = from_hf_config(config)  # HF's DeepSeek configs set head_dim = qk_rope_head_dim
+    if not isinstance(rope, RoPE) or rope.head_dim != _get(config, "qk_rope_head_dim"):
+        raise ValueError(f"mla_from_hf_config: expected head_dim = qk_rope_head_dim = {_get(config, 'qk_rope_head_dim')}"
+                         f" in the config (as DeepseekV3Config sets it); got an encoding of head_dim {rope.head_dim}.")
+    n_heads = rope.n_heads
+    head_dim = _get(config, "qk_nope_head_dim") + _get(config, "qk_rope_head_dim")
+    interleave = _get(config, "rope_interleave", True)
+    return MLARoPE(dim=n_heads * head_dim, n_heads=n_heads, max_seq_len=rope.max_seq_len,
+                   qk_rope_head_dim=rope.head_dim, base=rope.base, layout="interleaved" if interleave else "half",
+                   scaling=None if rope.scaling is None else dict(rope.scaling))
 
 
 class PosencRotaryEmbedding(nn.Module):
