@@ -197,9 +197,10 @@ def mla_from_hf_config(config: Any) -> MLARoPE:
     for key in ("qk_rope_head_dim", "qk_nope_head_dim"):
         _positive_int(config, key)
     rope = from_hf_config(config)  # HF's DeepSeek configs set head_dim = qk_rope_head_dim
-    if not isinstance(rope, RoPE) or rope.head_dim != _get(config, "qk_rope_head_dim"):
-        raise ValueError(f"mla_from_hf_config: expected head_dim = qk_rope_head_dim = {_get(config, 'qk_rope_head_dim')}"
-                         f" in the config (as DeepseekV3Config sets it); got an encoding of head_dim {rope.head_dim}.")
+    rope_dim = _get(config, "qk_rope_head_dim")
+    if not isinstance(rope, RoPE) or rope.head_dim != rope_dim:
+        raise ValueError(f"mla_from_hf_config: expected head_dim = qk_rope_head_dim = {rope_dim} in the config (as "
+                         f"DeepseekV3Config sets it); got an encoding of head_dim {rope.head_dim}.")
     n_heads = rope.n_heads
     head_dim = _get(config, "qk_nope_head_dim") + _get(config, "qk_rope_head_dim")
     interleave = _get(config, "rope_interleave", True)
