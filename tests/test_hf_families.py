@@ -78,6 +78,23 @@ def _deepseek_v3():  # MLA: the rotary module covers the qk_rope_head_dim slice;
                          "mscale_all_dim": 1.0, "original_max_position_embeddings": ORIGINAL}))
 
 
+def _llama4():  # iRoPE: NoPE every 2nd layer with temperature, chunked attention on the RoPE layers, complex freqs
+    return transformers.Llama4ForCausalLM(transformers.Llama4TextConfig(
+        **{**TEXT, "num_hidden_layers": 4}, head_dim=16, max_position_embeddings=4 * ORIGINAL,
+        intermediate_size_mlp=128, num_local_experts=2, num_experts_per_tok=1, moe_layers=[],
+        no_rope_layer_interval=2, attention_chunk_size=16, attn_temperature_tuning=True, floor_scale=8, attn_scale=0.5,
+        rope_parameters={"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "rope_theta": 500000.0, "original_max_position_embeddings": ORIGINAL}))
+
+
+def _ministral3():  # YaRN + llama_4_scaling_beta (a query scale in the attention, kept by patching)
+    return transformers.Ministral3ForCausalLM(transformers.Ministral3Config(
+        **TEXT, head_dim=16, max_position_embeddings=4 * ORIGINAL,
+        rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e6, "beta_fast": 32.0, "beta_slow": 1.0,
+                         "mscale": 1.0, "mscale_all_dim": 1.0, "original_max_position_embeddings": ORIGINAL,
+                         "llama_4_scaling_beta": 0.5, "max_position_embeddings": 4 * ORIGINAL}))
+
+
 VISION = dict(depth=1, num_heads=2, patch_size=2, spatial_merge_size=2, temporal_patch_size=1)
 
 
@@ -112,6 +129,8 @@ FAMILIES = {
     "phi3": (_phi3, "Phi3ForCausalLM", "`rope` with `longrope` (legacy \"su\"), partial"),
     "deepseek_v3": (_deepseek_v3, "DeepseekV3ForCausalLM",
                     "`rope` on the qk_rope_head_dim slice (`mla` for posenc's own attention)"),
+    "llama4": (_llama4, "Llama4ForCausalLM", "`rope`, layout interleaved (complex freqs_cis); iRoPE layers stay HF's"),
+    "ministral3": (_ministral3, "Ministral3ForCausalLM", "`rope` with YaRN and llama_4_scaling_beta"),
     "qwen2_vl": (_qwen2_vl, "Qwen2VLForConditionalGeneration", "`mrope` (sections)"),
     "qwen3_vl": (_qwen3_vl, "Qwen3VLForConditionalGeneration", "`mrope` with mrope_interleaved"),
 }
@@ -217,7 +236,7 @@ def test_gptj_from_hf_config_and_layout():
     dict_pe = from_hf_config({"model_type": "gptj", "n_embd": 4096, "n_head": 16, "n_positions": 2048,
                               "rotary_dim": 64})
     assert (dict_pe.head_dim, dict_pe.rotary_dim, dict_pe.layout) == (256, 64, "interleaved")
-    with pytest.raises(ValueError, match="rotate_every_two"):
+    with pytest.raises(ValueError, match="pairs \\(2i, 2i \\+ 1\\)"):
         patch_rotary(model, RoPE(dim=HIDDEN, n_heads=HEADS, rotary_dim=8))
     patch_rotary(model.transformer, pe)  # the inner model works as well
     with torch.no_grad():

@@ -28,6 +28,7 @@ from posenc.encodings.rope import RoPE
 from posenc.model import Transformer
 
 __all__ = [
+    "PosencComplexRotaryEmbedding",
     "PosencGPTJRotaryEmbedding",
     "PosencLayerTypeRotaryEmbedding",
     "PosencMultimodalRotaryEmbedding",
@@ -46,6 +47,7 @@ HF_DEFAULT_THETA = 10_000.0  # transformers' RotaryEmbeddingConfigMixin.default_
 # Qwen2-VL's "mrope" is plain frequencies with mrope_section
 RoPE_TYPE_ALIASES = {"su": "longrope", "mrope": "default"}
 _PHI3_TYPES = ("phi3", "phi4_multimodal")  # their configs map "yarn" to "longrope" too (configuration_phi3.py)
+_COMPLEX_ROPE_TYPES = ("llama4", "llama4_text")  # model types whose rotary returns complex freqs_cis (interleaved)
 _INTERLEAVED_MROPE = ("qwen3_vl", "qwen3_omni", "qwen3_5")  # model_type prefixes whose M-RoPE interleaves axes
 # config.json names of the same fields in older architectures (GPT-J: n_head, n_embd, n_positions)
 _ALIASES = {"num_attention_heads": ("n_head",), "hidden_size": ("n_embd",), "max_position_embeddings": ("n_positions",)}
@@ -92,7 +94,8 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
     ``factor`` of ``yarn``/``longrope`` is their ratio, ``dynamic`` stretches past ``max_position_embeddings``, and the
     legacy ``"su"`` (and Phi-3's ``"yarn"``) is ``longrope``.
 
-    Per family: GPT-J (``model_type="gptj"``) gives the interleaved layout on its first ``rotary_dim`` channels;
+    Per family: GPT-J (``model_type="gptj"``) gives the interleaved layout on its first ``rotary_dim`` channels, and
+    so does Llama 4 (``llama4_text``: complex ``freqs_cis`` over pairs ``(2i, 2i + 1)``) on the whole head;
     ``proportional`` (p-RoPE, Gemma 4) rotates the whole head with its slow pairs at frequency 0; a dict with
     ``mrope_section`` (Qwen2-VL, Qwen2.5-VL; Qwen3-VL with ``mrope_interleaved``) gives :class:`~posenc.MRoPE`.
 
@@ -128,6 +131,7 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
         params = dict(params[layer_type])
     elif layer_type is not None:
         raise ValueError(f"from_hf_config: layer_type={layer_type!r} given but the config has a single RoPE dict.")
+    params.pop("max_position_embeddings", None)  # Ministral 3 repeats it here; transformers ignores it
     rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
     params.pop("type", None)
     rope_type = RoPE_TYPE_ALIASES.get(rope_type, rope_type)
@@ -162,6 +166,8 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
         width = _get(config, "rotary_dim") or head_dim
         fraction = width / head_dim
         rotary_dim = width if rotary_dim is None else rotary_dim
+    elif model_type in _COMPLEX_ROPE_TYPES:  # Llama 4: view_as_complex over pairs (2i, 2i + 1)
+        layout = "interleaved"
 
     if rope_type in ("yarn", "longrope", "llama3"):
         top_level = _get(config, "original_max_position_embeddings")  # Phi-3 keeps it outside rope_scaling
@@ -270,6 +276,24 @@ class PosencGPTJRotaryEmbedding(nn.Module):
         return sin.to(x.dtype), cos.to(x.dtype)
 
 
+class PosencComplexRotaryEmbedding(nn.Module):
+    """Drop-in for Llama 4's rotary: ``forward(x, position_ids) -> freqs_cis``, complex ``(B, T, rotary_dim / 2)``.
+
+    Llama 4's ``apply_rotary_emb`` multiplies the complex numbers ``x[2i] + i x[2i + 1]`` by ``freqs_cis``: posenc's
+    interleaved layout, ``freqs_cis = cos + i sin`` (already times the attention scale).
+    """
+
+    def __init__(self, encoding: RoPE) -> None:
+        super().__init__()
+        self.encoding = encoding
+        self.attention_scaling = encoding.attention_scale
+
+    @torch.no_grad()
+    def forward(self, x: Tensor, position_ids: Tensor) -> Tensor:
+        cos, sin = self.encoding.cos_sin(position_ids.long(), dtype=torch.float32)  # (B, T, F)
+        return torch.complex(cos, sin)
+
+
 class PosencMultimodalRotaryEmbedding(nn.Module):
     """Drop-in for Qwen2-VL's / Qwen3-VL's text rotary: ``forward(x, position_ids) -> (cos, sin)`` ``(B, T, D)``.
 
@@ -292,7 +316,7 @@ class PosencMultimodalRotaryEmbedding(nn.Module):
 
 
 _REPLACEMENTS = (PosencRotaryEmbedding, PosencLayerTypeRotaryEmbedding, PosencGPTJRotaryEmbedding,
-                 PosencMultimodalRotaryEmbedding)
+                 PosencComplexRotaryEmbedding, PosencMultimodalRotaryEmbedding)
 
 
 def _rotary_style(module: nn.Module) -> str | None:
@@ -308,7 +332,15 @@ def _rotary_style(module: nn.Module) -> str | None:
             isinstance(getattr(module, f"{t}_inv_freq", None), Tensor) for t in module.layer_types):
         return "layer_types"
     if isinstance(getattr(module, "inv_freq", None), Tensor):
-        return "llama"
+        device = module.inv_freq.device
+        try:  # Llama 4 returns complex freqs_cis instead of (cos, sin): ask the module
+            with torch.no_grad():
+                out = module(torch.zeros(1, device=device), torch.arange(2, device=device)[None])
+        except Exception:  # noqa: BLE001 - a module we cannot call is one we do not know
+            return "unknown"
+        if isinstance(out, Tensor) and out.is_complex():
+            return "complex"
+        return "llama" if isinstance(out, tuple) and len(out) == 2 else "unknown"
     return "unknown"
 
 
@@ -316,8 +348,9 @@ def find_rotary_modules(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
     """The text rotary modules of a Hugging Face model: ``(qualified name, module, style)`` for each.
 
     Style is ``"llama"`` (``forward(x, position_ids) -> (cos, sin)`` with ``inv_freq``: Llama, Mistral, Qwen2,
-    GPT-NeoX, Phi, Phi-3, ...), ``"layer_types"`` (Gemma 3: ``forward(x, position_ids, layer_type)``), ``"gptj"`` (a
-    sin/cos table), ``"mrope"`` (Qwen2-VL, Qwen3-VL) or ``"unknown"`` (a ``*RotaryEmbedding`` posenc cannot replace).
+    GPT-NeoX, Phi, Phi-3, DeepSeek-V3, ...), ``"complex"`` (Llama 4's ``freqs_cis``), ``"layer_types"`` (Gemma 3:
+    ``forward(x, position_ids, layer_type)``), ``"gptj"`` (a sin/cos table), ``"mrope"`` (Qwen2-VL, Qwen3-VL) or
+    ``"unknown"`` (a ``*RotaryEmbedding`` posenc cannot replace).
     Vision-tower rotary modules are not listed.
     """
     found = []
@@ -381,6 +414,8 @@ def _probe_positions(module: nn.Module, style: str, device: torch.device) -> Ten
 def _outputs(module: nn.Module, style: str, x: Tensor, pos: Tensor, layer_type: str | None) -> tuple[Tensor, ...]:
     with torch.no_grad():
         out = module(x, pos, layer_type) if style == "layer_types" else module(x, pos)
+    if isinstance(out, Tensor):  # complex freqs_cis
+        return torch.view_as_real(out).float(),
     return tuple(t.float() for t in out)
 
 
@@ -464,10 +499,12 @@ def patch_rotary(model: nn.Module, encoding: RoPE | Mapping[str, RoPE] | None = 
                                     f"`mrope` encoding (or None), got {type(chosen).__name__}.")
                 pe = chosen
             else:
-                pe = _check_encoding(chosen, "interleaved" if style == "gptj" else "half")
+                pe = _check_encoding(chosen, "interleaved" if style in ("gptj", "complex") else "half")
+            if style != "mrope":
+                _check_query_scale(pe, _module_config(model, name, module), name)
             pe = pe if device is None else pe.to(device)
-            new = {"gptj": PosencGPTJRotaryEmbedding, "mrope": PosencMultimodalRotaryEmbedding}.get(
-                style, PosencRotaryEmbedding)(pe)
+            new = {"gptj": PosencGPTJRotaryEmbedding, "mrope": PosencMultimodalRotaryEmbedding,
+                   "complex": PosencComplexRotaryEmbedding}.get(style, PosencRotaryEmbedding)(pe)
             _check_same(name, module, new, style, None, exact)
         plans.append((name, new))
     for name, new in plans:  # replace only once every module has passed its checks
@@ -476,11 +513,22 @@ def patch_rotary(model: nn.Module, encoding: RoPE | Mapping[str, RoPE] | None = 
     return model
 
 
+def _check_query_scale(pe: RoPE, config: Any, name: str) -> None:
+    """``llama_4_scaling_beta`` scales queries in the HF attention itself: the encoding's must be the model's."""
+    ours = None if pe.scaling is None else pe.scaling["llama_4_scaling_beta"]
+    params = _rope_dict(config)
+    theirs = params.get("llama_4_scaling_beta")
+    if ours != theirs:
+        raise ValueError(f"patch_rotary: the encoding has llama_4_scaling_beta={ours!r} but the model's attention "
+                         f"(around {name!r}) applies {theirs!r}; the rotary module cannot change that query scale. "
+                         f"Use the model's value (from_hf_config(config) reads it).")
+
+
 def _check_encoding(encoding: Any, layout: str) -> RoPE:
     if type(encoding) is not RoPE:
         raise TypeError(f"patch_rotary: expected a posenc `rope` encoding (RoPE); got {type(encoding).__name__}.")
     if encoding.layout != layout:
-        how = "rotate_half (layout='half')" if layout == "half" else "rotate_every_two (layout='interleaved')"
+        how = "rotate_half (layout='half')" if layout == "half" else "pairs (2i, 2i + 1) (layout='interleaved')"
         raise ValueError(f"patch_rotary: this Hugging Face model pairs channels with {how}; the encoding uses "
                          f"layout={encoding.layout!r}. Build it with layout={layout!r} or permute the q/k projections "
                          f"with posenc.permute_projection.")
