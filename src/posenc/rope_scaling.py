@@ -23,9 +23,9 @@ logits ``q . k`` are multiplied by ``attention_scale ** 2`` (YaRN's ``sqrt(1/t)`
 ``params`` is a plain dict with Hugging Face's key names (``factor``, ``original_max_position_embeddings``,
 ``beta_fast``, ...); :func:`resolve_scaling` validates a user's dict and fills the defaults. Any method can add
 log-n attention scaling (``"logn": True``): queries at position ``p`` are multiplied by
-``max(1, log(p + 1) / log(L_train))`` (:func:`logn_scale`; Chiang & Cholak 2022, arXiv 2202.12172, as in Qwen), and
-``"llama_4_scaling_beta": beta`` multiplies them by ``1 + beta * ln(1 + floor(p / L_train))`` (:func:`llama_4_query_scale`;
-Ministral 3, Mistral 4).
+``max(1, log(p + 1) / log(L_train))`` (:func:`logn_scale`; Chiang & Cholak 2022, arXiv 2202.12172, as in Qwen),
+and ``"llama_4_scaling_beta": beta`` multiplies them by ``1 + beta * ln(1 + floor(p / L_train))``
+(:func:`llama_4_query_scale`; Ministral 3, Mistral 4).
 
 Length-dependent methods (``dynamic``, ``longrope``) take the current sequence length ``seq_len`` at run time: the
 ``rope`` encoding passes ``1 + the largest position`` of each call, like Hugging Face's ``dynamic_rope_update``.
