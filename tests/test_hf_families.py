@@ -190,6 +190,8 @@ def test_patch_rotary_replaces_every_text_rotary_module(family):
     assert find_rotary_modules(model)
     patch_rotary(model)
     assert find_rotary_modules(model) == []  # nothing of HF's left to compute positions
+    with pytest.raises(TypeError, match="already patched"):
+        patch_rotary(model)
 
 
 def test_gemma3_refuses_a_single_encoding_and_takes_one_per_layer_type():

@@ -464,6 +464,9 @@ def patch_rotary(model: nn.Module, encoding: RoPE | Mapping[str, RoPE] | None = 
     """
     found = find_rotary_modules(model)
     usable = [(n, m, s) for n, m, s in found if s != "unknown"]
+    if not usable and any(isinstance(m, _REPLACEMENTS) for m in model.modules()):
+        raise TypeError(f"patch_rotary: {type(model).__name__} is already patched (its rotary modules are posenc's); "
+                        f"to swap in another encoding, patch a fresh model.")
     if not usable:
         seen = ", ".join(f"{n or '<root>'}: {type(m).__name__}" for n, m, _ in found) or "no *RotaryEmbedding module"
         raise TypeError(f"patch_rotary: found no text rotary module posenc can replace in {type(model).__name__} "
