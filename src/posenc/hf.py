@@ -444,10 +444,12 @@ def patch_rotary(model: nn.Module, encoding: RoPE | Mapping[str, RoPE] | None = 
     """Replace the rotary embedding of a Hugging Face model with posenc's; in place, returns ``model``.
 
     Finds the text rotary modules by walking the model (:func:`find_rotary_modules`): Llama-like ones (Llama,
-    Mistral, Qwen2, GPT-NeoX, Phi, Phi-3, DeepSeek-V3, ...), Gemma 3's per-layer-type module, GPT-J's sin/cos table,
-    and Qwen2-VL's / Qwen3-VL's multimodal one. Each is replaced by a module returning the same tensors from posenc
-    (:class:`PosencRotaryEmbedding`, :class:`PosencLayerTypeRotaryEmbedding`, :class:`PosencGPTJRotaryEmbedding`,
-    :class:`PosencMultimodalRotaryEmbedding`).
+    Mistral, Qwen2, GPT-NeoX, Phi, Phi-3, DeepSeek-V3, Ministral 3, ...), Gemma 3's per-layer-type module, GPT-J's
+    sin/cos table, Llama 4's complex ``freqs_cis`` and Qwen2-VL's / Qwen3-VL's multimodal one. Each is replaced by a
+    module returning the same tensors from posenc (:class:`PosencRotaryEmbedding`,
+    :class:`PosencLayerTypeRotaryEmbedding`, :class:`PosencGPTJRotaryEmbedding`, :class:`PosencComplexRotaryEmbedding`,
+    :class:`PosencMultimodalRotaryEmbedding`). What the attention layers do besides (Llama 4's NoPE layers, chunked
+    masks and query temperature, DeepSeek's softmax mscale, Ministral 3's query scale) stays the model's own.
 
     With ``encoding=None`` posenc builds the equivalent encodings from the model's config and rotary modules (one per
     layer type for Gemma 3), and checks on probe positions that they reproduce the model's cos/sin; so the logits are
@@ -500,6 +502,9 @@ def patch_rotary(model: nn.Module, encoding: RoPE | Mapping[str, RoPE] | None = 
                 if not isinstance(chosen, MRoPE):
                     raise TypeError(f"patch_rotary: {name!r} ({type(module).__name__}) is multimodal RoPE; pass an "
                                     f"`mrope` encoding (or None), got {type(chosen).__name__}.")
+                if chosen.layout != "half":
+                    raise ValueError(f"patch_rotary: {type(module).__name__} pairs channels with rotate_half; the "
+                                     f"mrope encoding uses layout={chosen.layout!r}. Build it with layout='half'.")
                 pe = chosen
             else:
                 pe = _check_encoding(chosen, "interleaved" if style in ("gptj", "complex") else "half")
