@@ -166,9 +166,9 @@ def _run(model) -> dict[str, torch.Tensor]:
     return out
 
 
-def measure(family: str) -> dict[str, float | bool]:
+def measure(family: str, model=None) -> dict[str, float | bool]:
     """Max |logits difference| before/after patch_rotary(model) at SHORT and LONG, and greedy generation equality."""
-    model = _build(family)
+    model = _build(family) if model is None else model
     before = _run(model)
     patch_rotary(model)
     after = _run(model)
@@ -179,17 +179,12 @@ def measure(family: str) -> dict[str, float | bool]:
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_patch_rotary_keeps_logits_and_generation(family):
-    result = measure(family)
-    assert result["short"] <= 1e-5 and result["long"] <= 1e-5, result
-    assert result["generation_equal"], result
-
-
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_patch_rotary_replaces_every_text_rotary_module(family):
     model = _build(family)
     assert find_rotary_modules(model)
-    patch_rotary(model)
-    assert find_rotary_modules(model) == []  # nothing of HF's left to compute positions
+    result = measure(family, model)
+    assert result["short"] <= 1e-5 and result["long"] <= 1e-5, result
+    assert result["generation_equal"], result
+    assert find_rotary_modules(model) == []  # every text rotary module replaced: nothing of HF's computes positions
     with pytest.raises(TypeError, match="already patched"):
         patch_rotary(model)
 
