@@ -171,9 +171,9 @@ def test_from_hf_config_object_with_partial_rotary_matches_transformers():
     ({"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 32,
       "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 3, "long_factor": [1.0] * 8}}, "length 3"),
     ({"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 32,
-      "rope_parameters": {"rope_type": "proportional"}}, "proportional"),
+      "rope_parameters": {"rope_type": "axial"}}, "axial"),
     ({"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 32,
-      "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3]}}, "multimodal"),
+      "rope_parameters": {"rope_type": "yarn", "factor": 2.0, "mrope_section": [2, 3, 3]}}, "mrope"),
     ({"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 32,
       "rope_parameters": {"full_attention": {"rope_type": "default"}, "sliding_attention": {"rope_type": "default"}}},
      "layer_type"),
@@ -199,7 +199,7 @@ def test_patch_rotary_rejects_mismatches():
     model = _llama("default")
     with pytest.raises(ValueError, match="rotate_half"):
         patch_rotary(model, RoPE(dim=HIDDEN, n_heads=HEADS, layout="interleaved"))
-    with pytest.raises(ValueError, match="head_dim"):
+    with pytest.raises(ValueError, match="rotary width"):
         patch_rotary(model, RoPE(dim=HIDDEN, n_heads=2))
     with pytest.raises(ValueError, match="log-n"):
         patch_rotary(model, RoPE(dim=HIDDEN, n_heads=HEADS, scaling={"rope_type": "default", "logn": True}))
@@ -263,3 +263,105 @@ def test_to_scaled_encoding_and_back():
     other = Transformer(TransformerConfig(dim=32, n_heads=4, encoding="sinusoidal"))
     with pytest.raises(ValueError, match="scalings apply to 'rope'"):
         to_scaled(other, rope_type="linear", factor=2.0)
+
+
+# -- to_hf_config: the way back ----------------------------------------------------------------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from posenc.encodings.mrope import MRoPE  # noqa: E402
+from posenc.hf import HF_ROPE_TYPES, to_hf_config  # noqa: E402
+
+
+@st.composite
+def _encodings(draw):
+    rope_type = draw(st.sampled_from(HF_ROPE_TYPES))
+    head_dim = draw(st.sampled_from([16, 32, 64, 80]))
+    n_heads = draw(st.sampled_from([1, 2, 4]))
+    fraction = 1.0 if rope_type == "proportional" else draw(st.sampled_from([1.0, 0.5, 0.25]))
+    rotary = int(head_dim * fraction)
+    base = draw(st.sampled_from([10000.0, 500000.0, 1e6]))
+    original = draw(st.sampled_from([64, 256, 4096]))
+    factor = draw(st.sampled_from([1.0, 2.0, 4.0, 8.0]))
+    scaling = {"rope_type": rope_type, "original_max_position_embeddings": original}
+    if rope_type == "default":
+        scaling = None
+    elif rope_type in ("linear", "dynamic", "llama3"):
+        scaling["factor"] = factor
+        if rope_type == "llama3":
+            scaling.update(low_freq_factor=1.0, high_freq_factor=draw(st.sampled_from([2.0, 4.0])))
+    elif rope_type == "yarn":
+        scaling.update(factor=factor, beta_fast=draw(st.sampled_from([32.0, 16.0])),
+                       truncate=draw(st.booleans()))
+        if draw(st.booleans()):
+            scaling["attention_factor"] = 1.25
+    elif rope_type == "longrope":
+        scaling.update(factor=factor, short_factor=[1.0 + 0.01 * i for i in range(rotary // 2)],
+                       long_factor=[1.0 + 0.3 * i for i in range(rotary // 2)])
+    else:  # proportional
+        scaling = {"rope_type": "proportional", "partial_rotary_factor": draw(st.sampled_from([0.25, 0.5, 1.0])),
+                   "factor": factor}
+    return RoPE(dim=n_heads * head_dim, n_heads=n_heads, max_seq_len=4 * original, base=base, rotary_dim=rotary,
+                scaling=scaling)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_encodings())
+def test_to_hf_config_round_trips_every_type(pe):
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    config = to_hf_config(pe)
+    back = from_hf_config(config)
+    assert (back.n_heads, back.head_dim, back.rotary_dim, back.base, back.layout) == \
+        (pe.n_heads, pe.head_dim, pe.rotary_dim, pe.base, pe.layout)
+    def used(scaling):  # linear and proportional do not read the training length (posenc keeps it for log-n)
+        if scaling is not None and scaling["rope_type"] in ("linear", "proportional"):
+            return {k: v for k, v in scaling.items() if k != "original_max_position_embeddings"}
+        return scaling
+
+    assert used(back.scaling) == used(pe.scaling)
+    assert back.attention_scale == pe.attention_scale
+    long = None if pe.scaling is None else 3 * pe.scaling["original_max_position_embeddings"]
+    for seq_len in (None, long):
+        torch.testing.assert_close(back.inv_freq(seq_len=seq_len), pe.inv_freq(seq_len=seq_len), rtol=0, atol=0)
+    # and transformers reads the same numbers from it
+    hf_config = transformers.LlamaConfig(**config)
+    rope_type = config["rope_parameters"]["rope_type"]
+    if rope_type == "default":
+        want, scale = rope_frequencies(pe.rotary_dim, pe.base), 1.0
+    else:
+        want, scale = ROPE_INIT_FUNCTIONS[rope_type](hf_config, "cpu", seq_len=long)
+    torch.testing.assert_close(pe.inv_freq(seq_len=long).float(), want.float(), rtol=2e-6, atol=0)
+    assert float(scale) == pytest.approx(pe.attention_scale, rel=1e-6)
+
+
+def test_to_hf_config_layer_types_mrope_gptj_and_refusals():
+    gemma = {"sliding_attention": RoPE(dim=64, n_heads=4, max_seq_len=128, base=1e4),
+             "full_attention": RoPE(dim=64, n_heads=4, max_seq_len=128, base=1e6,
+                                    scaling={"rope_type": "linear", "factor": 8.0})}
+    config = to_hf_config(gemma)
+    assert config["rope_parameters"]["full_attention"]["rope_type"] == "linear"
+    for layer_type, pe in gemma.items():
+        back = from_hf_config(config, layer_type=layer_type)
+        assert back.base == pe.base and back.scaling == pe.scaling
+
+    qwen3 = MRoPE(dim=64, n_heads=4, base=1e6, mrope_section=[2, 3, 3], mrope_interleaved=True)
+    back = from_hf_config(to_hf_config(qwen3))
+    assert isinstance(back, MRoPE) and back.mrope_section == (2, 3, 3) and back.mrope_interleaved
+
+    gptj = RoPE(dim=64, n_heads=4, layout="interleaved", rotary_dim=8, max_seq_len=64)
+    back = from_hf_config(to_hf_config(gptj, model_type="gptj"))
+    assert (back.layout, back.rotary_dim, back.head_dim) == ("interleaved", 8, 16)
+
+    with pytest.raises(ValueError, match="convert_rope_layout"):
+        to_hf_config(gptj)
+    with pytest.raises(ValueError, match="no Hugging Face equivalent"):
+        to_hf_config(RoPE(dim=64, n_heads=4, scaling={"rope_type": "ntk", "factor": 2.0}))
+    with pytest.raises(ValueError, match="log-n"):
+        to_hf_config(RoPE(dim=64, n_heads=4, scaling={"rope_type": "default", "logn": True}))
+    with pytest.raises(ValueError, match="different"):
+        to_hf_config({"a": RoPE(dim=64, n_heads=4), "b": RoPE(dim=64, n_heads=2)})
+    with pytest.raises(TypeError, match="rope"):
+        from posenc import get_encoding
+
+        to_hf_config(get_encoding("alibi", dim=64, n_heads=4))

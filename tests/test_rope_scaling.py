@@ -481,3 +481,38 @@ def test_cli_plot_without_matplotlib_names_viz_extra(tmp_path, capsys, monkeypat
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main(["rope-scaling", "--type", "yarn", "--plot", str(tmp_path / "x.png")]) == 1
     assert "posenc[viz]" in capsys.readouterr().err
+
+
+# -- p-RoPE (proportional) ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("head_dim,fraction,factor", [(64, 0.25, 1.0), (128, 0.5, 1.0), (80, 0.75, 2.0),
+                                                      (64, 1.0, 1.0), (64, 0.0, 1.0)])
+def test_proportional_matches_transformers_and_the_paper(hf, head_dim, fraction, factor):
+    """p-RoPE (arXiv 2410.06205): the fastest ``p * d/2`` pairs keep ``base^(-2i/d)`` (exponents over the whole head),
+    the slowest get frequency 0; Hugging Face's ``proportional`` (Gemma 4) computes the same numbers."""
+    llama_config, init_functions = hf
+    params = {"rope_type": "proportional", "rope_theta": 10000.0, "partial_rotary_factor": fraction, "factor": factor}
+    config = llama_config(hidden_size=head_dim * 2, num_attention_heads=2, head_dim=head_dim,
+                          max_position_embeddings=64, rope_parameters=dict(params))
+    want, want_scale = init_functions["proportional"](config, "cpu")
+    pe = RoPE(dim=2 * head_dim, n_heads=2, max_seq_len=64, scaling=params)
+    assert pe.rotary_dim == head_dim  # the whole head is paired (i, i + d/2), unlike rotary_fraction
+    got = pe.inv_freq()
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-6, atol=0)
+    assert want_scale == pe.attention_scale == 1.0
+    kept = int(fraction * head_dim // 2)
+    paper = [10000.0 ** (-2 * i / head_dim) / factor if i < kept else 0.0 for i in range(head_dim // 2)]
+    torch.testing.assert_close(got, torch.tensor(paper, dtype=torch.float64), rtol=1e-12, atol=0)
+    # the zeroed pairs are not rotated at any position: their channels pass through
+    q = torch.randn(1, 2, 5, head_dim)
+    rotated, _ = pe.rotate(q, q, torch.arange(1000, 1005), torch.arange(1000, 1005))
+    still = torch.cat((torch.arange(kept, head_dim // 2), torch.arange(head_dim // 2 + kept, head_dim)))
+    torch.testing.assert_close(rotated[..., still], q[..., still])
+
+
+def test_proportional_is_not_partial_rotary():
+    p = RoPE(dim=128, n_heads=2, scaling={"rope_type": "proportional", "partial_rotary_factor": 0.5})
+    partial = RoPE(dim=128, n_heads=2, rotary_fraction=0.5)
+    assert (p.rotary_dim, partial.rotary_dim) == (64, 32)
+    assert not torch.allclose(p.inv_freq()[:16], partial.inv_freq())  # exponents over d, not over p * d
+    with pytest.raises(ValueError, match="partial_rotary_factor must be in"):
+        RoPE(dim=128, n_heads=2, scaling={"rope_type": "proportional", "partial_rotary_factor": 1.5})

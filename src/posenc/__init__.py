@@ -29,7 +29,7 @@ from posenc.base import (
 )
 from posenc.encodings.rope import apply_rope, permute_projection, rope_cos_sin, rope_frequencies, rope_permutation
 from posenc.encodings.sinusoidal import sinusoidal_table
-from posenc.hf import from_hf_config, to_scaled
+from posenc.hf import from_hf_config, to_hf_config, to_scaled
 from posenc.model import KVCache, Transformer, TransformerConfig, convert_rope_layout
 
 __version__ = "0.1.0"
@@ -57,5 +57,6 @@ __all__ = [
     "rope_frequencies",
     "rope_permutation",
     "sinusoidal_table",
+    "to_hf_config",
     "to_scaled",
 ]

@@ -3,8 +3,10 @@
 - :func:`from_hf_config` builds the ``rope`` encoding a Hugging Face config describes (``rope_theta``, ``head_dim``,
   ``partial_rotary_factor``, and ``rope_parameters`` / legacy ``rope_scaling``), raising on invalid parameters where
   transformers only logs a warning.
-- :func:`patch_rotary` replaces a Llama-family model's rotary embedding (``model.model.rotary_emb``) with a module
-  that returns posenc's cos/sin in Hugging Face's layout, so the model runs on posenc's frequencies.
+- :func:`patch_rotary` finds the rotary modules of a Hugging Face causal LM (Llama-like, GPT-NeoX, GPT-J, Gemma 3's
+  per-layer-type one, Phi-3, Qwen2-VL / Qwen3-VL) and replaces each with a module that returns posenc's cos/sin in
+  that model's layout, so the model runs on posenc's frequencies — checked against the model's own, or refused.
+- :func:`to_hf_config` is the way back: the config fields (``rope_parameters``, ``rope_theta``, ...) of an encoding.
 - :func:`to_scaled` converts a posenc model's (or encoding's) ``rope`` into a context-extended one, for the
   "zero-shot extension fails, a short fine-tune with interpolation recovers" experiments of PI and YaRN.
 
@@ -20,18 +22,43 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from posenc.encodings.mla import MLARoPE
+from posenc.encodings.mrope import MRoPE
 from posenc.encodings.rope import RoPE
 from posenc.model import Transformer
 
-__all__ = ["PosencRotaryEmbedding", "from_hf_config", "patch_rotary", "to_scaled"]
+__all__ = [
+    "PosencComplexRotaryEmbedding",
+    "PosencGPTJRotaryEmbedding",
+    "PosencLayerTypeRotaryEmbedding",
+    "PosencMultimodalRotaryEmbedding",
+    "PosencRotaryEmbedding",
+    "find_rotary_modules",
+    "from_hf_config",
+    "hf_layer_types",
+    "mla_from_hf_config",
+    "patch_rotary",
+    "to_hf_config",
+    "to_scaled",
+]
 
 HF_DEFAULT_THETA = 10_000.0  # transformers' RotaryEmbeddingConfigMixin.default_theta
+# legacy rope_type names transformers still reads: Phi-3's "su" (and its "yarn", see _PHI3_TYPES) is LongRoPE,
+# Qwen2-VL's "mrope" is plain frequencies with mrope_section
+RoPE_TYPE_ALIASES = {"su": "longrope", "mrope": "default"}
+_PHI3_TYPES = ("phi3", "phi4_multimodal")  # their configs map "yarn" to "longrope" too (configuration_phi3.py)
+_COMPLEX_ROPE_TYPES = ("llama4", "llama4_text")  # model types whose rotary returns complex freqs_cis (interleaved)
+_INTERLEAVED_MROPE = ("qwen3_vl", "qwen3_omni", "qwen3_5")  # model_type prefixes whose M-RoPE interleaves axes
+# config.json names of the same fields in older architectures (GPT-J: n_head, n_embd, n_positions)
+_ALIASES = {"num_attention_heads": ("n_head",), "hidden_size": ("n_embd",), "max_position_embeddings": ("n_positions",)}
 
 
 def _get(config: Any, key: str, default: Any = None) -> Any:
-    if isinstance(config, Mapping):
-        return config.get(key, default)
-    return getattr(config, key, default)
+    for name in (key, *_ALIASES.get(key, ())):
+        value = config.get(name) if isinstance(config, Mapping) else getattr(config, name, None)
+        if value is not None:
+            return value
+    return default
 
 
 def _positive_int(config: Any, key: str) -> int:
@@ -41,8 +68,22 @@ def _positive_int(config: Any, key: str) -> int:
     return value
 
 
-def from_hf_config(config: Any, *, layer_type: str | None = None) -> RoPE:
-    """The ``rope`` encoding described by a Hugging Face config (a ``PretrainedConfig`` or a config.json dict).
+def _rope_dict(config: Any) -> dict:
+    params = _get(config, "rope_parameters") or _get(config, "rope_scaling") or {}
+    if not isinstance(params, Mapping):
+        raise ValueError(f"from_hf_config: rope_parameters/rope_scaling must be a dict; got {type(params).__name__}.")
+    return dict(params)
+
+
+def hf_layer_types(config: Any) -> list[str]:
+    """The layer types of a config with one RoPE dict per layer type (Gemma 3: ``sliding_attention``,
+    ``full_attention``), sorted; ``[]`` for a single RoPE dict."""
+    return sorted(k for k, v in _rope_dict(config).items() if isinstance(v, Mapping))
+
+
+def from_hf_config(config: Any, *, layer_type: str | None = None,
+                   rotary_dim: int | None = None) -> RoPE | MRoPE:
+    """The ``rope`` (or ``mrope``) encoding described by a Hugging Face config (``PretrainedConfig`` or config.json).
 
     Reads ``num_attention_heads``, ``head_dim`` (default ``hidden_size // num_attention_heads``),
     ``max_position_embeddings``, ``rope_theta`` and ``partial_rotary_factor`` (top level or inside the RoPE dict), and
@@ -50,15 +91,26 @@ def from_hf_config(config: Any, *, layer_type: str | None = None) -> RoPE:
     encoding has ``dim = num_attention_heads * head_dim`` (what posenc sees of q is ``(B, H, T, head_dim)``), the
     half layout (``rotate_half``) and ``max_seq_len = max_position_embeddings``. As in transformers, a missing
     ``original_max_position_embeddings`` is ``max_position_embeddings`` (Phi-3's top-level field wins), a missing
-    ``factor`` of ``yarn``/``longrope`` is their ratio, and ``dynamic`` stretches past ``max_position_embeddings``.
+    ``factor`` of ``yarn``/``longrope`` is their ratio, ``dynamic`` stretches past ``max_position_embeddings``, and the
+    legacy ``"su"`` (and Phi-3's ``"yarn"``) is ``longrope``.
+
+    Per family: GPT-J (``model_type="gptj"``) gives the interleaved layout on its first ``rotary_dim`` channels, and
+    so does Llama 4 (``llama4_text``: complex ``freqs_cis`` over pairs ``(2i, 2i + 1)``) on the whole head;
+    ``proportional`` (p-RoPE, Gemma 4) rotates the whole head with its slow pairs at frequency 0; a dict with
+    ``mrope_section`` (Qwen2-VL, Qwen2.5-VL; Qwen3-VL with ``mrope_interleaved``) gives :class:`~posenc.MRoPE`.
 
     Args:
         config: the model config.
-        layer_type: for configs with one RoPE dict per layer type (e.g. ``"full_attention"``), which one to read.
+        layer_type: for configs with one RoPE dict per layer type (Gemma 3's ``"sliding_attention"`` and
+            ``"full_attention"``; :func:`hf_layer_types` lists them), which one to read.
+        rotary_dim: the number of channels the model really rotates, when that is not ``head_dim *
+            partial_rotary_factor``: the default init of Llama-like models (``LlamaRotaryEmbedding`` and ~140 other
+            classes) ignores ``partial_rotary_factor`` and rotates the whole head. :func:`patch_rotary` without an
+            encoding reads it from the model's rotary module.
 
     Raises:
-        ValueError: missing sizes, an unknown or unsupported ``rope_type`` (``proportional``, multimodal), or invalid
-            scaling parameters (e.g. ``factor < 1``, wrong ``long_factor`` length) that transformers only warns about.
+        ValueError: missing sizes, an unknown or unsupported ``rope_type`` (``axial``), or invalid scaling parameters
+            (e.g. ``factor < 1``, wrong ``long_factor`` length) that transformers only warns about.
     """
     n_heads = _positive_int(config, "num_attention_heads")
     head_dim = _get(config, "head_dim")
@@ -67,22 +119,27 @@ def from_hf_config(config: Any, *, layer_type: str | None = None) -> RoPE:
     if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0:
         raise ValueError(f"from_hf_config: head_dim must be a positive int; got {head_dim!r}.")
     max_len = _positive_int(config, "max_position_embeddings")
+    model_type = _get(config, "model_type")
 
-    params = _get(config, "rope_parameters") or _get(config, "rope_scaling") or {}
-    if not isinstance(params, Mapping):
-        raise ValueError(f"from_hf_config: rope_parameters/rope_scaling must be a dict; got {type(params).__name__}.")
-    params = dict(params)
+    params = _rope_dict(config)
     nested = [k for k, v in params.items() if isinstance(v, Mapping)]
     if nested:
         if layer_type not in nested:
-            raise ValueError(f"from_hf_config: this config has one RoPE dict per layer type {nested}; pass "
-                             f"layer_type= one of them (got {layer_type!r}).")
+            raise ValueError(f"from_hf_config: this config has one RoPE dict per layer type {sorted(nested)}; pass "
+                             f"layer_type= one of them (got {layer_type!r}), or use patch_rotary(model), which "
+                             f"patches every layer type.")
         params = dict(params[layer_type])
     elif layer_type is not None:
         raise ValueError(f"from_hf_config: layer_type={layer_type!r} given but the config has a single RoPE dict.")
-    if "mrope_section" in params or params.get("rope_type", params.get("type")) in ("proportional", "axial"):
-        raise ValueError(f"from_hf_config: rope_type {params.get('rope_type', params.get('type'))!r} / multimodal "
-                         f"RoPE is not the 1-D `rope` encoding posenc builds here.")
+    params.pop("max_position_embeddings", None)  # Ministral 3 repeats it here; transformers ignores it
+    rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
+    params.pop("type", None)
+    rope_type = RoPE_TYPE_ALIASES.get(rope_type, rope_type)
+    if rope_type == "yarn" and model_type in _PHI3_TYPES:
+        rope_type = "longrope"  # what Phi3Config does with it
+    if rope_type == "axial":
+        raise ValueError("from_hf_config: rope_type 'axial' (2-D vision RoPE) is not the 1-D `rope` encoding; use "
+                         "posenc's `axial_rope`.")
 
     base = params.pop("rope_theta", None)
     base = _get(config, "rope_theta", HF_DEFAULT_THETA) if base is None else base
@@ -90,9 +147,27 @@ def from_hf_config(config: Any, *, layer_type: str | None = None) -> RoPE:
     fraction = _get(config, "partial_rotary_factor", 1.0) if fraction is None else fraction
     if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         raise ValueError(f"from_hf_config: partial_rotary_factor must be in (0, 1]; got {fraction!r}.")
-    rope_type = params.get("rope_type", params.get("type", "default"))
+
+    section = params.pop("mrope_section", None)
+    # Qwen3-VL's text rotary interleaves whatever mrope_interleaved says (modeling_qwen3_vl.py)
+    interleaved = bool(params.pop("mrope_interleaved", False)) or str(model_type).startswith(_INTERLEAVED_MROPE)
+    if section is not None:
+        if rope_type != "default" or fraction != 1 or rotary_dim not in (None, head_dim):
+            raise ValueError(f"from_hf_config: posenc's `mrope` (Qwen2-VL / Qwen3-VL) has plain frequencies over the "
+                             f"whole head; this config combines mrope_section={list(section)} with "
+                             f"rope_type={rope_type!r}, partial_rotary_factor={fraction}.")
+        return MRoPE(dim=n_heads * head_dim, n_heads=n_heads, max_seq_len=max_len, base=float(base), layout="half",
+                     mrope_section=[int(s) for s in section], mrope_interleaved=interleaved)
     params["rope_type"] = rope_type
-    params.pop("type", None)
+
+    layout = "half"
+    if model_type == "gptj":  # GPT-J: rotate_every_two on the first rotary_dim channels, base 10000
+        layout = "interleaved"
+        width = _get(config, "rotary_dim") or head_dim
+        fraction = width / head_dim
+        rotary_dim = width if rotary_dim is None else rotary_dim
+    elif model_type in _COMPLEX_ROPE_TYPES:  # Llama 4: view_as_complex over pairs (2i, 2i + 1)
+        layout = "interleaved"
 
     if rope_type in ("yarn", "longrope", "llama3"):
         top_level = _get(config, "original_max_position_embeddings")  # Phi-3 keeps it outside rope_scaling
@@ -108,9 +183,36 @@ def from_hf_config(config: Any, *, layer_type: str | None = None) -> RoPE:
                              f"transformers, but the dict also sets original_max_position_embeddings={given}; remove "
                              f"it or make them equal.")
         params["original_max_position_embeddings"] = max_len
-    rotary_dim = int(head_dim * fraction)
-    return RoPE(dim=n_heads * head_dim, n_heads=n_heads, max_seq_len=max_len, base=float(base), layout="half",
+    elif rope_type == "proportional":  # p-RoPE: the fraction shapes the frequencies; the whole head is rotated
+        params["partial_rotary_factor"] = fraction
+        fraction = 1.0
+    if rotary_dim is None:
+        rotary_dim = int(head_dim * fraction)
+    return RoPE(dim=n_heads * head_dim, n_heads=n_heads, max_seq_len=max_len, base=float(base), layout=layout,
                 rotary_dim=rotary_dim, scaling=None if rope_type == "default" and len(params) == 1 else params)
+
+
+def mla_from_hf_config(config: Any) -> MLARoPE:
+    """The ``mla`` encoding (decoupled RoPE of DeepSeek-V2/V3's Multi-head Latent Attention) of a HF config.
+
+    Heads of ``qk_nope_head_dim + qk_rope_head_dim`` channels, RoPE on the last ``qk_rope_head_dim`` with the config's
+    base and scaling, the interleaved pairing when ``rope_interleave`` (Hugging Face's default for DeepSeek-V3), and
+    DeepSeek's softmax factor ``mscale(s, mscale_all_dim) ** 2`` on the queries. (To patch a Hugging Face DeepSeek
+    model, use :func:`patch_rotary`: its rotary module is Llama-like with ``head_dim = qk_rope_head_dim``.)
+    """
+    for key in ("qk_rope_head_dim", "qk_nope_head_dim"):
+        _positive_int(config, key)
+    rope = from_hf_config(config)  # HF's DeepSeek configs set head_dim = qk_rope_head_dim
+    rope_dim = _get(config, "qk_rope_head_dim")
+    if not isinstance(rope, RoPE) or rope.head_dim != rope_dim:
+        raise ValueError(f"mla_from_hf_config: expected head_dim = qk_rope_head_dim = {rope_dim} in the config (as "
+                         f"DeepseekV3Config sets it); got an encoding of head_dim {rope.head_dim}.")
+    n_heads = rope.n_heads
+    head_dim = _get(config, "qk_nope_head_dim") + _get(config, "qk_rope_head_dim")
+    interleave = _get(config, "rope_interleave", True)
+    return MLARoPE(dim=n_heads * head_dim, n_heads=n_heads, max_seq_len=rope.max_seq_len,
+                   qk_rope_head_dim=rope.head_dim, base=rope.base, layout="interleaved" if interleave else "half",
+                   scaling=None if rope.scaling is None else dict(rope.scaling))
 
 
 class PosencRotaryEmbedding(nn.Module):
@@ -137,54 +239,418 @@ class PosencRotaryEmbedding(nn.Module):
         return torch.cat((cos, cos), dim=-1).to(x.dtype), torch.cat((sin, sin), dim=-1).to(x.dtype)
 
 
-def _rotary_owner(model: nn.Module) -> nn.Module:
-    for owner in (model, getattr(model, "model", None), getattr(getattr(model, "model", None), "language_model", None)):
-        if isinstance(owner, nn.Module) and isinstance(getattr(owner, "rotary_emb", None), nn.Module):
-            return owner
-    raise TypeError(f"patch_rotary: found no `rotary_emb` module on {type(model).__name__} or its `.model`; it "
-                    f"supports Llama-family models whose decoder computes position_embeddings=(cos, sin) once "
-                    f"(LlamaForCausalLM, LlamaModel, Mistral, Qwen2, ...).")
+class PosencLayerTypeRotaryEmbedding(nn.Module):
+    """Drop-in for a per-layer-type rotary module (Gemma 3): ``forward(x, position_ids, layer_type) -> (cos, sin)``.
+
+    One posenc ``rope`` per layer type (``encodings["sliding_attention"]``, ...), each returning what
+    :class:`PosencRotaryEmbedding` does.
+    """
+
+    def __init__(self, encodings: Mapping[str, RoPE]) -> None:
+        super().__init__()
+        self.encodings = nn.ModuleDict({k: PosencRotaryEmbedding(v) for k, v in encodings.items()})
+        self.layer_types = sorted(encodings)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor, position_ids: Tensor, layer_type: str | None = None) -> tuple[Tensor, Tensor]:
+        if layer_type not in self.encodings:
+            raise ValueError(f"PosencLayerTypeRotaryEmbedding: layer_type must be one of {self.layer_types}; got "
+                             f"{layer_type!r}.")
+        return self.encodings[layer_type](x, position_ids)
 
 
-def patch_rotary(model: nn.Module, encoding: RoPE) -> nn.Module:
-    """Replace the rotary embedding of a Llama-family Hugging Face model with ``encoding``; in place, returns ``model``.
+class PosencGPTJRotaryEmbedding(nn.Module):
+    """Drop-in for ``GPTJRotaryEmbedding``: ``forward(x, position_ids) -> (sin, cos)``, each ``(B, T, rotary_dim/2)``.
 
-    The model's decoder calls ``rotary_emb(hidden, position_ids)`` once per forward and passes ``(cos, sin)`` to every
-    layer's ``apply_rotary_pos_emb``; the replacement (:class:`PosencRotaryEmbedding`) returns posenc's numbers.
-    With the equivalent encoding (:func:`from_hf_config` of the model's config) the logits are unchanged.
+    GPT-J's ``apply_rotary_pos_emb`` repeats each value for a pair ``(2i, 2i + 1)`` (``rotate_every_two``): posenc's
+    interleaved layout. Unlike GPT-J's table of ``max_position_embeddings`` rows, any position works.
+    """
+
+    def __init__(self, encoding: RoPE) -> None:
+        super().__init__()
+        self.encoding = encoding
+
+    @torch.no_grad()
+    def forward(self, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        cos, sin = self.encoding.cos_sin(position_ids.long(), dtype=torch.float32)  # (B, T, F)
+        return sin.to(x.dtype), cos.to(x.dtype)
+
+
+class PosencComplexRotaryEmbedding(nn.Module):
+    """Drop-in for Llama 4's rotary: ``forward(x, position_ids) -> freqs_cis``, complex ``(B, T, rotary_dim / 2)``.
+
+    Llama 4's ``apply_rotary_emb`` multiplies the complex numbers ``x[2i] + i x[2i + 1]`` by ``freqs_cis``: posenc's
+    interleaved layout, ``freqs_cis = cos + i sin`` (already times the attention scale).
+    """
+
+    def __init__(self, encoding: RoPE) -> None:
+        super().__init__()
+        self.encoding = encoding
+        self.attention_scaling = encoding.attention_scale
+
+    @torch.no_grad()
+    def forward(self, x: Tensor, position_ids: Tensor) -> Tensor:
+        cos, sin = self.encoding.cos_sin(position_ids.long(), dtype=torch.float32)  # (B, T, F)
+        return torch.complex(cos, sin)
+
+
+class PosencMultimodalRotaryEmbedding(nn.Module):
+    """Drop-in for Qwen2-VL's / Qwen3-VL's text rotary: ``forward(x, position_ids) -> (cos, sin)`` ``(B, T, D)``.
+
+    ``position_ids`` is ``(3, B, T)`` (time, height, width; what ``get_rope_index`` builds) or ``(B, T)`` for text;
+    the pairs read their axis as :class:`~posenc.MRoPE` assigns them (sections, or Qwen3-VL's interleaving).
+    """
+
+    def __init__(self, encoding: MRoPE) -> None:
+        super().__init__()
+        self.encoding = encoding
+        self.attention_scaling = 1.0
+
+    @torch.no_grad()
+    def forward(self, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        if position_ids.dim() == 2:
+            position_ids = position_ids.unsqueeze(0)
+        coords = position_ids.long().expand(3, -1, -1).permute(1, 2, 0)  # (3, B, T) -> (B, T, 3)
+        cos, sin = self.encoding.cos_sin(coords)  # (B, T, F)
+        return torch.cat((cos, cos), dim=-1).to(x.dtype), torch.cat((sin, sin), dim=-1).to(x.dtype)
+
+
+_REPLACEMENTS = (PosencRotaryEmbedding, PosencLayerTypeRotaryEmbedding, PosencGPTJRotaryEmbedding,
+                 PosencComplexRotaryEmbedding, PosencMultimodalRotaryEmbedding)
+
+
+def _rotary_style(module: nn.Module) -> str | None:
+    """How a Hugging Face rotary module hands out cos/sin, or ``None`` if it is not a text rotary module we know."""
+    name = type(module).__name__
+    if not name.endswith("RotaryEmbedding") or "Vision" in name or isinstance(module, _REPLACEMENTS):
+        return None
+    if isinstance(getattr(module, "embed_positions", None), Tensor):
+        return "gptj"  # a (sin | cos) table, interleaved pairs
+    if getattr(module, "mrope_section", None) is not None:
+        return "mrope"
+    if getattr(module, "layer_types", None) and all(
+            isinstance(getattr(module, f"{t}_inv_freq", None), Tensor) for t in module.layer_types):
+        return "layer_types"
+    if isinstance(getattr(module, "inv_freq", None), Tensor):
+        device = module.inv_freq.device
+        try:  # Llama 4 returns complex freqs_cis instead of (cos, sin): ask the module
+            with torch.no_grad():
+                out = module(torch.zeros(1, device=device), torch.arange(2, device=device)[None])
+        except Exception:  # noqa: BLE001 - a module we cannot call is one we do not know
+            return "unknown"
+        if isinstance(out, Tensor) and out.is_complex():
+            return "complex"
+        return "llama" if isinstance(out, tuple) and len(out) == 2 else "unknown"
+    return "unknown"
+
+
+def find_rotary_modules(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """The text rotary modules of a Hugging Face model: ``(qualified name, module, style)`` for each.
+
+    Style is ``"llama"`` (``forward(x, position_ids) -> (cos, sin)`` with ``inv_freq``: Llama, Mistral, Qwen2,
+    GPT-NeoX, Phi, Phi-3, DeepSeek-V3, ...), ``"complex"`` (Llama 4's ``freqs_cis``), ``"layer_types"`` (Gemma 3:
+    ``forward(x, position_ids, layer_type)``), ``"gptj"`` (a sin/cos table), ``"mrope"`` (Qwen2-VL, Qwen3-VL) or
+    ``"unknown"`` (a ``*RotaryEmbedding`` posenc cannot replace).
+    Vision-tower rotary modules are not listed.
+    """
+    found = []
+    for name, module in model.named_modules():
+        style = _rotary_style(module)
+        if style is not None:
+            found.append((name, module, style))
+    return found
+
+
+def _module_config(model: nn.Module, name: str, module: nn.Module) -> Any:
+    config = getattr(module, "config", None)
+    if config is not None:
+        return config
+    parts = name.split(".")
+    for i in range(len(parts) - 1, -1, -1):  # the nearest enclosing module with a config
+        owner = model.get_submodule(".".join(parts[:i])) if i else model
+        if getattr(owner, "config", None) is not None:
+            return owner.config
+    raise TypeError(f"patch_rotary: found no config for the rotary module {name!r}; pass encoding= explicitly.")
+
+
+def _hf_width(module: nn.Module, style: str, layer_type: str | None = None) -> int:
+    """Channels the HF module rotates (2 x its number of frequencies)."""
+    if style == "gptj":
+        return module.embed_positions.shape[-1]
+    freq = getattr(module, f"{layer_type}_inv_freq") if layer_type is not None else module.inv_freq
+    return 2 * freq.numel()
+
+
+def _build(model: nn.Module, name: str, module: nn.Module, style: str) -> Any:
+    """posenc's encoding(s) equal to what the HF module computes."""
+    config = _module_config(model, name, module)
+    if style == "layer_types":
+        return {t: from_hf_config(config, layer_type=t, rotary_dim=_hf_width(module, style, t))
+                for t in module.layer_types}
+    if style == "mrope":
+        pe = from_hf_config(config)
+        if not isinstance(pe, MRoPE):
+            raise ValueError(f"patch_rotary: {name!r} ({type(module).__name__}) applies multimodal RoPE but its config "
+                             f"has no mrope_section.")
+        return pe
+    pe = from_hf_config(config, rotary_dim=_hf_width(module, style))
+    if isinstance(pe, MRoPE):
+        raise ValueError(f"patch_rotary: the config of {name!r} has mrope_section but {type(module).__name__} is a "
+                         f"1-D rotary module.")
+    return pe
+
+
+def _probe_positions(module: nn.Module, style: str, device: torch.device) -> Tensor:
+    length = 64
+    limit = getattr(module, "original_max_seq_len", None) or getattr(module, "max_positions", None)
+    if limit:
+        length = min(length, int(limit) - 1)  # below the training length: dynamic and longrope are at rest
+    pos = torch.arange(length, device=device)[None]  # (1, T)
+    if style == "mrope":  # three different axes: (time, height, width) = (p, p // 2, 3p mod T)
+        pos = torch.stack((pos, pos // 2, (3 * pos) % length))  # (3, 1, T)
+    return pos
+
+
+def _outputs(module: nn.Module, style: str, x: Tensor, pos: Tensor, layer_type: str | None) -> tuple[Tensor, ...]:
+    with torch.no_grad():
+        out = module(x, pos, layer_type) if style == "layer_types" else module(x, pos)
+    if isinstance(out, Tensor):  # complex freqs_cis
+        return torch.view_as_real(out).float(),
+    return tuple(t.float() for t in out)
+
+
+def _check_same(name: str, old: nn.Module, new: nn.Module, style: str, layer_type: str | None,
+                exact: bool) -> None:
+    """Run the HF module and its replacement on probe positions: same shapes always, same numbers if ``exact``."""
+    device = next((b.device for b in old.buffers()), torch.device("cpu"))
+    x = torch.zeros(1, device=device, dtype=torch.float32)
+    pos = _probe_positions(old, style, device)
+    hf, ours = _outputs(old, style, x, pos, layer_type), _outputs(new, style, x, pos, layer_type)
+    where = f"{name!r} ({type(old).__name__}{'' if layer_type is None else f', layer_type={layer_type!r}'})"
+    shapes = [tuple(t.shape) for t in hf], [tuple(t.shape) for t in ours]
+    if shapes[0] != shapes[1]:
+        raise ValueError(f"patch_rotary: {where} returns cos/sin of shapes {shapes[0]}, the encoding would return "
+                         f"{shapes[1]}: a different rotary width. Hint: patch_rotary(model) without an encoding "
+                         f"builds matching ones (or from_hf_config(config, rotary_dim=...)).")
+    if exact:
+        diff = max(float((a - b).abs().max()) for a, b in zip(hf, ours))
+        if diff > 1e-4:
+            raise ValueError(f"patch_rotary: posenc's cos/sin differ from {where} by {diff:.3g} at positions < "
+                             f"{pos.shape[-1]}: the model computes RoPE in a way posenc does not reproduce; not "
+                             f"patched.")
+
+
+def patch_rotary(model: nn.Module, encoding: RoPE | Mapping[str, RoPE] | None = None) -> nn.Module:
+    """Replace the rotary embedding of a Hugging Face model with posenc's; in place, returns ``model``.
+
+    Finds the text rotary modules by walking the model (:func:`find_rotary_modules`): Llama-like ones (Llama,
+    Mistral, Qwen2, GPT-NeoX, Phi, Phi-3, DeepSeek-V3, Ministral 3, ...), Gemma 3's per-layer-type module, GPT-J's
+    sin/cos table, Llama 4's complex ``freqs_cis`` and Qwen2-VL's / Qwen3-VL's multimodal one. Each is replaced by a
+    module returning the same tensors from posenc (:class:`PosencRotaryEmbedding`,
+    :class:`PosencLayerTypeRotaryEmbedding`, :class:`PosencGPTJRotaryEmbedding`, :class:`PosencComplexRotaryEmbedding`,
+    :class:`PosencMultimodalRotaryEmbedding`). What the attention layers do besides (Llama 4's NoPE layers, chunked
+    masks and query temperature, DeepSeek's softmax mscale, Ministral 3's query scale) stays the model's own.
+
+    With ``encoding=None`` posenc builds the equivalent encodings from the model's config and rotary modules (one per
+    layer type for Gemma 3), and checks on probe positions that they reproduce the model's cos/sin; so the logits are
+    unchanged or the call raises. With an ``encoding`` (a ``rope``, or a dict ``{layer_type: rope}`` for Gemma 3),
+    that one is used — e.g. another scaling — after checking that it has the model's rotary width.
 
     Raises:
-        TypeError: ``encoding`` is not a plain ``rope`` encoding (xPos scales q and k differently), or the model has
-            no ``rotary_emb``.
-        ValueError: interleaved layout (HF uses ``rotate_half``: convert with ``posenc.convert_rope_layout``),
-            head_dim or rotary width different from the model's, or log-n scaling (it scales queries only, which
-            a shared ``(cos, sin)`` cannot express).
+        TypeError: ``encoding`` is not a plain ``rope`` (xPos scales q and k differently), or the model has no text
+            rotary module posenc knows (the message names what was found).
+        ValueError: wrong layout (HF's ``rotate_half`` needs ``layout='half'``; GPT-J needs ``'interleaved'``), a
+            rotary width different from the model's, log-n scaling (it scales queries only, which a shared
+            ``(cos, sin)`` cannot express), a single encoding for a per-layer-type model, or posenc's numbers
+            differing from the model's.
     """
+    found = find_rotary_modules(model)
+    usable = [(n, m, s) for n, m, s in found if s != "unknown"]
+    if not usable and any(isinstance(m, _REPLACEMENTS) for m in model.modules()):
+        raise TypeError(f"patch_rotary: {type(model).__name__} is already patched (its rotary modules are posenc's); "
+                        f"to swap in another encoding, patch a fresh model.")
+    if not usable:
+        seen = ", ".join(f"{n or '<root>'}: {type(m).__name__}" for n, m, _ in found) or "no *RotaryEmbedding module"
+        raise TypeError(f"patch_rotary: found no text rotary module posenc can replace in {type(model).__name__} "
+                        f"({seen}); it supports Llama-like models (a `rotary_emb` with `inv_freq` whose forward(x, "
+                        f"position_ids) returns (cos, sin)), Gemma 3, GPT-J, GPT-NeoX, Phi-3, Qwen2-VL and Qwen3-VL.")
+    unknown = [(n, type(m).__name__) for n, m, s in found if s == "unknown"]
+    if unknown:
+        raise TypeError(f"patch_rotary: {type(model).__name__} also has rotary modules posenc does not know how to "
+                        f"replace: {unknown}; patching only some of them would mix two RoPEs. Not patched.")
+    plans = []
+    for name, module, style in usable:
+        device = next((b.device for b in module.buffers()), None)
+        exact = encoding is None
+        chosen = _build(model, name, module, style) if exact else encoding
+        if style == "layer_types":
+            if not isinstance(chosen, Mapping) or sorted(chosen) != sorted(module.layer_types):
+                raise ValueError(f"patch_rotary: {name!r} ({type(module).__name__}) computes one RoPE per layer type "
+                                 f"{sorted(module.layer_types)}; pass encoding=None (built from the config) or a dict "
+                                 f"with one `rope` per layer type, got {type(chosen).__name__}.")
+            encodings = {t: _check_encoding(pe, "half") for t, pe in chosen.items()}
+            if device is not None:
+                encodings = {t: pe.to(device) for t, pe in encodings.items()}
+            new = PosencLayerTypeRotaryEmbedding(encodings)
+            for t in module.layer_types:
+                _check_same(name, module, new, style, t, exact)
+        else:
+            if isinstance(chosen, Mapping):
+                raise ValueError(f"patch_rotary: {name!r} ({type(module).__name__}) has a single RoPE; got a dict of "
+                                 f"encodings per layer type {sorted(chosen)}.")
+            if style == "mrope":
+                if not isinstance(chosen, MRoPE):
+                    raise TypeError(f"patch_rotary: {name!r} ({type(module).__name__}) is multimodal RoPE; pass an "
+                                    f"`mrope` encoding (or None), got {type(chosen).__name__}.")
+                if chosen.layout != "half":
+                    raise ValueError(f"patch_rotary: {type(module).__name__} pairs channels with rotate_half; the "
+                                     f"mrope encoding uses layout={chosen.layout!r}. Build it with layout='half'.")
+                pe = chosen
+            else:
+                pe = _check_encoding(chosen, "interleaved" if style in ("gptj", "complex") else "half")
+            if style != "mrope":
+                _check_query_scale(pe, _module_config(model, name, module), name)
+            pe = pe if device is None else pe.to(device)
+            new = {"gptj": PosencGPTJRotaryEmbedding, "mrope": PosencMultimodalRotaryEmbedding,
+                   "complex": PosencComplexRotaryEmbedding}.get(style, PosencRotaryEmbedding)(pe)
+            _check_same(name, module, new, style, None, exact)
+        plans.append((name, new))
+    for name, new in plans:  # replace only once every module has passed its checks
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, new)
+    return model
+
+
+def _check_query_scale(pe: RoPE, config: Any, name: str) -> None:
+    """``llama_4_scaling_beta`` scales queries in the HF attention itself: the encoding's must be the model's."""
+    ours = None if pe.scaling is None else pe.scaling["llama_4_scaling_beta"]
+    params = _rope_dict(config)
+    theirs = params.get("llama_4_scaling_beta")
+    if ours != theirs:
+        raise ValueError(f"patch_rotary: the encoding has llama_4_scaling_beta={ours!r} but the model's attention "
+                         f"(around {name!r}) applies {theirs!r}; the rotary module cannot change that query scale. "
+                         f"Use the model's value (from_hf_config(config) reads it).")
+
+
+def _check_encoding(encoding: Any, layout: str) -> RoPE:
     if type(encoding) is not RoPE:
         raise TypeError(f"patch_rotary: expected a posenc `rope` encoding (RoPE); got {type(encoding).__name__}.")
-    if encoding.layout != "half":
-        raise ValueError(f"patch_rotary: Hugging Face pairs channels with rotate_half (layout='half'); the encoding "
-                         f"uses layout={encoding.layout!r}. Build it with layout='half' or permute the q/k "
-                         f"projections with posenc.permute_projection.")
+    if encoding.layout != layout:
+        how = "rotate_half (layout='half')" if layout == "half" else "pairs (2i, 2i + 1) (layout='interleaved')"
+        raise ValueError(f"patch_rotary: this Hugging Face model pairs channels with {how}; the encoding uses "
+                         f"layout={encoding.layout!r}. Build it with layout={layout!r} or permute the q/k projections "
+                         f"with posenc.permute_projection.")
     if encoding.scaling is not None and encoding.scaling["logn"]:
         raise ValueError("patch_rotary: log-n scaling multiplies queries only, but HF applies one (cos, sin) to both "
                          "q and k; remove 'logn' from the scaling.")
-    config = getattr(model, "config", None)
-    if config is not None and _get(config, "num_attention_heads") is not None:
-        n_heads = _get(config, "num_attention_heads")
-        head_dim = _get(config, "head_dim") or _get(config, "hidden_size") // n_heads
-        params = _get(config, "rope_parameters") or {}
-        fraction = params.get("partial_rotary_factor") if isinstance(params, Mapping) else None
-        fraction = fraction or _get(config, "partial_rotary_factor", 1.0) or 1.0
-        if encoding.head_dim != head_dim or encoding.rotary_dim != int(head_dim * fraction):
-            raise ValueError(f"patch_rotary: the model has head_dim={head_dim} with {int(head_dim * fraction)} rotary "
-                             f"channels, the encoding head_dim={encoding.head_dim}, rotary_dim={encoding.rotary_dim}. "
-                             f"Hint: posenc.hf.from_hf_config(model.config) builds a matching encoding.")
-    owner = _rotary_owner(model)
-    old = owner.rotary_emb
-    device = next((b.device for b in old.buffers()), None)
-    owner.rotary_emb = PosencRotaryEmbedding(encoding if device is None else encoding.to(device))
-    return model
+    return encoding
+
+
+# posenc scaling methods that transformers has too (posenc's "ntk" is static NTK, which transformers lacks)
+HF_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3", "proportional")
+
+
+def _rope_parameters(pe: RoPE | MRoPE) -> tuple[dict, int]:
+    """One HF RoPE dict for ``pe`` and the max_position_embeddings it implies."""
+    if type(pe) not in (RoPE, MRoPE):
+        raise TypeError(f"to_hf_config: expected a posenc `rope` or `mrope` encoding; got {type(pe).__name__}.")
+    max_len = pe.max_seq_len
+    out: dict[str, Any] = {"rope_type": "default", "rope_theta": pe.base}
+    if isinstance(pe, MRoPE):
+        if pe.layout != "half":
+            raise ValueError(f"to_hf_config: Qwen2-VL / Qwen3-VL pair channels with rotate_half; the mrope encoding "
+                             f"uses layout={pe.layout!r}. Hint: build it with layout='half'.")
+        out.update(mrope_section=list(pe.mrope_section))
+        if pe.mrope_interleaved:
+            out["mrope_interleaved"] = True
+        return out, max_len
+    out["partial_rotary_factor"] = pe.rotary_dim / pe.head_dim
+    if pe.scaling is None:
+        return out, max_len
+    scaling = dict(pe.scaling)
+    name = scaling.pop("rope_type")
+    if scaling.pop("logn"):
+        raise ValueError("to_hf_config: transformers has no log-n query scaling; remove 'logn' from the scaling "
+                         "(Qwen-1's use_logn_attn lives in its own modeling code).")
+    if name not in HF_ROPE_TYPES:
+        raise ValueError(f"to_hf_config: rope_type {name!r} has no Hugging Face equivalent; transformers implements "
+                         f"{list(HF_ROPE_TYPES)}. Hint: static NTK is posenc's own; 'dynamic' is transformers' "
+                         f"length-dependent form.")
+    original = scaling.pop("original_max_position_embeddings")
+    if name == "dynamic":  # transformers stretches past max_position_embeddings itself
+        max_len = original
+    elif name in ("yarn", "longrope", "llama3"):
+        out["original_max_position_embeddings"] = original
+    if name == "proportional":
+        out["partial_rotary_factor"] = scaling.pop("partial_rotary_factor")
+    if name == "yarn" and scaling.get("truncate") is True:
+        scaling.pop("truncate")  # transformers' default
+    out["rope_type"] = name
+    out.update({k: (list(v) if isinstance(v, tuple) else v) for k, v in scaling.items() if v is not None})
+    return out, max_len
+
+
+def to_hf_config(encoding: RoPE | MRoPE | Mapping[str, RoPE], *, model_type: str | None = None) -> dict:
+    """The Hugging Face config fields that describe ``encoding``: the inverse of :func:`from_hf_config`.
+
+    Returns a plain dict (update a config.json with it, or pass it to a config class:
+    ``LlamaConfig(**to_hf_config(pe), vocab_size=...)``) with ``num_attention_heads``, ``head_dim``, ``hidden_size``
+    (``= num_attention_heads * head_dim``; set your own if the model's differs), ``max_position_embeddings``,
+    ``rope_theta``, ``partial_rotary_factor`` and ``rope_parameters`` (transformers >= 5), holding ``rope_type``, the
+    scaling's parameters under transformers' names and ``rope_theta``. ``from_hf_config(to_hf_config(pe))`` has the
+    same frequencies, attention scale, rotary width and layout as ``pe``.
+
+    Per case: ``dynamic`` sets ``max_position_embeddings`` to its training length (transformers stretches past
+    that); an ``mrope`` encoding writes ``mrope_section`` (and ``mrope_interleaved``); a dict ``{layer_type: rope}``
+    gives Gemma 3's nested ``rope_parameters``; ``model_type="gptj"`` gives GPT-J's fields (``n_head``, ``n_embd``,
+    ``n_positions``, ``rotary_dim``) for an interleaved, unscaled ``rope`` at base 10000.
+
+    Raises:
+        ValueError: what transformers cannot express: the interleaved layout (except GPT-J), log-n scaling, posenc's
+            static ``ntk``, GPT-J with a base or scaling it hard-codes otherwise, or layer types of different sizes.
+        TypeError: not a ``rope`` / ``mrope`` encoding.
+    """
+    if isinstance(encoding, Mapping):
+        if not encoding:
+            raise ValueError("to_hf_config: got an empty dict; pass {layer_type: rope, ...}.")
+        sizes = {(pe.n_heads, pe.head_dim) for pe in encoding.values()}
+        if len(sizes) != 1:
+            raise ValueError(f"to_hf_config: the layer types have different (n_heads, head_dim) {sorted(sizes)}; one "
+                             f"config has one size.")
+        nested, lengths = {}, set()
+        for layer_type, pe in encoding.items():
+            nested[layer_type], length = _rope_parameters(_check_exportable(pe))
+            lengths.add(length)
+        if len(lengths) != 1:
+            raise ValueError(f"to_hf_config: the layer types imply different max_position_embeddings {sorted(lengths)} "
+                             f"(a 'dynamic' layer type uses its training length); give them one max_seq_len.")
+        (n_heads, head_dim), = sizes
+        return {"num_attention_heads": n_heads, "head_dim": head_dim, "hidden_size": n_heads * head_dim,
+                "max_position_embeddings": lengths.pop(), "layer_types": sorted(nested), "rope_parameters": nested}
+    if model_type == "gptj":
+        if type(encoding) is not RoPE or encoding.layout != "interleaved" or encoding.scaling is not None or \
+                encoding.base != HF_DEFAULT_THETA:
+            raise ValueError(f"to_hf_config: GPT-J hard-codes interleaved pairs, base 10000 and no scaling; got "
+                             f"{encoding!r}.")
+        return {"model_type": "gptj", "n_head": encoding.n_heads, "n_embd": encoding.dim,
+                "n_positions": encoding.max_seq_len, "rotary_dim": encoding.rotary_dim}
+    params, max_len = _rope_parameters(_check_exportable(encoding))
+    out = {"num_attention_heads": encoding.n_heads, "head_dim": encoding.head_dim,
+           "hidden_size": encoding.n_heads * encoding.head_dim, "max_position_embeddings": max_len,
+           "rope_theta": encoding.base, "rope_parameters": params}
+    if "partial_rotary_factor" in params and params["rope_type"] != "proportional":
+        out["partial_rotary_factor"] = params["partial_rotary_factor"]
+    if model_type is not None:
+        out["model_type"] = model_type
+    return out
+
+
+def _check_exportable(pe: Any) -> RoPE | MRoPE:
+    if type(pe) is RoPE and pe.layout != "half":
+        raise ValueError("to_hf_config: Hugging Face's Llama-like models pair channels with rotate_half; this rope "
+                         "uses layout='interleaved'. Hint: posenc.convert_rope_layout(model, 'half') (permutes q/k "
+                         "weights, same outputs), or model_type='gptj' for GPT-J.")
+    return pe
 
 
 def to_scaled(model_or_encoding: Transformer | RoPE, *, rope_type: str, inplace: bool = False,

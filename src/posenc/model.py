@@ -50,6 +50,9 @@ class TransformerConfig:
     max_seq_len: int = 256  # the length the encoding is built for (learned tables have this many rows)
     encoding: str = "rope"  # any name in posenc.list_encodings()
     encoding_options: dict = field(default_factory=dict)  # passed to posenc.get_encoding
+    # {layer index: {"encoding": name, **options}}: layers whose attention uses another (rotate/bias) encoding than
+    # `encoding`, e.g. Llama 4's NoPE layers (posenc.encodings.irope.irope_config builds it); every stack
+    layer_encodings: dict = field(default_factory=dict)
     norm: str = "layernorm"  # "layernorm" or "rmsnorm"
     dropout: float = 0.0  # on attention and feed-forward outputs
     tie_embeddings: bool = False  # output head shares the token embedding matrix (logits scaled by dim**-0.5)
@@ -73,6 +76,12 @@ class TransformerConfig:
             raise ValueError(f"TransformerConfig.dropout must be in [0, 1); got {self.dropout}.")
         if not isinstance(self.encoding_options, dict):
             raise TypeError(f"TransformerConfig.encoding_options must be a dict; got {type(self.encoding_options)}.")
+        layers = max(self.n_layers, self.n_decoder_layers or 0)
+        for i, spec in (self.layer_encodings.items() if isinstance(self.layer_encodings, dict) else [(None, None)]):
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < layers or not isinstance(spec, dict) \
+                    or not isinstance(spec.get("encoding"), str):
+                raise ValueError(f"TransformerConfig.layer_encodings must map layer indices in [0, {layers}) to "
+                                 f"dicts {{'encoding': name, **options}}; got {i!r}: {spec!r}.")
 
     @property
     def head_dim(self) -> int:
@@ -201,6 +210,17 @@ class Stack(nn.Module):
                                causal=causal, **cfg.encoding_options)
         self.blocks = nn.ModuleList(Block(cfg, cross=cross) for _ in range(n_layers))
         self.norm = _norm(cfg)
+        self.layer_pe = nn.ModuleDict()  # per-layer encodings of cfg.layer_encodings (keys: layer index as str)
+        for i, spec in cfg.layer_encodings.items():
+            if i < n_layers:
+                options = {k: v for k, v in spec.items() if k != "encoding"}
+                pe = get_encoding(spec["encoding"], dim=cfg.dim, n_heads=cfg.n_heads, max_seq_len=cfg.max_seq_len,
+                                  causal=causal, **options)
+                if pe.uses_embed:
+                    raise ValueError(f"TransformerConfig.layer_encodings[{i}]: {spec['encoding']!r} adds to the "
+                                     f"token embeddings, which the stack does once; a layer's encoding may only "
+                                     f"rotate q/k or bias attention.")
+                self.layer_pe[str(i)] = pe
 
     def forward(self, x: Tensor, *, positions: Tensor | None, padding_mask: Tensor | None, cache: KVCache | None,
                 memory: Tensor | None = None, memory_mask: Tensor | None = None) -> Tensor:
@@ -221,7 +241,8 @@ class Stack(nn.Module):
         if padding_mask is not None:  # (B, T_keys) True = real token -> (B, 1, 1, T_keys)
             attn_mask = padding_mask[:, None, None, :]
         for i, block in enumerate(self.blocks):
-            x = block(x, pe=self.pe, pos=positions, k_pos=k_pos, causal=self.causal, attn_mask=attn_mask,
+            pe = self.layer_pe[str(i)] if str(i) in self.layer_pe else self.pe
+            x = block(x, pe=pe, pos=positions, k_pos=k_pos, causal=self.causal, attn_mask=attn_mask,
                       cache=cache.layer(i) if cache is not None else None, memory=memory, memory_mask=memory_mask)
         return self.norm(x)
 

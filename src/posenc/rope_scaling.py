@@ -16,12 +16,16 @@ logits ``q . k`` are multiplied by ``attention_scale ** 2`` (YaRN's ``sqrt(1/t)`
   ``0.1 ln s + 1`` (Peng et al. 2023, arXiv 2309.00071);
 - ``longrope``: searched per-pair factors ``theta_i / lambda_i``, a short and a long set chosen by length
   (Ding et al. 2024, arXiv 2402.13753; Phi-3);
-- ``llama3``: keep fast pairs, ``/ s`` slow ones, blend in between (Llama 3.1, arXiv 2407.21783).
+- ``llama3``: keep fast pairs, ``/ s`` slow ones, blend in between (Llama 3.1, arXiv 2407.21783);
+- ``proportional``: p-RoPE, the slowest pairs of the whole head get frequency 0 (Barbero et al. 2024,
+  arXiv 2410.06205; Gemma 4's global layers, Hugging Face's ``proportional``).
 
 ``params`` is a plain dict with Hugging Face's key names (``factor``, ``original_max_position_embeddings``,
 ``beta_fast``, ...); :func:`resolve_scaling` validates a user's dict and fills the defaults. Any method can add
 log-n attention scaling (``"logn": True``): queries at position ``p`` are multiplied by
-``max(1, log(p + 1) / log(L_train))`` (:func:`logn_scale`; Chiang & Cholak 2022, arXiv 2202.12172, as in Qwen).
+``max(1, log(p + 1) / log(L_train))`` (:func:`logn_scale`; Chiang & Cholak 2022, arXiv 2202.12172, as in Qwen),
+and ``"llama_4_scaling_beta": beta`` multiplies them by ``1 + beta * ln(1 + floor(p / L_train))``
+(:func:`llama_4_query_scale`; Ministral 3, Mistral 4).
 
 Length-dependent methods (``dynamic``, ``longrope``) take the current sequence length ``seq_len`` at run time: the
 ``rope`` encoding passes ``1 + the largest position`` of each call, like Hugging Face's ``dynamic_rope_update``.
@@ -45,9 +49,12 @@ __all__ = [
     "dynamic_ntk_scaling",
     "linear_scaling",
     "llama3_scaling",
+    "llama4_attn_temperature",
+    "llama_4_query_scale",
     "logn_scale",
     "longrope_scaling",
     "ntk_scaling",
+    "proportional_scaling",
     "register_scaling",
     "resolve_scaling",
     "scaled_inv_freq",
@@ -56,7 +63,9 @@ __all__ = [
 
 REQUIRED = object()  # marks a parameter without a default
 # Keys every method accepts: posenc's log-n switch, and the training length it (and most methods) measure against.
-COMMON_PARAMS: dict[str, Any] = {"logn": False, "original_max_position_embeddings": None}
+# "llama_4_scaling_beta" (Ministral 3 / Mistral 4) multiplies queries by llama_4_query_scale, like logn.
+COMMON_PARAMS: dict[str, Any] = {"logn": False, "original_max_position_embeddings": None,
+                                 "llama_4_scaling_beta": None}
 
 ScalingFn = Callable[..., tuple[Tensor, float]]
 
@@ -322,6 +331,28 @@ def llama3_scaling(rotary_dim: int, base: float, params: Mapping[str, Any], *,
     return torch.where(wavelength > original / low, theta / factor, out), 1.0
 
 
+@register_scaling("proportional", params={"factor": 1.0, "partial_rotary_factor": 1.0}, paper="2410.06205")
+def proportional_scaling(rotary_dim: int, base: float, params: Mapping[str, Any], *,
+                         seq_len: int | None = None) -> tuple[Tensor, float]:
+    """p-RoPE (Barbero et al. 2024, arXiv 2410.06205): keep the fastest pairs, zero the slowest (no rotation).
+
+    With ``d = rotary_dim`` (the whole head), ``p = partial_rotary_factor`` and ``n = int(p * d // 2)``:
+    ``theta_i = base^(-2i / d) / factor`` for ``i < n`` and ``theta_i = 0`` for ``n <= i < d/2``. This is *not*
+    partial RoPE (``rotary_dim = p * d``, which recomputes the exponents over ``p * d`` channels and leaves the last
+    channels of the head alone): the exponents stay those of the full head, and the unrotated channels are the
+    pairs ``(i, i + d/2)`` of the slow half (in the half layout) — Hugging Face's ``proportional`` (Gemma 4). Scale 1.
+    """
+    factor = _factor(params, "proportional")
+    fraction = _number(params, "partial_rotary_factor", "proportional", minimum=0.0,
+                       hint=" Hint: the fraction of the head's rotary pairs that keep their frequency, in [0, 1].")
+    if fraction > 1:
+        raise ValueError(f"rope scaling 'proportional': partial_rotary_factor must be in [0, 1]; got {fraction!r}.")
+    theta = base_inv_freq(rotary_dim, base)
+    kept = int(fraction * rotary_dim // 2)
+    theta[kept:] = 0.0
+    return theta / factor, 1.0
+
+
 # -- parameters --------------------------------------------------------------------------------------------------------
 def resolve_scaling(scaling: Mapping[str, Any], *, max_seq_len: int) -> dict[str, Any]:
     """Validate an HF-style scaling dict and fill defaults: ``{"rope_type": name, <every accepted key>: value}``.
@@ -363,6 +394,9 @@ def resolve_scaling(scaling: Mapping[str, Any], *, max_seq_len: int) -> dict[str
         raise ValueError(f"rope scaling {name!r}: logn must be a bool; got {out['logn']!r}.")
     if out["logn"]:
         _original_length(out, name)
+    if out["llama_4_scaling_beta"] is not None:
+        _number(out, "llama_4_scaling_beta", name, minimum=0.0)
+        _original_length(out, name)
     return out
 
 
@@ -387,6 +421,28 @@ def logn_scale(pos: Tensor, train_len: int) -> Tensor:
         raise ValueError(f"logn_scale: train_len must be an int >= 2; got {train_len!r}.")
     n = pos.to(torch.float64) + 1
     return (torch.log(n) / math.log(train_len)).clamp(min=1.0).to(torch.float32)
+
+
+def llama_4_query_scale(pos: Tensor, beta: float, train_len: int) -> Tensor:
+    """Ministral 3's / Mistral 4's query scale ``1 + beta * ln(1 + floor(pos / train_len))`` (transformers'
+    ``get_llama_4_attn_scale``): 1 within the training length, then growing by steps of ``train_len``.
+
+    ``pos``: int ``(...)`` -> float32 ``(...)``.
+    """
+    if isinstance(train_len, bool) or not isinstance(train_len, int) or train_len < 1:
+        raise ValueError(f"llama_4_query_scale: train_len must be a positive int; got {train_len!r}.")
+    steps = torch.floor(pos.to(torch.float64) / train_len)
+    return (1 + float(beta) * torch.log1p(steps)).to(torch.float32)
+
+
+def llama4_attn_temperature(pos: Tensor, *, attn_scale: float = 0.1, floor_scale: int = 8192) -> Tensor:
+    """Llama 4's query temperature on its NoPE layers, ``1 + attn_scale * ln(1 + floor((pos + 1) / floor_scale))``
+    (transformers' ``Llama4TextAttention``; temperature tuning of arXiv 2501.19399). ``pos``: int ``(...)`` -> float32.
+    """
+    if isinstance(floor_scale, bool) or not isinstance(floor_scale, (int, float)) or floor_scale <= 0:
+        raise ValueError(f"llama4_attn_temperature: floor_scale must be a positive number; got {floor_scale!r}.")
+    steps = torch.floor((pos.to(torch.float64) + 1.0) / floor_scale)
+    return (1 + float(attn_scale) * torch.log1p(steps)).to(torch.float32)
 
 
 # -- inspection --------------------------------------------------------------------------------------------------------

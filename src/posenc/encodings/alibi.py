@@ -4,6 +4,13 @@ Head ``h`` adds ``-m_h * (i - j)`` to the score of query position ``i`` and key 
 form a geometric sequence that starts at ``2^(-8/n)`` with the same ratio, for ``n`` heads a power of two; for
 other head counts the paper takes the ``2^floor(log2 n)`` slopes of the nearest smaller power of two and fills up
 with every other slope of the next power of two (:func:`alibi_slopes`).
+
+``falcon=True`` gives the numbers of Falcon checkpoints (transformers' ``build_alibi_tensor``), which differ from the
+paper's in three ways a trained Falcon model depends on: the bias is ``+m_h * j`` (per key, equal to the paper's under
+softmax only in exact arithmetic), slope and key position are both rounded to bfloat16 and so is their product, and
+the result is divided by ``sqrt(head_dim)`` (Falcon adds the bias before the ``1/sqrt(d)`` scaling):
+``bias = bf16(bf16(m_h) * bf16(j)) / sqrt(head_dim)`` (:func:`falcon_alibi_slopes` builds ``m_h`` in float32 as
+Falcon does). Position ``j = 4096`` already rounds to a multiple of 16 in bfloat16.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from torch import Tensor
 from posenc.base import register
 from posenc.encodings._relative import PairwiseBias
 
-__all__ = ["ALiBi", "alibi_bias", "alibi_slopes"]
+__all__ = ["ALiBi", "alibi_bias", "alibi_slopes", "falcon_alibi_bias", "falcon_alibi_slopes"]
 
 
 def _power_of_two_slopes(n: int) -> list[float]:
@@ -48,6 +55,27 @@ def alibi_slopes(n_heads: int, *, device: torch.device | str | None = None,
     return torch.tensor(slopes, dtype=torch.float64, device=device).to(dtype)
 
 
+def falcon_alibi_slopes(n_heads: int, *, device: torch.device | str | None = None) -> Tensor:
+    """Falcon's slopes ``(n_heads,)`` rounded to bfloat16, computed in float32 as transformers'
+    ``build_alibi_tensor`` does (``pow(base, 1..p)`` in float32; the same sequence as :func:`alibi_slopes`)."""
+    alibi_slopes(n_heads)  # validates n_heads
+    closest = 2 ** math.floor(math.log2(n_heads))
+    base = torch.tensor(2 ** (-(2 ** -(math.log2(closest) - 3))), dtype=torch.float32, device=device)
+    slopes = torch.pow(base, torch.arange(1, 1 + closest, dtype=torch.int32, device=device))
+    if closest != n_heads:
+        extra = torch.tensor(2 ** (-(2 ** -(math.log2(2 * closest) - 3))), dtype=torch.float32, device=device)
+        powers = torch.arange(1, 1 + 2 * min(closest, n_heads - closest), 2, dtype=torch.int32, device=device)
+        slopes = torch.cat([slopes, torch.pow(extra, powers)])
+    return slopes.bfloat16()
+
+
+def falcon_alibi_bias(k_pos: Tensor, slopes_bf16: Tensor, head_dim: int, *, dtype: torch.dtype = torch.float32
+                      ) -> Tensor:
+    """Falcon's bias ``bf16(bf16(m_h) * bf16(j)) / sqrt(head_dim)`` for key positions ``j`` broadcast against the
+    bfloat16 slopes (torch casts the int64 positions to bfloat16 before the product, as Falcon's code runs)."""
+    return (slopes_bf16 * k_pos.to(torch.bfloat16)).to(dtype) / math.sqrt(head_dim)
+
+
 def alibi_bias(q_pos: Tensor, k_pos: Tensor, slopes: Tensor, *, symmetric: bool = False) -> Tensor:
     """``-slope_h * (i - j)`` (or ``-slope_h * |i - j|`` when ``symmetric``) for broadcastable positions.
 
@@ -76,17 +104,26 @@ class ALiBi(PairwiseBias):
     Args:
         symmetric: use ``-m_h * |i - j|``; defaults to ``not causal``.
         slopes: explicit per-head slopes (a sequence of ``n_heads`` positive floats) instead of the paper's.
+        falcon: Falcon's numbers, ``bf16(bf16(m_h) * bf16(j)) / sqrt(head_dim)`` (see the module docstring), to run
+            Falcon checkpoints; needs a causal, non-symmetric encoding (Falcon is a decoder).
     """
 
     paper = "2108.12409"
     extrapolates = True
 
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
-                 symmetric: bool | None = None, slopes: list[float] | tuple[float, ...] | None = None) -> None:
+                 symmetric: bool | None = None, slopes: list[float] | tuple[float, ...] | None = None,
+                 falcon: bool = False) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
         if symmetric is not None and not isinstance(symmetric, bool):
             raise TypeError(f"alibi: symmetric must be True, False or None (= not causal); got {symmetric!r}.")
+        if not isinstance(falcon, bool):
+            raise TypeError(f"alibi: falcon must be a bool; got {falcon!r}.")
         self.symmetric = (not self.causal) if symmetric is None else symmetric
+        if falcon and (self.symmetric or not self.causal):
+            raise ValueError("alibi: falcon=True is Falcon's causal decoder bias +m_h * j; build it with causal=True "
+                             "(and symmetric left at None/False).")
+        self.falcon = falcon
         if slopes is None:
             values = alibi_slopes(n_heads, dtype=torch.float64)
         else:
@@ -107,14 +144,23 @@ class ALiBi(PairwiseBias):
         return self
 
     def prepare(self, q_pos: Tensor, k_pos: Tensor, dtype: torch.dtype) -> dict[str, Any]:
-        return {"slopes": self.slopes.to(device=q_pos.device, dtype=dtype), "symmetric": self.symmetric}
+        p = {"slopes": self.slopes.to(device=q_pos.device, dtype=dtype), "symmetric": self.symmetric,
+             "falcon": self.falcon}
+        if self.falcon:
+            p["falcon_slopes"] = (torch.tensor(self._slope_values, device=q_pos.device).bfloat16()
+                                  if self.custom_slopes else falcon_alibi_slopes(self.n_heads, device=q_pos.device))
+            p["head_dim"] = self.head_dim
+        return p
 
     @staticmethod
     def pair_bias(q: Tensor, k: Tensor, h: Tensor, p: dict[str, Any]) -> Tensor:
+        if p["falcon"]:
+            return falcon_alibi_bias(k, p["falcon_slopes"][h], p["head_dim"], dtype=p["slopes"].dtype)
         dist = (q - k).to(p["slopes"].dtype)  # int64 difference first: exact translation invariance
         if p["symmetric"]:
             dist = dist.abs()
         return -p["slopes"][h] * dist
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, symmetric={self.symmetric}, custom_slopes={self.custom_slopes}"
+        falcon = ", falcon=True" if self.falcon else ""
+        return f"{super().extra_repr()}, symmetric={self.symmetric}, custom_slopes={self.custom_slopes}{falcon}"

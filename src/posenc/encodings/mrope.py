@@ -3,7 +3,10 @@
 Every token has three coordinates ``(time, height, width)``. The ``head_dim / 2`` rotary frequencies
 ``theta_i = base^(-2i / head_dim)`` are split in three consecutive *sections*: pair ``i`` in the first section rotates
 by ``time * theta_i``, in the second by ``height * theta_i``, in the third by ``width * theta_i`` (Qwen2-VL's
-``mrope_section = [16, 24, 24]`` for ``head_dim = 128``). Text tokens carry the same position on all three axes,
+``mrope_section = [16, 24, 24]`` for ``head_dim = 128``). Qwen3-VL interleaves them instead
+(``mrope_interleaved=True``): pair ``i`` uses axis ``i mod 3`` while that axis has pairs left (height and width take
+the pairs ``1, 4, 7, ...`` and ``2, 5, 8, ...`` up to ``3 * section``), the rest are time — so every axis sees high and
+low frequencies (``mrope_axes`` gives the assignment). Text tokens carry the same position on all three axes,
 so on text alone M-RoPE *is* 1-D RoPE; image patches carry ``(t, row, col)`` offset by the text before them.
 
 Positions: int64 ``(B, T, 3)`` coordinates passed to the hooks, or plain positions indexing a table set with
@@ -25,7 +28,7 @@ from posenc.base import PositionalEncoding, register
 from posenc.encodings._structured import StructuredPositions
 from posenc.encodings.rope import LAYOUTS, _check_head_tensor, apply_rope, rope_frequencies
 
-__all__ = ["MRoPE", "default_mrope_section", "mrope_angles", "mrope_position_ids"]
+__all__ = ["VISION_ADVANCES", "MRoPE", "default_mrope_section", "mrope_angles", "mrope_axes", "mrope_position_ids"]
 
 
 def default_mrope_section(head_dim: int) -> tuple[int, int, int]:
@@ -35,19 +38,33 @@ def default_mrope_section(head_dim: int) -> tuple[int, int, int]:
     return (n_freq - 2 * hw, hw, hw)
 
 
-def mrope_position_ids(segments: Sequence[int | tuple[int, int, int]], *,
+VISION_ADVANCES = ("max_id", "max_hw")
+
+
+def mrope_position_ids(segments: Sequence[int | tuple], *, vision_advance: str = "max_id",
                        device: torch.device | str | None = None) -> Tensor:
     """``(time, height, width)`` position ids for a sequence of text runs and vision grids, as Qwen2-VL's
     ``get_rope_index`` builds them.
 
-    Each segment starts at ``s`` = 1 + the largest position id so far (0 at the start). A text run of ``n`` tokens
-    gets ``s, s + 1, ..., s + n - 1`` on all three axes; a vision grid ``(t, h, w)`` of ``t * h * w`` patches (already
-    spatially merged, in ``(t, row, col)`` row-major order) gets ``(s + ti, s + row, s + col)``. (For images this
-    equals Hugging Face's ``get_rope_index``; for videos, Qwen2.5-VL and newer ``transformers`` space the time ids by an
-    interval and advance by ``max(h, w)``; this follows Qwen2-VL's original rule.)
+    Each segment starts at ``s`` (0 at the start). A text run of ``n`` tokens gets ``s, s + 1, ..., s + n - 1`` on all
+    three axes and the next segment starts at ``s + n``. A vision grid ``(t, h, w)`` of ``t * h * w`` patches (already
+    spatially merged, in ``(t, row, col)`` row-major order) gets ``(s + floor(ti * interval), s + row, s + col)``,
+    where ``interval`` is 1, or the fourth entry ``(t, h, w, interval)``: Qwen2.5-VL spaces video frames by
+    ``tokens_per_second * second_per_grid_t`` (e.g. 25 tokens/s x 2 s per temporal patch = 50). Where the next
+    segment starts after a grid is ``vision_advance``:
+
+    - ``"max_id"`` (default): 1 + the largest id so far — Qwen2-VL's original code (and the paper);
+    - ``"max_hw"``: ``s + max(h, w)`` — transformers >= 5 (``get_rope_index`` of Qwen2-VL, Qwen2.5-VL, Qwen3-VL),
+      which ignores the time axis, so text after a video of ``t > max(h, w)`` frames (or spaced frames) continues
+      *below* the video's largest time id.
+
+    The two agree for images (``t = 1``, interval 1). Qwen3-VL splits a video into one ``(1, h, w)`` grid per frame
+    with timestamp text between them; pass it the same way.
 
     Args:
-        segments: an ``int`` per text run (its length) or a ``(t, h, w)`` tuple per image / video grid.
+        segments: an ``int`` per text run (its length), a ``(t, h, w)`` or ``(t, h, w, interval)`` tuple per image /
+            video grid.
+        vision_advance: ``"max_id"`` or ``"max_hw"`` (above).
 
     Returns:
         int64 ``(T, 3)``.
@@ -55,7 +72,12 @@ def mrope_position_ids(segments: Sequence[int | tuple[int, int, int]], *,
     Example:
         >>> mrope_position_ids([2, (1, 2, 2), 1]).tolist()
         [[0, 0, 0], [1, 1, 1], [2, 2, 2], [2, 2, 3], [2, 3, 2], [2, 3, 3], [4, 4, 4]]
+        >>> mrope_position_ids([1, (2, 1, 1, 2.0), 1], vision_advance="max_hw").tolist()
+        [[0, 0, 0], [1, 1, 1], [3, 1, 1], [2, 2, 2]]
     """
+    if vision_advance not in VISION_ADVANCES:
+        raise ValueError(f"mrope_position_ids: vision_advance must be one of {VISION_ADVANCES} ('max_id': Qwen2-VL's "
+                         f"original rule, 'max_hw': transformers >= 5); got {vision_advance!r}.")
     parts = []
     start = 0
     for i, seg in enumerate(segments):
@@ -63,33 +85,58 @@ def mrope_position_ids(segments: Sequence[int | tuple[int, int, int]], *,
             seg = None  # reject below
         if isinstance(seg, int) and seg >= 0:
             ids = torch.arange(start, start + seg, device=device).unsqueeze(-1).expand(-1, 3)  # (n, 3)
-        elif isinstance(seg, (tuple, list)) and len(seg) == 3 and all(
-                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in seg):
-            t, h, w = seg
-            ti = torch.arange(t, device=device).repeat_interleave(h * w)
+            start += seg
+        elif isinstance(seg, (tuple, list)) and len(seg) in (3, 4) and all(
+                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in seg[:3]) and (
+                len(seg) == 3 or (isinstance(seg[3], (int, float)) and not isinstance(seg[3], bool) and seg[3] > 0)):
+            t, h, w = seg[:3]
+            interval = float(seg[3]) if len(seg) == 4 else 1.0
+            ti = (torch.arange(t, device=device, dtype=torch.float64) * interval).long().repeat_interleave(h * w)
             hi = torch.arange(h, device=device).repeat_interleave(w).repeat(t)
             wi = torch.arange(w, device=device).repeat(t * h)
             ids = torch.stack((ti, hi, wi), dim=-1) + start  # (t*h*w, 3)
+            start = int(ids.max()) + 1 if vision_advance == "max_id" else start + max(h, w)
         else:
             raise ValueError(f"mrope_position_ids: segment {i} must be a non-negative int (a text run's length) or a "
-                             f"(t, h, w) tuple of positive ints (a vision grid); got {seg!r}.")
-        if ids.numel():
-            start = int(ids.max()) + 1
+                             f"(t, h, w) / (t, h, w, time_interval) tuple of positive numbers (a vision grid); got "
+                             f"{seg!r}.")
         parts.append(ids)
     if not parts:
         return torch.zeros(0, 3, dtype=torch.long, device=device)
     return torch.cat(parts, dim=0).long()
 
 
-def mrope_angles(coords: Tensor, inv_freq: Tensor, section: Sequence[int]) -> Tensor:
-    """Angles ``(..., F)`` in float64: pair ``i`` of section ``a`` rotates by ``coords[..., a] * inv_freq[i]``.
+def mrope_axes(section: Sequence[int], *, interleaved: bool = False) -> list[int]:
+    """The axis (0 time, 1 height, 2 width) each of the ``sum(section)`` rotary pairs reads.
+
+    Contiguous (Qwen2-VL): ``section[0]`` pairs of time, then height, then width. Interleaved (Qwen3-VL, Hugging
+    Face's ``apply_interleaved_mrope``): pair ``i`` is height if ``i % 3 == 1`` and ``i < 3 * section[1]``, width if
+    ``i % 3 == 2`` and ``i < 3 * section[2]``, time otherwise.
+
+    Example:
+        >>> mrope_axes([2, 1, 1], interleaved=True)
+        [0, 1, 2, 0]
+    """
+    if not interleaved:
+        return [a for a, n in enumerate(section) for _ in range(n)]
+    n_freq = sum(section)
+    axes = [0] * n_freq
+    for axis in (1, 2):
+        for i in range(axis, min(3 * section[axis], n_freq), 3):
+            axes[i] = axis
+    return axes
+
+
+def mrope_angles(coords: Tensor, inv_freq: Tensor, section: Sequence[int], *, interleaved: bool = False) -> Tensor:
+    """Angles ``(..., F)`` in float64: pair ``i`` rotates by ``coords[..., mrope_axes(section)[i]] * inv_freq[i]``.
 
     Args:
         coords: int ``(..., 3)`` ``(time, height, width)``.
         inv_freq: ``(F,)`` frequencies with ``F = sum(section)``.
         section: three section sizes.
+        interleaved: Qwen3-VL's assignment of pairs to axes instead of Qwen2-VL's sections (:func:`mrope_axes`).
     """
-    axis = torch.tensor([a for a, n in enumerate(section) for _ in range(n)], device=coords.device)  # (F,)
+    axis = torch.tensor(mrope_axes(section, interleaved=interleaved), device=coords.device)  # (F,)
     chosen = coords.to(torch.float64).index_select(-1, axis)  # (..., F): the coordinate each pair uses
     return chosen * inv_freq.to(device=coords.device, dtype=torch.float64)
 
@@ -105,6 +152,8 @@ class MRoPE(StructuredPositions, PositionalEncoding):
         layout: ``"half"`` (Qwen2-VL / HF ``rotate_half``) or ``"interleaved"``.
         mrope_section: sizes of the (time, height, width) sections, summing to ``head_dim / 2``; default
             :func:`default_mrope_section`.
+        mrope_interleaved: assign pairs to axes round-robin as Qwen3-VL does (:func:`mrope_axes`) instead of in three
+            consecutive sections (Qwen2-VL).
     """
 
     family = "rotary"
@@ -114,7 +163,8 @@ class MRoPE(StructuredPositions, PositionalEncoding):
     axis_names = ("time", "height", "width")
 
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
-                 base: float = 10000.0, layout: str = "half", mrope_section: Sequence[int] | None = None) -> None:
+                 base: float = 10000.0, layout: str = "half", mrope_section: Sequence[int] | None = None,
+                 mrope_interleaved: bool = False) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
         if self.head_dim % 2:
             raise ValueError(f"mrope: head_dim = dim // n_heads must be even (channels rotate in pairs); got "
@@ -129,9 +179,13 @@ class MRoPE(StructuredPositions, PositionalEncoding):
             raise ValueError(f"mrope: mrope_section must be three non-negative ints (time, height, width) summing to "
                              f"head_dim / 2 = {self.head_dim // 2}; got {mrope_section!r}. Hint: Qwen2-VL uses "
                              f"[16, 24, 24] for head_dim 128.")
+        if not isinstance(mrope_interleaved, bool):
+            raise TypeError(f"mrope: mrope_interleaved must be a bool (True: Qwen3-VL's round-robin axes); got "
+                            f"{mrope_interleaved!r}.")
         self.base = float(base)
         self.layout = layout
         self.mrope_section = section
+        self.mrope_interleaved = mrope_interleaved
 
     # -- coordinates ---------------------------------------------------------------------------------------------------
     def set_position_ids(self, ids: Tensor | None) -> None:
@@ -161,11 +215,16 @@ class MRoPE(StructuredPositions, PositionalEncoding):
     def rotate_one(self, x: Tensor, pos: Tensor, name: str = "x") -> Tensor:
         _check_head_tensor(x, self.head_dim, name)
         coords = self.resolve(pos, x.shape[-2], batch=x.shape[0], device=x.device, name=f"{name}_pos")  # (B|1,T,3)
-        inv_freq = rope_frequencies(self.head_dim, self.base, device=x.device)
-        angles = mrope_angles(coords, inv_freq, self.mrope_section)  # (B|1, T, F)
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        return apply_rope(x, angles.cos().to(dtype), angles.sin().to(dtype), layout=self.layout)
+        cos, sin = self.cos_sin(coords, dtype=dtype)
+        return apply_rope(x, cos, sin, layout=self.layout)
+
+    def cos_sin(self, coords: Tensor, *, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """cos/sin at ``(..., 3)`` coordinates -> two ``(..., head_dim // 2)`` tensors (angles in float64)."""
+        inv_freq = rope_frequencies(self.head_dim, self.base, device=coords.device)
+        angles = mrope_angles(coords, inv_freq, self.mrope_section, interleaved=self.mrope_interleaved)  # (..., F)
+        return angles.cos().to(dtype), angles.sin().to(dtype)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, base={self.base:g}, layout={self.layout!r}, "
-                f"mrope_section={list(self.mrope_section)}")
+                f"mrope_section={list(self.mrope_section)}, mrope_interleaved={self.mrope_interleaved}")

@@ -27,7 +27,7 @@ from torch import Tensor
 from posenc._angles import exact_angles
 from posenc.base import PositionalEncoding, _check_positions_layout, check_positions, register
 from posenc.kernels import fast_rotate
-from posenc.rope_scaling import SCALING_METHODS, logn_scale, resolve_scaling, scaled_inv_freq
+from posenc.rope_scaling import SCALING_METHODS, llama_4_query_scale, logn_scale, resolve_scaling, scaled_inv_freq
 
 __all__ = [
     "LAYOUTS",
@@ -160,8 +160,9 @@ class RoPE(PositionalEncoding):
         rotary_fraction: alternative to ``rotary_dim``: ``rotary_dim = int(head_dim * rotary_fraction)``.
         scaling: context extension as a Hugging Face style dict, e.g. ``{"rope_type": "yarn", "factor": 4.0,
             "original_max_position_embeddings": 4096}`` (legacy ``"type"`` too; ``"logn": True`` adds log-n query
-            scaling). Methods and keys: :mod:`posenc.rope_scaling`. ``original_max_position_embeddings`` defaults to
-            ``max_seq_len``. ``None`` (default) is plain RoPE.
+            scaling, ``"llama_4_scaling_beta": b`` Ministral 3's query scale). Methods and keys:
+            :mod:`posenc.rope_scaling`. ``original_max_position_embeddings`` defaults to ``max_seq_len``. ``None``
+            (default) is plain RoPE.
 
     Length-dependent scalings (``dynamic``, ``longrope``) choose their frequencies per :meth:`rotate` call from
     ``seq_len = 1 + max(q_pos, k_pos)``: every query and key of the call uses them, and keys cached by earlier calls
@@ -223,13 +224,15 @@ class RoPE(PositionalEncoding):
         if theta is not None and float(theta) != self.base:
             raise ValueError(f"rope: scaling has rope_theta={theta} but base={self.base:g}; pass base={theta} (or "
                              f"build it with posenc.hf.from_hf_config).")
-        fraction = scaling.pop("partial_rotary_factor", None)
+        # p-RoPE's partial_rotary_factor is a parameter of its frequencies over the whole head, not a rotary width
+        proportional = scaling.get("rope_type", scaling.get("type")) == "proportional"
+        fraction = None if proportional else scaling.pop("partial_rotary_factor", None)
         if fraction is not None and int(self.head_dim * fraction) != self.rotary_dim:
             raise ValueError(f"rope: scaling has partial_rotary_factor={fraction} (rotary_dim "
                              f"{int(self.head_dim * fraction)}) but rotary_dim={self.rotary_dim}; pass "
                              f"rotary_fraction={fraction}.")
         resolved = resolve_scaling(scaling, max_seq_len=self.max_seq_len)
-        if resolved["rope_type"] == "default" and not resolved["logn"]:
+        if resolved["rope_type"] == "default" and not resolved["logn"] and resolved["llama_4_scaling_beta"] is None:
             return None  # plain RoPE, the same numbers as scaling=None
         return resolved
 
@@ -301,6 +304,11 @@ class RoPE(PositionalEncoding):
             k = self.rotate_one(k, k_pos, "k", seq_len=seq_len)
         if self.scaling is not None and self.scaling["logn"]:
             scale = logn_scale(q_pos, self.scaling["original_max_position_embeddings"])  # (Tq,) or (B, Tq)
+            scale = scale[:, None] if scale.dim() == 1 else scale[:, None, :, None]  # -> (Tq, 1) or (B, 1, Tq, 1)
+            q = (q.to(torch.promote_types(q.dtype, torch.float32)) * scale).to(q.dtype)
+        if self.scaling is not None and self.scaling["llama_4_scaling_beta"] is not None:
+            scale = llama_4_query_scale(q_pos, self.scaling["llama_4_scaling_beta"],
+                                        self.scaling["original_max_position_embeddings"])
             scale = scale[:, None] if scale.dim() == 1 else scale[:, None, :, None]  # -> (Tq, 1) or (B, 1, Tq, 1)
             q = (q.to(torch.promote_types(q.dtype, torch.float32)) * scale).to(q.dtype)
         return q, k
