@@ -1,7 +1,7 @@
 """Context extension: plain RoPE and every scaling are evaluated on the same trained weights, zero-shot and tuned."""
 
 from posenc.lab.config import ModelConfig
-from posenc.lab.extension import SCALINGS, context_extension, extension_table, write_extension
+from posenc.lab.extension import SCALINGS, TRAINING_FREE, context_extension, extension_table, write_extension
 from posenc.lab.report import write_report
 
 
@@ -9,12 +9,17 @@ def test_every_scaling_is_evaluated_zero_shot_and_fine_tuned(tmp_path):
     rows = context_extension(train_length=8, factor=4, steps=20, finetune_steps=1, eval_tokens=128,
                              model=ModelConfig(dim=32, n_layers=1, n_heads=2))
     assert [(r["variant"], r["finetuned"]) for r in rows] == [(v, f) for v in ("none", *SCALINGS)
-                                                              for f in (False, True)]
+                                                              for f in (False, True)] + [
+        (v, False) for v in TRAINING_FREE]
     zero_shot = {r["variant"]: r["perplexity"] for r in rows if not r["finetuned"]}
     assert all(set(p) == {"8", "32"} for p in zero_shot.values())
     # the same weights with other rotary frequencies: the scaling reached the encoding and changed the numbers
     assert zero_shot["linear"]["32"] != zero_shot["none"]["32"]
     assert zero_shot["yarn"]["32"] != zero_shot["none"]["32"]
+    # Self-Extend and Dual Chunk Attention change positions past the training window only
+    for variant in TRAINING_FREE:
+        assert zero_shot[variant]["32"] != zero_shot["none"]["32"]
+        assert abs(zero_shot[variant]["8"] - zero_shot["none"]["8"]) < 1e-3 * zero_shot["none"]["8"]
     write_extension(rows, tmp_path)
     assert "rope (no scaling)" in extension_table(rows)
     assert "## Context extension" in write_report(tmp_path).read_text()

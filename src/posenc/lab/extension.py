@@ -22,9 +22,25 @@ from posenc.lab.tasks import IGNORE, get_task
 from posenc.lab.train import atomic_write_bytes, evaluate, train_run
 from posenc.model import Transformer
 
-__all__ = ["SCALINGS", "context_extension", "extension_table"]
+__all__ = ["SCALINGS", "TRAINING_FREE", "context_extension", "extension_table", "training_free_options"]
 
 SCALINGS = ("linear", "ntk", "dynamic", "yarn", "llama3")  # rope_type values that need only a factor
+# Training-free extensions that keep RoPE's frequencies and change which positions attention sees (zero-shot rows)
+TRAINING_FREE = ("self_extend", "dual_chunk")
+
+
+def training_free_options(variant: str, *, train_length: int, factor: int) -> dict:
+    """The options of a training-free extension for a model trained at ``train_length``, run at ``factor`` times it.
+
+    Self-Extend (arXiv 2401.01325): neighbours within half the training window keep their positions, farther keys
+    are grouped by ``factor`` (so ``window + (factor * L - window) / factor <= L``). Dual Chunk Attention (arXiv
+    2402.17463): chunks of 3/4 of the training length, as ChunkLlama uses, with a local window of 1/16 of it.
+    """
+    if variant == "self_extend":
+        return {"group_size": factor, "neighbor_window": max(1, train_length // 2)}
+    if variant == "dual_chunk":
+        return {"chunk_size": max(2, 3 * train_length // 4), "local_window": max(1, train_length // 16)}
+    raise ValueError(f"unknown training-free extension {variant!r}; choose one of {TRAINING_FREE}.")
 
 
 def _finetune(model: Transformer, task, *, length: int, steps: int, lr: float, batch_size: int, seed: int) -> None:
@@ -43,8 +59,10 @@ def _finetune(model: Transformer, task, *, length: int, steps: int, lr: float, b
 def context_extension(*, train_length: int = 32, factor: int = 4, steps: int = 400, finetune_steps: int = 50,
                       finetune_lr: float = 3e-4, model: ModelConfig | None = None, batch_size: int = 16,
                       eval_tokens: int = 8192, text: str | None = None, seed: int = 0,
-                      scalings: tuple[str, ...] = SCALINGS) -> list[dict]:
-    """Rows ``{"variant", "finetuned", "perplexity": {length: ppl}}`` for plain RoPE and every scaling.
+                      scalings: tuple[str, ...] = SCALINGS,
+                      training_free: tuple[str, ...] = TRAINING_FREE) -> list[dict]:
+    """Rows ``{"variant", "finetuned", "perplexity": {length: ppl}}`` for plain RoPE, every scaling and every
+    training-free extension (Self-Extend, Dual Chunk Attention: zero-shot rows only, on the same weights).
 
     Args:
         train_length: L, the training window in bytes.
@@ -85,6 +103,13 @@ def context_extension(*, train_length: int = 32, factor: int = 4, steps: int = 4
             _finetune(model, task, length=long, steps=finetune_steps, lr=finetune_lr, batch_size=max(1, batch_size
                       // factor), seed=seed)
             rows.append({"variant": variant, "finetuned": True, "perplexity": measure(model)})
+    for variant in training_free:
+        cfg = dataclasses.replace(copy.deepcopy(base.cfg), encoding=variant, max_seq_len=long,
+                                  encoding_options=training_free_options(variant, train_length=train_length,
+                                                                         factor=factor))
+        model = Transformer(cfg)
+        model.load_state_dict(base.state_dict())  # same weights: only the positions attention sees change
+        rows.append({"variant": variant, "finetuned": False, "perplexity": measure(model)})
     return rows
 
 
