@@ -24,10 +24,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from posenc._cli_types import int_in, ranged
+
 
 class UsageError(Exception):
     """A bad command line: reported in one line with exit status 2."""
 
+
+
+max_position = int_in(1024, 2**53)  # the matrix's long cases sit at 1e5 and 1e6; float64 holds integers to 2^53
 
 def _load_json(text: str, what: str) -> Any:
     path = Path(text)
@@ -137,7 +142,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="pair layout the checkpoint expects (default: half, as Hugging Face)")
     p.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16", "float16", "float64"),
                    default=["float32", "bfloat16", "float16"], help="input dtypes (the first gets the full matrix)")
-    p.add_argument("--max-position", type=int, default=1_000_000, help="largest position to try (default: 10^6)")
+    p.add_argument("--max-position", type=max_position, default=1_000_000,
+                   help=ranged("largest position to try (default: 10^6)", max_position))
     p.add_argument("--no-gqa", action="store_true", help="skip the case with fewer key heads than query heads")
     p.add_argument("--no-batch-positions", action="store_true", help="skip (B, T) positions")
     p.add_argument("--allow-precision", action="store_true",
