@@ -12,8 +12,12 @@ For every registered encoding, at positions ``p, p + 1, ..., p + T - 1`` with ``
 The float64 reference is itself only as good as float64 arithmetic: RoPE and sinusoidal range-reduce their angles
 exactly (``posenc._angles``), so their reference is exact at every position and their rows measure the dtype alone
 (``tests/test_long_positions.py`` checks them against 60-digit mpmath up to 2^63 - 1). For the other encodings the
-row compares two runs of the same float64 code: read a flat row there as "no worse than float64 itself". Encodings
-that turn positions into float32 numbers (log-distance FIRE, KERPLE, learned tables) show their limits in the table.
+row compares two runs of the same float64 code: read a flat row there as "no worse than float64 itself". Bias
+encodings depend on ``q - k`` only (small integers), so they are exact at any position. The 2-D and multimodal rotary
+encodings (``mrope``, ``axial_rope``, ``rope_mixed``, ``sinusoidal_2d``) still form their angles as a plain float64
+product of coordinates: past ~2^31 those angles drift (~1e-5 rad at 2^40, meaningless
+at 2^53) in the reference as well, so their flat rows there do not mean exactness. ``xpos`` refuses positions far
+from its centre.
 
 An input dtype's own rounding sets a floor (bfloat16 keeps 8 bits: ~4e-3 relative; float16 11 bits: ~5e-4); an
 error far above that floor at large positions means the encoding loses precision there. ``posenc numerics`` prints
