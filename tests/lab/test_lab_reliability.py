@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -28,7 +26,8 @@ def _quiet(runs, out, **kwargs):
 
 
 # -- item 2: one sweep per folder ------------------------------------------------------------------------------------
-HOLD = "import sys, time; from posenc._io import FolderLock\nwith FolderLock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n"
+HOLD = ("import sys, time; from posenc._io import FolderLock\n"
+        "with FolderLock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n")
 
 
 def _holder(out):

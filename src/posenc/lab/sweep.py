@@ -28,8 +28,13 @@ from posenc._io import FolderLock, remove_stale_tmp
 from posenc.base import get_encoding, registered_names
 from posenc.lab.config import Experiment, config_hash, config_hash_of
 from posenc.lab.tasks import get_task
-from posenc.lab.train import DamagedCheckpointError, atomic_write_bytes, encoding_options_for, resolve_lengths, \
-    train_run
+from posenc.lab.train import (
+    DamagedCheckpointError,
+    atomic_write_bytes,
+    encoding_options_for,
+    resolve_lengths,
+    train_run,
+)
 
 __all__ = ["RESULTS", "PlannedRun", "append_record", "check_out_dir", "check_plan_against_records", "load_records",
            "plan_sweep", "run_sweep", "summary_line"]
