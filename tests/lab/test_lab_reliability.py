@@ -14,11 +14,11 @@ from posenc.lab.config import Experiment, ModelConfig, RunConfig, TaskConfig
 from posenc.lab.sweep import RESULTS, load_records, plan_sweep, run_sweep
 
 
-def _runs(seeds=(0,), eval_lengths=(3,), steps=2, checkpoint_every=100):
+def _runs(seeds=(0,), eval_lengths=(3,), steps=2, checkpoint_every=100, encodings=("nope",)):
     exp = Experiment(TaskConfig("parity_check", 1, 3, eval_lengths), ModelConfig(dim=16, n_layers=1, n_heads=2),
                      RunConfig(steps=steps, batch_size=4, eval_batches=1, eval_batch_size=4,
                                checkpoint_every=checkpoint_every))
-    return plan_sweep({"parity_check": exp}, ["nope"], list(seeds))
+    return plan_sweep({"parity_check": exp}, list(encodings), list(seeds))
 
 
 def _quiet(runs, out, **kwargs):
@@ -156,6 +156,15 @@ def test_a_sweep_with_other_settings_into_a_used_folder_is_refused_before_any_wo
     write_report(tmp_path)  # the folder still reports
 
 
+def test_another_encoding_under_other_settings_is_refused_too(tmp_path):
+    """The report compares encodings on one experiment per task: lengths that differ per encoding would not fit."""
+    _quiet(_runs(eval_lengths=(3,), encodings=("nope",)), tmp_path)
+    with pytest.raises(ValueError, match="another configuration"):
+        _quiet(_runs(eval_lengths=(100000,), encodings=("learned",)), tmp_path)
+    records = _quiet(_runs(eval_lengths=(3,), encodings=("nope", "learned")), tmp_path)  # same settings: welcome
+    assert sorted(r["encoding"] for r in records) == ["learned", "nope"]
+
+
 def test_more_seeds_of_the_same_settings_are_welcome(tmp_path):
     _quiet(_runs(seeds=(0,)), tmp_path)
     records = _quiet(_runs(seeds=(0, 1)), tmp_path)
@@ -168,7 +177,7 @@ def test_lab_run_then_report_with_an_unreachable_length_keeps_the_folder_usable(
     tiny = ["--tasks", "parity_check", "--steps", "2", "--no-progress", "--out", str(tmp_path), "--dim", "16",
             "--n-layers", "1", "--n-heads", "2", "--batch-size", "4", "--eval-batches", "1", "--eval-batch-size", "4",
             "--train-max-length", "3"]
-    assert main(["lab", "run", "--encodings", "learned", *tiny, "--eval-lengths", "3"]) == 0
+    assert main(["lab", "run", "--encodings", "rope", *tiny, "--eval-lengths", "3"]) == 0
     assert main(["lab", "run", "--encodings", "learned", *tiny, "--eval-lengths", "100000"]) == 1
     assert "another configuration" in capsys.readouterr().err
     assert main(["lab", "report", str(tmp_path)]) == 0
