@@ -92,8 +92,9 @@ def load_records(path: str | os.PathLike) -> list[dict]:
     Every record must hold together: its run id names its task, encoding, seed and the hash of its configuration
     (``config_hash``), its metrics are possible (accuracies in [0, 1], finite perplexities >= 1), and all records of
     one task share one configuration (only encoding, encoding options and seed differ), so the report compares
-    encodings on one experiment and its mean over seeds is a mean over seeds. A contradiction is a ``ValueError`` naming the line. A line repeated with the same run id (two
-    sweeps that raced into one folder before sweeps took a lock) is read once.
+    encodings on one experiment and its mean over seeds is a mean over seeds. A contradiction is a ``ValueError``
+    naming the line. A line repeated with the same run id (two sweeps that raced into one folder before sweeps took a
+    lock) is read once.
     """
     path = Path(path)
     if not path.exists():
