@@ -230,3 +230,13 @@ def test_an_impossible_or_edited_record_is_rejected_with_its_line(tmp_path, chan
 def test_new_records_carry_their_configuration_hash(tmp_path):
     (record,) = _quiet(_runs(), tmp_path)
     assert record["run_id"].endswith("/" + record["config_hash"])
+
+
+@pytest.mark.parametrize("content", [b"", b"text, not a checkpoint\n", b"PK\x03\x04truncated zip"])
+def test_train_run_on_a_damaged_checkpoint_names_the_file_and_what_to_do(tmp_path, content):
+    from posenc.lab.train import train_run
+
+    ckpt = tmp_path / "run.pt"
+    ckpt.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"{ckpt.name}.*(delete it|move it aside)"):
+        train_run(_runs()[0].experiment, encoding="nope", seed=0, checkpoint=ckpt)
