@@ -11,7 +11,9 @@ For every registered encoding, at positions ``p, p + 1, ..., p + T - 1`` with ``
 
 The float64 reference is itself only as good as float64 arithmetic: RoPE and sinusoidal range-reduce their angles
 exactly (``posenc._angles``), so their reference is exact at every position and their rows measure the dtype alone
-(``tests/test_long_positions.py`` checks them against 60-digit mpmath up to 2^63 - 1). For the other encodings the
+(``tests/test_long_positions.py`` checks them against 60-digit mpmath up to 2^63 - 1). Inside ``torch.compile``
+the exact reduction (a host-side step) is skipped and the plain float64 product is used: compiled RoPE/sinusoidal
+are exact to ~2e-9 rad below 2^24 and drift as ``p * 1e-16`` rad beyond. For the other encodings the
 row compares two runs of the same float64 code: read a flat row there as "no worse than float64 itself". Bias
 encodings depend on ``q - k`` only (small integers), so they are exact at any position. The 2-D and multimodal rotary
 encodings (``mrope``, ``axial_rope``, ``rope_mixed``, ``sinusoidal_2d``) still form their angles as a plain float64
