@@ -156,3 +156,58 @@ def test_fuzz_get_encoding_sizes(name, dim, n_heads, max_seq_len, junk):
         assert torch.isfinite(x).all()
     with pytest.raises((ValueError, TypeError)):
         posenc.get_encoding(name, dim=32, n_heads=4, not_an_option=junk)
+
+
+MASK_DTYPES = [torch.bool, torch.float16, torch.bfloat16, torch.float32, torch.float64]
+MODES = {"eager": None, "no_grad": torch.no_grad, "inference_mode": torch.inference_mode}
+
+
+@st.composite
+def edge_cases(draw):
+    """Empty batches and sequences, 1-D/2-D/4-D masks of any float dtype, under no_grad or inference mode."""
+    name = draw(st.sampled_from(NAMES))
+    b = draw(st.sampled_from([0, 1, 2]))
+    empty = draw(st.booleans())
+    tk = 0 if empty else draw(st.integers(1, 8))
+    tq = 0 if empty else draw(st.integers(1, tk))
+    return dict(name=name, b=b, tq=tq, tk=tk, causal=draw(st.booleans()),
+                mask=draw(st.sampled_from([None, "1d", "2d", "4d"])), mask_dtype=draw(st.sampled_from(MASK_DTYPES)),
+                dtype=draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16])),
+                mode=draw(st.sampled_from(list(MODES))), far=draw(st.sampled_from([0, 37, 10**6])),
+                seed=draw(st.integers(0, 2**16)))
+
+
+@given(edge_cases())
+def test_fuzz_edge_inputs_agree_with_reference(case):
+    g = torch.Generator().manual_seed(case["seed"])
+    h, d, b, tq, tk, dtype = 2, 8, case["b"], case["tq"], case["tk"], case["dtype"]
+    pe = posenc.get_encoding(case["name"], dim=h * d, n_heads=h, max_seq_len=64, causal=case["causal"]).eval()
+    pe = pe.to(dtype)
+    start = case["far"] if pe.extrapolates else 0
+    k_pos = torch.arange(start, start + tk)
+    q_pos = k_pos[tk - tq:]
+    mask = None
+    if case["mask"] is not None and tk:
+        keep = torch.rand(tq, tk, generator=g) > 0.3
+        keep[:, 0] = True  # every query keeps key 0 (visible under causal too)
+        if case["mask"] == "1d":
+            keep = keep.all(0) | (torch.arange(tk) == 0)  # (Tk,)
+        elif case["mask"] == "4d":
+            keep = keep[None, None]
+        mask = keep if case["mask_dtype"] == torch.bool else \
+            torch.zeros(keep.shape, dtype=case["mask_dtype"]).masked_fill(~keep, float("-inf"))
+    mode = MODES[case["mode"]]
+    with mode() if mode is not None else torch.enable_grad():
+        q = torch.randn(b, h, tq, d, generator=g).to(dtype)
+        k, v = torch.randn(b, h, tk, d, generator=g).to(dtype), torch.randn(b, h, tk, d, generator=g).to(dtype)
+        try:
+            q, k = pe.rotate(q, k, q_pos, k_pos)
+        except ValueError as exc:  # documented refusals (xPos far from its centre) say what to do
+            assert "center" in str(exc) or "max_seq_len" in str(exc), exc
+            return
+        kwargs = dict(q_pos=q_pos, k_pos=k_pos, causal=case["causal"], attn_mask=mask)
+        ref = posenc.attention(q, k, v, pe, backend="reference" if not pe.uses_attend else "attend", **kwargs)
+        auto = posenc.attention(q, k, v, pe, **kwargs)
+    assert ref.shape == auto.shape == (b, h, tq, d) and torch.isfinite(ref).all()
+    tol = {torch.float32: 1e-4, torch.float64: 1e-6, torch.bfloat16: 6e-2}[dtype]
+    torch.testing.assert_close(auto.float(), ref.float(), atol=tol, rtol=tol)

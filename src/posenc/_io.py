@@ -6,6 +6,7 @@ import hashlib
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 __all__ = ["CHECKED_MAGIC", "DamagedFileError", "FolderLock", "FolderLockedError", "atomic_write_bytes",
@@ -117,7 +118,13 @@ class FolderLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "an unknown process"
+            holder = ""
+            for _ in range(50):  # the holder writes its PID right after taking the lock: give it a moment
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+                if holder:
+                    break
+                time.sleep(0.01)
+            holder = holder or "an unknown process"
             os.close(fd)
             raise FolderLockedError(f"{self.path.parent} is in use by another {self.what} ({holder}); wait for it "
                                     f"to finish (or stop it), or choose another --out.") from None

@@ -73,7 +73,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help=ranged("torch threads (default: torch's choice)", threads))
     p.set_defaults(func=_demo)
 
-    p = sub.add_parser("numerics", help="max error of every encoding vs float64 at positions 1e3..1e6, per dtype")
+    p = sub.add_parser("numerics", help="max error of every encoding vs float64 at positions 1e3..1e6 and "
+                       "2^31..2^53, per dtype")
     p.add_argument("--encodings", nargs="+", default=None, help="encodings to check (default: all)")
     p.add_argument("--out", default=None, help="also write the table as Markdown to this file")
     p.set_defaults(func=_numerics)

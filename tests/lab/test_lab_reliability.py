@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -16,11 +14,11 @@ from posenc.lab.config import Experiment, ModelConfig, RunConfig, TaskConfig
 from posenc.lab.sweep import RESULTS, load_records, plan_sweep, run_sweep
 
 
-def _runs(seeds=(0,), eval_lengths=(3,), steps=2, checkpoint_every=100):
+def _runs(seeds=(0,), eval_lengths=(3,), steps=2, checkpoint_every=100, encodings=("nope",)):
     exp = Experiment(TaskConfig("parity_check", 1, 3, eval_lengths), ModelConfig(dim=16, n_layers=1, n_heads=2),
                      RunConfig(steps=steps, batch_size=4, eval_batches=1, eval_batch_size=4,
                                checkpoint_every=checkpoint_every))
-    return plan_sweep({"parity_check": exp}, ["nope"], list(seeds))
+    return plan_sweep({"parity_check": exp}, list(encodings), list(seeds))
 
 
 def _quiet(runs, out, **kwargs):
@@ -28,7 +26,8 @@ def _quiet(runs, out, **kwargs):
 
 
 # -- item 2: one sweep per folder ------------------------------------------------------------------------------------
-HOLD = "import sys, time; from posenc._io import FolderLock\nwith FolderLock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n"
+HOLD = ("import sys, time; from posenc._io import FolderLock\n"
+        "with FolderLock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n")
 
 
 def _holder(out):
@@ -157,6 +156,15 @@ def test_a_sweep_with_other_settings_into_a_used_folder_is_refused_before_any_wo
     write_report(tmp_path)  # the folder still reports
 
 
+def test_another_encoding_under_other_settings_is_refused_too(tmp_path):
+    """The report compares encodings on one experiment per task: lengths that differ per encoding would not fit."""
+    _quiet(_runs(eval_lengths=(3,), encodings=("nope",)), tmp_path)
+    with pytest.raises(ValueError, match="another configuration"):
+        _quiet(_runs(eval_lengths=(100000,), encodings=("learned",)), tmp_path)
+    records = _quiet(_runs(eval_lengths=(3,), encodings=("nope", "learned")), tmp_path)  # same settings: welcome
+    assert sorted(r["encoding"] for r in records) == ["learned", "nope"]
+
+
 def test_more_seeds_of_the_same_settings_are_welcome(tmp_path):
     _quiet(_runs(seeds=(0,)), tmp_path)
     records = _quiet(_runs(seeds=(0, 1)), tmp_path)
@@ -169,7 +177,7 @@ def test_lab_run_then_report_with_an_unreachable_length_keeps_the_folder_usable(
     tiny = ["--tasks", "parity_check", "--steps", "2", "--no-progress", "--out", str(tmp_path), "--dim", "16",
             "--n-layers", "1", "--n-heads", "2", "--batch-size", "4", "--eval-batches", "1", "--eval-batch-size", "4",
             "--train-max-length", "3"]
-    assert main(["lab", "run", "--encodings", "learned", *tiny, "--eval-lengths", "3"]) == 0
+    assert main(["lab", "run", "--encodings", "rope", *tiny, "--eval-lengths", "3"]) == 0
     assert main(["lab", "run", "--encodings", "learned", *tiny, "--eval-lengths", "100000"]) == 1
     assert "another configuration" in capsys.readouterr().err
     assert main(["lab", "report", str(tmp_path)]) == 0
@@ -222,3 +230,13 @@ def test_an_impossible_or_edited_record_is_rejected_with_its_line(tmp_path, chan
 def test_new_records_carry_their_configuration_hash(tmp_path):
     (record,) = _quiet(_runs(), tmp_path)
     assert record["run_id"].endswith("/" + record["config_hash"])
+
+
+@pytest.mark.parametrize("content", [b"", b"text, not a checkpoint\n", b"PK\x03\x04truncated zip"])
+def test_train_run_on_a_damaged_checkpoint_names_the_file_and_what_to_do(tmp_path, content):
+    from posenc.lab.train import train_run
+
+    ckpt = tmp_path / "run.pt"
+    ckpt.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"{ckpt.name}.*(delete it|move it aside)"):
+        train_run(_runs()[0].experiment, encoding="nope", seed=0, checkpoint=ckpt)

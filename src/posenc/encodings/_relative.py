@@ -117,8 +117,8 @@ class PairwiseBias(PositionalEncoding, metaclass=abc.ABCMeta):
         slices them per call), offset, shape, strides and version counter (which counts in-place writes, views
         included), plus the encoding's parameters and buffers (identity, version, dtype, device), grad and inference
         mode. Not memoised: under ``torch.compile``, tracing or torch.func, for tensor subclasses, for inference
-        tensors (no version counter) or while the result would record a gradient for a trainable parameter. The memoised tensor is returned again only if
-        nobody wrote into it.
+        tensors (no version counter) or while the result would record a gradient for a trainable parameter. The
+        memoised tensor is returned again only if nobody wrote into it.
 
         Args:
             q_pos: int64 query positions ``(Tq,)`` or ``(B, Tq)``.

@@ -28,8 +28,13 @@ from posenc._io import FolderLock, remove_stale_tmp
 from posenc.base import get_encoding, registered_names
 from posenc.lab.config import Experiment, config_hash, config_hash_of
 from posenc.lab.tasks import get_task
-from posenc.lab.train import DamagedCheckpointError, atomic_write_bytes, encoding_options_for, resolve_lengths, \
-    train_run
+from posenc.lab.train import (
+    DamagedCheckpointError,
+    atomic_write_bytes,
+    encoding_options_for,
+    resolve_lengths,
+    train_run,
+)
 
 __all__ = ["RESULTS", "PlannedRun", "append_record", "check_out_dir", "check_plan_against_records", "load_records",
            "plan_sweep", "run_sweep", "summary_line"]
@@ -55,9 +60,11 @@ class PlannedRun:
         return re.sub(r"[^A-Za-z0-9_.-]", "_", self.run_id) + ".pt"
 
 
-def _label(record: dict) -> str:
-    options = record.get("encoding_options")
-    return record["encoding"] if not options else f"{record['encoding']} {json.dumps(options, sort_keys=True)}"
+def _task_plan(config: dict) -> str:
+    """The hash of a run's configuration without encoding, its options and seed: one per task in a folder."""
+    data = json.loads(json.dumps(config, default=str))
+    data.get("model", {}).pop("encoding_options", None)
+    return config_hash_of(data, "", None)
 
 
 def _check_metrics(record: dict) -> str | None:
@@ -84,9 +91,10 @@ def load_records(path: str | os.PathLike) -> list[dict]:
 
     Every record must hold together: its run id names its task, encoding, seed and the hash of its configuration
     (``config_hash``), its metrics are possible (accuracies in [0, 1], finite perplexities >= 1), and all records of
-    one task and encoding share one configuration (only the seed differs), so the report's mean over seeds is a mean
-    over seeds. A contradiction is a ``ValueError`` naming the line. A line repeated with the same run id (two
-    sweeps that raced into one folder before sweeps took a lock) is read once.
+    one task share one configuration (only encoding, encoding options and seed differ), so the report compares
+    encodings on one experiment and its mean over seeds is a mean over seeds. A contradiction is a ``ValueError``
+    naming the line. A line repeated with the same run id (two sweeps that raced into one folder before sweeps took a
+    lock) is read once.
     """
     path = Path(path)
     if not path.exists():
@@ -112,38 +120,35 @@ def load_records(path: str | os.PathLike) -> list[dict]:
             if record["run_id"] != prefix + digest or record.get("config_hash", digest) != digest:
                 problem = (f"its configuration hashes to {digest}, but it says {record['run_id']} (config_hash "
                            f"{record.get('config_hash', '-')}): it was edited, or does not belong to this run id")
-            plan = config_hash_of(record["config"], record["encoding"], None)
+            plan = _task_plan(record["config"])
         if problem is not None:
             raise ValueError(f"{path}, line {i}: {problem}. {where}")
         if record["run_id"] in seen:
             continue  # the same run recorded twice: one record
         seen[record["run_id"]] = i
-        group = (record["task"], _label(record))
         if plan is not None:
-            first = plans.setdefault(group, (plan, i))
+            first = plans.setdefault(record["task"], (plan, i))
             if first[0] != plan:
-                raise ValueError(f"{path}, line {i}: a {group[0]}/{group[1]} run with another configuration than "
-                                 f"line {first[1]} (only seeds may differ within one folder, or the report would "
-                                 f"average different experiments as seeds). {where}")
+                raise ValueError(f"{path}, line {i}: a {record['task']} run with another configuration than line "
+                                 f"{first[1]} (within one folder a task's runs differ only in encoding and seed, or "
+                                 f"the report would mix experiments). {where}")
         records.append(record)
     return records
 
 
 def check_plan_against_records(runs: list["PlannedRun"], records: list[dict], results: Path) -> None:
-    """Refuse a sweep whose runs contradict the folder's records: same task and encoding, another configuration."""
+    """Refuse a sweep whose runs contradict the folder's records: the same task under another configuration."""
     plans = {}
     for r in records:
         if isinstance(r.get("config"), dict):
-            plans.setdefault((r["task"], _label(r)), (config_hash_of(r["config"], r["encoding"], None), r["run_id"]))
+            plans.setdefault(r["task"], (_task_plan(r["config"]), r["run_id"]))
     for run in runs:
-        options = encoding_options_for(run.experiment, run.encoding)
-        label = run.encoding if not options else f"{run.encoding} {json.dumps(options, sort_keys=True)}"
-        have = plans.get((run.experiment.task.name, label))
+        task = run.experiment.task.name
+        have = plans.get(task)
         if have is None:
             continue
-        want = config_hash_of(run.experiment.to_dict(), run.encoding, None)
-        if want != have[0]:
-            raise ValueError(f"{results} already holds {run.experiment.task.name}/{label} runs of another "
+        if _task_plan(run.experiment.to_dict()) != have[0]:
+            raise ValueError(f"{results} already holds {task} runs of another "
                              f"configuration (e.g. {have[1]}); this sweep's settings differ (flags such as --steps, "
                              f"--eval-lengths or model sizes). Use another --out, or the same settings as before.")
 
