@@ -154,9 +154,14 @@ _STANDARD = {
     "negation": Experiment(TaskConfig("negation"), ModelConfig(dim=64, n_layers=2, n_heads=4),
                            RunConfig(steps=400, batch_size=64, lr=3e-3)),
     **{name: _algorithmic(name, max_len=20, evals=(20, 30, 40, 60), steps=2000) for name in _ALGORITHMIC},
+    # calibrated (rope, seed 0): 2000 steps at 3e-3 reach 82% token accuracy in distribution, 4000 at 1e-3 reach 94%
+    "reverse_string": dataclasses.replace(
+        _algorithmic("reverse_string", max_len=20, evals=(20, 30, 40, 60), steps=4000),
+        run=RunConfig(steps=4000, batch_size=32, lr=1e-3)),
+    # calibrated (rope, seed 0): 2000 steps reach 87% exact match in distribution, 3000 reach 94%
     "decoder_copy": Experiment(TaskConfig("decoder_copy", 1, 20, (20, 30, 40)),
                                ModelConfig(dim=128, n_layers=2, encoding_options=RUOSS),
-                               RunConfig(steps=2000, batch_size=32, lr=1e-3)),
+                               RunConfig(steps=3000, batch_size=32, lr=1e-3)),
     "decoder_reverse": Experiment(TaskConfig("decoder_reverse", 1, 20, (20, 30, 40)),
                                   ModelConfig(dim=128, n_layers=2, encoding_options=RUOSS),
                                   RunConfig(steps=2000, batch_size=32, lr=1e-3)),
