@@ -169,7 +169,10 @@ _STANDARD = {
                      RunConfig(steps=2000, batch_size=16, lr=2e-3)),
     **{name: Experiment(TaskConfig(name), ModelConfig(dim=64, n_layers=2, n_heads=4),
                         RunConfig(steps=2000, batch_size=32, lr=1e-3))
-       for name in ("flip_flop", "counting", "selective_copy", "associative_recall", "passkey")},
+       for name in ("flip_flop", "counting", "associative_recall", "passkey")},
+    # calibrated (rope, seed 0): 2000 steps at 1e-3 reach 8% exact match, 4000 at 3e-3 79%, 8000 at 3e-3 96%
+    "selective_copy": Experiment(TaskConfig("selective_copy"), ModelConfig(dim=64, n_layers=2, n_heads=4),
+                                 RunConfig(steps=8000, batch_size=32, lr=3e-3)),
     "scan": Experiment(TaskConfig("scan"), ModelConfig(dim=128, n_layers=2, n_heads=4),
                        RunConfig(steps=2000, batch_size=32, lr=1e-3)),
     "scan_decoder": Experiment(TaskConfig("scan_decoder"), ModelConfig(dim=128, n_layers=2, n_heads=4),
