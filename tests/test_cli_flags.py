@@ -17,6 +17,7 @@ BASE = {
     ("list",): [], ("demo",): [], ("numerics",): [], ("bench",): [], ("rope-scaling",): ["--type", "yarn"],
     ("plot",): ["waves", "rope", "--out", "x.png"], ("gallery",): ["--out", "g"],
     ("lab", "run"): ["--out", "o"], ("lab", "report"): ["o"], ("lab", "extend"): ["--out", "o"], ("lab", "list"): [],
+    ("lab", "export"): ["o"],
     ("conform",): ["posenc.testing.peers:x_transformers"],
 }
 

@@ -37,10 +37,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # torch loads on first use, so that `posenc --help` builds this registry without it
+    from torch import Tensor
 
 __all__ = [
     "SCALING_METHODS",
@@ -67,7 +67,7 @@ REQUIRED = object()  # marks a parameter without a default
 COMMON_PARAMS: dict[str, Any] = {"logn": False, "original_max_position_embeddings": None,
                                  "llama_4_scaling_beta": None}
 
-ScalingFn = Callable[..., tuple[Tensor, float]]
+ScalingFn = Callable[..., "tuple[Tensor, float]"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,7 @@ def register_scaling(name: str, *, params: Mapping[str, Any] | None = None, leng
 # -- helpers -----------------------------------------------------------------------------------------------------------
 def base_inv_freq(rotary_dim: int, base: float) -> Tensor:
     """``theta_i = base^(-2i / rotary_dim)``, float64 ``(rotary_dim // 2,)`` (as ``rope_frequencies``)."""
+    import torch
     if isinstance(rotary_dim, bool) or not isinstance(rotary_dim, int) or rotary_dim <= 0 or rotary_dim % 2:
         raise ValueError(f"rope scaling: rotary_dim must be a positive even int (channels rotate in pairs); "
                          f"got {rotary_dim!r}.")
@@ -232,6 +233,7 @@ def yarn_scaling(rotary_dim: int, base: float, params: Mapping[str, Any], *,
     ``mscale_all_dim=0``, which gives the paper's ``0.1 ln s + 1``). Hugging Face silently drops ``mscale`` unless
     both are non-zero; the cases where that changes the number raise here instead, asking for ``attention_factor``.
     """
+    import torch
     factor = _factor(params, "yarn")
     original = _original_length(params, "yarn")
     beta_fast = _number(params, "beta_fast", "yarn", minimum=0.0, strict=True)
@@ -273,6 +275,7 @@ def _yarn_attention_factor(params: Mapping[str, Any], factor: float) -> float:
 
 
 def _factor_list(params: Mapping[str, Any], key: str, n: int) -> Tensor:
+    import torch
     value = params.get(key)
     if not isinstance(value, (list, tuple)) or len(value) != n or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value):
@@ -316,6 +319,7 @@ def llama3_scaling(rotary_dim: int, base: float, params: Mapping[str, Any], *,
     ``(1 - a) theta_i / s + a theta_i`` with ``a = (L0 / w_i - low_freq_factor) / (high_freq_factor -
     low_freq_factor)``. Scale 1.
     """
+    import torch
     factor = _factor(params, "llama3")
     original = _original_length(params, "llama3")
     low = _number(params, "low_freq_factor", "llama3", minimum=0.0, strict=True)
@@ -417,6 +421,7 @@ def logn_scale(pos: Tensor, train_len: int) -> Tensor:
     keeps the attention entropy of long contexts near that seen in training (length ``L``). Positions ``p < L`` are
     unchanged. ``pos``: int ``(...)`` -> float32 ``(...)``.
     """
+    import torch
     if isinstance(train_len, bool) or not isinstance(train_len, int) or train_len < 2:
         raise ValueError(f"logn_scale: train_len must be an int >= 2; got {train_len!r}.")
     n = pos.to(torch.float64) + 1
@@ -429,6 +434,7 @@ def llama_4_query_scale(pos: Tensor, beta: float, train_len: int) -> Tensor:
 
     ``pos``: int ``(...)`` -> float32 ``(...)``.
     """
+    import torch
     if isinstance(train_len, bool) or not isinstance(train_len, int) or train_len < 1:
         raise ValueError(f"llama_4_query_scale: train_len must be a positive int; got {train_len!r}.")
     steps = torch.floor(pos.to(torch.float64) / train_len)
@@ -439,6 +445,7 @@ def llama4_attn_temperature(pos: Tensor, *, attn_scale: float = 0.1, floor_scale
     """Llama 4's query temperature on its NoPE layers, ``1 + attn_scale * ln(1 + floor((pos + 1) / floor_scale))``
     (transformers' ``Llama4TextAttention``; temperature tuning of arXiv 2501.19399). ``pos``: int ``(...)`` -> float32.
     """
+    import torch
     if isinstance(floor_scale, bool) or not isinstance(floor_scale, (int, float)) or floor_scale <= 0:
         raise ValueError(f"llama4_attn_temperature: floor_scale must be a positive number; got {floor_scale!r}.")
     steps = torch.floor((pos.to(torch.float64) + 1.0) / floor_scale)

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor
 
+from posenc._viz_kinds import MAX_PLOT_LENGTH, PLOT_KINDS
 from posenc.base import PositionalEncoding, get_encoding
 from posenc.encodings.rope import RoPE, rope_frequencies
 
@@ -83,9 +84,7 @@ __all__ = [
     "wavelengths_data",
 ]
 
-PLOT_KINDS = ("waves", "similarity", "decay", "bias", "wavelengths", "attention", "grid")
 MAX_DENSE = 2048  # the largest T drawn as a dense T x T heatmap (a 2048^2 image is already ~4 Mpixel)
-MAX_PLOT_LENGTH = 1 << 16  # the most positions (or distances) a 1-D plot draws: far more than its pixels
 FORMATS = (".png", ".svg")
 
 # One look for every figure: sizes in inches at DPI, a perceptually uniform map for magnitudes, a diverging one for

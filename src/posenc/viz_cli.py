@@ -17,7 +17,7 @@ import json
 import sys
 
 from posenc._cli_types import int_in, ranged
-from posenc.viz import MAX_PLOT_LENGTH, PLOT_KINDS
+from posenc._viz_kinds import MAX_PLOT_LENGTH, PLOT_KINDS
 
 
 def _parse_option(text: str) -> tuple[str, object]:

@@ -123,3 +123,24 @@ def test_runs_with_encoding_options_are_reported_apart():
     tuned = {**base, "encoding": "mrope", "encoding_options": {"base": 10}, "metrics": {"2": {"accuracy": 0.9}}}
     assert encoding_label(plain) == "mrope" and encoding_label(tuned) == 'mrope {"base": 10}'
     assert aggregate([plain, tuned])["t"]["encodings"] == {"mrope": {2: [0.5]}, 'mrope {"base": 10}': {2: [0.9]}}
+
+
+def test_heatmap_of_encodings_by_task(tmp_path):
+    records = [_record("parity_check", enc, s, {4: a, 8: b}, learned=enc != "nope")
+               for enc, a, b in (("rope", 1.0, 0.5), ("nope", 0.3, 0.2)) for s in (0, 1)]
+    records.append(_record("reverse_string", "rope", 0, {4: 0.9, 8: None}, metric="token_accuracy"))
+    records.append(_record("lm", "rope", 0, {4: 10.0, 8: 20.0}, metric="perplexity"))
+    for r in records:
+        append_record(tmp_path / RESULTS, r)
+    md = write_report(tmp_path).read_text(encoding="utf-8")
+    png = (tmp_path / "plots" / "heatmap.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+    assert "![heatmap](plots/heatmap.png)" in md and "Perplexity tasks" in md and "lm (see their sections)" in md
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert 'alt="heatmap" src="data:image/png;base64,' in page
+
+
+def test_no_heatmap_without_accuracy_tasks(tmp_path):
+    append_record(tmp_path / RESULTS, _record("lm", "rope", 0, {4: 10.0, 8: 20.0}, metric="perplexity"))
+    md = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "heatmap" not in md and not (tmp_path / "plots" / "heatmap.png").exists()

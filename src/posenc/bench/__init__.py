@@ -9,5 +9,9 @@ Suites (``posenc bench --suite ...``, see :mod:`posenc.bench.cli`):
   :class:`posenc.Transformer`.
 - ``attention`` (:mod:`posenc.bench.attention`): bias attention backends against SDPA without bias.
 
-This package file stays light: importing it imports nothing.
+This package file stays light: importing it imports nothing (it only names the peers, :data:`PEERS`).
 """
+
+# Peer libraries the RoPE suite knows (a missing package gives a row marked ``skipped``); here, so the CLI
+# can list them without torch.
+PEERS = ("hf", "x-transformers", "rotary-embedding-torch", "liger")

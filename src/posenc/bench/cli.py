@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 from posenc._cli_types import int_in, ranged
-from posenc.bench.rope import PEERS
+from posenc.bench import PEERS
 
 SUITES = ("rope", "decode", "attention", "all")
 

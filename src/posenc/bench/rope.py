@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from posenc.bench import PEERS  # peer libraries the RoPE suite knows (defined torch-free, for the CLI)
 from posenc.encodings.rope import RoPE, apply_rope, rope_frequencies
 
 __all__ = [
@@ -41,9 +42,6 @@ __all__ = [
     "tame_cpu_allocator",
     "time_call",
 ]
-
-# Peer libraries the RoPE suite knows (a missing package gives a row marked ``skipped``).
-PEERS = ("hf", "x-transformers", "rotary-embedding-torch", "liger")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

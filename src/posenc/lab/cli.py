@@ -163,6 +163,14 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from posenc.lab.export import export_results
+
+    path = export_results(args.folder, args.format, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     from posenc.lab.tasks import registered_tasks
     from posenc.lab.tasks.base import task_class
@@ -225,6 +233,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = lab_sub.add_parser("report", help="write report.md, report.html and plots from a sweep's records")
     p.add_argument("out", help="the sweep's output folder")
     p.set_defaults(func=_report)
+
+    p = lab_sub.add_parser("export", help="a sweep's records as a table (one row per run and evaluation length): "
+                           "results.csv or results.parquet")
+    p.add_argument("folder", metavar="DIR", help="the sweep's output folder (holds results.jsonl)")
+    p.add_argument("--format", choices=("csv", "parquet"), default="csv",
+                   help="csv (standard library) or parquet (needs posenc[export]: pandas, pyarrow); default: csv")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="file to write (default: DIR/results.csv or DIR/results.parquet)")
+    p.set_defaults(func=_export)
 
     p = lab_sub.add_parser("extend", help="context extension: rope trained at L, evaluated at factor*L with each "
                            "RoPE scaling, zero-shot and after a short fine-tune")

@@ -247,6 +247,67 @@ def _plot(task: str, t: dict, path: Path) -> None:
     plt.close(fig)
 
 
+HEATMAP_NOTE = ("Encoding x task, the headline metric of each task (exact match or token accuracy, 0 to 1) averaged "
+                "over seeds: left in distribution, right beyond the training lengths. Hatched grey cells did not learn "
+                "(no seed met the task's bar; the number is still shown, with {mark}); n/a: not defined there or no "
+                "length beyond training; blank: not run. Perplexity tasks have no common scale with accuracies and "
+                "are left out")
+
+
+def _heatmap(records: list[dict], path: Path) -> list[str] | None:
+    """Write ``path``, encoding x task for the accuracy tasks, and return the perplexity tasks it leaves out; ``None``
+    (and no file) when no task is scored by accuracy."""
+    rows = summary_rows(records)
+    scored = [r for r in rows if r["metric"] != "perplexity"]
+    left_out = sorted({r["task"] for r in rows if r["metric"] == "perplexity"})
+    if not scored:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    tasks = sorted({r["task"] for r in scored})
+    encodings = list(dict.fromkeys(r["encoding"] for r in sorted(scored, key=lambda r: r["encoding"])))
+    cell = {(r["encoding"], r["task"]): r for r in scored}
+    width = max(6.4, 2.0 + 1.3 * len(tasks) * 2)
+    fig, axes = plt.subplots(1, 2, figsize=(width, 1.2 + 0.45 * len(encodings)), dpi=100, squeeze=False)
+    image = None
+    titles = ("headline metric, in distribution", "beyond training")
+    for ax, key, title in zip(axes[0], ("in_distribution", "beyond"), titles):
+        values = [[float("nan")] * len(tasks) for _ in encodings]
+        for i, enc in enumerate(encodings):
+            for j, task in enumerate(tasks):
+                row = cell.get((enc, task))
+                stat = row[key] if row is not None else None
+                if stat is not None:
+                    values[i][j] = stat[0]
+        image = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+        for i, enc in enumerate(encodings):
+            for j, task in enumerate(tasks):
+                row, v = cell.get((enc, task)), values[i][j]
+                if row is None:
+                    continue
+                if v != v:  # NaN: undefined here, or the task has no length beyond training
+                    ax.text(j, i, "n/a", ha="center", va="center", fontsize=8, color="0.4")
+                    continue
+                if row["learned"] == 0:
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="0.85", edgecolor="0.5",
+                                           hatch="///", linewidth=0.5))
+                    ax.text(j, i, f"{v:.0%} {NOT_LEARNED}", ha="center", va="center", fontsize=8, color="0.2")
+                else:
+                    ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=8,
+                            color="black" if v > 0.6 else "white")
+        ax.set_xticks(range(len(tasks)), tasks, rotation=35, ha="right", fontsize=8)
+        ax.set_yticks(range(len(encodings)), encodings, fontsize=8)
+        ax.set_title(title, fontsize=10)
+    fig.colorbar(image, ax=list(axes[0]), fraction=0.04, pad=0.02, label="accuracy (mean over seeds)")
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return left_out
+
+
 def _rank(scores: dict[str, float], higher_is_better: bool) -> dict[str, int]:
     """Competition ranking (1 = best); ties share a rank."""
     sign = -1 if higher_is_better else 1
@@ -418,6 +479,16 @@ def write_report(out: str | os.PathLike) -> Path:
     header = ["task", "encoding", "learned", "in distribution", "beyond", "longest / train (ppl)"]
     htm.append(_html_table(header, [[c.strip() for c in line.strip("|").split("|")]
                                     for line in summary_table(records, markdown=True).splitlines()[2:]]))
+    left_out = _heatmap(records, plots / "heatmap.png")
+    if left_out is None:
+        (plots / "heatmap.png").unlink(missing_ok=True)  # no accuracy task: no heatmap (and none left from before)
+    else:
+        note = HEATMAP_NOTE.format(mark=NOT_LEARNED) + (f": {', '.join(left_out)} (see their sections)." if left_out
+                                                        else ".")
+        data = base64.b64encode((plots / "heatmap.png").read_bytes()).decode()
+        md += ["## Heatmap: encoding x task", "", note, "", "![heatmap](plots/heatmap.png)", ""]
+        htm += ["<h2>Heatmap: encoding x task</h2>", f"<p>{html.escape(note)}</p>",
+                f'<img alt="heatmap" src="data:image/png;base64,{data}">']
     for task, t in tasks.items():
         png = plots / f"{task}.png"
         _plot(task, t, png)

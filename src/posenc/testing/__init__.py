@@ -13,11 +13,27 @@ limit of float32 angles), ``diagnosis`` (one sentence or ``None``) and ``cases``
 Shapes: q ``(B, H, T, D)``, k ``(B, Hkv, T, D)``, positions int64 ``(T,)`` or ``(B, T)``.
 """
 
-from posenc.testing.bias import check_bias
-from posenc.testing.diagnose import Case, ConformanceResult, Finding
-from posenc.testing.hf import check_hf_model
-from posenc.testing.mrope import check_mrope, reference_mrope
-from posenc.testing.rope import check_rope, reference_rope, rope_spec
+# Loaded on first use (PEP 562), so that importing ``posenc.testing.cli`` for ``posenc --help`` needs no torch.
+_EXPORTS = {
+    "check_bias": "bias", "Case": "diagnose", "ConformanceResult": "diagnose", "Finding": "diagnose",
+    "check_hf_model": "hf", "check_mrope": "mrope", "reference_mrope": "mrope", "check_rope": "rope",
+    "reference_rope": "rope", "rope_spec": "rope",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = ["Case", "ConformanceResult", "Finding", "check_bias", "check_hf_model", "check_mrope", "check_rope",
            "reference_mrope", "reference_rope", "rope_spec"]

@@ -1,0 +1,44 @@
+"""`posenc --help` and the parser are torch-free: the package and every command module load torch only on use."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _run(code: str) -> str:
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_help_and_parser_do_not_import_torch():
+    out = _run(
+        "import contextlib, io, sys\n"
+        "import posenc, posenc.cli\n"
+        "posenc.cli.build_parser()\n"
+        "buf = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):\n"
+        "    posenc.cli.main(['--help'])\n"
+        "assert 'rope-scaling' in buf.getvalue(), buf.getvalue()\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'matplotlib') if m in sys.modules))\n"
+    )
+    assert out.strip() == "[]"
+
+
+def test_lazy_package_keeps_the_public_api():
+    out = _run(
+        "import sys, posenc\n"
+        "assert 'torch' not in sys.modules\n"
+        "assert posenc.__version__ and 'Transformer' in dir(posenc)\n"
+        "import posenc.model\n"  # the submodule import must not rebind posenc.attention to the module
+        "assert callable(posenc.attention) and posenc.attention.explain is posenc.explain\n"
+        "from posenc import Transformer, attention\n"
+        "assert attention is posenc.attention and Transformer is posenc.model.Transformer\n"
+        "assert all(hasattr(posenc, n) for n in posenc.__all__)\n"
+        "print(type(posenc.get_encoding('rope', dim=16, n_heads=2)).__name__)\n"
+    )
+    assert out.strip() == "RoPE"
