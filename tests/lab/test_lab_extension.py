@@ -1,5 +1,7 @@
 """Context extension: plain RoPE and every scaling are evaluated on the same trained weights, zero-shot and tuned."""
 
+import math
+
 from posenc.lab.config import ModelConfig
 from posenc.lab.extension import SCALINGS, TRAINING_FREE, context_extension, extension_table, write_extension
 from posenc.lab.report import write_report
@@ -16,10 +18,11 @@ def test_every_scaling_is_evaluated_zero_shot_and_fine_tuned(tmp_path):
     # the same weights with other rotary frequencies: the scaling reached the encoding and changed the numbers
     assert zero_shot["linear"]["32"] != zero_shot["none"]["32"]
     assert zero_shot["yarn"]["32"] != zero_shot["none"]["32"]
-    # Self-Extend and Dual Chunk Attention change positions past the training window only
+    # Self-Extend and Dual Chunk Attention run on the same weights and change which positions attention sees
+    # (their windows, L/2 and 3L/4, are shorter than L, so they act at L too; tests/encodings/ pin their rules)
     for variant in TRAINING_FREE:
         assert zero_shot[variant]["32"] != zero_shot["none"]["32"]
-        assert abs(zero_shot[variant]["8"] - zero_shot["none"]["8"]) < 1e-3 * zero_shot["none"]["8"]
+        assert all(math.isfinite(p) for p in zero_shot[variant].values())
     write_extension(rows, tmp_path)
     assert "rope (no scaling)" in extension_table(rows)
     assert "## Context extension" in write_report(tmp_path).read_text()
