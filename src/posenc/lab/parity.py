@@ -16,9 +16,7 @@ Example::
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,22 +25,10 @@ from torch import Tensor, nn
 from posenc.lab.config import RunConfig
 from posenc.lab.tasks import IGNORE, get_task
 from posenc.lab.tasks.base import Task, uniform_int
+from posenc.lab.train import Tally, schedule_factor
 from posenc.model import Transformer, TransformerConfig
 
-__all__ = ["build_contenders", "schedule_factor", "train_side_by_side"]
-
-
-def schedule_factor(run: RunConfig) -> Callable[[int], float]:
-    """The lab's learning-rate multiplier: linear warmup over ``run.warmup`` of the steps, cosine decay to 10%."""
-    warmup = max(1, round(run.warmup * run.steps))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, run.steps - warmup)
-        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
+__all__ = ["build_contenders", "train_side_by_side"]
 
 
 def _x_transformers(task: Task, *, dim: int, n_layers: int, n_heads: int, ffn_mult: float,
@@ -79,22 +65,11 @@ def _loss(model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
 @torch.no_grad()
 def _evaluate(model: nn.Module, batches: list[dict[str, Tensor]]) -> dict[str, float]:
     model.eval()
-    rows = rows_right = tokens = tokens_right = 0
-    loss_sum = 0.0
+    tally = Tally()
     for batch in batches:
-        logits = model(batch["inputs"]).float()
-        targets = batch["targets"]
-        scored = targets != IGNORE
-        loss_sum += float(F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
-                                          reduction="sum"))
-        right = (logits.argmax(-1) == targets) | ~scored
-        rows += targets.shape[0]
-        rows_right += int(right.all(dim=1).sum())
-        tokens += int(scored.sum())
-        tokens_right += int((right & scored).sum())
+        tally.add(model(batch["inputs"]), batch["targets"])
     model.train()
-    return {"accuracy": rows_right / rows, "token_accuracy": tokens_right / max(tokens, 1),
-            "loss": loss_sum / max(tokens, 1)}
+    return tally.metrics()
 
 
 def train_side_by_side(task_name: str, *, steps: int, dim: int, n_layers: int, n_heads: int, lr: float,

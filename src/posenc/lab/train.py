@@ -105,7 +105,8 @@ def _slice(batch: dict[str, Tensor], rank: int, world: int, device: torch.device
     return {k: v[rank * per:(rank + 1) * per].to(device) for k, v in batch.items()}
 
 
-def _schedule(run: RunConfig):
+def schedule_factor(run: RunConfig):
+    """The lab's learning-rate multiplier: linear warmup over ``run.warmup`` of the steps, cosine decay to 10%."""
     warmup = max(1, round(run.warmup * run.steps))
 
     def factor(step: int) -> float:
@@ -152,25 +153,39 @@ def evaluate(model: Transformer, task: Task, length: int, *, seed: int, batch_si
         return {"undefined": reason}
     was_training = model.training
     model.eval()
-    rows = rows_right = tokens = tokens_right = 0
-    loss_sum = 0.0
+    tally = Tally()
     for batch in batches:
-        logits = _forward(model, task, batch).float()  # (B, T, vocab)
-        targets = batch["targets"]
-        scored = targets != IGNORE
-        loss_sum += float(F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
-                                          reduction="sum"))
-        right = (logits.argmax(-1) == targets) | ~scored
-        rows += targets.shape[0]
-        rows_right += int(right.all(dim=1).sum())
-        tokens += int(scored.sum())
-        tokens_right += int((right & scored).sum())
+        tally.add(_forward(model, task, batch), batch["targets"])  # logits (B, T, vocab)
     extra = _bleu(model, task, length, seed=seed, batch_size=batch_size, n_batches=n_batches, device=device) \
         if getattr(task, "bleu", False) else {}
     model.train(was_training)
-    loss = loss_sum / max(tokens, 1)
-    return {"accuracy": rows_right / rows, "token_accuracy": tokens_right / max(tokens, 1), "loss": loss,
-            "perplexity": math.exp(min(loss, 50.0)), "examples": rows, "tokens": tokens, **extra}
+    return {**tally.metrics(), **extra}
+
+
+class Tally:
+    """Sums over evaluation batches: exact match per row, token accuracy and loss over the scored tokens."""
+
+    def __init__(self) -> None:
+        self.rows = self.rows_right = self.tokens = self.tokens_right = 0
+        self.loss_sum = 0.0
+
+    def add(self, logits: Tensor, targets: Tensor) -> None:
+        """``logits`` ``(B, T, vocab)``, ``targets`` ``(B, T)`` with ``IGNORE`` where nothing is scored."""
+        logits = logits.float()
+        scored = targets != IGNORE
+        self.loss_sum += float(F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
+                                               reduction="sum"))
+        right = (logits.argmax(-1) == targets) | ~scored
+        self.rows += targets.shape[0]
+        self.rows_right += int(right.all(dim=1).sum())
+        self.tokens += int(scored.sum())
+        self.tokens_right += int((right & scored).sum())
+
+    def metrics(self) -> dict:
+        loss = self.loss_sum / max(self.tokens, 1)
+        return {"accuracy": self.rows_right / max(self.rows, 1),
+                "token_accuracy": self.tokens_right / max(self.tokens, 1), "loss": loss,
+                "perplexity": math.exp(min(loss, 50.0)), "examples": self.rows, "tokens": self.tokens}
 
 
 def _bleu(model: Transformer, task: Task, length: int, *, seed: int, batch_size: int, n_batches: int,
@@ -258,7 +273,7 @@ def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: s
         trained = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                       else None)
     opt = torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=run.weight_decay, betas=(0.9, 0.999))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(run))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule_factor(run))
     gen = torch.Generator().manual_seed(seed)
     step, curve = 0, []
     ckpt = Path(checkpoint) if checkpoint is not None else None

@@ -97,15 +97,19 @@ class Scan(Task):
     def sequence_length(self, length: int) -> int:
         return max(SOURCE_LENGTH, length + 1)  # the longer side: commands have <= 9 words, actions + </s>
 
-    def sample_batch(self, generator: torch.Generator, batch_size: int, length: int) -> dict[str, Tensor]:
+    def draw(self, generator: torch.Generator, batch_size: int, length: int) -> list[int]:
+        """``batch_size`` command indices drawn uniformly from :meth:`pool` at ``length``."""
         self.check_length(length)
         pool = self.pool(length)
         if not pool:
-            raise ValueError(f"task 'scan': no command has {TRAIN_MAX_ACTIONS + 1}..{length} actions (the test split "
-                             f"starts at 24); use a length of at least 24 or at most {TRAIN_MAX_ACTIONS}.")
+            raise ValueError(f"task {self.name!r}: no command has {TRAIN_MAX_ACTIONS + 1}..{length} actions (the test "
+                             f"split starts at 24); use a length of at least 24 or at most {TRAIN_MAX_ACTIONS}.")
         picks = torch.randint(0, len(pool), (batch_size,), generator=generator).tolist()
+        return [pool[p] for p in picks]
+
+    def sample_batch(self, generator: torch.Generator, batch_size: int, length: int) -> dict[str, Tensor]:
         tok = {w: i for i, w in enumerate(self.vocab)}
-        commands = [scan_commands()[pool[p]] for p in picks]
+        commands = [scan_commands()[i] for i in self.draw(generator, batch_size, length)]
         return seq2seq_batch([[tok[w] for w in c.split()] for c, _ in commands],
                              [[tok[a] for a in acts] for _, acts in commands], pad=tok[PAD], bos=tok[BOS],
                              eos=tok[EOS], src_len=SOURCE_LENGTH, tgt_len=length)
@@ -152,13 +156,7 @@ class ScanDecoder(Scan):
         return {"inputs": inputs, "targets": targets}
 
     def sample_batch(self, generator: torch.Generator, batch_size: int, length: int) -> dict[str, Tensor]:
-        self.check_length(length)
-        pool = self.pool(length)
-        if not pool:
-            raise ValueError(f"task 'scan_decoder': no command has {TRAIN_MAX_ACTIONS + 1}..{length} actions (the "
-                             f"test split starts at 24); use a length of at least 24 or at most {TRAIN_MAX_ACTIONS}.")
-        picks = torch.randint(0, len(pool), (batch_size,), generator=generator).tolist()
-        return self._batch([pool[p] for p in picks], length)
+        return self._batch(self.draw(generator, batch_size, length), length)
 
     def eval_batches(self, generator: torch.Generator, batch_size: int, length: int, n_batches: int):
         """In the training split: ``n_batches`` random batches. Past it: every test command, once, in order."""
