@@ -110,7 +110,9 @@ class DualChunkAttention(PositionalEncoding):
         gap = _floor(positions_4d(q_pos), c)[:, :, None] - _floor(positions_4d(k_pos), c)[:, None, :]  # (B|1,Tq,Tk)
         scores = torch.where((gap == 0)[:, None], dots(q_pos, k_pos), dots(inter, km))
         scores = torch.where((gap == 1)[:, None], dots(torch.clamp(qm + c, max=size), km), scores)
-        if bool((gap < 0).any()):  # keys after the query: the mirrored rule (only without a causal mask)
+        # keys after the query: the mirrored rule. Eager skips it when no pair needs it; compiled code always
+        # computes it (the same numbers), since a data-dependent branch would break the graph.
+        if torch.compiler.is_compiling() or bool((gap < 0).any()):
             scores = torch.where((gap == -1)[:, None], dots(qm, torch.clamp(km + c, max=size)), scores)
             scores = torch.where((gap <= -2)[:, None], dots(qm, torch.full_like(km, min(2 * c - 1, size))), scores)
         scores = scores * scale
