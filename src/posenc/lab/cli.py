@@ -187,6 +187,8 @@ def _list(args: argparse.Namespace) -> int:
         available, missing = suite_encodings(suite)
         print(f"  {name:<9} {suite.description}")
         print(f"            tasks: {', '.join(suite.experiments)}")
+        for task, why in suite.left_out.items():
+            print(f"            left out: {task} ({why})")
         print(f"            encodings: {', '.join(available)}" + (f" (not registered yet: {', '.join(missing)})"
                                                                    if missing else ""))
         for task, names in suite.task_encodings.items():

@@ -108,6 +108,7 @@ class Suite:
     all_encodings: bool = False  # True: every registered encoding, whatever `encodings` says
     task_encodings: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per task, instead of `encodings`
     task_seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per task, instead of `seeds`
+    left_out: dict[str, str] = field(default_factory=dict)  # registered tasks this suite does not run -> why
 
     def encodings_for(self, task: str) -> tuple[str, ...]:
         """The encodings this suite runs on ``task``: its own list if it has one, else the suite's."""
@@ -148,16 +149,39 @@ _QUICK = {
 _ALGORITHMIC = ("reverse_string", "duplicate_string", "binary_addition", "parity_check", "modular_arithmetic",
                 "bucket_sort", "missing_duplicate")
 
+# Tasks the standard suite leaves out because no calibration run learned them in distribution at a laptop budget
+# (docs/results/calibration.md); the full suite keeps them. A ranking of runs that did not learn would say nothing.
+_NOT_LEARNED_ON_A_LAPTOP = {
+    "binary_addition": "rope stays at 50-67% token accuracy in distribution (trained <= 10 or <= 20, width 64 or 128, "
+                       "up to 8000 steps): below the 90% bar",
+    "modular_arithmetic": "rope stays at chance (20%) in distribution, even trained on <= 5 terms; it learns only "
+                          "1-2 terms",
+    "associative_recall": "rope stays at 12-28% in distribution (chance 10%) at widths 64 and 128, up to 8000 steps, "
+                          "and x-transformers stalls the same way on the same batches",
+}
+
 _STANDARD = {
     "who_did_what": Experiment(TaskConfig("who_did_what"), ModelConfig(dim=64, n_layers=2, n_heads=4),
                                RunConfig(steps=400, batch_size=64, lr=3e-3)),
     "negation": Experiment(TaskConfig("negation"), ModelConfig(dim=64, n_layers=2, n_heads=4),
                            RunConfig(steps=400, batch_size=64, lr=3e-3)),
-    **{name: _algorithmic(name, max_len=20, evals=(20, 30, 40, 60), steps=2000) for name in _ALGORITHMIC},
-    # calibrated (rope, seed 0): 2000 steps at 3e-3 reach 82% token accuracy in distribution, 4000 at 1e-3 reach 94%
+    **{name: _algorithmic(name, max_len=20, evals=(20, 30, 40, 60), steps=2000) for name in _ALGORITHMIC
+       if name not in _NOT_LEARNED_ON_A_LAPTOP},
+    # calibrated (rope, seed 0; docs/results/calibration.md): 2000 steps at 3e-3 reach 82% token accuracy in
+    # distribution, 4000 at 1e-3 reach 94%
     "reverse_string": dataclasses.replace(
         _algorithmic("reverse_string", max_len=20, evals=(20, 30, 40, 60), steps=4000),
         run=RunConfig(steps=4000, batch_size=32, lr=1e-3)),
+    # calibrated: width 64 stalls at 73% token accuracy even at 8000 steps; width 128, 4000 steps at 1e-3 reach 92%
+    "duplicate_string": dataclasses.replace(
+        _algorithmic("duplicate_string", max_len=20, evals=(20, 30, 40, 60), steps=4000),
+        model=ModelConfig(dim=128, n_layers=2, n_heads=4, encoding_options=RUOSS),
+        run=RunConfig(steps=4000, batch_size=32, lr=1e-3)),
+    # calibrated: trained up to length 20 neither learns in distribution (parity at chance, missing duplicate 71% at
+    # 4000 steps); up to length 10 parity reaches 93% and missing duplicate 100% (4000 steps at 1e-3)
+    **{name: dataclasses.replace(_algorithmic(name, max_len=10, evals=(10, 15, 20, 30), steps=4000),
+                                 run=RunConfig(steps=4000, batch_size=32, lr=1e-3))
+       for name in ("parity_check", "missing_duplicate")},
     # calibrated (rope, seed 0): 2000 steps reach 87% exact match in distribution, 3000 reach 94%
     "decoder_copy": Experiment(TaskConfig("decoder_copy", 1, 20, (20, 30, 40)),
                                ModelConfig(dim=128, n_layers=2, encoding_options=RUOSS),
@@ -169,7 +193,7 @@ _STANDARD = {
                      RunConfig(steps=2000, batch_size=16, lr=2e-3)),
     **{name: Experiment(TaskConfig(name), ModelConfig(dim=64, n_layers=2, n_heads=4),
                         RunConfig(steps=2000, batch_size=32, lr=1e-3))
-       for name in ("flip_flop", "counting", "associative_recall", "passkey")},
+       for name in ("flip_flop", "counting", "passkey")},
     # calibrated (rope, seed 0): 2000 steps at 1e-3 reach 8% exact match, 4000 at 3e-3 79%, 8000 at 3e-3 96%
     "selective_copy": Experiment(TaskConfig("selective_copy"), ModelConfig(dim=64, n_layers=2, n_heads=4),
                                  RunConfig(steps=8000, batch_size=32, lr=3e-3)),
@@ -200,7 +224,8 @@ _STANDARD = {
 
 # Tasks a report compares with a published ranking (ALiBi: lm; Kazemnejad: copy, reverse, SCAN; Ruoss: the
 # algorithmic tasks; CoPE: flip-flop, counting, selective copy): these run three seeds in the standard suite.
-PAPER_TASKS = ("lm", "decoder_copy", "decoder_reverse", "scan_decoder", *_ALGORITHMIC, "flip_flop", "counting",
+PAPER_TASKS = ("lm", "decoder_copy", "decoder_reverse", "scan_decoder",
+               *(name for name in _ALGORITHMIC if name not in _NOT_LEARNED_ON_A_LAPTOP), "flip_flop", "counting",
                "selective_copy")
 
 _STRUCTURED = ("sentence_index", "paragraph_index", "grid_relation", "text_image_grounding", "graph_distance",
@@ -217,8 +242,9 @@ _FULL = {
     "lm": Experiment(TaskConfig("lm", 128, 128, (128, 256, 512, 1024, 2048), {"eval_tokens": 65536}),
                      ModelConfig(dim=256, n_layers=4, n_heads=8), RunConfig(steps=10000, batch_size=32, lr=1e-3)),
     **{name: dataclasses.replace(_STANDARD[name], run=dataclasses.replace(_STANDARD[name].run, steps=10000))
-       for name in ("flip_flop", "counting", "selective_copy", "associative_recall", "passkey", "scan", "scan_decoder",
-                    "reorder")},
+       for name in ("flip_flop", "counting", "selective_copy", "passkey", "scan", "scan_decoder", "reorder")},
+    "associative_recall": Experiment(TaskConfig("associative_recall"), ModelConfig(dim=64, n_layers=2, n_heads=4),
+                                     RunConfig(steps=10000, batch_size=32, lr=1e-3)),
     **{name: dataclasses.replace(_STANDARD[name], run=dataclasses.replace(_STANDARD[name].run,
                                                                           steps=5 * _STANDARD[name].run.steps))
        for name in _STRUCTURED},
@@ -242,9 +268,11 @@ _STANDARD_ENCODINGS = {
 SUITES: dict[str, Suite] = {
     "quick": Suite("`make demo`: who-did-what, bucket sort (with randomized positions), LM extrapolation; ~4 min "
                    "on 2 CPU cores", _QUICK, CORE, task_encodings={"bucket_sort": CORE + ("randomized",)}),
-    "standard": Suite("every task, the core encodings (plus each paper's own on its tasks); 3 seeds on the tasks "
-                      "compared with a paper, 1 elsewhere; hours on 2 CPU cores", _STANDARD, CORE,
-                      task_encodings=_STANDARD_ENCODINGS, task_seeds={name: (0, 1, 2) for name in PAPER_TASKS}),
+    "standard": Suite("every task a laptop can train (three left out, see below), the core encodings (plus each "
+                      "paper's own on its tasks); 3 seeds on the tasks compared with a paper, 1 elsewhere; hours on "
+                      "2 CPU cores", _STANDARD, CORE,
+                      task_encodings={task: names for task, names in _STANDARD_ENCODINGS.items() if task in _STANDARD},
+                      task_seeds={name: (0, 1, 2) for name in PAPER_TASKS}, left_out=_NOT_LEARNED_ON_A_LAPTOP),
     "full": Suite("every task at paper-like lengths, all encodings, 3 seeds; meant for a GPU", _FULL, (),
                   seeds=(0, 1, 2), all_encodings=True),
 }
