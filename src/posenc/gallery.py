@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TextIO
 
 from posenc import viz
+from posenc._io import atomic_write_bytes
 from posenc.base import list_encodings
 
 __all__ = ["CAPTIONS", "FAMILY_FORMULAS", "LANGS", "PLOT_OPTIONS", "build_gallery", "render_gallery"]
@@ -257,9 +258,7 @@ def build_gallery(out: str | os.PathLike, *, lang: str = "en", names: list[str] 
     try:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / "index.html"
-        tmp = directory / ".index.html.tmp"
-        tmp.write_text(page, encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_bytes(path, page.encode("utf-8"))
     except OSError as exc:
         raise ValueError(f"gallery: cannot write to {str(directory)!r}: {exc.strerror or exc}. Hint: choose a "
                          f"directory you can write to.") from exc

@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 
 from posenc._cli_types import int_in, ranged
@@ -42,17 +41,11 @@ def _environment(device: str) -> dict:
 
 def write_json(path: str | os.PathLike, payload: dict) -> None:
     """Write ``payload`` to ``path`` atomically (a temporary file in the same folder, then rename)."""
+    from posenc._io import atomic_write_bytes
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, (json.dumps(payload, indent=1, default=str) + "\n").encode())
 
 
 def run_bench(args: argparse.Namespace) -> dict:
