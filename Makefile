@@ -34,3 +34,4 @@ clean:
 
 readme: $(STAMP)
 	$(PY) scripts/update_readme.py
+	$(PY) -m posenc.lab.catalog --write

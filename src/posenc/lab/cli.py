@@ -172,16 +172,14 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from posenc.lab.tasks import registered_tasks
-    from posenc.lab.tasks.base import task_class
+    from posenc.lab.catalog import task_infos  # torch-free: listing must not wait seconds for torch
 
     print("tasks:")
-    for name in registered_tasks():
-        info = task_class(name)
+    for info in task_infos():
         lo, hi = info.train_lengths
-        print(f"  {name:<19} {info.kind:<8} train {lo}..{hi}, eval {', '.join(map(str, info.eval_lengths))}: "
+        print(f"  {info.name:<19} {info.kind:<8} train {lo}..{hi}, eval {', '.join(map(str, info.eval_lengths))}: "
               f"{info.summary}")
-        print(f"  {'':<19} learned when: {info.bar_text()}")
+        print(f"  {'':<19} learned when: {info.bar_text}")
     print("\nsuites:")
     for name, suite in SUITES.items():
         available, missing = suite_encodings(suite)

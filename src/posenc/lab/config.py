@@ -253,9 +253,9 @@ SUITES: dict[str, Suite] = {
 def suite_encodings(suite: Suite, task: str | None = None) -> tuple[list[str], list[str]]:
     """``(available, missing)``: the suite's encodings (for ``task``, if given) that are registered now, and those
     that are not (yet)."""
-    from posenc.base import registered_names
+    from posenc.lab.catalog import encoding_names  # the registry's names, without torch when nothing loaded it yet
 
-    names = registered_names()
+    names = encoding_names()
     if suite.all_encodings:
         return names, []
     wanted = suite.encodings if task is None else suite.encodings_for(task)
