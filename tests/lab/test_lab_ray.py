@@ -178,5 +178,5 @@ def test_executor_flags_are_checked(tmp_path, capsys, monkeypatch):
         run_sweep(_runs(), tmp_path, executor="dask")
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     with pytest.raises(ImportError, match=r"pip install 'posenc\[ray\]'"):
-        run_sweep(_runs(), tmp_path, progress=False, echo=lambda s: None, executor="ray")
-    assert not (tmp_path / RESULTS).exists()
+        run_sweep(_runs(), tmp_path / "sweep", progress=False, echo=lambda s: None, executor="ray")
+    assert not (tmp_path / "sweep").exists()  # refused before the folder was made

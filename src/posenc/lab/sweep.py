@@ -319,6 +319,8 @@ def run_sweep(runs: list[PlannedRun], out: str | os.PathLike, *, workers: int = 
     if address is not None and executor != "ray":
         raise ValueError(f"address={address!r} names a Ray cluster, which only executor='ray' uses; add "
                          f"--executor ray, or leave --address out.")
+    if executor == "ray":
+        _import_ray()  # missing: a clear error naming the extra, before the folder is touched
     if executor == "local":
         for run in runs:
             if run.experiment.run.device == "cuda" and not torch.cuda.is_available():
