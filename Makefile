@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt torch==2.13.0
-	$(PIP) install --quiet -c constraints.txt -e ".[viz,lab,peers,dev,gpu,export]"
+	$(PIP) install --quiet -c constraints.txt -e ".[viz,lab,peers,dev,gpu,export,ray,tensorboard]"
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -34,3 +34,4 @@ clean:
 
 readme: $(STAMP)
 	$(PY) scripts/update_readme.py
+	$(PY) -m posenc.lab.catalog --write

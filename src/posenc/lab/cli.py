@@ -16,8 +16,17 @@ import sys
 import types
 import typing
 
-from posenc._cli_types import float_in, int_in, ranged
-from posenc.lab.config import SUITES, Experiment, ModelConfig, RunConfig, TaskConfig, suite_encodings
+from posenc._cli_types import UsageError, float_in, int_in, ranged
+from posenc.lab.config import (
+    EXECUTORS,
+    LOGGERS,
+    SUITES,
+    Experiment,
+    ModelConfig,
+    RunConfig,
+    TaskConfig,
+    suite_encodings,
+)
 
 __all__ = ["add_commands", "add_dataclass_flags", "experiment_from_args"]
 
@@ -34,6 +43,7 @@ FLAG_RANGES = {
     "checkpoint_every": int_in(0, 1 << 30), "log_every": int_in(1, 1 << 30), "threads": int_in(1, 4096),
     "train_min_length": _LENGTH, "train_max_length": _LENGTH, "eval_lengths": _LENGTH,
 }
+FLAG_CHOICES = {"log": LOGGERS}  # string flags generated from those dataclasses that take one of a few values
 
 
 def _field_comments(cls: type) -> dict[str, str]:
@@ -71,9 +81,11 @@ def add_dataclass_flags(parser: argparse.ArgumentParser) -> None:
             kind, many = _flag_type(f.type)
             parse = FLAG_RANGES.get(f.name) if kind in (int, float) else None
             text = comments.get(f.name, "")
+            choices = FLAG_CHOICES.get(f.name)
+            metavar = "JSON" if kind is dict else None if choices else kind.__name__.upper()
             group.add_argument(f"--{f.name.replace('_', '-')}", dest=f"{section}__{f.name}",
                                type=_json_options if kind is dict else parse or kind, nargs="+" if many else None,
-                               default=None, metavar="JSON" if kind is dict else kind.__name__.upper(),
+                               default=None, metavar=metavar, choices=choices,
                                help=ranged(text, parse) if parse else text.replace("%", "%%"))
 
 
@@ -117,6 +129,12 @@ def _run(args: argparse.Namespace) -> int:
     from posenc.lab.report import summary_table, write_report
     from posenc.lab.sweep import plan_sweep, run_sweep
 
+    if args.address is not None and args.executor != "ray":
+        raise UsageError(f"--address {args.address} names a Ray cluster, which only --executor ray uses; add "
+                         f"--executor ray, or leave --address out.")
+    if args.executor == "ray" and args.workers != 1:
+        raise UsageError(f"--workers {args.workers} sets local processes; with --executor ray the cluster's free "
+                         f"CPUs and GPUs decide how many runs train at once. Leave --workers out.")
     suite = SUITES[args.suite]
     tasks = args.tasks or list(suite.experiments)
     if args.text is not None and "lm" not in tasks:
@@ -144,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
     seeds = args.seeds if args.seeds is not None else {name: list(suite.seeds_for(name)) for name in tasks}
     runs = plan_sweep(experiments, encodings, seeds)
     records = run_sweep(runs, args.out, workers=args.workers, progress=not args.no_progress,
-                        extra={"suite": args.suite})
+                        extra={"suite": args.suite}, executor=args.executor, address=args.address)
     wanted = {r.run_id for r in runs}
     print()
     print(summary_table([r for r in records if r["run_id"] in wanted]))
@@ -172,16 +190,14 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from posenc.lab.tasks import registered_tasks
-    from posenc.lab.tasks.base import task_class
+    from posenc.lab.catalog import task_infos  # torch-free: listing must not wait seconds for torch
 
     print("tasks:")
-    for name in registered_tasks():
-        info = task_class(name)
+    for info in task_infos():
         lo, hi = info.train_lengths
-        print(f"  {name:<19} {info.kind:<8} train {lo}..{hi}, eval {', '.join(map(str, info.eval_lengths))}: "
+        print(f"  {info.name:<19} {info.kind:<8} train {lo}..{hi}, eval {', '.join(map(str, info.eval_lengths))}: "
               f"{info.summary}")
-        print(f"  {'':<19} learned when: {info.bar_text()}")
+        print(f"  {'':<19} learned when: {info.bar_text}")
     print("\nsuites:")
     for name, suite in SUITES.items():
         available, missing = suite_encodings(suite)
@@ -226,6 +242,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", nargs="+", type=seed, default=None, help=ranged("seeds (default: the suite's)", seed))
     p.add_argument("--workers", type=workers, default=1,
                    help=ranged("runs trained in parallel processes (default: 1)", workers))
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local: this machine (--workers processes); ray: every run a Ray task on a cluster, records "
+                        "written here as local runs write them (needs posenc[ray]; default: local)")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="the Ray cluster to run on ('auto': the one this node joined with `ray start`; default: "
+                        "start a local one)")
     p.add_argument("--text", default=None, help="file or folder of text for the lm task (default: built-in corpus)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (one line per run only)")
     p.add_argument("--out", required=True, help="output folder: results.jsonl, checkpoints/, report")

@@ -11,8 +11,11 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-__all__ = ["SUITES", "Experiment", "ModelConfig", "RunConfig", "Suite", "TaskConfig", "config_hash",
-           "suite_encodings"]
+__all__ = ["EXECUTORS", "LOGGERS", "SUITES", "Experiment", "ModelConfig", "RunConfig", "Suite", "TaskConfig",
+           "config_hash", "suite_encodings"]
+
+LOGGERS = ("none", "tensorboard")  # the values of RunConfig.log
+EXECUTORS = ("local", "ray")  # where a sweep's runs train: this machine's processes, or a Ray cluster
 
 
 @dataclass
@@ -55,6 +58,7 @@ class RunConfig:
     log_every: int = 10  # steps between recorded training losses
     device: str = "cpu"  # "cpu" or "cuda"
     threads: int = 1  # torch threads per process on CPU
+    log: str = "none"  # "none" or "tensorboard": training and evaluation curves in OUT/tensorboard/<run id>/
 
 
 @dataclass
@@ -77,7 +81,7 @@ class Experiment:
 
 
 # Settings that change the numbers; device/threads/logging do not, so a resumed sweep may change them.
-_NOT_IDENTITY = ("device", "threads", "log_every", "checkpoint_every")
+_NOT_IDENTITY = ("device", "threads", "log_every", "checkpoint_every", "log")
 
 
 def config_hash(experiment: Experiment, encoding: str, seed: int) -> str:
@@ -281,9 +285,9 @@ SUITES: dict[str, Suite] = {
 def suite_encodings(suite: Suite, task: str | None = None) -> tuple[list[str], list[str]]:
     """``(available, missing)``: the suite's encodings (for ``task``, if given) that are registered now, and those
     that are not (yet)."""
-    from posenc.base import registered_names
+    from posenc.lab.catalog import encoding_names  # the registry's names, without torch when nothing loaded it yet
 
-    names = registered_names()
+    names = encoding_names()
     if suite.all_encodings:
         return names, []
     wanted = suite.encodings if task is None else suite.encodings_for(task)

@@ -5,10 +5,16 @@ temporary name, fsyncing and renaming it over the old one, so a kill at any inst
 new one: never half a line. A run is identified by a hash of everything that determines its result
 (:func:`posenc.lab.config.config_hash`); a sweep started again with the same command skips the runs that have a
 record and resumes the unfinished one from its checkpoint (``OUT/checkpoints/``).
+
+Runs train in this process, in ``workers`` local processes, or as Ray tasks on a cluster (``executor="ray"``). Either
+way one function trains a run (:func:`_execute`), and records are written by this process alone, under the folder's
+lock; a Ray task sends its model and TensorBoard files back for this process to write too, and writes only its
+checkpoint into ``OUT/checkpoints`` itself, as a local worker does (see :func:`_execute_remote`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -16,7 +22,7 @@ import re
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -26,18 +32,19 @@ import torch
 
 from posenc._io import FolderLock, remove_stale_tmp
 from posenc.base import get_encoding, registered_names
-from posenc.lab.config import Experiment, config_hash, config_hash_of
+from posenc.lab.config import EXECUTORS, Experiment, config_hash, config_hash_of
 from posenc.lab.tasks import get_task
 from posenc.lab.train import (
     DamagedCheckpointError,
     atomic_write_bytes,
+    check_log,
     encoding_options_for,
     resolve_lengths,
     train_run,
 )
 
-__all__ = ["RESULTS", "PlannedRun", "append_record", "check_out_dir", "check_plan_against_records", "load_records",
-           "plan_sweep", "run_sweep", "summary_line"]
+__all__ = ["EXECUTORS", "RESULTS", "PlannedRun", "append_record", "check_out_dir", "check_plan_against_records",
+           "load_records", "plan_sweep", "ray_resources", "run_sweep", "summary_line"]
 
 RESULTS = "results.jsonl"
 
@@ -231,11 +238,9 @@ def plan_sweep(experiments: dict[str, Experiment], encodings: list[str] | dict[s
         m = experiment.model
         for name in per_task[task]:  # unknown or invalid encoding options fail here, before any work
             get_encoding(name, dim=m.dim, n_heads=m.n_heads, **encoding_options_for(experiment, name))
-        if experiment.run.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for, but torch.cuda.is_available() is False here; "
-                               "use --device cpu.")
         if experiment.run.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda'; got {experiment.run.device!r}.")
+        check_log(experiment.run.log)  # an unknown logger, or tensorboard not installed, fails before any work
     return [PlannedRun(exp, enc, seed) for task, exp in experiments.items() for enc in per_task[task]
             for seed in seeds_of[task]]
 
@@ -258,34 +263,46 @@ def summary_line(record: dict) -> str:
             f"{verdict}")
 
 
-def _execute(run: PlannedRun, checkpoint: str, progress: bool) -> dict:
-    # the trained model goes to OUT/models/ (Transformer.save) so plots can read it: posenc plot waves OUT/models/X.pt
-    model_out = Path(checkpoint).parent.parent / "models" / run.checkpoint_name
-    model_out.parent.mkdir(exist_ok=True)
+def _execute(run: PlannedRun, out: Path, progress: bool, checkpoint: Path | None = None) -> dict:
+    """Train one run, writing its files under ``out``: the worker of every executor.
+
+    The trained model goes to ``out/models/`` (Transformer.save) so plots can read it (``posenc plot waves
+    OUT/models/X.pt``), TensorBoard files (``--log tensorboard``) to ``out/tensorboard/<run_id>/``, and the checkpoint
+    to ``checkpoint`` (default ``out/checkpoints/``).
+    """
+    checkpoint = checkpoint or out / "checkpoints" / run.checkpoint_name
+    model_out = out / "models" / run.checkpoint_name
+    for folder in (checkpoint.parent, model_out.parent):
+        folder.mkdir(parents=True, exist_ok=True)
+    train = dict(encoding=run.encoding, seed=run.seed, checkpoint=checkpoint, progress=progress, model_out=model_out,
+                 tensorboard_dir=out / "tensorboard")
     try:
-        return train_run(run.experiment, encoding=run.encoding, seed=run.seed, checkpoint=checkpoint,
-                         progress=progress, model_out=model_out)
+        return train_run(run.experiment, **train)
     except DamagedCheckpointError as exc:  # a rerun would fail the same way: set the file aside, start over
-        ckpt = Path(checkpoint)
-        aside = ckpt.with_name(f"{ckpt.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-        os.replace(ckpt, aside)
+        aside = checkpoint.with_name(f"{checkpoint.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.replace(checkpoint, aside)
         warnings.warn(f"{run.run_id}: its checkpoint could not be resumed ({exc}); it was moved to {aside} and the "
                       f"run restarts from step 0.", RuntimeWarning, stacklevel=2)
-        return train_run(run.experiment, encoding=run.encoding, seed=run.seed, checkpoint=checkpoint,
-                         progress=progress, model_out=model_out)
+        return train_run(run.experiment, **train)
 
 
 def run_sweep(runs: list[PlannedRun], out: str | os.PathLike, *, workers: int = 1, progress: bool = True,
-              extra: dict | None = None, echo: Callable[[str], None] | None = None) -> list[dict]:
+              extra: dict | None = None, echo: Callable[[str], None] | None = None, executor: str = "local",
+              address: str | None = None) -> list[dict]:
     """Run every planned run that has no record in ``out`` yet; returns all records of ``out`` afterwards.
 
     Args:
         runs: from :func:`plan_sweep`.
         out: the output folder (created if needed).
-        workers: runs trained in parallel processes (each with ``run.threads`` threads).
+        workers: runs trained in parallel local processes (each with ``run.threads`` threads).
         progress: tqdm bars (sweep and run) with ETA.
         extra: fields added to every new record (e.g. the suite name).
         echo: where one-line summaries go (default: ``tqdm.write``).
+        executor: ``"local"`` (this machine: ``workers`` processes) or ``"ray"``: every run a Ray task with the
+            resources of :func:`ray_resources`, its record and files sent back here and written as the local path
+            writes them. Ray connects to ``address`` (``"auto"``: the cluster this node belongs to), or starts a
+            local cluster when it is ``None``; a Ray session already open in this process is used as it is.
+        address: the Ray cluster (``executor="ray"`` only).
 
     The sweep holds an OS lock on ``out/.lock`` while it runs (a second sweep into ``out`` is refused with
     :class:`posenc._io.FolderLockedError` naming the first one's PID and command; a killed sweep releases it), so
@@ -294,13 +311,29 @@ def run_sweep(runs: list[PlannedRun], out: str | os.PathLike, *, workers: int = 
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int; got {workers!r}.")
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(map(repr, EXECUTORS))}; got {executor!r}.")
+    if executor == "ray" and workers != 1:
+        raise ValueError(f"workers={workers} sets local processes; with executor='ray' the cluster's free CPUs and "
+                         f"GPUs decide how many runs train at once. Leave workers at 1 (no --workers).")
+    if address is not None and executor != "ray":
+        raise ValueError(f"address={address!r} names a Ray cluster, which only executor='ray' uses; add "
+                         f"--executor ray, or leave --address out.")
+    if executor == "ray":
+        _import_ray()  # missing: a clear error naming the extra, before the folder is touched
+    if executor == "local":
+        for run in runs:
+            if run.experiment.run.device == "cuda" and not torch.cuda.is_available():
+                raise RuntimeError("--device cuda was asked for, but torch.cuda.is_available() is False here; use "
+                                   "--device cpu, or --executor ray on a cluster with GPUs.")
     out = check_out_dir(out)
     with FolderLock(out, "sweep"):  # a second sweep into this folder is refused, naming this one's PID and command
-        return _run_locked(runs, out, workers=workers, progress=progress, extra=extra, echo=echo)
+        return _run_locked(runs, out, workers=workers, progress=progress, extra=extra, echo=echo, executor=executor,
+                           address=address)
 
 
 def _run_locked(runs: list[PlannedRun], out: Path, *, workers: int, progress: bool, extra: dict | None,
-                echo: Callable[[str], None] | None) -> list[dict]:
+                echo: Callable[[str], None] | None, executor: str, address: str | None) -> list[dict]:
     from tqdm.auto import tqdm
 
     results = out / RESULTS
@@ -342,18 +375,28 @@ def _run_locked(runs: list[PlannedRun], out: Path, *, workers: int, progress: bo
 
     start = time.perf_counter()
     try:
-        if workers == 1:
+        if executor == "ray":
+            for run, outcome in _run_on_ray(todo, ckpt_dir, address):
+                if isinstance(outcome, BaseException):
+                    fail(run, outcome)
+                    continue
+                record, files = outcome
+                for name, data in files.items():  # the model and TensorBoard files the run wrote on its node
+                    path = out / name
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write_bytes(path, data)
+                finish(run, record)
+        elif workers == 1:
             for run in todo:
                 try:
-                    record = _execute(run, str(ckpt_dir / run.checkpoint_name), progress)
+                    record = _execute(run, out, progress)
                 except Exception as exc:  # noqa: BLE001 (reported, and the sweep fails at the end)
                     fail(run, exc)
                     continue
                 finish(run, record)
         else:
             with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-                futures = {pool.submit(_execute, run, str(ckpt_dir / run.checkpoint_name), False): run
-                           for run in todo}
+                futures = {pool.submit(_execute, run, out, False): run for run in todo}
                 for future in as_completed(futures):
                     try:
                         record = future.result()
@@ -370,3 +413,86 @@ def _run_locked(runs: list[PlannedRun], out: Path, *, workers: int, progress: bo
         raise RuntimeError(f"{len(failed)} of {len(todo)} runs failed (no record written; rerun the same command "
                            f"to retry them): " + "; ".join(failed))
     return records
+
+
+# -- Ray executor ------------------------------------------------------------------------------------------------------
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("--executor ray needs Ray: pip install 'posenc[ray]' (on every node of the cluster), or "
+                          "run with --executor local.") from None
+    return ray
+
+
+def ray_resources(run: PlannedRun) -> dict:
+    """What one run asks Ray for: ``num_gpus=1`` on ``--device cuda`` (and one CPU to drive it), else one CPU per
+    torch thread (``--threads``)."""
+    if run.experiment.run.device == "cuda":
+        return {"num_cpus": 1, "num_gpus": 1}
+    return {"num_cpus": run.experiment.run.threads}
+
+
+@contextlib.contextmanager
+def _ray_session(address: str | None):
+    """Ray, connected to ``address`` or to a local cluster it starts; a session opened by the caller is kept open."""
+    ray = _import_ray()
+    if ray.is_initialized():  # a notebook or a test connected already: use that cluster and leave it running
+        yield ray
+        return
+    ray.init(address=address)  # None: start a local cluster (or join the one RAY_ADDRESS names)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _check_cluster(ray, runs: list[PlannedRun]) -> None:
+    """Refuse runs that no node of the cluster can take (Ray would wait for such a node forever)."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for need in {tuple(sorted(ray_resources(run).items())) for run in runs}:
+        wanted = {"CPU" if key == "num_cpus" else "GPU": amount for key, amount in need}
+        if not any(all(node.get(kind, 0) >= amount for kind, amount in wanted.items()) for node in nodes):
+            have = "; ".join(f"{node.get('CPU', 0):g} CPUs, {node.get('GPU', 0):g} GPUs" for node in nodes)
+            asked = " and ".join(f"{amount:g} {kind}s" for kind, amount in wanted.items())
+            raise ValueError(f"each run asks Ray for {asked}, but no node of the cluster has that (nodes: {have}). "
+                             f"Lower --threads, use --device cpu, or add a node that has them.")
+
+
+def _execute_remote(run: PlannedRun, checkpoints: str) -> tuple[dict, dict[str, bytes]]:
+    """One run as a Ray task, on whichever node Ray chose: its record and the files it wrote, for the driver to write.
+
+    The run writes its model and TensorBoard files into a temporary folder on its node and sends them back, so ``OUT``
+    need not be shared between nodes. Its checkpoint goes to the driver's ``OUT/checkpoints`` when this node sees that
+    folder (the driver's node, or a file system all nodes share), so a killed sweep resumes the run mid-way as the
+    local path does; elsewhere the checkpoint stays in the temporary folder and a killed run starts over.
+    """
+    with tempfile.TemporaryDirectory(prefix="posenc-run-") as tmp:
+        tmp = Path(tmp)
+        shared = Path(checkpoints)
+        checkpoint = (shared if shared.is_dir() else tmp / "checkpoints") / run.checkpoint_name
+        record = _execute(run, tmp, False, checkpoint)
+        files = {p.relative_to(tmp).as_posix(): p.read_bytes() for p in sorted(tmp.rglob("*"))
+                 if p.is_file() and p.relative_to(tmp).parts[0] != "checkpoints"}
+    return record, files
+
+
+def _run_on_ray(todo: list[PlannedRun], checkpoints: Path, address: str | None
+                ) -> Iterator[tuple[PlannedRun, tuple[dict, dict[str, bytes]] | BaseException]]:
+    """Submit every run as a Ray task and yield ``(run, (record, files))`` or ``(run, error)`` as each one ends."""
+    with _ray_session(address) as ray:
+        _check_cluster(ray, todo)
+        remote = ray.remote(max_retries=0)(_execute_remote)  # a failed run is reported; rerunning the sweep retries it
+        pending = {remote.options(**ray_resources(run)).remote(run, str(checkpoints)): run for run in todo}
+        try:
+            while pending:
+                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                run = pending.pop(ref)
+                try:
+                    outcome = ray.get(ref)
+                except Exception as exc:  # noqa: BLE001 - the run's own error where Ray kept it, else Ray's
+                    outcome = exc.cause if isinstance(getattr(exc, "cause", None), Exception) else exc
+                yield run, outcome
+        finally:  # interrupted (Ctrl-C, or a write that failed): runs not yet finished are not left training
+            for ref in pending:
+                ray.cancel(ref)

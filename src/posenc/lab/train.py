@@ -34,15 +34,16 @@ from posenc._io import DamagedFileError, atomic_write_bytes, checked_bytes, read
 from posenc.base import get_encoding
 from posenc.encodings._structured import StructuredPositions
 from posenc.encodings.graph import _GraphEncoding
-from posenc.lab.config import Experiment, ModelConfig, RunConfig, TaskConfig, config_hash
+from posenc.lab.config import LOGGERS, Experiment, ModelConfig, RunConfig, TaskConfig, config_hash
 from posenc.lab.tasks import IGNORE, Task, get_task
 from posenc.lab.tasks.base import uniform_int
 from posenc.model import Transformer, TransformerConfig
 
-__all__ = ["DamagedCheckpointError", "atomic_write_bytes", "evaluate", "in_distribution", "reads_structure",
-           "resolve_lengths", "structure", "train_run"]
+__all__ = ["DamagedCheckpointError", "atomic_write_bytes", "check_log", "evaluate", "in_distribution",
+           "log_evaluation", "reads_structure", "resolve_lengths", "structure", "tensorboard_writer", "train_run"]
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation data never shares a generator state with training data
+_EVAL_COUNTS = ("examples", "tokens")  # evaluation entries that are sizes, not metrics (not sent to TensorBoard)
 
 
 def resolve_lengths(task: Task, cfg: TaskConfig) -> tuple[int, int, tuple[int, ...]]:
@@ -227,6 +228,36 @@ def encoding_options_for(experiment: Experiment, encoding: str) -> dict:
     return dict(all_options.get(encoding, {}))
 
 
+def check_log(log: str) -> None:
+    """Raise a clear error for a ``RunConfig.log`` that is unknown, or whose package is not installed."""
+    if log not in LOGGERS:
+        raise ValueError(f"log must be one of {', '.join(map(repr, LOGGERS))}; got {log!r}. Use --log tensorboard to "
+                         f"write TensorBoard curves, or leave it out.")
+    if log == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
+        except ImportError:
+            raise ImportError("--log tensorboard needs the tensorboard package: pip install 'posenc[tensorboard]' "
+                              "(or leave --log out).") from None
+
+
+def tensorboard_writer(root: str | os.PathLike, run_id: str, *, resumed_at: int = 0):
+    """A ``SummaryWriter`` on ``root/<run_id>/``; a run resumed at step ``resumed_at`` hides what an earlier attempt
+    logged from that step on (TensorBoard's ``purge_step``), so each step shows once."""
+    check_log("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(Path(root) / run_id), purge_step=resumed_at or None)
+
+
+def log_evaluation(writer, metrics: dict[str, dict]) -> None:
+    """Evaluation metrics as ``eval/<metric>`` scalars whose step is the evaluation length (the length curve)."""
+    for length, values in metrics.items():
+        for name, value in values.items():
+            if name != "undefined" and name not in _EVAL_COUNTS:
+                writer.add_scalar(f"eval/{name}", value, int(length))
+
+
 def build_model(experiment: Experiment, task: Task, encoding: str, max_seq_len: int) -> Transformer:
     m = experiment.model
     options = encoding_options_for(experiment, encoding)
@@ -239,7 +270,8 @@ def build_model(experiment: Experiment, task: Task, encoding: str, max_seq_len: 
 
 
 def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: str | os.PathLike | None = None,
-              progress: bool = False, on_step=None, model_out: str | os.PathLike | None = None) -> dict:
+              progress: bool = False, on_step=None, model_out: str | os.PathLike | None = None,
+              tensorboard_dir: str | os.PathLike | None = None) -> dict:
     """Train and evaluate one run; returns its record (config, seed, per-length metrics, wall time, parameters, ...).
 
     Args:
@@ -250,9 +282,17 @@ def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: s
         progress: show a tqdm bar with the ETA of this run.
         on_step: optional ``callback(step, loss)`` after every step (used by tests).
         model_out: where to save the trained model (:meth:`posenc.Transformer.save`), if anywhere.
+        tensorboard_dir: with ``run.log == "tensorboard"``, the folder whose ``<run_id>/`` gets the event files:
+            ``train/loss`` (the record's ``loss_curve``), ``train/lr`` and ``train/grad_norm`` (before clipping; only
+            when ``grad_clip`` is on) every ``log_every`` steps, and ``eval/<metric>`` with the evaluation length as
+            its step.
     """
     start = time.perf_counter()
     run = experiment.run
+    check_log(run.log)
+    if run.log == "tensorboard" and tensorboard_dir is None:
+        raise ValueError("run.log is 'tensorboard' but no tensorboard_dir was given to train_run; pass the folder "
+                         "the event files go to (posenc lab run uses OUT/tensorboard).")
     rank, world = _dist_info()
     if run.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for, but torch.cuda.is_available() is False on this machine.")
@@ -279,6 +319,9 @@ def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: s
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
         step, curve = _resume(ckpt, model, opt, sched, gen)
+    run_id = f"{experiment.task.name}/{encoding}/seed{seed}/{config_hash(experiment, encoding, seed)}"
+    writer = tensorboard_writer(tensorboard_dir, run_id, resumed_at=step) \
+        if run.log == "tensorboard" and rank == 0 else None
 
     bar = None
     if progress and rank == 0:
@@ -299,8 +342,8 @@ def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: s
         loss = loss_sum * world / max(scored, 1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if run.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip) if run.grad_clip else None
+        lr = opt.param_groups[0]["lr"]  # the rate this step uses
         opt.step()
         sched.step()
         step += 1
@@ -313,6 +356,12 @@ def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: s
                                f"step {step}; lower --lr or raise --warmup.")
         if step % run.log_every == 0 or step == run.steps:
             curve.append([step, value])
+            if writer is not None:
+                writer.add_scalar("train/loss", value, step)
+                writer.add_scalar("train/lr", lr, step)
+                if grad_norm is not None:
+                    writer.add_scalar("train/grad_norm", float(grad_norm), step)
+                writer.flush()  # on disk at once: a run that fails (a diverged loss, say) still shows its curve
         if on_step is not None:
             on_step(step, value)
         if bar is not None:
@@ -335,12 +384,15 @@ def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: s
         for length in evals:
             metrics[str(length)] = evaluate(model, task, length, seed=seed, batch_size=run.eval_batch_size,
                                             n_batches=run.eval_batches, device=device)
+        if writer is not None:
+            log_evaluation(writer, metrics)
+            writer.close()
     extra = {"content_hash": task.content_hash} if hasattr(task, "content_hash") else {}
     if rank == 0:
         bar = task.bar()
         extra.update(learned_bar=bar, learned=task.learned(in_distribution(metrics, task.metric, hi)))
     return {
-        "run_id": f"{experiment.task.name}/{encoding}/seed{seed}/{config_hash(experiment, encoding, seed)}",
+        "run_id": run_id,
         "config_hash": config_hash(experiment, encoding, seed),
         "task": experiment.task.name, "encoding": encoding, "seed": seed, "kind": task.kind,
         **({"encoding_options": options} if options else {}),
@@ -397,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
     try:
-        record = train_run(experiment, encoding=args.encoding, seed=args.seed, checkpoint=args.checkpoint)
+        record = train_run(experiment, encoding=args.encoding, seed=args.seed, checkpoint=args.checkpoint,
+                           tensorboard_dir=Path(args.out).parent / "tensorboard")
         if _dist_info()[0] == 0:
             atomic_write_bytes(Path(args.out), json.dumps(record, indent=1).encode())
     finally:
