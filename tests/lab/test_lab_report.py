@@ -144,3 +144,25 @@ def test_no_heatmap_without_accuracy_tasks(tmp_path):
     append_record(tmp_path / RESULTS, _record("lm", "rope", 0, {4: 10.0, 8: 20.0}, metric="perplexity"))
     md = write_report(tmp_path).read_text(encoding="utf-8")
     assert "heatmap" not in md and not (tmp_path / "plots" / "heatmap.png").exists()
+
+
+def test_report_says_how_much_of_its_suite_is_recorded_and_where_the_time_went(tmp_path):
+    from posenc.lab.config import SUITES, suite_encodings
+    from posenc.lab.report import cost_table, suite_progress
+
+    quick = SUITES["quick"]
+    planned = [(t, e, s) for t in quick.experiments for e in suite_encodings(quick, t)[0] for s in quick.seeds_for(t)]
+    records = [dict(_record(t, e, s, {4: 1.0}), suite="quick", wall_time_s=10.0 * (i + 1))
+               for i, (t, e, s) in enumerate(planned[:3])]
+    text = suite_progress(records)
+    assert text.startswith(f"**Partial: 3 of the {len(planned)} runs of the `quick` suite")
+    assert suite_progress([dict(_record(t, e, s, {4: 1.0}), suite="quick") for t, e, s in planned]) == (
+        f"All {len(planned)} runs of the `quick` suite are recorded.")
+    assert suite_progress([_record("parity_check", "rope", 0, {4: 1.0})]) is None  # no suite named: nothing said
+    table = cost_table(records)  # the three runs are of one task: 10 + 20 + 30 s
+    assert f"| {planned[0][0]} | 3 | 1.0 | 20 | 100% |" in table and "| all | 3 | 1.0 | - | 100% |" in table
+    for r in records:
+        append_record(tmp_path / RESULTS, r)
+    report = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "Partial: 3 of the" in report and "## Where the time goes" in report
+    assert "Partial: 3 of the" in (tmp_path / "report.html").read_text(encoding="utf-8")

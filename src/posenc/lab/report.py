@@ -20,11 +20,12 @@ import os
 import statistics
 from pathlib import Path
 
+from posenc._io import atomic_write_bytes
 from posenc.lab.reference import PUBLISHED
 from posenc.lab.sweep import RESULTS, load_records
 
-__all__ = ["aggregate", "kendall_tau", "mean_interval", "paper_comparison", "record_learned", "summary_rows",
-           "summary_table", "verdict", "write_report"]
+__all__ = ["aggregate", "cost_table", "kendall_tau", "mean_interval", "paper_comparison", "record_learned",
+           "suite_progress", "summary_rows", "summary_table", "verdict", "write_report"]
 
 NOT_LEARNED = "†"  # marks scores of runs below their task's in-distribution bar
 
@@ -443,6 +444,46 @@ def _papers_section(comparison: dict, randomized: dict | None) -> list[str]:
     return ["## The papers beside ours", "", *lines, ""] if lines else []
 
 
+def suite_progress(records: list[dict]) -> str | None:
+    """How much of a preset suite the records hold, when every record names the same suite; else ``None``.
+
+    The plan is the suite's tasks x the encodings registered now x the suite's seeds, as ``posenc lab run --suite``
+    builds it; a sweep run with ``--tasks``/``--encodings`` subsets holds fewer by choice.
+    """
+    from posenc.lab.config import SUITES, suite_encodings
+
+    names = {r.get("suite") for r in records}
+    if len(names) != 1 or (name := names.pop()) not in SUITES:
+        return None
+    suite = SUITES[name]
+    planned = {(task, enc, seed) for task in suite.experiments for enc in suite_encodings(suite, task)[0]
+               for seed in suite.seeds_for(task)}
+    have = {(r["task"], r["encoding"], r["seed"]) for r in records} & planned
+    if len(have) == len(planned):
+        return f"All {len(planned)} runs of the `{name}` suite are recorded."
+    missing = sorted({task for task, _, _ in planned - have}, key=list(suite.experiments).index)
+    return (f"**Partial: {len(have)} of the {len(planned)} runs of the `{name}` suite are recorded**; tasks with runs "
+            f"still to come: {', '.join(missing)}. The same `posenc lab run --suite {name} --out DIR` resumes it; "
+            "rankings below use what is recorded so far.")
+
+
+def cost_table(records: list[dict]) -> str:
+    """Markdown table of where the training time went: per task, runs, total and mean wall time per run.
+
+    Each lab run trains on one thread (``--threads``, default 1), so the total is core-seconds: a sweep with
+    ``--workers N`` on N idle cores takes about total / N.
+    """
+    by_task: dict[str, list[float]] = {}
+    for r in records:
+        by_task.setdefault(r["task"], []).append(float(r.get("wall_time_s", 0.0)))
+    total = sum(sum(v) for v in by_task.values())
+    rows = [[task, str(len(v)), f"{sum(v) / 60:.1f}", f"{statistics.fmean(v):.0f}",
+             f"{sum(v) / total:.0%}" if total else "-"]
+            for task, v in sorted(by_task.items(), key=lambda kv: -sum(kv[1]))]
+    rows.append(["all", str(sum(len(v) for v in by_task.values())), f"{total / 60:.1f}", "-", "100%"])
+    return _md_table(["task", "runs", "core minutes", "seconds per run", "share"], rows)
+
+
 def write_report(out: str | os.PathLike) -> Path:
     """Write ``report.md``, ``report.html`` and ``plots/*.png`` into ``out`` from ``out/results.jsonl``."""
     out = Path(out)
@@ -461,6 +502,7 @@ def write_report(out: str | os.PathLike) -> Path:
           f"{len({r['encoding'] for r in records})} encodings; built from `{RESULTS}` alone. "
           f"Versions: {'; '.join(versions)}." + (f" LM corpus sha256: {', '.join(h[:16] for h in hashes)}."
                                                   if hashes else ""),
+          *(["", progress] if (progress := suite_progress(records)) else []),
           "", "## Summary (mean ± 95% interval over seeds)", "",
           "Each task reports its own headline metric (its section says which): exact match per example, or, for the "
           "Delétang/Ruoss algorithmic tasks as those papers score them, the share of output tokens right; "
@@ -470,11 +512,12 @@ def write_report(out: str | os.PathLike) -> Path:
           f"that met the task's in-distribution bar; {NOT_LEARNED} marks encodings with none, which no ranking "
           "below uses.", "",
           summary_table(records, markdown=True), ""]
-    htm = ["<h1>posenc lab report</h1>", f"<p>{html.escape(md[2])}</p>",
-           "<h2>Summary (mean ± 95% interval over seeds)</h2>", f"<p>{html.escape(md[6])}</p>"]
+    summary_at = md.index("## Summary (mean ± 95% interval over seeds)")
+    htm = ["<h1>posenc lab report</h1>", *(f"<p>{html.escape(line)}</p>" for line in md[2:summary_at] if line),
+           "<h2>Summary (mean ± 95% interval over seeds)</h2>", f"<p>{html.escape(md[summary_at + 2])}</p>"]
     papers = _papers_section(comparison, randomized_comparison(records))
     if papers:
-        md[7:7] = papers
+        md[summary_at + 3:summary_at + 3] = papers
         htm += ["<h2>The papers beside ours</h2>"] + [f"<p>{html.escape(line)}</p>" for line in papers[2:] if line]
     header = ["task", "encoding", "learned", "in distribution", "beyond", "longest / train (ppl)"]
     htm.append(_html_table(header, [[c.strip() for c in line.strip("|").split("|")]
@@ -516,6 +559,16 @@ def write_report(out: str | os.PathLike) -> Path:
             md += [f"### {task}: the paper's ranking beside ours", "", text, "", _md_table(head, rows), ""]
             htm += [f"<h3>{html.escape(task)}: the paper's ranking beside ours</h3>", f"<p>{html.escape(text)}</p>",
                     _html_table(head, rows)]
+    if records:
+        text = ("Training time per task, from the records' wall times. Each run trains on one thread, so these are "
+                "core-minutes: a sweep with `--workers N` on N idle cores takes about the total / N. Runs that "
+                "shared a loaded machine took longer than on an idle one.")
+        table = cost_table(records)
+        md += ["## Where the time goes", "", text, "", table, ""]
+        lines = table.splitlines()
+        htm += ["<h2>Where the time goes</h2>", f"<p>{html.escape(text)}</p>",
+                _html_table([c.strip() for c in lines[0].strip("|").split("|")],
+                            [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]])]
     extension = out / "extension.json"
     if extension.exists():
         import json
@@ -532,11 +585,11 @@ def write_report(out: str | os.PathLike) -> Path:
         htm += ["<h2>Context extension (perplexity)</h2>", f"<p>{html.escape(text)}</p>",
                 _html_table([c.strip() for c in lines[0].strip("|").split("|")],
                             [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]])]
-    (out / "report.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    atomic_write_bytes(out / "report.md", ("\n".join(md) + "\n").encode("utf-8"))
     style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:.2em .6em}"
              "img{max-width:100%}")
     page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>posenc lab report</title>"
             f"<style>{style}</style></head><body>{''.join(htm)}</body></html>\n")
-    (out / "report.html").write_text(page, encoding="utf-8")
+    atomic_write_bytes(out / "report.html", page.encode("utf-8"))
     return out / "report.md"
