@@ -293,8 +293,8 @@ def run_rope_bench(*, device: str = "cpu", quick: bool = False, q_shape: Sequenc
                 return torch.autograd.grad((out_q, out_k), (qg, kg), (gq, gk))
             return run
 
-        def copy2() -> tuple:
-            return copy_fn(), copy_fn()
+        def copy2() -> tuple:  # forward reads q, k; backward reads the incoming gradients: copy exactly those
+            return copy_fn(), (torch.empty_like(gq).copy_(gq), torch.empty_like(gk).copy_(gk))
 
         grad_ref = fwd_bwd(lambda a, c: (apply_rope(a, cos, sin), apply_rope(c, cos, sin)))()
         measure("copy x2 (forward+backward bytes)", copy2, direction="forward+backward", check=False)

@@ -42,6 +42,8 @@ __all__ = ["build", "fast_path_name", "fast_rotate", "rope_rotate", "rope_rotate
 log = logging.getLogger(__name__)
 
 _LAYOUTS = ("half", "interleaved")
+_CPU_DTYPES = frozenset(rope_cpu.SUPPORTED_DTYPES)
+_wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # torch.func (grad, vmap) wrappers
 _ENV = "POSENC_FAST_ROPE"
 _ENV_PARSED: dict[str, bool] = {}  # raw value -> parsed; the variable is read at every call (~1 us)
 
@@ -107,7 +109,7 @@ def _path_for(x: Tensor) -> str | None:
             return "cpu"
         return None
     if x.is_cuda and x.dtype in (torch.float32, torch.bfloat16, torch.float16) and _triton_ready() and \
-            not torch._C._functorch.is_functorch_wrapped_tensor(x):
+            not _wrapped(x):
         return "triton"  # (torch.func wrappers on CUDA: the Triton path has no functorch rules; the reference does)
     return None
 
@@ -122,7 +124,7 @@ def _pair_path(q: Tensor, k: Tensor | None) -> str | None:
     if torch.compiler.is_compiling():
         return path if k.dtype in rope_cpu.SUPPORTED_DTYPES else None
     if type(k) is type(q) and k.dtype == q.dtype:
-        return path if path == "cpu" or not torch._C._functorch.is_functorch_wrapped_tensor(k) else None
+        return path if path == "cpu" or not _wrapped(k) else None
     return path if _path_for(k) == path else None
 
 
@@ -185,8 +187,7 @@ def _dispatch(path: str, q: Tensor, k: Tensor | None, cos_q: Tensor, sin_q: Tens
         return op(q, cos_q, sin_q, interleaved, False), None if k is None else op(k, cos_k, sin_k, interleaved, False)
     grad = torch.is_grad_enabled() and (q.requires_grad or cos_q.requires_grad or sin_q.requires_grad or (
         k is not None and (k.requires_grad or cos_k.requires_grad or sin_k.requires_grad)))
-    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    if grad or wrapped(q) or (k is not None and wrapped(k)):
+    if grad or _wrapped(q) or (k is not None and _wrapped(k)):
         if inplace:
             raise RuntimeError("rope: inplace=True on CPU does not support autograd or torch.func transforms; "
                                "use inplace=False.")
@@ -207,13 +208,24 @@ def fast_rotate(q: Tensor, k: Tensor | None, cos_q: Tensor, sin_q: Tensor, cos_k
     when: ``POSENC_FAST_ROPE=0``; under ``torch.jit`` tracing; for tensor subclasses; when the device/dtype has no
     kernel (on CUDA also inside ``torch.compile``, and when cos/sin need gradients); q and k on different devices.
     """
-    path = _pair_path(q, k)
-    if path is None:
-        return None
     if cos_k is None:
         cos_k, sin_k = cos_q, sin_q
     if k is None:
         cos_k = sin_k = None
+    # The common CPU case first, in as few Python steps as possible (a decode step rotates a few hundred numbers,
+    # so these checks are most of its cost): plain tensors, eager, nothing to differentiate -> one kernel call.
+    if type(q) is Tensor and q.is_cpu and q.dtype in _CPU_DTYPES and "kernel" in rope_cpu._state and \
+            (k is None or type(k) is Tensor and k.is_cpu and k.dtype in _CPU_DTYPES) and \
+            not (torch.is_grad_enabled() and (q.requires_grad or cos_q.requires_grad or sin_q.requires_grad or
+                                              k is not None and (k.requires_grad or cos_k.requires_grad or
+                                                                 sin_k.requires_grad))) and \
+            not torch.compiler.is_compiling() and not torch._C._is_tracing() and not _wrapped(q) and \
+            (k is None or not _wrapped(k)) and _enabled():
+        return rope_cpu.rotate_qk_into(q, torch.empty_like(q), cos_q, sin_q, k,
+                                       None if k is None else torch.empty_like(k), cos_k, sin_k, layout=layout)
+    path = _pair_path(q, k)
+    if path is None:
+        return None
     if path == "triton" and (cos_q.requires_grad or sin_q.requires_grad or
                              (k is not None and (cos_k.requires_grad or sin_k.requires_grad))):
         return None  # the Triton backward computes no cos/sin gradients: the reference does
