@@ -340,14 +340,17 @@ class RoPE(PositionalEncoding):
         (made under ``torch.inference_mode()``), which have no version counter to notice an in-place write.
         """
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        memoise = type(pos) is Tensor and not (torch.compiler.is_compiling() or torch.jit.is_tracing()
-                                               or torch._C._functorch.is_functorch_wrapped_tensor(pos)
+        memo = self._memo
+        compiling = torch.compiler.is_compiling() or torch._C._is_tracing()
+        if memo is not None and memo[0] is pos and not compiling:
+            # Only a tensor that passed the checks below is ever remembered, and this is that very object: it is
+            # still a plain tensor, unwrapped, and not an inference tensor. What can change is its values.
+            if memo[1] == (pos._version, dtype, seq_len, torch.is_inference_mode_enabled()):
+                _check_positions_layout(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
+                return memo[2], memo[3]
+        memoise = type(pos) is Tensor and not (compiling or torch._C._functorch.is_functorch_wrapped_tensor(pos)
                                                or pos.is_inference())  # no version counter to key on
         key = (pos._version, dtype, seq_len, torch.is_inference_mode_enabled()) if memoise else None
-        memo = self._memo
-        if memoise and memo is not None and memo[0] is pos and memo[1] == key:
-            _check_positions_layout(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
-            return memo[2], memo[3]
         cos = None
         if memoise and pos.numel() == 1 and dtype is torch.float32 and seq_len is None and \
                 type(self).cos_sin is RoPE.cos_sin:

@@ -367,15 +367,16 @@ def rotate_qk_into(q: Tensor, out_q: Tensor, cos_q: Tensor, sin_q: Tensor, k: Te
         if load_library() is None:
             raise RuntimeError(unavailable_reason() or "fused CPU RoPE kernel unavailable")
         kernel = _state["kernel"]
-    # The cos/sin that _record made contiguous (if it had to) must stay alive until the call returns.
-    rec_q, keep_q = _record(q, out_q, cos_q, sin_q, "q")
+    # The tables _table made contiguous (if it had to) must stay alive until the call returns.
+    tab_q = _table(cos_q, sin_q)
+    rec_q = _record(q, out_q, tab_q, "q")
     if k is None:
         args = _RECORDS[1].pack(layout == "interleaved", negate, 1, *rec_q)
     else:
         if out_k is None or cos_k is None or sin_k is None:
             raise TypeError("rope_cpu: with k, pass out_k, cos_k and sin_k too.")
-        rec_k, keep_k = _record(k, out_k, cos_k, sin_k, "k")
-        args = _RECORDS[2].pack(layout == "interleaved", negate, 2, *rec_q, *rec_k)
+        tab_k = tab_q if cos_k is cos_q and sin_k is sin_q else _table(cos_k, sin_k)  # self-attention: one table
+        args = _RECORDS[2].pack(layout == "interleaved", negate, 2, *rec_q, *_record(k, out_k, tab_k, "k"))
     rc = kernel(args)
     if rc != 0:
         raise RuntimeError(f"rope_cpu: kernel returned {rc} for dtypes {q.dtype}"
@@ -383,35 +384,50 @@ def rotate_qk_into(q: Tensor, out_q: Tensor, cos_q: Tensor, sin_q: Tensor, k: Te
     return out_q, out_k
 
 
-def _record(x: Tensor, out: Tensor, cos: Tensor, sin: Tensor, name: str) -> tuple[tuple, tuple]:
-    """The 22 fields of one tensor in posenc_rope_many's record, and the tensors they point into (keep them alive).
+def _table(cos: Tensor, sin: Tensor) -> tuple:
+    """``(TB, T, F, batch stride, position stride, cos ptr, sin ptr, dtype, cos, sin)`` of a cos/sin pair.
 
-    Validates everything the kernel relies on to stay inside memory: shapes, dtypes, ``2F <= D``, table strides.
-    Tables are read in place when their channels are contiguous (a slice or view of a cached table is), else
-    copied. (Written for a decode step, where these few microseconds are most of the cost: every ``.shape`` builds
-    a new object, so each is read once.)
+    ``TB`` is 1 for ``(T, F)`` tables. Tables are read in place when their channels are contiguous and both share
+    strides (a slice or view of a cached table does), else copied; the returned tensors keep them alive.
     """
-    code = _DTYPE_CODE.get(x.dtype)
-    if code is None:
-        raise TypeError(f"rope_cpu: {name} has dtype {x.dtype}; the kernel takes {list(_DTYPE_CODE)}.")
-    compute = torch.float64 if code == 1 else torch.float32
-    if cos.dtype is not compute or sin.dtype is not compute:
-        raise TypeError(f"rope_cpu: cos/sin must be {compute} for {x.dtype} input; got {cos.dtype}/{sin.dtype}.")
-    shape, table = x.shape, cos.shape
-    if len(shape) != 4 or out.shape != shape or out.dtype is not x.dtype:
-        raise ValueError(f"rope_cpu: {name} must be (B, H, T, D) and its output alike; got {tuple(shape)} "
-                         f"{x.dtype} and output {tuple(out.shape)} {out.dtype}.")
-    b, h, t, d = shape
-    tb = table[0] if len(table) == 3 else 1
-    if len(table) not in (2, 3) or sin.shape != table or table[-2] != t or tb not in (1, b) or 2 * table[-1] > d:
-        raise ValueError(f"rope_cpu: cos/sin of shape {tuple(table)} / {tuple(sin.shape)} do not match "
-                         f"{name} of shape {tuple(shape)}; expected (T, F) or (B, T, F) with 2F <= D.")
-    f = table[-1]
+    shape = cos.shape
+    if sin.shape != shape or len(shape) not in (2, 3):
+        raise ValueError(f"rope_cpu: cos/sin of shape {tuple(shape)} / {tuple(sin.shape)}; expected (T, F) or "
+                         f"(B, T, F) with 2F <= D.")
     strides = cos.stride()
     if strides[-1] != 1 or sin.stride() != strides:  # the kernel reads both tables with one pair of strides
         cos, sin = cos.contiguous(), sin.contiguous()
         strides = cos.stride()
+    if len(shape) == 2:
+        return (1, shape[0], shape[1], 0, strides[0], cos.data_ptr(), sin.data_ptr(), cos.dtype, cos, sin)
+    return (shape[0], shape[1], shape[2], strides[0], strides[1], cos.data_ptr(), sin.data_ptr(), cos.dtype, cos,
+            sin)
+
+
+def _record(x: Tensor, out: Tensor, table: tuple, name: str) -> tuple:
+    """The 22 fields of one tensor in posenc_rope_many's record, for ``table`` from :func:`_table`.
+
+    Validates everything the kernel relies on to stay inside memory: shapes, dtypes, ``2F <= D``. (Written for a
+    decode step, where these few microseconds are most of the cost: every ``.shape`` builds a new object, so each
+    is read once.)
+    """
+    code = _DTYPE_CODE.get(x.dtype)
+    if code is None:
+        raise TypeError(f"rope_cpu: {name} has dtype {x.dtype}; the kernel takes {list(_DTYPE_CODE)}.")
+    tb, t, f, scb, sct, cos_ptr, sin_ptr, table_dtype = table[:8]
+    compute = torch.float64 if code == 1 else torch.float32
+    if table_dtype is not compute or table[9].dtype is not compute:
+        raise TypeError(f"rope_cpu: cos/sin must be {compute} for {x.dtype} input; got {table_dtype}/"
+                        f"{table[9].dtype}.")
+    shape = x.shape
+    if len(shape) != 4 or out.shape != shape or out.dtype is not x.dtype:
+        raise ValueError(f"rope_cpu: {name} must be (B, H, T, D) and its output alike; got {tuple(shape)} "
+                         f"{x.dtype} and output {tuple(out.shape)} {out.dtype}.")
+    b, h, _, d = shape
+    if shape[2] != t or (tb != 1 and tb != b) or 2 * f > d:
+        raise ValueError(f"rope_cpu: cos/sin of shape {(tb, t, f)} do not match {name} of shape {tuple(shape)}; "
+                         f"expected (T, F) or (B, T, F) with 2F <= D.")
     x_ptr, out_ptr = x.data_ptr(), out.data_ptr()
     threads = torch.get_num_threads() if b * h * t * d >= _PARALLEL_MIN_ELEMENTS else 1
-    return ((code, x_ptr, out_ptr, cos.data_ptr(), sin.data_ptr(), b, h, t, d, f, *x.stride(), *out.stride(),
-             strides[0] if tb > 1 else 0, strides[-2], 2 * f < d and out_ptr != x_ptr, threads), (cos, sin))
+    return (code, x_ptr, out_ptr, cos_ptr, sin_ptr, b, h, t, d, f, *x.stride(), *out.stride(), scb if tb > 1 else 0,
+            sct, 2 * f < d and out_ptr != x_ptr, threads)
