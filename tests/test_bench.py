@@ -80,3 +80,11 @@ def test_cli_rejects_cuda_without_a_gpu(capsys):
 
 def test_allocator_taming_is_reported():
     assert isinstance(tame_cpu_allocator(), bool)
+
+
+def test_rope_bench_times_the_compiled_module_call():
+    """The ``torch.compile`` row of ``RoPE.rotate`` (the op inside a compiled graph) computes the same rotation."""
+    rows = run_rope_bench(quick=True, peers=(), backward=False, compile_peers=True, **SMALL)
+    row = {r["name"]: r for r in rows}["posenc RoPE.rotate torch.compile"]
+    assert "skipped" not in row, row
+    assert row["max_abs_err"] < 1e-5 and row["median_ms"] > 0

@@ -127,7 +127,7 @@ def test_rope_module_uses_fused_path_with_same_numbers(monkeypatch):
     torch.testing.assert_close(fused, pe.rotate(q, k, pos, pos), rtol=0, atol=1e-6)
 
 
-def test_torch_func_transforms_use_the_reference():
+def test_torch_func_transforms_equal_the_reference():
     pe = posenc.get_encoding("rope", dim=32, n_heads=2)
     pos = torch.arange(3)
     x = torch.randn(1, 2, 3, 16)

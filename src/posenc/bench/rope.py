@@ -3,7 +3,8 @@
 Every row rotates the same q ``(B, H, T, D)`` and k ``(B, Hkv, T, D)`` and is checked against posenc's reference
 :func:`~posenc.encodings.rope.apply_rope` in the pair layout the peer uses (``max_abs_err``), so rows compute the same
 thing. The ceiling is ``copy``: ``torch.empty_like(x).copy_(x)`` for q and k, the same bytes read and written, the
-same allocations as an out-of-place rotation (forward+backward: twice that). ``vs_copy`` is ``time / copy time``.
+same allocations as an out-of-place rotation (forward+backward: that, plus a copy of the incoming gradients, the
+bytes backward reads and writes). ``vs_copy`` is ``time / copy time``.
 
 Method: warm-up calls first (they also trigger compilation), then ``repeats`` samples taken round-robin over all rows
 (sample ``i`` of every row before sample ``i + 1`` of any, so load drift hits all rows alike); the median is the
@@ -267,7 +268,10 @@ def run_rope_bench(*, device: str = "cpu", quick: bool = False, q_shape: Sequenc
     if compile_peers:
         compiled_ref = torch.compile(apply_rope, dynamic=False)
         measure("posenc apply_rope torch.compile", lambda: (compiled_ref(q, cos, sin), compiled_ref(k, cos, sin)),
-                direction="forward", note="what runs inside a compiled model")
+                direction="forward", note="Inductor's code for the reference formula")
+        compiled_rotate = torch.compile(lambda a, c, p: pe.rotate(a, c, p, p), fullgraph=True, dynamic=False)
+        measure("posenc RoPE.rotate torch.compile", lambda: compiled_rotate(q, k, pos.clone()), direction="forward",
+                note="what runs inside a compiled model" + (" (torch.ops.posenc.rope)" if fused == "cpu" else ""))
     peer_rows = list(_peer_fns(peers, q, k, cos, sin, device, compile_peers))
     for name, layout, fn, note in peer_rows:
         if fn is None:
@@ -293,8 +297,8 @@ def run_rope_bench(*, device: str = "cpu", quick: bool = False, q_shape: Sequenc
                 return torch.autograd.grad((out_q, out_k), (qg, kg), (gq, gk))
             return run
 
-        def copy2() -> tuple:
-            return copy_fn(), copy_fn()
+        def copy2() -> tuple:  # forward reads q, k; backward reads the incoming gradients: copy exactly those
+            return copy_fn(), (torch.empty_like(gq).copy_(gq), torch.empty_like(gk).copy_(gk))
 
         grad_ref = fwd_bwd(lambda a, c: (apply_rope(a, cos, sin), apply_rope(c, cos, sin)))()
         measure("copy x2 (forward+backward bytes)", copy2, direction="forward+backward", check=False)
@@ -307,6 +311,8 @@ def run_rope_bench(*, device: str = "cpu", quick: bool = False, q_shape: Sequenc
         if compile_peers:
             bwd_rows.append(("posenc apply_rope torch.compile",
                              lambda a, c: (compiled_ref(a, cos, sin), compiled_ref(c, cos, sin)), "half"))
+            bwd_rows.append(("posenc RoPE.rotate torch.compile",
+                             lambda a, c: compiled_rotate(a, c, pos.clone()), "half"))
         bwd_rows += [(name, fn, layout) for name, layout, fn, _ in peer_rows if fn is not None]
         for name, f, layout in bwd_rows:
             run = fwd_bwd(f)

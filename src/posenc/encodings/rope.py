@@ -271,13 +271,22 @@ class RoPE(PositionalEncoding):
         # the graph) compute directly: the same formula as the cache, so the numbers do not depend on the path.
         if dtype == torch.float64 or pos.numel() == 0 or torch.compiler.is_compiling():
             return rope_cos_sin(pos, self.inv_freq(pos.device), dtype=dtype, scale=self.attention_scale)
-        top = int(pos.max())
+        return self._lookup(pos, int(pos.max()), dtype)
+
+    def _lookup(self, pos: Tensor, top: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos/sin of non-empty ``pos`` whose largest value is ``top``: rows of the cached tables, grown on demand."""
         cached = self._cos.shape[0]
         if self._cos.device != pos.device or cached <= top < self.cache_limit:
             self._grow_cache(min(max(1 << top.bit_length(), cached, 1), self.cache_limit), pos.device)
-        if top < self._cos.shape[0]:
-            return self._cos[pos].to(dtype), self._sin[pos].to(dtype)
-        return rope_cos_sin(pos, self.inv_freq(pos.device), dtype=dtype, scale=self.attention_scale)
+        if top >= self._cos.shape[0]:
+            return rope_cos_sin(pos, self.inv_freq(pos.device), dtype=dtype, scale=self.attention_scale)
+        # index_select, not self._cos[pos]: the same rows at a fifth of advanced indexing's cost (~14 us instead of
+        # ~70 us per table for 2048 positions, most of a module call's overhead over the kernel).
+        flat = pos if pos.dim() == 1 else pos.reshape(-1)
+        cos, sin = self._cos.index_select(0, flat), self._sin.index_select(0, flat)
+        if pos.dim() != 1:
+            cos, sin = cos.view(*pos.shape, -1), sin.view(*pos.shape, -1)
+        return cos.to(dtype), sin.to(dtype)
 
     def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
         """Rotate ``q`` ``(B, H, Tq, D)`` at ``q_pos`` and ``k`` ``(B, Hkv, Tk, D)`` at ``k_pos``.
@@ -331,14 +340,17 @@ class RoPE(PositionalEncoding):
         (made under ``torch.inference_mode()``), which have no version counter to notice an in-place write.
         """
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        memoise = type(pos) is Tensor and not (torch.compiler.is_compiling() or torch.jit.is_tracing()
-                                               or torch._C._functorch.is_functorch_wrapped_tensor(pos)
+        memo = self._memo
+        compiling = torch.compiler.is_compiling() or torch._C._is_tracing()
+        if memo is not None and memo[0] is pos and not compiling:
+            # Only a tensor that passed the checks below is ever remembered, and this is that very object: it is
+            # still a plain tensor, unwrapped, and not an inference tensor. What can change is its values.
+            if memo[1] == (pos._version, dtype, seq_len, torch.is_inference_mode_enabled()):
+                _check_positions_layout(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
+                return memo[2], memo[3]
+        memoise = type(pos) is Tensor and not (compiling or torch._C._functorch.is_functorch_wrapped_tensor(pos)
                                                or pos.is_inference())  # no version counter to key on
         key = (pos._version, dtype, seq_len, torch.is_inference_mode_enabled()) if memoise else None
-        memo = self._memo
-        if memoise and memo is not None and memo[0] is pos and memo[1] == key:
-            _check_positions_layout(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
-            return memo[2], memo[3]
         cos = None
         if memoise and pos.numel() == 1 and dtype is torch.float32 and seq_len is None and \
                 type(self).cos_sin is RoPE.cos_sin:
@@ -350,11 +362,20 @@ class RoPE(PositionalEncoding):
                 raise ValueError(f"{name}_pos must be non-negative; got a minimum of {p}.")
             if self._cos.device == pos.device and p < self._cos.shape[0]:
                 cos, sin = self._cos[None, p:p + 1], self._sin[None, p:p + 1]  # (1, 1, F) views of the cache
+        if cos is None and memoise and dtype is torch.float32 and seq_len is None and pos.numel() and \
+                type(self).cos_sin is RoPE.cos_sin and not self.length_dependent:
+            # Plain positions into the cached tables: one pass for the bounds (the value check and the table size)
+            # instead of a min in check_positions and a max in cos_sin.
+            _check_positions_layout(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
+            lo, hi = pos.aminmax()
+            if lo < 0:
+                raise ValueError(f"{name}_pos must be non-negative; got a minimum of {int(lo)}.")
+            cos, sin = self._lookup(pos, int(hi), dtype)
         if cos is None:
             check_positions(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
             cos, sin = self.cos_sin(pos, dtype=dtype, seq_len=seq_len)
-            if cos.dim() == 2:  # (T, F) -> (1, T, F) once here, not in every kernel call (same broadcast, numbers)
-                cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
+        if cos.dim() == 2:  # (T, F) -> (1, T, F) once here, not in every kernel call (same broadcast, numbers)
+            cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
         if memoise:
             self.__dict__["_memo"] = (pos, key, cos, sin)  # skips nn.Module.__setattr__ (microseconds per call)
         return cos, sin

@@ -3,14 +3,24 @@
 RoPE (arXiv 2104.09864) has two fast paths, chosen by device:
 
 - CPU: a C kernel compiled once with the system compiler (:mod:`posenc.kernels.rope_cpu`): one read and one write
-  per element, any strides, POSIX threads.
+  per element, any strides, OpenMP threads. It is registered as the operator ``torch.ops.posenc.rope``
+  (:mod:`posenc.kernels.rope_op`: fake kernel, autograd, vmap), so ``torch.compile(fullgraph=True)`` and
+  ``torch.func`` (grad, jacrev, vmap) run it too.
 - CUDA: a Triton kernel (:mod:`posenc.kernels.rope_triton`): q and k in one launch, any strides, forward and
   backward.
 
 :func:`fast_rotate` is what :meth:`posenc.encodings.rope.RoPE.rotate` calls; it returns ``None`` when no fast path
 applies (then the caller uses :func:`posenc.encodings.rope.apply_rope`, the reference). It never falls back
-silently after trying: a kernel that cannot be built is reported once at WARNING with the reason. Set
+silently after trying: a kernel that cannot be built is reported once at WARNING with the reason, and a build is
+announced by one INFO line with the library's path. :func:`build` compiles the CPU kernel ahead of time. Set
 ``POSENC_FAST_ROPE=0`` to always use the reference path (for comparisons).
+
+Which route a CPU call takes (all give the same numbers):
+
+- eager, nothing to differentiate (inference, decoding): q and k in one direct kernel call (no dispatcher);
+- eager with autograd, or inside ``torch.func`` transforms: :func:`posenc.kernels.rope_op.rotate`;
+- ``torch.compile``: the operator ``torch.ops.posenc.rope`` (one graph node per tensor, no graph break);
+- ``torch.jit`` tracing and tensor subclasses: the reference formula.
 
 Shapes: q ``(B, H, Tq, D)``, k ``(B, Hkv, Tk, D)``; cos/sin ``(T, F)`` or ``(B, T, F)`` float32 (float64 for
 float64 input) with ``2F <= D`` rotated channels.
@@ -20,45 +30,40 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from posenc.kernels import rope_cpu
+from posenc.kernels import rope_cpu, rope_op
 
-__all__ = ["fast_path_name", "fast_rotate", "rope_rotate", "rope_rotate_qk"]
+__all__ = ["build", "fast_path_name", "fast_rotate", "rope_rotate", "rope_rotate_qk"]
 
 log = logging.getLogger(__name__)
 
 _LAYOUTS = ("half", "interleaved")
-
-
+_CPU_DTYPES = frozenset(rope_cpu.SUPPORTED_DTYPES)
+_wrapped = torch._C._functorch.is_functorch_wrapped_tensor  # torch.func (grad, vmap) wrappers
 _ENV = "POSENC_FAST_ROPE"
-# os.environ.get costs a few Python frames per call (key encoding, Mapping.get): in a decode step, where RoPE runs
-# once per layer between cache-evicting matmuls, that was ~25 us a call. The raw environment dict that os.environ
-# keeps up to date (CPython's os._Environ._data) answers in one lookup; the parsed answer is cached per raw value.
-_ENV_DATA: dict | None = getattr(os.environ, "_data", None)
-try:
-    _ENV_KEY = os.environ.encodekey(_ENV)  # type: ignore[attr-defined]
-except (AttributeError, TypeError):
-    _ENV_DATA = None
-_ENV_PARSED: dict = {}
-
-
-def _parse_enabled(value: str) -> bool:
-    return value.strip().lower() not in ("0", "false", "no", "off")
+_ENV_PARSED: dict[str, bool] = {}  # raw value -> parsed; the variable is read at every call (~1 us)
 
 
 def _enabled() -> bool:
-    if _ENV_DATA is None:  # not CPython's os._Environ: the portable, slower lookup
-        return _parse_enabled(os.environ.get(_ENV, "1"))
-    raw = _ENV_DATA.get(_ENV_KEY)
-    if raw is None:
-        return True
+    raw = os.environ.get(_ENV, "1")
     parsed = _ENV_PARSED.get(raw)
     if parsed is None:
-        parsed = _ENV_PARSED[raw] = _parse_enabled(os.environ.get(_ENV, "1"))
+        parsed = _ENV_PARSED[raw] = raw.strip().lower() not in ("0", "false", "no", "off")
     return parsed
+
+
+def build() -> Path:
+    """Compile the fused CPU RoPE kernel now (or load it from the cache) and return the library's path.
+
+    Without this, the first CPU :meth:`~posenc.encodings.rope.RoPE.rotate` builds it (once per machine and
+    compiler, under a second, announced by one INFO log line). Raises ``RuntimeError`` with the reason when it cannot
+    be built; RoPE then runs the plain PyTorch formula. See :func:`posenc.kernels.rope_cpu.build`.
+    """
+    return rope_cpu.build()
 
 
 _triton = None  # posenc.kernels.rope_triton, imported on first CUDA use (importing triton takes a while)
@@ -77,24 +82,35 @@ def _triton_ready() -> bool:
     return _rope_triton().available()
 
 
+@torch.compiler.assume_constant_result
+def _cpu_op_ready() -> bool:
+    """Whether compiled graphs should call ``torch.ops.posenc.rope``: a constant to ``torch.compile`` (read at trace
+    time, so the kernel is built, or its failure logged, then and not inside the graph)."""
+    return _enabled() and rope_cpu.load_library() is not None
+
+
 def fast_path_name(x: Tensor) -> str | None:
     """``"cpu"`` or ``"triton"`` when a fused RoPE path can rotate ``x``, else ``None``."""
-    if not _enabled() or torch.compiler.is_compiling() or torch._C._is_tracing():
-        return None  # compilers and tracers must see the reference formula (they cannot trace into the kernels)
+    if torch.compiler.is_compiling():
+        # The CPU kernel is an operator compiled graphs can hold; on CUDA, Inductor's own Triton code of the
+        # reference formula is what a compiled model should run.
+        return "cpu" if x.device.type == "cpu" and x.dtype in rope_cpu.SUPPORTED_DTYPES and _cpu_op_ready() else None
+    if not _enabled() or torch._C._is_tracing():
+        return None  # torch.jit.trace records aten ops: it gets the reference formula
     return _path_for(x)
 
 
 def _path_for(x: Tensor) -> str | None:
-    """:func:`fast_path_name` without the process-wide checks (environment, compiler, tracer)."""
-    if (type(x) is not Tensor and not isinstance(x, torch.nn.Parameter)) or \
-            torch._C._functorch.is_functorch_wrapped_tensor(x):
-        return None  # tensor subclasses and torch.func (vmap, grad) wrappers: only the reference composes with them
+    """:func:`fast_path_name` in eager mode, without the process-wide checks (environment, tracer)."""
+    if type(x) is not Tensor and not isinstance(x, torch.nn.Parameter):
+        return None  # tensor subclasses: only the reference formula composes with what they override
     if x.is_cpu:
         if x.dtype in rope_cpu.SUPPORTED_DTYPES and rope_cpu.load_library() is not None:
             return "cpu"
         return None
-    if x.is_cuda and x.dtype in (torch.float32, torch.bfloat16, torch.float16) and _triton_ready():
-        return "triton"
+    if x.is_cuda and x.dtype in (torch.float32, torch.bfloat16, torch.float16) and _triton_ready() and \
+            not _wrapped(x):
+        return "triton"  # (torch.func wrappers on CUDA: the Triton path has no functorch rules; the reference does)
     return None
 
 
@@ -103,26 +119,13 @@ def _pair_path(q: Tensor, k: Tensor | None) -> str | None:
     path = fast_path_name(q)
     if path is None or k is None:
         return path
-    if type(k) is type(q) and k.dtype == q.dtype and k.device == q.device:
-        # Same kind of tensor as q: only a torch.func wrapper around k alone could still rule it out.
-        return None if torch._C._functorch.is_functorch_wrapped_tensor(k) else path
-    return path if k.device == q.device and _path_for(k) == path else None
-
-
-class _CpuRope(torch.autograd.Function):
-    """Rotation on CPU through the fused kernel; backward rotates the gradient by minus the angle."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor, layout: str) -> Tensor:  # noqa: D102
-        ctx.save_for_backward(cos, sin)
-        ctx.layout = layout
-        return rope_cpu.rotate_qk_into(x, torch.empty_like(x), cos, sin, layout=layout)[0]
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # noqa: D102
-        cos, sin = ctx.saved_tensors
-        dx = rope_cpu.rotate_qk_into(grad, torch.empty_like(grad), cos, sin, layout=ctx.layout, negate=True)[0]
-        return dx, None, None, None
+    if k.device != q.device:
+        return None
+    if torch.compiler.is_compiling():
+        return path if k.dtype in rope_cpu.SUPPORTED_DTYPES else None
+    if type(k) is type(q) and k.dtype == q.dtype:
+        return path if path == "cpu" or not _wrapped(k) else None
+    return path if _path_for(k) == path else None
 
 
 def _check(x: Tensor, cos: Tensor, sin: Tensor, layout: str, name: str) -> None:
@@ -168,7 +171,7 @@ def rope_rotate_qk(q: Tensor, k: Tensor | None, cos_q: Tensor, sin_q: Tensor, co
     path = _pair_path(q, k)
     if path is None:
         raise RuntimeError(f"rope: no fused path for {q.device.type} {q.dtype} (POSENC_FAST_ROPE="
-                           f"{os.environ.get('POSENC_FAST_ROPE', '1')}); use posenc.apply_rope.")
+                           f"{os.environ.get(_ENV, '1')}); use posenc.apply_rope.")
     return _dispatch(path, q, k, cos_q, sin_q, cos_k, sin_k, layout=layout, inplace=inplace)
 
 
@@ -176,21 +179,25 @@ def _dispatch(path: str, q: Tensor, k: Tensor | None, cos_q: Tensor, sin_q: Tens
               sin_k: Tensor | None, *, layout: str, inplace: bool) -> tuple[Tensor, Tensor | None]:
     if path == "triton":
         return _rope_triton().rope_qk(q, k, cos_q, sin_q, cos_k, sin_k, layout=layout, inplace=inplace)
-    grad = torch.is_grad_enabled() and (q.requires_grad or (k is not None and k.requires_grad))
-    if inplace:
-        if grad:
-            raise RuntimeError("rope: inplace=True on CPU does not support autograd; use inplace=False.")
-        return rope_cpu.rotate_qk_into(q, q, cos_q, sin_q, k, k, cos_k, sin_k, layout=layout)
-    if not grad:  # no graph to record (inference, decoding): q and k in one kernel call, no autograd.Function
-        return rope_cpu.rotate_qk_into(q, torch.empty_like(q), cos_q, sin_q, k,
-                                       None if k is None else torch.empty_like(k), cos_k, sin_k, layout=layout)
-    out_q = _CpuRope.apply(q, cos_q, sin_q, layout) if q.requires_grad else \
-        rope_cpu.rotate_qk_into(q, torch.empty_like(q), cos_q, sin_q, layout=layout)[0]
-    if k is None:
-        return out_q, None
-    out_k = _CpuRope.apply(k, cos_k, sin_k, layout) if k.requires_grad else \
-        rope_cpu.rotate_qk_into(k, torch.empty_like(k), cos_k, sin_k, layout=layout)[0]
-    return out_q, out_k
+    interleaved = layout == "interleaved"
+    if torch.compiler.is_compiling():
+        if inplace:
+            raise RuntimeError("rope: inplace=True is not supported under torch.compile; use inplace=False.")
+        op = rope_op.rope  # one graph node per tensor; AOTAutograd differentiates it with the registered backward
+        return op(q, cos_q, sin_q, interleaved, False), None if k is None else op(k, cos_k, sin_k, interleaved, False)
+    grad = torch.is_grad_enabled() and (q.requires_grad or cos_q.requires_grad or sin_q.requires_grad or (
+        k is not None and (k.requires_grad or cos_k.requires_grad or sin_k.requires_grad)))
+    if grad or _wrapped(q) or (k is not None and _wrapped(k)):
+        if inplace:
+            raise RuntimeError("rope: inplace=True on CPU does not support autograd or torch.func transforms; "
+                               "use inplace=False.")
+        rotate = rope_op.rotate
+        return rotate(q, cos_q, sin_q, interleaved=interleaved), \
+            None if k is None else rotate(k, cos_k, sin_k, interleaved=interleaved)
+    # Nothing to record (inference, decoding): q and k in one kernel call, straight to the C library.
+    return rope_cpu.rotate_qk_into(q, q if inplace else torch.empty_like(q), cos_q, sin_q, k,
+                                   None if k is None else k if inplace else torch.empty_like(k), cos_k, sin_k,
+                                   layout=layout)
 
 
 def fast_rotate(q: Tensor, k: Tensor | None, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor | None = None,
@@ -198,20 +205,28 @@ def fast_rotate(q: Tensor, k: Tensor | None, cos_q: Tensor, sin_q: Tensor, cos_k
     """Rotated ``(q, k)`` through a fused path, or ``None`` when none applies (the caller uses the reference).
 
     ``k`` may be ``None`` (then the second output is ``None``); ``cos_k``/``sin_k`` default to q's. Returns ``None``
-    when: ``POSENC_FAST_ROPE=0``; inside ``torch.compile``; the device/dtype has no kernel; cos/sin need gradients
-    (learned frequencies); q and k sit on different devices.
+    when: ``POSENC_FAST_ROPE=0``; under ``torch.jit`` tracing; for tensor subclasses; when the device/dtype has no
+    kernel (on CUDA also inside ``torch.compile``, and when cos/sin need gradients); q and k on different devices.
     """
+    if cos_k is None:
+        cos_k, sin_k = cos_q, sin_q
+    if k is None:
+        cos_k = sin_k = None
+    # The common CPU case first, in as few Python steps as possible (a decode step rotates a few hundred numbers,
+    # so these checks are most of its cost): plain tensors, eager, nothing to differentiate -> one kernel call.
+    if type(q) is Tensor and q.is_cpu and q.dtype in _CPU_DTYPES and "kernel" in rope_cpu._state and \
+            (k is None or type(k) is Tensor and k.is_cpu and k.dtype in _CPU_DTYPES) and \
+            not (torch.is_grad_enabled() and (q.requires_grad or cos_q.requires_grad or sin_q.requires_grad or
+                                              k is not None and (k.requires_grad or cos_k.requires_grad or
+                                                                 sin_k.requires_grad))) and \
+            not torch.compiler.is_compiling() and not torch._C._is_tracing() and not _wrapped(q) and \
+            (k is None or not _wrapped(k)) and _enabled():
+        return rope_cpu.rotate_qk_into(q, torch.empty_like(q), cos_q, sin_q, k,
+                                       None if k is None else torch.empty_like(k), cos_k, sin_k, layout=layout)
     path = _pair_path(q, k)
     if path is None:
         return None
-    if cos_k is None:
-        cos_k, sin_k = cos_q, sin_q
-    if cos_q.requires_grad or sin_q.requires_grad or cos_k.requires_grad or sin_k.requires_grad:
-        return None
-    if k is None:
-        cos_k = sin_k = None
-    if path == "cpu" and not (torch.is_grad_enabled() and (q.requires_grad or (k is not None and k.requires_grad))):
-        # Inference and decoding (the common CPU case): straight to one kernel call for q and k.
-        return rope_cpu.rotate_qk_into(q, torch.empty_like(q), cos_q, sin_q, k,
-                                       None if k is None else torch.empty_like(k), cos_k, sin_k, layout=layout)
+    if path == "triton" and (cos_q.requires_grad or sin_q.requires_grad or
+                             (k is not None and (cos_k.requires_grad or sin_k.requires_grad))):
+        return None  # the Triton backward computes no cos/sin gradients: the reference does
     return _dispatch(path, q, k, cos_q, sin_q, cos_k, sin_k, layout=layout, inplace=False)
