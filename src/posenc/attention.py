@@ -229,7 +229,7 @@ def block_mask(call: AttentionCall, dtype: torch.dtype, *, start: int = 0, stop:
 
 
 def _block_attn_mask(call: AttentionCall, start: int, stop: int, key_stop: int) -> Tensor | None:
-    """The causal mask and ``attn_mask`` (no bias) of rows ``start:stop`` and keys ``:key_stop``: bool, float or None."""
+    """Causal mask and ``attn_mask`` (no bias) of rows ``start:stop`` and keys ``:key_stop``: bool, float or None."""
     q, k = call.q, call.k
     q_len, k_len = q.shape[-2], k.shape[-2]
     mask = call.attn_mask

@@ -1,4 +1,4 @@
-"""Attention terms: what an encoding adds *inside* attention, computed by the backends one block of query rows at a time.
+"""Attention terms: what an encoding adds inside attention, computed by the backends one block of query rows at a time.
 
 An encoding whose effect on attention is more than a position-only bias (``bias``/``score_mod``) returns an
 :class:`AttentionTerms` from its ``terms(...)`` hook, once per :func:`posenc.attention` call. The backends

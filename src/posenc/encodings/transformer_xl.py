@@ -109,8 +109,8 @@ def xl_position_logits(qv: Tensor, w_r: Tensor, q_pos: Tensor, k_pos: Tensor, *,
 class TransformerXL(PositionalEncoding):
     """Transformer-XL relative attention (Dai et al. 2019, arXiv 1901.02860): ``(q+u).k + (q+v).W_R R_{i-j}``.
 
-    Computed as attention terms (:meth:`terms`); depends on positions only through ``q_pos - k_pos``, so it is translation
-    invariant and defined at any position (``extrapolates = True``). ``u``, ``v`` and ``W_R`` belong to the
+    Computed as attention terms (:meth:`terms`); depends on positions only through ``q_pos - k_pos``, so it is
+    translation invariant and defined at any position (``extrapolates = True``). ``u``, ``v`` and ``W_R`` belong to the
     encoding; in :class:`posenc.Transformer` every layer of a stack shares them (the paper has one set per layer).
 
     Args:
