@@ -146,9 +146,11 @@ class AttentionTerms:
     # True when logits() forms the whole score itself from blk.q / blk.k (or tensors prepared per call), e.g. rotary
     # variants that rotate keys differently per pair: the backend then skips q k^T and passes scores=None.
     replaces_scores: ClassVar[bool] = False
-    # About how many (B, H, rows, keys) tensors one block keeps alive at once; ``chunked`` divides its block size by
-    # this, so the terms with many intermediates (CoPE, DAPE) still stay within its per-block memory budget.
-    pair_tensors: ClassVar[int] = 4
+    # About how many (B, H, rows, keys) float32 tensors one block keeps alive at its peak (forward, or the backward
+    # pass recomputing it; an int64 index counts twice); ``chunked`` divides its block size by this, so the terms with
+    # many intermediates (CoPE, DAPE) still stay within its per-block memory budget. Measured values for the built-in
+    # terms are in benchmarks/terms_memory.py's output (peak extra memory / one block's score size).
+    pair_tensors: ClassVar[int] = 8
 
     def logits(self, scores: Tensor | None, blk: ScoreBlock) -> Tensor:
         """The block's logits ``(B, H, rows, keys)`` from its raw scores ``q_blk k^T * scale`` (before bias and mask).

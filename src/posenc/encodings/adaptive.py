@@ -248,8 +248,9 @@ class DAPETerms(AttentionTerms):
 
     def __init__(self, pe: DAPE) -> None:
         self.pe = pe
-        # (B, rows, keys, hidden) MLP activations next to the (B, H, rows, keys) scores: size blocks for them too
-        self.pair_tensors = 4 + 2 * -(-pe.hidden // pe.n_heads)
+        # estimated: (B, rows, keys, hidden) MLP activations (input, pre- and post-activation) next to the
+        # (B, H, rows, keys) scores, bias and refinement: size blocks for them too
+        self.pair_tensors = 6 + 3 * -(-pe.hidden // pe.n_heads)
 
     def logits(self, scores: Tensor, blk: ScoreBlock) -> Tensor:
         bias = _batched(self.pe.base.bias(blk.q_pos, blk.k_pos).to(scores.dtype), scores.shape[0])  # (B, H, rows, keys)

@@ -145,7 +145,7 @@ class CoPE(PositionalEncoding):
 class CoPETerms(AttentionTerms):
     """CoPE's gated-count, interpolated position term for one call; see :class:`CoPE`."""
 
-    pair_tensors = 10  # gates, flipped cumulative sums, positions, floor/ceil indices, interpolation, logits
+    pair_tensors = 24  # measured at T=4096 (benchmarks/terms_memory.py): gates, cumsums, floor/ceil int64 indices, ...
 
     def __init__(self, pe: CoPE) -> None:
         self.pe = pe

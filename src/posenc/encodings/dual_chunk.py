@@ -125,7 +125,7 @@ class DualChunkTerms(AttentionTerms):
     """DCA's per-pair choice among the intra-, successive- and inter-chunk scores for one call."""
 
     replaces_scores = True
-    pair_tensors = 5  # the candidate scores, the chunk gap, the result
+    pair_tensors = 10  # estimated: up to four candidate scores, the chunk gap (int64), the choices, the result
 
     def __init__(self, rotated: dict[str, Tensor], chunk: int, mirrored: bool) -> None:
         self.rotated = rotated

@@ -85,7 +85,7 @@ class SelfExtendTerms(AttentionTerms):
     """Self-Extend's per-pair choice between neighbour and grouped scores for one call (replaces the raw scores)."""
 
     replaces_scores = True
-    pair_tensors = 4  # the two candidate scores, the choice, the result
+    pair_tensors = 8  # estimated: the two candidate scores, the distances (int64), the choice, the result, grads
 
     def __init__(self, qn: Tensor, kn: Tensor, qg: Tensor, kg: Tensor, neighbor_window: int) -> None:
         self.qn, self.kn = qn, kn  # (B, H, Tq, D), (B, Hkv, Tk, D): rotated at the true positions

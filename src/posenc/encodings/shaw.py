@@ -155,7 +155,7 @@ class ShawRelative(PositionalEncoding):
 class ShawTerms(AttentionTerms):
     """Shaw's key term (a logit term) and value term for one call; see :class:`ShawRelative`."""
 
-    pair_tensors = 5  # bucket indices (int64) and their per-head view, scores, logits, probabilities
+    pair_tensors = 9  # measured at T=4096 (benchmarks/terms_memory.py): bucket indices, scores, logits, probs, grads
 
     def __init__(self, pe: ShawRelative) -> None:
         self.pe = pe

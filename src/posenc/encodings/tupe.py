@@ -127,7 +127,7 @@ class TUPE(PositionalEncoding):
 class TUPETerms(AttentionTerms):
     """TUPE's positional correlation for one call: ``(scores + (pq . pk) * scale) / sqrt(2)``."""
 
-    pair_tensors = 3  # scores, the positional correlation, the sum
+    pair_tensors = 6  # estimated: scores, the positional correlation, the sum, probabilities, grads
 
     def __init__(self, pq: Tensor, pk: Tensor) -> None:
         self.pq = pq  # (B|1, H, Tq, D)
