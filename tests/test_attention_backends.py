@@ -63,7 +63,7 @@ def _bias_names() -> list[str]:
     names = []
     for name in posenc.registered_names():
         pe = posenc.get_encoding(name, dim=H * D, n_heads=H, max_seq_len=256)
-        if pe.uses_bias and not pe.uses_attend:
+        if pe.uses_bias and not pe.uses_terms:
             names.append(name)
     return names
 
@@ -312,14 +312,18 @@ def test_auto_logs_its_choice(caplog):
 
 
 @pytest.mark.parametrize("name", [n for n in posenc.registered_names()
-                                  if posenc.get_encoding(n, dim=H * D, n_heads=H).uses_attend])
-def test_auto_uses_attend_and_other_backends_refuse_it(name):
+                                  if posenc.get_encoding(n, dim=H * D, n_heads=H).uses_terms])
+def test_auto_runs_terms_dense_when_small_chunked_when_large_and_flex_refuses(name, monkeypatch):
     pe = posenc.get_encoding(name, dim=H * D, n_heads=H, max_seq_len=256, causal=True)
-    assert _explain(pe, causal=True).startswith("attend:")
+    text = _explain(pe, causal=True)
+    assert text.startswith("dense:") and f"terms={name}" in text, text
+    monkeypatch.setattr(attn_mod, "DENSE_MAX_ELEMENTS", 100)
+    assert _explain(pe, causal=True).startswith("chunked:")
     q, k, v = _qkv(8, 8)
-    for backend in ("sdpa", *BACKENDS):
-        with pytest.raises(ValueError, match="attend"):
-            posenc.attention(q, k, v, pe, causal=True, backend=backend)
+    with torch.no_grad(), pytest.raises(ValueError, match="score_mod cannot.*chunked"):
+        posenc.attention(q, k, v, pe, causal=True, backend="flex")
+    torch.testing.assert_close(posenc.attention(q, k, v, pe, causal=True, backend="sdpa"),
+                               posenc.attention(q, k, v, pe, causal=True, backend="dense"))
 
 
 def test_errors_for_bad_backends():

@@ -74,13 +74,11 @@ def test_fuzz_every_backend_agrees_with_reference(case):
         assert "center" in str(exc) or "max_seq_len" in str(exc), exc
         return
     kwargs = dict(q_pos=q_pos, k_pos=k_pos, causal=case["causal"], attn_mask=mask)
-    ref = posenc.attention(q, k, v, pe, backend="reference" if not pe.uses_attend else "attend", **kwargs).float()
+    ref = posenc.attention(q, k, v, pe, backend="reference", **kwargs).float()
     assert ref.shape == (b, h, tq, d) and torch.isfinite(ref).all()
     call = _prepare(q, k, v, pe, **kwargs)
     for name, backend in BACKENDS.items():
         if name in SLOW_BACKENDS or name == "reference" or backend.supports(call) is not None:
-            continue
-        if pe.uses_attend and name != "attend":
             continue
         out = posenc.attention(q, k, v, pe, backend=name, **kwargs).float()
         torch.testing.assert_close(out, ref, atol=TOL[dtype], rtol=TOL[dtype], msg=lambda m, name=name: f"{name}: {m}")
@@ -206,7 +204,7 @@ def test_fuzz_edge_inputs_agree_with_reference(case):
             assert "center" in str(exc) or "max_seq_len" in str(exc), exc
             return
         kwargs = dict(q_pos=q_pos, k_pos=k_pos, causal=case["causal"], attn_mask=mask)
-        ref = posenc.attention(q, k, v, pe, backend="reference" if not pe.uses_attend else "attend", **kwargs)
+        ref = posenc.attention(q, k, v, pe, backend="reference", **kwargs)
         auto = posenc.attention(q, k, v, pe, **kwargs)
     assert ref.shape == auto.shape == (b, h, tq, d) and torch.isfinite(ref).all()
     tol = {torch.float32: 1e-4, torch.float64: 1e-6, torch.bfloat16: 6e-2}[dtype]

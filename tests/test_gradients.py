@@ -1,5 +1,5 @@
 """Gradients: torch.autograd.gradcheck in float64 for every encoding with trainable parameters, end to end
-through its hooks (embed, rotate, bias / attend inside posenc.attention)."""
+through its hooks (embed, rotate, bias / attention terms inside posenc.attention)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ H, D, T = 2, 4, 5
 
 
 class _Probe(nn.Module):
-    """Runs every hook of ``pe`` once: embed on x, rotate q/k, then attention (bias or attend) with v."""
+    """Runs every hook of ``pe`` once: embed on x, rotate q/k, then attention (bias or terms) with v."""
 
     def __init__(self, pe: posenc.PositionalEncoding) -> None:
         super().__init__()

@@ -30,6 +30,7 @@ _EXPORTS = {
     "rope": ("posenc.encodings.rope", ("apply_rope", "permute_projection", "rope_cos_sin", "rope_frequencies",
                                        "rope_permutation")),
     "sinusoidal": ("posenc.encodings.sinusoidal", ("sinusoidal_table",)),
+    "terms": ("posenc.terms", ("AttentionTerms", "ScoreBlock")),
     "hf": ("posenc.hf", ("from_hf_config", "to_hf_config", "to_scaled")),
     "model": ("posenc.model", ("KVCache", "Transformer", "TransformerConfig", "convert_rope_layout")),
 }
@@ -74,6 +75,7 @@ class _Package(_types.ModuleType):
 _sys.modules[__name__].__class__ = _Package
 
 __all__ = [
+    "AttentionTerms",
     "EncodingInfo",
     "KVCache",
     "PositionalEncoding",
@@ -95,6 +97,7 @@ __all__ = [
     "rope_cos_sin",
     "rope_frequencies",
     "rope_permutation",
+    "ScoreBlock",
     "sinusoidal_table",
     "to_hf_config",
     "to_scaled",

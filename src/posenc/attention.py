@@ -3,6 +3,13 @@
 Shapes: ``q`` is ``(B, H, Tq, D)``, ``k`` is ``(B, Hkv, Tk, D)`` and ``v`` is ``(B, Hkv, Tk, Dv)`` with ``H`` a
 multiple of ``Hkv`` (grouped-query attention). Positions are int64 ``(T,)`` or ``(B, T)``.
 
+An encoding acts inside attention through a position-only ``bias`` (with its FlexAttention ``score_mod``), or
+through attention *terms* (:mod:`posenc.terms`: logit terms computed from a block's raw scores, value terms from its
+probabilities) when it needs the queries, keys or scores. Either way the backends here own the mask
+(:func:`block_mask`), the softmax and the grouped-query expansion; with terms, ``reference``, ``dense`` and
+``chunked`` evaluate them per block of query rows (:func:`_scores_block`), ``sdpa``'s fused kernels and ``flex``
+cannot.
+
 Backends (``backend=``), all computing the same numbers:
 
 - ``"sdpa"``: :func:`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient / math kernels),
@@ -11,7 +18,8 @@ Backends (``backend=``), all computing the same numbers:
 - ``"dense"``: the encoding's ``bias``, the causal mask and ``attn_mask`` materialized as one ``(B|1, H, Tq, Tk)``
   float mask, then SDPA. Fastest for short sequences; ``O(H * Tq * Tk)`` extra memory.
 - ``"chunked"``: queries in blocks of :func:`chunk_rows` rows; each block builds only its own
-  ``(B|1, H, rows, Tk)`` mask (``pe.bias(q_pos[..., rows], k_pos)``) and runs SDPA, and under autograd each block is
+  ``(B|1, H, rows, Tk)`` mask (``pe.bias(q_pos[..., rows], k_pos)``) and runs SDPA -- or, for an encoding with terms,
+  its own ``(B, H, rows, Tk)`` scores, logit terms, softmax and value terms -- and under autograd each block is
   recomputed in the backward pass (activation checkpointing), so extra memory is ``O(rows * Tk)`` in the forward
   *and* the backward pass. Causal blocks also skip the keys no query of the block may see. The CPU training path for
   long sequences.
@@ -20,12 +28,16 @@ Backends (``backend=``), all computing the same numbers:
   from block arithmetic (:func:`causal_flex_block_mask`, cached per shape); a bool ``attn_mask`` goes through
   ``create_block_mask`` (compiled on GPU; on CPU it evaluates the ``(Tq, Tk)`` grid once per call). On CPU Flex
   runs only compiled and forward-only, so it refuses calls that need gradients there.
-- ``"reference"``: explicit softmax math in float32 (float64 for float64 input), the oracle for tests.
-- ``"attend"``: the encoding's own ``attend`` (Shaw's value term, CoPE, ...).
-- ``"auto"``: the encoding's ``attend`` when it has one; otherwise the highest-priority backend that both
-  *supports* the call (can compute it exactly) and *suits* it (is the cheap choice for its device, size and
-  gradient needs): ``flex`` > ``chunked`` > ``dense`` > ``sdpa``. :func:`explain` says which and why, and every
-  ``auto`` choice is logged at DEBUG level on the ``"posenc.attention"`` logger.
+- ``"reference"``: explicit softmax math in float32 (float64 for float64 input) over all rows at once, for every
+  encoding: the oracle for tests.
+- ``"auto"``: the highest-priority backend that both *supports* the call (can compute it exactly) and *suits* it
+  (is the cheap choice for its device, size and gradient needs): ``flex`` > ``chunked`` > ``dense`` > ``sdpa``.
+  :func:`explain` says which and why, and every ``auto`` choice is logged at DEBUG level on the
+  ``"posenc.attention"`` logger.
+
+For an encoding with terms, ``dense`` (and ``sdpa``) is the same explicit computation as ``reference`` in one
+block of all rows, and ``chunked`` in blocks; ``auto`` picks ``chunked`` once the ``(B, H, Tq, Tk)`` scores would
+pass ``DENSE_MAX_ELEMENTS``.
 
 More backends register themselves with :func:`register_backend`.
 
@@ -49,6 +61,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from posenc.base import PositionalEncoding, check_positions, default_positions
+from posenc.terms import AttentionTerms, ScoreBlock, compute_dtype, expand_kv, safe_softmax
 
 __all__ = ["AttentionCall", "attention", "explain", "register_backend", "BACKENDS", "causal_flex_block_mask",
            "chunk_rows"]
@@ -63,6 +76,10 @@ FLEX_MIN_ELEMENTS = 2**20  # on GPU, smaller calls (decode steps) stay on ``dens
 # positions with Tq != Tk). Set a finite number of mask elements to opt in (2**26 pays for the ~30 s compile).
 FLEX_CPU_MIN_ELEMENTS = math.inf
 CHUNK_ELEMENTS = 2**22  # ``chunked`` sizes its query blocks so one block's mask holds about this many elements
+# (with attention terms: the terms' ``pair_tensors`` score-sized intermediates together hold about this many). Smaller
+# blocks do not pay: the gradients of the q/k/v slices of every block are O(T * D) transients whatever the rows
+# (benchmarks/terms_memory.py measured Shaw at T=4096 with 8, 32 and 51 rows: 31.5, 23.3 and 26.8 MiB beyond the
+# output and gradients).
 
 
 @dataclasses.dataclass
@@ -78,6 +95,7 @@ class AttentionCall:
     causal: bool
     attn_mask: Tensor | None  # bool (True = attend) or float additive, broadcastable to (B, H, Tq, Tk)
     scale: float
+    terms: AttentionTerms | None = None  # the encoding's attention terms for this call (pe.terms(...))
 
     @property
     def n_rep(self) -> int:
@@ -86,6 +104,10 @@ class AttentionCall:
     @property
     def uses_bias(self) -> bool:
         return self.pe is not None and self.pe.uses_bias
+
+    @property
+    def uses_terms(self) -> bool:
+        return self.terms is not None
 
     @property
     def needs_grad(self) -> bool:
@@ -98,9 +120,9 @@ class AttentionCall:
 
     @property
     def dense_mask_shape(self) -> tuple[int, int, int, int]:
-        """Shape of the float mask ``dense`` materializes: ``(B or 1, H, Tq, Tk)``."""
+        """Shape of the float mask ``dense`` materializes: ``(B or 1, H, Tq, Tk)`` (always ``B`` with terms)."""
         b, h, tq, _ = self.q.shape
-        batched = any(p.dim() == 2 and p.shape[0] > 1 for p in (self.q_pos, self.k_pos)) or (
+        batched = self.uses_terms or any(p.dim() == 2 and p.shape[0] > 1 for p in (self.q_pos, self.k_pos)) or (
             self.attn_mask is not None and self.attn_mask.dim() == 4 and self.attn_mask.shape[0] > 1)
         return (b if batched else 1, h, tq, self.k.shape[-2])
 
@@ -108,10 +130,13 @@ class AttentionCall:
         """One line of the facts ``auto`` decides on (for :func:`explain` and the debug log)."""
         facts = (f"device={self.q.device.type}, dtype={str(self.q.dtype).removeprefix('torch.')}, "
                  f"grad={self.needs_grad}, causal={self.causal}, q {tuple(self.q.shape)}, k {tuple(self.k.shape)}")
+        shape = self.dense_mask_shape
+        size = _human_bytes(math.prod(shape) * 4)
+        if self.uses_terms:
+            return f"{facts}, terms={self.pe.name}: dense scores {shape} = {size} in float32"
         if not self.uses_bias:
             return f"{facts}, no bias"
-        shape = self.dense_mask_shape
-        return f"{facts}, bias={self.pe.name}: dense mask {shape} = {_human_bytes(math.prod(shape) * 4)} in float32"
+        return f"{facts}, bias={self.pe.name}: dense mask {shape} = {size} in float32"
 
 
 def _human_bytes(n: float) -> str:
@@ -189,13 +214,27 @@ def block_mask(call: AttentionCall, dtype: torch.dtype, *, start: int = 0, stop:
     Returns an additive float mask in ``dtype`` broadcastable to ``(B, H, stop - start, key_stop)`` when there is a
     bias, a bool mask (True = attend) when there is only masking, or ``None`` when there is neither.
     """
-    q, k = call.q, call.k
-    q_len, k_len = q.shape[-2], k.shape[-2]
+    q_len, k_len = call.q.shape[-2], call.k.shape[-2]
     stop = q_len if stop is None else stop
     key_stop = k_len if key_stop is None else key_stop
-    bias = None
-    if with_bias and call.uses_bias:
-        bias = call.pe.bias(call.q_pos[..., start:stop], call.k_pos[..., :key_stop])  # (B|, H, rows, keys)
+    mask = _block_attn_mask(call, start, stop, key_stop)
+    if not (with_bias and call.uses_bias):
+        return mask
+    bias = call.pe.bias(call.q_pos[..., start:stop], call.k_pos[..., :key_stop])  # (B|, H, rows, keys)
+    bias = bias.to(dtype)
+    if bias.dim() == 3:  # (H, Tq, Tk) -> (1, H, Tq, Tk)
+        bias = bias.unsqueeze(0)
+    if mask is None:
+        return bias
+    if mask.dtype == torch.bool:
+        return bias.masked_fill(~mask, float("-inf"))
+    return bias + mask.to(dtype)
+
+
+def _block_attn_mask(call: AttentionCall, start: int, stop: int, key_stop: int) -> Tensor | None:
+    """Causal mask and ``attn_mask`` (no bias) of rows ``start:stop`` and keys ``:key_stop``: bool, float or None."""
+    q, k = call.q, call.k
+    q_len, k_len = q.shape[-2], k.shape[-2]
     mask = call.attn_mask
     if mask is not None:
         mask = _slice_mask(mask, q_len, k_len, start, stop, key_stop)
@@ -207,16 +246,7 @@ def block_mask(call: AttentionCall, dtype: torch.dtype, *, start: int = 0, stop:
             mask = mask & cm
         else:
             mask = mask.masked_fill(~cm, float("-inf"))
-    if bias is None:
-        return mask
-    bias = bias.to(dtype)
-    if bias.dim() == 3:  # (H, Tq, Tk) -> (1, H, Tq, Tk)
-        bias = bias.unsqueeze(0)
-    if mask is None:
-        return bias
-    if mask.dtype == torch.bool:
-        return bias.masked_fill(~mask, float("-inf"))
-    return bias + mask.to(dtype)
+    return mask
 
 
 def combined_mask(call: AttentionCall, dtype: torch.dtype, *, with_bias: bool = True) -> Tensor | None:
@@ -226,7 +256,9 @@ def combined_mask(call: AttentionCall, dtype: torch.dtype, *, with_bias: bool = 
 
 # -- backends ----------------------------------------------------------------------------------------------------------
 def _no_bias_reason(call: AttentionCall) -> str | None:
-    return None if call.uses_bias else "no bias to apply: sdpa's fused kernels need nothing materialized"
+    if call.uses_bias or call.uses_terms:
+        return None
+    return "no bias to apply: sdpa's fused kernels need nothing materialized"
 
 
 def _dense_suits(call: AttentionCall) -> str | None:
@@ -236,8 +268,13 @@ def _dense_suits(call: AttentionCall) -> str | None:
 @register_backend("sdpa", priority=10)
 @register_backend("dense", priority=20, suits=_dense_suits)
 def _dense(call: AttentionCall) -> Tensor:
-    """SDPA with bias, causal mask and ``attn_mask`` as one dense mask (no mask at all when there is none)."""
+    """SDPA with bias, causal mask and ``attn_mask`` as one dense mask (no mask at all when there is none).
+
+    With attention terms: the explicit computation of :func:`_scores_block` over all query rows at once.
+    """
     q, k, v = call.q, call.k, call.v
+    if call.uses_terms:
+        return _scores_block(call, 0, q.shape[-2], q, k, v)
     if call.causal and call.attn_mask is None and not call.uses_bias and q.shape[-2] == k.shape[-2]:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=call.scale, enable_gqa=call.n_rep > 1)
     mask = combined_mask(call, q.dtype)  # (B|1, H|1, Tq, Tk) or None
@@ -245,17 +282,22 @@ def _dense(call: AttentionCall) -> Tensor:
 
 
 def chunk_rows(call: AttentionCall) -> int:
-    """Query rows per ``chunked`` block: about ``CHUNK_ELEMENTS`` mask elements per block, at least 16 rows."""
+    """Query rows per ``chunked`` block: about ``CHUNK_ELEMENTS`` mask elements per block, at least 16 rows.
+
+    With attention terms the budget is shared by the terms' ``pair_tensors`` score-sized intermediates.
+    """
     b, h, q_len, _ = call.dense_mask_shape
-    return max(1, min(q_len, max(16, CHUNK_ELEMENTS // max(1, b * h * call.k.shape[-2]))))
+    per_row = b * h * call.k.shape[-2] * (max(1, call.terms.pair_tensors) if call.uses_terms else 1)
+    return max(1, min(q_len, max(16, CHUNK_ELEMENTS // max(1, per_row))))
 
 
 def _chunked_suits(call: AttentionCall) -> str | None:
-    if not call.uses_bias:
+    if not (call.uses_bias or call.uses_terms):
         return _no_bias_reason(call)
     n = math.prod(call.dense_mask_shape)
     if n <= DENSE_MAX_ELEMENTS:
-        return f"the dense mask is small ({n} <= DENSE_MAX_ELEMENTS = {DENSE_MAX_ELEMENTS} elements): dense is faster"
+        what = "scores" if call.uses_terms else "mask"
+        return f"the dense {what} is small ({n} <= DENSE_MAX_ELEMENTS = {DENSE_MAX_ELEMENTS} elements): dense is faster"
     return None
 
 
@@ -263,6 +305,45 @@ def _attend_block(call: AttentionCall, start: int, stop: int, q: Tensor, k: Tens
     # q (B, H, rows, D), k (B, Hkv, keys, D), v (B, Hkv, keys, Dv) -> (B, H, rows, Dv)
     mask = block_mask(call, q.dtype, start=start, stop=stop, key_stop=k.shape[-2])
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=call.scale, enable_gqa=call.n_rep > 1)
+
+
+def _scores_block(call: AttentionCall, start: int, stop: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Explicit attention of query rows ``start:stop`` against the keys ``k``, ``v`` given (the first ``keys``).
+
+    ``softmax(terms.logits(q k^T * scale) + bias + mask) @ v + terms.values(probs)`` in the compute dtype
+    (float32, or float64 for float64 input): the one place scores, the mask, the softmax and the grouped-query
+    expansion meet, for ``reference`` (all rows, every encoding), ``dense`` and ``chunked`` (encodings with terms).
+
+    Args:
+        q: ``(B, H, rows, D)``; k: ``(B, Hkv, keys, D)``; v: ``(B, Hkv, keys, Dv)``, in the input dtype.
+
+    Returns:
+        ``(B, H, rows, Dv)`` in the dtype of ``q``.
+    """
+    compute = compute_dtype(q)
+    keys = k.shape[-2]
+    q_len, k_len = call.q.shape[-2], call.k.shape[-2]
+    mask = _block_attn_mask(call, start, stop, keys)
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(compute)
+    blk = ScoreBlock(q=q.to(compute), k=expand_kv(k, call.n_rep).to(compute), v=expand_kv(v, call.n_rep).to(compute),
+                     q_pos=call.q_pos[..., start:stop], k_pos=call.k_pos[..., :keys],
+                     q_index=torch.arange(k_len - q_len + start, k_len - q_len + stop, device=q.device),
+                     start=start, stop=stop, causal=call.causal, scale=call.scale, n_rep=call.n_rep, mask=mask)
+    terms = call.terms
+    scores = None
+    if terms is None or not terms.replaces_scores:
+        scores = (blk.q @ blk.k.transpose(-2, -1)) * call.scale  # (B, H, rows, keys)
+    logits = terms.logits(scores, blk) if terms is not None else scores
+    if call.uses_bias:
+        bias = call.pe.bias(blk.q_pos, blk.k_pos).to(compute)  # (H, rows, keys) or (B, H, rows, keys)
+        logits = logits + bias
+    probs = safe_softmax(blk.masked(logits))  # (B, H, rows, keys)
+    out = probs @ blk.v  # (B, H, rows, Dv)
+    extra = terms.values(probs, blk) if terms is not None else None
+    if extra is not None:
+        out = out + extra
+    return out.to(q.dtype)
 
 
 @register_backend("chunked", priority=30, suits=_chunked_suits)
@@ -276,6 +357,7 @@ def _chunked(call: AttentionCall) -> Tensor:
     q_len, k_len = q.shape[-2], k.shape[-2]
     rows = chunk_rows(call)
     recompute = call.needs_grad
+    block = _scores_block if call.uses_terms else _attend_block
     outs = []
     for start in range(0, q_len, rows):
         stop = min(start + rows, q_len)
@@ -283,9 +365,9 @@ def _chunked(call: AttentionCall) -> Tensor:
         key_stop = k_len - q_len + stop if call.causal else k_len
         args = (call, start, stop, q[:, :, start:stop], k[:, :, :key_stop], v[:, :, :key_stop])
         if recompute:
-            outs.append(checkpoint(_attend_block, *args, use_reentrant=False, preserve_rng_state=False))
+            outs.append(checkpoint(block, *args, use_reentrant=False, preserve_rng_state=False))
         else:
-            outs.append(_attend_block(*args))
+            outs.append(block(*args))
     if not outs:
         return q.new_zeros(*q.shape[:-1], v.shape[-1])
     return torch.cat(outs, dim=-2)  # (B, H, Tq, Dv)
@@ -309,6 +391,9 @@ def _have_cxx() -> bool:
 
 
 def _flex_supports(call: AttentionCall) -> str | None:
+    if call.uses_terms:
+        return (f"{call.pe.name}'s attention terms read the queries, keys or scores, which a FlexAttention "
+                f"score_mod cannot; use 'chunked' (O(rows * Tk) memory) or 'dense'")
     if _flex_module() is None:
         return f"torch {torch.__version__} has no torch.nn.attention.flex_attention (it needs torch >= 2.5)"
     device = call.q.device.type
@@ -453,27 +538,9 @@ def _flex(call: AttentionCall) -> Tensor:
 
 @register_backend("reference", priority=-100)
 def _reference(call: AttentionCall) -> Tensor:
-    """softmax(q k^T * scale + bias + mask) v in float32 (float64 for float64 input); fully masked rows give 0."""
-    compute = torch.promote_types(call.q.dtype, torch.float32)
-    q, k, v = call.q.to(compute), call.k.to(compute), call.v.to(compute)
-    if call.n_rep > 1:  # (B, Hkv, Tk, D) -> (B, H, Tk, D): kv head j serves query heads j*n_rep .. (j+1)*n_rep-1
-        k, v = k.repeat_interleave(call.n_rep, dim=1), v.repeat_interleave(call.n_rep, dim=1)
-    scores = (q @ k.transpose(-2, -1)) * call.scale  # (B, H, Tq, Tk)
-    mask = combined_mask(call, compute)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a row with no allowed key is NaN -> 0
-    return (probs @ v).to(call.q.dtype)  # (B, H, Tq, Dv)
-
-
-def _attend_supports(call: AttentionCall) -> str | None:
-    return None if (call.pe is not None and call.pe.uses_attend) else "the encoding has no attend()"
-
-
-@register_backend("attend", priority=100, supports=_attend_supports)
-def _attend(call: AttentionCall) -> Tensor:
-    return call.pe.attend(call.q, call.k, call.v, q_pos=call.q_pos, k_pos=call.k_pos, causal=call.causal,
-                          attn_mask=call.attn_mask, scale=call.scale)
+    """``softmax(terms(q k^T * scale) + bias + mask) v + value terms`` in float32 (float64 for float64 input), all
+    rows at once; fully masked rows give 0."""
+    return _scores_block(call, 0, call.q.shape[-2], call.q, call.k, call.v)  # (B, H, Tq, Dv)
 
 
 # -- entry point -------------------------------------------------------------------------------------------------------
@@ -483,7 +550,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None = N
     """Scaled dot-product attention with a positional encoding's bias or custom attention applied.
 
     Rotary encodings are applied *before* this call (``q, k = pe.rotate(q, k, q_pos, k_pos)``), because a KV cache
-    stores keys already rotated; this function applies what acts inside attention (``bias``/``score_mod``/``attend``).
+    stores keys already rotated; this function applies what acts inside attention (``bias``/``score_mod``, or the
+    encoding's attention ``terms``).
 
     Args:
         q: ``(B, H, Tq, D)`` queries.
@@ -495,7 +563,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None = N
         causal: mask keys after each query (by index, bottom-right aligned; see the module docstring).
         attn_mask: bool (True = may attend) or additive float mask broadcastable to ``(B, H, Tq, Tk)``.
         backend: ``"auto"``, or a name in ``BACKENDS``: ``"sdpa"``, ``"dense"``, ``"chunked"``, ``"flex"``,
-            ``"reference"``, ``"attend"`` (see the module docstring). A named backend that cannot compute the call
+            ``"reference"`` (see the module docstring). A named backend that cannot compute the call
             exactly raises ``ValueError`` with the reason; it never falls back silently.
         scale: softmax scale, default ``1 / sqrt(D)``.
 
@@ -543,14 +611,10 @@ def _choose(call: AttentionCall, backend: str) -> tuple[Backend, str]:
         why_not = chosen.supports(call)
         if why_not is not None:
             raise ValueError(f"backend {backend!r} cannot compute this call exactly: {why_not}. Use backend='auto'.")
-        if call.pe is not None and call.pe.uses_attend and backend != "attend":
-            raise ValueError(f"backend {backend!r} would skip {call.pe.name}'s own attend(); use backend='auto'.")
         return chosen, "requested"
-    if call.pe is not None and call.pe.uses_attend:
-        return BACKENDS["attend"], f"{call.pe.name} changes attention itself (attend)"
     skipped = []
     for candidate in sorted(BACKENDS.values(), key=lambda b: -b.priority):
-        if candidate.name in ("attend", "reference"):
+        if candidate.name == "reference":
             continue
         why_not = candidate.supports(call) or candidate.suits(call)
         if why_not is None:
@@ -596,7 +660,7 @@ def _prepare(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None, *, 
     if pe is not None and not isinstance(pe, PositionalEncoding):
         raise TypeError(f"pe must be a posenc PositionalEncoding or None; got {type(pe).__name__}. "
                         f"Hint: posenc.get_encoding(name, dim=..., n_heads=...).")
-    if pe is not None and (pe.uses_bias or pe.uses_attend) and pe.n_heads != h:
+    if pe is not None and (pe.uses_bias or pe.uses_terms) and pe.n_heads != h:
         raise ValueError(f"{pe.name} was built for n_heads={pe.n_heads} but q has {h} heads.")
     if causal and tq > tk:
         raise ValueError(f"causal attention needs Tq <= Tk (queries are the last Tq keys); got Tq={tq}, Tk={tk}.")
@@ -610,7 +674,10 @@ def _prepare(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None, *, 
     if q_pos is None:  # the queries are the last Tq keys (self-attention, KV-cache decoding)
         q_pos = default_positions(tq, offset=max(tk - tq, 0), device=q.device)
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    return AttentionCall(q, k, v, pe, q_pos, k_pos, bool(causal), attn_mask, scale)
+    terms = None
+    if pe is not None and pe.uses_terms:
+        terms = pe.terms(q, k, v, q_pos=q_pos, k_pos=k_pos, causal=bool(causal), scale=scale)
+    return AttentionCall(q, k, v, pe, q_pos, k_pos, bool(causal), attn_mask, scale, terms)
 
 
 def _check_mask(mask: Tensor, target: tuple[int, int, int, int], q: Tensor) -> None:

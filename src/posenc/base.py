@@ -10,7 +10,8 @@ hook            what it does                                  used by
 ``rotate``      rotates (or scales) queries and keys          rope, xpos
 ``bias``        an additive ``(H, Tq, Tk)`` attention bias    ALiBi, T5, KERPLE, FIRE, ...
 ``score_mod``   the same bias as a FlexAttention callable     (fused attention without a T x T tensor)
-``attend``      replaces the attention computation itself     Shaw's value term, CoPE
+``terms``       logit / value terms the attention backends    Shaw, Transformer-XL, CoPE, TUPE, DAPE,
+                compute per block of query rows               Self-Extend, DCA (:mod:`posenc.terms`)
 ==============  ===========================================  ==========================================
 
 Positions are always explicit int64 tensors of shape ``(T,)`` (shared by the batch) or ``(B, T)`` (per sequence),
@@ -27,6 +28,8 @@ from typing import ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
+
+from posenc.terms import AttentionTerms
 
 __all__ = [
     "EncodingInfo",
@@ -152,9 +155,16 @@ class PositionalEncoding(nn.Module):
         """A FlexAttention ``score_mod(score, b, h, q_idx, kv_idx)`` computing the same numbers as ``bias``."""
         return None
 
-    # ``attend(q, k, v, *, q_pos, k_pos, causal, attn_mask, scale) -> (B, H, Tq, D)`` is looked up with getattr:
-    # encodings that change attention itself (Shaw's value term, CoPE) define it, the rest leave it absent.
-    attend: ClassVar[Callable | None] = None
+    def terms(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool,
+              scale: float) -> AttentionTerms | None:
+        """What the encoding adds inside attention beyond a bias, for one call, or ``None`` (the default).
+
+        Called once per :func:`posenc.attention` call with its validated inputs: ``q`` ``(B, H, Tq, D)``, ``k``
+        ``(B, Hkv, Tk, D)``, ``v`` ``(B, Hkv, Tk, Dv)``, positions ``(T,)`` or ``(B, T)``, ``scale`` the softmax scale.
+        Validate here and prepare what every block shares; the returned :class:`~posenc.terms.AttentionTerms` is then
+        evaluated by the backends per block of query rows, with their one mask, softmax and grouped-query expansion.
+        """
+        return None
 
     # -- what the dispatcher and the model ask ------------------------------------------------------------------------
     @property
@@ -170,8 +180,9 @@ class PositionalEncoding(nn.Module):
         return _overrides(self, "bias")
 
     @property
-    def uses_attend(self) -> bool:
-        return getattr(self, "attend", None) is not None
+    def uses_terms(self) -> bool:
+        """Whether :meth:`terms` may return attention terms (wrappers and optional terms override this)."""
+        return _overrides(self, "terms")
 
     def check_length(self, pos: Tensor) -> None:
         """Raise if ``pos`` reaches past ``max_seq_len`` and the encoding is not defined there."""

@@ -46,7 +46,7 @@ def _outputs(pe, pos: torch.Tensor, dtype: torch.dtype, q, k, v) -> list[torch.T
     outs = []
     if pe.uses_embed:
         outs.append(pe.embed(torch.zeros(1, LENGTH, DIM, dtype=dtype), pos).double())
-    if pe.uses_rotate or pe.uses_bias or pe.uses_attend:
+    if pe.uses_rotate or pe.uses_bias or pe.uses_terms:
         qd, kd, vd = q.to(dtype), k.to(dtype), v.to(dtype)
         qd, kd = pe.rotate(qd, kd, pos, pos)
         outs.append(attention(qd, kd, vd, pe, q_pos=pos, k_pos=pos, causal=True, backend="auto").double())

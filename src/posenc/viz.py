@@ -361,8 +361,8 @@ def _recording_attention(store: list[Tensor]) -> Iterator[None]:
     """Within the block, every self-attention call of :mod:`posenc.model` also records its probabilities.
 
     The probabilities are what the call computes with one-hot values (``v = I``): ``softmax(...) @ I`` is the
-    softmax itself, through the very same backend, mask, bias or ``attend``. Cross-attention (called without an
-    encoding) is not recorded.
+    softmax itself, through the reference backend with the same mask, bias or attention terms. Cross-attention
+    (called without an encoding) is not recorded.
     """
     import posenc.model as model_module
 
@@ -373,11 +373,10 @@ def _recording_attention(store: list[Tensor]) -> Iterator[None]:
         if pe is not None:
             b, hkv, tk, _ = k.shape
             eye = torch.eye(tk, dtype=v.dtype, device=v.device).expand(b, hkv, tk, tk)  # (B, Hkv, Tk, Tk)
-            backend = "auto" if pe.uses_attend else "reference"
             try:
-                probs = original(q, k, eye, pe, **{**kwargs, "backend": backend})  # (B, H, Tq, Tk)
+                probs = original(q, k, eye, pe, **{**kwargs, "backend": "reference"})  # (B, H, Tq, Tk)
             except (ValueError, RuntimeError) as exc:
-                raise ValueError(f"attention maps: {pe.name}'s own attend() does not take one-hot values, so its "
+                raise ValueError(f"attention maps: {pe.name}'s attention does not take one-hot values, so its "
                                  f"probabilities cannot be read through the attention call ({exc}).") from exc
             store.append(probs.float())
         return out

@@ -512,7 +512,7 @@ def test_adaptive_score_mod_covers_components_without_one():
             torch.arange(7)[None, None, :, None], torch.arange(7)[None, None, None, :])
     torch.testing.assert_close(pe.score_mod(pos, pos)(torch.zeros(1, HEADS, 7, 7), *grid)[0], pe.bias(pos, pos))
     content = get_encoding("adaptive", dim=DIM, n_heads=HEADS, components=comps, content=True)
-    with pytest.raises(ValueError, match="attend"):
+    with pytest.raises(ValueError, match="attention term"):
         content.score_mod(pos, pos)
 
 

@@ -3,16 +3,18 @@
 - ``adaptive``: ``bias[h] = sum_c softmax(w[h])_c * bias_c[h]`` over a bank of registered bias encodings
   (default ALiBi, T5 buckets and FIRE), so each head learns which notion of distance it wants. With
   ``content=True`` the mixture also depends on the query, ``softmax(w[h] + q_i U[h])``, which needs the query and so
-  runs as an ``attend`` hook (dense, see below). A one-hot mixture is exactly its component.
+  is an attention term (see below). A one-hot mixture is exactly its component.
 - ``dape`` (arXiv 2405.14722): the attention logits and a static bias ``B`` (any bias encoding, KERPLE by default as in
   the paper's main results) are refined per query/key pair by a small MLP across heads,
   ``A = L + B + f([L; B])`` with ``L = q k^T * scale`` and ``f: R^{2H} -> R^H`` (``Linear -> LeakyReLU -> Linear``,
   as the paper's code); the mask is applied after ``f``, so masked pairs never matter.
 
-Memory: the content-conditioned ``adaptive`` and ``dape`` run a dense ``attend``: they hold ``(B, H, Tq, Tk)`` float32
-logits and biases, and ``dape`` also ``(B, Tq, Tk, hidden)`` MLP activations, i.e. ``O(B * Tq * Tk * (3H + hidden))``
-floats (about 0.5 GB for B=1, H=8, hidden=32, T=4096). Use them at moderate lengths or chunk queries. The plain
-``adaptive`` mixture is an ordinary bias with a FlexAttention ``score_mod`` when all components have one.
+Memory: the content-conditioned ``adaptive`` and ``dape`` are attention terms (:mod:`posenc.terms`) over each block
+of query rows. On ``dense``/``reference`` they hold ``(B, H, Tq, Tk)`` float32 logits and biases, and ``dape`` also
+``(B, Tq, Tk, hidden)`` MLP activations, i.e. ``O(B * Tq * Tk * (3H + hidden))`` floats (about 0.5 GB for B=1, H=8,
+hidden=32, T=4096); ``chunked`` (what ``auto`` picks for long sequences) holds that only for one block of rows, in
+the forward and the backward pass. The plain ``adaptive`` mixture is an ordinary bias with a FlexAttention
+``score_mod`` when all components have one.
 """
 
 from __future__ import annotations
@@ -24,11 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from posenc.base import PositionalEncoding, get_encoding, register
-from posenc.encodings._attend_utils import (
-    additive_mask,
-    attend_inputs,
-    safe_softmax,
-)
+from posenc.terms import AttentionTerms, ScoreBlock, check_head_dim
 
 __all__ = ["AdaptiveBias", "DAPE"]
 
@@ -47,9 +45,9 @@ def _bias_component(spec: str | PositionalEncoding, *, owner: str, dim: int, n_h
         raise TypeError(f"{owner}: components are registered names such as 'alibi' or built encodings; got "
                         f"{type(spec).__name__} {spec!r}.")
     name = pe.name or type(pe).__name__
-    if not pe.uses_bias or pe.uses_rotate or pe.uses_embed or pe.uses_attend:
+    if not pe.uses_bias or pe.uses_rotate or pe.uses_embed or pe.uses_terms:
         raise ValueError(f"{owner}: component {name!r} must be a pure attention-bias encoding (bias only, no "
-                         f"embed/rotate/attend). Hint: alibi, t5, fire, kerple, sandwich, dynamic, spd.")
+                         f"embed/rotate/terms). Hint: alibi, t5, fire, kerple, sandwich, dynamic, spd.")
     if pe.n_heads != n_heads:
         raise ValueError(f"{owner}: component {name!r} has n_heads={pe.n_heads}, expected {n_heads}.")
     return pe
@@ -72,7 +70,7 @@ class AdaptiveBias(PositionalEncoding):
         components: registered names of bias encodings (or built encodings with the same ``n_heads``).
         component_options: per-name options, e.g. ``{"t5": {"num_buckets": 64}}``.
         content: condition the mixture on the query: ``softmax(mix_logits[h] + q_i @ content_proj[h])`` (an
-            ``attend`` hook with dense ``(B, H, Tq, Tk)`` memory; ``content_proj`` starts at zero).
+            attention term, no longer a bias; ``content_proj`` starts at zero).
     """
 
     family = "adaptive"
@@ -114,6 +112,14 @@ class AdaptiveBias(PositionalEncoding):
         """Each component's bias, ``(H, Tq, Tk)`` or ``(B, H, Tq, Tk)``."""
         return [c.bias(q_pos, k_pos) for c in self.components]
 
+    @property
+    def uses_bias(self) -> bool:  # the content-conditioned mixture is a term (it reads the queries), not a bias
+        return not self.content
+
+    @property
+    def uses_terms(self) -> bool:
+        return self.content
+
     def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         """The static mixture, float32 ``(H, Tq, Tk)`` (``(B, H, Tq, Tk)`` for per-sequence positions)."""
         w = self.mixture_weights()  # (H, C)
@@ -130,8 +136,8 @@ class AdaptiveBias(PositionalEncoding):
         dense ``(H, Tq, Tk)`` bias and read by index inside the closure (same numbers, ``O(Tq * Tk)`` memory).
         """
         if self.content:
-            raise ValueError("adaptive: the content-conditioned mixture depends on the queries and runs through "
-                             "attend(); it has no score_mod. Use backend='auto'.")
+            raise ValueError("adaptive: the content-conditioned mixture depends on the queries, so it is an "
+                             "attention term and has no score_mod. Use backend='auto' (or 'chunked').")
         mods = []
         for comp in self.components:
             mod = comp.score_mod(q_pos, k_pos)
@@ -155,23 +161,14 @@ class AdaptiveBias(PositionalEncoding):
 
         return adaptive_score_mod
 
-    @property
-    def attend(self) -> Callable | None:  # only the content-conditioned mixture changes attention itself
-        return self._content_attend if self.content else None
-
-    def _content_attend(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor,
-                        causal: bool = False, attn_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
-        """``softmax(q k^T * scale + sum_c softmax(mix_logits[h] + q_i U[h])_c bias_c + mask) v``, dense."""
-        qc, kc, vc, scale, ct = attend_inputs(self, q, k, v, scale)  # (B, H, T, D) in compute dtype
-        scores = (qc @ kc.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
-        gate = torch.einsum("bhqd,hdc->bhqc", qc, self.content_proj.to(ct))  # (B, H, Tq, C)
-        w = torch.softmax(self.mix_logits.to(ct)[None, :, None, :] + gate, dim=-1)  # (B, H, Tq, C)
-        for c, b in enumerate(self.component_biases(q_pos, k_pos)):
-            scores = scores + w[..., c, None] * _batched(b.to(ct), q.shape[0])
-        mask = additive_mask(q.shape[-2], k.shape[-2], causal=causal, attn_mask=attn_mask, dtype=ct, device=q.device)
-        if mask is not None:
-            scores = scores + mask
-        return (safe_softmax(scores) @ vc).to(q.dtype)  # (B, H, Tq, Dv)
+    def terms(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool,
+              scale: float) -> AdaptiveContentTerms | None:
+        """With ``content=True``: the query-conditioned mixture ``sum_c softmax(mix_logits[h] + q_i U[h])_c bias_c``
+        as a logit term; ``None`` for the static mixture (an ordinary bias)."""
+        if not self.content:
+            return None
+        check_head_dim(self, q, k)
+        return AdaptiveContentTerms(self)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, components={list(self.component_names)}, content={self.content}"
@@ -218,28 +215,43 @@ class DAPE(PositionalEncoding):
         x = F.linear(x, lin2.weight.to(x.dtype), lin2.bias.to(x.dtype))  # (B, Tq, Tk, H)
         return x.permute(0, 3, 1, 2)  # (B, H, Tq, Tk)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool = False,
-               attn_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
-        """DAPE attention, dense.
+    def terms(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool,
+              scale: float) -> DAPETerms:
+        """The logit term ``B + f([L; B])`` added to ``L = q k^T * scale``; the mask comes after ``f``.
 
         Args:
-            q: ``(B, H, Tq, D)``; k, v: ``(B, Hkv, Tk, D)`` with ``H % Hkv == 0``.
-            q_pos, k_pos: int64 ``(T,)`` or ``(B, T)`` positions for the base bias.
-            causal: mask keys after each query (by index, bottom-right aligned), after the MLP.
-            attn_mask: bool (True = attend) or additive float mask broadcastable to ``(B, H, Tq, Tk)``.
-            scale: multiplies ``q . k`` (default ``1 / sqrt(D)``).
-
-        Returns:
-            ``(B, H, Tq, Dv)`` in the dtype of ``q`` (computed in float32, or float64 for float64 input).
+            q: ``(B, H, Tq, D)``; k, v: ``(B, Hkv, Tk, D)``; positions ``(T,)`` or ``(B, T)`` for the base bias.
         """
-        qc, kc, vc, scale, ct = attend_inputs(self, q, k, v, scale)  # (B, H, T, D) in compute dtype
-        logits = (qc @ kc.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
-        bias = _batched(self.base.bias(q_pos, k_pos).to(ct), q.shape[0])  # (B, H, Tq, Tk)
-        scores = logits + bias + self.refine(logits, bias)
-        mask = additive_mask(q.shape[-2], k.shape[-2], causal=causal, attn_mask=attn_mask, dtype=ct, device=q.device)
-        if mask is not None:
-            scores = scores + mask
-        return (safe_softmax(scores) @ vc).to(q.dtype)  # (B, H, Tq, Dv)
+        return DAPETerms(self)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, base={self.base.name!r}, hidden={self.hidden}"
+
+
+class AdaptiveContentTerms(AttentionTerms):
+    """The content-conditioned mixture of :class:`AdaptiveBias` for one call, a logit term per block."""
+
+    def __init__(self, pe: AdaptiveBias) -> None:
+        self.pe = pe
+
+    def logits(self, scores: Tensor, blk: ScoreBlock) -> Tensor:
+        pe, ct = self.pe, scores.dtype
+        gate = torch.einsum("bhqd,hdc->bhqc", blk.q, pe.content_proj.to(ct))  # (B, H, rows, C)
+        w = torch.softmax(pe.mix_logits.to(ct)[None, :, None, :] + gate, dim=-1)  # (B, H, rows, C)
+        for c, b in enumerate(pe.component_biases(blk.q_pos, blk.k_pos)):
+            scores = scores + w[..., c, None] * _batched(b.to(ct), scores.shape[0])
+        return scores  # (B, H, rows, keys)
+
+
+class DAPETerms(AttentionTerms):
+    """DAPE's refined bias for one call: ``scores + B + f([scores; B])`` per block."""
+
+    def __init__(self, pe: DAPE) -> None:
+        self.pe = pe
+        # estimated: (B, rows, keys, hidden) MLP activations (input, pre- and post-activation) next to the
+        # (B, H, rows, keys) scores, bias and refinement: size blocks for them too
+        self.pair_tensors = 6 + 3 * -(-pe.hidden // pe.n_heads)
+
+    def logits(self, scores: Tensor, blk: ScoreBlock) -> Tensor:
+        bias = _batched(self.pe.base.bias(blk.q_pos, blk.k_pos).to(scores.dtype), scores.shape[0])  # (B, H, rows, keys)
+        return scores + bias + self.pe.refine(scores, bias)

@@ -21,7 +21,9 @@ a second table ``e_future`` (created only when the encoding is built with ``caus
 stay distinguishable; keys at or before the query use the paper's formula and table. "Query index" means the key
 index the query sits at, bottom-right aligned (``Tk - Tq + i``), as everywhere in :mod:`posenc.attention`.
 
-Cost: the ``(B, H, Tq, Tk)`` gates and their cumulative sums, i.e. the memory of any explicit attention.
+CoPE is an attention term (:mod:`posenc.terms`) over the raw scores of each block of query rows: the gates of a
+query row need only that row's scores, so ``chunked`` computes it in ``O(rows * Tk)`` memory (forward and backward);
+``dense``/``reference`` hold the ``(B, H, Tq, Tk)`` gates and their cumulative sums.
 """
 
 from __future__ import annotations
@@ -32,22 +34,21 @@ import torch
 from torch import Tensor, nn
 
 from posenc.base import PositionalEncoding, register
-from posenc.encodings._attend_utils import (
-    additive_mask,
-    attend_inputs,
-    safe_softmax,
-)
+from posenc.terms import AttentionTerms, ScoreBlock, check_head_dim
 
 __all__ = ["CoPE", "cope_interpolate", "cope_positions"]
 
 
-def cope_positions(gates: Tensor, *, causal: bool = True) -> tuple[Tensor, Tensor | None]:
+def cope_positions(gates: Tensor, *, causal: bool = True,
+                   query_index: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Contextual positions from gates.
 
     Args:
-        gates: ``(..., Tq, Tk)`` values in ``[0, 1]``; query ``i`` sits at key index ``Tk - Tq + i``.
+        gates: ``(..., Tq, Tk)`` values in ``[0, 1]``; query ``i`` sits at key index ``query_index[i]``.
         causal: if True, only keys at or before the query are counted (later keys get position 0 here and are
             expected to be masked).
+        query_index: int64 ``(Tq,)``, the key index of each query row; default ``Tk - Tq + i`` (bottom-right
+            aligned, the queries are the last keys). A block of query rows passes its own.
 
     Returns:
         ``(past, future)``: ``past[..., i, j] = sum_{t=j}^{i} g_it`` for ``j <= i`` (0 after), and for
@@ -56,7 +57,9 @@ def cope_positions(gates: Tensor, *, causal: bool = True) -> tuple[Tensor, Tenso
         so there is no cancellation at long lengths.
     """
     tq, tk = gates.shape[-2:]
-    q_idx = torch.arange(tk - tq, tk, device=gates.device)[:, None]  # (Tq, 1) key index of each query
+    if query_index is None:
+        query_index = torch.arange(tk - tq, tk, device=gates.device)
+    q_idx = query_index[:, None]  # (Tq, 1) key index of each query
     k_idx = torch.arange(tk, device=gates.device)  # (Tk,)
     before = k_idx <= q_idx  # (Tq, Tk)
     past = gates.masked_fill(~before, 0.0).flip(-1).cumsum(-1).flip(-1).masked_fill(~before, 0.0)
@@ -89,7 +92,8 @@ def cope_interpolate(pos_logits: Tensor, positions: Tensor) -> Tensor:
 class CoPE(PositionalEncoding):
     """Contextual position encoding (Golovneva et al. 2024, arXiv 2405.18719): positions counted by sigmoid gates.
 
-    Implemented in :meth:`attend` (the formula is in the module docstring). Positions are contextual counts, so the
+    Computed as an attention term (:meth:`terms`; the formula is in the module docstring). Positions are contextual
+    counts, so the
     absolute ``q_pos``/``k_pos`` values are not used at all: the encoding is translation invariant and defined at
     any position (``extrapolates = True``).
 
@@ -117,39 +121,43 @@ class CoPE(PositionalEncoding):
         self.pos_table = nn.Parameter(torch.randn(npos_max, self.head_dim) * init_std)  # (P, D)
         self.future_table = None if self.causal else nn.Parameter(torch.randn(npos_max, self.head_dim) * init_std)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool = False,
-               attn_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
-        """CoPE attention: gates on the masked logits, contextual positions, interpolated position logits.
+    def terms(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool,
+              scale: float) -> CoPETerms:
+        """The logit term ``q_i . e[p_ij]`` with ``p_ij`` counted by the gates ``sigmoid(scores + mask)``.
 
         Args:
-            q: ``(B, H, Tq, D)``; k, v: ``(B, Hkv, Tk, D)`` with ``H % Hkv == 0``.
-            q_pos, k_pos: int64 positions; accepted for the common interface and unused (positions are contextual).
-            causal: the paper's causal CoPE; ``False`` needs an encoding built with ``causal=False``.
-            attn_mask: bool (True = attend) or additive float mask broadcastable to ``(B, H, Tq, Tk)``; it enters
-                the logits before the gates, so masked keys are not counted.
-            scale: multiplies ``q . k`` (default ``1 / sqrt(D)``); the position term is not scaled.
-
-        Returns:
-            ``(B, H, Tq, Dv)`` in the dtype of ``q`` (computed in float32, or float64 for float64 input).
+            q: ``(B, H, Tq, D)``; k, v: ``(B, Hkv, Tk, D)``; positions are accepted for the common interface and
+                unused (positions are contextual); ``causal=False`` needs an encoding built with ``causal=False``.
+                The mask (causal and ``attn_mask``) enters the scores before the gates, so masked keys are not
+                counted; ``scale`` multiplies ``q . k`` only, the position term is not scaled.
         """
-        qc, kc, vc, scale, ct = attend_inputs(self, q, k, v, scale)  # (B, H, T, D) in compute dtype
+        check_head_dim(self, q, k)
         if not causal and self.future_table is None:
             raise ValueError("cope: this encoding was built with causal=True (the paper's decoder-only CoPE) but is "
                              "called for bidirectional attention; build it with causal=False to get the "
                              "bidirectional extension (a second table for keys after the query).")
-        logits = (qc @ kc.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
-        mask = additive_mask(q.shape[-2], k.shape[-2], causal=causal, attn_mask=attn_mask, dtype=ct, device=q.device)
-        if mask is not None:
-            logits = logits + mask
-        past, future = cope_positions(torch.sigmoid(logits), causal=causal)
-        top = self.npos_max - 1
-        position = cope_interpolate(qc @ self.pos_table.to(ct).t(), past.clamp(max=top))  # (B, H, Tq, Tk)
-        if future is not None:
-            future_term = cope_interpolate(qc @ self.future_table.to(ct).t(), future.clamp(max=top))
-            tq, tk = logits.shape[-2:]
-            after = torch.arange(tk, device=q.device) > torch.arange(tk - tq, tk, device=q.device)[:, None]
-            position = torch.where(after, future_term, position)
-        return (safe_softmax(logits + position) @ vc).to(q.dtype)  # (B, H, Tq, Dv)
+        return CoPETerms(self)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, npos_max={self.npos_max}, causal={self.causal}"
+
+
+class CoPETerms(AttentionTerms):
+    """CoPE's gated-count, interpolated position term for one call; see :class:`CoPE`."""
+
+    pair_tensors = 24  # measured at T=4096 (benchmarks/terms_memory.py): gates, cumsums, floor/ceil int64 indices, ...
+
+    def __init__(self, pe: CoPE) -> None:
+        self.pe = pe
+
+    def logits(self, scores: Tensor, blk: ScoreBlock) -> Tensor:
+        pe, ct = self.pe, scores.dtype
+        past, future = cope_positions(torch.sigmoid(blk.masked(scores)), causal=blk.causal,
+                                      query_index=blk.q_index)  # (B, H, rows, keys) each
+        top = pe.npos_max - 1
+        position = cope_interpolate(blk.q @ pe.pos_table.to(ct).t(), past.clamp(max=top))  # (B, H, rows, keys)
+        if future is not None:
+            future_term = cope_interpolate(blk.q @ pe.future_table.to(ct).t(), future.clamp(max=top))
+            after = torch.arange(blk.keys, device=scores.device) > blk.q_index[:, None]  # (rows, keys)
+            position = torch.where(after, future_term, position)
+        return scores + position

@@ -15,8 +15,11 @@ This follows the reference code (HKUNLP/ChunkLlama), where pairs are grouped by 
 DCA is defined for decoders. For keys *after* the query (``causal=False``) posenc mirrors it (the key takes the
 query's role: ``-(min(j mod c + c, chunk_size) - i mod c)`` for the next chunk, and so on) — our extension.
 
-A key needs a different rotation per case, so the encoding rotates inside :meth:`DualChunkAttention.attend`;
-:meth:`rotate` is the identity, and a KV cache keeps unrotated keys and their positions.
+A key needs a different rotation per case, so the encoding rotates inside attention: :meth:`rotate` is the
+identity (a KV cache keeps unrotated keys and their positions), :meth:`DualChunkAttention.terms` rotates queries and
+keys at each position the rule uses once per call, and its attention term picks, per pair of each block of query
+rows, the score of the pair's case (a ``replaces_scores`` logit term, :mod:`posenc.terms`), so ``chunked`` runs it
+in ``O(rows * Tk)`` memory.
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ import torch
 from torch import Tensor
 
 from posenc.base import PositionalEncoding, register
-from posenc.encodings._attend_utils import additive_mask, attend_inputs, positions_4d, safe_softmax
 from posenc.encodings._relative import check_int
 from posenc.encodings.rope import RoPE
+from posenc.terms import AttentionTerms, ScoreBlock, compute_dtype, positions_2d
 
 __all__ = ["DualChunkAttention", "dual_chunk_relative_positions"]
 
@@ -84,43 +87,62 @@ class DualChunkAttention(PositionalEncoding):
                              f"local_window positions); got local_window={local_window}, chunk_size={chunk_size}.")
         self.rope = RoPE(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal, **rope_options)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool = False,
-               attn_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
-        """Attention with DCA's per-pair query (or, after the query, key) positions.
+    def terms(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool,
+              scale: float) -> DualChunkTerms:
+        """DCA's scores: q and k rotated once per call at every position the rule gives them.
 
         Args:
-            q: ``(B, H, Tq, D)``; k, v: ``(B, Hkv, Tk, D)`` unrotated (``H % Hkv == 0``).
-            q_pos, k_pos: int64 ``(Tq,)``/``(B, Tq)`` and ``(Tk,)``/``(B, Tk)``.
-            causal: mask keys after each query (by index, bottom-right aligned).
-            attn_mask: bool (True = attend) or additive float mask broadcastable to ``(B, H, Tq, Tk)``.
-            scale: default ``1 / sqrt(D)``.
-
-        Returns:
-            ``(B, H, Tq, Dv)`` in the dtype of ``q`` (float32 compute, float64 for float64 input).
+            q: ``(B, H, Tq, D)``; k, v: ``(B, Hkv, Tk, D)`` unrotated; positions ``(T,)`` or ``(B, T)``.
         """
-        qc, kc, vc, scale, ct = attend_inputs(self, q, k, v, scale)  # (B, H, T, D), kv heads expanded
+        ct = compute_dtype(q)
+        qc, kc = q.to(ct), k.to(ct)
         c, size = self.chunk_size - self.local_window, self.chunk_size
+        inter = min(2 * c - 1, size)
         qm, km = q_pos % c, k_pos % c
         rotate = self.rope.rotate_one
-
-        def dots(q_at: Tensor, k_at: Tensor) -> Tensor:  # (B, H, Tq, Tk) logits with q at q_at, k at k_at
-            return rotate(qc, q_at, "q") @ rotate(kc, k_at, "k").transpose(-2, -1)
-
-        inter = torch.full_like(qm, min(2 * c - 1, size))
-        gap = _floor(positions_4d(q_pos), c)[:, :, None] - _floor(positions_4d(k_pos), c)[:, None, :]  # (B|1,Tq,Tk)
-        scores = torch.where((gap == 0)[:, None], dots(q_pos, k_pos), dots(inter, km))
-        scores = torch.where((gap == 1)[:, None], dots(torch.clamp(qm + c, max=size), km), scores)
-        # keys after the query: the mirrored rule. Eager skips it when no pair needs it; compiled code always
-        # computes it (the same numbers), since a data-dependent branch would break the graph.
-        if torch.compiler.is_compiling() or bool((gap < 0).any()):
-            scores = torch.where((gap == -1)[:, None], dots(qm, torch.clamp(km + c, max=size)), scores)
-            scores = torch.where((gap <= -2)[:, None], dots(qm, torch.full_like(km, min(2 * c - 1, size))), scores)
-        scores = scores * scale
-        mask = additive_mask(q.shape[-2], k.shape[-2], causal=causal, attn_mask=attn_mask, dtype=ct, device=q.device)
-        if mask is not None:
-            scores = scores + mask
-        return (safe_softmax(scores) @ vc).to(q.dtype)  # (B, H, Tq, Dv)
+        rotated = {  # (B, H, Tq, D) queries and (B, Hkv, Tk, D) keys, each at the positions named
+            "q": rotate(qc, q_pos, "q"), "q_inter": rotate(qc, torch.full_like(qm, inter), "q"),
+            "q_succ": rotate(qc, torch.clamp(qm + c, max=size), "q"),
+            "k": rotate(kc, k_pos, "k"), "k_mod": rotate(kc, km, "k"),
+        }
+        # Keys in a later chunk than the query need the mirrored rule. Eager code rotates for it only when some pair
+        # needs it (an O(T) check); compiled code always does (the same numbers), since a data-dependent branch
+        # would break the graph.
+        q_chunk, k_chunk = _floor(positions_2d(q_pos), c), _floor(positions_2d(k_pos), c)
+        mirrored = torch.compiler.is_compiling() or (q_chunk.numel() > 0 and k_chunk.numel() > 0 and bool(
+            (q_chunk.amin(-1) < k_chunk.amax(-1)).any()))
+        if mirrored:
+            rotated.update(q_mod=rotate(qc, qm, "q"), k_succ=rotate(kc, torch.clamp(km + c, max=size), "k"),
+                           k_inter=rotate(kc, torch.full_like(km, inter), "k"))
+        return DualChunkTerms(rotated, c, mirrored)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, chunk_size={self.chunk_size}, local_window={self.local_window}, "
                 f"base={self.rope.base:g}, layout={self.rope.layout!r}")
+
+
+class DualChunkTerms(AttentionTerms):
+    """DCA's per-pair choice among the intra-, successive- and inter-chunk scores for one call."""
+
+    replaces_scores = True
+    pair_tensors = 10  # estimated: up to four candidate scores, the chunk gap (int64), the choices, the result
+
+    def __init__(self, rotated: dict[str, Tensor], chunk: int, mirrored: bool) -> None:
+        self.rotated = rotated
+        self.chunk = chunk  # c = chunk_size - local_window
+        self.mirrored = mirrored  # some key sits in a later chunk than some query
+
+    def _dots(self, blk: ScoreBlock, q_name: str, k_name: str) -> Tensor:
+        q = blk.query_rows(self.rotated[q_name])
+        return q @ blk.key_rows(self.rotated[k_name]).transpose(-2, -1)  # (B, H, rows, keys)
+
+    def logits(self, scores: None, blk: ScoreBlock) -> Tensor:
+        c = self.chunk
+        gap = _floor(positions_2d(blk.q_pos), c)[:, :, None] - _floor(positions_2d(blk.k_pos), c)[:, None, :]
+        gap = gap[:, None]  # (B|1, 1, rows, keys)
+        out = torch.where(gap == 0, self._dots(blk, "q", "k"), self._dots(blk, "q_inter", "k_mod"))
+        out = torch.where(gap == 1, self._dots(blk, "q_succ", "k_mod"), out)
+        if self.mirrored:
+            out = torch.where(gap == -1, self._dots(blk, "q_mod", "k_succ"), out)
+            out = torch.where(gap <= -2, self._dots(blk, "q_mod", "k_inter"), out)
+        return out * blk.scale

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from posenc.base import PositionalEncoding, get_encoding, register
+from posenc.terms import AttentionTerms
 
 __all__ = ["RandomizedPE"]
 
@@ -79,6 +80,10 @@ class RandomizedPE(PositionalEncoding):
     def score_mod(self, q_pos: Tensor, k_pos: Tensor) -> Callable | None:
         return self.inner.score_mod(q_pos, k_pos)
 
+    def terms(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool,
+              scale: float) -> AttentionTerms | None:
+        return self.inner.terms(q, k, v, q_pos=q_pos, k_pos=k_pos, causal=causal, scale=scale)
+
     @property
     def uses_embed(self) -> bool:
         return self.inner.uses_embed
@@ -92,12 +97,8 @@ class RandomizedPE(PositionalEncoding):
         return self.inner.uses_bias
 
     @property
-    def uses_attend(self) -> bool:
-        return self.inner.uses_attend
-
-    @property
-    def attend(self) -> Callable | None:  # the wrapped encoding's, when it changes attention itself
-        return getattr(self.inner, "attend", None)
+    def uses_terms(self) -> bool:
+        return self.inner.uses_terms
 
     def check_length(self, pos: Tensor) -> None:
         self.inner.check_length(pos)

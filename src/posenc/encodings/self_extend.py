@@ -7,8 +7,11 @@ relative position a far pair sees is ``floor(i / G) - floor(j / G) + W - floor(W
 at its edge and at most ``W + (L - W) / G`` for a sequence of length ``L``: a model trained at ``L_train`` runs to
 about ``(L_train - W) * G + W`` tokens with every relative position inside what it was trained on.
 
-Because a key needs two rotations, the encoding rotates inside :meth:`SelfExtend.attend` and nothing before it
-(:meth:`rotate` is the identity, so a KV cache keeps unrotated keys and their positions).
+Because a key needs two rotations, the encoding rotates inside attention and nothing before it (:meth:`rotate` is
+the identity, so a KV cache keeps unrotated keys and their positions): :meth:`SelfExtend.terms` rotates queries and
+keys both ways once per call, and its attention term picks, per pair of each block of query rows, the neighbour or
+the grouped score (a ``replaces_scores`` logit term, :mod:`posenc.terms`), so ``chunked`` runs it in
+``O(rows * Tk)`` memory.
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ import torch
 from torch import Tensor
 
 from posenc.base import PositionalEncoding, register
-from posenc.encodings._attend_utils import additive_mask, attend_inputs, positions_4d, safe_softmax
 from posenc.encodings._relative import check_int
 from posenc.encodings.rope import RoPE
+from posenc.terms import AttentionTerms, ScoreBlock, compute_dtype, positions_2d
 
 __all__ = ["SelfExtend", "self_extend_positions"]
 
@@ -58,32 +61,39 @@ class SelfExtend(PositionalEncoding):
                                          hint=" The paper uses 512 to 2048 for a 4096-token model.")
         self.rope = RoPE(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal, **rope_options)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool = False,
-               attn_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
-        """Merged neighbour / grouped RoPE attention.
+    def terms(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool,
+              scale: float) -> SelfExtendTerms:
+        """Merged neighbour / grouped RoPE scores: q and k rotated at their positions and at grouped positions.
 
         Args:
-            q: ``(B, H, Tq, D)``; k, v: ``(B, Hkv, Tk, D)`` unrotated (``H % Hkv == 0``).
-            q_pos, k_pos: int64 ``(Tq,)``/``(B, Tq)`` and ``(Tk,)``/``(B, Tk)``.
-            causal: mask keys after each query (by index, bottom-right aligned).
-            attn_mask: bool (True = attend) or additive float mask broadcastable to ``(B, H, Tq, Tk)``.
-            scale: default ``1 / sqrt(D)``.
-
-        Returns:
-            ``(B, H, Tq, Dv)`` in the dtype of ``q`` (float32 compute, float64 for float64 input).
+            q: ``(B, H, Tq, D)``; k, v: ``(B, Hkv, Tk, D)`` unrotated; positions ``(T,)`` or ``(B, T)``.
         """
-        qc, kc, vc, scale, ct = attend_inputs(self, q, k, v, scale)  # (B, H, T, D), kv heads expanded
-        qn, kn = self.rope.rotate(qc, kc, q_pos, k_pos)
+        ct = compute_dtype(q)
+        qc, kc = q.to(ct), k.to(ct)
+        qn, kn = self.rope.rotate(qc, kc, q_pos, k_pos)  # neighbour attention: plain RoPE
         qg_pos, kg_pos = self_extend_positions(q_pos, k_pos, group_size=self.group_size,
                                                neighbor_window=self.neighbor_window)
-        qg, kg = self.rope.rotate(qc, kc, qg_pos, kg_pos)
-        near = (positions_4d(q_pos)[:, :, None] - positions_4d(k_pos)[:, None, :]) < self.neighbor_window
-        scores = torch.where(near[:, None], qn @ kn.transpose(-2, -1), qg @ kg.transpose(-2, -1)) * scale
-        mask = additive_mask(q.shape[-2], k.shape[-2], causal=causal, attn_mask=attn_mask, dtype=ct, device=q.device)
-        if mask is not None:
-            scores = scores + mask
-        return (safe_softmax(scores) @ vc).to(q.dtype)  # (B, H, Tq, Dv)
+        qg, kg = self.rope.rotate(qc, kc, qg_pos, kg_pos)  # grouped attention
+        return SelfExtendTerms(qn, kn, qg, kg, self.neighbor_window)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, group_size={self.group_size}, neighbor_window={self.neighbor_window}, "
                 f"base={self.rope.base:g}, layout={self.rope.layout!r}")
+
+
+class SelfExtendTerms(AttentionTerms):
+    """Self-Extend's per-pair choice between neighbour and grouped scores for one call (replaces the raw scores)."""
+
+    replaces_scores = True
+    pair_tensors = 8  # estimated: the two candidate scores, the distances (int64), the choice, the result, grads
+
+    def __init__(self, qn: Tensor, kn: Tensor, qg: Tensor, kg: Tensor, neighbor_window: int) -> None:
+        self.qn, self.kn = qn, kn  # (B, H, Tq, D), (B, Hkv, Tk, D): rotated at the true positions
+        self.qg, self.kg = qg, kg  # the same at the grouped positions
+        self.neighbor_window = neighbor_window
+
+    def logits(self, scores: None, blk: ScoreBlock) -> Tensor:
+        near = (positions_2d(blk.q_pos)[:, :, None] - positions_2d(blk.k_pos)[:, None, :]) < self.neighbor_window
+        neighbour = blk.query_rows(self.qn) @ blk.key_rows(self.kn).transpose(-2, -1)  # (B, H, rows, keys)
+        grouped = blk.query_rows(self.qg) @ blk.key_rows(self.kg).transpose(-2, -1)
+        return torch.where(near[:, None], neighbour, grouped) * blk.scale

@@ -6,14 +6,16 @@ For query ``i`` and key ``j`` the relative distance ``j - i`` is clipped to ``[-
     e_ij = (q_i . k_j + q_i . a^K_ij) / sqrt(d)
     z_i  = sum_j softmax_j(e_ij) (v_j + a^V_ij)
 
-Neither term ever builds the ``(Tq, Tk, D)`` tensor of the paper's notation:
+Both are attention terms (:mod:`posenc.terms`), evaluated by the attention backends per block of query rows, and
+neither ever builds the ``(Tq, Tk, D)`` tensor of the paper's notation:
 
-- key term: ``q @ a^K^T`` over the ``2k + 1`` clipped distances gives ``(B, H, Tq, 2k+1)``, then each pair ``(i, j)``
-  gathers its bucket (:func:`shaw_key_logits`);
+- key term (a logit term): ``q @ a^K^T`` over the ``2k + 1`` clipped distances gives ``(B, H, rows, 2k+1)``, then
+  each pair ``(i, j)`` gathers its bucket (:func:`shaw_key_logits`);
 - value term: the attention probabilities are summed per clipped-distance bucket (a scatter-add into
-  ``(B, H, Tq, 2k+1)``) and multiplied by ``a^V`` (:func:`shaw_value_term`).
+  ``(B, H, rows, 2k+1)``) and multiplied by ``a^V`` (:func:`shaw_value_term`).
 
-Extra memory is therefore the ``(B, H, Tq, Tk)`` probabilities any explicit attention needs, plus ``(B, H, Tq, 2k+1)``.
+Extra memory is therefore ``O(rows * Tk)`` per block on the ``chunked`` backend (in the backward pass too), and the
+``(B, H, Tq, Tk)`` scores of any explicit attention on ``dense``/``reference``.
 """
 
 from __future__ import annotations
@@ -24,12 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from posenc.base import PositionalEncoding, register
-from posenc.encodings._attend_utils import (
-    additive_mask,
-    attend_inputs,
-    positions_4d,
-    safe_softmax,
-)
+from posenc.terms import AttentionTerms, ScoreBlock, check_head_dim, positions_2d
 
 __all__ = ["ShawRelative", "shaw_buckets", "shaw_key_logits", "shaw_value_term"]
 
@@ -45,7 +42,7 @@ def shaw_buckets(q_pos: Tensor, k_pos: Tensor, max_relative_position: int) -> Te
     Returns:
         int64 ``(1, Tq, Tk)`` or ``(B, Tq, Tk)``.
     """
-    rel = positions_4d(k_pos)[:, None, :] - positions_4d(q_pos)[:, :, None]  # (B|1, Tq, Tk)  j - i
+    rel = positions_2d(k_pos)[:, None, :] - positions_2d(q_pos)[:, :, None]  # (B|1, Tq, Tk)  j - i
     return rel.clamp(-max_relative_position, max_relative_position) + max_relative_position
 
 
@@ -93,7 +90,8 @@ class ShawRelative(PositionalEncoding):
     """Shaw et al.'s relative position representations (arXiv 1803.02155): learned clipped key and value terms.
 
     ``e_ij = (q_i . k_j + q_i . a^K_{clip(j-i,k)}) * scale`` and ``z_i = sum_j a_ij (v_j + a^V_{clip(j-i,k)})``,
-    with ``scale = 1/sqrt(head_dim)`` by default. Implemented in :meth:`attend`; only relative distances enter, so
+    with ``scale = 1/sqrt(head_dim)`` by default. Both are attention terms (:meth:`terms`), so every backend but
+    ``flex``/``sdpa``'s fused kernels computes them, ``chunked`` in ``O(rows * Tk)``; only relative distances enter, so
     shifting all positions by a constant changes nothing, and positions of any size are fine (distances past ``k``
     share the outermost embedding).
 
@@ -135,35 +133,41 @@ class ShawRelative(PositionalEncoding):
     def value_term(self) -> bool:
         return self.value_table is not None
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool = False,
-               attn_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
-        """Attention with relative key and value terms.
+    def terms(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool,
+              scale: float) -> ShawTerms:
+        """The key term ``q_i . a^K_{clip(j-i,k)} * scale`` and the value term ``sum_j p_ij a^V_{clip(j-i,k)}``.
 
         Args:
-            q: ``(B, H, Tq, D)``; k, v: ``(B, Hkv, Tk, D)`` with ``H % Hkv == 0``.
-            q_pos, k_pos: int64 ``(Tq,)``/``(B, Tq)`` and ``(Tk,)``/``(B, Tk)``.
-            causal: mask keys after each query (by index, bottom-right aligned).
-            attn_mask: bool (True = attend) or additive float mask broadcastable to ``(B, H, Tq, Tk)``.
-            scale: multiplies both logit terms; default ``1 / sqrt(D)``.
-
-        Returns:
-            ``(B, H, Tq, D)`` in the dtype of ``q`` (computed in float32, or float64 for float64 input).
+            q: ``(B, H, Tq, D)``; k, v: ``(B, Hkv, Tk, D)``; positions ``(T,)`` or ``(B, T)``; ``scale`` multiplies
+                both logit terms.
         """
-        qc, kc, vc, scale, ct = attend_inputs(self, q, k, v, scale)  # (B, H, T, D) in compute dtype
+        check_head_dim(self, q, k)
         if self.value_table is not None and v.shape[-1] != self.head_dim:
             raise ValueError(f"shaw: the value term adds a^V of size head_dim={self.head_dim} to v, but v has "
                              f"{v.shape[-1]} channels; build it with value_term=False for a different value width.")
-        buckets = shaw_buckets(q_pos, k_pos, self.max_relative_position)  # (B|1, Tq, Tk)
-        scores = (qc @ kc.transpose(-2, -1) + shaw_key_logits(qc, self.key_table.to(ct), buckets)) * scale
-        mask = additive_mask(q.shape[-2], k.shape[-2], causal=causal, attn_mask=attn_mask, dtype=ct, device=q.device)
-        if mask is not None:
-            scores = scores + mask
-        probs = safe_softmax(scores)  # (B, H, Tq, Tk)
-        out = probs @ vc  # (B, H, Tq, D)
-        if self.value_table is not None:
-            out = out + shaw_value_term(probs, self.value_table.to(ct), buckets)
-        return out.to(q.dtype)
+        return ShawTerms(self)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, max_relative_position={self.max_relative_position}, " \
                f"value_term={self.value_term}"
+
+
+class ShawTerms(AttentionTerms):
+    """Shaw's key term (a logit term) and value term for one call; see :class:`ShawRelative`."""
+
+    pair_tensors = 9  # measured at T=4096 (benchmarks/terms_memory.py): bucket indices, scores, logits, probs, grads
+
+    def __init__(self, pe: ShawRelative) -> None:
+        self.pe = pe
+
+    def _buckets(self, blk: ScoreBlock) -> Tensor:
+        return shaw_buckets(blk.q_pos, blk.k_pos, self.pe.max_relative_position)  # (B|1, rows, keys)
+
+    def logits(self, scores: Tensor, blk: ScoreBlock) -> Tensor:
+        key_table = self.pe.key_table.to(blk.q.dtype)  # (2k+1, D)
+        return scores + shaw_key_logits(blk.q, key_table, self._buckets(blk)) * blk.scale  # (B, H, rows, keys)
+
+    def values(self, probs: Tensor, blk: ScoreBlock) -> Tensor | None:
+        if self.pe.value_table is None:
+            return None
+        return shaw_value_term(probs, self.pe.value_table.to(probs.dtype), self._buckets(blk))  # (B, H, rows, D)

@@ -21,7 +21,9 @@ No relative-shift trick is needed because the positional term is gathered by dis
   expands into products of ``sin/cos(p_i w)`` and ``sin/cos(p_j w)``, so the positional term is one matmul of a
   ``(B, H, Tq, d_R)`` query-side tensor with a ``(Tk, d_R)`` key-side tensor (the same algebra as RoPE).
 
-Both are exact; peak extra memory is ``O(B * H * Tq * max(Tk, U))``, never ``(Tq, Tk, D)``.
+Both are exact, and both are attention terms (:mod:`posenc.terms`) evaluated per block of query rows: peak extra
+memory is ``O(B * H * rows * max(Tk, U))`` per block (``rows = Tq`` on ``dense``/``reference``), never
+``(Tq, Tk, D)``.
 """
 
 from __future__ import annotations
@@ -32,12 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from posenc.base import PositionalEncoding, register
-from posenc.encodings._attend_utils import (
-    additive_mask,
-    attend_inputs,
-    positions_4d,
-    safe_softmax,
-)
+from posenc.terms import AttentionTerms, ScoreBlock, check_head_dim, positions_2d
 
 __all__ = ["TransformerXL", "relative_sinusoid", "xl_frequencies", "xl_position_logits"]
 
@@ -76,7 +73,7 @@ def xl_position_logits(qv: Tensor, w_r: Tensor, q_pos: Tensor, k_pos: Tensor, *,
     tk = k_pos.shape[-1]
     rel_dim = w_r.shape[-1]
     w_heads = w_r.view(h, d, rel_dim)  # (H, D, d_R)
-    dist = positions_4d(q_pos)[:, :, None] - positions_4d(k_pos)[:, None, :]  # (B|1, Tq, Tk)  i - j
+    dist = positions_2d(q_pos)[:, :, None] - positions_2d(k_pos)[:, None, :]  # (B|1, Tq, Tk)  i - j
     uniq = inverse = None
     if method == "auto" and torch.compiler.is_compiling():  # no data-dependent choice inside a graph
         method = "factored"
@@ -95,8 +92,8 @@ def xl_position_logits(qv: Tensor, w_r: Tensor, q_pos: Tensor, k_pos: Tensor, *,
         n = freqs.shape[0]
         y = qv @ w_heads  # (B, H, Tq, d_R): coefficients of sin (first F) and cos (last F)
         a, c = y[..., :n], y[..., n:]
-        ang_q = positions_4d(q_pos).to(torch.float64)[..., None] * freqs  # (B|1, Tq, F)
-        ang_k = positions_4d(k_pos).to(torch.float64)[..., None] * freqs  # (B|1, Tk, F)
+        ang_q = positions_2d(q_pos).to(torch.float64)[..., None] * freqs  # (B|1, Tq, F)
+        ang_k = positions_2d(k_pos).to(torch.float64)[..., None] * freqs  # (B|1, Tk, F)
         sq, cq = ang_q.sin().to(qv.dtype)[:, None], ang_q.cos().to(qv.dtype)[:, None]  # (B|1, 1, Tq, F)
         # sin(x - y) = sin x cos y - cos x sin y;  cos(x - y) = cos x cos y + sin x sin y
         query_side = torch.cat((a * sq + c * cq, c * sq - a * cq), dim=-1)  # (B, H, Tq, 2F)
@@ -112,8 +109,8 @@ def xl_position_logits(qv: Tensor, w_r: Tensor, q_pos: Tensor, k_pos: Tensor, *,
 class TransformerXL(PositionalEncoding):
     """Transformer-XL relative attention (Dai et al. 2019, arXiv 1901.02860): ``(q+u).k + (q+v).W_R R_{i-j}``.
 
-    Implemented in :meth:`attend`; depends on positions only through ``q_pos - k_pos``, so it is translation
-    invariant and defined at any position (``extrapolates = True``). ``u``, ``v`` and ``W_R`` belong to the
+    Computed as attention terms (:meth:`terms`); depends on positions only through ``q_pos - k_pos``, so it is
+    translation invariant and defined at any position (``extrapolates = True``). ``u``, ``v`` and ``W_R`` belong to the
     encoding; in :class:`posenc.Transformer` every layer of a stack shares them (the paper has one set per layer).
 
     Args:
@@ -146,30 +143,33 @@ class TransformerXL(PositionalEncoding):
         self.content_bias = nn.Parameter(torch.randn(n_heads, self.head_dim) * init_std)  # u (H, D)
         self.position_bias = nn.Parameter(torch.randn(n_heads, self.head_dim) * init_std)  # v (H, D)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool = False,
-               attn_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
-        """Relative attention ``softmax(((q+u) k^T + (q+v) W_R R^T) * scale + mask) v``.
+    def terms(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool,
+              scale: float) -> TransformerXLTerms:
+        """The logit terms ``(u . k_j + (q_i + v) . W_R R_{i-j}) * scale`` added to ``q_i . k_j * scale``.
 
         Args:
-            q: ``(B, H, Tq, D)``; k, v: ``(B, Hkv, Tk, D)`` with ``H % Hkv == 0``.
-            q_pos, k_pos: int64 ``(Tq,)``/``(B, Tq)`` and ``(Tk,)``/``(B, Tk)``.
-            causal: mask keys after each query (by index, bottom-right aligned).
-            attn_mask: bool (True = attend) or additive float mask broadcastable to ``(B, H, Tq, Tk)``.
-            scale: multiplies the whole score; default ``1 / sqrt(D)``.
-
-        Returns:
-            ``(B, H, Tq, Dv)`` in the dtype of ``q`` (computed in float32, or float64 for float64 input).
+            q: ``(B, H, Tq, D)``; k, v: ``(B, Hkv, Tk, D)``; positions ``(T,)`` or ``(B, T)``; ``scale``
+                multiplies the whole score (``1 / sqrt(D)`` by default).
         """
-        qc, kc, vc, scale, ct = attend_inputs(self, q, k, v, scale)  # (B, H, T, D) in compute dtype
-        u = self.content_bias.to(ct)[None, :, None, :]  # (1, H, 1, D)
-        vb = self.position_bias.to(ct)[None, :, None, :]
-        content = (qc + u) @ kc.transpose(-2, -1)  # (B, H, Tq, Tk)
-        position = xl_position_logits(qc + vb, self.w_r.to(ct), q_pos, k_pos, method=self.method)
-        scores = (content + position) * scale
-        mask = additive_mask(q.shape[-2], k.shape[-2], causal=causal, attn_mask=attn_mask, dtype=ct, device=q.device)
-        if mask is not None:
-            scores = scores + mask
-        return (safe_softmax(scores) @ vc).to(q.dtype)  # (B, H, Tq, Dv)
+        check_head_dim(self, q, k)
+        return TransformerXLTerms(self)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rel_dim={self.rel_dim}, method={self.method!r}"
+
+
+class TransformerXLTerms(AttentionTerms):
+    """Transformer-XL's content-bias and position terms for one call; see :class:`TransformerXL`."""
+
+    pair_tensors = 11  # measured at T=4096 (benchmarks/terms_memory.py): scores, position term, gather indices, ...
+
+    def __init__(self, pe: TransformerXL) -> None:
+        self.pe = pe
+
+    def logits(self, scores: Tensor, blk: ScoreBlock) -> Tensor:
+        pe, ct = self.pe, blk.q.dtype
+        u = pe.content_bias.to(ct)[None, :, None, :]  # (1, H, 1, D)
+        vb = pe.position_bias.to(ct)[None, :, None, :]
+        content_bias = u @ blk.k.transpose(-2, -1)  # (B, H, 1, keys): u . k_j
+        position = xl_position_logits(blk.q + vb, pe.w_r.to(ct), blk.q_pos, blk.k_pos, method=pe.method)
+        return scores + (content_bias + position) * blk.scale  # (B, H, rows, keys)

@@ -5,13 +5,12 @@ learned absolute embeddings ``p`` with their own projections, to the content log
 
     a_ij = (q_i . k_j) / sqrt(2d)  +  (p_i U_Q)(p_j U_K)^T / sqrt(2d)
 
-with ``d`` the head dim (the ``sqrt(2d)`` keeps the sum of two terms at unit variance). Because the second term is
-a dot product too, it rides along as extra channels:
-
-    q' = [q, p_{q_pos} U_Q],   k' = [k, p_{k_pos} U_K],   v unchanged,   a_ij = q'_i . k'_j / sqrt(2d)
-
-so :meth:`TUPE.attend` is one SDPA call (flash / memory-efficient kernels included) with ``2d``-wide queries and
-keys: ``O(T)`` extra memory, never ``(H, T, T)``.
+with ``d`` the head dim (the ``sqrt(2d)`` keeps the sum of two terms at unit variance). It is an attention term
+(:mod:`posenc.terms`): the per-head position channels ``p_{q_pos} U_Q`` ``(B|1, H, Tq, D)`` and ``p_{k_pos} U_K``
+``(B|1, H, Tk, D)`` are formed once per call, and each block of query rows adds their product to its scores
+rescaled by ``1 / sqrt(2)``, so ``chunked`` holds only ``O(rows * Tk)`` of the positional correlation, never
+``(H, T, T)``. (The term is a dot product too: ``a_ij = [q_i, p_i U_Q] . [k_j, p_j U_K] / sqrt(2d)``, which
+:func:`tupe_position_channels` makes easy to check.)
 
 Choices, following the authors' code: ``p`` is layer-normalised before the projections (``pos_ln`` there), and one
 positional correlation serves every layer (in :class:`posenc.Transformer` every layer shares the encoding, hence
@@ -28,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posenc.base import PositionalEncoding, check_positions, register
-from posenc.encodings._attend_utils import additive_mask, check_attend_inputs, expand_kv
+from posenc.base import PositionalEncoding, register
+from posenc.terms import AttentionTerms, ScoreBlock, check_head_dim, compute_dtype
 
 __all__ = ["TUPE", "tupe_position_channels"]
 
@@ -62,9 +61,8 @@ def tupe_position_channels(pos: Tensor, table: Tensor, proj: Tensor, *, n_heads:
 class TUPE(PositionalEncoding):
     """Untied positional attention, TUPE-A (Ke et al. 2021, arXiv 2006.15595): ``(p_i U_Q)(p_j U_K)^T / sqrt(2d)``.
 
-    Implemented in :meth:`attend` as one SDPA call over ``[q, p U_Q]`` and ``[k, p U_K]`` (see the module
-    docstring); positions are rows of a learned table of ``max_seq_len`` rows, so positions past it raise
-    (``extrapolates = False``).
+    Computed as an attention term (:meth:`terms`, see the module docstring); positions are rows of a learned table
+    of ``max_seq_len`` rows, so positions past it raise (``extrapolates = False``).
 
     Args:
         layer_norm: layer-normalise ``p`` before the projections, as the authors' code does.
@@ -104,42 +102,37 @@ class TUPE(PositionalEncoding):
         return tupe_position_channels(pos, self.table, proj, n_heads=self.n_heads, ln_weight=self.ln_weight,
                                       ln_bias=self.ln_bias)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool = False,
-               attn_mask: Tensor | None = None, scale: float | None = None) -> Tensor:
-        """SDPA over ``[q, p U_Q]`` and ``[k, p U_K]`` with scale ``scale / sqrt(2)``.
+    def terms(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool,
+              scale: float) -> TUPETerms:
+        """The untied positional term; the whole score becomes ``(q . k + pq . pk) * scale / sqrt(2)``.
 
         Args:
-            q: ``(B, H, Tq, D)``; k, v: ``(B, Hkv, Tk, D)`` with ``H % Hkv == 0`` (k/v are expanded to ``H`` heads,
-                because the positional key channels are per query head).
-            q_pos, k_pos: int64 ``(Tq,)``/``(B, Tq)`` and ``(Tk,)``/``(B, Tk)``, each ``< max_seq_len``.
-            causal: mask keys after each query (by index, bottom-right aligned).
-            attn_mask: bool (True = attend) or additive float mask broadcastable to ``(B, H, Tq, Tk)``.
-            scale: the content scale of ordinary attention, default ``1 / sqrt(D)``; TUPE divides it by ``sqrt(2)``
-                (the paper's ``1 / sqrt(2d)``) and applies it to both terms.
-
-        Returns:
-            ``(B, H, Tq, Dv)`` in the dtype of ``q``.
+            q: ``(B, H, Tq, D)``; k, v: ``(B, Hkv, Tk, D)``; positions ``(T,)`` or ``(B, T)``, each
+                ``< max_seq_len``. ``scale`` is the content scale of ordinary attention (``1 / sqrt(D)`` by
+                default); TUPE divides it by ``sqrt(2)`` (the paper's ``1 / sqrt(2d)``) for both terms.
         """
-        n_rep = check_attend_inputs(self.name, q, k, v, n_heads=self.n_heads, head_dim=self.head_dim)
-        b, _, tq, d = q.shape
-        tk = k.shape[-2]
-        check_positions(q_pos, tq, name="q_pos", batch=b, device=q.device)
-        check_positions(k_pos, tk, name="k_pos", batch=b, device=q.device)
-        scale = 1.0 / math.sqrt(d) if scale is None else scale
-        pq = self.position_channels(q_pos, "q").to(q.dtype)  # (B|1, H, Tq, D)
-        pk = self.position_channels(k_pos, "k").to(q.dtype)  # (B|1, H, Tk, D)
-        q2 = torch.cat((q, pq.expand(b, -1, -1, -1)), dim=-1)  # (B, H, Tq, 2D)
-        k2 = torch.cat((expand_kv(k, n_rep), pk.expand(b, -1, -1, -1)), dim=-1)  # (B, H, Tk, 2D)
-        v2 = expand_kv(v, n_rep)  # (B, H, Tk, Dv)
-        if causal and attn_mask is None and tq == tk:
-            return F.scaled_dot_product_attention(q2, k2, v2, is_causal=True, scale=scale / math.sqrt(2))
-        mask = attn_mask
-        if causal or (mask is not None and mask.dtype != torch.bool):
-            mask = additive_mask(tq, tk, causal=causal, attn_mask=attn_mask, dtype=q.dtype, device=q.device)
-        return F.scaled_dot_product_attention(q2, k2, v2, attn_mask=mask, scale=scale / math.sqrt(2))
+        check_head_dim(self, q, k)
+        ct = compute_dtype(q)
+        pq = self.position_channels(q_pos, "q").to(ct)  # (B|1, H, Tq, D)
+        pk = self.position_channels(k_pos, "k").to(ct)  # (B|1, H, Tk, D)
+        return TUPETerms(pq, pk)
 
     def _extend_hint(self) -> str:
         return " (TUPE's position table is learned, one row per position)"
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, layer_norm={self.layer_norm}"
+
+
+class TUPETerms(AttentionTerms):
+    """TUPE's positional correlation for one call: ``(scores + (pq . pk) * scale) / sqrt(2)``."""
+
+    pair_tensors = 6  # estimated: scores, the positional correlation, the sum, probabilities, grads
+
+    def __init__(self, pq: Tensor, pk: Tensor) -> None:
+        self.pq = pq  # (B|1, H, Tq, D)
+        self.pk = pk  # (B|1, H, Tk, D)
+
+    def logits(self, scores: Tensor, blk: ScoreBlock) -> Tensor:
+        positional = blk.query_rows(self.pq) @ blk.key_rows(self.pk).transpose(-2, -1)  # (B|1, H, rows, keys)
+        return (scores + positional * blk.scale) / math.sqrt(2)

@@ -1,11 +1,13 @@
-"""Encodings that change attention itself (shaw, transformer_xl, cope, tupe) against naive paper formulas.
+"""Encodings with attention terms (shaw, transformer_xl, cope, tupe) against naive paper formulas.
 
 Each naive reference below builds the paper's pairwise terms explicitly, as (B, H, Tq, Tk) or (B, Tq, Tk, D)
-tensors, with plain loops or einsums; the fused ``attend`` implementations must agree with them to 1e-5 in float32.
+tensors, with plain loops or einsums; the attention terms, computed by the backends (``auto``, ``reference`` and
+``chunked`` in blocks of query rows), must agree with them to 1e-5 in float32.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -148,16 +150,36 @@ NAIVE = {"shaw": naive_shaw, "transformer_xl": naive_transformer_xl, "cope": nai
 
 
 # -- fused == naive ----------------------------------------------------------------------------------------------------
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """``chunked`` in its smallest blocks (16 rows): 36 queries are blocks of 16, 16 and 4 rows."""
+    monkeypatch.setattr(importlib.import_module("posenc.attention"), "CHUNK_ELEMENTS", 1)
+
+
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
 @pytest.mark.parametrize("name", NAMES)
-def test_attend_matches_naive_paper_formula(name, causal):
+def test_terms_match_naive_paper_formula(name, causal):
     pe = _encoding(name, causal=causal)
     tq = tk = 7
     q, k, v = _qkv(tq, tk)
     pos = torch.tensor([[3, 4, 5, 6, 7, 8, 9], [0, 1, 2, 0, 1, 2, 3]])  # (B, T): an offset and a packed sequence
-    out = posenc.attention(q, k, v, pe, q_pos=pos, k_pos=pos, causal=causal)
     with torch.no_grad():
         expected = NAIVE[name](pe, q, k, v, pos, pos, causal, None)
+    for backend in ("auto", "reference", "chunked"):
+        out = posenc.attention(q, k, v, pe, q_pos=pos, k_pos=pos, causal=causal, backend=backend)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+@pytest.mark.parametrize("name", NAMES)
+def test_chunked_blocks_match_naive_paper_formula(name, causal, small_chunks):
+    pe = _encoding(name, causal=causal)
+    q, k, v = _qkv(36, 40)  # Tq < Tk: the queries are the last 36 keys; blocks of 16, 16 and 4 rows
+    k_pos = torch.stack((torch.arange(2, 42), torch.arange(40) % 23))  # (B, Tk): an offset, then two documents
+    q_pos = k_pos[:, 4:]
+    with torch.no_grad():
+        expected = NAIVE[name](pe, q, k, v, q_pos, k_pos, causal, None)
+        out = posenc.attention(q, k, v, pe, q_pos=q_pos, k_pos=k_pos, causal=causal, backend="chunked")
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -325,7 +347,7 @@ def test_tupe_rejects_positions_past_its_table():
 # -- gradients ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
 @pytest.mark.parametrize("name", NAMES)
-def test_gradcheck_parameters_float64(name, causal):
+def test_gradcheck_parameters_float64(name, causal, small_chunks):
     options = {"npos_max": 4} if name == "cope" else {"max_relative_position": 2} if name == "shaw" else {}
     heads, head_dim = 2, 4  # tiny, so gradcheck perturbs few parameters
     pe = get_encoding(name, dim=heads * head_dim, n_heads=heads, max_seq_len=4, causal=causal, **options)
@@ -337,17 +359,18 @@ def test_gradcheck_parameters_float64(name, causal):
     k, v = torch.randn(2, 1, 1, 4, head_dim, dtype=torch.float64).unbind(0)  # (1, Hkv=1, 4, D) each: GQA too
     q_pos, k_pos = torch.tensor([1, 2, 3]), torch.arange(4)
     params = tuple(pe.parameters())
+    for backend in ("reference", "chunked"):  # chunked: checkpointed blocks, recomputed in the backward pass
 
-    def run_params(*_):  # gradcheck perturbs the parameters in place; attend reads them from the module
-        return pe.attend(q, k, v, q_pos=q_pos, k_pos=k_pos, causal=causal, attn_mask=None, scale=None)
+        def run_params(*_, backend=backend):  # gradcheck perturbs the parameters in place; the terms read them
+            return posenc.attention(q, k, v, pe, q_pos=q_pos, k_pos=k_pos, causal=causal, backend=backend)
 
-    assert torch.autograd.gradcheck(run_params, params, eps=1e-6, atol=1e-5, fast_mode=True)
-    inputs = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        assert torch.autograd.gradcheck(run_params, params, eps=1e-6, atol=1e-5, fast_mode=True)
+        inputs = [t.clone().requires_grad_(True) for t in (q, k, v)]
 
-    def run_inputs(qq, kk, vv):
-        return pe.attend(qq, kk, vv, q_pos=q_pos, k_pos=k_pos, causal=causal, attn_mask=None, scale=None)
+        def run_inputs(qq, kk, vv, backend=backend):
+            return posenc.attention(qq, kk, vv, pe, q_pos=q_pos, k_pos=k_pos, causal=causal, backend=backend)
 
-    assert torch.autograd.gradcheck(run_inputs, inputs, eps=1e-6, atol=1e-5, fast_mode=True)
+        assert torch.autograd.gradcheck(run_inputs, inputs, eps=1e-6, atol=1e-5, fast_mode=True)
 
 
 # -- model and options -------------------------------------------------------------------------------------------------
@@ -366,7 +389,7 @@ def test_inside_transformer_decoder_cache_equals_full(name):
         steps = [model(tokens[:, :5], cache=cache)] + [model(tokens[:, t:t + 1], cache=cache) for t in range(5, 8)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
     assert posenc.explain(torch.zeros(1, H, 2, D), torch.zeros(1, H, 2, D), torch.zeros(1, H, 2, D),
-                          model.pe).startswith("attend")
+                          model.pe, causal=True).startswith("dense")
 
 
 @pytest.mark.parametrize(("name", "options", "error", "match"), [
@@ -392,7 +415,7 @@ def test_wrong_head_dim_or_heads_raise(name):
     pe = get_encoding(name, dim=DIM, n_heads=H)
     q, k, v = torch.randn(1, H, 3, D + 2), torch.randn(1, H, 3, D + 2), torch.randn(1, H, 3, D + 2)
     with pytest.raises(ValueError, match="head_dim"):
-        pe.attend(q, k, v, q_pos=torch.arange(3), k_pos=torch.arange(3))
+        posenc.attention(q, k, v, pe, q_pos=torch.arange(3), k_pos=torch.arange(3))
     q, k, v = _qkv(3, 3, hkv=3)
     with pytest.raises(ValueError, match="multiple"):
-        pe.attend(q, k, v, q_pos=torch.arange(3), k_pos=torch.arange(3))
+        posenc.attention(q, k, v, pe, q_pos=torch.arange(3), k_pos=torch.arange(3))

@@ -1,0 +1,166 @@
+"""Attention terms: what an encoding adds inside attention, computed by the backends one block of query rows at a time.
+
+An encoding whose effect on attention is more than a position-only bias (``bias``/``score_mod``) returns an
+:class:`AttentionTerms` from its ``terms(...)`` hook, once per :func:`posenc.attention` call. The backends
+(``reference``, ``dense``, ``chunked``) then compute, for each block of query rows ``start:stop`` against the keys
+``:key_stop`` it may see::
+
+    scores = q_blk k^T * scale                            (B, H, rows, keys)   -- skipped if terms.replaces_scores
+    logits = terms.logits(scores, blk)                    (B, H, rows, keys)   -- the encoding's logit terms
+    logits = logits + bias + mask                         the one mask: posenc.attention.block_mask
+    probs  = safe_softmax(logits)                         the one softmax
+    out    = probs @ v_blk + terms.values(probs, blk)     (B, H, rows, Dv)     -- the encoding's value terms
+
+so no encoding builds a mask, a softmax or a grouped-query expansion, and every term runs in ``O(rows * Tk)``
+memory on ``chunked`` (which also recomputes each block in the backward pass). A logit term receives the block's raw
+scores because some terms are functions of them (DAPE's MLP over ``[scores, bias]``, CoPE's gates
+``sigmoid(scores + mask)``); others add a query-dependent term (Shaw's ``q . a^K``, Transformer-XL's content and
+position terms, TUPE's untied positional correlation). A value term (Shaw's ``sum_j p_ij a^V_{i-j}``) is added to
+the block's output.
+
+Data-dependent gates and decays (FoX, stick-breaking) fit the same block interface: FoX's decay
+``sum_{t=j+1}^{i} log f_t`` is a logit term computed from per-token gates the encoding prepares in ``terms(...)``
+(prefix sums of ``log f`` over keys, indexed by ``blk.q_index`` and the block's keys); stick-breaking replaces the
+softmax and would add a ``normalize(logits, blk)`` method here with ``safe_softmax`` as the default. PaTH's key
+transform is a per-call computation in ``terms(...)`` followed by a ``replaces_scores`` logit term. None of these is
+implemented yet.
+
+Shapes: ``B`` batch, ``H`` query heads, ``Hkv`` key/value heads (``H % Hkv == 0``), ``rows = stop - start``,
+``keys = key_stop`` (all ``Tk`` keys unless a causal block skips the keys no row of it may see).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+__all__ = ["AttentionTerms", "ScoreBlock", "apply_mask", "check_head_dim", "compute_dtype", "expand_kv",
+           "positions_2d", "safe_softmax"]
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """float32 for half-precision input, float64 for float64 input: the dtype explicit scores are formed in."""
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def expand_kv(x: Tensor, n_rep: int) -> Tensor:
+    """``(B, Hkv, T, D)`` -> ``(B, Hkv * n_rep, T, D)``; kv head ``j`` serves query heads ``j*n_rep .. (j+1)*n_rep-1``.
+
+    The grouped-query convention of SDPA's ``enable_gqa`` (``repeat_interleave`` over heads), as a broadcast view
+    followed by one copy.
+    """
+    if n_rep == 1:
+        return x
+    b, h, t, d = x.shape
+    return x[:, :, None].expand(b, h, n_rep, t, d).reshape(b, h * n_rep, t, d)
+
+
+def safe_softmax(scores: Tensor) -> Tensor:
+    """Softmax over the last axis; a row whose every entry is ``-inf`` gives zeros (with zero, not NaN, gradients)."""
+    dead = torch.isneginf(scores).all(dim=-1, keepdim=True)
+    if not torch.compiler.is_compiling() and not bool(dead.any()):  # skip the fix-up when no row is dead
+        return torch.softmax(scores, dim=-1)
+    return torch.softmax(scores.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
+
+
+def apply_mask(scores: Tensor, mask: Tensor | None) -> Tensor:
+    """``scores`` with a mask applied: bool (True = attend) sets the rest to ``-inf``, a float mask is added."""
+    if mask is None:
+        return scores
+    if mask.dtype == torch.bool:
+        return scores.masked_fill(~mask, float("-inf"))
+    return scores + mask.to(scores.dtype)
+
+
+def check_head_dim(pe, q: Tensor, k: Tensor) -> None:
+    """Raise unless ``q`` and ``k`` have the head dim ``pe`` was built for (``dim // n_heads``): its tables have it."""
+    if q.shape[-1] != pe.head_dim or k.shape[-1] != pe.head_dim:
+        raise ValueError(f"{pe.name}: built for head_dim={pe.head_dim} (dim // n_heads) but q has head_dim "
+                         f"{q.shape[-1]} and k has {k.shape[-1]}.")
+
+
+def positions_2d(pos: Tensor) -> Tensor:
+    """Positions ``(T,)`` or ``(B, T)`` -> ``(1, T)`` or ``(B, T)``, so pairwise tensors get a batch axis."""
+    return pos.unsqueeze(0) if pos.dim() == 1 else pos
+
+
+@dataclasses.dataclass
+class ScoreBlock:
+    """One block of query rows ``start:stop`` against keys ``:keys``, as a backend hands it to an encoding's terms.
+
+    ``q``, ``k`` and ``v`` are in the compute dtype (:func:`compute_dtype`), with kv heads already expanded to ``H``.
+    """
+
+    q: Tensor  # (B, H, rows, D)
+    k: Tensor  # (B, H, keys, D)
+    v: Tensor  # (B, H, keys, Dv)
+    q_pos: Tensor  # (rows,) or (B, rows) int64: positions of the block's queries
+    k_pos: Tensor  # (keys,) or (B, keys) int64
+    q_index: Tensor  # (rows,) int64: the key index each query row sits at (bottom-right aligned: Tk - Tq + row)
+    start: int  # first query row of the block in the call
+    stop: int  # one past its last query row
+    causal: bool
+    scale: float  # the softmax scale of the call (default 1 / sqrt(D))
+    n_rep: int  # query heads per kv head
+    # causal mask and attn_mask of this block (not the bias): bool (True = attend) or additive float in the compute
+    # dtype, broadcastable to (B, H, rows, keys); None when nothing is masked
+    mask: Tensor | None
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def keys(self) -> int:
+        return self.k.shape[-2]
+
+    def masked(self, scores: Tensor) -> Tensor:
+        """``scores`` ``(B, H, rows, keys)`` with the block's mask applied (masked pairs ``-inf``)."""
+        return apply_mask(scores, self.mask)
+
+    def query_rows(self, x: Tensor) -> Tensor:
+        """Rows ``start:stop`` of a per-call query-side tensor ``(..., Tq, X)`` prepared in ``terms(...)``."""
+        return x[..., self.start:self.stop, :]
+
+    def key_rows(self, x: Tensor) -> Tensor:
+        """The block's keys of a per-call key-side tensor ``(B|1, Hkv|H|1, Tk, X)``, kv heads expanded to ``H``."""
+        x = x[..., :self.keys, :]
+        heads = self.q.shape[1]
+        if x.dim() == 4 and x.shape[1] not in (1, heads):
+            x = expand_kv(x, heads // x.shape[1])
+        return x
+
+
+class AttentionTerms:
+    """What an encoding adds inside attention for one call; the backends evaluate it per :class:`ScoreBlock`.
+
+    Subclasses override :meth:`logits` (logit terms), :meth:`values` (value terms) or both. Per-call work that does
+    not depend on the block (projections of positions, rotations of all keys) belongs in the encoding's
+    ``terms(...)`` hook, which builds this object once per call; the methods here see one block at a time and must
+    only read its rows and keys, so that ``chunked`` stays exact and ``O(rows * Tk)``.
+    """
+
+    # True when logits() forms the whole score itself from blk.q / blk.k (or tensors prepared per call), e.g. rotary
+    # variants that rotate keys differently per pair: the backend then skips q k^T and passes scores=None.
+    replaces_scores: ClassVar[bool] = False
+    # About how many (B, H, rows, keys) float32 tensors one block keeps alive at its peak (forward, or the backward
+    # pass recomputing it; an int64 index counts twice); ``chunked`` divides its block size by this, so the terms with
+    # many intermediates (CoPE, DAPE) still stay within its per-block memory budget. Measured values for the built-in
+    # terms are in benchmarks/terms_memory.py's output (peak extra memory / one block's score size).
+    pair_tensors: ClassVar[int] = 8
+
+    def logits(self, scores: Tensor | None, blk: ScoreBlock) -> Tensor:
+        """The block's logits ``(B, H, rows, keys)`` from its raw scores ``q_blk k^T * scale`` (before bias and mask).
+
+        Args:
+            scores: ``(B, H, rows, keys)`` in the compute dtype, or ``None`` when ``replaces_scores``.
+            blk: the block (queries, keys, values, positions, mask).
+        """
+        return scores
+
+    def values(self, probs: Tensor, blk: ScoreBlock) -> Tensor | None:
+        """A value term ``(B, H, rows, Dv)`` added to ``probs @ v``, from the block's probabilities, or ``None``."""
+        return None

@@ -1,0 +1,148 @@
+"""Golden outputs of ``posenc.attention``: every registered encoding x backend x causal/bidirectional x GQA.
+
+``tests/data/attention_golden.pt`` was recorded from the code *before* the attention core was refactored into
+score terms (issue 16), by running this file as a script::
+
+    PYTHONPATH=src python tests/test_attention_golden.py --record
+
+For each encoding, causal or bidirectional attention, and ``n_kv_heads`` equal to or half of ``n_heads``, it holds the
+output, the gradients of ``q``, ``k`` and ``v``, and the gradient of every parameter of the encoding, for each of
+``auto``, ``reference``, ``dense`` and ``chunked`` that could compute the call at recording time (at that time the
+encodings with their own ``attend`` ran only under ``auto``). The test recomputes every recorded case and compares
+to 1e-5 in float32: a refactor must keep the numbers. ``flex`` is left out (on CPU it is forward-only and compiles
+for ~30 s per score_mod). Only ``posenc.attention`` is recorded (not ``rotate``/``embed``), with parameters nudged off
+their initialisation so zero-initialized tables (CoPE, DAPE's last layer, adaptive's content projection) matter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import posenc
+
+GOLDEN = Path(__file__).parent / "data" / "attention_golden.pt"
+B, H, D, TQ, TK, MAX_SEQ_LEN = 2, 4, 8, 6, 9, 16
+BACKENDS = ("auto", "reference", "dense", "chunked")
+CASES = [(causal, hkv) for causal in (True, False) for hkv in (H, H // 2)]
+
+
+def _key(name: str, backend: str, causal: bool, hkv: int) -> str:
+    return f"{name}|{backend}|{'causal' if causal else 'bidirectional'}|hkv={hkv}"
+
+
+def _encoding(name: str, causal: bool) -> posenc.PositionalEncoding:
+    torch.manual_seed(0)  # constructors draw their initial parameters from the global generator
+    pe = posenc.get_encoding(name, dim=H * D, n_heads=H, max_seq_len=MAX_SEQ_LEN, causal=causal)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in pe.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return pe.eval()
+
+
+def _inputs(hkv: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    return {
+        "q": torch.randn(B, H, TQ, D, generator=g),  # (B, H, Tq, D)
+        "k": torch.randn(B, hkv, TK, D, generator=g),  # (B, Hkv, Tk, D)
+        "v": torch.randn(B, hkv, TK, D, generator=g),
+        "grad_out": torch.randn(B, H, TQ, D, generator=g),
+        # (B, Tk): the first sequence starts at an offset, the second restarts (a packed second document)
+        "k_pos": torch.tensor([[2, 3, 4, 5, 6, 7, 8, 9, 10], [0, 1, 2, 3, 4, 0, 1, 2, 3]]),
+    }
+
+
+def _run(pe: posenc.PositionalEncoding, backend: str, causal: bool, hkv: int) -> dict[str, torch.Tensor]:
+    x = _inputs(hkv)
+    q, k, v = (x[n].clone().requires_grad_(True) for n in ("q", "k", "v"))
+    k_pos = x["k_pos"]
+    out = posenc.attention(q, k, v, pe, q_pos=k_pos[:, TK - TQ:], k_pos=k_pos, causal=causal, backend=backend)
+    pe.zero_grad(set_to_none=True)
+    out.backward(x["grad_out"])
+    result = {"out": out.detach(), "grad_q": q.grad, "grad_k": k.grad, "grad_v": v.grad}
+    for pname, p in pe.named_parameters():
+        if p.grad is not None:
+            result[f"grad:{pname}"] = p.grad.detach().clone()
+    return result
+
+
+def record(path: Path = GOLDEN) -> dict[str, dict[str, torch.Tensor]]:
+    """Run every case each backend can compute today and save the results to ``path``."""
+    attn_mod = importlib.import_module("posenc.attention")
+    attn_mod.CHUNK_ELEMENTS = 1  # chunked then uses its smallest blocks (16 rows: one block at these sizes)
+    golden: dict[str, dict[str, torch.Tensor]] = {}
+    for name in posenc.registered_names():
+        for causal, hkv in CASES:
+            for backend in BACKENDS:
+                pe = _encoding(name, causal)
+                try:
+                    golden[_key(name, backend, causal, hkv)] = _run(pe, backend, causal, hkv)
+                except ValueError as exc:  # this backend cannot compute this call (today)
+                    print(f"skip {_key(name, backend, causal, hkv)}: {str(exc).splitlines()[0][:100]}")
+    # Many cases share results bit for bit (every encoding that acts outside attention gives plain attention), so
+    # each distinct tensor is stored once and the cases refer to it by index: the file stays well under 2 MB.
+    tensors: list[torch.Tensor] = []
+    index: dict[tuple, int] = {}
+    cases: dict[str, dict[str, int]] = {}
+    for key, fields in golden.items():
+        cases[key] = {}
+        for field, t in fields.items():
+            ident = (tuple(t.shape), t.numpy().tobytes())
+            if ident not in index:
+                index[ident] = len(tensors)
+                tensors.append(t.contiguous())
+            cases[key][field] = index[ident]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"tensors": tensors, "cases": cases}, path)
+    return golden
+
+
+@functools.cache
+def _golden() -> dict[str, dict[str, torch.Tensor]]:
+    data = torch.load(GOLDEN, weights_only=True)
+    return {key: {field: data["tensors"][i] for field, i in fields.items()} for key, fields in data["cases"].items()}
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(importlib.import_module("posenc.attention"), "CHUNK_ELEMENTS", 1)
+
+
+def test_golden_file_covers_every_encoding_and_case():
+    keys = set(_golden())
+    for name in posenc.registered_names():
+        for causal, hkv in CASES:
+            assert _key(name, "auto", causal, hkv) in keys, f"no golden output for {name}; re-record"
+
+
+@pytest.mark.parametrize("name", posenc.registered_names())
+def test_outputs_and_gradients_equal_the_golden_ones(name, small_chunks):
+    golden = _golden()
+    checked = 0
+    for causal, hkv in CASES:
+        for backend in BACKENDS:
+            key = _key(name, backend, causal, hkv)
+            if key not in golden:
+                continue
+            got = _run(_encoding(name, causal), backend, causal, hkv)
+            want = golden[key]
+            assert sorted(got) == sorted(want), f"{key}: different gradients present"
+            for field, expected in want.items():
+                torch.testing.assert_close(got[field], expected, atol=1e-5, rtol=1e-5,
+                                           msg=lambda m, key=key, field=field: f"{key} {field}: {m}")
+            checked += 1
+    assert checked > 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--record", action="store_true", help=f"(re)write {GOLDEN}")
+    if parser.parse_args().record:
+        data = record()
+        print(f"wrote {len(data)} cases to {GOLDEN} ({GOLDEN.stat().st_size / 2**20:.2f} MiB)")

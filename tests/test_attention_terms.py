@@ -1,0 +1,182 @@
+"""Attention terms (``posenc.terms``): every encoding runs on ``reference``, ``dense`` and ``chunked``, which agree.
+
+``reference`` is the oracle: all query rows at once. ``chunked`` splits the rows into blocks (16 rows here), skips
+the keys a causal block cannot see and recomputes each block in the backward pass; ``dense`` is one block (SDPA for
+the bias-only encodings). Forward outputs and the gradients of q, k, v and every parameter must agree, and
+``chunked`` must never build anything the size of the full ``(B, H, Tq, Tk)`` scores.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import posenc
+from posenc.base import PositionalEncoding
+from posenc.terms import AttentionTerms, ScoreBlock
+
+attn_mod = importlib.import_module("posenc.attention")
+
+B, H, D, TQ, TK = 2, 4, 8, 36, 40
+NAMES = posenc.registered_names()
+TERM_OPTIONS = {"adaptive": {"content": True}}  # adaptive is a plain bias unless content-conditioned
+
+
+def _term_names() -> list[str]:
+    return [n for n in NAMES if posenc.get_encoding(n, dim=H * D, n_heads=H, **TERM_OPTIONS.get(n, {})).uses_terms]
+
+
+TERM_NAMES = _term_names()
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """``chunked`` in its smallest blocks: 16 query rows."""
+    monkeypatch.setattr(attn_mod, "CHUNK_ELEMENTS", 1)
+
+
+def _encoding(name: str, causal: bool, **options) -> PositionalEncoding:
+    pe = posenc.get_encoding(name, dim=H * D, n_heads=H, max_seq_len=128, causal=causal, **options)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # off the initialisation: zero-initialized tables would make the comparison vacuous
+        for p in pe.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return pe.eval()
+
+
+def _inputs(hkv: int, *, tq: int = TQ, tk: int = TK) -> tuple[Tensor, ...]:
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(B, H, tq, D, generator=g)  # (B, H, Tq, D)
+    k, v = torch.randn(B, hkv, tk, D, generator=g), torch.randn(B, hkv, tk, D, generator=g)  # (B, Hkv, Tk, D)
+    return q, k, v, torch.randn(B, H, tq, D, generator=g)
+
+
+def _run(pe, backend, q, k, v, grad_out, **kwargs) -> dict[str, Tensor]:
+    q, k, v = (t.clone().requires_grad_(True) for t in (q, k, v))
+    out = posenc.attention(q, k, v, pe, backend=backend, **kwargs)
+    pe.zero_grad(set_to_none=True)
+    out.backward(grad_out)
+    result = {"out": out.detach(), "q": q.grad, "k": k.grad, "v": v.grad}
+    result.update({n: p.grad.clone() for n, p in pe.named_parameters() if p.grad is not None})
+    return result
+
+
+@pytest.mark.parametrize("hkv", [H, H // 2], ids=["mha", "gqa"])
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+@pytest.mark.parametrize("name", NAMES)
+def test_chunked_and_dense_equal_reference_forward_and_backward(name, causal, hkv, small_chunks):
+    pe = _encoding(name, causal, **TERM_OPTIONS.get(name, {}))
+    q, k, v, grad_out = _inputs(hkv)
+    k_pos = torch.stack((torch.arange(3, 3 + TK), torch.arange(TK) % 17))  # (B, Tk): an offset; packed documents
+    kwargs = dict(q_pos=k_pos[:, TK - TQ:], k_pos=k_pos, causal=causal)
+    if not causal:  # padding: the first sequence ends early, the second starts late
+        keep = torch.ones(B, 1, 1, TK, dtype=torch.bool)
+        keep[0, ..., 33:] = False
+        keep[1, ..., :2] = False
+        kwargs["attn_mask"] = keep
+    want = _run(pe, "reference", q, k, v, grad_out, **kwargs)
+    assert torch.isfinite(want["out"]).all()
+    for backend in ("dense", "chunked"):
+        got = _run(pe, backend, q, k, v, grad_out, **kwargs)
+        assert sorted(got) == sorted(want), backend
+        for field in want:
+            torch.testing.assert_close(got[field], want[field], atol=1e-5, rtol=1e-5,
+                                       msg=lambda m, b=backend, f=field: f"{name} {b} {f}: {m}")
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the largest tensor any op creates (forward and backward run through dispatch on CPU)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("name", TERM_NAMES)
+def test_chunked_terms_stay_within_one_block_forward_and_backward(name, small_chunks):
+    t = 128
+    pe = _encoding(name, True, **TERM_OPTIONS.get(name, {}))
+    q, k, v, grad_out = _inputs(H // 2, tq=t, tk=t)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    largest, saved = {}, {}
+    for backend in ("dense", "chunked"):
+        sizes = []
+
+        def pack(x, sizes=sizes):
+            if x.dim() >= 2 and t in x.shape[-2:] and x.numel() > B * H * t * D:  # bigger than q, k, v
+                sizes.append(x.numel())
+            return x
+
+        with _LargestTensor() as probe, torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            out = posenc.attention(q, k, v, pe, causal=True, backend=backend)
+        out.backward(grad_out)
+        largest[backend], saved[backend] = probe.largest, sum(sizes)
+    with _LargestTensor() as probe:  # the backward pass of chunked recomputes one block at a time
+        posenc.attention(q, k, v, pe, causal=True, backend="chunked").backward(grad_out)
+    rows = attn_mod.chunk_rows(attn_mod._prepare(q, k, v, pe, causal=True))
+    assert rows < t // 4
+    assert largest["dense"] >= B * H * t * t  # the probe sees the full scores, so this test can fail
+    # one block's share of the largest dense intermediate (a (B, H, rows, Tk) score, DAPE's MLP activations), or a
+    # q/k/v-sized tensor
+    assert max(largest["chunked"], probe.largest) <= max(largest["dense"] * rows // t, B * H * t * D), (largest, rows)
+    assert saved["chunked"] == 0 and saved["dense"] >= B * H * t * t, saved  # chunked keeps no score for backward
+
+
+class _Decay(PositionalEncoding):
+    """A test-only encoding with both kinds of term: ``-slope_h * (i - j)`` by key index, and a value term."""
+
+    name = "decay"
+
+    def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False) -> None:
+        super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
+        self.slopes = torch.nn.Parameter(torch.linspace(0.1, 0.8, n_heads))
+        self.shift = torch.nn.Parameter(torch.randn(n_heads, self.head_dim))
+
+    def terms(self, q, k, v, *, q_pos, k_pos, causal, scale):
+        return _DecayTerms(self)
+
+
+class _DecayTerms(AttentionTerms):
+    def __init__(self, pe: _Decay) -> None:
+        self.pe = pe
+
+    def logits(self, scores: Tensor, blk: ScoreBlock) -> Tensor:
+        dist = (blk.q_index[:, None] - torch.arange(blk.keys)).to(scores.dtype)  # (rows, keys) by key index
+        return scores - self.pe.slopes[:, None, None] * dist
+
+    def values(self, probs: Tensor, blk: ScoreBlock) -> Tensor:
+        return probs.sum(-1, keepdim=True) * self.pe.shift[None, :, None, :]  # (B, H, rows, D)
+
+
+@pytest.mark.parametrize("backend", ["reference", "dense", "chunked"])
+def test_a_custom_term_matches_its_formula_on_every_backend(backend, small_chunks):
+    pe = _Decay(dim=H * D, n_heads=H)
+    q, k, v, _ = _inputs(H // 2)
+    ke, ve = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+    i = torch.arange(TK - TQ, TK)[:, None]  # the queries are the last Tq keys
+    scores = q @ ke.transpose(-2, -1) / math.sqrt(D) - pe.slopes[:, None, None] * (i - torch.arange(TK))
+    probs = torch.softmax(scores.masked_fill(torch.arange(TK) > i, float("-inf")), dim=-1)
+    want = probs @ ve + pe.shift[None, :, None, :]
+    with torch.no_grad():
+        got = posenc.attention(q, k, v, pe, causal=True, backend=backend)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert posenc.explain(q, k, v, pe, causal=True).startswith("dense:")
+
+
+def test_adaptive_is_a_bias_unless_content_conditioned():
+    static = posenc.get_encoding("adaptive", dim=H * D, n_heads=H)
+    content = posenc.get_encoding("adaptive", dim=H * D, n_heads=H, content=True)
+    assert static.uses_bias and not static.uses_terms
+    assert content.uses_terms and not content.uses_bias
