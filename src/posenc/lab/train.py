@@ -431,7 +431,7 @@ def _resume(ckpt: Path, model: nn.Module, opt, sched, gen: torch.Generator) -> t
 # -- torchrun entry point ----------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """``python -m posenc.lab.train`` (or under ``torchrun``): one run, its record written as JSON by rank 0."""
-    from posenc.lab.cli import add_dataclass_flags, experiment_from_args
+    from posenc.lab.flags import add_dataclass_flags, experiment_from_args
 
     parser = argparse.ArgumentParser(prog="python -m posenc.lab.train", description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True, help="a registered task")
