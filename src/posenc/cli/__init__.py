@@ -61,7 +61,3 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"posenc {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
