@@ -6,7 +6,7 @@ import re
 import sys
 from pathlib import Path
 
-from posenc.commands import encodings_table
+from posenc.cli.listing import encodings_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BEGIN, END = "<!-- encodings:begin -->", "<!-- encodings:end -->"

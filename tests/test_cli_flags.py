@@ -1,7 +1,7 @@
 """Every numeric flag of every subcommand has a stated range: out of range is exit 2, nothing prints a traceback.
 
 The walk is over the parser itself, so a new flag is covered the day it is added: it must use a ranged type from
-:mod:`posenc._cli_types` (a plain ``type=int`` fails :func:`test_every_numeric_flag_states_its_range`).
+:mod:`posenc.cli.types` (a plain ``type=int`` fails :func:`test_every_numeric_flag_states_its_range`).
 """
 
 from __future__ import annotations
@@ -89,12 +89,12 @@ def test_the_issue_s_commands_are_usage_errors_without_a_traceback(argv, capsys,
 
 
 def test_an_unexpected_exception_is_one_line_and_exit_1(capsys, monkeypatch):
-    import posenc.commands
+    import posenc.cli.listing
 
     def boom(*args, **kwargs):
         raise ZeroDivisionError("float division by zero")
 
-    monkeypatch.setattr(posenc.commands, "encodings_table", boom)
+    monkeypatch.setattr(posenc.cli.listing, "encodings_table", boom)
     assert main(["list"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "ZeroDivisionError" in err and "--debug" in err

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 # The generator lives in the lab (posenc.lab.tasks.who_did_what); this demo keeps its original API.
 from posenc.lab.tasks.who_did_what import LENGTH, TOKEN, VOCAB, WhoDidWhat, sample_who_did_what
+from posenc.lab.train import train_steps
 from posenc.model import Transformer, TransformerConfig
 
 __all__ = ["LENGTH", "TOKEN", "VOCAB", "WhoDidWhat", "answer_logits", "evaluate_who_did_what", "run_demo",
@@ -38,16 +39,13 @@ def train_who_did_what(encoding: str, *, steps: int = 300, batch_pairs: int = 32
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
-    model.train()
-    loss = torch.tensor(float("nan"))
-    for _ in range(steps):
+
+    def next_loss():
         batch = sample_who_did_what(gen, batch_pairs)
         loss = F.cross_entropy(answer_logits(model, batch), batch.label)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return model, float(loss.detach())
+        return loss, lambda: float(loss.detach())
+
+    return model, train_steps(model, opt, sched, next_loss, steps=steps)  # the lab's loop, without clipping
 
 
 @torch.no_grad()

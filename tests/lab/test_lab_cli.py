@@ -6,8 +6,8 @@ import dataclasses
 import pytest
 
 from posenc.cli import build_parser, main
-from posenc.lab.cli import add_dataclass_flags, experiment_from_args
 from posenc.lab.config import SUITES, Experiment, ModelConfig, RunConfig, TaskConfig, config_hash
+from posenc.lab.flags import add_dataclass_flags, experiment_from_args
 from posenc.lab.tasks import registered_tasks
 
 
@@ -63,3 +63,25 @@ def test_encoding_options_flag_takes_json_and_rejects_anything_else(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args(["--encoding-options", bad])
         assert "JSON" in capsys.readouterr().err
+
+
+def test_every_generated_flag_has_the_help_of_its_field():
+    parser = argparse.ArgumentParser()
+    add_dataclass_flags(parser)
+    generated = [a for a in parser._actions if "__" in a.dest]
+    assert len(generated) == len(dataclasses.fields(ModelConfig)) + len(dataclasses.fields(RunConfig)) + 3
+    for action in generated:
+        section, name = action.dest.split("__")
+        cls = {"model": ModelConfig, "run": RunConfig, "task": TaskConfig}[section]
+        text = next(f for f in dataclasses.fields(cls) if f.name == name).metadata["help"]
+        assert text and action.help.replace("%%", "%").startswith(text), action.dest
+
+
+def test_the_old_module_path_warns_and_gives_the_same_functions():
+    import importlib
+    import sys
+
+    sys.modules.pop("posenc.lab.cli", None)
+    with pytest.warns(DeprecationWarning, match="posenc.lab.flags"):
+        old = importlib.import_module("posenc.lab.cli")
+    assert old.add_dataclass_flags is add_dataclass_flags and old.experiment_from_args is experiment_from_args

@@ -1,6 +1,6 @@
 """Benchmarks: side-by-side measurements of posenc against its own baselines, its peers and the copy limit.
 
-Suites (``posenc bench --suite ...``, see :mod:`posenc.bench.cli`):
+Suites (``posenc bench --suite ...``, see :mod:`posenc.cli.bench`):
 
 - ``rope`` (:mod:`posenc.bench.rope`): RoPE forward and forward+backward: posenc's fused paths and reference, Hugging
   Face ``apply_rotary_pos_emb`` (eager and ``torch.compile``), x-transformers, rotary-embedding-torch, Liger (CUDA),

@@ -4,7 +4,10 @@
   ``sample_batch(generator, batch_size, length) -> dict``.
 - :mod:`posenc.lab.config` — dataclasses for model, task and run; presets per suite.
 - :mod:`posenc.lab.train` — one training run (AdamW, warmup + cosine, evaluation at and beyond the training length,
-  atomic checkpoints, DistributedDataParallel under ``torchrun``).
+  atomic checkpoints, DistributedDataParallel under ``torchrun``); its loop, ``train_steps``, is the one the demo and
+  the context-extension fine-tune use too.
+- :mod:`posenc.lab.flags` — command-line flags generated from the config dataclasses (``posenc lab run``, ``python -m
+  posenc.lab.train``).
 - :mod:`posenc.lab.sweep` — tasks x encodings x seeds, one JSON record per finished run, resumable after SIGKILL.
 - :mod:`posenc.lab.report` — ``report.md``, ``report.html`` and PNG plots, built from the records alone.
 - :mod:`posenc.lab.extension` — context extension: a ``rope`` LM at L, evaluated at 4L with each RoPE scaling.

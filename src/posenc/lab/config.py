@@ -1,7 +1,8 @@
 """Dataclass configs for the lab's model, task and run, and the presets of each suite.
 
-Every field has a comment; the CLI turns fields into flags (``--dim``, ``--steps``, ...) so nothing is listed twice.
-A suite is a plain dict ``task name -> Experiment`` plus the encodings and seeds it sweeps.
+Every field of the model, task and run configs carries its one-line description as ``metadata["help"]``;
+:mod:`posenc.lab.flags` turns the fields into flags (``--dim``, ``--steps``, ...) with that help, so nothing is listed
+twice. A suite is a plain dict ``task name -> Experiment`` plus the encodings and seeds it sweeps.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
+from typing import Any
 
 __all__ = ["EXECUTORS", "LOGGERS", "SUITES", "Experiment", "ModelConfig", "RunConfig", "Suite", "TaskConfig",
            "config_hash", "suite_encodings"]
@@ -18,47 +20,56 @@ LOGGERS = ("none", "tensorboard")  # the values of RunConfig.log
 EXECUTORS = ("local", "ray")  # where a sweep's runs train: this machine's processes, or a Ray cluster
 
 
+def _setting(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING) -> Any:
+    """A config field with its description (``metadata["help"]``): what a reader and ``--help`` see."""
+    return field(default=default, default_factory=default_factory, metadata={"help": help})
+
+
 @dataclass
 class ModelConfig:
     """The Transformer trained in a run (``kind``, ``vocab_size`` and ``max_seq_len`` come from the task)."""
 
-    dim: int = 64  # model width
-    n_layers: int = 2  # blocks (encoder and decoder each, for encoder-decoder tasks)
-    n_heads: int = 4  # attention heads; head_dim = dim // n_heads
-    ffn_mult: float = 2.0  # feed-forward width = ffn_mult * dim
-    dropout: float = 0.0  # on attention and feed-forward outputs
-    norm: str = "layernorm"  # "layernorm" or "rmsnorm"
-    encoding_options: dict = field(default_factory=dict)  # get_encoding options per encoding: {"mrope": {"base": 10}}
+    dim: int = _setting(64, "model width")
+    n_layers: int = _setting(2, "blocks (encoder and decoder each, for encoder-decoder tasks)")
+    n_heads: int = _setting(4, "attention heads; head_dim = dim // n_heads")
+    ffn_mult: float = _setting(2.0, "feed-forward width = ffn_mult * dim")
+    dropout: float = _setting(0.0, "on attention and feed-forward outputs")
+    norm: str = _setting("layernorm", '"layernorm" or "rmsnorm"')
+    encoding_options: dict = _setting(help='get_encoding options per encoding: {"mrope": {"base": 10}}',
+                                      default_factory=dict)
 
 
 @dataclass
 class TaskConfig:
     """Which task, and the lengths it is trained and evaluated at (``None``: the task's own protocol)."""
 
-    name: str = "parity_check"  # a registered task (posenc lab list)
-    train_min_length: int | None = None  # shortest training length (task length, not tokens)
-    train_max_length: int | None = None  # longest training length; the encoding's max_seq_len covers it
-    eval_lengths: tuple[int, ...] | None = None  # lengths evaluated after training, in and beyond the training range
-    options: dict = field(default_factory=dict)  # passed to the task's constructor (e.g. {"text": "corpus/"} for lm)
+    name: str = _setting("parity_check", "a registered task (posenc lab list)")
+    train_min_length: int | None = _setting(None, "shortest training length (task length, not tokens)")
+    train_max_length: int | None = _setting(None, "longest training length; the encoding's max_seq_len covers it")
+    eval_lengths: tuple[int, ...] | None = _setting(None, "lengths evaluated after training, in and beyond the "
+                                                          "training range")
+    options: dict = _setting(help='passed to the task\'s constructor (e.g. {"text": "corpus/"} for lm)',
+                             default_factory=dict)
 
 
 @dataclass
 class RunConfig:
     """How a run trains and evaluates."""
 
-    steps: int = 300  # optimizer steps
-    batch_size: int = 32  # global batch (split across processes under torchrun)
-    lr: float = 3e-3  # peak learning rate of AdamW
-    weight_decay: float = 0.01  # AdamW weight decay
-    warmup: float = 0.1  # share of steps with linear warmup, then cosine decay to 10% of lr
-    grad_clip: float = 1.0  # max gradient norm (0 disables clipping)
-    eval_batches: int = 4  # batches per evaluation length
-    eval_batch_size: int = 64  # examples per evaluation batch
-    checkpoint_every: int = 100  # steps between atomic checkpoints (0: none)
-    log_every: int = 10  # steps between recorded training losses
-    device: str = "cpu"  # "cpu" or "cuda"
-    threads: int = 1  # torch threads per process on CPU
-    log: str = "none"  # "none" or "tensorboard": training and evaluation curves in OUT/tensorboard/<run id>/
+    steps: int = _setting(300, "optimizer steps")
+    batch_size: int = _setting(32, "global batch (split across processes under torchrun)")
+    lr: float = _setting(3e-3, "peak learning rate of AdamW")
+    weight_decay: float = _setting(0.01, "AdamW weight decay")
+    warmup: float = _setting(0.1, "share of steps with linear warmup, then cosine decay to 10% of lr")
+    grad_clip: float = _setting(1.0, "max gradient norm (0 disables clipping)")
+    eval_batches: int = _setting(4, "batches per evaluation length")
+    eval_batch_size: int = _setting(64, "examples per evaluation batch")
+    checkpoint_every: int = _setting(100, "steps between atomic checkpoints (0: none)")
+    log_every: int = _setting(10, "steps between recorded training losses")
+    device: str = _setting("cpu", '"cpu" or "cuda"')
+    threads: int = _setting(1, "torch threads per process on CPU")
+    log: str = _setting("none", '"none" or "tensorboard": training and evaluation curves in '
+                                'OUT/tensorboard/<run id>/')
 
 
 @dataclass

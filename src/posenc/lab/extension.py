@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from posenc.lab.config import Experiment, ModelConfig, RunConfig, TaskConfig
 from posenc.lab.tasks import IGNORE, get_task
-from posenc.lab.train import atomic_write_bytes, evaluate, train_run
+from posenc.lab.train import atomic_write_bytes, evaluate, train_run, train_steps
 from posenc.model import Transformer
 
 __all__ = ["SCALINGS", "TRAINING_FREE", "context_extension", "extension_table", "training_free_options"]
@@ -46,14 +46,14 @@ def training_free_options(variant: str, *, train_length: int, factor: int) -> di
 def _finetune(model: Transformer, task, *, length: int, steps: int, lr: float, batch_size: int, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed + 7)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    model.train()
-    for _ in range(steps):
+
+    def next_loss():
         batch = task.sample_batch(gen, batch_size, length)
         logits = model(batch["inputs"])  # (B, T, vocab)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=IGNORE)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        return loss, lambda: float(loss.detach())
+
+    train_steps(model, opt, None, next_loss, steps=steps)  # the lab's loop at a constant rate, without clipping
 
 
 def context_extension(*, train_length: int = 32, factor: int = 4, steps: int = 400, finetune_steps: int = 50,

@@ -22,6 +22,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -39,8 +40,9 @@ from posenc.lab.tasks import IGNORE, Task, get_task
 from posenc.lab.tasks.base import uniform_int
 from posenc.model import Transformer, TransformerConfig
 
-__all__ = ["DamagedCheckpointError", "atomic_write_bytes", "check_log", "evaluate", "in_distribution",
-           "log_evaluation", "reads_structure", "resolve_lengths", "structure", "tensorboard_writer", "train_run"]
+__all__ = ["DamagedCheckpointError", "Step", "atomic_write_bytes", "check_log", "evaluate", "in_distribution",
+           "log_evaluation", "reads_structure", "resolve_lengths", "structure", "tensorboard_writer", "train_run",
+           "train_steps"]
 
 EVAL_SEED_OFFSET = 1_000_003  # evaluation data never shares a generator state with training data
 _EVAL_COUNTS = ("examples", "tokens")  # evaluation entries that are sizes, not metrics (not sent to TensorBoard)
@@ -269,6 +271,46 @@ def build_model(experiment: Experiment, task: Task, encoding: str, max_seq_len: 
     return Transformer(cfg)
 
 
+@dataclass(frozen=True)
+class Step:
+    """One optimizer step of :func:`train_steps`, as its ``on_step`` sees it."""
+
+    step: int  # steps done, this one included
+    loss: float  # the training loss reported for its batch
+    lr: float  # the learning rate it used
+    grad_norm: Tensor | None  # the total gradient norm before clipping (None when clipping is off)
+
+
+def train_steps(model: nn.Module, opt: torch.optim.Optimizer, sched, next_loss, *, steps: int, start: int = 0,
+                grad_clip: float = 0.0, on_step=None) -> float:
+    """The training loop of posenc: of a lab run (:func:`train_run`), the demo and the context-extension fine-tune.
+
+    Puts ``model`` in training mode and runs steps ``start + 1 .. steps``. Each step calls ``next_loss()``, which
+    returns the loss of the next batch (a scalar tensor to backpropagate) and a function that gives the number to
+    report for it once the optimizer has stepped (a lab run under ``torchrun`` sums its loss over the processes
+    there); then zeroes the gradients, backpropagates, clips the total gradient norm to ``grad_clip`` (``0``: no
+    clipping), steps ``opt`` and ``sched`` (``None``: a constant learning rate) and calls ``on_step(Step(...))``.
+
+    Returns:
+        The loss reported for the last step (``nan`` when there was no step to run).
+    """
+    model.train()
+    value = float("nan")
+    for step in range(start + 1, steps + 1):
+        loss, report = next_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip else None
+        lr = opt.param_groups[0]["lr"]  # the rate this step uses
+        opt.step()
+        if sched is not None:
+            sched.step()
+        value = report()
+        if on_step is not None:
+            on_step(Step(step, value, lr, grad_norm))
+    return value
+
+
 def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: str | os.PathLike | None = None,
               progress: bool = False, on_step=None, model_out: str | os.PathLike | None = None,
               tensorboard_dir: str | os.PathLike | None = None) -> dict:
@@ -329,8 +371,10 @@ def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: s
 
         bar = tqdm(total=run.steps, initial=step, desc=f"{experiment.task.name}/{encoding}/s{seed}", leave=False,
                    unit="step", dynamic_ncols=True)
-    model.train()
-    while step < run.steps:
+    length = lo  # the training length of the current step (shown on the progress bar)
+
+    def next_loss():
+        nonlocal length
         length = int(uniform_int(gen, lo, hi))
         full = task.sample_batch(gen, run.batch_size, length)
         batch = _slice(full, rank, world, device)
@@ -338,19 +382,18 @@ def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: s
         logits = _forward(trained, task, batch).float()  # (B, T, vocab)
         loss_sum = F.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten(), ignore_index=IGNORE,
                                    reduction="sum")
+
+        def report() -> float:
+            reported = loss_sum.detach()
+            if world > 1:
+                dist.all_reduce(reported)
+            return float(reported) / max(scored, 1)
+
         # DDP averages gradients over processes, so scale by world: the mean over the global batch, as in one process
-        loss = loss_sum * world / max(scored, 1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip) if run.grad_clip else None
-        lr = opt.param_groups[0]["lr"]  # the rate this step uses
-        opt.step()
-        sched.step()
-        step += 1
-        reported = loss_sum.detach()
-        if world > 1:
-            dist.all_reduce(reported)
-        value = float(reported) / max(scored, 1)
+        return loss_sum * world / max(scored, 1), report
+
+    def after(done: Step) -> None:
+        step, value = done.step, done.loss
         if not math.isfinite(value):
             raise RuntimeError(f"{experiment.task.name}/{encoding}/seed {seed}: the training loss became {value} at "
                                f"step {step}; lower --lr or raise --warmup.")
@@ -358,9 +401,9 @@ def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: s
             curve.append([step, value])
             if writer is not None:
                 writer.add_scalar("train/loss", value, step)
-                writer.add_scalar("train/lr", lr, step)
-                if grad_norm is not None:
-                    writer.add_scalar("train/grad_norm", float(grad_norm), step)
+                writer.add_scalar("train/lr", done.lr, step)
+                if done.grad_norm is not None:
+                    writer.add_scalar("train/grad_norm", float(done.grad_norm), step)
                 writer.flush()  # on disk at once: a run that fails (a diverged loss, say) still shows its curve
         if on_step is not None:
             on_step(step, value)
@@ -374,6 +417,8 @@ def train_run(experiment: Experiment, *, encoding: str, seed: int, checkpoint: s
                         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "step": step,
                         "curve": curve}, buf)
             atomic_write_bytes(ckpt, checked_bytes(buf.getvalue()))
+
+    train_steps(model, opt, sched, next_loss, steps=run.steps, start=step, grad_clip=run.grad_clip, on_step=after)
     if bar is not None:
         bar.close()
 
@@ -431,7 +476,7 @@ def _resume(ckpt: Path, model: nn.Module, opt, sched, gen: torch.Generator) -> t
 # -- torchrun entry point ----------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """``python -m posenc.lab.train`` (or under ``torchrun``): one run, its record written as JSON by rank 0."""
-    from posenc.lab.cli import add_dataclass_flags, experiment_from_args
+    from posenc.lab.flags import add_dataclass_flags, experiment_from_args
 
     parser = argparse.ArgumentParser(prog="python -m posenc.lab.train", description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True, help="a registered task")

@@ -13,7 +13,7 @@ limit of float32 angles), ``diagnosis`` (one sentence or ``None``) and ``cases``
 Shapes: q ``(B, H, T, D)``, k ``(B, Hkv, T, D)``, positions int64 ``(T,)`` or ``(B, T)``.
 """
 
-# Loaded on first use (PEP 562), so that importing ``posenc.testing.cli`` for ``posenc --help`` needs no torch.
+# Loaded on first use (PEP 562), so that importing ``posenc.cli.conform`` for ``posenc --help`` needs no torch.
 _EXPORTS = {
     "check_bias": "bias", "Case": "diagnose", "ConformanceResult": "diagnose", "Finding": "diagnose",
     "check_hf_model": "hf", "check_mrope": "mrope", "reference_mrope": "mrope", "check_rope": "rope",

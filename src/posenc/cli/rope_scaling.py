@@ -15,8 +15,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from posenc._cli_types import UsageError, float_in, int_in, ranged
+from posenc.cli.types import UsageError, float_in, int_in, ranged
 from posenc.rope_scaling import REQUIRED, SCALING_METHODS, band_report, resolve_scaling
+
+__all__ = ["add_commands", "plot_bands"]
 
 # Parameters with their own flags below, or not sensible on a command line.
 _FIXED = {"factor", "original_max_position_embeddings", "short_factor", "long_factor", "logn"}

@@ -16,8 +16,10 @@ import platform
 import sys
 from pathlib import Path
 
-from posenc._cli_types import int_in, ranged
 from posenc.bench import PEERS
+from posenc.cli.types import int_in, ranged
+
+__all__ = ["SUITES", "add_commands", "run_bench", "write_json"]
 
 SUITES = ("rope", "decode", "attention", "all")
 

@@ -24,15 +24,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from posenc._cli_types import int_in, ranged
+from posenc.cli.types import UsageError, int_in, ranged
 
-
-class UsageError(Exception):
-    """A bad command line: reported in one line with exit status 2."""
-
-
+__all__ = ["add_commands", "run_conform"]
 
 max_position = int_in(1024, 2**53)  # the matrix's long cases sit at 1e5 and 1e6; float64 holds integers to 2^53
+
 
 def _load_json(text: str, what: str) -> Any:
     path = Path(text)
@@ -110,13 +107,7 @@ def run_conform(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        result = run_conform(args)
-    except UsageError as exc:
-        if args.debug:
-            raise
-        print(f"posenc conform: error: {exc}", file=sys.stderr)
-        return 2
+    result = run_conform(args)  # a UsageError is reported by posenc.cli.main: one line, exit status 2
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

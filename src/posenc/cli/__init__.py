@@ -1,4 +1,8 @@
-"""The ``posenc`` command. Each feature module contributes subcommands through ``add_commands(subparsers)``.
+"""The ``posenc`` command: the top-level parser and :func:`main`; one module in this package per subcommand.
+
+Each module in :data:`COMMAND_MODULES` defines ``add_commands(subparsers)``, which adds its subcommand with
+``set_defaults(func=handler)``. The modules import only the standard library and :mod:`posenc.cli.types` at the top,
+so ``posenc --help`` and ``posenc lab list`` never import torch; handlers import what they run.
 
 Exit codes: 0 success, 1 a failure reported in one line (``--debug`` shows the traceback), 2 bad arguments.
 """
@@ -9,17 +13,14 @@ import argparse
 import importlib
 import sys
 
-from posenc._cli_types import UsageError
+from posenc.cli.types import UsageError
 
-# Modules that define ``add_commands(subparsers)``; each adds its subcommands with ``set_defaults(func=...)``.
-COMMAND_MODULES = (
-    "posenc.commands",
-    "posenc.bench.cli",
-    "posenc.rope_scaling_cli",
-    "posenc.viz_cli",
-    "posenc.lab.cli",
-    "posenc.testing.cli",
-)
+__all__ = ["COMMAND_MODULES", "build_parser", "main"]
+
+# One module per subcommand, named after it (``list`` is ``listing``: a module may not shadow the builtin), in the
+# order ``posenc --help`` lists them. ``lab`` holds the ``posenc lab ...`` group.
+COMMAND_MODULES = tuple(f"posenc.cli.{name}" for name in (
+    "listing", "demo", "numerics", "bench", "rope_scaling", "plot", "gallery", "lab", "conform"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +61,3 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"posenc {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

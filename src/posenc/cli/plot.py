@@ -1,4 +1,4 @@
-"""Subcommands ``posenc plot`` and ``posenc gallery`` (listed in :data:`posenc.cli.COMMAND_MODULES`).
+"""``posenc plot``: one picture of an encoding (:func:`posenc.viz.plot`).
 
 Examples::
 
@@ -7,17 +7,17 @@ Examples::
     posenc plot wavelengths rope --scaling '{"rope_type": "yarn", "factor": 4.0}' --out bands.png
     posenc plot waves runs/learned.pt --out learned_waves.png        # a trained Transformer.save checkpoint
     posenc plot attention runs/rope.pt --text "the cat sat" --out attn.png
-    posenc gallery --out gallery/ --lang zh
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from posenc._cli_types import int_in, ranged
 from posenc._viz_kinds import MAX_PLOT_LENGTH, PLOT_KINDS
+from posenc.cli.types import int_in, ranged
+
+__all__ = ["add_commands"]
 
 
 def _parse_option(text: str) -> tuple[str, object]:
@@ -83,14 +83,6 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gallery(args: argparse.Namespace) -> int:
-    from posenc.gallery import build_gallery
-
-    page = build_gallery(args.out, lang=args.lang, names=args.encodings, progress=sys.stderr)
-    print(f"wrote {page}")
-    return 0
-
-
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plot", help="draw one picture of an encoding (waves, similarity, decay, bias, ...)",
                        description="Draw one picture of an encoding from the tensors the models use.")
@@ -121,12 +113,3 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heads-shown", type=int_in(1, 1024), default=None,
                    help=ranged("heads drawn by 'attention' and 'bias'", int_in(1, 1024)))
     p.set_defaults(func=_plot)
-
-    p = sub.add_parser("gallery", help="write an HTML page with every registered encoding and its plots",
-                       description="Write one self-contained HTML page (images embedded, no network) describing "
-                                   "every registered encoding with its plots.")
-    p.add_argument("--out", required=True, metavar="DIR", help="directory for index.html (created if missing)")
-    p.add_argument("--lang", choices=("en", "zh"), default="en", help="caption language (default en)")
-    p.add_argument("--encodings", nargs="+", default=None, metavar="NAME",
-                   help="only these encodings (default: every registered one)")
-    p.set_defaults(func=_gallery)
