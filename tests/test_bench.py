@@ -64,7 +64,7 @@ def test_cli_quick_writes_json(tmp_path, capsys, monkeypatch):
     assert rc == 0
     payload = json.loads(out.read_text())
     suites = {r["suite"] for r in payload["results"]}
-    assert suites == {"rope", "decode", "attention", "numerics"}
+    assert suites == {"rope", "decode", "attention", "numerics", "train"}
     assert payload["environment"]["torch"] == torch.__version__ and payload["quick"] is True
     assert any("attention suite skipped" in m for m in payload["messages"])
     text = capsys.readouterr().out
@@ -88,3 +88,17 @@ def test_rope_bench_times_the_compiled_module_call():
     row = {r["name"]: r for r in rows}["posenc RoPE.rotate torch.compile"]
     assert "skipped" not in row, row
     assert row["max_abs_err"] < 1e-5 and row["median_ms"] > 0
+
+
+def test_train_bench_compares_like_models_step_for_step():
+    pytest.importorskip("x_transformers")
+    from posenc.bench.train import PEER_FLAGS, run_train_bench
+
+    rows = run_train_bench(quick=True, repeats=2)
+    assert [r["name"] for r in rows] == list(PEER_FLAGS)
+    for r in rows:
+        # the same decoder on both sides: parameter counts agree to within the encodings' own tables/MLPs
+        assert abs(r["posenc_params"] - r["peer_params"]) <= 0.05 * r["peer_params"], r
+        assert r["vs_peer"] == pytest.approx(r["peer_ms"] / r["posenc_ms"]) and r["posenc_tok_s"] > 0
+    with pytest.raises(ValueError, match="no x-transformers counterpart"):
+        run_train_bench(encodings=["shaw"], quick=True)

@@ -21,7 +21,7 @@ from posenc.cli.types import int_in, ranged
 
 __all__ = ["SUITES", "add_commands", "run_bench", "write_json"]
 
-SUITES = ("rope", "decode", "attention", "all")
+SUITES = ("rope", "decode", "attention", "train", "all")
 
 
 def _environment(device: str) -> dict:
@@ -60,7 +60,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda, but torch.cuda.is_available() is False here (CPU-only torch or no GPU).")
-    suites = ("rope", "decode", "attention") if args.suite == "all" else (args.suite,)
+    suites = ("rope", "decode", "attention", "train") if args.suite == "all" else (args.suite,)
     rows: list[dict] = []
     messages: list[str] = []
     attention_table = None
@@ -85,13 +85,25 @@ def run_bench(args: argparse.Namespace) -> dict:
                 kwargs["lengths"] = tuple(args.lengths)
             attention_rows = run_attention_bench(**kwargs)
             rows += [{"suite": "attention", **row} for row in attention_rows]
+    train_rows = []
+    if "train" in suites:
+        from posenc.bench.train import run_train_bench
+
+        train_rows = run_train_bench(quick=args.quick, repeats=args.repeats)
+        rows += train_rows
     payload = {"command": "posenc bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
                "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "device": args.device, "quick": args.quick, "cpu_allocator_tamed": rope_bench._allocator_tamed,
                "environment": _environment(args.device), "messages": messages, "results": rows}
-    print(rope_bench.format_table([r for r in rows if r.get("suite") != "attention" or attention_table is None]))
+    print(rope_bench.format_table([r for r in rows if r.get("suite") not in ("attention", "train")
+                                   or (r["suite"] == "attention" and attention_table is None)]))
     if attention_table is not None:
         print(f"== attention ==\n{attention_table(attention_rows)}")
+    if train_rows:
+        from posenc.bench.train import format_rows
+
+        print("== train (tokens/s, posenc vs x-transformers, one full training step) ==")
+        print("\n".join(format_rows(train_rows)))
     for msg in messages:
         print(msg)
     if args.json:
@@ -109,7 +121,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark posenc against peers and the copy-bandwidth limit",
                        description="Side-by-side timings in one process: posenc RoPE vs Hugging Face (eager and "
                        "compiled), x-transformers, rotary-embedding-torch, Liger (CUDA) and the same-run copy "
-                       "bandwidth; the PE share of a decode step; attention backends. Medians over repeats after "
+                       "bandwidth; the PE share of a decode step; attention backends; training tokens/s against "
+                       "x-transformers. Medians over repeats after "
                        "warm-up. Prints a table; --json writes every row.")
     p.add_argument("--suite", choices=SUITES, default="all", help="what to measure (default: all)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)")
