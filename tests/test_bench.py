@@ -102,3 +102,13 @@ def test_train_bench_compares_like_models_step_for_step():
         assert r["vs_peer"] == pytest.approx(r["peer_ms"] / r["posenc_ms"]) and r["posenc_tok_s"] > 0
     with pytest.raises(ValueError, match="no x-transformers counterpart"):
         run_train_bench(encodings=["shaw"], quick=True)
+
+
+def test_attention_bench_names_the_backend_auto_picks():
+    from posenc.attention import DENSE_MAX_ELEMENTS
+    from posenc.bench.attention import DEFAULT_BACKENDS, auto_choice
+
+    assert "auto" in DEFAULT_BACKENDS
+    fits = int((DENSE_MAX_ELEMENTS / 8) ** 0.5)  # 8 heads: the largest T whose dense mask fits the budget
+    assert auto_choice(length=fits, heads=8) == "dense"  # within the budget auto is SDPA + the dense bias
+    assert auto_choice(length=fits + 1, heads=8) == "chunked"  # beyond it, O(rows x T) memory

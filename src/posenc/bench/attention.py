@@ -43,7 +43,7 @@ from collections.abc import Sequence
 
 __all__ = ["floor_bytes", "format_table", "measure_one", "run_attention_bench"]
 
-DEFAULT_BACKENDS = ("dense", "chunked", "reference")
+DEFAULT_BACKENDS = ("dense", "chunked", "auto", "reference")
 
 
 def floor_bytes(*, batch: int, heads: int, length: int, head_dim: int, itemsize: int = 4) -> int:
@@ -229,6 +229,9 @@ def run_attention_bench(*, device: str = "cpu", quick: bool = False, lengths: Se
             else:
                 rows.append(measure_one(**config))
     for row in rows:
+        if row["backend"] == "auto":
+            row["auto_picks"] = auto_choice(length=row["length"], device=device, batch=batch, heads=heads,
+                                            head_dim=head_dim, causal=causal, encoding=encoding)
         dense = next((r for r in rows if r["backend"] == "dense" and r["length"] == row["length"]
                       and r["status"] == "ok"), None)
         ok = row["status"] == "ok" and dense is not None
@@ -236,6 +239,19 @@ def run_attention_bench(*, device: str = "cpu", quick: bool = False, lengths: Se
         row["time_vs_dense"] = row["time_ms"] / dense["time_ms"] if ok else None
         row["cpu_vs_dense"] = row["cpu_ms"] / dense["cpu_ms"] if ok and dense["cpu_ms"] > 0 else None
     return rows
+
+
+def auto_choice(*, length: int, device: str = "cpu", batch: int = 1, heads: int = 8, head_dim: int = 64,
+                causal: bool = True, encoding: str = "alibi") -> str:
+    """The backend ``auto`` picks for this benchmark's call (a training call: gradients on), by name."""
+    import torch
+
+    from posenc.attention import explain
+    from posenc.base import get_encoding
+
+    pe = get_encoding(encoding, dim=heads * head_dim, n_heads=heads)
+    q = torch.empty(batch, heads, length, head_dim, device=device, requires_grad=True)
+    return explain(q, q, q, pe.to(device), causal=causal).split(":", 1)[0]
 
 
 def _ratio(x: float | None) -> str:
@@ -248,9 +264,11 @@ def format_table(rows: list[dict]) -> str:
              "| wall vs dense | CPU vs dense |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["status"] != "ok":
-            lines.append(f"| {r['length']} | {r['backend']} | {r['status']} | | | | | | |")
+            name = f"auto ({r['auto_picks']})" if "auto_picks" in r else r["backend"]
+            lines.append(f"| {r['length']} | {name} | {r['status']} | | | | | | |")
             continue
-        lines.append(f"| {r['length']} | {r['backend']} | {r['time_ms']:.0f} | {r['cpu_ms']:.0f} | "
+        name = f"auto ({r['auto_picks']})" if "auto_picks" in r else r["backend"]
+        lines.append(f"| {r['length']} | {name} | {r['time_ms']:.0f} | {r['cpu_ms']:.0f} | "
                      f"{r['peak_extra_mib']:.1f} | {r['floor_mib']:.1f} | {_ratio(r['mem_vs_dense'])} | "
                      f"{_ratio(r['time_vs_dense'])} | {_ratio(r['cpu_vs_dense'])} |")
     return "\n".join(lines)
