@@ -85,7 +85,7 @@ def run_bench(args: argparse.Namespace) -> dict:
             rows += [{"suite": "attention", **row} for row in attention_rows]
     payload = {"command": "posenc bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
                "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "device": args.device, "quick": args.quick, "cpu_allocator_tamed": rope_bench._allocator_tamed,
+               "device": args.device, "quick": args.quick, "cpu_allocator_tamed": rope_bench.allocator_tamed(),
                "environment": _environment(args.device), "messages": messages, "results": rows}
     print(rope_bench.format_table([r for r in rows if r.get("suite") != "attention" or attention_table is None]))
     if attention_table is not None:
