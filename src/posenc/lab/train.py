@@ -94,10 +94,11 @@ def _forward(model: nn.Module, task: Task, batch: dict[str, Tensor]) -> Tensor:
 
 
 def _forward_plain(model: nn.Module, kind: str, batch: dict[str, Tensor], positions: Positions | None = None) -> Tensor:
+    extra = {} if positions is None else {"positions": positions}  # the structure, for an encoding that reads it
     if kind == "encoder_decoder":
-        return model(batch["inputs"], batch["decoder_inputs"], positions=positions,
-                     padding_mask=batch.get("padding_mask"), tgt_padding_mask=batch.get("decoder_padding_mask"))
-    return model(batch["inputs"], positions=positions, padding_mask=batch.get("padding_mask"))  # (B, T, vocab)
+        return model(batch["inputs"], batch["decoder_inputs"], padding_mask=batch.get("padding_mask"),
+                     tgt_padding_mask=batch.get("decoder_padding_mask"), **extra)
+    return model(batch["inputs"], padding_mask=batch.get("padding_mask"), **extra)  # (B, T, vocab)
 
 
 def _slice(batch: dict[str, Tensor], rank: int, world: int, device: torch.device) -> dict[str, Tensor]:
