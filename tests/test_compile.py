@@ -44,3 +44,17 @@ def test_compiled_model_equals_eager(name):
     eager = model(x)
     compiled = torch.compile(model)(x)
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_fullgraph_under_no_grad(name):
+    """Under no_grad, ``auto`` asks whether FlexAttention could run on CPU (no gradients needed), which once looked
+    up a C++ compiler on PATH inside the traced code: dynamo cannot trace that file-system call, so
+    ``fullgraph=True`` failed. The ``eager`` backend traces with dynamo exactly as inductor would, without the
+    minutes of code generation."""
+    model, x = _model(name), torch.randint(0, 50, (2, 16))
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eager = model(x)
+        compiled = torch.compile(model, fullgraph=True, backend="eager")(x)
+    torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=1e-6)

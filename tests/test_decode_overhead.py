@@ -1,9 +1,11 @@
-"""RoPE's per-step work in KV-cache decoding (issue #8, item 4): once per forward, not once per layer.
+"""RoPE's and ALiBi's per-step work in KV-cache decoding: positions validated once per forward, not once per layer.
 
-``RoPE.rotate`` remembers the cos/sin of the last positions tensor (identity + version counter), so the layers of
-one forward share one table lookup and one value check. These tests pin that down by counting the aten ops the
-encoding issues, and check that the numbers are bit-identical to the unmemoised formula in every situation where
-the memo could go stale (in-place position updates, device/dtype moves, inference mode, torch.func).
+The model builds one :class:`posenc.Positions` per forward, validates it once (one ``aminmax``) and binds its
+encoding to it (``pe.bind``): the bound view looks up RoPE's cos/sin (or builds a bias) once and trusts those
+positions in every layer. These tests pin that down by counting the aten ops a forward issues (they must not grow
+with the number of layers) and check that the numbers are bit-identical to the unbound encoding, and that direct
+hook calls, which have no bound positions, still validate and never reuse stale state (there is no memo to go
+stale: in-place position updates, device/dtype moves, inference mode, torch.func).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import posenc
+from posenc.encodings._relative import PairwiseBias
 from posenc.encodings.rope import RoPE, apply_rope
 from posenc.model import KVCache, Transformer, TransformerConfig
 
@@ -57,31 +61,27 @@ def test_rotate_is_bit_identical_to_a_fresh_lookup(monkeypatch, fast, layout):
         assert torch.equal(rq, _expected(pe, q, pos)) and torch.equal(rk, _expected(pe, k, pos))
 
 
-def test_a_decode_step_looks_up_cos_sin_once_for_all_layers():
-    for n_layers in (1, 4):
-        model = _decoder(n_layers)
-        cache = KVCache()
-        ops = _CountOps()
-        original = model.pe.rotate
+def _step_counts(model: Transformer, n_prompt: int, n_new: int) -> dict[str, int]:
+    """aten op counts of one forward of ``n_new`` tokens after a prompt of ``n_prompt`` in the cache."""
+    cache = KVCache()
+    with torch.no_grad():
+        model(torch.randint(0, 256, (1, n_prompt)), cache=cache)
+        with _CountOps() as ops:
+            model(torch.randint(0, 256, (1, n_new)), cache=cache)
+    return ops.counts
 
-        def counted(*args, ops=ops, original=original):
-            with ops:  # count only what the encoding issues
-                return original(*args)
 
-        with torch.no_grad():
-            model(torch.randint(0, 256, (1, 6)), cache=cache)
-            model.pe.rotate = counted
-            model(torch.randint(0, 256, (1, 1)), cache=cache)
-        # one position: read once (one scalar), then slices of the cached tables -- however many layers
-        c = ops.counts
-        assert (c.get("min", 0), c.get("max", 0), c.get("index", 0)) == (0, 0, 0), (n_layers, c)
-        assert c.get("_local_scalar_dense", 0) == 1, (n_layers, c)
-        ops.counts.clear()
-        with torch.no_grad():  # a prefill of several tokens: one pass for both bounds (aminmax), two row gathers
-            model(torch.randint(0, 256, (1, 3)), cache=cache)
-        c = ops.counts
-        assert (c.get("aminmax", 0), c.get("index_select", 0)) == (1, 2), (n_layers, c)
-        assert (c.get("min", 0), c.get("max", 0), c.get("index", 0)) == (0, 0, 0), (n_layers, c)
+SYNC_OPS = ("aminmax", "min", "max", "_local_scalar_dense", "index", "index_select")
+
+
+def test_a_decode_step_validates_and_looks_up_cos_sin_once_for_all_layers():
+    for n_new in (1, 3):  # a decode step; a prefill of several tokens
+        one, four = (_step_counts(_decoder(n_layers), 6, n_new) for n_layers in (1, 4))
+        per_forward = {op: one.get(op, 0) for op in SYNC_OPS}
+        assert per_forward == {op: four.get(op, 0) for op in SYNC_OPS}, (n_new, one, four)  # not per layer
+        assert per_forward["aminmax"] == 1, one  # the positions' one value check (Positions.validate)
+        # one position: a slice of the cached table (no gather); several: one lookup of two row gathers
+        assert per_forward["index_select"] == (0 if n_new == 1 else 2), one
 
 
 def test_the_one_position_path_equals_the_table_gather():
@@ -96,21 +96,20 @@ def test_the_one_position_path_equals_the_table_gather():
         pe.rotate(q, q, torch.tensor([-1]), torch.tensor([-1]))
 
 
-def test_in_place_position_updates_and_moves_invalidate_the_memo():
+def test_direct_calls_see_in_place_position_updates_and_moves():
     pe = RoPE(dim=64, n_heads=4, max_seq_len=32)
     q = torch.randn(1, 4, 3, 16)
     pos = torch.arange(3)
     pe.rotate(q, q, pos, pos)
-    pos += 10  # same tensor, new version
+    pos += 10  # same tensor, new values
     assert torch.equal(pe.rotate(q, q, pos, pos)[0], _expected(pe, q, pos))
-    pos[1:].add_(5)  # through a view: views share the version counter
+    pos[1:].add_(5)  # through a view
     assert torch.equal(pe.rotate(q, q, pos, pos)[0], _expected(pe, q, pos))
-    pe.to(torch.float64)  # rebuild_caches clears the memo
-    assert pe._memo is None
+    pe.to(torch.float64)
     assert torch.equal(pe.rotate(q.double(), q.double(), pos, pos)[0], _expected(pe, q.double(), pos))
 
 
-def test_a_memo_made_in_inference_mode_does_not_leak_into_training():
+def test_a_call_in_inference_mode_does_not_leak_into_training():
     pe = RoPE(dim=64, n_heads=4, max_seq_len=32)
     pos = torch.arange(4)
     with torch.inference_mode():
@@ -121,7 +120,7 @@ def test_a_memo_made_in_inference_mode_does_not_leak_into_training():
     assert q.grad is not None and torch.isfinite(q.grad).all()
 
 
-def test_memo_hits_still_validate_against_the_new_tensor():
+def test_repeated_calls_still_validate_against_the_new_tensor():
     pe = RoPE(dim=64, n_heads=4, max_seq_len=32)
     pos = torch.arange(3)
     q = torch.randn(2, 4, 3, 16)
@@ -145,20 +144,27 @@ def test_torch_func_transforms_see_the_formula():
     assert torch.equal(out, torch.stack([_expected(pe, xi, pos) for xi in x]))
 
 
-def test_decoding_matches_the_unmemoised_encoding_bit_for_bit(monkeypatch):
+def test_decoding_matches_the_unbound_encoding_bit_for_bit(monkeypatch):
     model = _decoder(3)
     prompt = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(1))
-    memoised = model.generate(prompt, 6)
-    logits = model(memoised)
+    bound = model.generate(prompt, 6)
+    logits = model(bound)
+    monkeypatch.setattr(RoPE, "bind", lambda self, positions: self)  # every layer checks and looks up itself
+    assert torch.equal(model.generate(prompt, 6), bound)
+    assert torch.equal(model(bound), logits)
 
-    def no_memo(self, x, pos, name, seq_len):
-        self._memo = None
-        return original(self, x, pos, name, seq_len)
 
-    original = RoPE._cos_sin_for
-    monkeypatch.setattr(RoPE, "_cos_sin_for", no_memo)
-    assert torch.equal(model.generate(prompt, 6), memoised)
-    assert torch.equal(model(memoised), logits)
+def test_a_bound_view_trusts_only_its_own_positions():
+    pe = RoPE(dim=64, n_heads=4, max_seq_len=32)
+    pos = torch.arange(3)
+    view = pe.bind(posenc.Positions(pos=pos).validate(3))
+    assert view is not pe and view.trusts(pos) and view.trusts(pos[1:]) and not pe.trusts(pos)
+    assert not view.trusts(torch.arange(3))
+    q = torch.randn(1, 4, 3, 16)
+    assert torch.equal(view.rotate(q, q, pos, pos)[0], _expected(pe, q, pos))
+    with pytest.raises(ValueError, match="non-negative"):  # other positions are checked as in a direct call
+        view.rotate(q, q, pos - 5, pos - 5)
+    assert pe.bind(posenc.Positions(pos=pos)) is pe  # not validated: nothing to trust
 
 
 # -- ALiBi (and every PairwiseBias): the bias is built once per forward, not once per layer ----------------------------
@@ -169,8 +175,6 @@ def _bias_decoder(encoding: str, n_layers: int) -> Transformer:
 
 
 def test_a_decode_step_builds_the_alibi_bias_once_for_all_layers(monkeypatch):
-    from posenc.encodings._relative import PairwiseBias
-
     built = []
     original = PairwiseBias._bias
     monkeypatch.setattr(PairwiseBias, "_bias", lambda self, q, k: built.append(1) or original(self, q, k))
@@ -185,38 +189,39 @@ def test_a_decode_step_builds_the_alibi_bias_once_for_all_layers(monkeypatch):
 
 
 @pytest.mark.parametrize("encoding", ["alibi", "t5", "kerple"])
-def test_bias_decoding_matches_the_unmemoised_bias_bit_for_bit(monkeypatch, encoding):
-    from posenc.encodings._relative import PairwiseBias
-
+def test_bias_decoding_matches_the_unbound_bias_bit_for_bit(monkeypatch, encoding):
     model = _bias_decoder(encoding, 3)
     prompt = torch.randint(0, 256, (2, 7), generator=torch.Generator().manual_seed(1))
-    memoised = model.generate(prompt, 6)
-    logits = model(memoised)
-    monkeypatch.setattr(PairwiseBias, "bias", PairwiseBias._bias)
-    assert torch.equal(model.generate(prompt, 6), memoised)
-    assert torch.equal(model(memoised), logits)
+    bound = model.generate(prompt, 6)
+    logits = model(bound)
+    monkeypatch.setattr(PairwiseBias, "bind", lambda self, positions: self)
+    assert torch.equal(model.generate(prompt, 6), bound)
+    assert torch.equal(model(bound), logits)
 
 
-def test_bias_memo_sees_in_place_writes_moves_and_trainable_parameters():
-    import posenc
+def test_a_shared_trainable_bias_gives_the_per_layer_gradients(monkeypatch):
+    x = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(1))
 
+    def grads() -> dict[str, torch.Tensor]:
+        model = _bias_decoder("t5", 3).train()
+        model(x).square().mean().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    shared = grads()  # one bias per forward, used by every layer
+    monkeypatch.setattr(PairwiseBias, "bind", lambda self, positions: self)
+    per_layer = grads()  # one bias per layer
+    assert shared.keys() == per_layer.keys()
+    for name in shared:
+        torch.testing.assert_close(shared[name], per_layer[name], rtol=1e-6, atol=1e-7)
+
+
+def test_direct_bias_calls_are_computed_and_checked_every_time():
     pe = posenc.get_encoding("alibi", dim=64, n_heads=4, causal=True)
     q_pos, k_pos = torch.arange(5, 8), torch.arange(8)
     first = pe.bias(q_pos, k_pos)
-    assert pe.bias(q_pos[..., 0:3], k_pos[..., :8]) is first  # fresh views of the same positions hit
-    q_pos += 1  # same tensor, new version
-    assert torch.equal(pe.bias(q_pos, k_pos), pe._bias(q_pos, k_pos))
-    again = pe.bias(q_pos, k_pos)
-    again.add_(1.0)  # a caller wrote into the result: it is not handed out again
-    assert torch.equal(pe.bias(q_pos, k_pos), pe._bias(q_pos, k_pos))
-    pe.double()  # new buffers: a new key
+    q_pos += 1  # same tensor, new values: a new bias
+    assert not torch.equal(pe.bias(q_pos, k_pos), first)
+    with pytest.raises(ValueError, match="non-negative"):
+        pe.bias(q_pos - 10, k_pos)
+    pe.double()
     assert pe.bias(q_pos, k_pos).dtype == torch.float64
-    t5 = posenc.get_encoding("t5", dim=64, n_heads=4, causal=True)  # trainable: no memo while grads are recorded
-    a, b = t5.bias(q_pos, k_pos), t5.bias(q_pos, k_pos)
-    assert a is not b and a.requires_grad
-    (a.sum() + b.sum()).backward()
-    with torch.no_grad():
-        assert t5.bias(q_pos, k_pos) is t5.bias(q_pos, k_pos)
-    with torch.no_grad():
-        frozen = t5.bias(q_pos, k_pos)
-    assert not frozen.requires_grad and t5.bias(q_pos, k_pos).requires_grad  # grad mode is part of the key

@@ -140,7 +140,7 @@ def test_torch_func_transforms_equal_the_reference():
 
 
 def test_missing_compiler_falls_back_with_a_logged_reason(monkeypatch, caplog):
-    monkeypatch.setattr(rope_cpu, "_state", {})
+    monkeypatch.setattr(rope_cpu, "build_state", {})
     monkeypatch.setattr(rope_cpu, "_compiler", lambda: None)
     with caplog.at_level(logging.WARNING, logger="posenc.kernels.rope_cpu"):
         assert rope_cpu.load_library() is None

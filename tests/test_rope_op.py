@@ -43,7 +43,7 @@ def _graph_ops(fn, *args) -> list[str]:
 @pytest.fixture
 def no_kernel(monkeypatch):
     """The fused kernel unavailable, as on a machine without a C compiler (state restored afterwards)."""
-    monkeypatch.setattr(rope_cpu, "_state", {})
+    monkeypatch.setattr(rope_cpu, "build_state", {})
     monkeypatch.setattr(rope_cpu, "_compiler", lambda: None)
     torch._dynamo.reset()  # compiled graphs baked in whether the op was ready
     yield
@@ -214,14 +214,14 @@ def test_without_the_kernel_the_fallback_is_logged_once_and_correct(no_kernel, c
 @needs_cpu_kernel
 def test_a_build_is_announced_with_its_path_and_build_prebuilds(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("POSENC_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(rope_cpu, "_state", {})
+    monkeypatch.setattr(rope_cpu, "build_state", {})
     with caplog.at_level(logging.INFO, logger="posenc.kernels.rope_cpu"):
         path = posenc.kernels.build()
     assert path.parent == tmp_path and path.is_file() and rope_cpu.library_path() == path
     announced = [r.getMessage() for r in caplog.records if "compiling the fused CPU RoPE kernel" in r.getMessage()]
     assert len(announced) == 1 and str(path) in announced[0], caplog.text
     caplog.clear()
-    monkeypatch.setattr(rope_cpu, "_state", {})  # a new process: the cached library loads without compiling
+    monkeypatch.setattr(rope_cpu, "build_state", {})  # a new process: the cached library loads without compiling
     with caplog.at_level(logging.INFO, logger="posenc.kernels.rope_cpu"):
         assert posenc.kernels.build() == path
     assert "compiling" not in caplog.text

@@ -49,7 +49,6 @@ be randomized or restart per packed document; mask documents with ``attn_mask``)
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
 import shutil
@@ -60,7 +59,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from posenc.base import PositionalEncoding, check_positions, default_positions
+from posenc.base import PositionalEncoding, check_positions, check_positions_layout, default_positions
+from posenc.positions import Positions
 from posenc.terms import AttentionTerms, ScoreBlock, compute_dtype, expand_kv, safe_softmax
 
 __all__ = ["AttentionCall", "attention", "explain", "register_backend", "BACKENDS", "causal_flex_block_mask",
@@ -220,7 +220,9 @@ def block_mask(call: AttentionCall, dtype: torch.dtype, *, start: int = 0, stop:
     mask = _block_attn_mask(call, start, stop, key_stop)
     if not (with_bias and call.uses_bias):
         return mask
-    bias = call.pe.bias(call.q_pos[..., start:stop], call.k_pos[..., :key_stop])  # (B|, H, rows, keys)
+    q_pos = call.q_pos if (start, stop) == (0, q_len) else call.q_pos[..., start:stop]
+    k_pos = call.k_pos if key_stop == k_len else call.k_pos[..., :key_stop]
+    bias = call.pe.bias(q_pos, k_pos)  # (B|, H, rows, keys); the whole call's own tensors when not sliced
     bias = bias.to(dtype)
     if bias.dim() == 3:  # (H, Tq, Tk) -> (1, H, Tq, Tk)
         bias = bias.unsqueeze(0)
@@ -384,10 +386,9 @@ def _flex_module():
     return flex
 
 
-@functools.cache
-def _have_cxx() -> bool:
-    """Whether a C++ compiler is on PATH (torch.compile's CPU backend needs one); looked up once per process."""
-    return shutil.which("g++") is not None or shutil.which("clang++") is not None
+# Whether a C++ compiler is on PATH (torch.compile's CPU backend needs one for FlexAttention on CPU). Looked up once,
+# at import: not inside attention(), which torch.compile traces (dynamo cannot trace the file-system lookup).
+HAVE_CXX = shutil.which("g++") is not None or shutil.which("clang++") is not None
 
 
 def _flex_supports(call: AttentionCall) -> str | None:
@@ -400,7 +401,7 @@ def _flex_supports(call: AttentionCall) -> str | None:
     if device == "cpu" and call.needs_grad:
         return (f"FlexAttention on CPU is forward-only in torch {torch.__version__.split('+')[0]} and these inputs "
                 f"need gradients; use 'chunked' for training (or run under torch.no_grad())")
-    if device == "cpu" and not _have_cxx():
+    if device == "cpu" and not HAVE_CXX:
         return "FlexAttention on CPU runs only under torch.compile, which needs a C++ compiler (g++ or clang++)"
     if call.q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return f"FlexAttention computes in float32/bfloat16/float16, not {call.q.dtype}"
@@ -546,7 +547,7 @@ def _reference(call: AttentionCall) -> Tensor:
 # -- entry point -------------------------------------------------------------------------------------------------------
 def attention(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None = None, *, q_pos: Tensor | None = None,
               k_pos: Tensor | None = None, causal: bool = False, attn_mask: Tensor | None = None,
-              backend: str = "auto", scale: float | None = None) -> Tensor:
+              backend: str = "auto", scale: float | None = None, positions: Positions | None = None) -> Tensor:
     """Scaled dot-product attention with a positional encoding's bias or custom attention applied.
 
     Rotary encodings are applied *before* this call (``q, k = pe.rotate(q, k, q_pos, k_pos)``), because a KV cache
@@ -566,11 +567,16 @@ def attention(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None = N
             ``"reference"`` (see the module docstring). A named backend that cannot compute the call
             exactly raises ``ValueError`` with the reason; it never falls back silently.
         scale: softmax scale, default ``1 / sqrt(D)``.
+        positions: instead of ``q_pos``/``k_pos``, a :class:`posenc.Positions` holding them (``pos``, ``key_pos``),
+            as a model passes to every layer. When it is ``validated`` (``Positions.validate``, which the model runs
+            once per forward) the position values are not checked again here (their shapes and devices still are),
+            so a layer's call costs no device sync.
 
     Returns:
         ``(B, H, Tq, Dv)`` in the dtype of ``q``.
     """
-    call = _prepare(q, k, v, pe, q_pos=q_pos, k_pos=k_pos, causal=causal, attn_mask=attn_mask, scale=scale)
+    call = _prepare(q, k, v, pe, q_pos=q_pos, k_pos=k_pos, causal=causal, attn_mask=attn_mask, scale=scale,
+                    positions=positions)
     chosen, reason = _choose(call, backend)
     if backend == "auto" and not torch.compiler.is_compiling() and logger.isEnabledFor(logging.DEBUG):
         logger.debug("auto chose %s: %s [%s]", chosen.name, reason, call.describe())
@@ -634,7 +640,7 @@ def _join_skipped(skipped: list[tuple[str, str]]) -> str:
 
 def _prepare(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None, *, q_pos: Tensor | None = None,
              k_pos: Tensor | None = None, causal: bool = False, attn_mask: Tensor | None = None,
-             scale: float | None = None) -> AttentionCall:
+             scale: float | None = None, positions: Positions | None = None) -> AttentionCall:
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, Tensor):
             raise TypeError(f"{name} must be a tensor of shape (B, H, T, D); got {type(t).__name__}.")
@@ -667,8 +673,19 @@ def _prepare(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None, *, 
     if attn_mask is not None:
         _check_mask(attn_mask, (b, h, tq, tk), q)
         attn_mask = _normalize_mask(attn_mask, q.dtype)
-    q_pos = check_positions(q_pos, tq, name="q_pos", batch=b, device=q.device)
-    k_pos = check_positions(k_pos, tk, name="k_pos", batch=b, device=q.device)
+    check = check_positions
+    if positions is not None:
+        if not isinstance(positions, Positions):
+            raise TypeError(f"positions must be a posenc.Positions; got {type(positions).__name__}. Hint: pass "
+                            f"position tensors as q_pos= and k_pos=.")
+        if q_pos is not None or k_pos is not None:
+            raise ValueError("pass positions=Positions(...) or q_pos=/k_pos=, not both.")
+        q_pos = positions.pos
+        k_pos = positions.pos if positions.key_pos is None else positions.key_pos
+        if positions.validated:  # checked once where they entered (the model's forward): shapes only, no sync
+            check = _check_layout
+    q_pos = check(q_pos, tq, name="q_pos", batch=b, device=q.device)
+    k_pos = check(k_pos, tk, name="k_pos", batch=b, device=q.device)
     if k_pos is None:
         k_pos = default_positions(tk, device=q.device)
     if q_pos is None:  # the queries are the last Tq keys (self-attention, KV-cache decoding)
@@ -678,6 +695,12 @@ def _prepare(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None, *, 
     if pe is not None and pe.uses_terms:
         terms = pe.terms(q, k, v, q_pos=q_pos, k_pos=k_pos, causal=bool(causal), scale=scale)
     return AttentionCall(q, k, v, pe, q_pos, k_pos, bool(causal), attn_mask, scale, terms)
+
+
+def _check_layout(pos: Tensor | None, length: int, *, name: str, batch: int, device: torch.device) -> Tensor | None:
+    if pos is not None:
+        check_positions_layout(pos, length, name=name, batch=batch, device=device)
+    return pos
 
 
 def _check_mask(mask: Tensor, target: tuple[int, int, int, int], q: Tensor) -> None:

@@ -20,6 +20,7 @@ so KV-cache decoding, packed sequences and randomized training positions work fo
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import inspect
@@ -29,12 +30,14 @@ from typing import ClassVar, TypeVar
 import torch
 from torch import Tensor, nn
 
+from posenc.positions import Positions
 from posenc.terms import AttentionTerms
 
 __all__ = [
     "EncodingInfo",
     "PositionalEncoding",
     "check_positions",
+    "check_positions_layout",
     "default_positions",
     "get_encoding",
     "list_encodings",
@@ -58,13 +61,13 @@ def check_positions(pos: Tensor | None, length: int, *, name: str = "pos", batch
     """
     if pos is None:
         return None
-    _check_positions_layout(pos, length, name=name, batch=batch, device=device)
+    check_positions_layout(pos, length, name=name, batch=batch, device=device)
     if pos.numel() and not torch.compiler.is_compiling() and pos.min() < 0:
         raise ValueError(f"{name} must be non-negative; got a minimum of {int(pos.min())}.")
     return pos
 
 
-def _check_positions_layout(pos: Tensor, length: int, *, name: str = "pos", batch: int | None = None,
+def check_positions_layout(pos: Tensor, length: int, *, name: str = "pos", batch: int | None = None,
                            device: torch.device | None = None) -> None:
     """The checks of :func:`check_positions` that read no values: type, dtype, shape, batch, device.
 
@@ -112,6 +115,9 @@ class PositionalEncoding(nn.Module):
     # False when the score_mod cannot be differentiated by FlexAttention (it indexes one trainable tensor more than
     # once, which torch's flex backward rejects); training then uses the chunked/dense backends instead.
     flex_backward: ClassVar[bool] = True
+    # The structure fields of posenc.Positions the encoding reads beyond plain positions ("coordinates",
+    # "adjacency", "token_ids"); :meth:`bind` hands them over. Empty: it sees plain positions only.
+    reads: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False) -> None:
         super().__init__()
@@ -137,6 +143,51 @@ class PositionalEncoding(nn.Module):
         Overridden by encodings that choose positions themselves (``randomized`` samples them while training).
         """
         return default_positions(length, offset=offset, device=device)
+
+    # -- one forward's positions --------------------------------------------------------------------------------------
+    def bind(self, positions: Positions) -> PositionalEncoding:
+        """This encoding for one forward pass at ``positions``: ``self``, or a view of it bound to them.
+
+        A model calls it once per forward with its validated :class:`~posenc.Positions` and uses the result at every
+        layer. An encoding that reads structure (``reads``) returns a view holding this forward's (validated)
+        coordinates or graph; one that prepares per-forward tables (RoPE's cos/sin, a bias) returns a view that
+        computes them once and trusts the bound positions without checking them again. A view shares the
+        encoding's parameters, buffers and submodules, and is meant for that one forward. The default: ``self``.
+        """
+        return self
+
+    def bound_view(self, positions: Positions, **state) -> PositionalEncoding:
+        """A shallow view of this module for one forward: same parameters, buffers and submodules, plus ``state``.
+
+        ``positions`` (validated) is what :meth:`trusts` answers for; ``state`` are attributes of the view only
+        (e.g. a coordinate table), so the encoding itself is never changed.
+        """
+        view = copy.copy(self)  # a new __dict__ sharing _parameters, _buffers and _modules
+        view.__dict__.update(state, _bound_positions=positions, _bound_tables={})
+        return view
+
+    def trusts(self, pos: Tensor) -> bool:
+        """Whether ``pos`` is (a slice of) the validated positions this view was bound to: checks may be skipped."""
+        return self._bound_source(pos) is not None
+
+    def trusted_max(self, pos: Tensor) -> int | None:
+        """An upper bound of ``pos``, known without a device sync, when :meth:`trusts` it; else ``None``."""
+        source = self._bound_source(pos)
+        if source is None:
+            return None
+        bound = self.__dict__["_bound_positions"]
+        return bound.max_pos if source == "pos" else bound.max_key_pos
+
+    def _bound_source(self, pos: Tensor) -> str | None:
+        bound = self.__dict__.get("_bound_positions")
+        if bound is None or not bound.validated or not isinstance(pos, Tensor):
+            return None
+        base = pos if pos._base is None else pos._base
+        for name in ("pos", "key_pos"):
+            t = getattr(bound, name)
+            if t is not None and (t is pos or t is base or t._base is base):
+                return name
+        return None
 
     # -- hooks ------------------------------------------------------------------------------------------------------
     def embed(self, x: Tensor, pos: Tensor) -> Tensor:
@@ -188,7 +239,8 @@ class PositionalEncoding(nn.Module):
         """Raise if ``pos`` reaches past ``max_seq_len`` and the encoding is not defined there."""
         if self.extrapolates or pos.numel() == 0 or torch.compiler.is_compiling():
             return
-        top = int(pos.max())
+        top = self.trusted_max(pos)
+        top = int(pos.max()) if top is None else top
         if top >= self.max_seq_len:
             raise ValueError(f"{self.name or type(self).__name__}: position {top} is past max_seq_len="
                              f"{self.max_seq_len}, and this encoding is not defined beyond it. Build it with a larger "

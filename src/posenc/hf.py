@@ -691,11 +691,11 @@ def to_scaled(model_or_encoding: Transformer | RoPE, *, rope_type: str, inplace:
     pe = model_or_encoding
     original = pe.scaling["original_max_position_embeddings"] if pe.scaling is not None else pe.max_seq_len
     scaling = {"rope_type": rope_type, "original_max_position_embeddings": original, **params}
-    device = pe._cos.device
+    device = next(pe.buffers()).device  # its cos/sin tables live there
     new = RoPE(dim=pe.dim, n_heads=pe.n_heads, max_seq_len=pe.max_seq_len, causal=pe.causal, base=pe.base,
                layout=pe.layout, rotary_dim=pe.rotary_dim, scaling=scaling).to(device)
     if not inplace:
         return new
     pe.scaling, pe.attention_scale = new.scaling, new.attention_scale
-    pe._grow_cache(pe._cos.shape[0], device)
+    pe.rebuild_caches()  # the cos/sin tables at the new frequencies
     return pe

@@ -2,8 +2,12 @@
 
 Three kinds share one block: ``"encoder"`` (bidirectional), ``"decoder"`` (causal LM, KV cache, ``generate``) and
 ``"encoder_decoder"`` (a bidirectional encoder, a causal decoder with cross-attention). The encoding enters at its
-hooks only (``embed`` after the token embedding, ``rotate`` on q/k, ``bias``/``attend`` inside
+hooks only (``embed`` after the token embedding, ``rotate`` on q/k, ``bias``/``terms`` inside
 :func:`posenc.attention`); cross-attention uses no positional encoding, as in T5 and the original Transformer.
+
+Positions are explicit: each stack builds one :class:`posenc.Positions` per forward (the given or default token
+positions, the KV cache's key positions, any structure such as a coordinate table or a graph), validates it once, binds
+its encodings to it (:meth:`posenc.PositionalEncoding.bind`) and passes it to every layer.
 
 Example:
     >>> cfg = TransformerConfig(kind="decoder", vocab_size=256, dim=64, n_heads=4, encoding="rope")
@@ -27,8 +31,9 @@ from torch import Tensor, nn
 
 from posenc._io import DamagedFileError, atomic_write_bytes, checked_bytes, read_checked
 from posenc.attention import attention
-from posenc.base import PositionalEncoding, check_positions, get_encoding
+from posenc.base import PositionalEncoding, get_encoding
 from posenc.encodings.rope import LAYOUTS, RoPE, permute_projection
+from posenc.positions import Positions
 
 __all__ = ["KVCache", "Transformer", "TransformerConfig", "convert_rope_layout"]
 
@@ -102,12 +107,17 @@ class KVCache:
     """Keys/values of the tokens seen so far, per layer, and their positions (for bias encodings).
 
     ``offset`` counts cached tokens; new tokens get positions ``offset, offset + 1, ...`` unless given explicitly.
+    The structure of the first call that gives one (``Positions(coordinates=...)``, ...) is kept for the later
+    calls, so decoding reads the same coordinate table or graph as the prompt.
     """
 
     layers: list[LayerCache] = field(default_factory=list)
     k_pos: Tensor | None = None  # (T_cached,) or (B, T_cached) int64
     offset: int = 0
     memory_mask: Tensor | None = None  # encoder padding mask for cross-attention (encoder-decoder)
+    max_pos: int | None = None  # the largest cached key position (validated when it was added)
+    structure: dict = field(default_factory=dict)  # Positions.structure of the first call that gave one
+    segment_ids: Tensor | None = None  # (B, T_cached) segment ids of the cached keys, when given
 
     def layer(self, i: int) -> LayerCache:
         while len(self.layers) <= i:
@@ -122,6 +132,10 @@ def _cat_positions(old: Tensor | None, new: Tensor, batch: int) -> Tensor:
         return torch.cat((old, new))
     return torch.cat((old.expand(batch, -1) if old.dim() == 1 else old,
                       new.expand(batch, -1) if new.dim() == 1 else new), dim=-1)
+
+
+def _max(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 # -- blocks ------------------------------------------------------------------------------------------------------------
@@ -147,7 +161,7 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, n, self.head_dim).transpose(1, 2)  # (B, T, n*D) -> (B, n, T, D)
 
-    def forward(self, x: Tensor, *, pe: PositionalEncoding | None, pos: Tensor, k_pos: Tensor, causal: bool,
+    def forward(self, x: Tensor, *, pe: PositionalEncoding | None, positions: Positions, causal: bool,
                 attn_mask: Tensor | None, cache: LayerCache | None, memory: Tensor | None = None) -> Tensor:
         b, t, _ = x.shape
         q = self._heads(self.q_proj(x), self.n_heads)  # (B, H, T, D)
@@ -164,12 +178,13 @@ class Attention(nn.Module):
             k = self._heads(self.k_proj(x), self.n_kv_heads)  # (B, Hkv, T, D)
             v = self._heads(self.v_proj(x), self.n_kv_heads)
             if pe is not None and pe.uses_rotate:
+                pos = positions.pos
                 q, k = pe.rotate(q, k, pos, pos)  # keys are cached rotated, so each is rotated exactly once
             if cache is not None:
                 if cache.k is not None:
                     k, v = torch.cat((cache.k, k), dim=2), torch.cat((cache.v, v), dim=2)  # (B, Hkv, T_all, D)
                 cache.k, cache.v = k, v
-            out = attention(q, k, v, pe, q_pos=pos, k_pos=k_pos, causal=causal, attn_mask=attn_mask,
+            out = attention(q, k, v, pe, positions=positions, causal=causal, attn_mask=attn_mask,
                             backend=self.backend)
         out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)  # (B, H, T, D) -> (B, T, H*D)
         return F.dropout(self.o_proj(out), self.dropout, self.training)
@@ -189,13 +204,13 @@ class Block(nn.Module):
                                  nn.Linear(hidden, cfg.dim, bias=False))
         self.dropout = cfg.dropout
 
-    def forward(self, x: Tensor, *, pe: PositionalEncoding, pos: Tensor, k_pos: Tensor, causal: bool,
+    def forward(self, x: Tensor, *, pe: PositionalEncoding, positions: Positions, causal: bool,
                 attn_mask: Tensor | None, cache: LayerCache | None, memory: Tensor | None,
                 memory_mask: Tensor | None) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), pe=pe, pos=pos, k_pos=k_pos, causal=causal, attn_mask=attn_mask,
+        x = x + self.attn(self.attn_norm(x), pe=pe, positions=positions, causal=causal, attn_mask=attn_mask,
                           cache=cache)
         if self.cross_attn is not None:
-            x = x + self.cross_attn(self.cross_norm(x), pe=None, pos=pos, k_pos=pos, causal=False,
+            x = x + self.cross_attn(self.cross_norm(x), pe=None, positions=positions, causal=False,
                                     attn_mask=memory_mask, cache=cache, memory=memory)
         return x + F.dropout(self.ffn(self.ffn_norm(x)), self.dropout, self.training)
 
@@ -222,29 +237,67 @@ class Stack(nn.Module):
                                      f"rotate q/k or bias attention.")
                 self.layer_pe[str(i)] = pe
 
-    def forward(self, x: Tensor, *, positions: Tensor | None, padding_mask: Tensor | None, cache: KVCache | None,
-                memory: Tensor | None = None, memory_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, *, positions: Tensor | Positions | None, padding_mask: Tensor | None,
+                cache: KVCache | None, memory: Tensor | None = None, memory_mask: Tensor | None = None) -> Tensor:
         b, t, _ = x.shape
-        offset = cache.offset if cache is not None else 0
-        if positions is None:
-            positions = self.pe.make_positions(b, t, offset=offset, device=x.device)
-        check_positions(positions, t, name="positions", batch=b, device=x.device)
-        if self.pe.uses_embed:
-            x = self.pe.embed(x, positions)
+        p = self.positions(positions, b, t, x.device, cache)
+        pe = self.pe.bind(p)  # this forward's encoding: its structure, tables and trust in p, for every layer
+        if pe.uses_embed:
+            x = pe.embed(x, p.pos)
         else:
-            self.pe.check_length(positions)
-        k_pos = positions
-        if cache is not None:
-            k_pos = cache.k_pos = _cat_positions(cache.k_pos, positions, b)
-            cache.offset += t
-        attn_mask = None
-        if padding_mask is not None:  # (B, T_keys) True = real token -> (B, 1, 1, T_keys)
-            attn_mask = padding_mask[:, None, None, :]
+            pe.check_length(p.pos)
+        attn_mask = _attention_mask(padding_mask, p, cache, b)
+        layer_pe = {i: pe_i.bind(p) for i, pe_i in self.layer_pe.items()}
         for i, block in enumerate(self.blocks):
-            pe = self.layer_pe[str(i)] if str(i) in self.layer_pe else self.pe
-            x = block(x, pe=pe, pos=positions, k_pos=k_pos, causal=self.causal, attn_mask=attn_mask,
+            x = block(x, pe=layer_pe.get(str(i), pe), positions=p, causal=self.causal, attn_mask=attn_mask,
                       cache=cache.layer(i) if cache is not None else None, memory=memory, memory_mask=memory_mask)
         return self.norm(x)
+
+    def positions(self, positions: Tensor | Positions | None, batch: int, length: int, device: torch.device,
+                  cache: KVCache | None = None) -> Positions:
+        """This forward's validated :class:`~posenc.Positions`: defaults filled in, the cache's keys appended.
+
+        ``positions`` as given to the model (a tensor, a ``Positions`` or ``None``); ``pos`` defaults to the
+        encoding's :meth:`~posenc.PositionalEncoding.make_positions` after the cached tokens. A cache keeps the
+        structure of the first call that gives one, and advances by ``length`` tokens.
+        """
+        p = Positions.of(positions)
+        if cache is not None:
+            if p.structure:
+                cache.structure = p.structure
+            elif cache.structure:
+                p = p.replace(**cache.structure)
+        if p.pos is None:
+            p = p.replace(pos=self.pe.make_positions(batch, length, offset=cache.offset if cache else 0,
+                                                     device=device))
+        p = p.validate(length, batch=batch, device=device)
+        if cache is None:
+            return p.with_keys(p.pos, p.max_pos)
+        cache.k_pos = _cat_positions(cache.k_pos, p.pos, batch)
+        cache.max_pos = _max(cache.max_pos, p.max_pos)
+        cache.offset += length
+        return p.with_keys(cache.k_pos, cache.max_pos)
+
+
+def _attention_mask(padding_mask: Tensor | None, p: Positions, cache: KVCache | None, batch: int) -> Tensor | None:
+    """Bool ``(B, 1, 1|T, T_keys)`` (True = attend) from the padding mask and the packed documents' segment ids."""
+    mask = None if padding_mask is None else padding_mask[:, None, None, :]  # (B, T_keys) -> (B, 1, 1, T_keys)
+    seg = p.segment_ids
+    if seg is None and (cache is None or cache.segment_ids is None):
+        return mask
+    t = p.pos.shape[-1]
+    if seg is None:  # a decode step continues each sequence's last segment
+        seg = cache.segment_ids[:, -1:].expand(-1, t)
+    seg = seg.expand(batch, t)
+    keys = seg
+    if cache is not None:
+        if cache.segment_ids is None and cache.offset > t:
+            raise ValueError("segment_ids: the KV cache holds tokens without segment ids; give segment_ids from the "
+                             "first call on, or none at all.")
+        keys = seg if cache.segment_ids is None else torch.cat((cache.segment_ids, seg), dim=-1)  # (B, T_keys)
+        cache.segment_ids = keys
+    same = seg[:, None, :, None] == keys[:, None, None, :]  # (B, 1, T, T_keys)
+    return same if mask is None else mask & same
 
 
 # -- model -------------------------------------------------------------------------------------------------------------
@@ -322,14 +375,15 @@ class Transformer(nn.Module):
                              f"[{int(tokens.min())}, {int(tokens.max())}].")
         return self.tok_emb(tokens) * math.sqrt(self.cfg.dim)  # (B, T, dim)
 
-    def encode(self, src: Tensor, *, positions: Tensor | None = None, padding_mask: Tensor | None = None) -> Tensor:
+    def encode(self, src: Tensor, *, positions: Tensor | Positions | None = None,
+               padding_mask: Tensor | None = None) -> Tensor:
         """Run the encoder (or the whole model for ``kind="encoder"``): ``(B, S)`` -> hidden ``(B, S, dim)``."""
         stack = self.encoder if self.encoder is not None else self.decoder
         if self.cfg.kind == "decoder":
             raise ValueError("encode() is for 'encoder' and 'encoder_decoder' models; a decoder uses forward().")
         return stack(self._embed(src, "src"), positions=positions, padding_mask=padding_mask, cache=None)
 
-    def decode(self, tokens: Tensor, memory: Tensor | None = None, *, positions: Tensor | None = None,
+    def decode(self, tokens: Tensor, memory: Tensor | None = None, *, positions: Tensor | Positions | None = None,
                padding_mask: Tensor | None = None, memory_padding_mask: Tensor | None = None,
                cache: KVCache | None = None) -> Tensor:
         """Run the (causal) decoder stack: ``(B, T)`` -> hidden ``(B, T, dim)``; ``memory`` for cross-attention."""
@@ -342,8 +396,8 @@ class Transformer(nn.Module):
         return self.decoder(self._embed(tokens, "tokens"), positions=positions, padding_mask=padding_mask,
                             cache=cache, memory=memory, memory_mask=memory_mask)
 
-    def forward(self, tokens: Tensor, tgt: Tensor | None = None, *, positions: Tensor | None = None,
-                tgt_positions: Tensor | None = None, padding_mask: Tensor | None = None,
+    def forward(self, tokens: Tensor, tgt: Tensor | None = None, *, positions: Tensor | Positions | None = None,
+                tgt_positions: Tensor | Positions | None = None, padding_mask: Tensor | None = None,
                 tgt_padding_mask: Tensor | None = None, cache: KVCache | None = None) -> Tensor:
         """Logits ``(B, T, vocab_size)``.
 
@@ -354,7 +408,9 @@ class Transformer(nn.Module):
         Args:
             tokens: ``(B, T)`` token ids (the source for encoder-decoder models).
             tgt: ``(B, T_tgt)`` target ids, only for encoder-decoder models.
-            positions / tgt_positions: explicit positions ``(T,)`` or ``(B, T)``; default ``offset + arange(T)``.
+            positions / tgt_positions: explicit positions ``(T,)`` or ``(B, T)`` (default ``offset + arange(T)``), or a
+                :class:`posenc.Positions` carrying them and any structure the encoding reads (a coordinate table, a
+                graph, token ids, segment ids of packed documents).
             padding_mask / tgt_padding_mask: bool ``(B, T_keys)``, True for real tokens.
             cache: a :class:`KVCache` for incremental decoding (decoder and the decoder of encoder-decoder).
         """

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from posenc import Positions
 from posenc.base import get_encoding
 from posenc.encodings.graph import cycle_adjacency, laplacian_eigenvectors, path_adjacency
 from posenc.lab.tasks.graphs import random_recursive_trees
@@ -26,8 +27,9 @@ def test_normalize_scales_eigenvectors_to_unit_mean_square(n):
     raw = get_encoding("laplacian", dim=DIM, n_heads=HEADS, k=K, normalize=False).eval()
     norm = get_encoding("laplacian", dim=DIM, n_heads=HEADS, k=K, normalize=True).eval()
     pos = torch.arange(n)
-    with raw.graph(adj), norm.graph(adj):
-        f_raw, f_norm = raw.node_features(pos, adj.shape[0]), norm.node_features(pos, adj.shape[0])  # (B, n, K)
+    graph = Positions(adjacency=adj)
+    f_raw = raw.bind(graph).node_features(pos, adj.shape[0])  # (B, n, K)
+    f_norm = norm.bind(graph).node_features(pos, adj.shape[0])
     torch.testing.assert_close(f_norm, f_raw * math.sqrt(n))
     torch.testing.assert_close(f_raw, laplacian_eigenvectors(adj, K))
     real = min(K, n - 1)  # non-trivial eigenvectors that exist; the rest are zero padding
@@ -44,8 +46,7 @@ def test_normalize_on_the_default_path_graph():
     torch.testing.assert_close(norm.path_features(pos), raw.path_features(pos) * math.sqrt(n))
     torch.testing.assert_close(norm.path_features(pos).pow(2).mean(0), torch.ones(K, dtype=torch.float64))
     # the closed form and the explicit path graph still agree (up to sign) after scaling
-    with norm.graph(path_adjacency(n)):
-        explicit = norm.node_features(pos)[0]
+    explicit = norm.bind(Positions(adjacency=path_adjacency(n))).node_features(pos)[0]
     torch.testing.assert_close(explicit.abs(), norm.path_features(pos).abs())
 
 
@@ -54,10 +55,9 @@ def test_normalize_keeps_sign_flips_per_graph_and_eigenvector():
     pe.generator = torch.Generator().manual_seed(0)
     adj = cycle_adjacency(9).expand(20, -1, -1)
     pos = torch.arange(9)
-    with pe.graph(adj):
-        feats = pe.node_features(pos, 20)  # (20, 9, K)
-        flipped = pe.train().transform_features(feats)
-        assert torch.equal(pe.eval().transform_features(feats), feats)
+    feats = pe.bind(Positions(adjacency=adj)).node_features(pos, 20)  # (20, 9, K)
+    flipped = pe.train().transform_features(feats)
+    assert torch.equal(pe.eval().transform_features(feats), feats)
     ratio = flipped / feats.where(feats != 0, torch.ones_like(feats))
     signs = ratio[:, :1, :]  # (20, 1, K): one sign per graph and eigenvector, shared by all nodes
     assert torch.equal(ratio.where(feats != 0, signs.expand_as(ratio)), signs.expand_as(ratio))
@@ -90,8 +90,8 @@ def test_normalized_branch_is_on_the_token_embedding_scale():
     for normalize in (False, True):
         model = _model(normalize=normalize).eval()
         x = model._embed(tokens, "tokens").detach()  # (16, 12, 64), unit-variance rows
-        with model.pe.graph(adj), torch.no_grad():
-            branch = model.pe.embed(x, torch.arange(12)) - x
+        with torch.no_grad():
+            branch = model.pe.bind(Positions(adjacency=adj)).embed(x, torch.arange(12)) - x
         scales[normalize] = float(branch.pow(2).mean().sqrt() / x.pow(2).mean().sqrt())
     assert scales[True] > 0.2 and scales[False] < scales[True] / 2
 

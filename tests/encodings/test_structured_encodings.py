@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import posenc
-from posenc import KVCache, Transformer, TransformerConfig, get_encoding
+from posenc import KVCache, Positions, Transformer, TransformerConfig, get_encoding
 from posenc.encodings.graph import (
     cycle_adjacency,
     laplacian_eigenvectors,
@@ -50,9 +50,10 @@ def _model(name, **options):
     return Transformer(cfg).eval()
 
 
-def _kv_decode(model, x, split=4):
-    cache = KVCache()
-    steps = [model(x[:, :split], cache=cache)] + [model(x[:, i:i + 1], cache=cache) for i in range(split, x.shape[1])]
+def _kv_decode(model, x, split=4, positions=None):
+    cache = KVCache()  # it keeps the structure of the first call's positions for the steps after it
+    steps = [model(x[:, :split], positions=positions, cache=cache)]
+    steps += [model(x[:, i:i + 1], cache=cache) for i in range(split, x.shape[1])]
     return torch.cat(steps, dim=1)
 
 
@@ -93,8 +94,7 @@ def test_hierarchical_embedding_is_the_per_level_tables(combine):
         expected = sum(sinusoidal_table(levels[..., a], DIM) for a in range(3))
     else:
         expected = torch.cat([sinusoidal_table(levels[..., a], w) for a, w in enumerate((12, 10, 10))], dim=-1)
-    with pe.tokens(tokens):
-        from_tokens = pe.embed(x, torch.arange(tokens.shape[1]))
+    from_tokens = pe.bind(Positions(token_ids=tokens)).embed(x, torch.arange(tokens.shape[1]))
     torch.testing.assert_close(from_tokens, expected)
     torch.testing.assert_close(pe.embed(x, levels), expected)  # (B, T, 3) levels straight to the hook
     # nothing set: one sentence in one paragraph
@@ -107,9 +107,8 @@ def test_hierarchical_embedding_is_the_per_level_tables(combine):
 def test_hierarchical_model_kv_cache_reads_the_same_levels():
     model = _model("hierarchical", sentence_end_ids=[ord(".") % 40], paragraph_end_ids=[ord("\n") % 40])
     x = (_text_tokens() % 40)[None].expand(2, -1)
-    with model.pe.tokens(x):
-        full = model(x)
-        stepped = _kv_decode(model, x)
+    full = model(x, positions=Positions(token_ids=x))
+    stepped = _kv_decode(model, x, positions=Positions(token_ids=x))  # levels of every position, as a table
     torch.testing.assert_close(stepped, full, atol=2e-5, rtol=1e-4)
     assert not torch.allclose(full, model(x))  # the levels changed the output
 
@@ -121,11 +120,13 @@ def test_hierarchical_learned_limits_and_bad_input():
     with pytest.raises(ValueError, match="max_sentences"):
         pe.embed(torch.zeros(1, 2, DIM), levels)
     with pytest.raises(ValueError, match="boundary ids"):
-        pe.set_tokens(torch.tensor([1, 2]))
+        pe.bind(Positions(token_ids=torch.tensor([1, 2])))
     with pytest.raises(ValueError, match="shape"):
-        pe.set_levels(torch.zeros(4, 2, dtype=torch.long))
+        pe.bind(Positions(coordinates=torch.zeros(4, 2, dtype=torch.long)))
     with pytest.raises(TypeError, match="integer"):
-        pe.set_levels(torch.zeros(4, 3))
+        pe.bind(Positions(coordinates=torch.zeros(4, 3)))
+    with pytest.raises(ValueError, match="not both"):
+        pe.bind(Positions(coordinates=torch.zeros(4, 3, dtype=torch.long), token_ids=torch.tensor([1, 2])))
     with pytest.raises(ValueError, match="kind"):
         get_encoding("hierarchical", dim=DIM, n_heads=HEADS, kind="rope")
 
@@ -148,8 +149,7 @@ def test_sinusoidal_2d_matches_mae():
     torch.testing.assert_close(ours, torch.from_numpy(_mae_2d_sincos(DIM, 3, 5)).float())
     pe = get_encoding("sinusoidal_2d", dim=DIM, n_heads=HEADS)
     x = torch.randn(2, 15, DIM)
-    with pe.grid(coords):
-        torch.testing.assert_close(pe.embed(x, torch.arange(15)), x + ours)
+    torch.testing.assert_close(pe.bind(Positions(coordinates=coords)).embed(x, torch.arange(15)), x + ours)
     torch.testing.assert_close(pe.embed(x, coords[None]), x + ours)
 
 
@@ -215,11 +215,10 @@ def test_grid_errors():
     with pytest.raises(ValueError, match="freq_heads"):
         pe.rotate(q, k, torch.arange(10), torch.arange(10))  # 2 kv heads cannot use 4 frequency sets
     with pytest.raises(ValueError, match="shape"):
-        pe.set_grid(torch.zeros(10, 3, dtype=torch.long))
-    pe = get_encoding("axial_rope", dim=DIM, n_heads=HEADS)
-    with pe.grid(grid_coordinates(2, 2)):
-        with pytest.raises(ValueError, match="past the 4 coordinates"):
-            pe.rotate(q, k, torch.arange(10), torch.arange(10))
+        pe.bind(Positions(coordinates=torch.zeros(10, 3, dtype=torch.long)))
+    pe = get_encoding("axial_rope", dim=DIM, n_heads=HEADS).bind(Positions(coordinates=grid_coordinates(2, 2)))
+    with pytest.raises(ValueError, match="past the 4 coordinates"):
+        pe.rotate(q, k, torch.arange(10), torch.arange(10))
 
 
 # -- multimodal RoPE ---------------------------------------------------------------------------------------------------
@@ -232,9 +231,9 @@ def test_mrope_on_text_equals_rope(layout):
     for a, b in zip(mrope.rotate(q, k, pos, pos), rope.rotate(q, k, pos, pos)):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     text_ids = mrope_position_ids([10])
-    with mrope.position_ids(text_ids + 3):
-        torch.testing.assert_close(mrope.rotate(q, k, torch.arange(10), torch.arange(10))[0],
-                                   rope.rotate(q, k, pos, pos)[0], atol=0, rtol=0)
+    bound = mrope.bind(Positions(coordinates=text_ids + 3))
+    torch.testing.assert_close(bound.rotate(q, k, torch.arange(10), torch.arange(10))[0],
+                               rope.rotate(q, k, pos, pos)[0], atol=0, rtol=0)
 
 
 def test_mrope_matches_hf_qwen2_vl():
@@ -301,10 +300,9 @@ def test_mrope_model_generation_after_an_image():
     x = torch.randint(0, 40, (2, 12), generator=torch.Generator().manual_seed(1))
     prompt_ids = mrope_position_ids([2, (1, 2, 2)])  # text then an image; the rest of x continues as text
     full_ids = torch.cat((prompt_ids, prompt_ids.max() + 1 + torch.arange(6)[:, None].expand(-1, 3)))
-    with model.pe.position_ids(full_ids):
-        full = model(x)
-    with model.pe.position_ids(prompt_ids):  # positions past the table continue as text (Qwen2-VL's rope_deltas)
-        stepped = _kv_decode(model, x, split=6)
+    full = model(x, positions=Positions(coordinates=full_ids))
+    # positions past the table continue as text (Qwen2-VL's rope_deltas)
+    stepped = _kv_decode(model, x, split=6, positions=Positions(coordinates=prompt_ids))
     torch.testing.assert_close(stepped, full, atol=2e-5, rtol=1e-4)
 
 
@@ -342,8 +340,8 @@ def test_laplacian_of_a_cycle_spans_the_closed_form_eigenspaces():
 def test_laplacian_encoding_uses_the_graph_and_flips_signs_only_in_training():
     pe = get_encoding("laplacian", dim=DIM, n_heads=HEADS, k=3, normalize=False)
     adj = cycle_adjacency(6)
-    pe.set_graph(adj)
-    feats = pe.node_features(torch.arange(6))
+    graph = pe.bind(Positions(adjacency=adj))
+    feats = graph.node_features(torch.arange(6))
     torch.testing.assert_close(feats[0], laplacian_eigenvectors(adj, 3))
     pe.train()
     flipped = pe.transform_features(feats)
@@ -358,10 +356,10 @@ def test_laplacian_encoding_uses_the_graph_and_flips_signs_only_in_training():
     pe.eval()
     assert torch.equal(pe.transform_features(feats), feats)
     x = torch.zeros(1, 6, DIM)
-    torch.testing.assert_close(pe.embed(x, torch.arange(6)), pe.proj(feats.float()))
+    graph = pe.bind(Positions(adjacency=adj))  # a view: it reads the training mode of the moment it is bound
+    torch.testing.assert_close(graph.embed(x, torch.arange(6)), pe.proj(feats.float()))
     with pytest.raises(ValueError, match="not a node"):
-        pe.embed(torch.zeros(1, 7, DIM), torch.arange(7))
-    pe.set_graph(None)
+        graph.embed(torch.zeros(1, 7, DIM), torch.arange(7))
     with pytest.raises(ValueError, match="max_seq_len"):
         pe.embed(torch.zeros(1, 1, DIM), torch.tensor([5000]))
 
@@ -379,8 +377,8 @@ def test_rwpe_by_hand():
     torch.testing.assert_close(path_random_walk_landing(torch.arange(n), n, 6),
                                random_walk_landing(path_adjacency(n), 6))
     pe = get_encoding("rwpe", dim=DIM, n_heads=HEADS, k=4)
-    with pe.graph(star[None].expand(2, -1, -1)):
-        torch.testing.assert_close(pe.node_features(torch.arange(4)), rw[None].expand(2, -1, -1))
+    graph = pe.bind(Positions(adjacency=star[None].expand(2, -1, -1)))
+    torch.testing.assert_close(graph.node_features(torch.arange(4)), rw[None].expand(2, -1, -1))
 
 
 def test_spd_bias_by_hand_and_score_mod_agrees():
@@ -393,18 +391,18 @@ def test_spd_bias_by_hand_and_score_mod_agrees():
     pe = get_encoding("spd", dim=DIM, n_heads=HEADS, max_distance=2)
     adj = torch.stack((cycle_adjacency(6), path_adjacency(6)))
     pos = torch.arange(6)
-    with pe.graph(adj):
-        bias = pe.bias(pos, pos)  # (2, H, 6, 6)
-        assert bias.shape == (2, HEADS, 6, 6) and bias.dtype == torch.float32
-        torch.testing.assert_close(bias[0, :, 0, 3], pe.table[2].detach())  # cycle: 3 hops, clipped to 2
-        torch.testing.assert_close(bias[1, :, 0, 5], pe.table[2].detach())
-        torch.testing.assert_close(bias[1, :, 2, 3], pe.table[1].detach())
-        mod = pe.score_mod(pos, pos)
-        grid = (torch.arange(2)[:, None, None, None], torch.arange(HEADS)[None, :, None, None],
-                pos[None, None, :, None], pos[None, None, None, :])
-        torch.testing.assert_close(mod(torch.zeros(2, HEADS, 6, 6), *grid), bias)
-    with pe.graph(two):
-        assert torch.equal(pe.bias(pos[:4], pos[:4])[:, 0, 2], pe.table[3].detach())  # unreachable row
+    graph = pe.bind(Positions(adjacency=adj))
+    bias = graph.bias(pos, pos)  # (2, H, 6, 6)
+    assert bias.shape == (2, HEADS, 6, 6) and bias.dtype == torch.float32
+    torch.testing.assert_close(bias[0, :, 0, 3], pe.table[2].detach())  # cycle: 3 hops, clipped to 2
+    torch.testing.assert_close(bias[1, :, 0, 5], pe.table[2].detach())
+    torch.testing.assert_close(bias[1, :, 2, 3], pe.table[1].detach())
+    mod = graph.score_mod(pos, pos)
+    grid = (torch.arange(2)[:, None, None, None], torch.arange(HEADS)[None, :, None, None],
+            pos[None, None, :, None], pos[None, None, None, :])
+    torch.testing.assert_close(mod(torch.zeros(2, HEADS, 6, 6), *grid), bias)
+    assert torch.equal(pe.bind(Positions(adjacency=two)).bias(pos[:4], pos[:4])[:, 0, 2],
+                       pe.table[3].detach())  # unreachable row
 
 
 def test_spd_on_the_default_path_is_relative():
@@ -418,20 +416,19 @@ def test_graph_model_uses_the_graph_and_kv_cache_agrees(name):
     model = _model(name)
     x = torch.randint(0, 40, (2, 7), generator=torch.Generator().manual_seed(2))
     adj = torch.stack((cycle_adjacency(7), path_adjacency(7)))  # a different graph per sequence
-    with model.pe.graph(adj):
-        full = model(x)
-        stepped = _kv_decode(model, x)
+    full = model(x, positions=Positions(adjacency=adj))
+    stepped = _kv_decode(model, x, positions=Positions(adjacency=adj))
     torch.testing.assert_close(stepped, full, atol=2e-5, rtol=1e-4)
     assert not torch.allclose(full[0], model(x)[0], atol=1e-4)  # a cycle is not the default path graph
-    assert model.pe.num_nodes is None  # the context manager restored the default
+    assert model.pe.num_nodes is None  # the graph was input to those forwards, not state of the encoding
 
 
 def test_graph_errors():
     pe = get_encoding("rwpe", dim=DIM, n_heads=HEADS)
     with pytest.raises(ValueError, match="square"):
-        pe.set_graph(torch.zeros(3, 4))
+        pe.bind(Positions(adjacency=torch.zeros(3, 4)))
     with pytest.raises(ValueError, match="non-negative"):
-        pe.set_graph(-torch.ones(3, 3))
+        pe.bind(Positions(adjacency=-torch.ones(3, 3)))
     with pytest.raises(ValueError, match="k"):
         get_encoding("laplacian", dim=DIM, n_heads=HEADS, k=0)
 
@@ -568,3 +565,23 @@ def test_hierarchical_default_tells_reordered_levels_apart():
     assert (out[0, 0] - out[0, 1]).abs().max() > 0.5
     summed = get_encoding("hierarchical", dim=DIM, n_heads=HEADS, combine="sum").embed(x, levels)
     torch.testing.assert_close(summed[0, 0], summed[0, 1])  # the symmetry the default avoids
+
+
+# -- the deprecated context managers of the README before posenc.Positions ---------------------------------------------
+@pytest.mark.parametrize("name, manager, structure", [
+    ("axial_rope", "grid", lambda: grid_coordinates(2, 3)),
+    ("mrope", "position_ids", lambda: mrope_position_ids([2, (1, 2, 2)])),
+    ("spd", "graph", lambda: cycle_adjacency(6)),
+    ("hierarchical", "tokens", lambda: torch.tensor([[1, 2, 3, 1, 3, 4]])),
+])
+def test_deprecated_context_managers_warn_and_equal_positions(name, manager, structure):
+    options = {"sentence_end_ids": [3]} if name == "hierarchical" else {}
+    model = _model(name, **options)
+    x = torch.randint(0, 40, (1, 6), generator=torch.Generator().manual_seed(3))
+    given = structure()
+    field = {"graph": "adjacency", "tokens": "token_ids"}.get(manager, "coordinates")
+    explicit = model(x, positions=Positions(**{field: given}))
+    with pytest.warns(DeprecationWarning, match="posenc.Positions"), getattr(model.pe, manager)(given):
+        shimmed = model(x)
+    assert torch.equal(shimmed, explicit)
+    assert torch.equal(model(x), _model(name, **options)(x))  # restored on exit

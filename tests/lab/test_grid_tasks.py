@@ -216,8 +216,9 @@ def test_structured_forward_uses_the_coordinates(name, encoding):
     with torch.no_grad():
         structured = _forward(model, task, batch)
         flat = model(batch["inputs"])
-        with structure(model, task, batch):
-            assert torch.equal(model.pe._coordinates, batch["coordinates"])
+        positions = structure(model, task, batch)
+        assert torch.equal(positions.coordinates, batch["coordinates"])
+        assert torch.equal(model(batch["inputs"], positions=positions), structured)
     assert not torch.allclose(structured, flat)
 
 

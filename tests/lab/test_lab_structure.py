@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from posenc import Transformer, TransformerConfig
+from posenc import Positions, Transformer, TransformerConfig
 from posenc.lab.tasks.base import Task
 from posenc.lab.train import _forward, reads_structure, structure
 
@@ -41,7 +41,7 @@ def test_only_encodings_with_the_task_axes_read_coordinates():
                                                                                           _GraphTask())
 
 
-def test_coordinates_change_a_grid_encoding_and_are_restored_afterwards():
+def test_coordinates_change_a_grid_encoding_for_one_forward_only():
     tokens = torch.tensor([[0, 1, 1, 0]])
     grid = torch.tensor([[[0, 0], [0, 1], [1, 0], [1, 1]]])  # a 2 x 2 grid, not the default 1 x 4 row
     batch = {"inputs": tokens, "coordinates": grid}
@@ -50,9 +50,8 @@ def test_coordinates_change_a_grid_encoding_and_are_restored_afterwards():
     with torch.no_grad():
         read = _forward(model, _GridTask(), batch)
     assert not torch.allclose(read, plain)
-    with model.pe.coordinates(grid):
-        assert torch.equal(model(tokens), read)
-    assert torch.equal(model(tokens), plain)  # the context is left on exit
+    assert torch.equal(model(tokens, positions=Positions(coordinates=grid)), read)
+    assert torch.equal(model(tokens), plain)  # the encoding kept no state
     flat = _model("rope")
     assert torch.equal(_forward(flat, _GridTask(), batch), flat(tokens))  # the flat baseline ignores them
 
@@ -69,5 +68,5 @@ def test_graph_tasks_set_the_adjacency_and_missing_entries_are_clear_errors():
         b = _forward(model, _GraphTask(), {"inputs": tokens, "adjacency": star[None]})
     assert not torch.allclose(a, b)
     assert model.pe.num_nodes is None  # the graph is input context for one forward only
-    with pytest.raises(ValueError, match="no 'adjacency' entry"), structure(model, _GraphTask(), {"inputs": tokens}):
-        pass
+    with pytest.raises(ValueError, match="no 'adjacency' entry"):
+        structure(model, _GraphTask(), {"inputs": tokens})

@@ -35,6 +35,7 @@ from posenc.encodings.rope import RoPE, apply_rope, rope_frequencies
 
 __all__ = [
     "PEERS",
+    "allocator_tamed",
     "default_rope_shapes",
     "format_table",
     "run_decode_bench",
@@ -60,6 +61,11 @@ def default_rope_shapes(device: str, *, quick: bool = False) -> tuple[tuple[int,
 
 
 _allocator_tamed: bool | None = None
+
+
+def allocator_tamed() -> bool | None:
+    """Whether :func:`tame_cpu_allocator` applied in this process (``None``: it has not been called)."""
+    return _allocator_tamed
 
 
 def tame_cpu_allocator() -> bool:
@@ -380,9 +386,11 @@ def run_decode_bench(*, device: str = "cpu", quick: bool = False, steps: int | N
     cache, then ``steps`` single-token steps. Rows: RoPE on the fused path, RoPE on the reference path
     (``POSENC_FAST_ROPE=0``), and ALiBi (a bias: attention adds it to the scores).
 
-    On CPU the share is measured directly: the encoding's hook (``pe.rotate``; ``pe.bias`` for ALiBi) wrapped in a
-    timer. Each step's cos/sin lookup and position checks (RoPE), or its bias (ALiBi), are built inside the first
-    layer's call and reused by the later layers, so the timer counts them. ALiBi also costs attention something
+    On CPU the share is measured directly: the encoding's methods ``bind`` and its hook (``rotate``; ``bias`` for
+    ALiBi) wrapped in a timer, on the encoding's class so that the views ``bind`` returns are timed too. Each step's
+    cos/sin lookup (RoPE), or its bias (ALiBi), is built once by the bound view, at the first layer's call, and reused
+    by the later layers, so the timer counts it; the positions' one value check (``Positions.validate`` in the model's
+    forward) is outside it. ALiBi also costs attention something
     outside ``bias`` (merging the bias with the causal mask, a float mask instead of a bool one), so its row also
     gives ``removed_ms``: the step time minus that of the same weights with no encoding (``nope``), both timed
     round-robin. On CUDA the share is that difference for every row (for RoPE: ``rotate`` made the identity).
@@ -404,13 +412,29 @@ def run_decode_bench(*, device: str = "cpu", quick: bool = False, steps: int | N
     prompt = torch.randint(0, model.cfg.vocab_size, (1, prompt_len), device=device)
     spent = [0.0]
 
-    def timed(hook: Callable) -> Callable:
-        def call(*args: Tensor) -> object:
-            t0 = time.perf_counter()
-            out = hook(*args)
-            spent[0] += time.perf_counter() - t0
-            return out
-        return call
+    @contextlib.contextmanager
+    def timed(cls: type, *names: str) -> Iterator[None]:
+        """Time every call of ``cls.<name>`` (on the encoding and on the views ``bind`` returns) into ``spent``."""
+        originals = {name: cls.__dict__.get(name) for name in names}
+
+        def wrap(hook: Callable) -> Callable:
+            def call(*args: object) -> object:
+                t0 = time.perf_counter()
+                out = hook(*args)
+                spent[0] += time.perf_counter() - t0
+                return out
+            return call
+
+        for name in names:
+            setattr(cls, name, wrap(getattr(cls, name)))
+        try:
+            yield
+        finally:
+            for name, original in originals.items():
+                if original is None:
+                    delattr(cls, name)
+                else:
+                    setattr(cls, name, original)
 
     def one_run(net: Transformer) -> tuple[float, float]:
         """(mean step ms, mean ms inside the timed hook per step) over ``steps`` decode steps after the prompt."""
@@ -440,15 +464,13 @@ def run_decode_bench(*, device: str = "cpu", quick: bool = False, steps: int | N
             decode_ms(model)  # warm-up (and kernel build)
             row = {"suite": "decode", "device": device, "name": f"decode step, rope ({label} path)", "config": config}
             if device == "cpu":
-                pe.rotate = timed(type(pe).rotate.__get__(pe))
-                step, pe_ms = decode_ms(model)
-                del pe.rotate  # back to the class method
-                row.update(step_ms=step, pe_ms=pe_ms, pe_share=pe_ms / step, method="timed pe.rotate calls")
+                with timed(type(pe), "bind", "rotate"):
+                    step, pe_ms = decode_ms(model)
+                row.update(step_ms=step, pe_ms=pe_ms, pe_share=pe_ms / step, method="timed pe.bind + pe.rotate calls")
             else:
                 step, _ = decode_ms(model)
-                pe.rotate = lambda q, k, q_pos, k_pos: (q, k)
-                base, _ = decode_ms(model)
-                del pe.rotate
+                with _identity_rotate(type(pe)):
+                    base, _ = decode_ms(model)
                 row.update(step_ms=step, pe_ms=step - base, pe_share=(step - base) / step,
                            method="step time minus step time with rotate = identity")
             rows.append(row)
@@ -462,24 +484,35 @@ def run_decode_bench(*, device: str = "cpu", quick: bool = False, steps: int | N
     return rows
 
 
+@contextlib.contextmanager
+def _identity_rotate(cls: type) -> Iterator[None]:
+    """``cls.rotate`` returns q and k unchanged inside the block (the encoding's views included)."""
+    original = cls.__dict__.get("rotate")
+    cls.rotate = lambda self, q, k, q_pos, k_pos: (q, k)
+    try:
+        yield
+    finally:
+        if original is None:
+            del cls.rotate
+        else:
+            cls.rotate = original
+
+
 def _decode_bias_row(model: torch.nn.Module, bare: torch.nn.Module, one_run: Callable, timed: Callable, *,
                      repeats: int, device: str, config: dict) -> dict:
     """ALiBi's row of :func:`run_decode_bench`: timed ``pe.bias`` (CPU) and the step time against ``bare``.
 
     ``bare`` has ``model``'s weights and no encoding; runs of the two alternate, so load drift hits both alike.
+    ``timed(cls, *names)`` times those methods of the encoding's class (``bind`` and ``bias``) on CPU.
     """
     bare.load_state_dict(model.state_dict())  # ALiBi has no parameters: the very same network, minus the bias
     pe = model.pe
-    if device == "cpu":
-        pe.bias = timed(type(pe).bias.__get__(pe))
-    try:
+    with timed(type(pe), "bind", "bias") if device == "cpu" else contextlib.nullcontext():
         one_run(model), one_run(bare)  # warm-up
         with_pe, without = [], []
         for _ in range(repeats):
             with_pe.append(one_run(model))
             without.append(one_run(bare)[0])
-    finally:
-        pe.__dict__.pop("bias", None)
     with_pe.sort()
     step, bias_ms = with_pe[len(with_pe) // 2]
     removed = step - statistics.median(without)

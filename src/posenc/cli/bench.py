@@ -93,7 +93,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         rows += train_rows
     payload = {"command": "posenc bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
                "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "device": args.device, "quick": args.quick, "cpu_allocator_tamed": rope_bench._allocator_tamed,
+               "device": args.device, "quick": args.quick, "cpu_allocator_tamed": rope_bench.allocator_tamed(),
                "environment": _environment(args.device), "messages": messages, "results": rows}
     print(rope_bench.format_table([r for r in rows if r.get("suite") not in ("attention", "train")
                                    or (r["suite"] == "attention" and attention_table is None)]))

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from posenc.base import PositionalEncoding, check_positions
+from posenc.positions import Positions
 
 __all__ = ["PairwiseBias", "check_int", "distance_range"]
 
@@ -61,12 +62,6 @@ def distance_range(q_pos: Tensor, k_pos: Tensor) -> tuple[int, int]:
     return int((q_lo - k_hi).min()), int((q_hi - k_lo).max())
 
 
-def _same_key(objs: tuple, meta: tuple, key: tuple[tuple, tuple]) -> bool:
-    """Whether a memo key matches: tensors by identity (``==`` on tensors compares values), the rest by value."""
-    new_objs, new_meta = key
-    return len(objs) == len(new_objs) and all(a is b for a, b in zip(objs, new_objs)) and meta == new_meta
-
-
 class PairwiseBias(PositionalEncoding, metaclass=abc.ABCMeta):
     """Base class for additive attention biases computed from query and key *positions*.
 
@@ -75,7 +70,6 @@ class PairwiseBias(PositionalEncoding, metaclass=abc.ABCMeta):
     """
 
     family = "relative"
-    bias_memo_elements = 1 << 20  # bias() remembers results up to this size (4 MiB in float32); see bias()
 
     # -- what subclasses implement ----------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -95,7 +89,18 @@ class PairwiseBias(PositionalEncoding, metaclass=abc.ABCMeta):
                 return torch.float64 if t.dtype == torch.float64 else torch.float32
         return torch.float32
 
+    def bind(self, positions: Positions) -> PairwiseBias:
+        """A view for one forward that builds the bias of ``(positions.pos, positions.key_pos)`` once for every layer.
+
+        The view trusts those positions (checked where they entered) and their slices (``chunked`` asks per block).
+        """
+        if not positions.validated or positions.pos is None or torch.compiler.is_compiling():
+            return self
+        return self.bound_view(positions)
+
     def _check(self, q_pos: Tensor, k_pos: Tensor) -> None:
+        if self.trusts(q_pos) and self.trusts(k_pos):
+            return  # a bound view's own positions: checked once, where they entered
         check_positions(q_pos, q_pos.shape[-1] if isinstance(q_pos, Tensor) and q_pos.dim() else -1, name="q_pos")
         check_positions(k_pos, k_pos.shape[-1] if isinstance(k_pos, Tensor) and k_pos.dim() else -1, name="k_pos")
         if q_pos.device != k_pos.device:
@@ -111,14 +116,9 @@ class PairwiseBias(PositionalEncoding, metaclass=abc.ABCMeta):
     def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         """The bias ``(H, Tq, Tk)`` for ``(T,)`` positions, ``(B, H, Tq, Tk)`` when either is ``(B, T)``.
 
-        Remembers its last result (up to ``bias_memo_elements`` elements), keyed on the positions themselves: a
-        model passes the same positions to every layer of a forward, so a KV-cache decode step builds its bias once,
-        not once per layer. The key is each positions tensor's storage (views of one tensor match: attention
-        slices them per call), offset, shape, strides and version counter (which counts in-place writes, views
-        included), plus the encoding's parameters and buffers (identity, version, dtype, device), grad and inference
-        mode. Not memoised: under ``torch.compile``, tracing or torch.func, for tensor subclasses, for inference
-        tensors (no version counter) or while the result would record a gradient for a trainable parameter. The
-        memoised tensor is returned again only if nobody wrote into it.
+        A view bound to a forward's positions (:meth:`bind`) builds the bias of exactly those positions once and
+        returns it to every layer (a KV-cache decode step builds its bias once, not once per layer); any other
+        positions are checked and computed per call.
 
         Args:
             q_pos: int64 query positions ``(Tq,)`` or ``(B, Tq)``.
@@ -127,34 +127,13 @@ class PairwiseBias(PositionalEncoding, metaclass=abc.ABCMeta):
         Returns:
             float32 tensor (float64 for a float64 encoding).
         """
-        key = self._bias_key(q_pos, k_pos)
-        if key is not None:
-            memo = self.__dict__.get("_bias_memo")
-            if memo is not None and memo[2]._version == memo[3] and _same_key(memo[0], memo[1], key):
-                return memo[2]
-        out = self._bias(q_pos, k_pos)
-        if key is not None and out.numel() <= self.bias_memo_elements and not out.is_inference():
-            # Set through __dict__: nn.Module.__setattr__ costs microseconds a decode step does not have to spend.
-            self.__dict__["_bias_memo"] = (*key, out, out._version)
-        return out
-
-    def _bias_key(self, q_pos: Tensor, k_pos: Tensor) -> tuple[tuple, tuple] | None:
-        """``(tensors compared by identity, metadata compared by value)`` for :meth:`bias`'s memo, or ``None``."""
-        if type(q_pos) is not Tensor or type(k_pos) is not Tensor or torch.compiler.is_compiling() or \
-                torch._C._is_tracing() or torch._C._functorch.is_functorch_wrapped_tensor(q_pos) or \
-                torch._C._functorch.is_functorch_wrapped_tensor(k_pos) or q_pos.is_inference() or \
-                k_pos.is_inference():
-            return None  # inference tensors have no version counter: an in-place write would go unnoticed
-        state = (*self.parameters(), *self.buffers())
-        grad = torch.is_grad_enabled()
-        if grad and any(t.requires_grad for t in state):
-            return None  # a trainable bias: each call must record its own graph
-        q_base = q_pos if q_pos._base is None else q_pos._base
-        k_base = k_pos if k_pos._base is None else k_pos._base
-        meta = (q_pos._version, q_pos.storage_offset(), q_pos.shape, q_pos.stride(), q_pos.dtype,
-                k_pos._version, k_pos.storage_offset(), k_pos.shape, k_pos.stride(), k_pos.dtype,
-                grad, torch.is_inference_mode_enabled(), *((t._version, t.dtype, t.device) for t in state))
-        return (q_base, k_base, *state), meta
+        bound = self.__dict__.get("_bound_positions")
+        if bound is not None and q_pos is bound.pos and k_pos is bound.key_pos:
+            tables = self.__dict__["_bound_tables"]
+            if "bias" not in tables:
+                tables["bias"] = self._bias(q_pos, k_pos)
+            return tables["bias"]
+        return self._bias(q_pos, k_pos)
 
     def _bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         self._check(q_pos, k_pos)

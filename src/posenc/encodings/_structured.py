@@ -7,24 +7,28 @@ A structured encoding takes positions in two forms:
 
 - **coordinates** ``(B, T, A)`` int64 (``A`` axes) passed straight to its hooks, e.g. ``(row, col)`` per token;
 - plain positions ``(T,)`` / ``(B, T)``, which is what :class:`posenc.Transformer` passes. They are then *indices
-  into a coordinate table* set with :meth:`StructuredPositions.set_coordinates` (or the encoding's named alias such
-  as ``set_grid``): token at position ``p`` has coordinates ``table[..., p, :]``. With no table set, each encoding
-  maps a plain position to coordinates its own documented way (a 1 x T grid, text-only, one sentence), so every
-  structured encoding also works on a plain sequence. Positions past the table follow the encoding's
-  ``continue_coordinates`` rule (text after an image, more tokens of the last sentence) or raise.
+  into a coordinate table*, ``Positions(coordinates=table)`` given to the model (``model(x, positions=...)``) or to
+  :meth:`~posenc.PositionalEncoding.bind` for a direct hook call: the token at position ``p`` has coordinates
+  ``table[..., p, :]``. With no table, each encoding maps a plain position to coordinates its own documented way (a
+  1 x T grid, text-only, one sentence), so every structured encoding also works on a plain sequence. Positions past
+  the table follow the encoding's ``continue_coordinates`` rule (text after an image, more tokens of the last
+  sentence) or raise.
 
 Because the table is indexed by position, KV-cache decoding (positions ``offset, offset + 1, ...``) reads the same
-coordinates a full forward does. The table is input context, not a weight: it is not in ``state_dict``.
+coordinates a full forward does (the model's :class:`~posenc.model.KVCache` keeps the table of its first call). The
+table is input, not a weight: it is never stored on the encoding (``bind`` returns a view holding it).
 """
 
 from __future__ import annotations
 
 import abc
-import contextlib
-from collections.abc import Iterator
+import warnings
 
 import torch
 from torch import Tensor
+
+from posenc.base import check_positions
+from posenc.positions import Positions
 
 __all__ = ["StructuredPositions", "gather_rows"]
 
@@ -50,27 +54,47 @@ class StructuredPositions(abc.ABC):
     axis_names: tuple[str, ...] = ()
     allow_negative: bool = False  # whether coordinates may be negative (e.g. a CLS token outside a grid)
 
-    _coordinates: Tensor | None = None
+    reads = ("coordinates",)
+    _coordinates: Tensor | None = None  # (Bt, L, A): the table of a bound view (or of the deprecated setters)
 
     # -- the coordinate table ------------------------------------------------------------------------------------------
-    def set_coordinates(self, coordinates: Tensor | None) -> None:
-        """Set (or clear, with ``None``) the table of coordinates that plain positions index.
+    def bind(self, positions: Positions):
+        """A view of the encoding reading ``positions.coordinates`` (see the module docstring), or ``self``."""
+        table = self.coordinate_table(positions)
+        if table is None:
+            return super().bind(positions)
+        return self.bound_view(positions, _coordinates=table)
 
-        Args:
-            coordinates: int64 ``(L, A)`` shared by the batch or ``(B, L, A)`` per sequence; row ``p`` holds the
-                coordinates of the token at position ``p``.
+    def coordinate_table(self, positions: Positions) -> Tensor | None:
+        """The validated ``(Bt, L, A)`` table ``positions`` give this encoding, or ``None`` when they give none."""
+        if positions.coordinates is None:
+            return None
+        table = self.check_coordinates(positions.coordinates, name="coordinates", allow_2d=True)
+        return table.unsqueeze(0) if table.dim() == 2 else table
+
+    def set_coordinates(self, coordinates: Tensor | None) -> None:
+        """Deprecated: pass ``Positions(coordinates=...)`` to the model (or to :meth:`bind`) instead.
+
+        Stores a table that plain positions index whenever no :class:`~posenc.Positions` gives one.
         """
+        warnings.warn(f"{type(self).__name__}.set_coordinates (and set_grid / set_position_ids / set_levels / "
+                      f"set_tokens) is deprecated: pass model(x, positions=posenc.Positions(coordinates=...)) "
+                      f"instead.", DeprecationWarning, stacklevel=2)
+        self._set_table(coordinates)
+
+    def _set_table(self, coordinates: Tensor | None) -> None:
         if coordinates is not None:
             coordinates = self.check_coordinates(coordinates, name="coordinates", allow_2d=True)
             if coordinates.dim() == 2:
                 coordinates = coordinates.unsqueeze(0)
         self._coordinates = coordinates
 
-    @contextlib.contextmanager
-    def coordinates(self, coordinates: Tensor) -> Iterator[None]:
-        """Context manager: use ``coordinates`` (see :meth:`set_coordinates`) inside the block, then restore."""
+    def _deprecated_table(self, coordinates: Tensor | None, what: str):
+        """The body of the deprecated context managers (``grid``, ``position_ids``, ``tokens``): set, yield, restore."""
+        warnings.warn(f"`with pe.{what}(...)` is deprecated: pass model(x, positions=posenc.Positions(...)) instead "
+                      f"(see posenc.positions).", DeprecationWarning, stacklevel=4)
         previous = self._coordinates
-        self.set_coordinates(coordinates)
+        self._set_table(coordinates)
         try:
             yield
         finally:
@@ -104,13 +128,14 @@ class StructuredPositions(abc.ABC):
         Default: raise; encodings with a natural continuation (text after the last token) override it.
         """
         who = getattr(self, "name", "") or type(self).__name__
-        raise ValueError(f"{who}: position {int(pos.max())} is past the {table.shape[1]} coordinates set with "
-                         f"set_coordinates; set coordinates for every position the model will see.")
+        raise ValueError(f"{who}: position {int(pos.max())} is past the {table.shape[1]} coordinates given; give "
+                         f"Positions(coordinates=...) a row for every position the model will see.")
 
     def resolve(self, pos: Tensor, length: int, *, batch: int | None, device: torch.device, name: str) -> Tensor:
-        """Coordinates ``(B|1, T, A)`` for ``pos``: coordinates as given, or plain positions looked up / mapped."""
-        from posenc.base import check_positions  # local: base imports nothing from encodings
+        """Coordinates ``(B|1, T, A)`` for ``pos``: coordinates as given, or plain positions looked up / mapped.
 
+        Plain positions of a bound view's own (validated) :class:`~posenc.Positions` are not checked again.
+        """
         if isinstance(pos, Tensor) and pos.dim() == 3:
             coords = self.check_coordinates(pos, name=name)
             if coords.shape[1] != length:
@@ -120,7 +145,9 @@ class StructuredPositions(abc.ABC):
             if coords.device != device:
                 raise ValueError(f"{name} is on {coords.device} but the input is on {device}.")
             return coords
-        check_positions(pos, length, name=name, batch=batch, device=device)
+        trusted = self.trusts(pos)
+        if not trusted:
+            check_positions(pos, length, name=name, batch=batch, device=device)
         table = self._coordinates
         if table is None:
             coords = self.plain_coordinates(pos)
@@ -128,9 +155,12 @@ class StructuredPositions(abc.ABC):
         table = table.to(device)
         if batch is not None and table.shape[0] not in (1, batch):
             raise ValueError(f"the coordinate table has batch size {table.shape[0]} but the input has batch size "
-                             f"{batch}; set coordinates of shape (L, A) or (B, L, A).")
+                             f"{batch}; give coordinates of shape (L, A) or (B, L, A).")
         n = table.shape[1]
-        if pos.numel() == 0 or int(pos.max()) < n:
+        top = self.trusted_max(pos) if trusted else None
+        if top is None and pos.numel():
+            top = int(pos.max())
+        if pos.numel() == 0 or top < n:
             return gather_rows(table, pos)
         pos2 = pos.unsqueeze(0) if pos.dim() == 1 else pos  # (1|B, T)
         b = max(table.shape[0], pos2.shape[0])

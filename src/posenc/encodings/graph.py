@@ -1,13 +1,13 @@
 """Graph positional encodings: ``laplacian`` and ``rwpe`` (Dwivedi et al.), ``spd`` (Graphormer, Ying et al. 2021).
 
-Tokens are the nodes of a graph and a token's position is its node index. Give the graph with
-``pe.set_graph(adj)`` or, scoped, ``with pe.graph(adj):`` -- ``adj`` is a ``(N, N)`` adjacency shared by the batch or
-``(B, N, N)`` per sequence (nonzero = edge; a symmetric matrix for an undirected graph) -- then run the model on
-``N`` node tokens with the default positions ``0 .. N-1`` (or any node indices as positions)::
+Tokens are the nodes of a graph and a token's position is its node index. Give the graph as
+``Positions(adjacency=adj)`` -- ``adj`` is a ``(N, N)`` adjacency shared by the batch or ``(B, N, N)`` per sequence
+(nonzero = edge; a symmetric matrix for an undirected graph) -- and run the model on ``N`` node tokens with the
+default positions ``0 .. N-1`` (or any node indices as positions)::
 
-    pe = model.pe
-    with pe.graph(adj):                     # adj: (B, N, N)
-        logits = model(node_tokens)         # node_tokens: (B, N)
+    logits = model(node_tokens, positions=Positions(adjacency=adj))   # node_tokens: (B, N), adj: (B, N, N)
+
+For a direct hook call, ``pe.bind(Positions(adjacency=adj))`` is the encoding reading that graph.
 
 With no graph set, a sequence is a *path graph* ``0 - 1 - 2 - ... - (max_seq_len - 1)``: ``laplacian`` and ``rwpe``
 then use that path's closed-form features (and raise past ``max_seq_len``, as node ``max_seq_len`` does not exist),
@@ -30,14 +30,17 @@ from __future__ import annotations
 import abc
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from posenc.base import PositionalEncoding, check_positions, register
+from posenc.positions import Positions
 
 __all__ = [
+    "GraphEncoding",
     "LaplacianPE",
     "RandomWalkPE",
     "ShortestPathBias",
@@ -184,30 +187,47 @@ def shortest_path_distances(adj: Tensor) -> Tensor:
 
 
 # -- shared plumbing ---------------------------------------------------------------------------------------------------
-class _GraphEncoding(PositionalEncoding, metaclass=abc.ABCMeta):
-    """Stores the graph set by :meth:`set_graph` (input context, not a weight: it is not in ``state_dict``)."""
+class GraphEncoding(PositionalEncoding, metaclass=abc.ABCMeta):
+    """Base of the graph encodings: reads ``Positions(adjacency=...)``; positions are node indices.
+
+    :meth:`bind` returns a view holding the graph and what the encoding computes from it (:meth:`graph_features`),
+    once per forward; the encoding itself stores no graph (the deprecated :meth:`set_graph` aside).
+    """
 
     family = "graph"
-    _adjacency: Tensor | None = None
+    reads = ("adjacency",)
+    _adjacency: Tensor | None = None  # (Bg, N, N) float64 of a bound view (or of the deprecated set_graph)
     _features: Tensor | None = None
 
-    def set_graph(self, adjacency: Tensor | None) -> None:
-        """Set (``None``: clear, back to the default path graph) the graph: adjacency ``(N, N)`` or ``(B, N, N)``.
+    def bind(self, positions: Positions):
+        """A view of the encoding reading ``positions.adjacency`` (features computed once), or ``self``."""
+        if positions.adjacency is None:
+            return super().bind(positions)
+        adjacency, features = self._graph_state(positions.adjacency)
+        return self.bound_view(positions, _adjacency=adjacency, _features=features)
 
-        Positions then index nodes (``0 <= pos < N``).
-        """
-        if adjacency is None:
-            self._adjacency = self._features = None
-            return
+    def _graph_state(self, adjacency: Tensor) -> tuple[Tensor, Tensor]:
         a = _check_adjacency(adjacency, self.name or type(self).__name__)
-        self._adjacency = a.unsqueeze(0) if a.dim() == 2 else a  # (Bg, N, N) float64
-        self._features = self.graph_features(self._adjacency)
+        a = a.unsqueeze(0) if a.dim() == 2 else a  # (Bg, N, N) float64
+        return a, self.graph_features(a)
+
+    def set_graph(self, adjacency: Tensor | None) -> None:
+        """Deprecated: pass ``Positions(adjacency=adj)`` to the model (or to :meth:`bind`) instead.
+
+        Stores a graph (``None``: clears it, back to the default path graph) used whenever no
+        :class:`~posenc.Positions` gives one.
+        """
+        warnings.warn("set_graph is deprecated: pass model(x, positions=posenc.Positions(adjacency=adj)) instead.",
+                      DeprecationWarning, stacklevel=2)
+        self._adjacency, self._features = (None, None) if adjacency is None else self._graph_state(adjacency)
 
     @contextlib.contextmanager
     def graph(self, adjacency: Tensor) -> Iterator[None]:
-        """Context manager form of :meth:`set_graph`; restores the previous graph on exit."""
+        """Deprecated: ``model(x, positions=posenc.Positions(adjacency=adj))`` instead of ``with pe.graph(adj)``."""
+        warnings.warn("`with pe.graph(adj)` is deprecated: pass model(x, positions=posenc.Positions(adjacency=adj)) "
+                      "instead.", DeprecationWarning, stacklevel=3)
         previous = (self._adjacency, self._features)
-        self.set_graph(adjacency)
+        self._adjacency, self._features = self._graph_state(adjacency)
         try:
             yield
         finally:
@@ -226,9 +246,12 @@ class _GraphEncoding(PositionalEncoding, metaclass=abc.ABCMeta):
         n = self.num_nodes
         if n is None:
             return
-        if pos.numel() and not torch.compiler.is_compiling() and int(pos.max()) >= n:
-            raise ValueError(f"{self.name}: position {int(pos.max())} is not a node of the graph set with set_graph "
-                             f"({n} nodes); positions are node indices 0 .. {n - 1}.")
+        top = self.trusted_max(pos)
+        if top is None and pos.numel() and not torch.compiler.is_compiling():
+            top = int(pos.max())
+        if top is not None and top >= n:
+            raise ValueError(f"{self.name}: position {top} is not a node of the graph given ({n} nodes); positions "
+                             f"are node indices 0 .. {n - 1}.")
         bg = self._adjacency.shape[0]
         if batch is not None and bg not in (1, batch):
             raise ValueError(f"{self.name}: the graph has batch size {bg} but the input has batch size {batch}; set "
@@ -241,7 +264,7 @@ class _GraphEncoding(PositionalEncoding, metaclass=abc.ABCMeta):
             self._check_nodes(pos, None)
 
     def _extend_hint(self) -> str:
-        return ", or set the graph explicitly with pe.set_graph(adjacency)"
+        return ", or give the graph explicitly: Positions(adjacency=adj)"
 
 
 def _gather_nodes(features: Tensor, pos: Tensor) -> Tensor:
@@ -274,7 +297,7 @@ class _FeatureProjection(nn.Module):
         return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, bias=False"
 
 
-class _NodeFeatureEncoding(_GraphEncoding):
+class _NodeFeatureEncoding(GraphEncoding):
     """Per-node features ``(N, k)`` projected to ``dim`` and added to token embeddings."""
 
     extrapolates = False
@@ -300,8 +323,9 @@ class _NodeFeatureEncoding(_GraphEncoding):
 
     def embed(self, x: Tensor, pos: Tensor) -> Tensor:
         """``x`` ``(B, T, dim)`` plus the projected features of nodes ``pos`` ``(T,)`` / ``(B, T)``."""
-        check_positions(pos, x.shape[-2], batch=x.shape[0], device=x.device)
-        self.check_length(pos)
+        if not self.trusts(pos):  # a bound view's own positions were checked where they entered
+            check_positions(pos, x.shape[-2], batch=x.shape[0], device=x.device)
+            self.check_length(pos)
         feats = self.transform_features(self.node_features(pos, x.shape[0]))  # (B|1, T, k)
         w = self.proj.weight
         return x + self.proj(feats.to(w.dtype)).to(x.dtype)
@@ -398,7 +422,7 @@ class RandomWalkPE(_NodeFeatureEncoding):
 
 
 @register("spd")
-class ShortestPathBias(_GraphEncoding):
+class ShortestPathBias(GraphEncoding):
     """Graphormer's spatial encoding: a learned per-head attention bias per shortest-path distance (arXiv 2106.05234).
 
     ``bias[h, i, j] = table[min(spd(i, j), max_distance), h]``, and a separate learned entry for unreachable pairs.
@@ -439,8 +463,9 @@ class ShortestPathBias(_GraphEncoding):
         return d if batched else d[0]
 
     def _check(self, q_pos: Tensor, k_pos: Tensor) -> None:
-        check_positions(q_pos, q_pos.shape[-1], name="q_pos")
-        check_positions(k_pos, k_pos.shape[-1], name="k_pos")
+        if not (self.trusts(q_pos) and self.trusts(k_pos)):  # a bound view's own positions were checked on entry
+            check_positions(q_pos, q_pos.shape[-1], name="q_pos")
+            check_positions(k_pos, k_pos.shape[-1], name="k_pos")
         self._check_nodes(q_pos, q_pos.shape[0] if q_pos.dim() == 2 else None)
         self._check_nodes(k_pos, k_pos.shape[0] if k_pos.dim() == 2 else None)
 

@@ -1,12 +1,11 @@
 """2-D encodings for image patches: ``sinusoidal_2d`` (MAE / DETR), ``axial_rope`` and ``rope_mixed`` (Heo et al. 2024).
 
-Positions are ``(row, col)`` coordinates. Pass them as int64 ``(B, T, 2)`` to the hooks, or set a coordinate table
-with ``pe.set_grid(coords)`` (``(L, 2)`` or ``(B, L, 2)``; row ``p`` is the ``(row, col)`` of the token at position
-``p``) and pass plain positions, which is what :class:`posenc.Transformer` does::
+Positions are ``(row, col)`` coordinates. Pass them as int64 ``(B, T, 2)`` to the hooks, or give a coordinate table
+``Positions(coordinates=coords)`` (``(L, 2)`` or ``(B, L, 2)``; row ``p`` is the ``(row, col)`` of the token at
+position ``p``) and plain positions index it, which is what :class:`posenc.Transformer` does::
 
-    pe = model.pe
-    with pe.grid(grid_coordinates(8, 8, prefix_tokens=1)):   # a CLS token then an 8x8 grid of patches
-        logits = model(tokens)                                  # tokens: (B, 65)
+    grid = Positions(coordinates=grid_coordinates(8, 8, prefix_tokens=1))   # a CLS token then an 8x8 grid
+    logits = model(tokens, positions=grid)                                 # tokens: (B, 65)
 
 :func:`grid_coordinates` lays out a ``rows x cols`` grid row-major and puts ``prefix_tokens`` (CLS, registers) at
 ``(-1, -1)``, outside the grid. With plain positions and no table, a sequence is a ``1 x T`` grid: token ``p`` sits at
@@ -26,6 +25,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from posenc.base import PositionalEncoding, register
 from posenc.encodings._structured import StructuredPositions
-from posenc.encodings.rope import LAYOUTS, _check_head_tensor, apply_rope
+from posenc.encodings.rope import LAYOUTS, apply_rope, check_head_tensor
 
 __all__ = ["AxialRoPE", "RoPEMixed", "Sinusoidal2D", "axial_frequencies", "grid_coordinates", "sinusoidal_2d_table"]
 
@@ -98,21 +98,22 @@ def _rotate_blocks(x: Tensor, angles: Tensor, layout: str) -> Tensor:
 
 
 class _GridEncoding(StructuredPositions, PositionalEncoding):
-    """Shared plumbing: ``(row, col)`` coordinates, ``set_grid``/``grid`` aliases, the 1 x T default."""
+    """Shared plumbing: ``(row, col)`` coordinates, the deprecated ``set_grid``/``grid`` aliases, the 1 x T default."""
 
     n_axes = 2
     axis_names = ("row", "col")
     allow_negative = True  # prefix tokens (CLS) sit outside the grid at (-1, -1)
 
     def set_grid(self, coords: Tensor | None) -> None:
-        """Set (``None``: clear) the ``(row, col)`` table, int64 ``(L, 2)`` or ``(B, L, 2)``, plain positions index."""
-        self.set_coordinates(coords)
+        """Deprecated: pass ``Positions(coordinates=coords)`` to the model instead (see :meth:`set_coordinates`)."""
+        warnings.warn("set_grid is deprecated: pass model(x, positions=posenc.Positions(coordinates=coords)) "
+                      "instead.", DeprecationWarning, stacklevel=2)
+        self._set_table(coords)
 
     @contextlib.contextmanager
     def grid(self, coords: Tensor) -> Iterator[None]:
-        """Context manager form of :meth:`set_grid`."""
-        with self.coordinates(coords):
-            yield
+        """Deprecated: ``model(x, positions=posenc.Positions(coordinates=coords))`` instead of ``with pe.grid()``."""
+        yield from self._deprecated_table(coords, "grid")
 
     def plain_coordinates(self, pos: Tensor) -> Tensor:
         return torch.stack((torch.zeros_like(pos), pos), dim=-1)  # a 1 x T grid: (0, p)
@@ -177,7 +178,7 @@ class _GridRoPE(_GridEncoding):
         return self.rotate_one(q, q_pos, "q"), self.rotate_one(k, k_pos, "k")
 
     def rotate_one(self, x: Tensor, pos: Tensor, name: str = "x") -> Tensor:
-        _check_head_tensor(x, self.head_dim, name)
+        check_head_tensor(x, self.head_dim, name)
         coords = self.resolve(pos, x.shape[-2], batch=x.shape[0], device=x.device, name=f"{name}_pos")
         return _rotate_blocks(x, self.angles(coords, x.shape[1]), self.layout)
 

@@ -6,30 +6,32 @@ concatenated into one ``dim``-wide vector added to the token embedding -- the hi
 document models such as HIBERT (Zhang et al. 2019, arXiv 1905.06566) and the sentence/paragraph position embeddings
 of long-document Transformers.
 
-Where the levels come from:
+Where the levels come from (given to the model as ``model(tokens, positions=Positions(...))``, or to
+:meth:`~posenc.PositionalEncoding.bind` for a direct hook call):
 
-- **token ids**: build the encoding with ``sentence_end_ids`` / ``paragraph_end_ids`` and call
-  ``pe.set_tokens(tokens)`` (or ``with pe.tokens(tokens):``) with the ``(B, T)`` token ids the model will see. A
-  boundary token belongs to the sentence (paragraph) it ends; a paragraph end also ends its sentence.
-  :func:`hierarchical_levels` is the pure function behind it.
-- **explicit levels**: ``pe.set_levels(levels)`` / ``with pe.levels(levels):`` with an int64 ``(T, 3)`` or
-  ``(B, T, 3)`` tensor; or pass ``(B, T, 3)`` levels straight to ``pe.embed(x, levels)``.
+- **token ids**: build the encoding with ``sentence_end_ids`` / ``paragraph_end_ids`` and give
+  ``Positions(token_ids=tokens)``, the ``(B, T)`` token ids the model sees. A boundary token belongs to the sentence
+  (paragraph) it ends; a paragraph end also ends its sentence. :func:`hierarchical_levels` is the pure function
+  behind it.
+- **explicit levels**: ``Positions(coordinates=levels)`` with an int64 ``(T, 3)`` or ``(B, T, 3)`` tensor; or pass
+  ``(B, T, 3)`` levels straight to ``pe.embed(x, levels)``.
 
-The model passes plain positions ``(T,)`` / ``(B, T)``; with a table set they index it (so a KV cache reads the same
-levels as a full forward), and positions past it continue the last sentence (for generation, call ``set_tokens``
-again with the tokens so far before each step to pick up new boundaries). With nothing set, a sequence is one
-sentence in one paragraph: levels ``(p, 0, 0)``.
+The model passes plain positions ``(T,)`` / ``(B, T)``; with levels given they index them (so a KV cache reads the
+same levels as a full forward), and positions past them continue the last sentence (for generation, give the tokens
+so far again to pick up new boundaries). With nothing given, a sequence is one sentence in one paragraph: levels
+``(p, 0, 0)``.
 
 Example::
 
-    pe = model.pe                                   # encoding="hierarchical",
-    with pe.tokens(tokens):                         # encoding_options={"sentence_end_ids": [ord(".")],
-        logits = model(tokens)                      #                   "paragraph_end_ids": [ord("\\n")]}
+    model = Transformer(TransformerConfig(encoding="hierarchical", encoding_options={
+        "sentence_end_ids": [ord(".")], "paragraph_end_ids": [ord("\\n")]}))
+    logits = model(tokens, positions=Positions(token_ids=tokens))
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -39,6 +41,7 @@ from torch import Tensor, nn
 from posenc.base import PositionalEncoding, register
 from posenc.encodings._structured import StructuredPositions
 from posenc.encodings.sinusoidal import sinusoidal_table
+from posenc.positions import Positions
 
 __all__ = ["HierarchicalPE", "hierarchical_levels"]
 
@@ -120,6 +123,7 @@ class HierarchicalPE(StructuredPositions, PositionalEncoding):
     extrapolates = True
     n_axes = 3
     axis_names = LEVELS
+    reads = ("coordinates", "token_ids")
 
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
                  kind: str = "sinusoidal", combine: str = "concat", sentence_end_ids: Sequence[int] = (),
@@ -148,33 +152,41 @@ class HierarchicalPE(StructuredPositions, PositionalEncoding):
                                            for rows, width in zip(self.limits, self.widths))
 
     # -- levels --------------------------------------------------------------------------------------------------------
-    def set_levels(self, levels: Tensor | None) -> None:
-        """Set (``None``: clear) explicit levels, int64 ``(T, 3)`` or ``(B, T, 3)``, that plain positions index."""
-        self.set_coordinates(levels)
+    def coordinate_table(self, positions: Positions) -> Tensor | None:
+        """Levels ``(Bt, L, 3)`` from ``positions.coordinates`` or ``positions.token_ids`` (one of them) or None."""
+        if positions.token_ids is None:
+            return super().coordinate_table(positions)
+        if positions.coordinates is not None:
+            raise ValueError("hierarchical: give Positions either coordinates (explicit levels) or token_ids (levels "
+                             "from the boundary ids), not both.")
+        levels = self.levels_of(positions.token_ids)
+        return levels.unsqueeze(0) if levels.dim() == 2 else levels
 
-    @contextlib.contextmanager
-    def levels(self, levels: Tensor) -> Iterator[None]:
-        """Context manager form of :meth:`set_levels`."""
-        with self.coordinates(levels):
-            yield
+    def levels_of(self, tokens: Tensor) -> Tensor:
+        """Levels ``(..., T, 3)`` of token ids ``(T,)`` / ``(B, T)`` with this encoding's boundary ids."""
+        if not (self.sentence_end_ids or self.paragraph_end_ids):
+            raise ValueError("hierarchical: levels from token ids need boundary ids; build the encoding with "
+                             "sentence_end_ids=[...] and/or paragraph_end_ids=[...], or give the levels as "
+                             "Positions(coordinates=levels).")
+        return hierarchical_levels(tokens, sentence_end_ids=self.sentence_end_ids,
+                                   paragraph_end_ids=self.paragraph_end_ids)
+
+    def set_levels(self, levels: Tensor | None) -> None:
+        """Deprecated: pass ``Positions(coordinates=levels)`` to the model instead."""
+        warnings.warn("set_levels is deprecated: pass model(x, positions=posenc.Positions(coordinates=levels)) "
+                      "instead.", DeprecationWarning, stacklevel=2)
+        self._set_table(levels)
 
     def set_tokens(self, tokens: Tensor | None) -> None:
-        """Derive levels from token ids ``(T,)`` / ``(B, T)`` with this encoding's boundary ids, and set them."""
-        if tokens is not None and not (self.sentence_end_ids or self.paragraph_end_ids):
-            raise ValueError("hierarchical: set_tokens needs boundary ids; build the encoding with "
-                             "sentence_end_ids=[...] and/or paragraph_end_ids=[...], or give levels with set_levels.")
-        self.set_coordinates(None if tokens is None else hierarchical_levels(
-            tokens, sentence_end_ids=self.sentence_end_ids, paragraph_end_ids=self.paragraph_end_ids))
+        """Deprecated: pass ``Positions(token_ids=tokens)`` to the model instead."""
+        warnings.warn("set_tokens is deprecated: pass model(x, positions=posenc.Positions(token_ids=tokens)) "
+                      "instead.", DeprecationWarning, stacklevel=2)
+        self._set_table(None if tokens is None else self.levels_of(tokens))
 
     @contextlib.contextmanager
     def tokens(self, tokens: Tensor) -> Iterator[None]:
-        """Context manager form of :meth:`set_tokens`."""
-        previous = self._coordinates
-        self.set_tokens(tokens)
-        try:
-            yield
-        finally:
-            self._coordinates = previous
+        """Deprecated: ``model(x, positions=posenc.Positions(token_ids=tokens))`` instead of ``with pe.tokens(...)``."""
+        yield from self._deprecated_table(self.levels_of(tokens), "tokens")
 
     def plain_coordinates(self, pos: Tensor) -> Tensor:
         zero = torch.zeros_like(pos)

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from posenc.base import PositionalEncoding, check_positions, register
 from posenc.encodings._relative import check_int
-from posenc.encodings.rope import RoPE, _check_head_tensor
+from posenc.encodings.rope import RoPE, check_head_tensor
 from posenc.rope_scaling import llama4_attn_temperature
 
 __all__ = ["ChunkedRoPE", "NoPETemperature", "chunk_mask_bias", "irope_config"]
@@ -106,7 +106,7 @@ class NoPETemperature(PositionalEncoding):
 
     def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
         """Queries ``(B, H, Tq, D)`` times their temperature; keys ``(B, Hkv, Tk, D)`` unchanged."""
-        _check_head_tensor(q, self.head_dim, "q")
+        check_head_tensor(q, self.head_dim, "q")
         check_positions(q_pos, q.shape[-2], name="q_pos", batch=q.shape[0], device=q.device)
         scale = llama4_attn_temperature(q_pos, attn_scale=self.attn_scale, floor_scale=self.floor_scale)
         scale = scale[:, None] if scale.dim() == 1 else scale[:, None, :, None]  # -> (Tq, 1) or (B, 1, Tq, 1)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from posenc.base import PositionalEncoding, register
-from posenc.encodings.rope import RoPE, _check_head_tensor
+from posenc.encodings.rope import RoPE, check_head_tensor
 from posenc.rope_scaling import yarn_mscale
 
 __all__ = ["MLARoPE", "mla_softmax_scale"]
@@ -85,8 +85,8 @@ class MLARoPE(PositionalEncoding):
 
     def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
         """Rotate the last ``qk_rope_head_dim`` channels of ``q`` ``(B, H, Tq, D)`` and ``k`` ``(B, Hkv, Tk, D)``."""
-        _check_head_tensor(q, self.head_dim, "q")
-        _check_head_tensor(k, self.head_dim, "k")
+        check_head_tensor(q, self.head_dim, "q")
+        check_head_tensor(k, self.head_dim, "k")
         n = self.qk_nope_head_dim
         q_rope, k_rope = self.rope.rotate(q[..., n:], k[..., n:], q_pos, k_pos)
         q = torch.cat((q[..., :n], q_rope), dim=-1)

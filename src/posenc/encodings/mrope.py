@@ -9,16 +9,18 @@ the pairs ``1, 4, 7, ...`` and ``2, 5, 8, ...`` up to ``3 * section``), the rest
 low frequencies (``mrope_axes`` gives the assignment). Text tokens carry the same position on all three axes,
 so on text alone M-RoPE *is* 1-D RoPE; image patches carry ``(t, row, col)`` offset by the text before them.
 
-Positions: int64 ``(B, T, 3)`` coordinates passed to the hooks, or plain positions indexing a table set with
-``pe.set_position_ids(ids)`` / ``with pe.position_ids(ids):`` (``(L, 3)`` or ``(B, L, 3)``), which is how
-:class:`posenc.Transformer` uses it. :func:`mrope_position_ids` builds the table for a mixed sequence. Past the table,
-new tokens are text continuing after the largest position so far (Qwen2-VL's ``rope_deltas``), so KV-cache generation
-after a prompt with images needs nothing more. With no table, plain positions are text-only: ``(p, p, p)``.
+Positions: int64 ``(B, T, 3)`` coordinates passed to the hooks, or plain positions indexing a table given as
+``Positions(coordinates=ids)`` (``(L, 3)`` or ``(B, L, 3)``), which is how :class:`posenc.Transformer` uses it
+(``model(tokens, positions=Positions(coordinates=mrope_position_ids([...])))``). :func:`mrope_position_ids` builds
+the table for a mixed sequence. Past the table, new tokens are text continuing after the largest position so far
+(Qwen2-VL's ``rope_deltas``), so KV-cache generation after a prompt with images needs nothing more (the model's
+cache keeps the table of the prompt). With no table, plain positions are text-only: ``(p, p, p)``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -26,7 +28,7 @@ from torch import Tensor
 
 from posenc.base import PositionalEncoding, register
 from posenc.encodings._structured import StructuredPositions
-from posenc.encodings.rope import LAYOUTS, _check_head_tensor, apply_rope, rope_frequencies
+from posenc.encodings.rope import LAYOUTS, apply_rope, check_head_tensor, rope_frequencies
 
 __all__ = ["VISION_ADVANCES", "MRoPE", "default_mrope_section", "mrope_angles", "mrope_axes", "mrope_position_ids"]
 
@@ -189,14 +191,15 @@ class MRoPE(StructuredPositions, PositionalEncoding):
 
     # -- coordinates ---------------------------------------------------------------------------------------------------
     def set_position_ids(self, ids: Tensor | None) -> None:
-        """Set (``None``: clear) the ``(time, height, width)`` table ``(L, 3)`` or ``(B, L, 3)``."""
-        self.set_coordinates(ids)
+        """Deprecated: pass ``Positions(coordinates=ids)`` to the model instead (see :meth:`set_coordinates`)."""
+        warnings.warn("set_position_ids is deprecated: pass model(x, positions=posenc.Positions(coordinates=ids)) "
+                      "instead.", DeprecationWarning, stacklevel=2)
+        self._set_table(ids)
 
     @contextlib.contextmanager
     def position_ids(self, ids: Tensor) -> Iterator[None]:
-        """Context manager form of :meth:`set_position_ids`."""
-        with self.coordinates(ids):
-            yield
+        """Deprecated: ``model(x, positions=posenc.Positions(coordinates=ids))`` instead of ``with pe.position_ids``."""
+        yield from self._deprecated_table(ids, "position_ids")
 
     def plain_coordinates(self, pos: Tensor) -> Tensor:
         return pos.unsqueeze(-1).expand(*pos.shape, 3)  # text: one position on all three axes
@@ -213,7 +216,7 @@ class MRoPE(StructuredPositions, PositionalEncoding):
         return self.rotate_one(q, q_pos, "q"), self.rotate_one(k, k_pos, "k")
 
     def rotate_one(self, x: Tensor, pos: Tensor, name: str = "x") -> Tensor:
-        _check_head_tensor(x, self.head_dim, name)
+        check_head_tensor(x, self.head_dim, name)
         coords = self.resolve(pos, x.shape[-2], batch=x.shape[0], device=x.device, name=f"{name}_pos")  # (B|1,T,3)
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         cos, sin = self.cos_sin(coords, dtype=dtype)

@@ -68,6 +68,11 @@ class RandomizedPE(PositionalEncoding):
         pos = noise.argsort(dim=-1)[:, :length].sort(dim=-1).values  # (B, T)
         return pos.to(device=device if device is not None else pos.device)
 
+    def bind(self, positions):
+        """The wrapped encoding bound to ``positions`` (its per-forward tables), behind this wrapper."""
+        inner = self.inner.bind(positions)
+        return self if inner is self.inner else self.bound_view(positions, inner=inner)
+
     def embed(self, x: Tensor, pos: Tensor) -> Tensor:
         return self.inner.embed(x, pos)
 

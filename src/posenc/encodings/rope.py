@@ -25,14 +25,16 @@ import torch
 from torch import Tensor
 
 from posenc._angles import exact_angles
-from posenc.base import PositionalEncoding, _check_positions_layout, check_positions, register
+from posenc.base import PositionalEncoding, check_positions_layout, register
 from posenc.kernels import fast_rotate
+from posenc.positions import Positions
 from posenc.rope_scaling import SCALING_METHODS, llama_4_query_scale, logn_scale, resolve_scaling, scaled_inv_freq
 
 __all__ = [
     "LAYOUTS",
     "RoPE",
     "apply_rope",
+    "check_head_tensor",
     "permute_projection",
     "rope_angles",
     "rope_cos_sin",
@@ -172,9 +174,10 @@ class RoPE(PositionalEncoding):
     of two, up to ``max(max_seq_len, 65536)`` positions); positions beyond are computed directly with the same
     formula, so results never depend on what is cached.
 
-    :meth:`rotate` also remembers the cos/sin it looked up last, keyed on the positions tensor itself (its identity
-    and version counter): a model passes one positions tensor to every layer of a forward, so the lookup and the
-    value checks run once per forward, not twice per layer (a KV-cache decode step pays them once).
+    A model binds the encoding to each forward's validated :class:`~posenc.Positions` (:meth:`bind`): the bound view
+    looks up the cos/sin of those positions once, at its first :meth:`rotate`, and every layer reuses them without
+    checking the positions again (a KV-cache decode step does one lookup, with no device sync). A direct
+    :meth:`rotate` call with positions of its own checks them and looks them up itself.
     """
 
     family = "rotary"
@@ -212,7 +215,6 @@ class RoPE(PositionalEncoding):
             _, self.attention_scale = scaled_inv_freq(rotary_dim, self.base, self.scaling)  # validates the values
         self.register_buffer("_cos", torch.empty(0, rotary_dim // 2), persistent=False)
         self.register_buffer("_sin", torch.empty(0, rotary_dim // 2), persistent=False)
-        self._memo: tuple | None = None  # the last lookup of rotate_one; see _cos_sin_for
         self._grow_cache(min(max_seq_len, self.cache_limit), torch.device("cpu"))
 
     def _resolve_scaling(self, scaling: dict) -> dict | None:
@@ -252,7 +254,6 @@ class RoPE(PositionalEncoding):
 
     def _grow_cache(self, length: int, device: torch.device) -> None:
         pos = torch.arange(length, device=device)
-        self._memo = None
         self._cos, self._sin = rope_cos_sin(pos, self.inv_freq(device), scale=self.attention_scale)
 
     def cos_sin(self, pos: Tensor, *, dtype: torch.dtype = torch.float32,
@@ -296,15 +297,15 @@ class RoPE(PositionalEncoding):
         """
         seq_len = None
         if self.length_dependent:
-            tops = [int(p.max()) for p in ((q_pos,) if q_pos is k_pos else (q_pos, k_pos))
+            tops = [self._top(p) for p in ((q_pos,) if q_pos is k_pos else (q_pos, k_pos))
                     if isinstance(p, Tensor) and p.numel()]
             seq_len = max(tops) + 1 if tops else None
         if q_pos is k_pos and isinstance(q, Tensor) and isinstance(k, Tensor) and q.dtype == k.dtype:
             # Self-attention (every layer of a model): one cos/sin lookup and one fused call for q and k together.
-            _check_head_tensor(q, self.head_dim, "q")
+            check_head_tensor(q, self.head_dim, "q")
             cos, sin = self._cos_sin_for(q, q_pos, "q", seq_len)
-            _check_head_tensor(k, self.head_dim, "k")
-            _check_positions_layout(k_pos, k.shape[-2], name="k_pos", batch=k.shape[0], device=k.device)
+            check_head_tensor(k, self.head_dim, "k")
+            check_positions_layout(k_pos, k.shape[-2], name="k_pos", batch=k.shape[0], device=k.device)
             fused = fast_rotate(q, k, cos, sin, layout=self.layout)  # posenc.kernels: same numbers, one pass
             q, k = fused if fused is not None else (apply_rope(q, cos, sin, layout=self.layout),
                                                      apply_rope(k, cos, sin, layout=self.layout))
@@ -324,60 +325,61 @@ class RoPE(PositionalEncoding):
 
     def rotate_one(self, x: Tensor, pos: Tensor, name: str = "x", *, seq_len: int | None = None) -> Tensor:
         """Rotate one tensor ``(B, H, T, D)`` at positions ``(T,)`` or ``(B, T)`` (``seq_len``: see :meth:`cos_sin`)."""
-        _check_head_tensor(x, self.head_dim, name)
+        check_head_tensor(x, self.head_dim, name)
         cos, sin = self._cos_sin_for(x, pos, name, seq_len)
         fused = fast_rotate(x, None, cos, sin, layout=self.layout)  # posenc.kernels: same numbers, one pass
         return fused[0] if fused is not None else apply_rope(x, cos, sin, layout=self.layout)
 
+    def bind(self, positions: Positions) -> RoPE:
+        """A view for one forward that looks up the cos/sin of ``positions.pos`` once for all layers (see the class)."""
+        if not positions.validated or positions.pos is None or torch.compiler.is_compiling():
+            return self  # torch.compile computes cos/sin in the graph (cos_sin); nothing to share
+        return self.bound_view(positions)
+
+    def _top(self, pos: Tensor) -> int:
+        top = self.trusted_max(pos)
+        return int(pos.max()) if top is None else top
+
     def _cos_sin_for(self, x: Tensor, pos: Tensor, name: str, seq_len: int | None) -> tuple[Tensor, Tensor]:
         """Validated ``pos`` for ``x`` and its cos/sin ``(B or 1, T, rotary_dim // 2)`` in ``x``'s compute dtype.
 
-        Repeats the last lookup when ``pos`` is the same tensor at the same version (``_version`` counts in-place
-        writes, views included), for the same dtype, ``seq_len`` and inference mode: then only the metadata checks
-        run again (``pos`` against this ``x``); the value check (no negative position) and the table lookup, which
-        launch kernels and on GPU sync with the host, are skipped. Not memoised under ``torch.compile``, tracing,
-        tensor subclasses or functorch transforms, which must see every operation, nor for inference tensors
-        (made under ``torch.inference_mode()``), which have no version counter to notice an in-place write.
+        The positions a bound view was bound to (:meth:`bind`) were checked where they entered: their tables are
+        looked up once and shared by every call of the view. Other positions are checked here (metadata, then one
+        pass for both bounds: the value check and the table size) and looked up per call.
         """
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        memo = self._memo
-        compiling = torch.compiler.is_compiling() or torch._C._is_tracing()
-        if memo is not None and memo[0] is pos and not compiling:
-            # Only a tensor that passed the checks below is ever remembered, and this is that very object: it is
-            # still a plain tensor, unwrapped, and not an inference tensor. What can change is its values.
-            if memo[1] == (pos._version, dtype, seq_len, torch.is_inference_mode_enabled()):
-                _check_positions_layout(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
-                return memo[2], memo[3]
-        memoise = type(pos) is Tensor and not (compiling or torch._C._functorch.is_functorch_wrapped_tensor(pos)
-                                               or pos.is_inference())  # no version counter to key on
-        key = (pos._version, dtype, seq_len, torch.is_inference_mode_enabled()) if memoise else None
-        cos = None
-        if memoise and pos.numel() == 1 and dtype is torch.float32 and seq_len is None and \
-                type(self).cos_sin is RoPE.cos_sin:
-            # One position (a KV-cache decode step): read it once instead of a min, a max and two gathers; a slice
-            # of the cached table holds the very numbers the gather would give.
-            _check_positions_layout(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
-            p = int(pos.item())
-            if p < 0:
-                raise ValueError(f"{name}_pos must be non-negative; got a minimum of {p}.")
-            if self._cos.device == pos.device and p < self._cos.shape[0]:
-                cos, sin = self._cos[None, p:p + 1], self._sin[None, p:p + 1]  # (1, 1, F) views of the cache
-        if cos is None and memoise and dtype is torch.float32 and seq_len is None and pos.numel() and \
-                type(self).cos_sin is RoPE.cos_sin and not self.length_dependent:
-            # Plain positions into the cached tables: one pass for the bounds (the value check and the table size)
-            # instead of a min in check_positions and a max in cos_sin.
-            _check_positions_layout(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
+        check_positions_layout(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
+        bound = self.__dict__.get("_bound_positions")
+        if bound is not None and pos is bound.pos:
+            tables = self.__dict__["_bound_tables"]
+            key = (dtype, seq_len, pos.device)
+            if key not in tables:
+                tables[key] = self._cos_sin_checked(pos, bound.max_pos, dtype, seq_len)
+            return tables[key]
+        top = None
+        if pos.numel() and not torch.compiler.is_compiling():
             lo, hi = pos.aminmax()
             if lo < 0:
                 raise ValueError(f"{name}_pos must be non-negative; got a minimum of {int(lo)}.")
-            cos, sin = self._lookup(pos, int(hi), dtype)
+            top = int(hi)
+        return self._cos_sin_checked(pos, top, dtype, seq_len)
+
+    def _cos_sin_checked(self, pos: Tensor, top: int | None, dtype: torch.dtype,
+                         seq_len: int | None) -> tuple[Tensor, Tensor]:
+        """cos/sin ``(B or 1, T, F)`` of checked positions whose largest value is ``top`` (None: empty, compiling)."""
+        cos = None
+        if top is not None and dtype is torch.float32 and seq_len is None and type(self).cos_sin is RoPE.cos_sin \
+                and not self.length_dependent and not torch.compiler.is_compiling():
+            if pos.numel() == 1 and self._cos.device == pos.device and top < self._cos.shape[0]:
+                # One position (a KV-cache decode step): a slice of the cached table holds the very numbers a gather
+                # would give, without one.
+                cos, sin = self._cos[None, top:top + 1], self._sin[None, top:top + 1]  # (1, 1, F) views of the cache
+            else:
+                cos, sin = self._lookup(pos, top, dtype)
         if cos is None:
-            check_positions(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
             cos, sin = self.cos_sin(pos, dtype=dtype, seq_len=seq_len)
         if cos.dim() == 2:  # (T, F) -> (1, T, F) once here, not in every kernel call (same broadcast, numbers)
             cos, sin = cos.unsqueeze(0), sin.unsqueeze(0)
-        if memoise:
-            self.__dict__["_memo"] = (pos, key, cos, sin)  # skips nn.Module.__setattr__ (microseconds per call)
         return cos, sin
 
     def extra_repr(self) -> str:
@@ -386,7 +388,8 @@ class RoPE(PositionalEncoding):
                 f"rotary_dim={self.rotary_dim}{scaling}")
 
 
-def _check_head_tensor(x: Tensor, head_dim: int, name: str) -> None:
+def check_head_tensor(x: Tensor, head_dim: int, name: str) -> None:
+    """Raise unless ``x`` is a floating ``(B, H, T, D)`` tensor with ``D = head_dim`` (named ``name`` in the error)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a tensor of shape (B, H, T, D); got {type(x).__name__}.")
     if x.dim() != 4:

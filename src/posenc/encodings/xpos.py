@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from posenc.base import check_positions, register
-from posenc.encodings.rope import RoPE, _check_head_tensor, apply_rope
+from posenc.encodings.rope import RoPE, apply_rope, check_head_tensor
 
 __all__ = ["XPos"]
 
@@ -62,7 +62,7 @@ class XPos(RoPE):
         return self._rotate_scaled(q, q_pos, "q", 1.0), self._rotate_scaled(k, k_pos, "k", -1.0)
 
     def _rotate_scaled(self, x: Tensor, pos: Tensor, name: str, sign: float) -> Tensor:
-        _check_head_tensor(x, self.head_dim, name)
+        check_head_tensor(x, self.head_dim, name)
         check_positions(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
         log_zeta = self.log_zeta(pos.device)
         rel = (pos.to(torch.float64) - self.center) / self.scale_base  # (T,) or (B, T)

@@ -214,7 +214,7 @@ def fast_rotate(q: Tensor, k: Tensor | None, cos_q: Tensor, sin_q: Tensor, cos_k
         cos_k = sin_k = None
     # The common CPU case first, in as few Python steps as possible (a decode step rotates a few hundred numbers,
     # so these checks are most of its cost): plain tensors, eager, nothing to differentiate -> one kernel call.
-    if type(q) is Tensor and q.is_cpu and q.dtype in _CPU_DTYPES and "kernel" in rope_cpu._state and \
+    if type(q) is Tensor and q.is_cpu and q.dtype in _CPU_DTYPES and "kernel" in rope_cpu.build_state and \
             (k is None or type(k) is Tensor and k.is_cpu and k.dtype in _CPU_DTYPES) and \
             not (torch.is_grad_enabled() and (q.requires_grad or cos_q.requires_grad or sin_q.requires_grad or
                                               k is not None and (k.requires_grad or cos_k.requires_grad or

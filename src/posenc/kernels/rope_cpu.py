@@ -210,7 +210,9 @@ _PARALLEL_MIN_ELEMENTS = 1 << 17
 _RECORDS = {1: struct.Struct("=25q"), 2: struct.Struct("=47q")}
 
 _lock = threading.Lock()
-_state: dict[str, object] = {}
+# What loading the library found, once per process: "lib" (or None), "kernel" (its entry point: posenc.kernels'
+# hot path tests for this key), "path", "reason" (why it is unavailable), "flags", "openmp".
+build_state: dict[str, object] = {}
 
 
 def cache_dir() -> Path:
@@ -280,8 +282,8 @@ def _build() -> tuple[ctypes.CDLL, Path]:
         raise OSError("; ".join(errors))
     if _OPENMP_FLAGS[0] not in flags:  # built, but single-threaded: say so once, the kernel is still correct
         log.info("fused CPU RoPE kernel built without OpenMP (single-threaded): %s", errors[-1] if errors else "")
-    _state["openmp"] = _OPENMP_FLAGS[0] in flags
-    _state["flags"] = flags
+    build_state["openmp"] = _OPENMP_FLAGS[0] in flags
+    build_state["flags"] = flags
     lib = ctypes.CDLL(str(target))
     lib.posenc_rope_many.restype = ctypes.c_int
     lib.posenc_rope_many.argtypes = [ctypes.c_char_p]  # the packed record (bytes: passed without a copy)
@@ -294,21 +296,21 @@ def load_library() -> ctypes.CDLL | None:
     Building logs one INFO line with the library's path; a failure logs one WARNING with the reason, and then
     every caller uses the plain PyTorch path. :func:`build` does the same but raises instead.
     """
-    if "lib" in _state:
-        return _state["lib"]  # type: ignore[return-value]
+    if "lib" in build_state:
+        return build_state["lib"]  # type: ignore[return-value]
     with _lock:
-        if "lib" not in _state:
+        if "lib" not in build_state:
             try:
                 lib, path = _build()
             except (OSError, subprocess.SubprocessError) as exc:
-                _state["reason"] = f"fused CPU RoPE kernel unavailable, using the plain PyTorch path: {exc}"
-                log.warning("%s", _state["reason"])
-                _state["lib"] = None
+                build_state["reason"] = f"fused CPU RoPE kernel unavailable, using the plain PyTorch path: {exc}"
+                log.warning("%s", build_state["reason"])
+                build_state["lib"] = None
             else:
-                _state["path"] = path
-                _state["kernel"] = lib.posenc_rope_many  # the hot path's one lookup
-                _state["lib"] = lib
-    return _state["lib"]  # type: ignore[return-value]
+                build_state["path"] = path
+                build_state["kernel"] = lib.posenc_rope_many  # the hot path's one lookup
+                build_state["lib"] = lib
+    return build_state["lib"]  # type: ignore[return-value]
 
 
 def build() -> Path:
@@ -325,17 +327,17 @@ def build() -> Path:
     """
     if load_library() is None:
         raise RuntimeError(unavailable_reason() or "fused CPU RoPE kernel unavailable")
-    return _state["path"]  # type: ignore[return-value]
+    return build_state["path"]  # type: ignore[return-value]
 
 
 def library_path() -> Path | None:
     """The loaded library's path, or ``None`` if it is not loaded (not yet built, or unavailable)."""
-    return _state.get("path")  # type: ignore[return-value]
+    return build_state.get("path")  # type: ignore[return-value]
 
 
 def unavailable_reason() -> str | None:
     """Why :func:`load_library` returned ``None`` (``None`` if it has not failed)."""
-    return _state.get("reason")  # type: ignore[return-value]
+    return build_state.get("reason")  # type: ignore[return-value]
 
 
 def rotate_into(x: Tensor, out: Tensor, cos: Tensor, sin: Tensor, *, layout: str, negate: bool = False) -> Tensor:
@@ -362,11 +364,11 @@ def rotate_qk_into(q: Tensor, out_q: Tensor, cos_q: Tensor, sin_q: Tensor, k: Te
     A KV-cache decode step rotates a few hundred numbers, so what costs here is Python, not arithmetic: one
     ``struct`` pack and one :mod:`ctypes` call for both tensors (~1 us) instead of two calls with ctypes arrays.
     """
-    kernel = _state.get("kernel")
+    kernel = build_state.get("kernel")
     if kernel is None:
         if load_library() is None:
             raise RuntimeError(unavailable_reason() or "fused CPU RoPE kernel unavailable")
-        kernel = _state["kernel"]
+        kernel = build_state["kernel"]
     # The tables _table made contiguous (if it had to) must stay alive until the call returns.
     tab_q = _table(cos_q, sin_q)
     rec_q = _record(q, out_q, tab_q, "q")

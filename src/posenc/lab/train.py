@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import math
@@ -33,12 +32,11 @@ from torch import Tensor, nn
 import posenc
 from posenc._io import DamagedFileError, atomic_write_bytes, checked_bytes, read_checked
 from posenc.base import get_encoding
-from posenc.encodings._structured import StructuredPositions
-from posenc.encodings.graph import _GraphEncoding
 from posenc.lab.config import LOGGERS, Experiment, ModelConfig, RunConfig, TaskConfig, config_hash
 from posenc.lab.tasks import IGNORE, Task, get_task
 from posenc.lab.tasks.base import uniform_int
 from posenc.model import Transformer, TransformerConfig
+from posenc.positions import Positions
 
 __all__ = ["DamagedCheckpointError", "Step", "atomic_write_bytes", "check_log", "evaluate", "in_distribution",
            "log_evaluation", "reads_structure", "resolve_lengths", "structure", "tensorboard_writer", "train_run",
@@ -67,40 +65,42 @@ def reads_structure(pe: nn.Module, task: Task) -> bool:
     """Whether ``pe`` reads the structure ``task`` adds to its batches (coordinates or a graph).
 
     A task with ``coordinate_axes`` adds ``coordinates`` ``(B, T, A)`` to its batches; an encoding reads them when
-    its ``axis_names`` are exactly those axes (``hierarchical`` on sentence/paragraph levels, ``axial_rope`` on
-    ``(row, col)``, ``mrope`` on ``(time, height, width)``). A task with ``graph = True`` adds ``adjacency``
-    ``(B, N, N)``, read by the graph encodings. Every other encoding sees the plain positions ``0 .. T-1``: the flat
-    baseline the structured encodings are compared against.
+    it declares ``"coordinates"`` in its ``reads`` and its ``axis_names`` are exactly those axes (``hierarchical`` on
+    sentence/paragraph levels, ``axial_rope`` on ``(row, col)``, ``mrope`` on ``(time, height, width)``). A task with
+    ``graph = True`` adds ``adjacency`` ``(B, N, N)``, read by the encodings that declare ``"adjacency"`` (the graph
+    encodings). Every other encoding sees the plain positions ``0 .. T-1``: the flat baseline the structured
+    encodings are compared against.
     """
+    reads = getattr(pe, "reads", ())
     if task.coordinate_axes:
-        return isinstance(pe, StructuredPositions) and tuple(pe.axis_names) == tuple(task.coordinate_axes)
-    return bool(task.graph) and isinstance(pe, _GraphEncoding)
+        return "coordinates" in reads and tuple(getattr(pe, "axis_names", ())) == tuple(task.coordinate_axes)
+    return bool(task.graph) and "adjacency" in reads
 
 
-@contextlib.contextmanager
-def structure(model: nn.Module, task: Task, batch: dict[str, Tensor]):
-    """Inside the block the model's encoding reads the batch's ``coordinates`` or ``adjacency``, if it reads them."""
+def structure(model: nn.Module, task: Task, batch: dict[str, Tensor]) -> Positions | None:
+    """The :class:`~posenc.Positions` carrying the batch's ``coordinates`` or ``adjacency``, if the encoding reads them.
+
+    ``None`` (plain positions) for every other encoding.
+    """
     pe = getattr(model, "module", model).pe  # DistributedDataParallel wraps the Transformer
     if not reads_structure(pe, task):
-        yield
-        return
+        return None
     key = "adjacency" if task.graph else "coordinates"
     if key not in batch:
         raise ValueError(f"task {task.name!r} declares structured inputs but its batch has no {key!r} entry.")
-    with pe.graph(batch[key]) if task.graph else pe.coordinates(batch[key]):
-        yield
+    return Positions(**{key: batch[key]})
 
 
 def _forward(model: nn.Module, task: Task, batch: dict[str, Tensor]) -> Tensor:
-    with structure(model, task, batch):
-        return _forward_plain(model, task.kind, batch)
+    return _forward_plain(model, task.kind, batch, structure(model, task, batch))
 
 
-def _forward_plain(model: nn.Module, kind: str, batch: dict[str, Tensor]) -> Tensor:
+def _forward_plain(model: nn.Module, kind: str, batch: dict[str, Tensor], positions: Positions | None = None) -> Tensor:
+    extra = {} if positions is None else {"positions": positions}  # the structure, for an encoding that reads it
     if kind == "encoder_decoder":
         return model(batch["inputs"], batch["decoder_inputs"], padding_mask=batch.get("padding_mask"),
-                     tgt_padding_mask=batch.get("decoder_padding_mask"))
-    return model(batch["inputs"], padding_mask=batch.get("padding_mask"))  # (B, T, vocab)
+                     tgt_padding_mask=batch.get("decoder_padding_mask"), **extra)
+    return model(batch["inputs"], padding_mask=batch.get("padding_mask"), **extra)  # (B, T, vocab)
 
 
 def _slice(batch: dict[str, Tensor], rank: int, world: int, device: torch.device) -> dict[str, Tensor]:
@@ -129,9 +129,12 @@ def in_distribution(metrics: dict[str, dict], metric: str, train_max: int) -> fl
     return sum(values) / len(values)
 
 
-def undefined_reason(model: Transformer, n_tokens: int) -> str | None:
-    """Why ``model``'s encoding cannot be run on ``n_tokens`` tokens (``None`` when it can)."""
-    pe = model.pe
+def undefined_reason(model: Transformer, n_tokens: int, positions: Positions | None = None) -> str | None:
+    """Why ``model``'s encoding cannot be run on ``n_tokens`` tokens (``None`` when it can).
+
+    ``positions``: the structure the encoding reads (a graph decides which positions exist).
+    """
+    pe = model.pe if positions is None else model.pe.bind(positions)
     try:
         pe.check_length(torch.tensor([n_tokens - 1]))
     except ValueError as exc:
@@ -150,8 +153,8 @@ def evaluate(model: Transformer, task: Task, length: int, *, seed: int, batch_si
     gen = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET + length)
     batches = [{k: v.to(device) for k, v in batch.items()}
                for batch in task.eval_batches(gen, batch_size, length, n_batches)]
-    with structure(model, task, batches[0]):  # a graph or coordinate table decides what positions exist
-        reason = undefined_reason(model, task.sequence_length(length))
+    # a graph or coordinate table decides what positions exist
+    reason = undefined_reason(model, task.sequence_length(length), structure(model, task, batches[0]))
     if reason is not None:
         return {"undefined": reason}
     was_training = model.training

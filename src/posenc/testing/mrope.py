@@ -24,7 +24,7 @@ from torch import Tensor
 from posenc.encodings.mrope import default_mrope_section, mrope_position_ids
 from posenc.encodings.rope import LAYOUTS, apply_rope, rope_frequencies
 from posenc.testing.diagnose import ConformanceResult, Hypothesis, Probe, diagnose, dtype_name, one_thread
-from posenc.testing.rope import DTYPES, PAIRS, _call, _get
+from posenc.testing.rope import DTYPES, PAIRS, call_candidate, config_value
 
 __all__ = ["MRopeSpec", "check_mrope", "mrope_axes", "mrope_spec", "reference_mrope"]
 
@@ -51,23 +51,24 @@ def mrope_spec(config: Any, *, layout: str | None = None) -> MRopeSpec:
     """Read ``head_dim`` (or ``hidden_size // num_attention_heads``), ``rope_theta``, ``mrope_section`` and
     ``mrope_interleaved`` from a flat dict, a config.json dict (``rope_parameters`` / ``rope_scaling``, or a
     ``text_config``) or a ``PretrainedConfig``."""
-    text = _get(config, "text_config")
+    text = config_value(config, "text_config")
     if text is not None:
         config = text
-    nested = _get(config, "rope_parameters") or _get(config, "rope_scaling") or {}
-    head_dim = _get(config, "head_dim")
-    if head_dim is None and _get(config, "hidden_size") and _get(config, "num_attention_heads"):
-        head_dim = _get(config, "hidden_size") // _get(config, "num_attention_heads")
+    nested = config_value(config, "rope_parameters") or config_value(config, "rope_scaling") or {}
+    head_dim = config_value(config, "head_dim")
+    if head_dim is None and config_value(config, "hidden_size") and config_value(config, "num_attention_heads"):
+        head_dim = config_value(config, "hidden_size") // config_value(config, "num_attention_heads")
     if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 2:
         raise ValueError(f"conform mrope: the configuration needs an even positive int 'head_dim'; got {head_dim!r}.")
-    base = float(_get(nested, "rope_theta") or _get(config, "rope_theta") or 10000.0)
-    section = _get(nested, "mrope_section") or _get(config, "mrope_section") or default_mrope_section(head_dim)
+    base = float(config_value(nested, "rope_theta") or config_value(config, "rope_theta") or 10000.0)
+    section = (config_value(nested, "mrope_section") or config_value(config, "mrope_section")
+               or default_mrope_section(head_dim))
     section = tuple(int(s) for s in section)
     if len(section) != 3 or sum(section) != head_dim // 2:
         raise ValueError(f"conform mrope: mrope_section must be three sizes summing to head_dim / 2 = "
                          f"{head_dim // 2}; got {list(section)}.")
-    interleaved = bool(_get(nested, "mrope_interleaved", _get(config, "mrope_interleaved", False)))
-    layout = layout or _get(config, "layout") or "half"
+    interleaved = bool(config_value(nested, "mrope_interleaved", config_value(config, "mrope_interleaved", False)))
+    layout = layout or config_value(config, "layout") or "half"
     if layout not in LAYOUTS:
         raise ValueError(f"conform mrope: layout must be one of {LAYOUTS}; got {layout!r}.")
     return MRopeSpec(head_dim, base, section, interleaved, layout)
@@ -157,7 +158,7 @@ def check_mrope(candidate: Callable, config: Any, *, layout: str | None = None,
             q = torch.randn(B, 4, T, spec.head_dim, generator=g, dtype=torch.float64).to(dt)  # (B, H, T, D)
             k = torch.randn(B, kv_heads, T, spec.head_dim, generator=g, dtype=torch.float64).to(dt)
             want = list(reference_mrope(q, k, coords, spec))
-            got, message = _call(candidate, q, k, coords)
+            got, message = call_candidate(candidate, q, k, coords)
             top = int(coords.max())
             probes.append(Probe(name, dt, tuple(q.shape), f"coords {int(coords.min())}..{top}", top, want, got,
                                 {"q": q, "k": k, "coords": coords}, angle=float(top), message=message,

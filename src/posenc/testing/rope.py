@@ -81,7 +81,8 @@ class RopeSpec:
         return out
 
 
-def _get(config: Any, key: str, default: Any = None) -> Any:
+def config_value(config: Any, key: str, default: Any = None) -> Any:
+    """``config[key]`` for a dict, ``config.key`` for a config object (``default`` when absent)."""
     if isinstance(config, Mapping):
         return config.get(key, default)
     return getattr(config, key, default)
@@ -94,32 +95,32 @@ def rope_spec(config: Any, *, layout: str | None = None) -> RopeSpec:
     Raises:
         ValueError: no head dim, an unknown ``rope_type`` or invalid scaling parameters (as posenc's ``rope`` does).
     """
-    layout = layout or _get(config, "layout") or "half"
+    layout = layout or config_value(config, "layout") or "half"
     if layout not in LAYOUTS:
         raise ValueError(f"conform: layout must be one of {LAYOUTS}; got {layout!r}.")
-    nested = _get(config, "rope_parameters") or _get(config, "rope_scaling")
-    if nested is not None or _get(config, "num_attention_heads") is not None:
+    nested = config_value(config, "rope_parameters") or config_value(config, "rope_scaling")
+    if nested is not None or config_value(config, "num_attention_heads") is not None:
         from posenc.hf import from_hf_config  # a whole HF config: read it exactly as posenc's interop does
         pe = from_hf_config(config)
         scaling = None if pe.scaling is None else dict(pe.scaling)
         return RopeSpec(pe.head_dim, pe.rotary_dim, pe.base, layout, scaling,
                         "default" if scaling is None else scaling["rope_type"])
-    head_dim = _get(config, "head_dim")
+    head_dim = config_value(config, "head_dim")
     if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 2:
         raise ValueError(f"conform: the configuration needs an even positive int 'head_dim'; got {head_dim!r}. "
                          f"Example: {{'rope_type': 'default', 'rope_theta': 10000.0, 'head_dim': 64}}.")
-    base = float(_get(config, "rope_theta", _get(config, "base", 10000.0)))
-    fraction = _get(config, "partial_rotary_factor", 1.0) or 1.0
+    base = float(config_value(config, "rope_theta", config_value(config, "base", 10000.0)))
+    fraction = config_value(config, "partial_rotary_factor", 1.0) or 1.0
     if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         raise ValueError(f"conform: partial_rotary_factor must be in (0, 1]; got {fraction!r}.")
     rotary_dim = int(head_dim * fraction)
     if rotary_dim % 2 or rotary_dim <= 0:
         raise ValueError(f"conform: head_dim * partial_rotary_factor = {rotary_dim} must be a positive even number.")
-    rope_type = _get(config, "rope_type", _get(config, "type", "default")) or "default"
+    rope_type = config_value(config, "rope_type", config_value(config, "type", "default")) or "default"
     if rope_type not in SCALING_METHODS:
         raise ValueError(f"conform: unknown rope_type {rope_type!r}; posenc implements {sorted(SCALING_METHODS)}.")
     params = {k: v for k, v in dict(config).items() if k in SCALING_METHODS[rope_type].params}
-    max_len = _get(config, "max_position_embeddings") or params.get("original_max_position_embeddings") or 4096
+    max_len = config_value(config, "max_position_embeddings") or params.get("original_max_position_embeddings") or 4096
     if rope_type == "dynamic":  # transformers stretches past max_position_embeddings
         params.setdefault("original_max_position_embeddings", max_len)
     scaling = resolve_scaling({"rope_type": rope_type, **params}, max_seq_len=max_len)
@@ -316,7 +317,8 @@ def _inputs(case: RopeCase, head_dim: int, seed: int) -> tuple[Tensor, Tensor]:
     return q.to(case.dtype), k.to(case.dtype)
 
 
-def _call(fn: Callable, q: Tensor, k: Tensor, pos: Tensor) -> tuple[list[Tensor] | None, str | None]:
+def call_candidate(fn: Callable, q: Tensor, k: Tensor, pos: Tensor) -> tuple[list[Tensor] | None, str | None]:
+    """Run a candidate ``fn(q, k, pos)`` on copies under no_grad: ``(outputs, None)``, or ``(None, why it failed)``."""
     try:
         with torch.no_grad():
             out = fn(q.clone(), k.clone(), pos.clone())
@@ -374,7 +376,7 @@ def _check_rope(candidate: Any, config: Any, *, layout, dtypes, max_position, gq
     for i, case in enumerate(cases):
         q, k = _inputs(case, spec.head_dim, seed + i)
         want = list(reference_rope(q, k, case.positions, spec))
-        got, message = _call(fn, q, k, case.positions)
+        got, message = call_candidate(fn, q, k, case.positions)
         seq_len = int(case.positions.max()) + 1
         top_freq = float(spec.inv_freq(seq_len)[0].max())
         probes.append(Probe(case.name, case.dtype, tuple(q.shape), case.describe(), int(case.positions.max()), want,
