@@ -31,7 +31,7 @@ from typing import ClassVar, TypeVar
 import torch
 from torch import Tensor
 
-__all__ = ["IGNORE", "Task", "get_task", "learned", "register_task", "registered_tasks", "task_class",
+__all__ = ["IGNORE", "DeletangTask", "Task", "get_task", "learned", "register_task", "registered_tasks", "task_class",
            "uniform_int", "with_output_positions"]
 
 IGNORE = -100  # target id that is not scored (F.cross_entropy's ignore_index)
@@ -191,6 +191,21 @@ def task_class(name: str) -> type[Task]:
         hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
         raise ValueError(f"unknown task {name!r}.{hint} Available: {', '.join(sorted(_TASKS))}.")
     return _TASKS[name]
+
+
+class DeletangTask(Task):
+    """The algorithmic tasks of Delétang et al. (arXiv 2207.02098) as Ruoss et al. (arXiv 2305.16843) run them.
+
+    An encoder reads the input and writes the answer at appended output positions (:func:`with_output_positions`);
+    trained on lengths 1..40, evaluated at 40 and beyond, scored as those papers score it: the share of output
+    tokens right. Subclasses give the vocabulary, the summary, :meth:`sequence_length` and :meth:`sample_batch`.
+    """
+
+    kind = "encoder"
+    train_lengths = (1, 40)
+    eval_lengths = (40, 60, 100, 200)
+    paper = "2305.16843"
+    metric = "token_accuracy"
 
 
 def with_output_positions(inputs: Tensor, outputs: Tensor, *, query: int) -> dict[str, Tensor]:

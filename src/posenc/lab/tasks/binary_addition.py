@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from posenc.lab.tasks.base import Task, register_task, with_output_positions
+from posenc.lab.tasks.base import DeletangTask, register_task, with_output_positions
 
 __all__ = ["BinaryAddition"]
 
 
 @register_task("binary_addition")
-class BinaryAddition(Task):
+class BinaryAddition(DeletangTask):
     """Encoder: ``a + b`` with ``n``-bit operands written least significant bit first; the ``n + 1``-bit sum (also
     least significant bit first) is read at ``n + 1`` appended output positions.
 
@@ -19,12 +19,7 @@ class BinaryAddition(Task):
         inputs  ``1 1 + 1 0 ? ? ?``, targets ``_ _ _ _ _ 0 0 1``.
     """
 
-    kind = "encoder"
     vocab = ("0", "1", "+", "?")
-    train_lengths = (1, 40)
-    eval_lengths = (40, 60, 100, 200)
-    paper = "2305.16843"
-    metric = "token_accuracy"  # Delétang et al.'s score: the share of output tokens right
     summary = "add two binary numbers, LSB first (Delétang/Ruoss protocol)"
 
     def sequence_length(self, length: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from posenc.lab.tasks.base import Task, register_task, with_output_positions
+from posenc.lab.tasks.base import DeletangTask, register_task, with_output_positions
 
 __all__ = ["BucketSort"]
 
@@ -13,19 +13,14 @@ ALPHABET = 5
 
 
 @register_task("bucket_sort")
-class BucketSort(Task):
+class BucketSort(DeletangTask):
     """Encoder: ``n`` symbols from ``a..e``, written sorted at ``n`` appended output positions.
 
     Example (length 4):
         inputs  ``c a e a ? ? ? ?``, targets ``_ _ _ _ a a c e``.
     """
 
-    kind = "encoder"
     vocab = ("a", "b", "c", "d", "e", "?")
-    train_lengths = (1, 40)
-    eval_lengths = (40, 60, 100, 200)
-    paper = "2305.16843"
-    metric = "token_accuracy"  # Delétang et al.'s score: the share of output tokens right
     summary = "sort symbols from a 5-letter alphabet (Delétang/Ruoss protocol)"
 
     def sequence_length(self, length: int) -> int:

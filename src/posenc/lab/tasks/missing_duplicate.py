@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from posenc.lab.tasks.base import Task, register_task, with_output_positions
+from posenc.lab.tasks.base import DeletangTask, register_task, with_output_positions
 
 __all__ = ["MissingDuplicate"]
 
 
 @register_task("missing_duplicate")
-class MissingDuplicate(Task):
+class MissingDuplicate(DeletangTask):
     """Encoder: ``w w`` (``n`` bits each) with one symbol replaced by ``_``; answer the replaced bit.
 
     Finding it means matching position ``i`` with position ``i + n``: a purely positional lookup.
@@ -20,12 +20,7 @@ class MissingDuplicate(Task):
         inputs  ``1 0 1 1 _ 1 ?``, targets ``_ _ _ _ _ _ 0``.
     """
 
-    kind = "encoder"
     vocab = ("0", "1", "_", "?")
-    train_lengths = (1, 40)
-    eval_lengths = (40, 60, 100, 200)
-    paper = "2305.16843"
-    metric = "token_accuracy"  # Delétang et al.'s score: the share of output tokens right
     summary = "find the hidden symbol of a duplicated bit string (Delétang/Ruoss protocol)"
 
     def sequence_length(self, length: int) -> int:

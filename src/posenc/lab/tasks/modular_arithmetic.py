@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from posenc.lab.tasks.base import Task, register_task, with_output_positions
+from posenc.lab.tasks.base import DeletangTask, register_task, with_output_positions
 
 __all__ = ["ModularArithmetic"]
 
@@ -27,19 +27,14 @@ def evaluate_mod(terms: list[int], ops: list[str], modulus: int = MODULUS) -> in
 
 
 @register_task("modular_arithmetic")
-class ModularArithmetic(Task):
+class ModularArithmetic(DeletangTask):
     """Encoder: ``n`` terms in ``0..4`` joined by ``+ - *`` (usual precedence), result mod 5 at one output position.
 
     Example (length 3):
         inputs  ``3 + 4 * 2 ?``, targets ``_ _ _ _ _ 1`` (3 + 8 = 11 = 1 mod 5).
     """
 
-    kind = "encoder"
     vocab = ("0", "1", "2", "3", "4", "+", "-", "*", "?")
-    train_lengths = (1, 40)
-    eval_lengths = (40, 60, 100, 200)
-    paper = "2305.16843"
-    metric = "token_accuracy"  # Delétang et al.'s score: the share of output tokens right
     summary = "evaluate + - * expressions mod 5 (Delétang/Ruoss protocol)"
 
     def sequence_length(self, length: int) -> int:

@@ -5,25 +5,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from posenc.lab.tasks.base import Task, register_task, with_output_positions
+from posenc.lab.tasks.base import DeletangTask, register_task, with_output_positions
 
 __all__ = ["ParityCheck"]
 
 
 @register_task("parity_check")
-class ParityCheck(Task):
+class ParityCheck(DeletangTask):
     """Encoder: is the number of ``1`` bits odd? One answer token at one appended output position.
 
     Example (length 4):
         inputs  ``1 0 1 1 ?``, targets ``_ _ _ _ 1``.
     """
 
-    kind = "encoder"
     vocab = ("0", "1", "?")
-    train_lengths = (1, 40)
-    eval_lengths = (40, 60, 100, 200)
-    paper = "2305.16843"
-    metric = "token_accuracy"  # Delétang et al.'s score: the share of output tokens right
     summary = "parity of a bit string (Delétang/Ruoss protocol)"
 
     def sequence_length(self, length: int) -> int:

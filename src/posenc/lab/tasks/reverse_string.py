@@ -5,25 +5,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from posenc.lab.tasks.base import Task, register_task, with_output_positions
+from posenc.lab.tasks.base import DeletangTask, register_task, with_output_positions
 
 __all__ = ["ReverseString"]
 
 
 @register_task("reverse_string")
-class ReverseString(Task):
+class ReverseString(DeletangTask):
     """Encoder: read ``n`` bits, write them reversed at ``n`` appended output positions.
 
     Example (length 3):
         inputs  ``1 0 0 ? ? ?``, targets ``_ _ _ 0 0 1`` (``_`` = not scored).
     """
 
-    kind = "encoder"
     vocab = ("0", "1", "?")
-    train_lengths = (1, 40)
-    eval_lengths = (40, 60, 100, 200)
-    paper = "2305.16843"
-    metric = "token_accuracy"  # Delétang et al.'s score: the share of output tokens right
     summary = "reverse a bit string (Delétang/Ruoss protocol: train 1..40, test longer)"
 
     def sequence_length(self, length: int) -> int:
