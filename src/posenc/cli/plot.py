@@ -15,7 +15,7 @@ import argparse
 import json
 
 from posenc._viz_kinds import MAX_PLOT_LENGTH, PLOT_KINDS
-from posenc.cli.types import int_in, ranged
+from posenc.cli.types import int_in, json_object, ranged
 
 __all__ = ["add_commands"]
 
@@ -29,17 +29,6 @@ def _parse_option(text: str) -> tuple[str, object]:
         return key, json.loads(raw)
     except json.JSONDecodeError:
         return key, raw
-
-
-def _parse_json_dict(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"rope_type\": \"yarn\", \"factor\": 4}}'"
-                                         f"; got {text!r} ({exc.msg}).") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object (a dict); got {type(value).__name__}.")
-    return value
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -105,7 +94,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help=ranged("max_seq_len of the encoding built by name", int_in(1, MAX_PLOT_LENGTH)))
     p.add_argument("--option", type=_parse_option, action="append", metavar="KEY=VALUE",
                    help="an encoding option, e.g. --option base=500000 (repeatable; values are JSON when they parse)")
-    p.add_argument("--scaling", type=_parse_json_dict, default=None, metavar="JSON",
+    p.add_argument("--scaling", type=json_object('{"rope_type": "yarn", "factor": 4}'), default=None, metavar="JSON",
                    help="RoPE scaling as an HF-style dict, e.g. '{\"rope_type\": \"yarn\", \"factor\": 4}'")
     p.add_argument("--text", default=None, help="input text for 'attention' (UTF-8 bytes are the tokens)")
     p.add_argument("--layers", type=int_in(0, 1023), nargs="+", default=None,

@@ -1,4 +1,5 @@
-"""argparse ``type=`` helpers for numeric flags: each states its range, which ``--help`` shows and parsing enforces.
+"""argparse ``type=`` helpers: numeric flags state their range, which ``--help`` shows and parsing enforces; JSON flags
+say what object they expect.
 
 A value out of range is a usage error (argparse prints the flag, the range and the value, and exits 2), never a
 traceback or a silent success on nonsense. Use ``help=ranged("what it is", kind)`` to put the range in the help text.
@@ -7,10 +8,11 @@ traceback or a silent success on nonsense. Use ``help=ranged("what it is", kind)
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from collections.abc import Callable
 
-__all__ = ["UsageError", "float_in", "int_in", "ranged"]
+__all__ = ["UsageError", "float_in", "int_in", "json_object", "ranged"]
 
 
 class UsageError(ValueError):
@@ -66,3 +68,24 @@ def float_in(lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = Fal
 def ranged(help_text: str, kind: Callable) -> str:
     """``help_text`` with the flag's range appended (``%`` escaped for argparse)."""
     return f"{help_text} [{kind.range}]".replace("%", "%%")  # type: ignore[attr-defined]
+
+
+def json_object(example: str, *, of_objects: bool = False) -> Callable[[str], dict]:
+    """A flag holding a JSON object (``of_objects``: whose values are objects too), e.g. ``--scaling JSON``.
+
+    ``example`` is shown in the error message when the value is not such an object.
+    """
+    what = "a JSON object of objects" if of_objects else "a JSON object"
+
+    def parse(text: str) -> dict:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"expected {what} such as '{example}'; got {text!r} "
+                                             f"({exc.msg}).") from None
+        if not isinstance(value, dict) or (of_objects and not all(isinstance(v, dict) for v in value.values())):
+            raise argparse.ArgumentTypeError(f"expected {what} such as '{example}'; got {text!r}.")
+        return value
+
+    parse.__name__ = "JSON"
+    return parse

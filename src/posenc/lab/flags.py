@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import types
 import typing
 
-from posenc.cli.types import float_in, int_in, ranged
+from posenc.cli.types import float_in, int_in, json_object, ranged
 from posenc.lab.config import LOGGERS, Experiment, ModelConfig, RunConfig, TaskConfig
 
 __all__ = ["FLAG_CHOICES", "FLAG_RANGES", "add_dataclass_flags", "experiment_from_args", "json_options"]
@@ -48,17 +47,7 @@ def _flag_type(hint) -> tuple[type, bool]:
     return hint, False
 
 
-def json_options(text: str) -> dict:
-    """A dict-valued flag (``--encoding-options``): a JSON object mapping names to objects of options."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}); expected e.g. "
-                                         f"'{{\"mrope\": {{\"base\": 10}}}}'") from None
-    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-        raise argparse.ArgumentTypeError(f"expected a JSON object of objects such as '{{\"mrope\": {{\"base\": "
-                                         f"10}}}}'; got {text!r}")
-    return value
+json_options = json_object('{"mrope": {"base": 10}}', of_objects=True)  # --encoding-options: options per encoding
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser) -> None:
