@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import inspect
 from collections.abc import Callable
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from posenc.positions import Positions
+from posenc.registry import Registry
 from posenc.terms import AttentionTerms
 
 __all__ = [
@@ -270,45 +270,24 @@ def _overrides(obj: object, method: str) -> bool:
 
 
 # -- registry ----------------------------------------------------------------------------------------------------------
-_REGISTRY: dict[str, type[PositionalEncoding]] = {}
-_P = TypeVar("_P", bound=type[PositionalEncoding])
+_REGISTRY: Registry[type[PositionalEncoding]] = Registry("encoding", PositionalEncoding, example="rope",
+                                                        decorator="register", attribute="family", allowed=FAMILIES)
 
 
-def register(name: str) -> Callable[[_P], _P]:
+def register(name: str) -> Callable[[type], type]:
     """Class decorator: make an encoding available as ``get_encoding(name, ...)``."""
-    if not isinstance(name, str) or not name.isidentifier() or name.lower() != name:
-        raise ValueError(f"register: encoding names are short lowercase identifiers such as 'rope'; got {name!r}.")
-
-    def decorator(cls: _P) -> _P:
-        if not (isinstance(cls, type) and issubclass(cls, PositionalEncoding)):
-            raise TypeError(f"register({name!r}) decorates PositionalEncoding subclasses; got {cls!r}.")
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"register: {name!r} is already registered to {_REGISTRY[name].__qualname__}.")
-        if cls.family not in FAMILIES:
-            raise ValueError(f"register({name!r}): family {cls.family!r} is not one of {FAMILIES}.")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorator
+    return _REGISTRY.register(name)
 
 
 def registered_names() -> list[str]:
     """Names of every registered encoding, sorted."""
     _load_builtin_encodings()
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def _lookup(name: str) -> type[PositionalEncoding]:
     _load_builtin_encodings()
-    if not isinstance(name, str):
-        raise TypeError(f"encoding name must be a str such as 'rope'; got {type(name).__name__}.")
-    key = name.lower()
-    if key not in _REGISTRY:
-        close = difflib.get_close_matches(key, _REGISTRY, n=3, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"unknown encoding {name!r}.{hint} Available: {', '.join(sorted(_REGISTRY))}.")
-    return _REGISTRY[key]
+    return _REGISTRY.lookup(name.lower() if isinstance(name, str) else name)
 
 
 def get_encoding(name: str, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,

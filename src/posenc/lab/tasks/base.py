@@ -23,13 +23,14 @@ with teacher forcing this equals greedy decoding), ``token_accuracy`` the share 
 from __future__ import annotations
 
 import abc
-import difflib
 import importlib
 import pkgutil
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor
+
+from posenc.registry import Registry
 
 __all__ = ["IGNORE", "DeletangTask", "Task", "get_task", "learned", "register_task", "registered_tasks", "task_class",
            "uniform_int", "with_output_positions"]
@@ -133,27 +134,13 @@ def learned(metric: str, bar: float, in_distribution: float | None) -> bool:
 
 
 # -- registry ----------------------------------------------------------------------------------------------------------
-_TASKS: dict[str, type[Task]] = {}
-_T = TypeVar("_T", bound=type[Task])
+_TASKS: Registry[type[Task]] = Registry("task", Task, example="parity_check", decorator="register_task",
+                                      attribute="kind", allowed=KINDS)
 
 
 def register_task(name: str):
     """Class decorator: make a task available as ``get_task(name)``."""
-    if not isinstance(name, str) or not name.isidentifier() or name.lower() != name:
-        raise ValueError(f"register_task: task names are lowercase identifiers such as 'parity_check'; got {name!r}.")
-
-    def decorator(cls: _T) -> _T:
-        if not (isinstance(cls, type) and issubclass(cls, Task)):
-            raise TypeError(f"register_task({name!r}) decorates Task subclasses; got {cls!r}.")
-        if name in _TASKS and _TASKS[name] is not cls:
-            raise ValueError(f"register_task: {name!r} is already registered to {_TASKS[name].__qualname__}.")
-        if cls.kind not in KINDS:
-            raise ValueError(f"register_task({name!r}): kind {cls.kind!r} is not one of {KINDS}.")
-        cls.name = name
-        _TASKS[name] = cls
-        return cls
-
-    return decorator
+    return _TASKS.register(name)
 
 
 _LOADED = False
@@ -173,7 +160,7 @@ def _load() -> None:
 def registered_tasks() -> list[str]:
     """Names of every registered task, sorted."""
     _load()
-    return sorted(_TASKS)
+    return _TASKS.names()
 
 
 def get_task(name: str, **options) -> Task:
@@ -184,13 +171,7 @@ def get_task(name: str, **options) -> Task:
 def task_class(name: str) -> type[Task]:
     """The class registered as ``name`` (its class attributes describe the protocol without building it)."""
     _load()
-    if not isinstance(name, str):
-        raise TypeError(f"task name must be a str such as 'parity_check'; got {type(name).__name__}.")
-    if name not in _TASKS:
-        close = difflib.get_close_matches(name, _TASKS, n=3, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"unknown task {name!r}.{hint} Available: {', '.join(sorted(_TASKS))}.")
-    return _TASKS[name]
+    return _TASKS.lookup(name)
 
 
 class DeletangTask(Task):
