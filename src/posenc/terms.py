@@ -151,6 +151,13 @@ class AttentionTerms:
     # many intermediates (CoPE, DAPE) still stay within its per-block memory budget. Measured values for the built-in
     # terms are in benchmarks/terms_memory.py's output (peak extra memory / one block's score size).
     pair_tensors: ClassVar[int] = 8
+    # Names of the attributes holding per-call tensors (prepared in ``terms(...)``) that :meth:`logits`/:meth:`values`
+    # read and that may carry gradients, e.g. Transformer-XL's ``u . k``; ``()`` when the block methods read only the
+    # block and the encoding's parameters. ``chunked`` recomputes each block in its own backward pass and returns the
+    # gradients of the block's q/k/v, the parameters and these tensors into buffers allocated once. ``None`` (not
+    # declared, the default) makes it checkpoint each block instead: exact, but every block then has full-size
+    # transient gradients of q, k and v.
+    call_tensors: ClassVar[tuple[str, ...] | None] = None
 
     def logits(self, scores: Tensor | None, blk: ScoreBlock) -> Tensor:
         """The block's logits ``(B, H, rows, keys)`` from its raw scores ``q_blk k^T * scale`` (before bias and mask).

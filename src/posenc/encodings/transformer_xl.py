@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from posenc.base import PositionalEncoding, register
-from posenc.terms import AttentionTerms, ScoreBlock, check_head_dim, positions_2d
+from posenc.terms import AttentionTerms, ScoreBlock, check_head_dim, compute_dtype, positions_2d
 
 __all__ = ["TransformerXL", "relative_sinusoid", "xl_frequencies", "xl_position_logits"]
 
@@ -99,10 +99,44 @@ def xl_position_logits(qv: Tensor, w_r: Tensor, q_pos: Tensor, k_pos: Tensor, *,
         query_side = torch.cat((a * sq + c * cq, c * sq - a * cq), dim=-1)  # (B, H, Tq, 2F)
         key_side = torch.cat((ang_k.cos(), ang_k.sin()), dim=-1).to(qv.dtype)[:, None]  # (B|1, 1, Tk, 2F)
         return query_side @ key_side.transpose(-2, -1)  # (B, H, Tq, Tk)
-    r = relative_sinusoid(uniq, rel_dim, dtype=qv.dtype)  # (U, d_R)
-    r_heads = torch.einsum("hdr,ur->hud", w_heads, r)  # (H, U, D): W_R R_d per head
-    per_dist = qv @ r_heads.transpose(-2, -1)  # (B, H, Tq, U)
+    y = qv @ w_heads  # (B, H, Tq, d_R)
+    if torch.compiler.is_compiling():
+        per_dist = y @ relative_sinusoid(uniq, rel_dim, dtype=qv.dtype).t()  # (B, H, Tq, U)
+    else:  # the same without holding R (U, d_R) whole
+        per_dist = _SinusoidLogits.apply(y, uniq)  # (B, H, Tq, U): (q_i + v) . W_R R_d per distance
     return per_dist.gather(-1, inverse[:, None].expand(b, h, tq, tk))
+
+
+class _SinusoidLogits(torch.autograd.Function):
+    """``y @ R^T`` for ``y`` ``(..., d_R)`` and the sinusoids ``R`` ``(U, d_R)`` at the distances ``dist`` ``(U,)``.
+
+    ``R`` is a constant as large as the keys (``U ~ Tq + Tk`` rows of ``d_R = dim``), so it is made in pieces of
+    ``_TABLE_PIECE`` distances, in the forward pass and again in the backward pass, and never held whole: on
+    ``chunked`` that keeps every block's extra memory ``O(rows * Tk)``.
+    """
+
+    @staticmethod
+    def forward(ctx, y: Tensor, dist: Tensor) -> Tensor:
+        ctx.save_for_backward(dist)
+        ctx.rel_dim = y.shape[-1]
+        out = y.new_empty(*y.shape[:-1], dist.shape[0])  # (..., U)
+        for a in range(0, dist.shape[0], _TABLE_PIECE):
+            r = relative_sinusoid(dist[a:a + _TABLE_PIECE], y.shape[-1], dtype=y.dtype)  # (piece, d_R)
+            out[..., a:a + _TABLE_PIECE] = y @ r.t()
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        (dist,) = ctx.saved_tensors
+        dy = grad.new_zeros(*grad.shape[:-1], ctx.rel_dim)  # (..., d_R)
+        for a in range(0, dist.shape[0], _TABLE_PIECE):
+            r = relative_sinusoid(dist[a:a + _TABLE_PIECE], ctx.rel_dim, dtype=grad.dtype)  # (piece, d_R)
+            dy.add_(grad[..., a:a + _TABLE_PIECE] @ r)
+        return dy, None
+
+
+_TABLE_PIECE = 512  # distances per piece of R in _SinusoidLogits
 
 
 @register("transformer_xl")
@@ -152,7 +186,11 @@ class TransformerXL(PositionalEncoding):
                 multiplies the whole score (``1 / sqrt(D)`` by default).
         """
         check_head_dim(self, q, k)
-        return TransformerXLTerms(self)
+        b, hkv, tk, d = k.shape
+        ct = compute_dtype(q)
+        u = self.content_bias.to(ct).view(1, hkv, self.n_heads // hkv, d)  # (1, Hkv, n_rep, D)
+        content = (k.to(ct) @ u.transpose(-2, -1)).transpose(-2, -1).reshape(b, self.n_heads, tk, 1)  # (B, H, Tk, 1)
+        return TransformerXLTerms(self, content)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rel_dim={self.rel_dim}, method={self.method!r}"
@@ -162,14 +200,14 @@ class TransformerXLTerms(AttentionTerms):
     """Transformer-XL's content-bias and position terms for one call; see :class:`TransformerXL`."""
 
     pair_tensors = 11  # measured at T=4096 (benchmarks/terms_memory.py): scores, position term, gather indices, ...
+    call_tensors = ("content",)  # u . k_j, formed once per call
 
-    def __init__(self, pe: TransformerXL) -> None:
+    def __init__(self, pe: TransformerXL, content: Tensor) -> None:
         self.pe = pe
-
+        self.content = content  # (B, H, Tk, 1) in the compute dtype: u . k_j, one per key and call
     def logits(self, scores: Tensor, blk: ScoreBlock) -> Tensor:
         pe, ct = self.pe, blk.q.dtype
-        u = pe.content_bias.to(ct)[None, :, None, :]  # (1, H, 1, D)
-        vb = pe.position_bias.to(ct)[None, :, None, :]
-        content_bias = u @ blk.k.transpose(-2, -1)  # (B, H, 1, keys): u . k_j
+        vb = pe.position_bias.to(ct)[None, :, None, :]  # (1, H, 1, D)
+        content_bias = blk.key_rows(self.content).transpose(-2, -1)  # (B, H, 1, keys)
         position = xl_position_logits(blk.q + vb, pe.w_r.to(ct), blk.q_pos, blk.k_pos, method=pe.method)
         return scores + (content_bias + position) * blk.scale  # (B, H, rows, keys)
