@@ -78,10 +78,12 @@ FLEX_MIN_ELEMENTS = 2**20  # on GPU, smaller calls (decode steps) stay on ``dens
 # positions with Tq != Tk). Set a finite number of mask elements to opt in (2**26 pays for the ~30 s compile).
 FLEX_CPU_MIN_ELEMENTS = math.inf
 CHUNK_ELEMENTS = 2**22  # ``chunked`` sizes its query blocks so one block's mask holds about this many elements
-# (with attention terms: the terms' ``pair_tensors`` score-sized intermediates together hold about this many). Smaller
-# blocks do not pay: the gradients of the q/k/v slices of every block are O(T * D) transients whatever the rows
-# (benchmarks/terms_memory.py measured Shaw at T=4096 with 8, 32 and 51 rows: 31.5, 23.3 and 26.8 MiB beyond the
-# output and gradients).
+# With attention terms the budget is a quarter of that, shared by the terms' ``pair_tensors`` score-sized tensors of
+# one block (1 MiB of float32 each per quarter budget), and blocks may be as small as TERMS_MIN_ROWS rows: the
+# backward pass (_ChunkedTerms) keeps nothing but one block and the gradients, so smaller blocks do pay (Shaw at
+# T=4096: 8 rows cost 4 MiB beyond the output and gradients, 28 rows 15 MiB), at some time per block.
+TERMS_BUDGET_SHARE = 4
+TERMS_MIN_ROWS = 4
 
 
 @dataclasses.dataclass
@@ -286,10 +288,14 @@ def _dense(call: AttentionCall) -> Tensor:
 def chunk_rows(call: AttentionCall) -> int:
     """Query rows per ``chunked`` block: about ``CHUNK_ELEMENTS`` mask elements per block, at least 16 rows.
 
-    With attention terms the budget is shared by the terms' ``pair_tensors`` score-sized intermediates.
+    With attention terms the terms' ``pair_tensors`` score-sized tensors share ``CHUNK_ELEMENTS //
+    TERMS_BUDGET_SHARE`` elements, at least ``TERMS_MIN_ROWS`` rows.
     """
     b, h, q_len, _ = call.dense_mask_shape
-    per_row = b * h * call.k.shape[-2] * (max(1, call.terms.pair_tensors) if call.uses_terms else 1)
+    per_row = b * h * call.k.shape[-2]
+    if call.uses_terms:
+        budget = CHUNK_ELEMENTS // TERMS_BUDGET_SHARE // max(1, call.terms.pair_tensors)
+        return max(1, min(q_len, max(TERMS_MIN_ROWS, budget // max(1, per_row))))
     return max(1, min(q_len, max(16, CHUNK_ELEMENTS // max(1, per_row))))
 
 
@@ -330,9 +336,11 @@ def _score_block(call: AttentionCall, start: int, stop: int, q: Tensor, k: Tenso
 
 def _raw_scores(call: AttentionCall, blk: ScoreBlock) -> Tensor | None:
     """``q_blk k^T * scale`` ``(B, H, rows, keys)``, or ``None`` when the terms form the whole score themselves."""
-    if call.terms is not None and call.terms.replaces_scores:
+    if call.terms is None:
+        return (blk.q @ blk.k.transpose(-2, -1)) * call.scale
+    if call.terms.replaces_scores:
         return None
-    return (blk.q @ blk.k.transpose(-2, -1)) * call.scale
+    return (call.terms.queries(blk) @ blk.k.transpose(-2, -1)) * call.scale
 
 
 def _block_probs(call: AttentionCall, blk: ScoreBlock, scores: Tensor | None) -> Tensor:
@@ -432,15 +440,18 @@ class _ChunkedTerms(torch.autograd.Function):
         for start, stop, key_stop in _blocks(call, rows):
             blk = _score_block(call, start, stop, q[:, :, start:stop], k[:, :, :key_stop], v[:, :, :key_stop])
             go = grad_out[:, :, start:stop].to(compute)  # (B, H, rows, Dv)
-            scores = _raw_scores(call, blk)  # (B, H, rows, keys), computed without a graph
             with torch.enable_grad():
-                # the terms may read blk.q, blk.k, blk.v (Transformer-XL's u . k reads k): their own gradients
+                # the terms may read blk.q, blk.k, blk.v: their own gradients
                 qg = blk.q.detach().requires_grad_(need_q)
                 kg = blk.k.detach().requires_grad_(need_k)
                 vg = blk.v.detach().requires_grad_(need_v)
-                if scores is not None:
-                    scores.requires_grad_(need_q or need_k)
                 blk_g = dataclasses.replace(blk, q=qg, k=kg, v=vg)
+                shifted = None if call.terms.replaces_scores else call.terms.queries(blk_g)  # (B, H, rows, D)
+            scores = None  # the raw scores (B, H, rows, keys), a leaf: their gradient gives the core's dq and dk
+            if shifted is not None:
+                scores = (shifted.detach() @ blk.k.transpose(-2, -1)) * scale
+                scores.requires_grad_(need_k or shifted.requires_grad)
+            with torch.enable_grad():
                 probs = _block_probs(call, blk_g, scores)
                 extra = call.terms.values(probs, blk_g)
             inputs = [x for x in (scores, qg, kg, vg, *leaves) if x is not None and x.requires_grad]
@@ -456,14 +467,21 @@ class _ChunkedTerms(torch.autograd.Function):
             del probs, extra
             got = dict(zip(map(id, inputs), grads))
             d_scores = got.get(id(scores)) if scores is not None else None
+            if need_k and d_scores is not None:  # dk from the scores: d_scores^T @ queries * scale
+                _add_grouped_matmul_(dk[:, :, :key_stop], d_scores, shifted.detach(), n_rep, alpha=scale)
+            if d_scores is not None and shifted is not qg:  # shifted queries: on to q and the terms' tensors
+                through = [x for x in (qg, *leaves) if x.requires_grad]
+                extra_grads = torch.autograd.grad(shifted, through, (d_scores @ blk.k) * scale, allow_unused=True)
+                for x, g in zip(through, extra_grads):
+                    if g is not None:
+                        got[id(x)] = g if got.get(id(x)) is None else got[id(x)] + g
+                d_scores = None
             if need_q:
                 d_q = got.get(id(qg))
                 d_q = torch.zeros_like(blk.q) if d_q is None else d_q
                 if d_scores is not None:  # from the scores: d_scores @ k * scale
                     d_q = d_q + (d_scores @ blk.k) * scale
                 dq[:, :, start:stop] = d_q
-            if need_k and d_scores is not None:  # dk from the scores: d_scores^T @ q * scale
-                _add_grouped_matmul_(dk[:, :, :key_stop], d_scores, blk.q, n_rep, alpha=scale)
             for buf, got_x in ((dk, got.get(id(kg))), (dv, got.get(id(vg)))):
                 if buf is not None and got_x is not None:  # a term's own k/v gradient, summed per kv head
                     b, h, keys, d = got_x.shape

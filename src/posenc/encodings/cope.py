@@ -185,7 +185,7 @@ class CoPE(PositionalEncoding):
 class CoPETerms(AttentionTerms):
     """CoPE's gated-count, interpolated position term for one call; see :class:`CoPE`."""
 
-    pair_tensors = 24  # measured at T=4096 (benchmarks/terms_memory.py): gates, cumsums, floor/ceil int64 indices, ...
+    pair_tensors = 16  # measured at T=4096 (live tensors in chunked's backward pass): gates, counts, indices, grads
     call_tensors = ()  # the block methods read the block and the encoding's tables only
 
     def __init__(self, pe: CoPE) -> None:

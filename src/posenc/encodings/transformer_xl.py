@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from posenc.base import PositionalEncoding, register
-from posenc.terms import AttentionTerms, ScoreBlock, check_head_dim, compute_dtype, positions_2d
+from posenc.terms import AttentionTerms, ScoreBlock, check_head_dim, positions_2d
 
 __all__ = ["TransformerXL", "relative_sinusoid", "xl_frequencies", "xl_position_logits"]
 
@@ -50,7 +50,10 @@ def relative_sinusoid(dist: Tensor, rel_dim: int, *, dtype: torch.dtype = torch.
     Angles are formed in float64, so ``R`` is exact to ``dtype`` rounding at any distance.
     """
     angles = dist.to(torch.float64).unsqueeze(-1) * xl_frequencies(rel_dim, device=dist.device)  # (..., F)
-    return torch.cat((angles.sin(), angles.cos()), dim=-1).to(dtype)
+    out = angles.new_empty(*angles.shape[:-1], rel_dim, dtype=dtype)  # written in halves: no concatenated copy
+    out[..., :rel_dim // 2] = angles.sin()
+    out[..., rel_dim // 2:] = angles.cos_()
+    return out
 
 
 def xl_position_logits(qv: Tensor, w_r: Tensor, q_pos: Tensor, k_pos: Tensor, *, method: str = "auto") -> Tensor:
@@ -186,11 +189,7 @@ class TransformerXL(PositionalEncoding):
                 multiplies the whole score (``1 / sqrt(D)`` by default).
         """
         check_head_dim(self, q, k)
-        b, hkv, tk, d = k.shape
-        ct = compute_dtype(q)
-        u = self.content_bias.to(ct).view(1, hkv, self.n_heads // hkv, d)  # (1, Hkv, n_rep, D)
-        content = (k.to(ct) @ u.transpose(-2, -1)).transpose(-2, -1).reshape(b, self.n_heads, tk, 1)  # (B, H, Tk, 1)
-        return TransformerXLTerms(self, content)
+        return TransformerXLTerms(self)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rel_dim={self.rel_dim}, method={self.method!r}"
@@ -200,14 +199,17 @@ class TransformerXLTerms(AttentionTerms):
     """Transformer-XL's content-bias and position terms for one call; see :class:`TransformerXL`."""
 
     pair_tensors = 11  # measured at T=4096 (benchmarks/terms_memory.py): scores, position term, gather indices, ...
-    call_tensors = ("content",)  # u . k_j, formed once per call
+    call_tensors = ()  # the block methods read the block and the encoding's parameters only
 
-    def __init__(self, pe: TransformerXL, content: Tensor) -> None:
+    def __init__(self, pe: TransformerXL) -> None:
         self.pe = pe
-        self.content = content  # (B, H, Tk, 1) in the compute dtype: u . k_j, one per key and call
+
+    def queries(self, blk: ScoreBlock) -> Tensor:
+        return blk.q + self.pe.content_bias.to(blk.q.dtype)[None, :, None, :]  # (B, H, rows, D): q_i + u
+
     def logits(self, scores: Tensor, blk: ScoreBlock) -> Tensor:
+        # scores = (q_i + u) . k_j * scale (queries() adds the content bias u)
         pe, ct = self.pe, blk.q.dtype
         vb = pe.position_bias.to(ct)[None, :, None, :]  # (1, H, 1, D)
-        content_bias = blk.key_rows(self.content).transpose(-2, -1)  # (B, H, 1, keys)
         position = xl_position_logits(blk.q + vb, pe.w_r.to(ct), blk.q_pos, blk.k_pos, method=pe.method)
-        return scores + (content_bias + position) * blk.scale  # (B, H, rows, keys)
+        return scores + position * blk.scale  # (B, H, rows, keys)
