@@ -1,6 +1,6 @@
 """Attention terms (``posenc.terms``): every encoding runs on ``reference``, ``dense`` and ``chunked``, which agree.
 
-``reference`` is the oracle: all query rows at once. ``chunked`` splits the rows into blocks (16 rows here), skips
+``reference`` is the oracle: all query rows at once. ``chunked`` splits the rows into blocks (4 rows here with terms, 16 for a bias), skips
 the keys a causal block cannot see and recomputes each block in the backward pass; ``dense`` is one block (SDPA for
 the bias-only encodings). Forward outputs and the gradients of q, k, v and every parameter must agree, and
 ``chunked`` must never build anything the size of the full ``(B, H, Tq, Tk)`` scores.
@@ -36,7 +36,7 @@ TERM_NAMES = _term_names()
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """``chunked`` in its smallest blocks: 16 query rows."""
+    """``chunked`` in its smallest blocks: 4 query rows with terms (TERMS_MIN_ROWS), 16 for a bias."""
     monkeypatch.setattr(attn_mod, "CHUNK_ELEMENTS", 1)
 
 

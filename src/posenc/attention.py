@@ -20,8 +20,9 @@ Backends (``backend=``), all computing the same numbers:
 - ``"chunked"``: queries in blocks of :func:`chunk_rows` rows; each block builds only its own
   ``(B|1, H, rows, Tk)`` mask (``pe.bias(q_pos[..., rows], k_pos)``) and runs SDPA -- or, for an encoding with terms,
   its own ``(B, H, rows, Tk)`` scores, logit terms, softmax and value terms -- and under autograd each block is
-  recomputed in the backward pass (activation checkpointing), so extra memory is ``O(rows * Tk)`` in the forward
-  *and* the backward pass. Causal blocks also skip the keys no query of the block may see. The CPU training path for
+  recomputed in the backward pass (activation checkpointing; with terms, :class:`_ChunkedTerms`, which also
+  accumulates the q/k/v gradients in place), so extra memory is ``O(rows * Tk)`` in the forward *and* the backward
+  pass. Causal blocks also skip the keys no query of the block may see. The CPU training path for
   long sequences.
 - ``"flex"``: :func:`torch.nn.attention.flex_attention` with the encoding's ``score_mod`` and a ``block_mask`` for
   causal / boolean ``attn_mask``, compiled once per process (``O(T)`` extra memory). The causal block mask comes
