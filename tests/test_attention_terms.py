@@ -1,9 +1,9 @@
 """Attention terms (``posenc.terms``): every encoding runs on ``reference``, ``dense`` and ``chunked``, which agree.
 
-``reference`` is the oracle: all query rows at once. ``chunked`` splits the rows into blocks (4 rows here with terms, 16 for a bias), skips
-the keys a causal block cannot see and recomputes each block in the backward pass; ``dense`` is one block (SDPA for
-the bias-only encodings). Forward outputs and the gradients of q, k, v and every parameter must agree, and
-``chunked`` must never build anything the size of the full ``(B, H, Tq, Tk)`` scores.
+``reference`` is the oracle: all query rows at once. ``chunked`` splits the rows into blocks (here 4 rows with
+terms, 16 for a bias), skips the keys a causal block cannot see and recomputes each block in the backward pass;
+``dense`` is one block (SDPA for the bias-only encodings). Forward outputs and the gradients of q, k, v and every
+parameter must agree, and ``chunked`` must never build anything the size of the full ``(B, H, Tq, Tk)`` scores.
 """
 
 from __future__ import annotations
