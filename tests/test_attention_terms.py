@@ -1,9 +1,9 @@
 """Attention terms (``posenc.terms``): every encoding runs on ``reference``, ``dense`` and ``chunked``, which agree.
 
-``reference`` is the oracle: all query rows at once. ``chunked`` splits the rows into blocks (16 rows here), skips
-the keys a causal block cannot see and recomputes each block in the backward pass; ``dense`` is one block (SDPA for
-the bias-only encodings). Forward outputs and the gradients of q, k, v and every parameter must agree, and
-``chunked`` must never build anything the size of the full ``(B, H, Tq, Tk)`` scores.
+``reference`` is the oracle: all query rows at once. ``chunked`` splits the rows into blocks (here 4 rows with
+terms, 16 for a bias), skips the keys a causal block cannot see and recomputes each block in the backward pass;
+``dense`` is one block (SDPA for the bias-only encodings). Forward outputs and the gradients of q, k, v and every
+parameter must agree, and ``chunked`` must never build anything the size of the full ``(B, H, Tq, Tk)`` scores.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ TERM_NAMES = _term_names()
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """``chunked`` in its smallest blocks: 16 query rows."""
+    """``chunked`` in its smallest blocks: 4 query rows with terms (TERMS_MIN_ROWS), 16 for a bias."""
     monkeypatch.setattr(attn_mod, "CHUNK_ELEMENTS", 1)
 
 
@@ -180,3 +180,98 @@ def test_adaptive_is_a_bias_unless_content_conditioned():
     content = posenc.get_encoding("adaptive", dim=H * D, n_heads=H, content=True)
     assert static.uses_bias and not static.uses_terms
     assert content.uses_terms and not content.uses_bias
+
+
+class _KeyGate(PositionalEncoding):
+    """A test-only encoding whose terms read a per-call tensor with gradients (``k @ w``, declared in call_tensors)."""
+
+    name = "key_gate"
+
+    def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False) -> None:
+        super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
+        self.w = torch.nn.Parameter(torch.randn(self.head_dim, 1))
+
+    def terms(self, q, k, v, *, q_pos, k_pos, causal, scale):
+        return _KeyGateTerms(k @ self.w)  # (B, Hkv, Tk, 1)
+
+
+class _KeyGateTerms(AttentionTerms):
+    call_tensors = ("gate",)
+
+    def __init__(self, gate: Tensor) -> None:
+        self.gate = gate
+
+    def logits(self, scores: Tensor, blk: ScoreBlock) -> Tensor:
+        return scores + blk.key_rows(self.gate).transpose(-2, -1)  # + (B, H, 1, keys)
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["call_tensors", "undeclared"])
+def test_chunked_returns_gradients_of_declared_per_call_tensors(declared, small_chunks, monkeypatch):
+    if not declared:  # chunked then checkpoints each block instead of running _ChunkedTerms
+        monkeypatch.setattr(_KeyGateTerms, "call_tensors", None)
+    pe = _KeyGate(dim=H * D, n_heads=H)
+    q, k, v, grad_out = _inputs(H // 2)
+    want = _run(pe, "reference", q, k, v, grad_out, causal=True)
+    got = _run(pe, "chunked", q, k, v, grad_out, causal=True)
+    assert sorted(got) == sorted(want) and "w" in got
+    for field in want:
+        torch.testing.assert_close(got[field], want[field], atol=1e-5, rtol=1e-5, msg=lambda m, f=field: f"{f}: {m}")
+
+
+BUILT_IN_FAST = ["shaw", "cope", "transformer_xl"]
+
+
+@pytest.mark.parametrize("name", BUILT_IN_FAST)
+def test_chunked_backward_allocates_the_gradients_once(name, small_chunks):
+    """The backward pass of chunked allocates dq, dk and dv once, not a full-size gradient per block."""
+    t = 96
+    pe = _encoding(name, True)
+    q, k, v, grad_out = _inputs(H, tq=t, tk=t)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    out = posenc.attention(q, k, v, pe, causal=True, backend="chunked")
+    assert type(out.grad_fn).__name__ == "_ChunkedTermsBackward"
+    sizes = []
+
+    class _Sizes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            for r in result if isinstance(result, (tuple, list)) else (result,):
+                if isinstance(r, Tensor) and r.numel() >= q.numel() and r.untyped_storage().data_ptr() not in seen:
+                    seen.add(r.untyped_storage().data_ptr())
+                    sizes.append(r.numel())
+            return result
+
+    seen = {x.untyped_storage().data_ptr() for x in (q, k, v, grad_out, out)}
+    with _Sizes():
+        out.backward(grad_out)
+    assert attn_mod.chunk_rows(attn_mod._prepare(q, k, v, pe, causal=True)) * 4 < t  # several blocks
+    assert len(sizes) <= 3, sizes  # dq, dk, dv
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+@pytest.mark.parametrize("name", BUILT_IN_FAST)
+def test_chunked_gradcheck_float64_in_blocks_of_one_row(name, causal, monkeypatch):
+    """float64 gradcheck of _ChunkedTerms' backward over several blocks: q, k, v (GQA) and every parameter."""
+    monkeypatch.setattr(attn_mod, "CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(attn_mod, "TERMS_MIN_ROWS", 1)
+    heads, head_dim = 2, 4
+    options = {"npos_max": 4} if name == "cope" else {"max_relative_position": 2} if name == "shaw" else {}
+    pe = posenc.get_encoding(name, dim=heads * head_dim, n_heads=heads, max_seq_len=8, causal=causal, **options)
+    with torch.no_grad():
+        for p in pe.parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    pe = pe.double()
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(1, heads, 3, head_dim, dtype=torch.float64, generator=g).requires_grad_()
+    k, v = (torch.randn(1, 1, 4, head_dim, dtype=torch.float64, generator=g).requires_grad_() for _ in range(2))
+    params = tuple(pe.parameters())
+
+    def run_params(*_):  # gradcheck perturbs the parameters in place; the terms read them
+        return posenc.attention(q.detach(), k.detach(), v.detach(), pe, causal=causal, backend="chunked")
+
+    def run_inputs(qq, kk, vv):
+        return posenc.attention(qq, kk, vv, pe, causal=causal, backend="chunked")
+
+    assert attn_mod.chunk_rows(attn_mod._prepare(q, k, v, pe, causal=causal)) == 1
+    assert torch.autograd.gradcheck(run_params, params, eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(run_inputs, (q, k, v), eps=1e-6, atol=1e-5)

@@ -20,8 +20,9 @@ Backends (``backend=``), all computing the same numbers:
 - ``"chunked"``: queries in blocks of :func:`chunk_rows` rows; each block builds only its own
   ``(B|1, H, rows, Tk)`` mask (``pe.bias(q_pos[..., rows], k_pos)``) and runs SDPA -- or, for an encoding with terms,
   its own ``(B, H, rows, Tk)`` scores, logit terms, softmax and value terms -- and under autograd each block is
-  recomputed in the backward pass (activation checkpointing), so extra memory is ``O(rows * Tk)`` in the forward
-  *and* the backward pass. Causal blocks also skip the keys no query of the block may see. The CPU training path for
+  recomputed in the backward pass (activation checkpointing; with terms, :class:`_ChunkedTerms`, which also
+  accumulates the q/k/v gradients in place), so extra memory is ``O(rows * Tk)`` in the forward *and* the backward
+  pass. Causal blocks also skip the keys no query of the block may see. The CPU training path for
   long sequences.
 - ``"flex"``: :func:`torch.nn.attention.flex_attention` with the encoding's ``score_mod`` and a ``block_mask`` for
   causal / boolean ``attn_mask``, compiled once per process (``O(T)`` extra memory). The causal block mask comes
@@ -48,6 +49,7 @@ be randomized or restart per packed document; mask documents with ``attn_mask``)
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -57,6 +59,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from posenc.base import PositionalEncoding, check_positions, check_positions_layout, default_positions
@@ -76,10 +79,12 @@ FLEX_MIN_ELEMENTS = 2**20  # on GPU, smaller calls (decode steps) stay on ``dens
 # positions with Tq != Tk). Set a finite number of mask elements to opt in (2**26 pays for the ~30 s compile).
 FLEX_CPU_MIN_ELEMENTS = math.inf
 CHUNK_ELEMENTS = 2**22  # ``chunked`` sizes its query blocks so one block's mask holds about this many elements
-# (with attention terms: the terms' ``pair_tensors`` score-sized intermediates together hold about this many). Smaller
-# blocks do not pay: the gradients of the q/k/v slices of every block are O(T * D) transients whatever the rows
-# (benchmarks/terms_memory.py measured Shaw at T=4096 with 8, 32 and 51 rows: 31.5, 23.3 and 26.8 MiB beyond the
-# output and gradients).
+# With attention terms the budget is a quarter of that, shared by the terms' ``pair_tensors`` score-sized tensors of
+# one block (1 MiB of float32 each per quarter budget), and blocks may be as small as TERMS_MIN_ROWS rows: the
+# backward pass (_ChunkedTerms) keeps nothing but one block and the gradients, so smaller blocks do pay (Shaw at
+# T=4096: 8 rows cost 4 MiB beyond the output and gradients, 28 rows 15 MiB), at some time per block.
+TERMS_BUDGET_SHARE = 4
+TERMS_MIN_ROWS = 4
 
 
 @dataclasses.dataclass
@@ -286,10 +291,14 @@ def _dense(call: AttentionCall) -> Tensor:
 def chunk_rows(call: AttentionCall) -> int:
     """Query rows per ``chunked`` block: about ``CHUNK_ELEMENTS`` mask elements per block, at least 16 rows.
 
-    With attention terms the budget is shared by the terms' ``pair_tensors`` score-sized intermediates.
+    With attention terms the terms' ``pair_tensors`` score-sized tensors share ``CHUNK_ELEMENTS //
+    TERMS_BUDGET_SHARE`` elements, at least ``TERMS_MIN_ROWS`` rows.
     """
     b, h, q_len, _ = call.dense_mask_shape
-    per_row = b * h * call.k.shape[-2] * (max(1, call.terms.pair_tensors) if call.uses_terms else 1)
+    per_row = b * h * call.k.shape[-2]
+    if call.uses_terms:
+        budget = CHUNK_ELEMENTS // TERMS_BUDGET_SHARE // max(1, call.terms.pair_tensors)
+        return max(1, min(q_len, max(TERMS_MIN_ROWS, budget // max(1, per_row))))
     return max(1, min(q_len, max(16, CHUNK_ELEMENTS // max(1, per_row))))
 
 
@@ -309,6 +318,42 @@ def _attend_block(call: AttentionCall, start: int, stop: int, q: Tensor, k: Tens
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=call.scale, enable_gqa=call.n_rep > 1)
 
 
+def _score_block(call: AttentionCall, start: int, stop: int, q: Tensor, k: Tensor, v: Tensor) -> ScoreBlock:
+    """The :class:`ScoreBlock` of query rows ``start:stop`` against the keys ``k``, ``v`` given (the first ``keys``).
+
+    Args:
+        q: ``(B, H, rows, D)``; k: ``(B, Hkv, keys, D)``; v: ``(B, Hkv, keys, Dv)``, in the input dtype.
+    """
+    compute = compute_dtype(q)
+    keys = k.shape[-2]
+    q_len, k_len = call.q.shape[-2], call.k.shape[-2]
+    mask = _block_attn_mask(call, start, stop, keys)
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(compute)
+    return ScoreBlock(q=q.to(compute), k=expand_kv(k, call.n_rep).to(compute),
+                      v=expand_kv(v, call.n_rep).to(compute), q_pos=call.q_pos[..., start:stop],
+                      k_pos=call.k_pos[..., :keys],
+                      q_index=torch.arange(k_len - q_len + start, k_len - q_len + stop, device=q.device),
+                      start=start, stop=stop, causal=call.causal, scale=call.scale, n_rep=call.n_rep, mask=mask)
+
+
+def _raw_scores(call: AttentionCall, blk: ScoreBlock) -> Tensor | None:
+    """``q_blk k^T * scale`` ``(B, H, rows, keys)``, or ``None`` when the terms form the whole score themselves."""
+    if call.terms is None:
+        return (blk.q @ blk.k.transpose(-2, -1)) * call.scale
+    if call.terms.replaces_scores:
+        return None
+    return (call.terms.queries(blk) @ blk.k.transpose(-2, -1)) * call.scale
+
+
+def _block_probs(call: AttentionCall, blk: ScoreBlock, scores: Tensor | None) -> Tensor:
+    """``safe_softmax(terms.logits(scores) + bias + mask)`` ``(B, H, rows, keys)``: the one mask and softmax."""
+    logits = call.terms.logits(scores, blk) if call.terms is not None else scores
+    if call.uses_bias:
+        logits = logits + call.pe.bias(blk.q_pos, blk.k_pos).to(logits.dtype)  # (H|B, H, rows, keys)
+    return safe_softmax(blk.masked(logits))
+
+
 def _scores_block(call: AttentionCall, start: int, stop: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """Explicit attention of query rows ``start:stop`` against the keys ``k``, ``v`` given (the first ``keys``).
 
@@ -322,49 +367,158 @@ def _scores_block(call: AttentionCall, start: int, stop: int, q: Tensor, k: Tens
     Returns:
         ``(B, H, rows, Dv)`` in the dtype of ``q``.
     """
-    compute = compute_dtype(q)
-    keys = k.shape[-2]
-    q_len, k_len = call.q.shape[-2], call.k.shape[-2]
-    mask = _block_attn_mask(call, start, stop, keys)
-    if mask is not None and mask.dtype != torch.bool:
-        mask = mask.to(compute)
-    blk = ScoreBlock(q=q.to(compute), k=expand_kv(k, call.n_rep).to(compute), v=expand_kv(v, call.n_rep).to(compute),
-                     q_pos=call.q_pos[..., start:stop], k_pos=call.k_pos[..., :keys],
-                     q_index=torch.arange(k_len - q_len + start, k_len - q_len + stop, device=q.device),
-                     start=start, stop=stop, causal=call.causal, scale=call.scale, n_rep=call.n_rep, mask=mask)
-    terms = call.terms
-    scores = None
-    if terms is None or not terms.replaces_scores:
-        scores = (blk.q @ blk.k.transpose(-2, -1)) * call.scale  # (B, H, rows, keys)
-    logits = terms.logits(scores, blk) if terms is not None else scores
-    if call.uses_bias:
-        bias = call.pe.bias(blk.q_pos, blk.k_pos).to(compute)  # (H, rows, keys) or (B, H, rows, keys)
-        logits = logits + bias
-    probs = safe_softmax(blk.masked(logits))  # (B, H, rows, keys)
+    blk = _score_block(call, start, stop, q, k, v)
+    probs = _block_probs(call, blk, _raw_scores(call, blk))  # (B, H, rows, keys)
     out = probs @ blk.v  # (B, H, rows, Dv)
-    extra = terms.values(probs, blk) if terms is not None else None
+    extra = call.terms.values(probs, blk) if call.terms is not None else None
     if extra is not None:
         out = out + extra
     return out.to(q.dtype)
 
 
-@register_backend("chunked", priority=30, suits=_chunked_suits)
-def _chunked(call: AttentionCall) -> Tensor:
-    """Query blocks of :func:`chunk_rows` rows, each with only its own mask; checkpointed under autograd.
-
-    Checkpointing is what keeps the *backward* pass small too: SDPA saves its ``attn_mask`` for backward, so without
-    it every block's mask would stay alive until backward and the total would be the dense mask again.
-    """
-    q, k, v = call.q, call.k, call.v
-    q_len, k_len = q.shape[-2], k.shape[-2]
-    rows = chunk_rows(call)
-    recompute = call.needs_grad
-    block = _scores_block if call.uses_terms else _attend_block
-    outs = []
+def _blocks(call: AttentionCall, rows: int):
+    """``(start, stop, key_stop)`` of each ``chunked`` block: causal blocks skip the keys none of their rows sees."""
+    q_len, k_len = call.q.shape[-2], call.k.shape[-2]
     for start in range(0, q_len, rows):
         stop = min(start + rows, q_len)
         # Causal: the block's last query sits at key index k_len - q_len + stop - 1; later keys are masked anyway.
-        key_stop = k_len - q_len + stop if call.causal else k_len
+        yield start, stop, (k_len - q_len + stop if call.causal else k_len)
+
+
+def _add_grouped_matmul_(out: Tensor, a: Tensor, b: Tensor, n_rep: int, alpha: float = 1.0) -> None:
+    """``out += alpha * a^T @ b`` summed over the ``n_rep`` query heads of each kv head, in place.
+
+    ``out`` ``(B, Hkv, M, N)`` (a view into a gradient buffer), ``a`` ``(B, H, K, M)``, ``b`` ``(B, H, K, N)``: the
+    heads of one group and their ``K`` rows form one contraction, so nothing ``(B, H, M, N)``-sized is allocated.
+    """
+    bsz, hkv, m, n = out.shape
+    a = a.reshape(bsz * hkv, n_rep * a.shape[-2], m)  # (B*Hkv, n_rep*K, M): a view for a contiguous a
+    b = b.reshape(bsz * hkv, n_rep * b.shape[-2], n)
+    out.view(bsz * hkv, m, n).baddbmm_(a.transpose(-2, -1), b, alpha=alpha)
+
+
+class _ChunkedTerms(torch.autograd.Function):
+    """``chunked`` attention with terms under autograd, ``O(rows * Tk)`` extra memory beyond the gradients.
+
+    The forward pass keeps nothing but its inputs. The backward pass recomputes one block at a time and sends its
+    gradients straight into ``dq`` (the block's rows), ``dk``/``dv`` and the term tensors' gradients, allocated once:
+    the core (``q k^T`` and ``probs @ v``) is differentiated by hand, with the products for ``dk`` and ``dv``
+    accumulated in place (:func:`_add_grouped_matmul_`), and autograd differentiates only the terms, from the block's
+    raw scores. Checkpointing each block (the fallback, :func:`_chunked`) would instead give every block a full-size
+    ``(B, Hkv, Tk, D)`` gradient of ``k`` and ``v`` and a full-size ``(B, H, Tq, D)`` one of its ``q`` slice.
+    """
+
+    @staticmethod
+    def forward(ctx, call: AttentionCall, rows: int, q: Tensor, k: Tensor, v: Tensor, *tensors: Tensor) -> Tensor:
+        ctx.call, ctx.rows = call, rows
+        ctx.save_for_backward(q, k, v, *tensors)
+        out = q.new_empty(*q.shape[:-1], v.shape[-1])  # (B, H, Tq, Dv)
+        for start, stop, key_stop in _blocks(call, rows):
+            out[:, :, start:stop] = _scores_block(call, start, stop, q[:, :, start:stop], k[:, :, :key_stop],
+                                                  v[:, :, :key_stop])
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        call, rows = ctx.call, ctx.rows
+        q, k, v, *tensors = ctx.saved_tensors
+        need_q, need_k, need_v, *need_t = ctx.needs_input_grad[2:]
+        compute, n_rep, scale = compute_dtype(q), call.n_rep, call.scale
+        dq = q.new_empty(q.shape, dtype=compute) if need_q else None  # every row is in one block: all written
+        dk = k.new_zeros(k.shape, dtype=compute) if need_k else None
+        dv = v.new_zeros(v.shape, dtype=compute) if need_v else None
+        # The terms' per-call tensors (the first len(call_tensors) of tensors) become leaves of the recomputed blocks,
+        # in a copy of the terms: their history belongs to the caller's graph, which autograd continues from the
+        # gradients returned here. The encoding's parameters (the rest) are leaves already.
+        names = call.terms.call_tensors
+        leaves = [t.detach().requires_grad_(need) if i < len(names) else t
+                  for i, (t, need) in enumerate(zip(tensors, need_t))]
+        if names:
+            terms = copy.copy(call.terms)
+            for name, leaf in zip(names, leaves):
+                setattr(terms, name, leaf)
+            call = dataclasses.replace(call, terms=terms)
+        dt: list[Tensor | None] = [None] * len(tensors)
+        for start, stop, key_stop in _blocks(call, rows):
+            blk = _score_block(call, start, stop, q[:, :, start:stop], k[:, :, :key_stop], v[:, :, :key_stop])
+            go = grad_out[:, :, start:stop].to(compute)  # (B, H, rows, Dv)
+            with torch.enable_grad():
+                # the terms may read blk.q, blk.k, blk.v: their own gradients
+                qg = blk.q.detach().requires_grad_(need_q)
+                kg = blk.k.detach().requires_grad_(need_k)
+                vg = blk.v.detach().requires_grad_(need_v)
+                blk_g = dataclasses.replace(blk, q=qg, k=kg, v=vg)
+                shifted = None if call.terms.replaces_scores else call.terms.queries(blk_g)  # (B, H, rows, D)
+            scores = None  # the raw scores (B, H, rows, keys), a leaf: their gradient gives the core's dq and dk
+            if shifted is not None:
+                scores = (shifted.detach() @ blk.k.transpose(-2, -1)) * scale
+                scores.requires_grad_(need_k or shifted.requires_grad)
+            with torch.enable_grad():
+                probs = _block_probs(call, blk_g, scores)
+                extra = call.terms.values(probs, blk_g)
+            inputs = [x for x in (scores, qg, kg, vg, *leaves) if x is not None and x.requires_grad]
+            if need_v:  # the core's value gradient: probs^T @ grad_out, summed per kv head
+                _add_grouped_matmul_(dv[:, :, :key_stop], probs.detach(), go, n_rep)
+            grads = [None] * len(inputs)
+            if probs.requires_grad:
+                outputs, seeds = [probs], [go @ blk.v.transpose(-2, -1)]  # d probs from probs @ v: (B, H, rows, keys)
+                if extra is not None and extra.requires_grad:
+                    outputs.append(extra)
+                    seeds.append(go.to(extra.dtype))
+                grads = list(torch.autograd.grad(outputs, inputs, seeds, allow_unused=True))
+            del probs, extra
+            got = dict(zip(map(id, inputs), grads))
+            d_scores = got.get(id(scores)) if scores is not None else None
+            if need_k and d_scores is not None:  # dk from the scores: d_scores^T @ queries * scale
+                _add_grouped_matmul_(dk[:, :, :key_stop], d_scores, shifted.detach(), n_rep, alpha=scale)
+            if d_scores is not None and shifted is not qg:  # shifted queries: on to q and the terms' tensors
+                through = [x for x in (qg, *leaves) if x.requires_grad]
+                extra_grads = torch.autograd.grad(shifted, through, (d_scores @ blk.k) * scale, allow_unused=True)
+                for x, g in zip(through, extra_grads):
+                    if g is not None:
+                        got[id(x)] = g if got.get(id(x)) is None else got[id(x)] + g
+                d_scores = None
+            if need_q:
+                d_q = got.get(id(qg))
+                d_q = torch.zeros_like(blk.q) if d_q is None else d_q
+                if d_scores is not None:  # from the scores: d_scores @ k * scale
+                    d_q = d_q + (d_scores @ blk.k) * scale
+                dq[:, :, start:stop] = d_q
+            for buf, got_x in ((dk, got.get(id(kg))), (dv, got.get(id(vg)))):
+                if buf is not None and got_x is not None:  # a term's own k/v gradient, summed per kv head
+                    b, h, keys, d = got_x.shape
+                    buf[:, :, :key_stop] += got_x.view(b, h // n_rep, n_rep, keys, d).sum(2)
+            for i, leaf in enumerate(leaves):
+                g = got.get(id(leaf)) if need_t[i] else None
+                if g is not None:
+                    dt[i] = g if dt[i] is None else dt[i].add_(g)
+        return (None, None, None if dq is None else dq.to(q.dtype), None if dk is None else dk.to(k.dtype),
+                None if dv is None else dv.to(v.dtype), *dt)
+
+
+@register_backend("chunked", priority=30, suits=_chunked_suits)
+def _chunked(call: AttentionCall) -> Tensor:
+    """Query blocks of :func:`chunk_rows` rows, each with only its own mask; recomputed in the backward pass.
+
+    Recomputing is what keeps the *backward* pass small too: SDPA saves its ``attn_mask`` for backward, so without
+    it every block's mask would stay alive until backward and the total would be the dense mask again. With terms
+    that declare what they read (``AttentionTerms.call_tensors``) the blocks run inside :class:`_ChunkedTerms`;
+    otherwise (and under ``torch.compile``) each block is checkpointed.
+    """
+    q, k, v = call.q, call.k, call.v
+    rows = chunk_rows(call)
+    if call.needs_grad and call.uses_terms and not torch.compiler.is_compiling() and (
+            call.attn_mask is None or not call.attn_mask.requires_grad):
+        names = call.terms.call_tensors
+        if names is not None:  # the terms' per-call tensors first, then the encoding's parameters (the bias's too)
+            tensors = [getattr(call.terms, name) for name in names]
+            params = [p for p in call.pe.parameters() if p.requires_grad]
+            return _ChunkedTerms.apply(call, rows, q, k, v, *tensors, *params)
+    recompute = call.needs_grad
+    block = _scores_block if call.uses_terms else _attend_block
+    outs = []
+    for start, stop, key_stop in _blocks(call, rows):
         args = (call, start, stop, q[:, :, start:stop], k[:, :, :key_stop], v[:, :, :key_stop])
         if recompute:
             outs.append(checkpoint(block, *args, use_reentrant=False, preserve_rng_state=False))

@@ -5,7 +5,7 @@ An encoding whose effect on attention is more than a position-only bias (``bias`
 (``reference``, ``dense``, ``chunked``) then compute, for each block of query rows ``start:stop`` against the keys
 ``:key_stop`` it may see::
 
-    scores = q_blk k^T * scale                            (B, H, rows, keys)   -- skipped if terms.replaces_scores
+    scores = terms.queries(blk) k^T * scale               (B, H, rows, keys)   -- skipped if terms.replaces_scores
     logits = terms.logits(scores, blk)                    (B, H, rows, keys)   -- the encoding's logit terms
     logits = logits + bias + mask                         the one mask: posenc.attention.block_mask
     probs  = safe_softmax(logits)                         the one softmax
@@ -151,6 +151,21 @@ class AttentionTerms:
     # many intermediates (CoPE, DAPE) still stay within its per-block memory budget. Measured values for the built-in
     # terms are in benchmarks/terms_memory.py's output (peak extra memory / one block's score size).
     pair_tensors: ClassVar[int] = 8
+    # Names of the attributes holding per-call tensors (prepared in ``terms(...)``) that :meth:`logits`/:meth:`values`
+    # read and that may carry gradients, e.g. Transformer-XL's ``u . k``; ``()`` when the block methods read only the
+    # block and the encoding's parameters. ``chunked`` recomputes each block in its own backward pass and returns the
+    # gradients of the block's q/k/v, the parameters and these tensors into buffers allocated once. ``None`` (not
+    # declared, the default) makes it checkpoint each block instead: exact, but every block then has full-size
+    # transient gradients of q, k and v.
+    call_tensors: ClassVar[tuple[str, ...] | None] = None
+
+    def queries(self, blk: ScoreBlock) -> Tensor:
+        """The queries ``(B, H, rows, D)`` the raw scores ``queries @ k^T * scale`` are formed from.
+
+        ``blk.q`` unless an encoding shifts them: Transformer-XL's ``(q_i + u) . k_j``. Shifting the queries rather
+        than adding ``u . k_j`` as a logit term lets ``chunked`` form the key gradient of both in one product.
+        """
+        return blk.q
 
     def logits(self, scores: Tensor | None, blk: ScoreBlock) -> Tensor:
         """The block's logits ``(B, H, rows, keys)`` from its raw scores ``q_blk k^T * scale`` (before bias and mask).

@@ -152,7 +152,7 @@ NAIVE = {"shaw": naive_shaw, "transformer_xl": naive_transformer_xl, "cope": nai
 # -- fused == naive ----------------------------------------------------------------------------------------------------
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """``chunked`` in its smallest blocks (16 rows): 36 queries are blocks of 16, 16 and 4 rows."""
+    """``chunked`` in its smallest blocks (TERMS_MIN_ROWS = 4 rows with terms): 36 queries are nine blocks."""
     monkeypatch.setattr(importlib.import_module("posenc.attention"), "CHUNK_ELEMENTS", 1)
 
 

@@ -76,16 +76,56 @@ def cope_interpolate(pos_logits: Tensor, positions: Tensor) -> Tensor:
 
     Args:
         pos_logits: ``(B, H, Tq, P)``: ``q_i . e[p]`` for ``p = 0 .. P-1``.
-        positions: ``(B, H, Tq, Tk)`` fractional positions in ``[0, P-1]``.
+        positions: ``(B, H, Tq, Tk)`` fractional positions in ``[0, P-1]``; larger ones are clamped to ``P - 1``
+            (with zero gradient there, as ``clamp`` gives).
 
     Returns:
         ``(B, H, Tq, Tk)``: ``(1 - w) * pos_logits[floor p] + w * pos_logits[ceil p]`` with ``w = p - floor p``.
     """
+    top = pos_logits.shape[-1] - 1
+    if torch.is_grad_enabled() and (pos_logits.requires_grad or positions.requires_grad) \
+            and not torch.compiler.is_compiling():
+        return _Interpolation.apply(pos_logits, positions, top)
+    return _interpolate(pos_logits, positions.clamp(max=top))
+
+
+def _interpolate(pos_logits: Tensor, positions: Tensor) -> Tensor:
     floor = positions.floor()
     w = positions - floor
     lo = pos_logits.gather(-1, floor.long())
     hi = pos_logits.gather(-1, positions.ceil().long())
     return hi * w + lo * (1.0 - w)
+
+
+class _Interpolation(torch.autograd.Function):
+    """:func:`cope_interpolate` saving only the positions (autograd would keep ~8 score-sized tensors: int64 floor
+    and ceil indices, weights, both gathers), so a ``chunked`` block's backward pass stays small. The gradients:
+    ``d pos_logits`` scatters ``g (1 - w)`` to ``floor p`` and ``g w`` to ``ceil p``; ``d p = g (e[ceil p] -
+    e[floor p])`` where ``p <= P - 1`` (0 where clamped)."""
+
+    @staticmethod
+    def forward(ctx, pos_logits: Tensor, positions: Tensor, top: int) -> Tensor:
+        ctx.save_for_backward(pos_logits, positions)
+        ctx.top = top
+        return _interpolate(pos_logits, positions.clamp(max=top))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        pos_logits, positions = ctx.saved_tensors
+        p = positions.clamp(max=ctx.top)
+        floor = p.floor()
+        w = p - floor  # (B, H, Tq, Tk)
+        lo_idx, hi_idx = floor.long(), p.ceil().long()
+        d_logits = None
+        if ctx.needs_input_grad[0]:
+            d_logits = torch.zeros_like(pos_logits).scatter_add_(-1, hi_idx, grad * w)
+            d_logits.scatter_add_(-1, lo_idx, grad * (1.0 - w))
+        d_pos = None
+        if ctx.needs_input_grad[1]:
+            d_pos = pos_logits.gather(-1, hi_idx).sub_(pos_logits.gather(-1, lo_idx)).mul_(grad)
+            d_pos.masked_fill_(positions > ctx.top, 0.0)
+        return d_logits, d_pos, None
 
 
 @register("cope")
@@ -145,19 +185,18 @@ class CoPE(PositionalEncoding):
 class CoPETerms(AttentionTerms):
     """CoPE's gated-count, interpolated position term for one call; see :class:`CoPE`."""
 
-    pair_tensors = 24  # measured at T=4096 (benchmarks/terms_memory.py): gates, cumsums, floor/ceil int64 indices, ...
+    pair_tensors = 16  # measured at T=4096 (live tensors in chunked's backward pass): gates, counts, indices, grads
+    call_tensors = ()  # the block methods read the block and the encoding's tables only
 
     def __init__(self, pe: CoPE) -> None:
         self.pe = pe
-
     def logits(self, scores: Tensor, blk: ScoreBlock) -> Tensor:
         pe, ct = self.pe, scores.dtype
         past, future = cope_positions(torch.sigmoid(blk.masked(scores)), causal=blk.causal,
                                       query_index=blk.q_index)  # (B, H, rows, keys) each
-        top = pe.npos_max - 1
-        position = cope_interpolate(blk.q @ pe.pos_table.to(ct).t(), past.clamp(max=top))  # (B, H, rows, keys)
+        position = cope_interpolate(blk.q @ pe.pos_table.to(ct).t(), past)  # (B, H, rows, keys), clamped to P - 1
         if future is not None:
-            future_term = cope_interpolate(blk.q @ pe.future_table.to(ct).t(), future.clamp(max=top))
+            future_term = cope_interpolate(blk.q @ pe.future_table.to(ct).t(), future)
             after = torch.arange(blk.keys, device=scores.device) > blk.q_index[:, None]  # (rows, keys)
             position = torch.where(after, future_term, position)
         return scores + position

@@ -155,11 +155,11 @@ class ShawRelative(PositionalEncoding):
 class ShawTerms(AttentionTerms):
     """Shaw's key term (a logit term) and value term for one call; see :class:`ShawRelative`."""
 
-    pair_tensors = 9  # measured at T=4096 (benchmarks/terms_memory.py): bucket indices, scores, logits, probs, grads
+    pair_tensors = 9  # measured at T=4096 (live tensors in chunked's backward pass): scores, logits, probs, grads
+    call_tensors = ()  # the block methods read the block and the encoding's tables only
 
     def __init__(self, pe: ShawRelative) -> None:
         self.pe = pe
-
     def _buckets(self, blk: ScoreBlock) -> Tensor:
         return shaw_buckets(blk.q_pos, blk.k_pos, self.pe.max_relative_position)  # (B|1, rows, keys)
 

@@ -50,7 +50,10 @@ def relative_sinusoid(dist: Tensor, rel_dim: int, *, dtype: torch.dtype = torch.
     Angles are formed in float64, so ``R`` is exact to ``dtype`` rounding at any distance.
     """
     angles = dist.to(torch.float64).unsqueeze(-1) * xl_frequencies(rel_dim, device=dist.device)  # (..., F)
-    return torch.cat((angles.sin(), angles.cos()), dim=-1).to(dtype)
+    out = angles.new_empty(*angles.shape[:-1], rel_dim, dtype=dtype)  # written in halves: no concatenated copy
+    out[..., :rel_dim // 2] = angles.sin()
+    out[..., rel_dim // 2:] = angles.cos_()
+    return out
 
 
 def xl_position_logits(qv: Tensor, w_r: Tensor, q_pos: Tensor, k_pos: Tensor, *, method: str = "auto") -> Tensor:
@@ -99,10 +102,44 @@ def xl_position_logits(qv: Tensor, w_r: Tensor, q_pos: Tensor, k_pos: Tensor, *,
         query_side = torch.cat((a * sq + c * cq, c * sq - a * cq), dim=-1)  # (B, H, Tq, 2F)
         key_side = torch.cat((ang_k.cos(), ang_k.sin()), dim=-1).to(qv.dtype)[:, None]  # (B|1, 1, Tk, 2F)
         return query_side @ key_side.transpose(-2, -1)  # (B, H, Tq, Tk)
-    r = relative_sinusoid(uniq, rel_dim, dtype=qv.dtype)  # (U, d_R)
-    r_heads = torch.einsum("hdr,ur->hud", w_heads, r)  # (H, U, D): W_R R_d per head
-    per_dist = qv @ r_heads.transpose(-2, -1)  # (B, H, Tq, U)
+    y = qv @ w_heads  # (B, H, Tq, d_R)
+    if torch.compiler.is_compiling():
+        per_dist = y @ relative_sinusoid(uniq, rel_dim, dtype=qv.dtype).t()  # (B, H, Tq, U)
+    else:  # the same without holding R (U, d_R) whole
+        per_dist = _SinusoidLogits.apply(y, uniq)  # (B, H, Tq, U): (q_i + v) . W_R R_d per distance
     return per_dist.gather(-1, inverse[:, None].expand(b, h, tq, tk))
+
+
+class _SinusoidLogits(torch.autograd.Function):
+    """``y @ R^T`` for ``y`` ``(..., d_R)`` and the sinusoids ``R`` ``(U, d_R)`` at the distances ``dist`` ``(U,)``.
+
+    ``R`` is a constant as large as the keys (``U ~ Tq + Tk`` rows of ``d_R = dim``), so it is made in pieces of
+    ``_TABLE_PIECE`` distances, in the forward pass and again in the backward pass, and never held whole: on
+    ``chunked`` that keeps every block's extra memory ``O(rows * Tk)``.
+    """
+
+    @staticmethod
+    def forward(ctx, y: Tensor, dist: Tensor) -> Tensor:
+        ctx.save_for_backward(dist)
+        ctx.rel_dim = y.shape[-1]
+        out = y.new_empty(*y.shape[:-1], dist.shape[0])  # (..., U)
+        for a in range(0, dist.shape[0], _TABLE_PIECE):
+            r = relative_sinusoid(dist[a:a + _TABLE_PIECE], y.shape[-1], dtype=y.dtype)  # (piece, d_R)
+            out[..., a:a + _TABLE_PIECE] = y @ r.t()
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        (dist,) = ctx.saved_tensors
+        dy = grad.new_zeros(*grad.shape[:-1], ctx.rel_dim)  # (..., d_R)
+        for a in range(0, dist.shape[0], _TABLE_PIECE):
+            r = relative_sinusoid(dist[a:a + _TABLE_PIECE], ctx.rel_dim, dtype=grad.dtype)  # (piece, d_R)
+            dy.add_(grad[..., a:a + _TABLE_PIECE] @ r)
+        return dy, None
+
+
+_TABLE_PIECE = 512  # distances per piece of R in _SinusoidLogits
 
 
 @register("transformer_xl")
@@ -162,14 +199,17 @@ class TransformerXLTerms(AttentionTerms):
     """Transformer-XL's content-bias and position terms for one call; see :class:`TransformerXL`."""
 
     pair_tensors = 11  # measured at T=4096 (benchmarks/terms_memory.py): scores, position term, gather indices, ...
+    call_tensors = ()  # the block methods read the block and the encoding's parameters only
 
     def __init__(self, pe: TransformerXL) -> None:
         self.pe = pe
 
+    def queries(self, blk: ScoreBlock) -> Tensor:
+        return blk.q + self.pe.content_bias.to(blk.q.dtype)[None, :, None, :]  # (B, H, rows, D): q_i + u
+
     def logits(self, scores: Tensor, blk: ScoreBlock) -> Tensor:
+        # scores = (q_i + u) . k_j * scale (queries() adds the content bias u)
         pe, ct = self.pe, blk.q.dtype
-        u = pe.content_bias.to(ct)[None, :, None, :]  # (1, H, 1, D)
-        vb = pe.position_bias.to(ct)[None, :, None, :]
-        content_bias = u @ blk.k.transpose(-2, -1)  # (B, H, 1, keys): u . k_j
+        vb = pe.position_bias.to(ct)[None, :, None, :]  # (1, H, 1, D)
         position = xl_position_logits(blk.q + vb, pe.w_r.to(ct), blk.q_pos, blk.k_pos, method=pe.method)
-        return scores + (content_bias + position) * blk.scale  # (B, H, rows, keys)
+        return scores + position * blk.scale  # (B, H, rows, keys)
