@@ -39,6 +39,7 @@ __all__ = [
     "check_positions",
     "check_positions_layout",
     "default_positions",
+    "encoding_class",
     "get_encoding",
     "list_encodings",
     "register",
@@ -277,6 +278,11 @@ _REGISTRY: Registry[type[PositionalEncoding]] = Registry("encoding", PositionalE
 def register(name: str) -> Callable[[type], type]:
     """Class decorator: make an encoding available as ``get_encoding(name, ...)``."""
     return _REGISTRY.register(name)
+
+
+def encoding_class(name: str) -> type[PositionalEncoding]:
+    """The class registered as ``name`` (case-insensitive), without building it."""
+    return _lookup(name)
 
 
 def registered_names() -> list[str]:

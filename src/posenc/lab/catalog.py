@@ -87,11 +87,11 @@ def encoding_names() -> list[str]:
 
 def build_catalog() -> dict:
     """The catalog's content from the live registries (imports every task and encoding module, so torch)."""
-    from posenc.base import _REGISTRY, registered_names
+    from posenc.base import encoding_class, registered_names
     from posenc.lab.tasks.base import registered_tasks, task_class
 
     builtin = sorted(name for name in registered_names()
-                     if _REGISTRY[name].__module__.startswith("posenc.encodings."))
+                     if encoding_class(name).__module__.startswith("posenc.encodings."))
     tasks = [task_class(name) for name in registered_tasks()]
     return {"TASK_MODULES": _modules("lab/tasks"), "ENCODING_MODULES": _modules("encodings"),
             "ENCODINGS": tuple(builtin),
