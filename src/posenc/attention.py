@@ -53,7 +53,6 @@ import copy
 import dataclasses
 import logging
 import math
-import shutil
 from collections.abc import Callable
 
 import torch
@@ -63,6 +62,7 @@ from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from posenc.base import PositionalEncoding, check_positions, check_positions_layout, default_positions
+from posenc.flex import HAVE_CXX, causal_flex_block_mask, flex_block_mask, flex_forward, flex_module
 from posenc.positions import Positions
 from posenc.terms import AttentionTerms, ScoreBlock, compute_dtype, expand_kv, safe_softmax
 
@@ -529,27 +529,11 @@ def _chunked(call: AttentionCall) -> Tensor:
     return torch.cat(outs, dim=-2)  # (B, H, Tq, Dv)
 
 
-_FLEX_COMPILED: Callable | None = None
-
-
-def _flex_module():
-    try:
-        from torch.nn.attention import flex_attention as flex
-    except ImportError:
-        return None
-    return flex
-
-
-# Whether a C++ compiler is on PATH (torch.compile's CPU backend needs one for FlexAttention on CPU). Looked up once,
-# at import: not inside attention(), which torch.compile traces (dynamo cannot trace the file-system lookup).
-HAVE_CXX = shutil.which("g++") is not None or shutil.which("clang++") is not None
-
-
 def _flex_supports(call: AttentionCall) -> str | None:
     if call.uses_terms:
         return (f"{call.pe.name}'s attention terms read the queries, keys or scores, which a FlexAttention "
                 f"score_mod cannot; use 'chunked' (O(rows * Tk) memory) or 'dense'")
-    if _flex_module() is None:
+    if flex_module() is None:
         return f"torch {torch.__version__} has no torch.nn.attention.flex_attention (it needs torch >= 2.5)"
     device = call.q.device.type
     if device == "cpu" and call.needs_grad:
@@ -589,106 +573,13 @@ def _flex_suits(call: AttentionCall) -> str | None:
     return None
 
 
-def _flex_block_mask(call: AttentionCall):
-    """A FlexAttention ``BlockMask`` for the causal mask and a bool ``attn_mask``, or ``None`` without either."""
-    flex = _flex_module()
-    b, h, q_len, _ = call.q.shape
-    k_len = call.k.shape[-2]
-    mods = []
-    batch_dims: tuple[int | None, int | None] = (None, None)
-    if call.causal:
-        offset = k_len - q_len  # bottom-right: query i sits at key index offset + i
-
-        def causal_mod(b_idx, h_idx, q_idx, kv_idx):
-            return kv_idx <= q_idx + offset
-
-        mods.append(causal_mod)
-    if call.attn_mask is not None:
-        m = call.attn_mask.reshape((1,) * (4 - call.attn_mask.dim()) + tuple(call.attn_mask.shape))
-        batch_dims = (b if m.shape[0] > 1 else None, h if m.shape[1] > 1 else None)
-        m = m.expand(b, h, q_len, k_len)  # a view: no copy
-
-        def mask_mod(b_idx, h_idx, q_idx, kv_idx):
-            return m[b_idx, h_idx, q_idx, kv_idx]
-
-        mods.append(mask_mod)
-    if not mods:
-        return None
-    if call.attn_mask is None:  # causal only: built from block arithmetic, O((T / 128)^2) integers
-        key = (q_len, k_len, str(call.q.device))
-        if key not in _CAUSAL_BLOCK_MASKS:  # every layer of a model asks for the same one
-            if len(_CAUSAL_BLOCK_MASKS) >= 8:
-                _CAUSAL_BLOCK_MASKS.pop(next(iter(_CAUSAL_BLOCK_MASKS)))
-            _CAUSAL_BLOCK_MASKS[key] = causal_flex_block_mask(q_len, k_len, call.q.device)
-        return _CAUSAL_BLOCK_MASKS[key]
-    mod = mods[0] if len(mods) == 1 else flex.and_masks(*mods)
-    # Eager create_block_mask evaluates mask_mod on the whole (Tq, Tk) grid (int64 indices: 8 bytes per pair);
-    # compiled, it works block by block. On CPU compiling it would add another ~30 s, so only on GPU.
-    return flex.create_block_mask(mod, batch_dims[0], batch_dims[1], q_len, k_len, device=call.q.device,
-                                  _compile=call.q.device.type != "cpu")
-
-
-_CAUSAL_BLOCK_MASKS: dict[tuple[int, int, str], object] = {}  # (Tq, Tk, device) -> BlockMask, oldest first
-
-
-def causal_flex_block_mask(q_len: int, k_len: int, device: torch.device | str, *, block: int = 128):
-    """The bottom-right causal FlexAttention ``BlockMask`` without evaluating the mask on the ``(Tq, Tk)`` grid.
-
-    A ``block x block`` tile of query block ``i`` and key block ``j`` is *full* when every key in it is at or before
-    the first query's key index (``Tk - Tq + i * block``), *partial* (the mask is applied inside it) when only some
-    are, and skipped otherwise; tiles cut by the sequence ends count as partial. The result equals
-    ``create_block_mask`` of the same mask (``tests/test_attention_backends.py`` checks it) at ``O((T / block)^2)``
-    memory instead of ``O(Tq * Tk)``.
-    """
-    flex = _flex_module()
-    offset = k_len - q_len  # query i sits at key index offset + i
-
-    def causal_mod(b_idx, h_idx, q_idx, kv_idx):
-        return kv_idx <= q_idx + offset
-
-    n_q, n_k = -(-q_len // block), -(-k_len // block)
-    qi = torch.arange(n_q, device=device)[:, None]  # (nq, 1)
-    kj = torch.arange(n_k, device=device)[None, :]  # (1, nk)
-    q_first, q_last = qi * block, torch.clamp((qi + 1) * block, max=q_len) - 1
-    k_first, k_last = kj * block, torch.clamp((kj + 1) * block, max=k_len) - 1
-    whole = ((qi + 1) * block <= q_len) & ((kj + 1) * block <= k_len)
-    full = (k_last <= offset + q_first) & whole  # (nq, nk)
-    partial = (k_first <= offset + q_last) & ~full
-
-    def as_blocks(m: Tensor) -> tuple[Tensor, Tensor]:
-        # (1, 1, nq) counts and (1, 1, nq, nk) indices with the selected key blocks first, in order
-        order = torch.argsort((~m).to(torch.int32), dim=-1, stable=True)
-        return m.sum(-1).to(torch.int32)[None, None], order.to(torch.int32)[None, None]
-
-    return flex.BlockMask.from_kv_blocks(*as_blocks(partial), *as_blocks(full), BLOCK_SIZE=block,
-                                         mask_mod=causal_mod, seq_lengths=(q_len, k_len))
-
-
-def _compiled_flex() -> Callable:
-    global _FLEX_COMPILED
-    flex = _flex_module()
-    if torch.compiler.is_compiling():  # already inside the caller's torch.compile: let it trace flex directly
-        return flex.flex_attention
-    if _FLEX_COMPILED is None:
-        _FLEX_COMPILED = torch.compile(flex.flex_attention)
-    return _FLEX_COMPILED
-
-
 @register_backend("flex", priority=40, supports=_flex_supports, suits=_flex_suits)
 def _flex(call: AttentionCall) -> Tensor:
     """FlexAttention: the encoding's ``score_mod`` and a ``block_mask``, compiled; no ``(Tq, Tk)`` tensor."""
     score_mod = call.pe.score_mod(call.q_pos, call.k_pos) if call.uses_bias else None
-    block_mask = _flex_block_mask(call)
-    # Each encoding's score_mod (and causal/masked, dtype, ...) is its own compiled graph. Past dynamo's recompile
-    # limit (8) dynamo would silently run Flex *eagerly*, which materializes the full score matrix (and has no
-    # backward for some score_mods): allow more graphs, and make hitting the limit an error instead.
-    limits = {name: max(getattr(torch._dynamo.config, name), 64) for name in ("recompile_limit", "cache_size_limit")
-              if hasattr(torch._dynamo.config, name)}
-    fail = {name: True for name in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit")
-            if hasattr(torch._dynamo.config, name)}
-    with torch._dynamo.config.patch(**limits, **fail):
-        return _compiled_flex()(call.q, call.k, call.v, score_mod=score_mod, block_mask=block_mask,
-                                scale=call.scale, enable_gqa=call.n_rep > 1)  # (B, H, Tq, Dv)
+    block_mask = flex_block_mask(call.q, call.k, causal=call.causal, attn_mask=call.attn_mask)
+    return flex_forward(call.q, call.k, call.v, score_mod=score_mod, block_mask=block_mask, scale=call.scale,
+                        enable_gqa=call.n_rep > 1)  # (B, H, Tq, Dv)
 
 
 @register_backend("reference", priority=-100)
