@@ -166,3 +166,18 @@ def test_report_says_how_much_of_its_suite_is_recorded_and_where_the_time_went(t
     report = write_report(tmp_path).read_text(encoding="utf-8")
     assert "Partial: 3 of the" in report and "## Where the time goes" in report
     assert "Partial: 3 of the" in (tmp_path / "report.html").read_text(encoding="utf-8")
+
+
+def test_randomized_comparison_finds_runs_with_options_as_the_standard_suite_records_them():
+    # the standard suite runs randomized with {"sample_at_eval": true} (Ruoss et al.'s protocol): its summary row is
+    # labelled with the options, and the comparison must still find it (it once looked for the bare name)
+    from posenc.lab.report import randomized_comparison
+
+    options = {"sample_at_eval": True}
+    records = [_record("parity_check", "sinusoidal", 0, {4: 1.0, 8: 0.5}),
+               dict(_record("parity_check", "randomized", 0, {4: 1.0, 8: 0.6}), encoding_options=options,
+                    config={"model": {"encoding_options": {"randomized": options}}})]
+    result = randomized_comparison(records)
+    assert result is not None and [row[:2] for row in result["rows"]] == [("parity_check", "sinusoidal")]
+    assert result["mean_gain"] == pytest.approx(0.1)
+    assert result["verdict"] == "not comparable" and "needs at least 3" in result["why"]  # one task is no verdict

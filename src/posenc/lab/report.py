@@ -371,20 +371,23 @@ def randomized_comparison(records: list[dict]) -> dict | None:
 
     Returns ``rows`` (task, base, base score, randomized score, difference), the mean difference, the number of
     tasks where randomized is ahead, a verdict (``agrees`` when randomized is ahead on average and on most tasks,
-    ``partly`` when ahead on average or on most tasks but not both, ``disagrees`` otherwise) and a one-line why.
+    ``partly`` when ahead on average or on most tasks but not both, ``disagrees`` otherwise; ``not comparable`` with
+    fewer than 3 such tasks) and a one-line why.
     """
     rows_by_task: dict[str, dict[str, dict]] = {}
     bases: dict[str, str] = {}
+    labels: dict[str, str] = {}  # task -> the randomized runs' row label (with their options, as the summary has it)
     for r in records:
         if r["encoding"] == "randomized":
             bases[r["task"]] = r.get("config", {}).get("model", {}).get("encoding_options", {}).get(
                 "randomized", {}).get("base", "sinusoidal")
+            labels[r["task"]] = encoding_label(r)
     for row in summary_rows(records):
         rows_by_task.setdefault(row["task"], {})[row["encoding"]] = row
     rows, skipped = [], []
     for task, base in sorted(bases.items()):
         by_enc = rows_by_task.get(task, {})
-        ours, theirs = by_enc.get("randomized"), by_enc.get(base)
+        ours, theirs = by_enc.get(labels[task]), by_enc.get(base)
         if ours is None or theirs is None or ours["beyond_learned"] is None or theirs["beyond_learned"] is None:
             skipped.append(task)
             continue
@@ -394,7 +397,9 @@ def randomized_comparison(records: list[dict]) -> dict | None:
         return None
     mean_gain = statistics.fmean(r[4] for r in rows)
     ahead = sum(r[4] > 0 for r in rows)
-    if mean_gain > 0 and ahead * 2 > len(rows):
+    if len(rows) < 3:  # one or two tasks (all of them at chance, say) make no verdict on the paper's claim
+        word = "not comparable"
+    elif mean_gain > 0 and ahead * 2 > len(rows):
         word = "agrees"
     elif mean_gain > 0 or ahead * 2 > len(rows):
         word = "partly"
@@ -402,6 +407,8 @@ def randomized_comparison(records: list[dict]) -> dict | None:
         word = "disagrees"
     why = (f"randomized is {mean_gain:+.1%} on average beyond the training length, ahead on {ahead} of {len(rows)} "
            f"tasks where both learned (paper: +12.0% mean over 15 tasks)")
+    if len(rows) < 3:
+        why += "; a verdict needs at least 3 such tasks"
     if skipped:
         why += f"; left out (one of the two did not learn or was not run): {', '.join(skipped)}"
     return {"rows": rows, "mean_gain": mean_gain, "ahead": ahead, "verdict": word, "why": why}
