@@ -15,7 +15,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from posenc.bench.attention import run_attention_bench
@@ -52,8 +51,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{peak / scores_mib:.1%} | {(peak - floor) / scores_mib:.1%} | {row['time_ms'] / 1000:.1f} |")
             sys.stdout.flush()
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        from posenc.cli.bench import write_json  # atomic, like posenc bench --json
+
+        write_json(args.json, {"results": rows})
     return 0
 
 

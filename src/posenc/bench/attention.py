@@ -293,8 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                heads=args.heads, head_dim=args.head_dim, repeats=args.repeats)
     print(format_table(rows))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        from posenc.cli.bench import write_json  # atomic, like posenc bench --json
+
+        write_json(args.json, {"results": rows})
     return 0
 
 
