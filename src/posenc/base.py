@@ -36,6 +36,7 @@ from posenc.terms import AttentionTerms
 __all__ = [
     "EncodingInfo",
     "PositionalEncoding",
+    "check_integer_tensor",
     "check_positions",
     "check_positions_layout",
     "default_positions",
@@ -68,6 +69,18 @@ def check_positions(pos: Tensor | None, length: int, *, name: str = "pos", batch
     return pos
 
 
+def check_integer_tensor(value, *, name: str, shape: str, what: str = "positions", type_hint: str = "",
+                         dtype_hint: str = "") -> None:
+    """Raise ``TypeError`` unless ``value`` is a tensor of an integer dtype (metadata only: no value is read).
+
+    ``shape`` is the expected shape in words, ``what`` what the integers are; the hints end each message.
+    """
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be an int64 tensor of shape {shape}; got {type(value).__name__}.{type_hint}")
+    if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer {what} (int64); got dtype {value.dtype}.{dtype_hint}")
+
+
 def check_positions_layout(pos: Tensor, length: int, *, name: str = "pos", batch: int | None = None,
                            device: torch.device | None = None) -> None:
     """The checks of :func:`check_positions` that read no values: type, dtype, shape, batch, device.
@@ -75,12 +88,10 @@ def check_positions_layout(pos: Tensor, length: int, *, name: str = "pos", batch
     Reads only metadata (no kernel, no device sync), so a hook may repeat it freely for positions whose values
     were already checked (e.g. the same positions tensor at every layer of one forward).
     """
-    if not isinstance(pos, Tensor):
-        raise TypeError(f"{name} must be an int64 tensor of shape (T,) or (B, T); got {type(pos).__name__}. "
-                        f"Hint: torch.arange(T) gives the default positions.")
-    if pos.dtype.is_floating_point or pos.dtype.is_complex or pos.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer positions (int64); got dtype {pos.dtype}. Fractional positions "
-                        f"are not supported here: to stretch a RoPE model, use a scaling instead. Hint: pos.long().")
+    check_integer_tensor(pos, name=name, shape="(T,) or (B, T)",
+                         type_hint=" Hint: torch.arange(T) gives the default positions.",
+                         dtype_hint=" Fractional positions are not supported here: to stretch a RoPE model, use a "
+                                    "scaling instead. Hint: pos.long().")
     if pos.dim() not in (1, 2):
         raise ValueError(f"{name} must have shape (T,) or (B, T); got shape {tuple(pos.shape)}.")
     if pos.shape[-1] != length:

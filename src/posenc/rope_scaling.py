@@ -136,6 +136,21 @@ def _original_length(params: Mapping[str, Any], method: str) -> int:
     return value
 
 
+def _band(params: Mapping[str, Any], method: str, upper: tuple[str, str], lower: tuple[str, str],
+          usual: str) -> tuple[float, float]:
+    """The edges ``(upper, lower)`` of a method's blend band: two positive numbers, ``upper > lower``.
+
+    ``upper`` and ``lower`` are ``(key, what it means)``; ``usual`` says what the paper uses.
+    """
+    (hi_key, hi_means), (lo_key, lo_means) = upper, lower
+    high = _number(params, hi_key, method, minimum=0.0, strict=True)
+    low = _number(params, lo_key, method, minimum=0.0, strict=True)
+    if high <= low:
+        raise ValueError(f"rope scaling {method!r}: {hi_key} ({hi_means}) must exceed {lo_key} ({lo_means}); got "
+                         f"{hi_key}={high:g}, {lo_key}={low:g}. {usual}")
+    return high, low
+
+
 def _ntk_exponent(rotary_dim: int, method: str) -> float:
     if rotary_dim <= 2:
         raise ValueError(f"rope scaling {method!r}: the NTK base change base * s^(d / (d - 2)) needs rotary_dim > 2; "
@@ -236,12 +251,8 @@ def yarn_scaling(rotary_dim: int, base: float, params: Mapping[str, Any], *,
     import torch
     factor = _factor(params, "yarn")
     original = _original_length(params, "yarn")
-    beta_fast = _number(params, "beta_fast", "yarn", minimum=0.0, strict=True)
-    beta_slow = _number(params, "beta_slow", "yarn", minimum=0.0, strict=True)
-    if beta_fast <= beta_slow:
-        raise ValueError(f"rope scaling 'yarn': beta_fast (turns above which pairs are kept) must exceed beta_slow "
-                         f"(turns below which they are interpolated); got beta_fast={beta_fast:g}, "
-                         f"beta_slow={beta_slow:g}. The paper uses 32 and 1.")
+    beta_fast, beta_slow = _band(params, "yarn", ("beta_fast", "turns above which pairs are kept"),
+                                 ("beta_slow", "turns below which they are interpolated"), "The paper uses 32 and 1.")
     truncate = params.get("truncate", True)
     if not isinstance(truncate, bool):
         raise ValueError(f"rope scaling 'yarn': truncate must be a bool; got {truncate!r}.")
@@ -322,11 +333,8 @@ def llama3_scaling(rotary_dim: int, base: float, params: Mapping[str, Any], *,
     import torch
     factor = _factor(params, "llama3")
     original = _original_length(params, "llama3")
-    low = _number(params, "low_freq_factor", "llama3", minimum=0.0, strict=True)
-    high = _number(params, "high_freq_factor", "llama3", minimum=0.0, strict=True)
-    if high <= low:
-        raise ValueError(f"rope scaling 'llama3': high_freq_factor must exceed low_freq_factor; got "
-                         f"high_freq_factor={high:g}, low_freq_factor={low:g} (Meta uses 4 and 1).")
+    high, low = _band(params, "llama3", ("high_freq_factor", "wavelengths under L0 / it are kept"),
+                      ("low_freq_factor", "wavelengths over L0 / it are interpolated"), "Meta uses 4 and 1.")
     theta = base_inv_freq(rotary_dim, base)
     wavelength = 2 * math.pi / theta
     blend = ((original / wavelength - low) / (high - low)).clamp(0, 1)  # 1 = keep, 0 = interpolate

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import importlib
 import os
 import statistics
 import sys
@@ -144,45 +145,37 @@ def _peer_fns(names: Sequence[str], q: Tensor, k: Tensor, cos: Tensor, sin: Tens
     b = q.shape[0]
     hf_cos, hf_sin = half_cos.expand(b, -1, -1).contiguous(), half_sin.expand(b, -1, -1).contiguous()  # (B, T, D)
     angles = torch.atan2(sin, cos).repeat_interleave(2, -1)  # (T, D) interleaved angles, as these peers take them
+    freqs = angles[None]  # (1, T, D), as x-transformers takes them
+
+    def peer(row: str, layout: str, module: str, attr: str, make: Callable[[Callable], Callable], note: str):
+        """The row for ``module.attr`` wrapped by ``make``, or a row with ``fn=None`` saying why it is missing."""
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except ImportError as exc:
+            return row, layout, None, f"{module.partition('.')[0]} not importable: {exc}"
+        return row, layout, make(fn), note
+
     if "hf" in names:
-        try:
-            from transformers.models.llama.modeling_llama import apply_rotary_pos_emb as hf_apply
-        except ImportError as exc:
-            yield "hf apply_rotary_pos_emb eager", "half", None, f"transformers not importable: {exc}"
-        else:
-            yield ("hf apply_rotary_pos_emb eager", "half", lambda a, c: hf_apply(a, c, hf_cos, hf_sin),
-                   "cos/sin (B, T, D) precomputed in the input dtype")
-            if compile_peers:
-                compiled = torch.compile(hf_apply, dynamic=False)
-                yield ("hf apply_rotary_pos_emb torch.compile", "half", lambda a, c: compiled(a, c, hf_cos, hf_sin),
-                       "compile time excluded (warm-up)")
+        hf_module = "transformers.models.llama.modeling_llama"
+        hf_row = peer("hf apply_rotary_pos_emb eager", "half", hf_module, "apply_rotary_pos_emb",
+                      lambda f: lambda a, c: f(a, c, hf_cos, hf_sin),
+                      "cos/sin (B, T, D) precomputed in the input dtype")
+        yield hf_row
+        if compile_peers and hf_row[2] is not None:
+            compiled = torch.compile(importlib.import_module(hf_module).apply_rotary_pos_emb, dynamic=False)
+            yield ("hf apply_rotary_pos_emb torch.compile", "half", lambda a, c: compiled(a, c, hf_cos, hf_sin),
+                   "compile time excluded (warm-up)")
     if "x-transformers" in names:
-        try:
-            from x_transformers.x_transformers import apply_rotary_pos_emb as xt_apply
-        except ImportError as exc:
-            yield "x-transformers apply_rotary_pos_emb", "interleaved", None, f"not importable: {exc}"
-        else:
-            freqs = angles[None]  # (1, T, D)
-            yield ("x-transformers apply_rotary_pos_emb", "interleaved", lambda a, c: (xt_apply(a, freqs),
-                                                                                        xt_apply(c, freqs)),
+        yield peer("x-transformers apply_rotary_pos_emb", "interleaved", "x_transformers.x_transformers",
+                   "apply_rotary_pos_emb", lambda f: lambda a, c: (f(a, freqs), f(c, freqs)),
                    "takes angles; computes cos/sin per call (its API)")
     if "rotary-embedding-torch" in names:
-        try:
-            from rotary_embedding_torch import apply_rotary_emb as ret_apply
-        except ImportError as exc:
-            yield "rotary-embedding-torch apply_rotary_emb", "interleaved", None, f"not importable: {exc}"
-        else:
-            yield ("rotary-embedding-torch apply_rotary_emb", "interleaved",
-                   lambda a, c: (ret_apply(angles, a), ret_apply(angles, c)),
+        yield peer("rotary-embedding-torch apply_rotary_emb", "interleaved", "rotary_embedding_torch",
+                   "apply_rotary_emb", lambda f: lambda a, c: (f(angles, a), f(angles, c)),
                    "takes angles; computes cos/sin per call (its API)")
     if "liger" in names and device == "cuda":
-        try:
-            from liger_kernel.transformers.rope import liger_rotary_pos_emb
-        except ImportError as exc:
-            yield "liger rotary_pos_emb (triton)", "half", None, f"liger-kernel not importable: {exc}"
-        else:
-            yield ("liger rotary_pos_emb (triton)", "half", lambda a, c: liger_rotary_pos_emb(a, c, hf_cos, hf_sin),
-                   "cos/sin (B, T, D) in the input dtype")
+        yield peer("liger rotary_pos_emb (triton)", "half", "liger_kernel.transformers.rope", "liger_rotary_pos_emb",
+                   lambda f: lambda a, c: f(a, c, hf_cos, hf_sin), "cos/sin (B, T, D) in the input dtype")
 
 
 def run_rope_bench(*, device: str = "cpu", quick: bool = False, q_shape: Sequence[int] | None = None,

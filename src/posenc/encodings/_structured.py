@@ -27,7 +27,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from posenc.base import check_positions
+from posenc.base import check_integer_tensor, check_positions
 from posenc.positions import Positions
 
 __all__ = ["StructuredPositions", "gather_rows"]
@@ -104,12 +104,8 @@ class StructuredPositions(abc.ABC):
         who = getattr(self, "name", "") or type(self).__name__
         axes = ", ".join(self.axis_names) or f"{self.n_axes} axes"
         shapes = "(L, A) or (B, L, A)" if allow_2d else "(B, T, A)"
-        if not isinstance(coords, Tensor):
-            raise TypeError(f"{who}: {name} must be an int64 tensor of shape {shapes} with A = {self.n_axes} "
-                            f"({axes}); got {type(coords).__name__}.")
-        if coords.dtype.is_floating_point or coords.dtype.is_complex or coords.dtype == torch.bool:
-            raise TypeError(f"{who}: {name} must hold integer coordinates (int64); got dtype {coords.dtype}. "
-                            f"Hint: coords.long().")
+        check_integer_tensor(coords, name=f"{who}: {name}", shape=f"{shapes} with A = {self.n_axes} ({axes})",
+                             what="coordinates", dtype_hint=" Hint: coords.long().")
         if coords.dim() not in ((2, 3) if allow_2d else (3,)) or coords.shape[-1] != self.n_axes:
             raise ValueError(f"{who}: {name} must have shape {shapes} with A = {self.n_axes} ({axes}); got shape "
                              f"{tuple(coords.shape)}.")

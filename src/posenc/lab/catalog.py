@@ -118,7 +118,8 @@ def render_catalog(content: dict) -> str:
         lines.append(")")
     lines.append("TASKS = [")  # one task a line: a task's change is a one-line diff
     for info in content["TASKS"]:
-        lines.append("    {" + ", ".join(f"{_literal(field)}: {_literal(value)}" for field, value in info.items()) + "},")
+        fields = ", ".join(f"{_literal(field)}: {_literal(value)}" for field, value in info.items())
+        lines.append(f"    {{{fields}}},")
     lines.append("]")
     return "\n".join(lines) + "\n"
 
