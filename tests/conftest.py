@@ -1,7 +1,12 @@
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 # Two cores in CI: keep torch from oversubscribing them, and make runs reproducible.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -10,6 +15,19 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def fresh_python():
+    """``run(code) -> stdout``: Python source in a fresh interpreter with this checkout's ``src`` first on the path
+    (to see what a module imports on its own: nothing is loaded there yet). Fails the test on a non-zero exit."""
+    def run(code: str) -> str:
+        env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    return run
 
 
 try:  # property-based fuzzing: a fast profile in `make test`, a long one in `make test-slow`

@@ -1,22 +1,9 @@
 """`posenc --help` and the parser are torch-free: the package and every command module load torch only on use."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
-def _run(code: str) -> str:
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
-
-
-def test_help_and_parser_do_not_import_torch():
-    out = _run(
+def test_help_and_parser_do_not_import_torch(fresh_python):
+    out = fresh_python(
         "import contextlib, io, sys\n"
         "import posenc, posenc.cli\n"
         "posenc.cli.build_parser()\n"
@@ -29,8 +16,8 @@ def test_help_and_parser_do_not_import_torch():
     assert out.strip() == "[]"
 
 
-def test_lazy_package_keeps_the_public_api():
-    out = _run(
+def test_lazy_package_keeps_the_public_api(fresh_python):
+    out = fresh_python(
         "import sys, posenc\n"
         "assert 'torch' not in sys.modules\n"
         "assert posenc.__version__ and 'Transformer' in dir(posenc)\n"

@@ -1,26 +1,13 @@
 """`posenc lab list` reads a generated catalog instead of importing torch; the catalog equals the live registries."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 from posenc.base import registered_names
 from posenc.lab import _catalog, catalog
 from posenc.lab.tasks.base import registered_tasks, task_class
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
 
-
-def _python(code: str) -> str:
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return out.stdout
-
-
-def test_lab_list_does_not_import_torch():
-    out = _python(
+def test_lab_list_does_not_import_torch(fresh_python):
+    out = fresh_python(
         "import contextlib, io, sys\n"
         "from posenc.cli import main\n"
         "buf = io.StringIO()\n"
@@ -37,9 +24,9 @@ def test_catalog_is_current():
         "run `python -m posenc.lab.catalog --write` (or `make readme`)"
 
 
-def test_catalog_lists_what_the_registries_hold():
+def test_catalog_lists_what_the_registries_hold(fresh_python):
     # read the catalog in a process that has not loaded the registries, and compare with them here
-    out = _python(
+    out = fresh_python(
         "import json\n"
         "from dataclasses import asdict\n"
         "from posenc.lab.catalog import encoding_names, task_infos\n"
