@@ -38,3 +38,20 @@ def test_readme_conformance_example_runs_and_names_the_layout(capsys):
     assert namespace["result"].finding.hypothesis == "layout"
     assert "interleaved pairs" in namespace["result"].diagnosis
     assert namespace["ok"].verdict == "precision" and namespace["ok"].conforms
+
+
+def _standard_suite_section() -> str:
+    start = README.index("**The standard suite**")
+    return README[start:README.index("**The model learns what a peer learns.**", start)]
+
+
+def test_readme_lab_claims_quote_the_committed_report():
+    """Every figure the README quotes from the standard suite (a percentage, a mean ± interval, Kendall's tau, a
+    perplexity ratio) is in the committed report, so the README cannot drift from the runs."""
+    section = " ".join(_standard_suite_section().split())  # a figure may wrap across lines
+    report = (ROOT / "docs" / "results" / "standard" / "report.md").read_text()
+    figures = re.findall(r"\d+\.\d+% ± \d+\.\d+%|\d+\.\d+%|tau [+-]\d\.\d+|\d+\.\d+x", section)
+    assert len(figures) >= 10, f"expected the section to quote the report; found only {figures}"
+    for figure in figures:
+        wanted = figure.replace("tau ", "tau = ") if figure.startswith("tau") else figure
+        assert wanted in report, f"README quotes {figure!r}, which docs/results/standard/report.md does not contain"
