@@ -1,0 +1,80 @@
+"""Pictures of positional encodings, drawn from the same tensors the models use.
+
+Two layers, kept apart so the numbers can be tested without drawing anything:
+
+- :mod:`posenc.viz.data`: the *data functions* (``waves_data``, ``similarity_data``, ``decay_data``, ``bias_data``,
+  ``bias_profile``, ``wavelengths_data``, ``attention_data``, ``grid_data``), which call an encoding's own hooks and
+  return tensors, and :func:`applicable_kinds` (which plots fit an encoding, from its hooks). It needs only torch.
+- :mod:`posenc.viz.figures`: the *figure functions* (``waves``, ``similarity``, ``decay``, ``bias``,
+  ``wavelengths``, ``attention``, ``grid``), which draw those tensors and return a
+  :class:`matplotlib.figure.Figure`; :func:`plot` dispatches by kind and saves.
+
+The kinds, what each shows and which encodings it applies to are listed in :mod:`posenc.viz.data`. matplotlib is an
+optional extra (``pip install posenc[viz]``), imported only when a figure is drawn; this package imports without it.
+"""
+
+from __future__ import annotations
+
+from posenc._viz_kinds import MAX_PLOT_LENGTH, PLOT_KINDS
+
+# The names marked F401 are outside __all__ but were attributes of the single-file posenc.viz (posenc.gallery reads
+# viz.DPI), so they stay importable from here.
+from posenc.viz.data import (
+    MAX_DENSE,
+    DecayCurves,
+    applicable_kinds,
+    attention_data,
+    bias_data,
+    bias_profile,
+    decay_data,
+    grid_data,
+    position_vectors,  # noqa: F401
+    resolve_encoding,
+    similarity_data,
+    wavelengths_data,
+    waves_data,
+)
+from posenc.viz.figures import (
+    DIVERGING,  # noqa: F401
+    DPI,  # noqa: F401
+    FIGURES,  # noqa: F401
+    FORMATS,  # noqa: F401
+    SEQUENTIAL,  # noqa: F401
+    STYLE,  # noqa: F401
+    attention,
+    bias,
+    check_output_path,  # noqa: F401
+    decay,
+    grid,
+    plot,
+    save_figure,
+    similarity,
+    wavelengths,
+    waves,
+)
+
+__all__ = [
+    "MAX_DENSE",
+    "MAX_PLOT_LENGTH",
+    "PLOT_KINDS",
+    "DecayCurves",
+    "applicable_kinds",
+    "attention",
+    "attention_data",
+    "bias",
+    "bias_data",
+    "bias_profile",
+    "decay",
+    "decay_data",
+    "grid",
+    "grid_data",
+    "plot",
+    "resolve_encoding",
+    "save_figure",
+    "similarity",
+    "similarity_data",
+    "waves",
+    "waves_data",
+    "wavelengths",
+    "wavelengths_data",
+]
