@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import struct
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +15,6 @@ from posenc.cli import main
 from posenc.encodings.rope import RoPE
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def assert_png(path) -> None:
@@ -371,17 +367,14 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
     assert viz.waves_data(get_encoding("sinusoidal", dim=8, n_heads=2), length=4).shape == (4, 8)  # data needs none
 
 
-def test_viz_data_imports_and_computes_without_matplotlib():
+def test_viz_data_imports_and_computes_without_matplotlib(fresh_python):
     """``posenc.viz.data`` needs only torch: in a fresh interpreter where any import of matplotlib fails, importing it
     (and with it the ``posenc.viz`` package) and computing a similarity map still work."""
     code = ("import sys\n"
             "sys.modules['matplotlib'] = None\n"  # from here on, importing matplotlib or a submodule raises ImportError
             "from posenc.viz.data import resolve_encoding, similarity_data\n"
             "print(tuple(similarity_data(resolve_encoding('rope'), length=8).shape))\n")
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "(8, 8)"
+    assert fresh_python(code).strip() == "(8, 8)"
 
 
 # -- CLI --------------------------------------------------------------------------------------------------------------
