@@ -18,17 +18,19 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import posenc
 from posenc.base import PositionalEncoding
-from posenc.terms import AttentionTerms, ScoreBlock
+from posenc.terms import AttentionTerms, ScoreBlock, positions_2d
 
 attn_mod = importlib.import_module("posenc.attention")
 
 B, H, D, TQ, TK = 2, 4, 8, 36, 40
 NAMES = posenc.registered_names()
-TERM_OPTIONS = {"adaptive": {"content": True}}  # adaptive is a plain bias unless content-conditioned
+# adaptive is a plain bias unless content-conditioned; randomized wraps an encoding with terms (and per-call tensors)
+TERM_OPTIONS = {"adaptive": {"content": True}, "randomized": {"base": "tupe", "max_positions": 128}}
 
 
 def _term_names() -> list[str]:
-    return [n for n in NAMES if posenc.get_encoding(n, dim=H * D, n_heads=H, **TERM_OPTIONS.get(n, {})).uses_terms]
+    return [n for n in NAMES if posenc.get_encoding(n, dim=H * D, n_heads=H, max_seq_len=128,
+                                                    **TERM_OPTIONS.get(n, {})).uses_terms]
 
 
 TERM_NAMES = _term_names()
@@ -66,6 +68,13 @@ def _run(pe, backend, q, k, v, grad_out, **kwargs) -> dict[str, Tensor]:
     return result
 
 
+def _chunked_backward(pe, q, k, v, **kwargs) -> str:
+    """The name of the backward node of ``chunked`` attention for a training call."""
+    out = posenc.attention(q.requires_grad_(), k, v, pe, backend="chunked", **kwargs)
+    q.requires_grad_(False)
+    return type(out.grad_fn).__name__
+
+
 @pytest.mark.parametrize("hkv", [H, H // 2], ids=["mha", "gqa"])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
 @pytest.mark.parametrize("name", NAMES)
@@ -81,6 +90,8 @@ def test_chunked_and_dense_equal_reference_forward_and_backward(name, causal, hk
         kwargs["attn_mask"] = keep
     want = _run(pe, "reference", q, k, v, grad_out, **kwargs)
     assert torch.isfinite(want["out"]).all()
+    if pe.uses_terms:  # chunked trains every encoding with terms through _ChunkedTerms, none by checkpointed blocks
+        assert _chunked_backward(pe, q, k, v, **kwargs) == "_ChunkedTermsBackward"
     for backend in ("dense", "chunked"):
         got = _run(pe, backend, q, k, v, grad_out, **kwargs)
         assert sorted(got) == sorted(want), backend
@@ -134,6 +145,24 @@ def test_chunked_terms_stay_within_one_block_forward_and_backward(name, small_ch
     assert saved["chunked"] == 0 and saved["dense"] >= B * H * t * t, saved  # chunked keeps no score for backward
 
 
+@pytest.mark.parametrize("declared", [True, False], ids=["call_tensors", "reset_to_none"])
+@pytest.mark.parametrize("name", TERM_NAMES)
+def test_every_encoding_with_terms_declares_call_tensors(name, declared, small_chunks, monkeypatch):
+    """What takes chunked's _ChunkedTerms path: terms with call_tensors; reset to None, checkpointed blocks instead."""
+    pe = _encoding(name, True, **TERM_OPTIONS.get(name, {}))
+    if not declared:  # on the terms object: some set call_tensors per call
+        make_terms = pe.terms
+
+        def undeclared(*args, **kwargs):
+            terms = make_terms(*args, **kwargs)
+            terms.call_tensors = None
+            return terms
+
+        monkeypatch.setattr(pe, "terms", undeclared)
+    q, k, v, _ = _inputs(H // 2)
+    assert (_chunked_backward(pe, q, k, v, causal=True) == "_ChunkedTermsBackward") == declared
+
+
 class _Decay(PositionalEncoding):
     """A test-only encoding with both kinds of term: ``-slope_h * (i - j)`` by key index, and a value term."""
 
@@ -183,7 +212,8 @@ def test_adaptive_is_a_bias_unless_content_conditioned():
 
 
 class _KeyGate(PositionalEncoding):
-    """A test-only encoding whose terms read a per-call tensor with gradients (``k @ w``, declared in call_tensors)."""
+    """A test-only encoding whose terms read a per-call tensor with gradients (``k @ w``, declared in call_tensors)
+    and an integer one (the key positions)."""
 
     name = "key_gate"
 
@@ -192,30 +222,44 @@ class _KeyGate(PositionalEncoding):
         self.w = torch.nn.Parameter(torch.randn(self.head_dim, 1))
 
     def terms(self, q, k, v, *, q_pos, k_pos, causal, scale):
-        return _KeyGateTerms(k @ self.w)  # (B, Hkv, Tk, 1)
+        return _KeyGateTerms(k @ self.w, positions_2d(k_pos)[:, None, :, None])  # (B, Hkv, Tk, 1), (B|1, 1, Tk, 1)
 
 
 class _KeyGateTerms(AttentionTerms):
     call_tensors = ("gate",)
 
-    def __init__(self, gate: Tensor) -> None:
+    def __init__(self, gate: Tensor, k_pos: Tensor) -> None:
         self.gate = gate
+        self.k_pos = k_pos  # int64: needs no gradient, so it need not be listed
 
     def logits(self, scores: Tensor, blk: ScoreBlock) -> Tensor:
-        return scores + blk.key_rows(self.gate).transpose(-2, -1)  # + (B, H, 1, keys)
+        gate = blk.key_rows(self.gate) + 0.01 * blk.key_rows(self.k_pos)  # (B, H, keys, 1)
+        return scores + gate.transpose(-2, -1)  # + (B, H, 1, keys)
 
 
-@pytest.mark.parametrize("declared", [True, False], ids=["call_tensors", "undeclared"])
+@pytest.mark.parametrize("declared", [("gate",), ("gate", "k_pos"), None],
+                         ids=["call_tensors", "integer_listed_too", "undeclared"])
 def test_chunked_returns_gradients_of_declared_per_call_tensors(declared, small_chunks, monkeypatch):
-    if not declared:  # chunked then checkpoints each block instead of running _ChunkedTerms
-        monkeypatch.setattr(_KeyGateTerms, "call_tensors", None)
+    monkeypatch.setattr(_KeyGateTerms, "call_tensors", declared)  # None: chunked checkpoints each block instead
     pe = _KeyGate(dim=H * D, n_heads=H)
     q, k, v, grad_out = _inputs(H // 2)
-    want = _run(pe, "reference", q, k, v, grad_out, causal=True)
-    got = _run(pe, "chunked", q, k, v, grad_out, causal=True)
+    k_pos = torch.stack((torch.arange(TK), torch.arange(TK) % 7))  # (B, Tk)
+    kwargs = dict(q_pos=k_pos[:, TK - TQ:], k_pos=k_pos, causal=True)
+    want = _run(pe, "reference", q, k, v, grad_out, **kwargs)
+    got = _run(pe, "chunked", q, k, v, grad_out, **kwargs)
     assert sorted(got) == sorted(want) and "w" in got
     for field in want:
         torch.testing.assert_close(got[field], want[field], atol=1e-5, rtol=1e-5, msg=lambda m, f=field: f"{f}: {m}")
+    want_path = "_ChunkedTermsBackward" if declared is not None else "CatBackward0"
+    assert _chunked_backward(pe, q, k, v, **kwargs) == want_path
+
+
+def test_chunked_refuses_terms_holding_an_undeclared_tensor_that_requires_grad(small_chunks, monkeypatch):
+    """_ChunkedTerms differentiates only the tensors in call_tensors: another one's gradient would be lost."""
+    monkeypatch.setattr(_KeyGateTerms, "call_tensors", ())
+    q, k, v, _ = _inputs(H // 2)
+    with pytest.raises(TypeError, match=r"\['gate'\] hold tensors that require grad but are not in call_tensors"):
+        posenc.attention(q, k, v, _KeyGate(dim=H * D, n_heads=H), causal=True, backend="chunked")
 
 
 BUILT_IN_FAST = ["shaw", "cope", "transformer_xl"]

@@ -497,6 +497,21 @@ class _ChunkedTerms(torch.autograd.Function):
                 None if dv is None else dv.to(v.dtype), *dt)
 
 
+def _check_call_tensors(terms: AttentionTerms, params: list[Tensor]) -> None:
+    """Raise unless every tensor attribute of ``terms`` that requires grad is in its ``call_tensors`` or a parameter.
+
+    :class:`_ChunkedTerms` differentiates the recomputed blocks with respect to those only, so the gradient of any
+    other tensor the block methods read would be lost without a word.
+    """
+    declared, param_ids = set(terms.call_tensors), {id(p) for p in params}
+    missing = [name for name, x in vars(terms).items()
+               if isinstance(x, Tensor) and x.requires_grad and name not in declared and id(x) not in param_ids]
+    if missing:
+        raise TypeError(f"{type(terms).__name__}: the attributes {missing} hold tensors that require grad but are not "
+                        f"in call_tensors {terms.call_tensors}, so chunked would lose their gradients. List them in "
+                        f"call_tensors (or declare call_tensors = None to checkpoint each block instead).")
+
+
 @register_backend("chunked", priority=30, suits=_chunked_suits)
 def _chunked(call: AttentionCall) -> Tensor:
     """Query blocks of :func:`chunk_rows` rows, each with only its own mask; recomputed in the backward pass.
@@ -514,6 +529,7 @@ def _chunked(call: AttentionCall) -> Tensor:
         if names is not None:  # the terms' per-call tensors first, then the encoding's parameters (the bias's too)
             tensors = [getattr(call.terms, name) for name in names]
             params = [p for p in call.pe.parameters() if p.requires_grad]
+            _check_call_tensors(call.terms, params)
             return _ChunkedTerms.apply(call, rows, q, k, v, *tensors, *params)
     recompute = call.needs_grad
     block = _scores_block if call.uses_terms else _attend_block

@@ -152,11 +152,16 @@ class AttentionTerms:
     # terms are in benchmarks/terms_memory.py's output (peak extra memory / one block's score size).
     pair_tensors: ClassVar[int] = 8
     # Names of the attributes holding per-call tensors (prepared in ``terms(...)``) that :meth:`logits`/:meth:`values`
-    # read and that may carry gradients, e.g. Transformer-XL's ``u . k``; ``()`` when the block methods read only the
-    # block and the encoding's parameters. ``chunked`` recomputes each block in its own backward pass and returns the
-    # gradients of the block's q/k/v, the parameters and these tensors into buffers allocated once. ``None`` (not
-    # declared, the default) makes it checkpoint each block instead: exact, but every block then has full-size
-    # transient gradients of q, k and v.
+    # read and that may carry gradients, e.g. TUPE's position channels ``p U_Q``, ``p U_K`` or Self-Extend's rotated q
+    # and k; ``()`` when the block methods read only the block and the encoding's parameters. ``chunked`` recomputes
+    # each block in its own backward pass and returns the gradients of the block's q/k/v, the parameters and these
+    # tensors into buffers allocated once; autograd carries the latter on to what they were made from (q, k, the
+    # parameters). The rule: list every tensor attribute that may require grad (``chunked`` refuses terms holding an
+    # unlisted one: its gradient would be lost). Tensors that never need one (integer positions or indices, constant
+    # tables) stay plain, unlisted attributes, which the backward pass reads as they are; listing one does no harm (it
+    # is saved and gets no gradient). Terms whose per-call tensors vary by call set it per object. ``None`` (not
+    # declared, the default) makes ``chunked`` checkpoint each block instead: exact, but every block then has
+    # full-size transient gradients of q, k and v.
     call_tensors: ClassVar[tuple[str, ...] | None] = None
 
     def queries(self, blk: ScoreBlock) -> Tensor:

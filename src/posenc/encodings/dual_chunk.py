@@ -128,13 +128,17 @@ class DualChunkTerms(AttentionTerms):
     pair_tensors = 10  # estimated: up to four candidate scores, the chunk gap (int64), the choices, the result
 
     def __init__(self, rotated: dict[str, Tensor], chunk: int, mirrored: bool) -> None:
-        self.rotated = rotated
+        # One attribute per rotation, named as in ``rotated`` (``q``, ``q_inter``, ``q_succ``, ``k``, ``k_mod``, and
+        # when mirrored ``q_mod``, ``k_succ``, ``k_inter``): per-call tensors of q and k, so ``call_tensors`` lists
+        # them (this call's, hence set per object), and chunked differentiates them.
+        vars(self).update(rotated)
+        self.call_tensors = tuple(rotated)
         self.chunk = chunk  # c = chunk_size - local_window
         self.mirrored = mirrored  # some key sits in a later chunk than some query
 
     def _dots(self, blk: ScoreBlock, q_name: str, k_name: str) -> Tensor:
-        q = blk.query_rows(self.rotated[q_name])
-        return q @ blk.key_rows(self.rotated[k_name]).transpose(-2, -1)  # (B, H, rows, keys)
+        q = blk.query_rows(getattr(self, q_name))
+        return q @ blk.key_rows(getattr(self, k_name)).transpose(-2, -1)  # (B, H, rows, keys)
 
     def logits(self, scores: None, blk: ScoreBlock) -> Tensor:
         c = self.chunk
