@@ -262,44 +262,67 @@ def test_chunked_refuses_terms_holding_an_undeclared_tensor_that_requires_grad(s
         posenc.attention(q, k, v, _KeyGate(dim=H * D, n_heads=H), causal=True, backend="chunked")
 
 
-BUILT_IN_FAST = ["shaw", "cope", "transformer_xl"]
+_CHUNKED_TERMS_BACKWARD = attn_mod._ChunkedTerms.backward
 
 
-@pytest.mark.parametrize("name", BUILT_IN_FAST)
-def test_chunked_backward_allocates_the_gradients_once(name, small_chunks):
-    """The backward pass of chunked allocates dq, dk and dv once, not a full-size gradient per block."""
+def _backward_allocations(pe, rows: int, monkeypatch) -> list[str]:
+    """The ``(..., H, T, D)`` tensors (q-sized) that the backward pass of chunked's _ChunkedTerms allocates, in
+    blocks of ``rows`` query rows (causal, 96 queries and keys): what made them, and their shapes."""
     t = 96
-    pe = _encoding(name, True)
+    monkeypatch.setattr(attn_mod, "TERMS_MIN_ROWS", rows)
+    made = []
+
+    class _Allocations(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            for r in result if isinstance(result, (tuple, list)) else (result,):
+                fresh = not func.is_view and not any(r is a for a in args)  # not a view, not written in place
+                if isinstance(r, Tensor) and fresh and tuple(r.shape[-3:]) == (H, t, D):
+                    made.append(f"{func.__name__} {tuple(r.shape)}")
+            return result
+
+    def recorded_backward(ctx, *grads):
+        with _Allocations():
+            return _CHUNKED_TERMS_BACKWARD(ctx, *grads)
+
+    monkeypatch.setattr(attn_mod._ChunkedTerms, "backward", staticmethod(recorded_backward))
     q, k, v, grad_out = _inputs(H, tq=t, tk=t)
     q, k, v = (x.requires_grad_() for x in (q, k, v))
     out = posenc.attention(q, k, v, pe, causal=True, backend="chunked")
     assert type(out.grad_fn).__name__ == "_ChunkedTermsBackward"
-    sizes = []
+    assert attn_mod.chunk_rows(attn_mod._prepare(q, k, v, pe, causal=True)) == rows
+    out.backward(grad_out)
+    return made
 
-    class _Sizes(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            result = func(*args, **(kwargs or {}))
-            for r in result if isinstance(result, (tuple, list)) else (result,):
-                if isinstance(r, Tensor) and r.numel() >= q.numel() and r.untyped_storage().data_ptr() not in seen:
-                    seen.add(r.untyped_storage().data_ptr())
-                    sizes.append(r.numel())
-            return result
 
-    seen = {x.untyped_storage().data_ptr() for x in (q, k, v, grad_out, out)}
-    with _Sizes():
-        out.backward(grad_out)
-    assert attn_mod.chunk_rows(attn_mod._prepare(q, k, v, pe, causal=True)) * 4 < t  # several blocks
-    assert len(sizes) <= 3, sizes  # dq, dk, dv
+@pytest.mark.parametrize("name", TERM_NAMES)
+def test_chunked_backward_allocates_the_gradients_once(name, small_chunks, monkeypatch):
+    """The backward pass of chunked allocates dq, dk, dv and each per-call tensor's gradient once, not a full-size
+    gradient per block: as many q-sized tensors in 32 blocks as in 16 (the last block, which sees every key, has
+    key-sized gradients of the per-call key-side tensors)."""
+    pe = _encoding(name, True, **TERM_OPTIONS.get(name, {}))
+    many, few = (_backward_allocations(pe, rows, monkeypatch) for rows in (3, 6))  # rows != H: no block is q-shaped
+    assert sorted(many) == sorted(few), (many, few)
+    q, k, v, _ = _inputs(H, tq=96, tk=96)
+    if not attn_mod._prepare(q, k, v, pe, causal=True).terms.call_tensors:
+        assert len(many) == 3, many  # dq, dk, dv
+
+
+# tiny encodings for gradcheck (max_seq_len=8): dual_chunk's chunks and self_extend's groups split the 4 keys
+GRADCHECK_OPTIONS = {"cope": {"npos_max": 4}, "shaw": {"max_relative_position": 2},
+                     "dual_chunk": {"chunk_size": 3, "local_window": 1},
+                     "self_extend": {"group_size": 2, "neighbor_window": 2},
+                     "randomized": {"base": "tupe", "max_positions": 8}}
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
-@pytest.mark.parametrize("name", BUILT_IN_FAST)
+@pytest.mark.parametrize("name", TERM_NAMES)
 def test_chunked_gradcheck_float64_in_blocks_of_one_row(name, causal, monkeypatch):
     """float64 gradcheck of _ChunkedTerms' backward over several blocks: q, k, v (GQA) and every parameter."""
     monkeypatch.setattr(attn_mod, "CHUNK_ELEMENTS", 1)
     monkeypatch.setattr(attn_mod, "TERMS_MIN_ROWS", 1)
     heads, head_dim = 2, 4
-    options = {"npos_max": 4} if name == "cope" else {"max_relative_position": 2} if name == "shaw" else {}
+    options = {**TERM_OPTIONS.get(name, {}), **GRADCHECK_OPTIONS.get(name, {})}
     pe = posenc.get_encoding(name, dim=heads * head_dim, n_heads=heads, max_seq_len=8, causal=causal, **options)
     with torch.no_grad():
         for p in pe.parameters():
@@ -309,6 +332,8 @@ def test_chunked_gradcheck_float64_in_blocks_of_one_row(name, causal, monkeypatc
     q = torch.randn(1, heads, 3, head_dim, dtype=torch.float64, generator=g).requires_grad_()
     k, v = (torch.randn(1, 1, 4, head_dim, dtype=torch.float64, generator=g).requires_grad_() for _ in range(2))
     params = tuple(pe.parameters())
+    assert type(posenc.attention(q, k, v, pe, causal=causal, backend="chunked").grad_fn).__name__ == \
+        "_ChunkedTermsBackward"
 
     def run_params(*_):  # gradcheck perturbs the parameters in place; the terms read them
         return posenc.attention(q.detach(), k.detach(), v.detach(), pe, causal=causal, backend="chunked")
@@ -317,5 +342,6 @@ def test_chunked_gradcheck_float64_in_blocks_of_one_row(name, causal, monkeypatc
         return posenc.attention(qq, kk, vv, pe, causal=causal, backend="chunked")
 
     assert attn_mod.chunk_rows(attn_mod._prepare(q, k, v, pe, causal=causal)) == 1
-    assert torch.autograd.gradcheck(run_params, params, eps=1e-6, atol=1e-5)
+    if params:  # (self_extend and dual_chunk have none)
+        assert torch.autograd.gradcheck(run_params, params, eps=1e-6, atol=1e-5, fast_mode=len(params) > 4)
     assert torch.autograd.gradcheck(run_inputs, (q, k, v), eps=1e-6, atol=1e-5)
