@@ -231,6 +231,9 @@ class DAPE(PositionalEncoding):
 class AdaptiveContentTerms(AttentionTerms):
     """The content-conditioned mixture of :class:`AdaptiveBias` for one call, a logit term per block."""
 
+    # measured at T=4096 with the default components (benchmarks/terms_memory.py): each component's bias and its
+    # share of the mixture, FIRE's per-pair MLP activations, the gradients
+    pair_tensors = 22
     call_tensors = ()  # the block methods read the block and the encoding's parameters (and its components') only
 
     def __init__(self, pe: AdaptiveBias) -> None:
