@@ -9,7 +9,8 @@ RSS before one forward + backward of ``posenc.attention``. It includes the outpu
 
 Usage::
 
-    PYTHONPATH=src python benchmarks/terms_memory.py [--length 4096] [--heads 4] [--head-dim 64] [--json out.json]
+    PYTHONPATH=src python benchmarks/terms_memory.py [--length 4096] [--heads 4] [--head-dim 64] [--encodings tupe]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -19,7 +20,13 @@ import sys
 
 from posenc.bench.attention import run_attention_bench
 
-ENCODINGS = ("shaw", "cope", "transformer_xl")
+# The encodings with attention terms and the options they are measured with (each is built with max_seq_len = T).
+# adaptive is a plain bias unless content-conditioned; dual_chunk's default chunk_size (3/4 of max_seq_len) would
+# give T=4096 only intra- and successive-chunk pairs, so it runs as a model trained at ~1.4k tokens would.
+ENCODINGS: dict[str, dict] = {
+    "shaw": {}, "cope": {}, "transformer_xl": {}, "tupe": {}, "adaptive": {"content": True}, "dape": {},
+    "self_extend": {}, "dual_chunk": {"chunk_size": 1024, "local_window": 64},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.encodings:
         for row in run_attention_bench(lengths=(t,), backends=args.backends, heads=h, head_dim=args.head_dim,
-                                       encoding=name, repeats=1):
+                                       encoding=name, repeats=1, encoding_options=ENCODINGS.get(name)):
             rows.append(row)
             if row["status"] != "ok":
                 print(f"| {name} | {row['backend']} | {row['status']} | | | | | |")

@@ -18,17 +18,19 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import posenc
 from posenc.base import PositionalEncoding
-from posenc.terms import AttentionTerms, ScoreBlock
+from posenc.terms import AttentionTerms, ScoreBlock, positions_2d
 
 attn_mod = importlib.import_module("posenc.attention")
 
 B, H, D, TQ, TK = 2, 4, 8, 36, 40
 NAMES = posenc.registered_names()
-TERM_OPTIONS = {"adaptive": {"content": True}}  # adaptive is a plain bias unless content-conditioned
+# adaptive is a plain bias unless content-conditioned; randomized wraps an encoding with terms (and per-call tensors)
+TERM_OPTIONS = {"adaptive": {"content": True}, "randomized": {"base": "tupe", "max_positions": 128}}
 
 
 def _term_names() -> list[str]:
-    return [n for n in NAMES if posenc.get_encoding(n, dim=H * D, n_heads=H, **TERM_OPTIONS.get(n, {})).uses_terms]
+    return [n for n in NAMES if posenc.get_encoding(n, dim=H * D, n_heads=H, max_seq_len=128,
+                                                    **TERM_OPTIONS.get(n, {})).uses_terms]
 
 
 TERM_NAMES = _term_names()
@@ -66,6 +68,13 @@ def _run(pe, backend, q, k, v, grad_out, **kwargs) -> dict[str, Tensor]:
     return result
 
 
+def _chunked_backward(pe, q, k, v, **kwargs) -> str:
+    """The name of the backward node of ``chunked`` attention for a training call."""
+    out = posenc.attention(q.requires_grad_(), k, v, pe, backend="chunked", **kwargs)
+    q.requires_grad_(False)
+    return type(out.grad_fn).__name__
+
+
 @pytest.mark.parametrize("hkv", [H, H // 2], ids=["mha", "gqa"])
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
 @pytest.mark.parametrize("name", NAMES)
@@ -81,6 +90,8 @@ def test_chunked_and_dense_equal_reference_forward_and_backward(name, causal, hk
         kwargs["attn_mask"] = keep
     want = _run(pe, "reference", q, k, v, grad_out, **kwargs)
     assert torch.isfinite(want["out"]).all()
+    if pe.uses_terms:  # chunked trains every encoding with terms through _ChunkedTerms, none by checkpointed blocks
+        assert _chunked_backward(pe, q, k, v, **kwargs) == "_ChunkedTermsBackward"
     for backend in ("dense", "chunked"):
         got = _run(pe, backend, q, k, v, grad_out, **kwargs)
         assert sorted(got) == sorted(want), backend
@@ -134,6 +145,24 @@ def test_chunked_terms_stay_within_one_block_forward_and_backward(name, small_ch
     assert saved["chunked"] == 0 and saved["dense"] >= B * H * t * t, saved  # chunked keeps no score for backward
 
 
+@pytest.mark.parametrize("declared", [True, False], ids=["call_tensors", "reset_to_none"])
+@pytest.mark.parametrize("name", TERM_NAMES)
+def test_every_encoding_with_terms_declares_call_tensors(name, declared, small_chunks, monkeypatch):
+    """What takes chunked's _ChunkedTerms path: terms with call_tensors; reset to None, checkpointed blocks instead."""
+    pe = _encoding(name, True, **TERM_OPTIONS.get(name, {}))
+    if not declared:  # on the terms object: some set call_tensors per call
+        make_terms = pe.terms
+
+        def undeclared(*args, **kwargs):
+            terms = make_terms(*args, **kwargs)
+            terms.call_tensors = None
+            return terms
+
+        monkeypatch.setattr(pe, "terms", undeclared)
+    q, k, v, _ = _inputs(H // 2)
+    assert (_chunked_backward(pe, q, k, v, causal=True) == "_ChunkedTermsBackward") == declared
+
+
 class _Decay(PositionalEncoding):
     """A test-only encoding with both kinds of term: ``-slope_h * (i - j)`` by key index, and a value term."""
 
@@ -183,7 +212,8 @@ def test_adaptive_is_a_bias_unless_content_conditioned():
 
 
 class _KeyGate(PositionalEncoding):
-    """A test-only encoding whose terms read a per-call tensor with gradients (``k @ w``, declared in call_tensors)."""
+    """A test-only encoding whose terms read a per-call tensor with gradients (``k @ w``, declared in call_tensors)
+    and an integer one (the key positions)."""
 
     name = "key_gate"
 
@@ -192,70 +222,107 @@ class _KeyGate(PositionalEncoding):
         self.w = torch.nn.Parameter(torch.randn(self.head_dim, 1))
 
     def terms(self, q, k, v, *, q_pos, k_pos, causal, scale):
-        return _KeyGateTerms(k @ self.w)  # (B, Hkv, Tk, 1)
+        return _KeyGateTerms(k @ self.w, positions_2d(k_pos)[:, None, :, None])  # (B, Hkv, Tk, 1), (B|1, 1, Tk, 1)
 
 
 class _KeyGateTerms(AttentionTerms):
     call_tensors = ("gate",)
 
-    def __init__(self, gate: Tensor) -> None:
+    def __init__(self, gate: Tensor, k_pos: Tensor) -> None:
         self.gate = gate
+        self.k_pos = k_pos  # int64: needs no gradient, so it need not be listed
 
     def logits(self, scores: Tensor, blk: ScoreBlock) -> Tensor:
-        return scores + blk.key_rows(self.gate).transpose(-2, -1)  # + (B, H, 1, keys)
+        gate = blk.key_rows(self.gate) + 0.01 * blk.key_rows(self.k_pos)  # (B, H, keys, 1)
+        return scores + gate.transpose(-2, -1)  # + (B, H, 1, keys)
 
 
-@pytest.mark.parametrize("declared", [True, False], ids=["call_tensors", "undeclared"])
+@pytest.mark.parametrize("declared", [("gate",), ("gate", "k_pos"), None],
+                         ids=["call_tensors", "integer_listed_too", "undeclared"])
 def test_chunked_returns_gradients_of_declared_per_call_tensors(declared, small_chunks, monkeypatch):
-    if not declared:  # chunked then checkpoints each block instead of running _ChunkedTerms
-        monkeypatch.setattr(_KeyGateTerms, "call_tensors", None)
+    monkeypatch.setattr(_KeyGateTerms, "call_tensors", declared)  # None: chunked checkpoints each block instead
     pe = _KeyGate(dim=H * D, n_heads=H)
     q, k, v, grad_out = _inputs(H // 2)
-    want = _run(pe, "reference", q, k, v, grad_out, causal=True)
-    got = _run(pe, "chunked", q, k, v, grad_out, causal=True)
+    k_pos = torch.stack((torch.arange(TK), torch.arange(TK) % 7))  # (B, Tk)
+    kwargs = dict(q_pos=k_pos[:, TK - TQ:], k_pos=k_pos, causal=True)
+    want = _run(pe, "reference", q, k, v, grad_out, **kwargs)
+    got = _run(pe, "chunked", q, k, v, grad_out, **kwargs)
     assert sorted(got) == sorted(want) and "w" in got
     for field in want:
         torch.testing.assert_close(got[field], want[field], atol=1e-5, rtol=1e-5, msg=lambda m, f=field: f"{f}: {m}")
+    want_path = "_ChunkedTermsBackward" if declared is not None else "CatBackward0"
+    assert _chunked_backward(pe, q, k, v, **kwargs) == want_path
 
 
-BUILT_IN_FAST = ["shaw", "cope", "transformer_xl"]
+def test_chunked_refuses_terms_holding_an_undeclared_tensor_that_requires_grad(small_chunks, monkeypatch):
+    """_ChunkedTerms differentiates only the tensors in call_tensors: another one's gradient would be lost."""
+    monkeypatch.setattr(_KeyGateTerms, "call_tensors", ())
+    q, k, v, _ = _inputs(H // 2)
+    with pytest.raises(TypeError, match=r"\['gate'\] hold tensors that require grad but are not in call_tensors"):
+        posenc.attention(q, k, v, _KeyGate(dim=H * D, n_heads=H), causal=True, backend="chunked")
 
 
-@pytest.mark.parametrize("name", BUILT_IN_FAST)
-def test_chunked_backward_allocates_the_gradients_once(name, small_chunks):
-    """The backward pass of chunked allocates dq, dk and dv once, not a full-size gradient per block."""
+_CHUNKED_TERMS_BACKWARD = attn_mod._ChunkedTerms.backward
+
+
+def _backward_allocations(pe, rows: int, monkeypatch) -> list[str]:
+    """The ``(..., H, T, D)`` tensors (q-sized) that the backward pass of chunked's _ChunkedTerms allocates, in
+    blocks of ``rows`` query rows (causal, 96 queries and keys): what made them, and their shapes."""
     t = 96
-    pe = _encoding(name, True)
+    monkeypatch.setattr(attn_mod, "TERMS_MIN_ROWS", rows)
+    made = []
+
+    class _Allocations(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            for r in result if isinstance(result, (tuple, list)) else (result,):
+                fresh = not func.is_view and not any(r is a for a in args)  # not a view, not written in place
+                if isinstance(r, Tensor) and fresh and tuple(r.shape[-3:]) == (H, t, D):
+                    made.append(f"{func.__name__} {tuple(r.shape)}")
+            return result
+
+    def recorded_backward(ctx, *grads):
+        with _Allocations():
+            return _CHUNKED_TERMS_BACKWARD(ctx, *grads)
+
+    monkeypatch.setattr(attn_mod._ChunkedTerms, "backward", staticmethod(recorded_backward))
     q, k, v, grad_out = _inputs(H, tq=t, tk=t)
     q, k, v = (x.requires_grad_() for x in (q, k, v))
     out = posenc.attention(q, k, v, pe, causal=True, backend="chunked")
     assert type(out.grad_fn).__name__ == "_ChunkedTermsBackward"
-    sizes = []
+    assert attn_mod.chunk_rows(attn_mod._prepare(q, k, v, pe, causal=True)) == rows
+    out.backward(grad_out)
+    return made
 
-    class _Sizes(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            result = func(*args, **(kwargs or {}))
-            for r in result if isinstance(result, (tuple, list)) else (result,):
-                if isinstance(r, Tensor) and r.numel() >= q.numel() and r.untyped_storage().data_ptr() not in seen:
-                    seen.add(r.untyped_storage().data_ptr())
-                    sizes.append(r.numel())
-            return result
 
-    seen = {x.untyped_storage().data_ptr() for x in (q, k, v, grad_out, out)}
-    with _Sizes():
-        out.backward(grad_out)
-    assert attn_mod.chunk_rows(attn_mod._prepare(q, k, v, pe, causal=True)) * 4 < t  # several blocks
-    assert len(sizes) <= 3, sizes  # dq, dk, dv
+@pytest.mark.parametrize("name", TERM_NAMES)
+def test_chunked_backward_allocates_the_gradients_once(name, small_chunks, monkeypatch):
+    """The backward pass of chunked allocates dq, dk, dv and each per-call tensor's gradient once, not a full-size
+    gradient per block: as many q-sized tensors in 32 blocks as in 16 (the last block, which sees every key, has
+    key-sized gradients of the per-call key-side tensors)."""
+    pe = _encoding(name, True, **TERM_OPTIONS.get(name, {}))
+    many, few = (_backward_allocations(pe, rows, monkeypatch) for rows in (3, 6))  # rows != H: no block is q-shaped
+    assert sorted(many) == sorted(few), (many, few)
+    q, k, v, _ = _inputs(H, tq=96, tk=96)
+    if not attn_mod._prepare(q, k, v, pe, causal=True).terms.call_tensors:
+        assert len(many) == 3, many  # dq, dk, dv
+
+
+# tiny encodings for gradcheck (max_seq_len=8): dual_chunk's chunks and self_extend's groups split the 4 keys
+GRADCHECK_OPTIONS = {"cope": {"npos_max": 4}, "shaw": {"max_relative_position": 2},
+                     "dual_chunk": {"chunk_size": 3, "local_window": 1},
+                     "self_extend": {"group_size": 2, "neighbor_window": 2},
+                     "randomized": {"base": "tupe", "max_positions": 8}}
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
-@pytest.mark.parametrize("name", BUILT_IN_FAST)
+@pytest.mark.parametrize("name", TERM_NAMES)
 def test_chunked_gradcheck_float64_in_blocks_of_one_row(name, causal, monkeypatch):
     """float64 gradcheck of _ChunkedTerms' backward over several blocks: q, k, v (GQA) and every parameter."""
     monkeypatch.setattr(attn_mod, "CHUNK_ELEMENTS", 1)
     monkeypatch.setattr(attn_mod, "TERMS_MIN_ROWS", 1)
     heads, head_dim = 2, 4
-    options = {"npos_max": 4} if name == "cope" else {"max_relative_position": 2} if name == "shaw" else {}
+    options = {**TERM_OPTIONS.get(name, {}), **GRADCHECK_OPTIONS.get(name, {})}
     pe = posenc.get_encoding(name, dim=heads * head_dim, n_heads=heads, max_seq_len=8, causal=causal, **options)
     with torch.no_grad():
         for p in pe.parameters():
@@ -265,6 +332,8 @@ def test_chunked_gradcheck_float64_in_blocks_of_one_row(name, causal, monkeypatc
     q = torch.randn(1, heads, 3, head_dim, dtype=torch.float64, generator=g).requires_grad_()
     k, v = (torch.randn(1, 1, 4, head_dim, dtype=torch.float64, generator=g).requires_grad_() for _ in range(2))
     params = tuple(pe.parameters())
+    assert type(posenc.attention(q, k, v, pe, causal=causal, backend="chunked").grad_fn).__name__ == \
+        "_ChunkedTermsBackward"
 
     def run_params(*_):  # gradcheck perturbs the parameters in place; the terms read them
         return posenc.attention(q.detach(), k.detach(), v.detach(), pe, causal=causal, backend="chunked")
@@ -273,5 +342,6 @@ def test_chunked_gradcheck_float64_in_blocks_of_one_row(name, causal, monkeypatc
         return posenc.attention(qq, kk, vv, pe, causal=causal, backend="chunked")
 
     assert attn_mod.chunk_rows(attn_mod._prepare(q, k, v, pe, causal=causal)) == 1
-    assert torch.autograd.gradcheck(run_params, params, eps=1e-6, atol=1e-5)
+    if params:  # (self_extend and dual_chunk have none)
+        assert torch.autograd.gradcheck(run_params, params, eps=1e-6, atol=1e-5, fast_mode=len(params) > 4)
     assert torch.autograd.gradcheck(run_inputs, (q, k, v), eps=1e-6, atol=1e-5)

@@ -397,6 +397,50 @@ def _add_grouped_matmul_(out: Tensor, a: Tensor, b: Tensor, n_rep: int, alpha: f
     out.view(bsz * hkv, m, n).baddbmm_(a.transpose(-2, -1), b, alpha=alpha)
 
 
+class _SliceLeaves:
+    """The slices of per-call tensors that one recomputed block reads, each a leaf of its own (``slice_leaf``).
+
+    Differentiated with respect to a slice (the block's rows of a query-side tensor, its keys of a key-side one), the
+    block's gradient is the size of the slice; with respect to the whole tensor it would be a full-size tensor, zero
+    outside the slice, for every block.
+    """
+
+    def __init__(self, tensors: list[Tensor]) -> None:
+        self.which = {id(t): i for i, t in enumerate(tensors) if t.requires_grad}
+        self.taken: list[tuple[int, tuple, Tensor]] = []  # (which tensor, the slice's index in it, the slice's leaf)
+
+    def __call__(self, x: Tensor, index: tuple) -> Tensor:
+        i = self.which.get(id(x))
+        if i is None:
+            return x[index]
+        leaf = x[index].detach().requires_grad_()
+        self.taken.append((i, index, leaf))
+        return leaf
+
+    @property
+    def leaves(self) -> list[Tensor]:
+        return [leaf for _, _, leaf in self.taken]
+
+
+def _add_term_grads_(dt: list[Tensor | None], got: dict[int, Tensor], leaves: list[Tensor],
+                     slices: _SliceLeaves) -> None:
+    """Add one block's gradients of the terms' tensors ``leaves`` (``got``, by id) into ``dt``, in place.
+
+    The gradient of a whole tensor (a parameter, or a per-call tensor read other than through ``query_rows`` or
+    ``key_rows``) is added as it is; that of a slice goes into its rows of a full-size zero buffer, made once.
+    """
+    for i, leaf in enumerate(leaves):
+        g = got.get(id(leaf))
+        if g is not None:
+            dt[i] = g.contiguous() if dt[i] is None else dt[i].add_(g)  # contiguous: written in place later
+    for i, index, leaf in slices.taken:
+        g = got.get(id(leaf))
+        if g is not None:
+            if dt[i] is None:
+                dt[i] = torch.zeros_like(leaves[i])
+            dt[i][index].add_(g)
+
+
 class _ChunkedTerms(torch.autograd.Function):
     """``chunked`` attention with terms under autograd, ``O(rows * Tk)`` extra memory beyond the gradients.
 
@@ -404,8 +448,9 @@ class _ChunkedTerms(torch.autograd.Function):
     gradients straight into ``dq`` (the block's rows), ``dk``/``dv`` and the term tensors' gradients, allocated once:
     the core (``q k^T`` and ``probs @ v``) is differentiated by hand, with the products for ``dk`` and ``dv``
     accumulated in place (:func:`_add_grouped_matmul_`), and autograd differentiates only the terms, from the block's
-    raw scores. Checkpointing each block (the fallback, :func:`_chunked`) would instead give every block a full-size
-    ``(B, Hkv, Tk, D)`` gradient of ``k`` and ``v`` and a full-size ``(B, H, Tq, D)`` one of its ``q`` slice.
+    raw scores, with respect to the block's slices of the per-call tensors (:class:`_SliceLeaves`). Checkpointing
+    each block (the fallback, :func:`_chunked`) would instead give every block a full-size ``(B, Hkv, Tk, D)``
+    gradient of ``k`` and ``v`` and a full-size ``(B, H, Tq, D)`` one of its ``q`` slice.
     """
 
     @staticmethod
@@ -448,7 +493,8 @@ class _ChunkedTerms(torch.autograd.Function):
                 qg = blk.q.detach().requires_grad_(need_q)
                 kg = blk.k.detach().requires_grad_(need_k)
                 vg = blk.v.detach().requires_grad_(need_v)
-                blk_g = dataclasses.replace(blk, q=qg, k=kg, v=vg)
+                slices = _SliceLeaves(leaves[:len(names)])
+                blk_g = dataclasses.replace(blk, q=qg, k=kg, v=vg, slice_leaf=slices)
                 shifted = None if call.terms.replaces_scores else call.terms.queries(blk_g)  # (B, H, rows, D)
             scores = None  # the raw scores (B, H, rows, keys), a leaf: their gradient gives the core's dq and dk
             if shifted is not None:
@@ -457,7 +503,7 @@ class _ChunkedTerms(torch.autograd.Function):
             with torch.enable_grad():
                 probs = _block_probs(call, blk_g, scores)
                 extra = call.terms.values(probs, blk_g)
-            inputs = [x for x in (scores, qg, kg, vg, *leaves) if x is not None and x.requires_grad]
+            inputs = [x for x in (scores, qg, kg, vg, *leaves, *slices.leaves) if x is not None and x.requires_grad]
             if need_v:  # the core's value gradient: probs^T @ grad_out, summed per kv head
                 _add_grouped_matmul_(dv[:, :, :key_stop], probs.detach(), go, n_rep)
             grads = [None] * len(inputs)
@@ -473,7 +519,7 @@ class _ChunkedTerms(torch.autograd.Function):
             if need_k and d_scores is not None:  # dk from the scores: d_scores^T @ queries * scale
                 _add_grouped_matmul_(dk[:, :, :key_stop], d_scores, shifted.detach(), n_rep, alpha=scale)
             if d_scores is not None and shifted is not qg:  # shifted queries: on to q and the terms' tensors
-                through = [x for x in (qg, *leaves) if x.requires_grad]
+                through = [x for x in (qg, *leaves, *slices.leaves) if x.requires_grad]
                 extra_grads = torch.autograd.grad(shifted, through, (d_scores @ blk.k) * scale, allow_unused=True)
                 for x, g in zip(through, extra_grads):
                     if g is not None:
@@ -489,12 +535,25 @@ class _ChunkedTerms(torch.autograd.Function):
                 if buf is not None and got_x is not None:  # a term's own k/v gradient, summed per kv head
                     b, h, keys, d = got_x.shape
                     buf[:, :, :key_stop] += got_x.view(b, h // n_rep, n_rep, keys, d).sum(2)
-            for i, leaf in enumerate(leaves):
-                g = got.get(id(leaf)) if need_t[i] else None
-                if g is not None:
-                    dt[i] = g if dt[i] is None else dt[i].add_(g)
+            _add_term_grads_(dt, got, leaves, slices)
+            del grads, got, got_x  # this block's gradients, freed before the next block makes its own
         return (None, None, None if dq is None else dq.to(q.dtype), None if dk is None else dk.to(k.dtype),
                 None if dv is None else dv.to(v.dtype), *dt)
+
+
+def _check_call_tensors(terms: AttentionTerms, params: list[Tensor]) -> None:
+    """Raise unless every tensor attribute of ``terms`` that requires grad is in its ``call_tensors`` or a parameter.
+
+    :class:`_ChunkedTerms` differentiates the recomputed blocks with respect to those only, so the gradient of any
+    other tensor the block methods read would be lost without a word.
+    """
+    declared, param_ids = set(terms.call_tensors), {id(p) for p in params}
+    missing = [name for name, x in vars(terms).items()
+               if isinstance(x, Tensor) and x.requires_grad and name not in declared and id(x) not in param_ids]
+    if missing:
+        raise TypeError(f"{type(terms).__name__}: the attributes {missing} hold tensors that require grad but are not "
+                        f"in call_tensors {terms.call_tensors}, so chunked would lose their gradients. List them in "
+                        f"call_tensors (or declare call_tensors = None to checkpoint each block instead).")
 
 
 @register_backend("chunked", priority=30, suits=_chunked_suits)
@@ -514,6 +573,7 @@ def _chunked(call: AttentionCall) -> Tensor:
         if names is not None:  # the terms' per-call tensors first, then the encoding's parameters (the bias's too)
             tensors = [getattr(call.terms, name) for name in names]
             params = [p for p in call.pe.parameters() if p.requires_grad]
+            _check_call_tensors(call.terms, params)
             return _ChunkedTerms.apply(call, rows, q, k, v, *tensors, *params)
     recompute = call.needs_grad
     block = _scores_block if call.uses_terms else _attend_block

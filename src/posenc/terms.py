@@ -32,6 +32,7 @@ Shapes: ``B`` batch, ``H`` query heads, ``Hkv`` key/value heads (``H % Hkv == 0`
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -108,6 +109,10 @@ class ScoreBlock:
     # causal mask and attn_mask of this block (not the bias): bool (True = attend) or additive float in the compute
     # dtype, broadcastable to (B, H, rows, keys); None when nothing is masked
     mask: Tensor | None
+    # Set only while chunked's backward pass recomputes the block: ``slice_leaf(x, index)`` is what query_rows and
+    # key_rows return for ``x[index]``, a leaf of its own when ``x`` is a per-call tensor being differentiated, so
+    # that the block's gradient of it is the size of the slice, not of the whole tensor
+    slice_leaf: Callable[[Tensor, tuple], Tensor] | None = dataclasses.field(default=None, repr=False)
 
     @property
     def rows(self) -> int:
@@ -123,15 +128,18 @@ class ScoreBlock:
 
     def query_rows(self, x: Tensor) -> Tensor:
         """Rows ``start:stop`` of a per-call query-side tensor ``(..., Tq, X)`` prepared in ``terms(...)``."""
-        return x[..., self.start:self.stop, :]
+        return self._slice(x, (..., slice(self.start, self.stop), slice(None)))
 
     def key_rows(self, x: Tensor) -> Tensor:
         """The block's keys of a per-call key-side tensor ``(B|1, Hkv|H|1, Tk, X)``, kv heads expanded to ``H``."""
-        x = x[..., :self.keys, :]
+        x = self._slice(x, (..., slice(None, self.keys), slice(None)))
         heads = self.q.shape[1]
         if x.dim() == 4 and x.shape[1] not in (1, heads):
             x = expand_kv(x, heads // x.shape[1])
         return x
+
+    def _slice(self, x: Tensor, index: tuple) -> Tensor:
+        return x[index] if self.slice_leaf is None else self.slice_leaf(x, index)
 
 
 class AttentionTerms:
@@ -152,11 +160,17 @@ class AttentionTerms:
     # terms are in benchmarks/terms_memory.py's output (peak extra memory / one block's score size).
     pair_tensors: ClassVar[int] = 8
     # Names of the attributes holding per-call tensors (prepared in ``terms(...)``) that :meth:`logits`/:meth:`values`
-    # read and that may carry gradients, e.g. Transformer-XL's ``u . k``; ``()`` when the block methods read only the
-    # block and the encoding's parameters. ``chunked`` recomputes each block in its own backward pass and returns the
-    # gradients of the block's q/k/v, the parameters and these tensors into buffers allocated once. ``None`` (not
-    # declared, the default) makes it checkpoint each block instead: exact, but every block then has full-size
-    # transient gradients of q, k and v.
+    # read and that may carry gradients, e.g. TUPE's position channels ``p U_Q``, ``p U_K`` or Self-Extend's rotated q
+    # and k; ``()`` when the block methods read only the block and the encoding's parameters. ``chunked`` recomputes
+    # each block in its own backward pass and returns the gradients of the block's q/k/v, the parameters and these
+    # tensors into buffers allocated once (with respect to the block's slices of them, when read through
+    # ScoreBlock.query_rows / key_rows); autograd carries the gradients of these on to what they were made from (q,
+    # k, the parameters). The rule: list every tensor attribute that may require grad (``chunked`` refuses terms
+    # holding an unlisted one: its gradient would be lost). Tensors that never need one (integer positions or
+    # indices, constant tables) stay plain, unlisted attributes, which the backward pass reads as they are; listing
+    # one does no harm (it is saved and gets no gradient). Terms whose per-call tensors vary by call set it per
+    # object. ``None`` (not declared, the default) makes ``chunked`` checkpoint each block instead: exact, but every
+    # block then has full-size transient gradients of q, k and v.
     call_tensors: ClassVar[tuple[str, ...] | None] = None
 
     def queries(self, blk: ScoreBlock) -> Tensor:

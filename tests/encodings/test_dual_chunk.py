@@ -59,6 +59,27 @@ def test_dual_chunk_matches_the_reference_rule(chunk_size, local_window):
                                atol=2e-5, rtol=1e-4)
 
 
+def test_causal_dual_chunk_rotates_for_keys_in_later_chunks_only_when_a_query_sees_one():
+    """Causal attention over increasing positions never sees a key in a later chunk (no mirrored rotations); packed
+    documents, whose positions restart, do, and get the mirrored rule (checked against the rule pair by pair)."""
+    q, k, v = _qkv()
+    pe = DualChunkAttention(dim=H * D, n_heads=H, chunk_size=12, local_window=4, layout="interleaved")
+    pos = torch.arange(T)
+    assert not pe.terms(q, k, v, q_pos=pos, k_pos=pos, causal=True, scale=D ** -0.5).mirrored
+    assert pe.terms(q, k, v, q_pos=pos, k_pos=pos, causal=False, scale=D ** -0.5).mirrored
+    packed = torch.cat((torch.arange(20), torch.arange(T - 20)))  # a query at 0 sees a key at 19, two chunks later
+    assert pe.terms(q, k, v, q_pos=packed, k_pos=packed, causal=True, scale=D ** -0.5).mirrored
+    r = dual_chunk_relative_positions(packed[:, None], packed[None], chunk_size=12, local_window=4)  # (T, T)
+    qz = torch.complex(q[..., 0::2].double(), q[..., 1::2].double())
+    kz = torch.complex(k[..., 0::2].double(), k[..., 1::2].double())
+    phase = torch.polar(torch.ones(T, T, D // 2, dtype=torch.float64), r.double()[..., None] * rope_frequencies(D))
+    scores = torch.einsum("bhif,bhjf,ijf->bhij", qz, kz.conj(), phase).real / D ** 0.5
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), -torch.inf)
+    want = (scores.softmax(-1) @ v.double()).float()
+    torch.testing.assert_close(posenc.attention(q, k, v, pe, q_pos=packed, k_pos=packed, causal=True), want,
+                               atol=2e-5, rtol=1e-4)
+
+
 def test_dual_chunk_is_rope_within_one_chunk_and_mirrors_without_a_mask():
     q, k, v = _qkv()
     pos = torch.arange(T)

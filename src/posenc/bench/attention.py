@@ -81,22 +81,24 @@ def _rss_bytes(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field} line; CPU memory is measured on Linux only.")
 
 
-def _make_encoding(name: str, heads: int, head_dim: int, causal: bool, max_len: int):
+def _make_encoding(name: str, heads: int, head_dim: int, causal: bool, max_len: int, options: dict | None = None):
     import posenc
 
     if name in posenc.registered_names():
-        return posenc.get_encoding(name, dim=heads * head_dim, n_heads=heads, max_seq_len=max_len, causal=causal)
+        return posenc.get_encoding(name, dim=heads * head_dim, n_heads=heads, max_seq_len=max_len, causal=causal,
+                                   **(options or {}))
     raise ValueError(f"bench: unknown encoding {name!r}; choose one of {posenc.registered_names()}.")
 
 
 def measure_one(*, backend: str, length: int, device: str = "cpu", batch: int = 1, heads: int = 8,
                 head_dim: int = 64, causal: bool = True, encoding: str = "alibi", repeats: int = 3,
-                measure: str = "both") -> dict:
+                measure: str = "both", encoding_options: dict | None = None) -> dict:
     """One forward + backward of ``posenc.attention`` in *this* process: peak extra memory and median time.
 
     On CPU call it in a fresh process (``run_attention_bench`` does) so that the RSS figures mean something.
     ``measure="memory"`` times only the measured step itself; ``"time"`` skips the memory step and times
-    ``repeats`` warm steps; ``"both"`` does both in one process (used on CUDA).
+    ``repeats`` warm steps; ``"both"`` does both in one process (used on CUDA). ``encoding_options`` are passed to
+    ``posenc.get_encoding`` (JSON-serializable, as the subprocess gets them on its command line).
     """
     if measure not in ("both", "memory", "time"):
         raise ValueError(f"measure_one: measure must be 'both', 'memory' or 'time'; got {measure!r}.")
@@ -106,7 +108,7 @@ def measure_one(*, backend: str, length: int, device: str = "cpu", batch: int = 
 
     torch.set_num_threads(1)
     dev = torch.device(device)
-    pe = _make_encoding(encoding, heads, head_dim, causal, max(length, 2048)).to(dev)
+    pe = _make_encoding(encoding, heads, head_dim, causal, max(length, 2048), encoding_options).to(dev)
 
     def step(t: int, q, k, v, grad_out) -> None:
         out = posenc.attention(q, k, v, pe, causal=causal, backend=backend)  # (B, H, T, D)
@@ -179,7 +181,7 @@ def run_attention_bench(*, device: str = "cpu", quick: bool = False, lengths: Se
                         backends: Sequence[str] = DEFAULT_BACKENDS, batch: int = 1, heads: int = 8,
                         head_dim: int = 64, causal: bool = True, encoding: str = "alibi",
                         repeats: int | None = None, reference_max_len: int = 4096,
-                        timeout: float = 1800.0) -> list[dict]:
+                        timeout: float = 1800.0, encoding_options: dict | None = None) -> list[dict]:
     """Peak extra memory and time of one attention forward + backward per backend and length.
 
     Args:
@@ -195,6 +197,8 @@ def run_attention_bench(*, device: str = "cpu", quick: bool = False, lengths: Se
         reference_max_len: ``reference`` materializes several ``(B, H, T, T)`` tensors (about 10 GiB at T=8192 with
             8 heads), so longer lengths are reported as skipped for it.
         timeout: seconds per measurement subprocess.
+        encoding_options: options of the encoding (``posenc.get_encoding(encoding, ..., **encoding_options)``),
+            JSON-serializable, e.g. ``{"content": True}`` for the content-conditioned ``adaptive``.
 
     Returns:
         One dict per (length, backend): ``backend, length, time_ms, peak_extra_mib, floor_mib`` (output + q/k/v
@@ -210,7 +214,8 @@ def run_attention_bench(*, device: str = "cpu", quick: bool = False, lengths: Se
     for length in lengths:
         for backend in backends:
             config = dict(backend=backend, length=length, device=device, batch=batch, heads=heads,
-                          head_dim=head_dim, causal=causal, encoding=encoding, repeats=repeats)
+                          head_dim=head_dim, causal=causal, encoding=encoding, repeats=repeats,
+                          encoding_options=encoding_options)
             need = _estimate_bytes(backend, batch=batch, heads=heads, length=length, head_dim=head_dim)
             available = _available_bytes() if device == "cpu" else None
             if backend == "reference" and length > reference_max_len:
@@ -231,7 +236,8 @@ def run_attention_bench(*, device: str = "cpu", quick: bool = False, lengths: Se
     for row in rows:
         if row["backend"] == "auto":
             row["auto_picks"] = auto_choice(length=row["length"], device=device, batch=batch, heads=heads,
-                                            head_dim=head_dim, causal=causal, encoding=encoding)
+                                            head_dim=head_dim, causal=causal, encoding=encoding,
+                                            encoding_options=encoding_options)
         dense = next((r for r in rows if r["backend"] == "dense" and r["length"] == row["length"]
                       and r["status"] == "ok"), None)
         ok = row["status"] == "ok" and dense is not None
@@ -242,14 +248,14 @@ def run_attention_bench(*, device: str = "cpu", quick: bool = False, lengths: Se
 
 
 def auto_choice(*, length: int, device: str = "cpu", batch: int = 1, heads: int = 8, head_dim: int = 64,
-                causal: bool = True, encoding: str = "alibi") -> str:
+                causal: bool = True, encoding: str = "alibi", encoding_options: dict | None = None) -> str:
     """The backend ``auto`` picks for this benchmark's call (a training call: gradients on), by name."""
     import torch
 
     from posenc.attention import explain
     from posenc.base import get_encoding
 
-    pe = get_encoding(encoding, dim=heads * head_dim, n_heads=heads)
+    pe = get_encoding(encoding, dim=heads * head_dim, n_heads=heads, **(encoding_options or {}))
     q = torch.empty(batch, heads, length, head_dim, device=device, requires_grad=True)
     return explain(q, q, q, pe.to(device), causal=causal).split(":", 1)[0]
 

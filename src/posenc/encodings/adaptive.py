@@ -231,6 +231,11 @@ class DAPE(PositionalEncoding):
 class AdaptiveContentTerms(AttentionTerms):
     """The content-conditioned mixture of :class:`AdaptiveBias` for one call, a logit term per block."""
 
+    # measured at T=4096 with the default components (benchmarks/terms_memory.py): each component's bias and its
+    # share of the mixture, FIRE's per-pair MLP activations, the gradients
+    pair_tensors = 22
+    call_tensors = ()  # the block methods read the block and the encoding's parameters (and its components') only
+
     def __init__(self, pe: AdaptiveBias) -> None:
         self.pe = pe
 
@@ -245,6 +250,8 @@ class AdaptiveContentTerms(AttentionTerms):
 
 class DAPETerms(AttentionTerms):
     """DAPE's refined bias for one call: ``scores + B + f([scores; B])`` per block."""
+
+    call_tensors = ()  # the block methods read the block and the encoding's parameters only: B is made per block
 
     def __init__(self, pe: DAPE) -> None:
         self.pe = pe

@@ -105,12 +105,18 @@ class DualChunkAttention(PositionalEncoding):
             "q_succ": rotate(qc, torch.clamp(qm + c, max=size), "q"),
             "k": rotate(kc, k_pos, "k"), "k_mod": rotate(kc, km, "k"),
         }
-        # Keys in a later chunk than the query need the mirrored rule. Eager code rotates for it only when some pair
-        # needs it (an O(T) check); compiled code always does (the same numbers), since a data-dependent branch
-        # would break the graph.
-        q_chunk, k_chunk = _floor(positions_2d(q_pos), c), _floor(positions_2d(k_pos), c)
-        mirrored = torch.compiler.is_compiling() or (q_chunk.numel() > 0 and k_chunk.numel() > 0 and bool(
-            (q_chunk.amin(-1) < k_chunk.amax(-1)).any()))
+        # Keys in a later chunk than a query that sees them need the mirrored rule. Eager code rotates for it only
+        # when some pair needs it (an O(T) check: under the causal mask a query sees the keys up to its index, whose
+        # latest chunk is a running maximum); compiled code always does (the same numbers), since a data-dependent
+        # branch would break the graph.
+        q_chunk, k_chunk = _floor(positions_2d(q_pos), c), _floor(positions_2d(k_pos), c)  # (B|1, Tq), (B|1, Tk)
+        mirrored = torch.compiler.is_compiling()
+        if not mirrored and q_chunk.numel() > 0 and k_chunk.numel() > 0:
+            if causal:  # the latest key chunk each query sees (it sits at key index Tk - Tq + row)
+                seen = k_chunk.cummax(-1).values[..., k_chunk.shape[-1] - q_chunk.shape[-1]:]  # (B|1, Tq)
+            else:
+                seen = k_chunk.amax(-1, keepdim=True)  # (B|1, 1)
+            mirrored = bool((q_chunk < seen).any())
         if mirrored:
             rotated.update(q_mod=rotate(qc, qm, "q"), k_succ=rotate(kc, torch.clamp(km + c, max=size), "k"),
                            k_inter=rotate(kc, torch.full_like(km, inter), "k"))
@@ -128,13 +134,17 @@ class DualChunkTerms(AttentionTerms):
     pair_tensors = 10  # estimated: up to four candidate scores, the chunk gap (int64), the choices, the result
 
     def __init__(self, rotated: dict[str, Tensor], chunk: int, mirrored: bool) -> None:
-        self.rotated = rotated
+        # One attribute per rotation, named as in ``rotated`` (``q``, ``q_inter``, ``q_succ``, ``k``, ``k_mod``, and
+        # when mirrored ``q_mod``, ``k_succ``, ``k_inter``): per-call tensors of q and k, so ``call_tensors`` lists
+        # them (this call's, hence set per object), and chunked differentiates them.
+        vars(self).update(rotated)
+        self.call_tensors = tuple(rotated)
         self.chunk = chunk  # c = chunk_size - local_window
         self.mirrored = mirrored  # some key sits in a later chunk than some query
 
     def _dots(self, blk: ScoreBlock, q_name: str, k_name: str) -> Tensor:
-        q = blk.query_rows(self.rotated[q_name])
-        return q @ blk.key_rows(self.rotated[k_name]).transpose(-2, -1)  # (B, H, rows, keys)
+        q = blk.query_rows(getattr(self, q_name))
+        return q @ blk.key_rows(getattr(self, k_name)).transpose(-2, -1)  # (B, H, rows, keys)
 
     def logits(self, scores: None, blk: ScoreBlock) -> Tensor:
         c = self.chunk

@@ -86,6 +86,7 @@ class SelfExtendTerms(AttentionTerms):
 
     replaces_scores = True
     pair_tensors = 8  # estimated: the two candidate scores, the distances (int64), the choice, the result, grads
+    call_tensors = ("qn", "kn", "qg", "kg")  # q and k rotated once per call, both ways
 
     def __init__(self, qn: Tensor, kn: Tensor, qg: Tensor, kg: Tensor, neighbor_window: int) -> None:
         self.qn, self.kn = qn, kn  # (B, H, Tq, D), (B, Hkv, Tk, D): rotated at the true positions

@@ -128,6 +128,7 @@ class TUPETerms(AttentionTerms):
     """TUPE's positional correlation for one call: ``(scores + (pq . pk) * scale) / sqrt(2)``."""
 
     pair_tensors = 6  # estimated: scores, the positional correlation, the sum, probabilities, grads
+    call_tensors = ("pq", "pk")  # the position channels, formed once per call from the table and U_Q, U_K
 
     def __init__(self, pq: Tensor, pk: Tensor) -> None:
         self.pq = pq  # (B|1, H, Tq, D)
