@@ -180,7 +180,8 @@ class DAPE(PositionalEncoding):
 
     ``scores = L + B + f([L; B])``, ``L = q k^T * scale`` ``(B, H, Tq, Tk)``, ``B`` the static bias of ``base``, and
     ``f`` a per-pair MLP across heads ``2H -> hidden -> H``. Its last layer starts at zero, so a fresh DAPE equals its
-    base encoding exactly and learns the refinement. Runs as a dense ``attend`` (memory in the module docstring).
+    base encoding exactly and learns the refinement. Its attention terms run on every backend but flex, on ``chunked``
+    one block of query rows at a time (memory in the module docstring).
 
     Args:
         base: registered bias encoding giving ``B`` (KERPLE in the paper's main results; ALiBi and FIRE also used).
