@@ -58,3 +58,17 @@ def test_fullgraph_under_no_grad(name):
         eager = model(x)
         compiled = torch.compile(model, fullgraph=True, backend="eager")(x)
     torch.testing.assert_close(compiled, eager, atol=1e-6, rtol=1e-6)
+
+
+def test_first_rope_call_compiled_before_any_eager_one(fresh_python):
+    """In a fresh process the CPU RoPE kernel is not loaded yet, so the first rotation under ``torch.compile`` loads it
+    inside the traced frame. The fused-path check once read the kernel's build state there, and the guard dynamo put
+    on that dict failed on the frame that created it ("Guard failed on the same frame it was created")."""
+    fresh_python(
+        "import torch\n"
+        "from posenc import Transformer, TransformerConfig\n"
+        "model = Transformer(TransformerConfig(kind='decoder', vocab_size=50, dim=32, n_heads=4, encoding='rope'))\n"
+        "x = torch.randint(0, 50, (2, 16))\n"
+        "with torch.no_grad():\n"
+        "    compiled = torch.compile(model.eval(), fullgraph=True, backend='eager')(x)\n"
+        "    torch.testing.assert_close(compiled, model(x), atol=1e-6, rtol=1e-6)\n")

@@ -214,13 +214,15 @@ def fast_rotate(q: Tensor, k: Tensor | None, cos_q: Tensor, sin_q: Tensor, cos_k
         cos_k = sin_k = None
     # The common CPU case first, in as few Python steps as possible (a decode step rotates a few hundred numbers,
     # so these checks are most of its cost): plain tensors, eager, nothing to differentiate -> one kernel call.
-    if type(q) is Tensor and q.is_cpu and q.dtype in _CPU_DTYPES and "kernel" in rope_cpu.build_state and \
+    # is_compiling() comes before the build-state read: under torch.compile the kernel may be built inside the traced
+    # frame, and a guard on that dict would then fail on the frame that created it.
+    if type(q) is Tensor and q.is_cpu and q.dtype in _CPU_DTYPES and not torch.compiler.is_compiling() and \
+            "kernel" in rope_cpu.build_state and \
             (k is None or type(k) is Tensor and k.is_cpu and k.dtype in _CPU_DTYPES) and \
             not (torch.is_grad_enabled() and (q.requires_grad or cos_q.requires_grad or sin_q.requires_grad or
                                               k is not None and (k.requires_grad or cos_k.requires_grad or
                                                                  sin_k.requires_grad))) and \
-            not torch.compiler.is_compiling() and not torch._C._is_tracing() and not _wrapped(q) and \
-            (k is None or not _wrapped(k)) and _enabled():
+            not torch._C._is_tracing() and not _wrapped(q) and (k is None or not _wrapped(k)) and _enabled():
         return rope_cpu.rotate_qk_into(q, torch.empty_like(q), cos_q, sin_q, k,
                                        None if k is None else torch.empty_like(k), cos_k, sin_k, layout=layout)
     path = _pair_path(q, k)
