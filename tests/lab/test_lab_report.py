@@ -100,6 +100,16 @@ def test_write_report_md_html_and_plots(tmp_path):
     assert json.loads((tmp_path / RESULTS).read_text().splitlines()[0])["seed"] == 0
 
 
+def test_report_names_the_code_fingerprints_of_its_records(tmp_path):
+    for s, source in ((0, "aaaaaaaaaaaa"), (1, "aaaaaaaaaaaa"), (2, "bbbbbbbbbbbb")):
+        record = _record("bucket_sort", "rope", s, {4: 1.0, 8: 0.5})
+        record["versions"] = {"torch": "x", "source": source}
+        append_record(tmp_path / RESULTS, record)
+    md = write_report(tmp_path).read_text()
+    assert "posenc source aaaaaaaaaaaa (2 runs), bbbbbbbbbbbb (1 run)" in md
+    assert "source aaaa" not in md.replace("posenc source aaaa", "")  # not repeated per version line
+
+
 def test_report_without_records_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="holds no records"):
         write_report(tmp_path)

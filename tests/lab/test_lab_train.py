@@ -2,13 +2,14 @@
 
 import dataclasses
 import io
+from pathlib import Path
 
 import pytest
 import torch
 
 from posenc._io import read_checked
 from posenc.lab.config import Experiment, ModelConfig, RunConfig, TaskConfig
-from posenc.lab.train import evaluate, train_run
+from posenc.lab.train import evaluate, source_fingerprint, train_run
 
 TINY = ModelConfig(dim=32, n_layers=1, n_heads=2, ffn_mult=2.0)
 
@@ -69,6 +70,24 @@ def test_resume_from_checkpoint_follows_the_uninterrupted_run(tmp_path):
     torch.testing.assert_close(torch.tensor(resumed["loss_curve"]), torch.tensor(straight["loss_curve"]))
     assert resumed["run_id"] == straight["run_id"]
     assert resumed["metrics"]["6"]["loss"] == pytest.approx(straight["metrics"]["6"]["loss"], rel=1e-5)
+
+
+def test_records_carry_the_fingerprint_of_the_code_that_made_them(tmp_path):
+    import shutil
+
+    import posenc
+    copy = tmp_path / "posenc"
+    shutil.copytree(Path(posenc.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert source_fingerprint(str(copy)) == source_fingerprint()  # contents and paths, not where it lives
+    (copy / "__pycache__").mkdir(exist_ok=True)
+    (copy / "__pycache__" / "x.cpython-311.py").write_text("cache")
+    assert source_fingerprint(str(copy)) == source_fingerprint.__wrapped__(str(copy)) == source_fingerprint()
+    model = copy / "model.py"
+    model.write_text(model.read_text() + "\n# one more line\n")
+    assert source_fingerprint.__wrapped__(str(copy)) != source_fingerprint()  # one edited file changes it
+    exp = Experiment(TaskConfig("reverse_string", 1, 4, (4,)), TINY,
+                     RunConfig(steps=1, batch_size=4, eval_batches=1, eval_batch_size=4))
+    assert train_run(exp, encoding="rope", seed=0)["versions"]["source"] == source_fingerprint()
 
 
 def test_bad_lengths_and_names_are_clear_errors():

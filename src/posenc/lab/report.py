@@ -18,6 +18,7 @@ import json
 import math
 import os
 import statistics
+from collections import Counter
 from pathlib import Path
 
 from posenc._io import atomic_write_bytes
@@ -502,7 +503,12 @@ def write_report(out: str | os.PathLike) -> Path:
     plots.mkdir(exist_ok=True)
     tasks = aggregate(records)
     comparison = paper_comparison(records)
-    versions = sorted({" ".join(f"{k} {v}" for k, v in r.get("versions", {}).items()) for r in records})
+    versions = sorted({" ".join(f"{k} {v}" for k, v in r.get("versions", {}).items() if k != "source")
+                       for r in records})
+    sources = Counter(r.get("versions", {}).get("source", "not recorded") for r in records)
+    if set(sources) != {"not recorded"}:  # posenc's code fingerprint (train.source_fingerprint), with run counts
+        versions.append("posenc source " + ", ".join(f"{s} ({n} run{'' if n == 1 else 's'})"
+                                                     for s, n in sorted(sources.items())))
     hashes = sorted({r["content_hash"] for r in records if "content_hash" in r})
     md = ["# posenc lab report", "",
           f"{len(records)} runs, {len(tasks)} tasks, "

@@ -14,6 +14,8 @@ Example::
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import io
 import json
 import math
@@ -221,7 +223,31 @@ def _dist_info() -> tuple[int, int]:
 
 
 def versions() -> dict[str, str]:
-    return {"posenc": posenc.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    """What made a record: package versions, and ``source``, the fingerprint of posenc's own code.
+
+    Two versions of posenc with the same version number can train differently (a changed summation order is enough
+    to move a run's result as much as another seed would); a record is reproduced bit for bit by the code whose
+    ``source`` it carries, with the same torch and one thread.
+    """
+    return {"posenc": posenc.__version__, "source": source_fingerprint(), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+@functools.cache
+def source_fingerprint(root: str | None = None) -> str:
+    """The first 12 hex digits of a sha256 over posenc's source files (``*.py``, and the C++ kernels' sources).
+
+    ``root``: the package folder to fingerprint (default: the installed ``posenc``). Paths and contents both count,
+    so a renamed, added or edited file changes it; compiled caches and generated data do not.
+    """
+    base = Path(root) if root is not None else Path(posenc.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in base.rglob("*") if p.suffix in {".py", ".cpp", ".h", ".cu"} and p.is_file()):
+        relative = path.relative_to(base).as_posix()
+        if "__pycache__" in relative:
+            continue
+        digest.update(relative.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
 
 
 def encoding_options_for(experiment: Experiment, encoding: str) -> dict:
