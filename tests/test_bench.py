@@ -112,3 +112,6 @@ def test_attention_bench_names_the_backend_auto_picks():
     fits = int((DENSE_MAX_ELEMENTS / 8) ** 0.5)  # 8 heads: the largest T whose dense mask fits the budget
     assert auto_choice(length=fits, heads=8) == "dense"  # within the budget auto is SDPA + the dense bias
     assert auto_choice(length=fits + 1, heads=8) == "chunked"  # beyond it, O(rows x T) memory
+    # an encoding with a length limit is built for the measured length, as measure_one builds it (was: TUPE's
+    # default 2048-position table, so asking about T=4096 raised)
+    assert auto_choice(length=4096, heads=4, encoding="tupe") in DEFAULT_BACKENDS

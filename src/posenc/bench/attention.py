@@ -249,13 +249,16 @@ def run_attention_bench(*, device: str = "cpu", quick: bool = False, lengths: Se
 
 def auto_choice(*, length: int, device: str = "cpu", batch: int = 1, heads: int = 8, head_dim: int = 64,
                 causal: bool = True, encoding: str = "alibi", encoding_options: dict | None = None) -> str:
-    """The backend ``auto`` picks for this benchmark's call (a training call: gradients on), by name."""
+    """The backend ``auto`` picks for this benchmark's call (a training call: gradients on), by name.
+
+    The encoding is built as :func:`measure_one` builds it (its ``max_seq_len`` and ``causal``), so that encodings
+    with a length limit, such as TUPE's absolute table, are asked about the call that was measured.
+    """
     import torch
 
     from posenc.attention import explain
-    from posenc.base import get_encoding
 
-    pe = get_encoding(encoding, dim=heads * head_dim, n_heads=heads, **(encoding_options or {}))
+    pe = _make_encoding(encoding, heads, head_dim, causal, max(length, 2048), encoding_options)
     q = torch.empty(batch, heads, length, head_dim, device=device, requires_grad=True)
     return explain(q, q, q, pe.to(device), causal=causal).split(":", 1)[0]
 
