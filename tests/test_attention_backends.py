@@ -19,9 +19,10 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import posenc
+import posenc.attention_settings as settings
+import posenc.backends as attn_mod
 from posenc.base import PositionalEncoding
-
-attn_mod = importlib.import_module("posenc.attention")  # ``posenc.attention`` itself is the function
+from posenc.flex import causal_flex_block_mask
 
 B, H, HKV, D = 2, 4, 2, 16
 # bfloat16 keeps 8 significant bits (a rounding error of up to 2**-9 relative). ``dense``/``chunked`` must round the
@@ -95,7 +96,7 @@ def _qkv(tq: int, tk: int, dtype=torch.float32, *, hkv: int = HKV, seed: int = 0
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Make ``chunked`` split a 40-query test into blocks of 16, 16 and 8 rows."""
-    monkeypatch.setattr(attn_mod, "CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(settings, "CHUNK_ELEMENTS", 1)
 
 
 def _packed_positions(t: int) -> tuple[Tensor, Tensor]:
@@ -111,7 +112,7 @@ def _packed_positions(t: int) -> tuple[Tensor, Tensor]:
     return pos, mask
 
 
-BACKENDS = ["dense", "chunked"]  # ``sdpa`` runs the same code as ``dense``: test_sdpa_with_a_bias_is_dense
+BACKENDS = ["dense", "chunked"]  # ``sdpa`` with a bias is ``dense``: test_sdpa_with_a_bias_is_dense
 
 
 @pytest.mark.parametrize("name", ENCODINGS)
@@ -250,7 +251,7 @@ def test_chunked_never_builds_a_full_mask(small_chunks):
             out = posenc.attention(q, k, v, pe, causal=True, backend=backend)
             out.sum().backward()
         sizes[backend] = probe.largest
-    rows = attn_mod.chunk_rows(attn_mod._prepare(q, k, v, pe, causal=True))
+    rows = attn_mod.chunk_rows(attn_mod.prepare_call(q, k, v, pe, causal=True))
     assert sizes["dense"] >= H * t * t  # the (1, H, T, T) dense bias: the probe sees it, so this test can fail
     assert sizes["chunked"] <= B * H * max(rows * t, t * D), sizes  # one block's scores, or q/k/v-sized
 
@@ -281,7 +282,7 @@ def _explain(pe, tq=40, tk=40, *, grad=False, **kw) -> str:
     q, k, v = _qkv(tq, tk)
     if grad:
         q.requires_grad_()
-    return posenc.attention.explain(q, k, v, pe, **kw)
+    return posenc.explain(q, k, v, pe, **kw)
 
 
 def test_auto_choices_are_explained(monkeypatch):
@@ -289,14 +290,14 @@ def test_auto_choices_are_explained(monkeypatch):
     pe.requires_grad_(False)
     assert _explain(None, causal=True).startswith("sdpa:")
     assert _explain(pe, causal=True).startswith("dense:")  # small: dense is cheapest
-    monkeypatch.setattr(attn_mod, "DENSE_MAX_ELEMENTS", 100)
+    monkeypatch.setattr(settings, "DENSE_MAX_ELEMENTS", 100)
     text = _explain(pe, causal=True, grad=True)
     assert text.startswith("chunked:") and "forward-only" in text and "grad=True" in text, text
     assert "bias=slope_bias" in text and "(1, 4, 40, 40)" in text
-    monkeypatch.setattr(attn_mod, "FLEX_CPU_MIN_ELEMENTS", 100)
-    if attn_mod._flex_supports(attn_mod._prepare(*_qkv(40, 40), pe)) is None:
+    monkeypatch.setattr(settings, "FLEX_CPU_MIN_ELEMENTS", 100)
+    if attn_mod._flex_supports(attn_mod.prepare_call(*_qkv(40, 40), pe)) is None:
         assert _explain(pe, causal=True).startswith("flex:")  # inference, long enough: compiled Flex
-    monkeypatch.setattr(attn_mod, "FLEX_CPU_MIN_ELEMENTS", math.inf)
+    monkeypatch.setattr(settings, "FLEX_CPU_MIN_ELEMENTS", math.inf)
     assert _explain(pe, causal=True).startswith("chunked:")
     assert _explain(pe, causal=True, backend="dense").startswith("dense: requested")
 
@@ -317,13 +318,13 @@ def test_auto_runs_terms_dense_when_small_chunked_when_large_and_flex_refuses(na
     pe = posenc.get_encoding(name, dim=H * D, n_heads=H, max_seq_len=256, causal=True)
     text = _explain(pe, causal=True)
     assert text.startswith("dense:") and f"terms={name}" in text, text
-    monkeypatch.setattr(attn_mod, "DENSE_MAX_ELEMENTS", 100)
+    monkeypatch.setattr(settings, "DENSE_MAX_ELEMENTS", 100)
     assert _explain(pe, causal=True).startswith("chunked:")
     q, k, v = _qkv(8, 8)
     with torch.no_grad(), pytest.raises(ValueError, match="score_mod cannot.*chunked"):
         posenc.attention(q, k, v, pe, causal=True, backend="flex")
-    torch.testing.assert_close(posenc.attention(q, k, v, pe, causal=True, backend="sdpa"),
-                               posenc.attention(q, k, v, pe, causal=True, backend="dense"))
+    with pytest.raises(ValueError, match="'sdpa' cannot compute this call exactly.*SDPA's kernels cannot"):
+        posenc.attention(q, k, v, pe, causal=True, backend="sdpa")  # refused: sdpa never means dense in disguise
 
 
 def test_errors_for_bad_backends():
@@ -348,7 +349,7 @@ def test_causal_flex_block_mask_matches_create_block_mask(q_len, k_len):
     flex = pytest.importorskip("torch.nn.attention.flex_attention")
     offset = k_len - q_len
     want = flex.create_block_mask(lambda b, h, q, kv: kv <= q + offset, None, None, q_len, k_len, device="cpu")
-    got = attn_mod.causal_flex_block_mask(q_len, k_len, "cpu")
+    got = causal_flex_block_mask(q_len, k_len, "cpu")
     assert torch.equal(got.to_dense(), want.to_dense())  # which tiles are visited at all
     assert torch.equal(got.kv_num_blocks, want.kv_num_blocks)  # partial tiles (mask applied)
     assert torch.equal(got.full_kv_num_blocks, want.full_kv_num_blocks)  # full tiles (mask skipped)
@@ -360,7 +361,7 @@ def test_flex_compiled_forward_matches_reference():
     pe = _make("slope_bias", causal=True)
     q, k, v = _qkv(136, 200)  # Tq < Tk and lengths that are not multiples of the 128 tile
     with torch.no_grad():
-        reason = attn_mod._flex_supports(attn_mod._prepare(q, k, v, pe, causal=True))
+        reason = attn_mod._flex_supports(attn_mod.prepare_call(q, k, v, pe, causal=True))
         if reason is not None:
             pytest.skip(f"flex unavailable here: {reason}")
         out = posenc.attention(q, k, v, pe, causal=True, backend="flex")
@@ -376,7 +377,7 @@ def test_flex_every_bias_encoding(name):
     q, k, v = _qkv(64, 80)
     pos, _ = _packed_positions(80)
     with torch.no_grad():
-        if (reason := attn_mod._flex_supports(attn_mod._prepare(q, k, v, pe))) is not None:
+        if (reason := attn_mod._flex_supports(attn_mod.prepare_call(q, k, v, pe))) is not None:
             pytest.skip(f"flex unavailable here: {reason}")
         pad = torch.ones(B, 1, 1, 80, dtype=torch.bool)
         pad[1, ..., 70:] = False  # padding keys: a bool attn_mask becomes part of the block mask

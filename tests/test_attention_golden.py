@@ -74,7 +74,7 @@ def _run(pe: posenc.PositionalEncoding, backend: str, causal: bool, hkv: int) ->
 
 def record(path: Path = GOLDEN) -> dict[str, dict[str, torch.Tensor]]:
     """Run every case each backend can compute today and save the results to ``path``."""
-    attn_mod = importlib.import_module("posenc.attention")
+    attn_mod = importlib.import_module("posenc.attention_settings")
     attn_mod.CHUNK_ELEMENTS = 1  # chunked then uses its smallest blocks (16 rows: one block at these sizes)
     golden: dict[str, dict[str, torch.Tensor]] = {}
     for name in posenc.registered_names():
@@ -111,7 +111,7 @@ def _golden() -> dict[str, dict[str, torch.Tensor]]:
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    monkeypatch.setattr(importlib.import_module("posenc.attention"), "CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(importlib.import_module("posenc.attention_settings"), "CHUNK_ELEMENTS", 1)
 
 
 def test_golden_file_covers_every_encoding_and_case():

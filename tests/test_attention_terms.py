@@ -8,7 +8,6 @@ parameter must agree, and ``chunked`` must never build anything the size of the 
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import pytest
@@ -17,10 +16,11 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import posenc
+import posenc.attention_settings as settings
+import posenc.backends as attn_mod
 from posenc.base import PositionalEncoding
+from posenc.chunked import ChunkedTerms
 from posenc.terms import AttentionTerms, ScoreBlock, positions_2d
-
-attn_mod = importlib.import_module("posenc.attention")
 
 B, H, D, TQ, TK = 2, 4, 8, 36, 40
 NAMES = posenc.registered_names()
@@ -39,7 +39,7 @@ TERM_NAMES = _term_names()
 @pytest.fixture
 def small_chunks(monkeypatch):
     """``chunked`` in its smallest blocks: 4 query rows with terms (TERMS_MIN_ROWS), 16 for a bias."""
-    monkeypatch.setattr(attn_mod, "CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(settings, "CHUNK_ELEMENTS", 1)
 
 
 def _encoding(name: str, causal: bool, **options) -> PositionalEncoding:
@@ -90,8 +90,8 @@ def test_chunked_and_dense_equal_reference_forward_and_backward(name, causal, hk
         kwargs["attn_mask"] = keep
     want = _run(pe, "reference", q, k, v, grad_out, **kwargs)
     assert torch.isfinite(want["out"]).all()
-    if pe.uses_terms:  # chunked trains every encoding with terms through _ChunkedTerms, none by checkpointed blocks
-        assert _chunked_backward(pe, q, k, v, **kwargs) == "_ChunkedTermsBackward"
+    if pe.uses_terms:  # chunked trains every encoding with terms through ChunkedTerms, none by checkpointed blocks
+        assert _chunked_backward(pe, q, k, v, **kwargs) == "ChunkedTermsBackward"
     for backend in ("dense", "chunked"):
         got = _run(pe, backend, q, k, v, grad_out, **kwargs)
         assert sorted(got) == sorted(want), backend
@@ -136,7 +136,7 @@ def test_chunked_terms_stay_within_one_block_forward_and_backward(name, small_ch
         largest[backend], saved[backend] = probe.largest, sum(sizes)
     with _LargestTensor() as probe:  # the backward pass of chunked recomputes one block at a time
         posenc.attention(q, k, v, pe, causal=True, backend="chunked").backward(grad_out)
-    rows = attn_mod.chunk_rows(attn_mod._prepare(q, k, v, pe, causal=True))
+    rows = attn_mod.chunk_rows(attn_mod.prepare_call(q, k, v, pe, causal=True))
     assert rows < t // 4
     assert largest["dense"] >= B * H * t * t  # the probe sees the full scores, so this test can fail
     # one block's share of the largest dense intermediate (a (B, H, rows, Tk) score, DAPE's MLP activations), or a
@@ -148,7 +148,7 @@ def test_chunked_terms_stay_within_one_block_forward_and_backward(name, small_ch
 @pytest.mark.parametrize("declared", [True, False], ids=["call_tensors", "reset_to_none"])
 @pytest.mark.parametrize("name", TERM_NAMES)
 def test_every_encoding_with_terms_declares_call_tensors(name, declared, small_chunks, monkeypatch):
-    """What takes chunked's _ChunkedTerms path: terms with call_tensors; reset to None, checkpointed blocks instead."""
+    """What takes chunked's ChunkedTerms path: terms with call_tensors; reset to None, checkpointed blocks instead."""
     pe = _encoding(name, True, **TERM_OPTIONS.get(name, {}))
     if not declared:  # on the terms object: some set call_tensors per call
         make_terms = pe.terms
@@ -160,7 +160,7 @@ def test_every_encoding_with_terms_declares_call_tensors(name, declared, small_c
 
         monkeypatch.setattr(pe, "terms", undeclared)
     q, k, v, _ = _inputs(H // 2)
-    assert (_chunked_backward(pe, q, k, v, causal=True) == "_ChunkedTermsBackward") == declared
+    assert (_chunked_backward(pe, q, k, v, causal=True) == "ChunkedTermsBackward") == declared
 
 
 class _Decay(PositionalEncoding):
@@ -173,7 +173,7 @@ class _Decay(PositionalEncoding):
         self.slopes = torch.nn.Parameter(torch.linspace(0.1, 0.8, n_heads))
         self.shift = torch.nn.Parameter(torch.randn(n_heads, self.head_dim))
 
-    def terms(self, q, k, v, *, q_pos, k_pos, causal, scale):
+    def terms(self, call):
         return _DecayTerms(self)
 
 
@@ -221,8 +221,9 @@ class _KeyGate(PositionalEncoding):
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
         self.w = torch.nn.Parameter(torch.randn(self.head_dim, 1))
 
-    def terms(self, q, k, v, *, q_pos, k_pos, causal, scale):
-        return _KeyGateTerms(k @ self.w, positions_2d(k_pos)[:, None, :, None])  # (B, Hkv, Tk, 1), (B|1, 1, Tk, 1)
+    def terms(self, call):
+        # (B, Hkv, Tk, 1) and (B|1, 1, Tk, 1)
+        return _KeyGateTerms(call.k @ self.w, positions_2d(call.k_pos)[:, None, :, None])
 
 
 class _KeyGateTerms(AttentionTerms):
@@ -250,26 +251,26 @@ def test_chunked_returns_gradients_of_declared_per_call_tensors(declared, small_
     assert sorted(got) == sorted(want) and "w" in got
     for field in want:
         torch.testing.assert_close(got[field], want[field], atol=1e-5, rtol=1e-5, msg=lambda m, f=field: f"{f}: {m}")
-    want_path = "_ChunkedTermsBackward" if declared is not None else "CatBackward0"
+    want_path = "ChunkedTermsBackward" if declared is not None else "CatBackward0"
     assert _chunked_backward(pe, q, k, v, **kwargs) == want_path
 
 
 def test_chunked_refuses_terms_holding_an_undeclared_tensor_that_requires_grad(small_chunks, monkeypatch):
-    """_ChunkedTerms differentiates only the tensors in call_tensors: another one's gradient would be lost."""
+    """ChunkedTerms differentiates only the tensors in call_tensors: another one's gradient would be lost."""
     monkeypatch.setattr(_KeyGateTerms, "call_tensors", ())
     q, k, v, _ = _inputs(H // 2)
     with pytest.raises(TypeError, match=r"\['gate'\] hold tensors that require grad but are not in call_tensors"):
         posenc.attention(q, k, v, _KeyGate(dim=H * D, n_heads=H), causal=True, backend="chunked")
 
 
-_CHUNKED_TERMS_BACKWARD = attn_mod._ChunkedTerms.backward
+_CHUNKED_TERMS_BACKWARD = ChunkedTerms.backward
 
 
 def _backward_allocations(pe, rows: int, monkeypatch) -> list[str]:
-    """The ``(..., H, T, D)`` tensors (q-sized) that the backward pass of chunked's _ChunkedTerms allocates, in
+    """The ``(..., H, T, D)`` tensors (q-sized) that the backward pass of chunked's ChunkedTerms allocates, in
     blocks of ``rows`` query rows (causal, 96 queries and keys): what made them, and their shapes."""
     t = 96
-    monkeypatch.setattr(attn_mod, "TERMS_MIN_ROWS", rows)
+    monkeypatch.setattr(settings, "TERMS_MIN_ROWS", rows)
     made = []
 
     class _Allocations(TorchDispatchMode):
@@ -285,12 +286,12 @@ def _backward_allocations(pe, rows: int, monkeypatch) -> list[str]:
         with _Allocations():
             return _CHUNKED_TERMS_BACKWARD(ctx, *grads)
 
-    monkeypatch.setattr(attn_mod._ChunkedTerms, "backward", staticmethod(recorded_backward))
+    monkeypatch.setattr(ChunkedTerms, "backward", staticmethod(recorded_backward))
     q, k, v, grad_out = _inputs(H, tq=t, tk=t)
     q, k, v = (x.requires_grad_() for x in (q, k, v))
     out = posenc.attention(q, k, v, pe, causal=True, backend="chunked")
-    assert type(out.grad_fn).__name__ == "_ChunkedTermsBackward"
-    assert attn_mod.chunk_rows(attn_mod._prepare(q, k, v, pe, causal=True)) == rows
+    assert type(out.grad_fn).__name__ == "ChunkedTermsBackward"
+    assert attn_mod.chunk_rows(attn_mod.prepare_call(q, k, v, pe, causal=True)) == rows
     out.backward(grad_out)
     return made
 
@@ -304,7 +305,7 @@ def test_chunked_backward_allocates_the_gradients_once(name, small_chunks, monke
     many, few = (_backward_allocations(pe, rows, monkeypatch) for rows in (3, 6))  # rows != H: no block is q-shaped
     assert sorted(many) == sorted(few), (many, few)
     q, k, v, _ = _inputs(H, tq=96, tk=96)
-    if not attn_mod._prepare(q, k, v, pe, causal=True).terms.call_tensors:
+    if not attn_mod.prepare_call(q, k, v, pe, causal=True).terms.call_tensors:
         assert len(many) == 3, many  # dq, dk, dv
 
 
@@ -318,9 +319,9 @@ GRADCHECK_OPTIONS = {"cope": {"npos_max": 4}, "shaw": {"max_relative_position": 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
 @pytest.mark.parametrize("name", TERM_NAMES)
 def test_chunked_gradcheck_float64_in_blocks_of_one_row(name, causal, monkeypatch):
-    """float64 gradcheck of _ChunkedTerms' backward over several blocks: q, k, v (GQA) and every parameter."""
-    monkeypatch.setattr(attn_mod, "CHUNK_ELEMENTS", 1)
-    monkeypatch.setattr(attn_mod, "TERMS_MIN_ROWS", 1)
+    """float64 gradcheck of ChunkedTerms' backward over several blocks: q, k, v (GQA) and every parameter."""
+    monkeypatch.setattr(settings, "CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(settings, "TERMS_MIN_ROWS", 1)
     heads, head_dim = 2, 4
     options = {**TERM_OPTIONS.get(name, {}), **GRADCHECK_OPTIONS.get(name, {})}
     pe = posenc.get_encoding(name, dim=heads * head_dim, n_heads=heads, max_seq_len=8, causal=causal, **options)
@@ -333,7 +334,7 @@ def test_chunked_gradcheck_float64_in_blocks_of_one_row(name, causal, monkeypatc
     k, v = (torch.randn(1, 1, 4, head_dim, dtype=torch.float64, generator=g).requires_grad_() for _ in range(2))
     params = tuple(pe.parameters())
     assert type(posenc.attention(q, k, v, pe, causal=causal, backend="chunked").grad_fn).__name__ == \
-        "_ChunkedTermsBackward"
+        "ChunkedTermsBackward"
 
     def run_params(*_):  # gradcheck perturbs the parameters in place; the terms read them
         return posenc.attention(q.detach(), k.detach(), v.detach(), pe, causal=causal, backend="chunked")
@@ -341,7 +342,7 @@ def test_chunked_gradcheck_float64_in_blocks_of_one_row(name, causal, monkeypatc
     def run_inputs(qq, kk, vv):
         return posenc.attention(qq, kk, vv, pe, causal=causal, backend="chunked")
 
-    assert attn_mod.chunk_rows(attn_mod._prepare(q, k, v, pe, causal=causal)) == 1
+    assert attn_mod.chunk_rows(attn_mod.prepare_call(q, k, v, pe, causal=causal)) == 1
     if params:  # (self_extend and dual_chunk have none)
         assert torch.autograd.gradcheck(run_params, params, eps=1e-6, atol=1e-5, fast_mode=len(params) > 4)
     assert torch.autograd.gradcheck(run_inputs, (q, k, v), eps=1e-6, atol=1e-5)

@@ -105,7 +105,7 @@ def test_train_bench_compares_like_models_step_for_step():
 
 
 def test_attention_bench_names_the_backend_auto_picks():
-    from posenc.attention import DENSE_MAX_ELEMENTS
+    from posenc.attention_settings import DENSE_MAX_ELEMENTS
     from posenc.bench.attention import DEFAULT_BACKENDS, auto_choice
 
     assert "auto" in DEFAULT_BACKENDS

@@ -21,8 +21,9 @@ def test_lazy_package_keeps_the_public_api(fresh_python):
         "import sys, posenc\n"
         "assert 'torch' not in sys.modules\n"
         "assert posenc.__version__ and 'Transformer' in dir(posenc)\n"
-        "import posenc.model\n"  # the submodule import must not rebind posenc.attention to the module
-        "assert callable(posenc.attention) and posenc.attention.explain is posenc.explain\n"
+        "import posenc.model, posenc.backends\n"  # no submodule is named attention: nothing can rebind it
+        "assert callable(posenc.attention) and posenc.attention is posenc.backends.attention\n"
+        "assert posenc.attention_settings.DENSE_MAX_ELEMENTS > 0\n"
         "from posenc import Transformer, attention\n"
         "assert attention is posenc.attention and Transformer is posenc.model.Transformer\n"
         "assert all(hasattr(posenc, n) for n in posenc.__all__)\n"

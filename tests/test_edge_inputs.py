@@ -10,7 +10,7 @@ import torch
 
 import posenc
 from posenc import Transformer, TransformerConfig
-from posenc.attention import BACKENDS
+from posenc.backends import BACKENDS
 
 NAMES = posenc.registered_names()
 H, D = 2, 8

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import posenc
-from posenc.attention import BACKENDS, _prepare
+from posenc.backends import BACKENDS
+from posenc.backends import prepare_call as _prepare
 
 hypothesis = pytest.importorskip("hypothesis")
 st = hypothesis.strategies

@@ -16,22 +16,19 @@ Quick start::
     out = posenc.attention(q, k, v, pe, q_pos=pos, k_pos=pos, causal=True)
 """
 
-import sys as _sys
-import types as _types
-
 __version__ = "0.1.0"
 
 # The public names load lazily (PEP 562) so that ``posenc --help`` and other torch-free paths do not import torch.
 # The first time any of them is read, the whole public API is imported at once, exactly as an eager import would.
 _EXPORTS = {
-    "attention": ("posenc.attention", ("attention", "explain", "register_backend")),
+    "backends": ("posenc.backends", ("attention", "explain", "register_backend")),
     "base": ("posenc.base", ("EncodingInfo", "PositionalEncoding", "check_positions", "default_positions",
                              "get_encoding", "list_encodings", "register", "registered_names")),
     "rope": ("posenc.encodings.rope", ("apply_rope", "permute_projection", "rope_cos_sin", "rope_frequencies",
                                        "rope_permutation")),
     "sinusoidal": ("posenc.encodings.sinusoidal", ("sinusoidal_table",)),
     "positions": ("posenc.positions", ("Positions",)),
-    "terms": ("posenc.terms", ("AttentionTerms", "ScoreBlock")),
+    "terms": ("posenc.terms", ("AttentionCall", "AttentionTerms", "LayerView", "ScoreBlock")),
     "hf": ("posenc.hf", ("from_hf_config", "to_hf_config", "to_scaled")),
     "model": ("posenc.model", ("KVCache", "Transformer", "TransformerConfig", "convert_rope_layout")),
 }
@@ -52,33 +49,24 @@ def __getattr__(name: str):
     if name in _LAZY:
         _load_all()
         return globals()[name]
+    import importlib.util
+
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")  # a submodule: posenc.attention_settings, posenc.hf, ...
     raise AttributeError(f"module 'posenc' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    hidden = {"_EXPORTS", "_LAZY", "_Package", "_load_all", "_sys", "_types", "__getattr__", "__dir__"}
+    hidden = {"_EXPORTS", "_LAZY", "_load_all", "__getattr__", "__dir__"}
     return sorted((set(globals()) | _LAZY) - hidden)
 
 
-class _Package(_types.ModuleType):
-    """``posenc.attention`` is the function (re-exported over the submodule's name, as an eager import left it).
-
-    Importing the submodule ``posenc.attention`` makes the import system set the package attribute to the module;
-    this keeps the function there instead, whichever import runs first. The function carries ``.explain`` too.
-    """
-
-    def __setattr__(self, name, value):
-        if name == "attention" and isinstance(value, _types.ModuleType) and hasattr(value, "attention"):
-            value = value.attention
-        super().__setattr__(name, value)
-
-
-_sys.modules[__name__].__class__ = _Package
-
 __all__ = [
+    "AttentionCall",
     "AttentionTerms",
     "EncodingInfo",
     "KVCache",
+    "LayerView",
     "PositionalEncoding",
     "Positions",
     "Transformer",

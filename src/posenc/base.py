@@ -10,12 +10,20 @@ hook            what it does                                  used by
 ``rotate``      rotates (or scales) queries and keys          rope, xpos
 ``bias``        an additive ``(H, Tq, Tk)`` attention bias    ALiBi, T5, KERPLE, FIRE, ...
 ``score_mod``   the same bias as a FlexAttention callable     (fused attention without a T x T tensor)
-``terms``       logit / value terms the attention backends    Shaw, Transformer-XL, CoPE, TUPE, DAPE,
-                compute per block of query rows               Self-Extend, DCA (:mod:`posenc.terms`)
+``features``    per-token tensors from the layer's input,     FoX, PaTH, Inkling (encodings that read
+                cached by the model beside k and v            the hidden state)
+``terms``       logit / value terms and the normaliser the    Shaw, Transformer-XL, CoPE, TUPE, DAPE,
+                backends compute per block of query rows      Self-Extend, DCA, FoX, stick-breaking
+                (:mod:`posenc.terms`)
+``commit``      what the layer's KV cache keeps after a call  PaTH (rewrites the cached keys)
 ==============  ===========================================  ==========================================
 
-Positions are always explicit int64 tensors of shape ``(T,)`` (shared by the batch) or ``(B, T)`` (per sequence),
-so KV-cache decoding, packed sequences and randomized training positions work for every encoding.
+An encoding class may declare ``per_layer = True``: a model then builds one instance per attention layer (its own
+weights, e.g. FoX's forget gate) instead of one shared by the stack.
+
+Positions are always explicit integer tensors (int64, or int32) of shape ``(T,)`` (shared by the batch) or
+``(B, T)`` (per sequence), so KV-cache decoding, packed sequences and randomized training positions work for every
+encoding.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 import torch
@@ -31,9 +39,10 @@ from torch import Tensor, nn
 
 from posenc.positions import Positions
 from posenc.registry import Registry
-from posenc.terms import AttentionTerms
+from posenc.terms import AttentionCall, AttentionTerms, LayerView
 
 __all__ = [
+    "POSITION_DTYPES",
     "EncodingInfo",
     "PositionalEncoding",
     "check_integer_tensor",
@@ -50,8 +59,21 @@ __all__ = [
 FAMILIES = ("none", "absolute", "rotary", "relative", "contextual", "multiscale", "2d", "graph", "adaptive", "wrapper")
 
 
-def default_positions(length: int, *, offset: int = 0, device: torch.device | str | None = None) -> Tensor:
-    """``offset, offset + 1, ..., offset + length - 1`` as int64 of shape ``(length,)``."""
+# Integer dtypes positions may have: differences of positions must not wrap (uint8 7 - 9 is 254), so only these.
+POSITION_DTYPES = (torch.int64, torch.int32)
+
+
+def default_positions(length: int, *, offset: int | Tensor = 0,
+                      device: torch.device | str | None = None) -> Tensor:
+    """``offset, offset + 1, ..., offset + length - 1`` as int64.
+
+    ``offset`` is an int (shape ``(length,)``), a 0-d tensor (``(length,)``) or a ``(B,)`` tensor of where each
+    sequence starts (``(B, length)``), as a KV cache continues each row where its positions stopped.
+    """
+    if isinstance(offset, Tensor):
+        offset = offset.to(device=offset.device if device is None else device, dtype=torch.long)
+        steps = torch.arange(length, dtype=torch.long, device=offset.device)
+        return offset[..., None] + steps if offset.dim() else offset + steps
     return torch.arange(offset, offset + length, dtype=torch.long, device=device)
 
 
@@ -71,14 +93,20 @@ def check_positions(pos: Tensor | None, length: int, *, name: str = "pos", batch
 
 def check_integer_tensor(value, *, name: str, shape: str, what: str = "positions", type_hint: str = "",
                          dtype_hint: str = "") -> None:
-    """Raise ``TypeError`` unless ``value`` is a tensor of an integer dtype (metadata only: no value is read).
+    """Raise ``TypeError`` unless ``value`` is an int64 or int32 tensor (metadata only: no value is read).
 
-    ``shape`` is the expected shape in words, ``what`` what the integers are; the hints end each message.
+    The one check of every integer tensor that positions-like arguments go through (positions, segment ids,
+    coordinates, hierarchy levels). Other integer dtypes are refused: differences of positions in ``uint8`` or
+    ``int8``/``int16`` wrap around silently (a T5 bucket of ``7 - 9`` would be 254), and bool is a mask, not a
+    position. ``shape`` is the expected shape in words, ``what`` what the integers are; the hints end each message.
     """
     if not isinstance(value, Tensor):
         raise TypeError(f"{name} must be an int64 tensor of shape {shape}; got {type(value).__name__}.{type_hint}")
     if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer {what} (int64); got dtype {value.dtype}.{dtype_hint}")
+    if value.dtype not in POSITION_DTYPES:
+        raise TypeError(f"{name} must hold integer {what} as int64 (or int32); got dtype {value.dtype}, whose "
+                        f"differences wrap around. Hint: {name}.long().")
 
 
 def check_positions_layout(pos: Tensor, length: int, *, name: str = "pos", batch: int | None = None,
@@ -130,6 +158,9 @@ class PositionalEncoding(nn.Module):
     # The structure fields of posenc.Positions the encoding reads beyond plain positions ("coordinates",
     # "adjacency", "token_ids"); :meth:`bind` hands them over. Empty: it sees plain positions only.
     reads: ClassVar[tuple[str, ...]] = ()
+    # True when each attention layer needs its own instance (its own weights, e.g. FoX's forget gate): a model then
+    # builds one per layer instead of one for the stack. Such an encoding may not use ``embed`` (the stack embeds once).
+    per_layer: ClassVar[bool] = False
 
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False) -> None:
         super().__init__()
@@ -148,9 +179,12 @@ class PositionalEncoding(nn.Module):
         self.causal = bool(causal)
 
     # -- positions --------------------------------------------------------------------------------------------------
-    def make_positions(self, batch: int, length: int, *, offset: int = 0,
+    def make_positions(self, batch: int, length: int, *, offset: int | Tensor = 0,
                        device: torch.device | str | None = None) -> Tensor:
-        """Positions for a batch when the caller gives none: ``offset + arange(length)``, shape ``(T,)``.
+        """Positions for a batch when the caller gives none: ``offset + arange(length)``.
+
+        ``offset`` is an int or a 0-d tensor (shape ``(T,)``), or a ``(B,)`` tensor of where each sequence starts
+        (shape ``(B, T)``: a KV cache continues each row where its positions stopped).
 
         Overridden by encodings that choose positions themselves (``randomized`` samples them while training).
         """
@@ -175,11 +209,17 @@ class PositionalEncoding(nn.Module):
         (e.g. a coordinate table), so the encoding itself is never changed.
         """
         view = copy.copy(self)  # a new __dict__ sharing _parameters, _buffers and _modules
-        view.__dict__.update(state, _bound_positions=positions, _bound_tables={})
+        versions = {name: _version(t) for name in ("pos", "key_pos") if (t := getattr(positions, name)) is not None}
+        view.__dict__.update(state, _bound_positions=positions, _bound_versions=versions, _bound_tables={})
         return view
 
     def trusts(self, pos: Tensor) -> bool:
-        """Whether ``pos`` is (a slice of) the validated positions this view was bound to: checks may be skipped."""
+        """Whether ``pos`` reads only values of the validated positions this view was bound to: checks may be skipped.
+
+        True for those tensors themselves and for views reading nothing but their elements (the slices ``chunked``
+        takes per block), as long as neither was modified in place since; never for another part of the same
+        storage (``big[1:]`` validated does not vouch for ``big[:3]``).
+        """
         return self._bound_source(pos) is not None
 
     def trusted_max(self, pos: Tensor) -> int | None:
@@ -194,10 +234,12 @@ class PositionalEncoding(nn.Module):
         bound = self.__dict__.get("_bound_positions")
         if bound is None or not bound.validated or not isinstance(pos, Tensor):
             return None
-        base = pos if pos._base is None else pos._base
+        versions = self.__dict__.get("_bound_versions", {})
         for name in ("pos", "key_pos"):
             t = getattr(bound, name)
-            if t is not None and (t is pos or t is base or t._base is base):
+            if t is None or _version(t) != versions.get(name):  # changed in place since it was validated
+                continue
+            if t is pos or _reads_within(pos, t):
                 return name
         return None
 
@@ -218,16 +260,37 @@ class PositionalEncoding(nn.Module):
         """A FlexAttention ``score_mod(score, b, h, q_idx, kv_idx)`` computing the same numbers as ``bias``."""
         return None
 
-    def terms(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool,
-              scale: float) -> AttentionTerms | None:
+    def features(self, x: Tensor, pos: Tensor, *, layer: LayerView) -> dict[str, Tensor]:
+        """Per-token tensors computed from the layer's (normed) input ``x`` ``(B, T, dim)`` at ``pos``.
+
+        Each value is ``(B, Hkv|H|1, T, X)``. A model caches them beside the layer's k and v (concatenated on the
+        time axis, like keys) and hands every key's entries -- the cached ones first -- to :meth:`terms` as
+        ``call.features``. Pure: no state. The default: none (``{}``).
+        """
+        return {}
+
+    def terms(self, call: AttentionCall) -> AttentionTerms | None:
         """What the encoding adds inside attention beyond a bias, for one call, or ``None`` (the default).
 
-        Called once per :func:`posenc.attention` call with its validated inputs: ``q`` ``(B, H, Tq, D)``, ``k``
-        ``(B, Hkv, Tk, D)``, ``v`` ``(B, Hkv, Tk, Dv)``, positions ``(T,)`` or ``(B, T)``, ``scale`` the softmax scale.
-        Validate here and prepare what every block shares; the returned :class:`~posenc.terms.AttentionTerms` is then
-        evaluated by the backends per block of query rows, with their one mask, softmax and grouped-query expansion.
+        Called once per :func:`posenc.attention` call with the validated :class:`~posenc.terms.AttentionCall`: ``q``
+        ``(B, H, Tq, D)``, ``k`` ``(B, Hkv, Tk, D)``, ``v`` ``(B, Hkv, Tk, Dv)``, positions ``(T,)`` or ``(B, T)``,
+        ``scale``, ``causal``, ``attn_mask``, every key's ``features`` and the ``layer`` served. Validate here and
+        prepare what every block shares; the returned :class:`~posenc.terms.AttentionTerms` is then evaluated by the
+        backends per block of query rows, with their one mask, normaliser and grouped-query expansion.
+
+        Must be pure (no state changes): :func:`posenc.explain` calls it too.
         """
         return None
+
+    def commit(self, k: Tensor, v: Tensor, features: Mapping[str, Tensor], *,
+               new: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """What the layer's KV cache keeps after a call that added ``new`` tokens (default: everything, unchanged).
+
+        ``k`` ``(B, Hkv, Tk, D)``, ``v`` ``(B, Hkv, Tk, Dv)`` and ``features`` are every key's (the cached ones
+        first, the call's ``new`` last), as the call attended to them. PaTH returns the cached keys transformed by
+        the call's Householder product. Runs only when a model updates a cache (never in :func:`posenc.explain`).
+        """
+        return k, v, dict(features)
 
     # -- what the dispatcher and the model ask ------------------------------------------------------------------------
     @property
@@ -246,6 +309,16 @@ class PositionalEncoding(nn.Module):
     def uses_terms(self) -> bool:
         """Whether :meth:`terms` may return attention terms (wrappers and optional terms override this)."""
         return _overrides(self, "terms")
+
+    @property
+    def uses_features(self) -> bool:
+        """Whether :meth:`features` computes anything (a model then caches it beside k and v)."""
+        return _overrides(self, "features")
+
+    @property
+    def uses_commit(self) -> bool:
+        """Whether :meth:`commit` changes what a KV cache keeps."""
+        return _overrides(self, "commit")
 
     def check_length(self, pos: Tensor) -> None:
         """Raise if ``pos`` reaches past ``max_seq_len`` and the encoding is not defined there."""
@@ -275,6 +348,36 @@ class PositionalEncoding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, n_heads={self.n_heads}, max_seq_len={self.max_seq_len}"
+
+
+def _version(t: Tensor) -> int | None:
+    """``t``'s in-place version counter (``None`` for inference tensors, which keep none)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
+def _reads_within(x: Tensor, whole: Tensor) -> bool:
+    """Whether every element ``x`` reads is an element of ``whole`` (same storage and dtype; metadata only).
+
+    ``whole`` must cover a gap-free stretch of its storage (contiguous once broadcast dims are dropped, as validated
+    positions ``(T,)``, ``(B, T)`` or an expanded ``(1, T)`` are); ``x`` must then lie inside that stretch.
+    """
+    if x.dtype != whole.dtype or x.device != whole.device or x.numel() == 0 or whole.numel() == 0:
+        return x.numel() == 0 and x.dtype == whole.dtype
+    if x.untyped_storage().data_ptr() != whole.untyped_storage().data_ptr():
+        return False
+    dims = [(size, stride) for size, stride in zip(whole.shape, whole.stride()) if size > 1 and stride != 0]
+    expected = 1
+    for size, stride in reversed(dims):
+        if stride != expected:
+            return False  # a strided stretch has gaps whose values were never validated
+        expected *= size
+    lo, hi = whole.storage_offset(), whole.storage_offset() + expected - 1
+    x_lo = x.storage_offset()
+    x_hi = x_lo + sum((size - 1) * stride for size, stride in zip(x.shape, x.stride()))
+    return lo <= x_lo and x_hi <= hi and all(stride >= 0 for stride in x.stride())
 
 
 def _overrides(obj: object, method: str) -> bool:

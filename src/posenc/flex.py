@@ -1,6 +1,6 @@
 """FlexAttention mechanics behind ``posenc.attention(..., backend="flex")``: block masks, the compiled kernel, the call.
 
-When ``flex`` applies and when ``auto`` picks it is :mod:`posenc.attention`'s business (its cost model); this module
+When ``flex`` applies and when ``auto`` picks it is :mod:`posenc.backends`' business (its cost model); this module
 only builds what :func:`torch.nn.attention.flex_attention` takes and calls it:
 
 - :func:`flex_block_mask`: the causal mask (bottom-right aligned, from block arithmetic: :func:`causal_flex_block_mask`,

@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from posenc._io import DamagedFileError, atomic_write_bytes, checked_bytes, read_checked
-from posenc.attention import attention
+from posenc.backends import attention
 from posenc.base import PositionalEncoding, get_encoding
 from posenc.encodings.rope import LAYOUTS, RoPE, permute_projection
 from posenc.positions import Positions
+from posenc.terms import LayerView
 
 __all__ = ["KVCache", "Transformer", "TransformerConfig", "convert_rope_layout"]
 
@@ -96,8 +97,11 @@ class TransformerConfig:
 # -- KV cache ----------------------------------------------------------------------------------------------------------
 @dataclass
 class LayerCache:
-    k: Tensor | None = None  # (B, Hkv, T_cached, D), already rotated
-    v: Tensor | None = None  # (B, Hkv, T_cached, D)
+    """One attention layer's cache: its keys and values, and the features its encoding keeps beside them."""
+
+    k: Tensor | None = None  # (B, Hkv, T_cached, D): rotated once, as the encoding's commit() left them
+    v: Tensor | None = None  # (B, Hkv, T_cached, Dv)
+    features: dict = field(default_factory=dict)  # name -> (B|1, X, T_cached, F): the cached tokens' pe.features
     cross_k: Tensor | None = None  # (B, Hkv, S, D) encoder memory projected once
     cross_v: Tensor | None = None
 
@@ -106,9 +110,13 @@ class LayerCache:
 class KVCache:
     """Keys/values of the tokens seen so far, per layer, and their positions (for bias encodings).
 
-    ``offset`` counts cached tokens; new tokens get positions ``offset, offset + 1, ...`` unless given explicitly.
-    The structure of the first call that gives one (``Positions(coordinates=...)``, ...) is kept for the later
-    calls, so decoding reads the same coordinate table or graph as the prompt.
+    A model reads the cache and writes it back only once a call has succeeded: a call refused for bad input leaves
+    it as it was. ``offset`` counts cached tokens. New tokens given no positions continue each sequence where its
+    positions stopped (``next_pos``: one past the last cached position of each row), so a packed prefill or one at
+    ``arange(3, 7)`` decodes on from its own last position. A cache of one sequence (a shared prompt) broadcasts to
+    any batch on the next call; other batch changes are refused. The structure of the first call that gives one
+    (``Positions(coordinates=...)``, ...) is kept for the later calls, so decoding reads the same coordinate table
+    or graph as the prompt.
     """
 
     layers: list[LayerCache] = field(default_factory=list)
@@ -118,11 +126,44 @@ class KVCache:
     max_pos: int | None = None  # the largest cached key position (validated when it was added)
     structure: dict = field(default_factory=dict)  # Positions.structure of the first call that gave one
     segment_ids: Tensor | None = None  # (B, T_cached) segment ids of the cached keys, when given
+    next_pos: Tensor | None = None  # () or (B,) int64: where each sequence's positions continue (last + 1)
+
+    @property
+    def batch(self) -> int | None:
+        """How many sequences the cache holds (``None`` while it holds none)."""
+        for layer in self.layers:
+            for t in (layer.k, layer.cross_k):
+                if t is not None:
+                    return t.shape[0]
+        return None
 
     def layer(self, i: int) -> LayerCache:
-        while len(self.layers) <= i:
-            self.layers.append(LayerCache())
-        return self.layers[i]
+        """Layer ``i``'s cache (an empty one for a layer that has cached nothing yet); reading never changes it."""
+        return self.layers[i] if i < len(self.layers) else LayerCache()
+
+    def broadcast_to(self, batch: int) -> KVCache:
+        """This cache for a call of ``batch`` sequences: itself, or (for a one-sequence cache) a broadcast copy.
+
+        Raises ``ValueError`` for any other change of batch size. The copy shares storage (expanded views).
+        """
+        held = self.batch
+        if held is None or held == batch:
+            return self
+        if held != 1:
+            raise ValueError(f"the KV cache holds {held} sequences but this call has {batch}; a cache of one sequence "
+                             f"(a shared prompt) broadcasts to any batch, other changes are ambiguous. Start a new "
+                             f"KVCache(), or give all {held} sequences.")
+
+        def grow(t):
+            return None if t is None else t.expand(batch, *t.shape[1:])
+
+        layers = [LayerCache(grow(c.k), grow(c.v), {name: grow(f) for name, f in c.features.items()},
+                             grow(c.cross_k), grow(c.cross_v)) for c in self.layers]
+        k_pos = self.k_pos if self.k_pos is None or self.k_pos.dim() == 1 else grow(self.k_pos)
+        next_pos = self.next_pos if self.next_pos is None or self.next_pos.dim() == 0 else grow(self.next_pos)
+        memory_mask = None if self.memory_mask is None else grow(self.memory_mask)
+        return dataclasses.replace(self, layers=layers, k_pos=k_pos, segment_ids=grow(self.segment_ids),
+                                   next_pos=next_pos, memory_mask=memory_mask)
 
 
 def _cat_positions(old: Tensor | None, new: Tensor, batch: int) -> Tensor:
@@ -144,11 +185,16 @@ def _norm(cfg: TransformerConfig) -> nn.Module:
 
 
 class Attention(nn.Module):
-    """Multi-head (grouped-query) attention with positional hooks; ``cross=True`` attends to encoder memory."""
+    """Multi-head (grouped-query) attention with positional hooks; ``cross=True`` attends to encoder memory.
 
-    def __init__(self, cfg: TransformerConfig, *, cross: bool = False) -> None:
+    ``forward`` returns the output and, when given a layer cache, the layer's new cache (what the encoding's
+    ``commit`` keeps); it never changes the cache it reads.
+    """
+
+    def __init__(self, cfg: TransformerConfig, *, index: int = 0, cross: bool = False) -> None:
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads or cfg.n_heads, cfg.head_dim
+        self.index = index
         self.cross = cross
         self.q_proj = nn.Linear(cfg.dim, self.n_heads * self.head_dim, bias=False)
         self.k_proj = nn.Linear(cfg.dim, self.n_kv_heads * self.head_dim, bias=False)
@@ -161,43 +207,83 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, n, self.head_dim).transpose(1, 2)  # (B, T, n*D) -> (B, n, T, D)
 
+    def _project_q(self, x: Tensor) -> Tensor:
+        return self.q_proj(x).unflatten(-1, (self.n_heads, self.head_dim))  # (..., dim) -> (..., H, D)
+
+    def _project_k(self, x: Tensor) -> Tensor:
+        return self.k_proj(x).unflatten(-1, (self.n_kv_heads, self.head_dim))  # (..., dim) -> (..., Hkv, D)
+
+    def view(self) -> LayerView:
+        """What an encoding may read of this layer (:class:`posenc.LayerView`)."""
+        return LayerView(self.index, self.n_heads, self.n_kv_heads, self.head_dim, self._project_q, self._project_k)
+
     def forward(self, x: Tensor, *, pe: PositionalEncoding | None, positions: Positions, causal: bool,
-                attn_mask: Tensor | None, cache: LayerCache | None, memory: Tensor | None = None) -> Tensor:
+                attn_mask: Tensor | None, cache: LayerCache | None,
+                memory: Tensor | None = None) -> tuple[Tensor, LayerCache | None]:
         b, t, _ = x.shape
         q = self._heads(self.q_proj(x), self.n_heads)  # (B, H, T, D)
         if self.cross:
+            new_cache = None
             if cache is not None and cache.cross_k is not None:
                 k, v = cache.cross_k, cache.cross_v
             else:
                 k = self._heads(self.k_proj(memory), self.n_kv_heads)  # (B, Hkv, S, D)
                 v = self._heads(self.v_proj(memory), self.n_kv_heads)
-                if cache is not None:
-                    cache.cross_k, cache.cross_v = k, v
-            out = attention(q, k, v, None, attn_mask=attn_mask, backend="auto")
+            if cache is not None:
+                new_cache = dataclasses.replace(cache, cross_k=k, cross_v=v)
+            out = attention(q, k, v, None, attn_mask=attn_mask, backend=self.backend)
         else:
             k = self._heads(self.k_proj(x), self.n_kv_heads)  # (B, Hkv, T, D)
             v = self._heads(self.v_proj(x), self.n_kv_heads)
+            layer = self.view()
+            features = {}
+            if pe is not None and pe.uses_features:
+                features = pe.features(x, positions.pos, layer=layer)  # name -> (B, X, T, F)
             if pe is not None and pe.uses_rotate:
                 pos = positions.pos
                 q, k = pe.rotate(q, k, pos, pos)  # keys are cached rotated, so each is rotated exactly once
-            if cache is not None:
-                if cache.k is not None:
-                    k, v = torch.cat((cache.k, k), dim=2), torch.cat((cache.v, v), dim=2)  # (B, Hkv, T_all, D)
-                cache.k, cache.v = k, v
+            if cache is not None and cache.k is not None:
+                k, v = torch.cat((cache.k, k), dim=2), torch.cat((cache.v, v), dim=2)  # (B, Hkv, T_all, D)
+                features = _cat_features(cache.features, features)
             out = attention(q, k, v, pe, positions=positions, causal=causal, attn_mask=attn_mask,
-                            backend=self.backend)
+                            backend=self.backend, features=features, layer=layer)
+            new_cache = None
+            if cache is not None:
+                if pe is not None and pe.uses_commit:
+                    k, v, features = _checked_commit(pe, k, v, features, t)
+                new_cache = dataclasses.replace(cache, k=k, v=v, features=dict(features))
         out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)  # (B, H, T, D) -> (B, T, H*D)
-        return F.dropout(self.o_proj(out), self.dropout, self.training)
+        return F.dropout(self.o_proj(out), self.dropout, self.training), new_cache
+
+
+def _cat_features(cached: dict, new: dict) -> dict:
+    """Every key's features: the cached ones, then the call's own, on the time axis (dim 2), like keys."""
+    if set(cached) != set(new):
+        raise ValueError(f"the KV cache holds features {sorted(cached)} but this call's encoding made {sorted(new)}; "
+                         f"a cache belongs to one model and encoding.")
+    return {name: torch.cat((cached[name].expand(new[name].shape[0], *cached[name].shape[1:])
+                             if cached[name].shape[0] < new[name].shape[0] else cached[name], new[name]), dim=2)
+            for name in new}
+
+
+def _checked_commit(pe: PositionalEncoding, k: Tensor, v: Tensor, features: dict, new: int):
+    """``pe.commit(...)``, refused unless it keeps every key (the cache's positions must still describe them)."""
+    k2, v2, f2 = pe.commit(k, v, features, new=new)
+    if k2.shape != k.shape or v2.shape != v.shape or set(f2) != set(features) or \
+            any(f2[n].shape[2] != features[n].shape[2] for n in features):
+        raise ValueError(f"{pe.name}.commit must return every key's k, v and features with their shapes "
+                         f"(k {tuple(k.shape)}, v {tuple(v.shape)}); got k {tuple(k2.shape)}, v {tuple(v2.shape)}.")
+    return k2, v2, f2
 
 
 class Block(nn.Module):
     """Pre-norm block: ``x + attn(norm(x))`` [``+ cross_attn(norm(x), memory)``] ``+ ffn(norm(x))``."""
 
-    def __init__(self, cfg: TransformerConfig, *, cross: bool = False) -> None:
+    def __init__(self, cfg: TransformerConfig, *, index: int = 0, cross: bool = False) -> None:
         super().__init__()
-        self.attn_norm, self.attn = _norm(cfg), Attention(cfg)
+        self.attn_norm, self.attn = _norm(cfg), Attention(cfg, index=index)
         self.cross_norm = _norm(cfg) if cross else None
-        self.cross_attn = Attention(cfg, cross=True) if cross else None
+        self.cross_attn = Attention(cfg, index=index, cross=True) if cross else None
         hidden = int(cfg.ffn_mult * cfg.dim)
         self.ffn_norm = _norm(cfg)
         self.ffn = nn.Sequential(nn.Linear(cfg.dim, hidden, bias=False), nn.GELU(),
@@ -206,98 +292,144 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, *, pe: PositionalEncoding, positions: Positions, causal: bool,
                 attn_mask: Tensor | None, cache: LayerCache | None, memory: Tensor | None,
-                memory_mask: Tensor | None) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), pe=pe, positions=positions, causal=causal, attn_mask=attn_mask,
-                          cache=cache)
+                memory_mask: Tensor | None) -> tuple[Tensor, LayerCache | None]:
+        """``x`` ``(B, T, dim)`` -> the block's output and the layer's new cache (``None`` without a cache)."""
+        out, cache = self.attn(self.attn_norm(x), pe=pe, positions=positions, causal=causal, attn_mask=attn_mask,
+                               cache=cache)
+        x = x + out
         if self.cross_attn is not None:
-            x = x + self.cross_attn(self.cross_norm(x), pe=None, positions=positions, causal=False,
-                                    attn_mask=memory_mask, cache=cache, memory=memory)
-        return x + F.dropout(self.ffn(self.ffn_norm(x)), self.dropout, self.training)
+            out, cache = self.cross_attn(self.cross_norm(x), pe=None, positions=positions, causal=False,
+                                         attn_mask=memory_mask, cache=cache, memory=memory)
+            x = x + out
+        return x + F.dropout(self.ffn(self.ffn_norm(x)), self.dropout, self.training), cache
 
 
 class Stack(nn.Module):
-    """Blocks sharing one positional encoding (as T5 shares its bias table across layers), and a final norm."""
+    """Blocks sharing one positional encoding (as T5 shares its bias table across layers), and a final norm.
+
+    An encoding class with ``per_layer = True`` (FoX's per-layer gates) gets one instance per layer instead:
+    ``pe`` serves layer 0 (and makes the stack's positions), ``layer_pe[str(i)]`` layer ``i``. Layers named in
+    ``cfg.layer_encodings`` get their own encoding too.
+    """
 
     def __init__(self, cfg: TransformerConfig, n_layers: int, *, causal: bool, cross: bool) -> None:
         super().__init__()
         self.causal = causal
         self.pe = get_encoding(cfg.encoding, dim=cfg.dim, n_heads=cfg.n_heads, max_seq_len=cfg.max_seq_len,
                                causal=causal, **cfg.encoding_options)
-        self.blocks = nn.ModuleList(Block(cfg, cross=cross) for _ in range(n_layers))
+        if self.pe.per_layer and self.pe.uses_embed:
+            raise ValueError(f"TransformerConfig.encoding {cfg.encoding!r} is per layer (one instance per attention "
+                             f"layer) but also adds to the token embeddings, which a stack does once.")
+        self.blocks = nn.ModuleList(Block(cfg, index=i, cross=cross) for i in range(n_layers))
         self.norm = _norm(cfg)
-        self.layer_pe = nn.ModuleDict()  # per-layer encodings of cfg.layer_encodings (keys: layer index as str)
-        for i, spec in cfg.layer_encodings.items():
-            if i < n_layers:
-                options = {k: v for k, v in spec.items() if k != "encoding"}
-                pe = get_encoding(spec["encoding"], dim=cfg.dim, n_heads=cfg.n_heads, max_seq_len=cfg.max_seq_len,
-                                  causal=causal, **options)
-                if pe.uses_embed:
-                    raise ValueError(f"TransformerConfig.layer_encodings[{i}]: {spec['encoding']!r} adds to the "
-                                     f"token embeddings, which the stack does once; a layer's encoding may only "
-                                     f"rotate q/k or bias attention.")
-                self.layer_pe[str(i)] = pe
+        self.layer_pe = nn.ModuleDict()  # layers with an encoding of their own (keys: layer index as str)
+        for i in range(n_layers):
+            spec = cfg.layer_encodings.get(i)
+            if spec is None:
+                if i > 0 and self.pe.per_layer:  # one instance per layer, instead of the stack's
+                    self.layer_pe[str(i)] = get_encoding(cfg.encoding, dim=cfg.dim, n_heads=cfg.n_heads,
+                                                         max_seq_len=cfg.max_seq_len, causal=causal,
+                                                         **cfg.encoding_options)
+                continue
+            options = {k: v for k, v in spec.items() if k != "encoding"}
+            pe = get_encoding(spec["encoding"], dim=cfg.dim, n_heads=cfg.n_heads, max_seq_len=cfg.max_seq_len,
+                              causal=causal, **options)
+            if pe.uses_embed:
+                raise ValueError(f"TransformerConfig.layer_encodings[{i}]: {spec['encoding']!r} adds to the "
+                                 f"token embeddings, which the stack does once; a layer's encoding may only "
+                                 f"rotate q/k or act inside attention.")
+            self.layer_pe[str(i)] = pe
+
+    def encodings(self) -> list[PositionalEncoding]:
+        """The encoding of each layer, in order (the stack's own where a layer has none of its own)."""
+        return [self.layer_pe[str(i)] if str(i) in self.layer_pe else self.pe for i in range(len(self.blocks))]
 
     def forward(self, x: Tensor, *, positions: Tensor | Positions | None, padding_mask: Tensor | None,
                 cache: KVCache | None, memory: Tensor | None = None, memory_mask: Tensor | None = None) -> Tensor:
+        """``x`` ``(B, T, dim)`` -> ``(B, T, dim)``. A cache is read, and written back only after every layer ran."""
         b, t, _ = x.shape
-        p = self.positions(positions, b, t, x.device, cache)
+        cached = None if cache is None else cache.broadcast_to(b)
+        p = self.positions(positions, b, t, x.device, cached)
         pe = self.pe.bind(p)  # this forward's encoding: its structure, tables and trust in p, for every layer
         if pe.uses_embed:
             x = pe.embed(x, p.pos)
         else:
             pe.check_length(p.pos)
-        attn_mask = _attention_mask(padding_mask, p, cache, b)
         layer_pe = {i: pe_i.bind(p) for i, pe_i in self.layer_pe.items()}
+        for pe_i in layer_pe.values():
+            pe_i.check_length(p.pos)
+        attn_mask, segment_ids = _attention_mask(padding_mask, p, cached, b)
+        new_layers = []
         for i, block in enumerate(self.blocks):
-            x = block(x, pe=layer_pe.get(str(i), pe), positions=p, causal=self.causal, attn_mask=attn_mask,
-                      cache=cache.layer(i) if cache is not None else None, memory=memory, memory_mask=memory_mask)
-        return self.norm(x)
+            x, layer_cache = block(x, pe=layer_pe.get(str(i), pe), positions=p, causal=self.causal,
+                                   attn_mask=attn_mask, cache=cached.layer(i) if cached is not None else None,
+                                   memory=memory, memory_mask=memory_mask)
+            new_layers.append(layer_cache)
+        x = self.norm(x)
+        if cache is not None:  # the call succeeded: now the cache moves on
+            _advance(cache, cached, p, new_layers, segment_ids, t)
+        return x
 
     def positions(self, positions: Tensor | Positions | None, batch: int, length: int, device: torch.device,
                   cache: KVCache | None = None) -> Positions:
-        """This forward's validated :class:`~posenc.Positions`: defaults filled in, the cache's keys appended.
+        """This forward's validated :class:`~posenc.Positions`: defaults filled in, the cache's keys before its own.
 
         ``positions`` as given to the model (a tensor, a ``Positions`` or ``None``); ``pos`` defaults to the
-        encoding's :meth:`~posenc.PositionalEncoding.make_positions` after the cached tokens. A cache keeps the
-        structure of the first call that gives one, and advances by ``length`` tokens.
+        encoding's :meth:`~posenc.PositionalEncoding.make_positions`, continuing each cached sequence where its
+        positions stopped. A cache's structure (of the first call that gave one) is used when none is given. Reads
+        the cache; never changes it.
         """
         p = Positions.of(positions)
-        if cache is not None:
-            if p.structure:
-                cache.structure = p.structure
-            elif cache.structure:
-                p = p.replace(**cache.structure)
+        if cache is not None and not p.structure and cache.structure:
+            p = p.replace(**cache.structure)
         if p.pos is None:
-            p = p.replace(pos=self.pe.make_positions(batch, length, offset=cache.offset if cache else 0,
-                                                     device=device))
+            start = cache.next_pos if cache is not None and cache.next_pos is not None else 0
+            p = p.replace(pos=self.pe.make_positions(batch, length, offset=start, device=device))
         p = p.validate(length, batch=batch, device=device)
-        if cache is None:
+        if cache is None or cache.k_pos is None:
             return p.with_keys(p.pos, p.max_pos)
-        cache.k_pos = _cat_positions(cache.k_pos, p.pos, batch)
-        cache.max_pos = _max(cache.max_pos, p.max_pos)
-        cache.offset += length
-        return p.with_keys(cache.k_pos, cache.max_pos)
+        return p.with_keys(_cat_positions(cache.k_pos, p.pos, batch), _max(cache.max_pos, p.max_pos))
 
 
-def _attention_mask(padding_mask: Tensor | None, p: Positions, cache: KVCache | None, batch: int) -> Tensor | None:
-    """Bool ``(B, 1, 1|T, T_keys)`` (True = attend) from the padding mask and the packed documents' segment ids."""
+def _advance(cache: KVCache, cached: KVCache, p: Positions, layers: list[LayerCache], segment_ids: Tensor | None,
+             length: int) -> None:
+    """Write a successful call's state into ``cache`` (``cached``: what the call read, maybe broadcast)."""
+    cache.layers = layers
+    cache.k_pos = p.key_pos
+    cache.max_pos = p.max_key_pos
+    cache.offset = cached.offset + length
+    if length:
+        cache.next_pos = p.pos[..., -1] + 1  # () or (B,): where each sequence continues
+    cache.segment_ids = segment_ids
+    cache.memory_mask = cached.memory_mask
+    if p.structure:
+        cache.structure = p.structure
+
+
+def _attention_mask(padding_mask: Tensor | None, p: Positions, cache: KVCache | None,
+                    batch: int) -> tuple[Tensor | None, Tensor | None]:
+    """Bool ``(B, 1, 1|T, T_keys)`` (True = attend) from the padding mask and the packed documents' segment ids.
+
+    Padding and packing both restrict what a token sees, so the two masks are AND-ed. Also returns the segment ids
+    of every key ``(B, T_keys)`` (the cache's, then this call's), or ``None`` when there are none. Pure.
+    """
     mask = None if padding_mask is None else padding_mask[:, None, None, :]  # (B, T_keys) -> (B, 1, 1, T_keys)
     seg = p.segment_ids
     if seg is None and (cache is None or cache.segment_ids is None):
-        return mask
+        return mask, None
     t = p.pos.shape[-1]
     if seg is None:  # a decode step continues each sequence's last segment
         seg = cache.segment_ids[:, -1:].expand(-1, t)
-    seg = seg.expand(batch, t)
+    seg = seg.expand(batch, t)  # (1, T) segment ids are shared by the batch
     keys = seg
     if cache is not None:
-        if cache.segment_ids is None and cache.offset > t:
+        if cache.segment_ids is None and cache.offset > 0:
             raise ValueError("segment_ids: the KV cache holds tokens without segment ids; give segment_ids from the "
                              "first call on, or none at all.")
-        keys = seg if cache.segment_ids is None else torch.cat((cache.segment_ids, seg), dim=-1)  # (B, T_keys)
-        cache.segment_ids = keys
+        if cache.segment_ids is not None:
+            keys = torch.cat((cache.segment_ids, seg), dim=-1)  # (B, T_keys)
     same = seg[:, None, :, None] == keys[:, None, None, :]  # (B, 1, T, T_keys)
-    return same if mask is None else mask & same
+    return (same if mask is None else mask & same), keys
 
 
 # -- model -------------------------------------------------------------------------------------------------------------
@@ -343,12 +475,12 @@ class Transformer(nn.Module):
           that basin (measured: 0% vs 92% exact match on ``decoder_copy``). ``tie_embeddings=True`` stays
           available; it scales the logits by ``dim**-0.5`` as T5 and x-transformers do.
 
-        The positional encoding's own parameters keep the initialisation their module gives them (a paper's, or
-        PyTorch's default): the model does not reach into them.
+        Every positional encoding's own parameters (the stack's, each layer's) keep the initialisation their module
+        gives them (a paper's, such as FoX's gate bias, or PyTorch's default): the model does not reach into them.
         """
         cfg = self.cfg
         nn.init.normal_(self.tok_emb.weight, std=cfg.dim**-0.5)
-        pes = {id(p) for stack in (self.encoder, self.decoder) if stack is not None for p in stack.pe.parameters()}
+        pes = {id(p) for m in self.modules() if isinstance(m, PositionalEncoding) for p in m.parameters()}
         for module in self.modules():
             if not isinstance(module, nn.Linear) or module is self.head or id(module.weight) in pes:
                 continue
@@ -466,6 +598,16 @@ class Transformer(nn.Module):
                              f"Start from a BOS token, e.g. torch.zeros(B, 1, dtype=torch.long).")
         if prompt.shape[0] == 0:  # an empty batch: nothing to decode
             return prompt.new_zeros((0, prompt.shape[1] + max_new_tokens))
+        # The tokens fed to the decoder sit at positions 0 .. T0 + n - 2 (the last new token is never fed back):
+        # refuse now, not midway, when an encoding is not defined that far.
+        last = prompt.shape[1] - 1 + max(0, max_new_tokens - 1)
+        for pe in self.decoder.encodings():
+            if not pe.extrapolates and last >= pe.max_seq_len:
+                raise ValueError(f"generate: the {pe.name} encoding is defined for positions < max_seq_len="
+                                 f"{pe.max_seq_len}, but a prompt of {prompt.shape[1]} tokens and max_new_tokens="
+                                 f"{max_new_tokens} reach position {last}. Use max_new_tokens <= "
+                                 f"{pe.max_seq_len - prompt.shape[1] + 1}, a shorter prompt, or an encoding that "
+                                 f"extrapolates.")
         was_training = self.training
         self.eval()
         try:
@@ -493,6 +635,8 @@ class Transformer(nn.Module):
                     done |= nxt[:, 0] == eos_id
                     if bool(done.all()):
                         break
+                if out.shape[1] == prompt.shape[1] + max_new_tokens:
+                    break  # the last token's logits would go unused
                 logits = self.logits(self.decode(nxt, memory, memory_padding_mask=src_padding_mask, cache=cache))
             return out
         finally:

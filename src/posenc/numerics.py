@@ -33,7 +33,7 @@ import math
 
 import torch
 
-from posenc.attention import attention
+from posenc.backends import attention
 from posenc.base import get_encoding, registered_names
 
 POSITIONS = (10**3, 10**4, 10**5, 10**6, 2**31, 2**40, 2**53)

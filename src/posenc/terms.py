@@ -1,14 +1,14 @@
 """Attention terms: what an encoding adds inside attention, computed by the backends one block of query rows at a time.
 
 An encoding whose effect on attention is more than a position-only bias (``bias``/``score_mod``) returns an
-:class:`AttentionTerms` from its ``terms(...)`` hook, once per :func:`posenc.attention` call. The backends
+:class:`AttentionTerms` from its ``terms(call)`` hook, once per :func:`posenc.attention` call. The backends
 (``reference``, ``dense``, ``chunked``) then compute, for each block of query rows ``start:stop`` against the keys
 ``:key_stop`` it may see::
 
     scores = terms.queries(blk) k^T * scale               (B, H, rows, keys)   -- skipped if terms.replaces_scores
     logits = terms.logits(scores, blk)                    (B, H, rows, keys)   -- the encoding's logit terms
-    logits = logits + bias + mask                         the one mask: posenc.attention.block_mask
-    probs  = safe_softmax(logits)                         the one softmax
+    logits = logits + bias, masked                       the one mask (causal, attn_mask, packed documents)
+    probs  = terms.normalize(logits, blk)                 the one normaliser: the masked safe softmax by default
     out    = probs @ v_blk + terms.values(probs, blk)     (B, H, rows, Dv)     -- the encoding's value terms
 
 so no encoding builds a mask, a softmax or a grouped-query expansion, and every term runs in ``O(rows * Tk)``
@@ -18,12 +18,17 @@ scores because some terms are functions of them (DAPE's MLP over ``[scores, bias
 position terms, TUPE's untied positional correlation). A value term (Shaw's ``sum_j p_ij a^V_{i-j}``) is added to
 the block's output.
 
-Data-dependent gates and decays (FoX, stick-breaking) fit the same block interface: FoX's decay
-``sum_{t=j+1}^{i} log f_t`` is a logit term computed from per-token gates the encoding prepares in ``terms(...)``
-(prefix sums of ``log f`` over keys, indexed by ``blk.q_index`` and the block's keys); stick-breaking replaces the
-softmax and would add a ``normalize(logits, blk)`` method here with ``safe_softmax`` as the default. PaTH's key
-transform is a per-call computation in ``terms(...)`` followed by a ``replaces_scores`` logit term. None of these is
-implemented yet.
+The terms of one call come from the encoding's ``terms(call)`` hook, which receives one :class:`AttentionCall`: the
+call's validated ``q``, ``k``, ``v``, positions, mask and scale, the *features* of every key (per-token tensors the
+encoding computed from the layer's input with its ``features`` hook, cached by the model beside k and v) and a
+:class:`LayerView` of the layer it serves (its index, head counts and own q/k projections). That is what the
+encodings that read the hidden state need: FoX's decay ``sum_{t=j+1}^{i} log f_t`` is a logit term from prefix sums
+of per-token gates (features), stick-breaking replaces the softmax (:meth:`AttentionTerms.normalize`), DeBERTa
+projects a shared relative table with the layer's own ``W_q``/``W_k`` (``call.layer``), and PaTH's key transform is a
+per-call computation followed by a ``replaces_scores`` logit term.
+
+The hook must be *pure*: no state changes, no randomness (``posenc.explain`` calls it to decide a backend, and the
+backward pass of ``chunked`` may rebuild nothing from it but the object it returned).
 
 Shapes: ``B`` batch, ``H`` query heads, ``Hkv`` key/value heads (``H % Hkv == 0``), ``rows = stop - start``,
 ``keys = key_stop`` (all ``Tk`` keys unless a causal block skips the keys no row of it may see).
@@ -32,14 +37,17 @@ Shapes: ``B`` batch, ``H`` query heads, ``Hkv`` key/value heads (``H % Hkv == 0`
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import ClassVar
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor
 
-__all__ = ["AttentionTerms", "ScoreBlock", "apply_mask", "check_head_dim", "compute_dtype", "expand_kv",
-           "positions_2d", "safe_softmax"]
+if TYPE_CHECKING:
+    from posenc.base import PositionalEncoding
+
+__all__ = ["AttentionCall", "AttentionTerms", "LayerView", "ScoreBlock", "apply_mask", "check_head_dim",
+           "compute_dtype", "expand_kv", "positions_2d", "safe_softmax"]
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:
@@ -88,6 +96,83 @@ def positions_2d(pos: Tensor) -> Tensor:
     return pos.unsqueeze(0) if pos.dim() == 1 else pos
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerView:
+    """What an encoding may read of the attention layer it serves (``call.layer``; ``layer=`` of ``features``).
+
+    A model builds one per layer and call; a bare :func:`posenc.attention` call may pass one (or none). The
+    projections are the layer's own, so an encoding can project a table of its own with them (DeBERTa projects its
+    shared relative-position table with the layer's ``W_q`` and ``W_k``).
+    """
+
+    index: int  # the layer's position in its stack, from 0
+    n_heads: int  # query heads H
+    n_kv_heads: int  # key/value heads Hkv (H % Hkv == 0)
+    head_dim: int  # D
+    # (..., dim) -> (..., H, D): the layer's query projection W_q (no rotation), or None when there is none
+    project_q: Callable[[Tensor], Tensor] | None = dataclasses.field(default=None, repr=False, compare=False)
+    # (..., dim) -> (..., Hkv, D): the layer's key projection W_k
+    project_k: Callable[[Tensor], Tensor] | None = dataclasses.field(default=None, repr=False, compare=False)
+
+
+@dataclasses.dataclass
+class AttentionCall:
+    """One validated :func:`posenc.attention` call: what an encoding's ``terms(call)`` hook and the backends read.
+
+    Shapes: ``q`` ``(B, H, Tq, D)``, ``k`` ``(B, Hkv, Tk, D)``, ``v`` ``(B, Hkv, Tk, Dv)``; positions int64 ``(Tq,)`` /
+    ``(B, Tq)`` and ``(Tk,)`` / ``(B, Tk)``. The queries are the last ``Tq`` keys (bottom-right alignment): query row
+    ``i`` sits at key index ``Tk - Tq + i``. ``features`` hold every key's per-token tensors ``(B|1, Hkv|H|1, Tk, X)``
+    (the cached keys' first, then the call's own), so a query's own features are the last ``Tq`` entries on the
+    time axis (:meth:`query_features`).
+    """
+
+    q: Tensor  # (B, H, Tq, D)
+    k: Tensor  # (B, Hkv, Tk, D)
+    v: Tensor  # (B, Hkv, Tk, Dv)
+    pe: PositionalEncoding | None
+    q_pos: Tensor  # (Tq,) or (B, Tq) int64
+    k_pos: Tensor  # (Tk,) or (B, Tk) int64
+    causal: bool
+    attn_mask: Tensor | None  # bool (True = attend) or float additive, broadcastable to (B, H, Tq, Tk)
+    scale: float  # the softmax scale (default 1 / sqrt(D))
+    features: Mapping[str, Tensor] = dataclasses.field(default_factory=dict)  # name -> (B|1, Hkv|H|1, Tk, X)
+    layer: LayerView | None = None  # the layer the call serves (None for a bare call that names none)
+    terms: AttentionTerms | None = None  # filled in by the core from pe.terms(call): the encoding's terms
+
+    @property
+    def n_rep(self) -> int:
+        """Query heads per key/value head."""
+        return self.q.shape[1] // self.k.shape[1]
+
+    @property
+    def uses_bias(self) -> bool:
+        return self.pe is not None and self.pe.uses_bias
+
+    @property
+    def uses_terms(self) -> bool:
+        return self.terms is not None
+
+    @property
+    def needs_grad(self) -> bool:
+        """Whether autograd will record this call (an input, a feature or a parameter of the encoding needs grad)."""
+        if not torch.is_grad_enabled():
+            return False
+        if any(t is not None and t.requires_grad for t in (self.q, self.k, self.v, self.attn_mask)):
+            return True
+        if any(f.requires_grad for f in self.features.values()):
+            return True
+        return self.pe is not None and any(p.requires_grad for p in self.pe.parameters())
+
+    def query_features(self, name: str) -> Tensor:
+        """The queries' own entries of feature ``name``: its last ``Tq`` steps, ``(B|1, Hkv|H|1, Tq, X)``."""
+        if name not in self.features:
+            raise KeyError(f"{self.pe.name if self.pe is not None else 'attention'}: no feature {name!r} in this "
+                           f"call (it has {sorted(self.features)}); the encoding's features() hook makes it, and a "
+                           f"bare posenc.attention call passes it as features={{{name!r}: tensor}}.")
+        x = self.features[name]
+        return x[:, :, x.shape[2] - self.q.shape[2]:]
+
+
 @dataclasses.dataclass
 class ScoreBlock:
     """One block of query rows ``start:stop`` against keys ``:keys``, as a backend hands it to an encoding's terms.
@@ -127,7 +212,7 @@ class ScoreBlock:
         return apply_mask(scores, self.mask)
 
     def query_rows(self, x: Tensor) -> Tensor:
-        """Rows ``start:stop`` of a per-call query-side tensor ``(..., Tq, X)`` prepared in ``terms(...)``."""
+        """Rows ``start:stop`` of a per-call query-side tensor ``(..., Tq, X)`` prepared in ``terms(call)``."""
         return self._slice(x, (..., slice(self.start, self.stop), slice(None)))
 
     def key_rows(self, x: Tensor) -> Tensor:
@@ -145,9 +230,10 @@ class ScoreBlock:
 class AttentionTerms:
     """What an encoding adds inside attention for one call; the backends evaluate it per :class:`ScoreBlock`.
 
-    Subclasses override :meth:`logits` (logit terms), :meth:`values` (value terms) or both. Per-call work that does
+    Subclasses override :meth:`logits` (logit terms), :meth:`values` (value terms), :meth:`normalize` (the
+    normaliser) or any of them. Per-call work that does
     not depend on the block (projections of positions, rotations of all keys) belongs in the encoding's
-    ``terms(...)`` hook, which builds this object once per call; the methods here see one block at a time and must
+    ``terms(call)`` hook, which builds this object once per call; the methods here see one block at a time and must
     only read its rows and keys, so that ``chunked`` stays exact and ``O(rows * Tk)``.
     """
 
@@ -159,7 +245,7 @@ class AttentionTerms:
     # many intermediates (CoPE, DAPE) still stay within its per-block memory budget. Measured values for the built-in
     # terms are in benchmarks/terms_memory.py's output (peak extra memory / one block's score size).
     pair_tensors: ClassVar[int] = 8
-    # Names of the attributes holding per-call tensors (prepared in ``terms(...)``) that :meth:`logits`/:meth:`values`
+    # Names of the attributes holding per-call tensors (prepared in ``terms(call)``) that :meth:`logits`/:meth:`values`
     # read and that may carry gradients, e.g. TUPE's position channels ``p U_Q``, ``p U_K`` or Self-Extend's rotated q
     # and k; ``()`` when the block methods read only the block and the encoding's parameters. ``chunked`` recomputes
     # each block in its own backward pass and returns the gradients of the block's q/k/v, the parameters and these
@@ -190,6 +276,16 @@ class AttentionTerms:
         """
         return scores
 
+    def normalize(self, logits: Tensor, blk: ScoreBlock) -> Tensor:
+        """The block's attention weights ``(B, H, rows, keys)`` from its masked logits: the normaliser.
+
+        ``logits`` are :meth:`logits` plus the encoding's bias, with the block's mask applied (``-inf`` where a key
+        may not be seen), in the compute dtype. The default is the masked safe softmax (a row with no visible key
+        gives zeros). Stick-breaking attention replaces it; its weights need not sum to 1 (a value term may add the
+        remainder).
+        """
+        return safe_softmax(logits)
+
     def values(self, probs: Tensor, blk: ScoreBlock) -> Tensor | None:
-        """A value term ``(B, H, rows, Dv)`` added to ``probs @ v``, from the block's probabilities, or ``None``."""
+        """A value term ``(B, H, rows, Dv)`` added to ``probs @ v``, from the block's weights, or ``None``."""
         return None

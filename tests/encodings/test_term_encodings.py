@@ -153,7 +153,7 @@ NAIVE = {"shaw": naive_shaw, "transformer_xl": naive_transformer_xl, "cope": nai
 @pytest.fixture
 def small_chunks(monkeypatch):
     """``chunked`` in its smallest blocks (TERMS_MIN_ROWS = 4 rows with terms): 36 queries are nine blocks."""
-    monkeypatch.setattr(importlib.import_module("posenc.attention"), "CHUNK_ELEMENTS", 1)
+    monkeypatch.setattr(importlib.import_module("posenc.attention_settings"), "CHUNK_ELEMENTS", 1)
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])

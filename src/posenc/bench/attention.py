@@ -160,7 +160,7 @@ def measure_one(*, backend: str, length: int, device: str = "cpu", batch: int = 
         "cpu_ms": 1000 * statistics.median(c for _, c in times), "repeats": len(times),
         "peak_extra_mib": None if measure == "time" else (peak - before) / 2**20,
         "floor_mib": floor_bytes(batch=batch, heads=heads, length=length, head_dim=head_dim) / 2**20,
-        "explain": posenc.attention.explain(q, k, v, pe, causal=causal, backend=backend).split(":")[0],
+        "explain": posenc.explain(q, k, v, pe, causal=causal, backend=backend).split(":")[0],
         "status": "ok",
     }
 
@@ -256,7 +256,7 @@ def auto_choice(*, length: int, device: str = "cpu", batch: int = 1, heads: int 
     """
     import torch
 
-    from posenc.attention import explain
+    from posenc.backends import explain
 
     pe = _make_encoding(encoding, heads, head_dim, causal, max(length, 2048), encoding_options)
     q = torch.empty(batch, heads, length, head_dim, device=device, requires_grad=True)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from posenc.base import PositionalEncoding, get_encoding, register
-from posenc.terms import AttentionTerms, ScoreBlock, check_head_dim
+from posenc.terms import AttentionCall, AttentionTerms, ScoreBlock, check_head_dim
 
 __all__ = ["AdaptiveBias", "DAPE"]
 
@@ -161,13 +161,12 @@ class AdaptiveBias(PositionalEncoding):
 
         return adaptive_score_mod
 
-    def terms(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool,
-              scale: float) -> AdaptiveContentTerms | None:
+    def terms(self, call: AttentionCall) -> AdaptiveContentTerms | None:
         """With ``content=True``: the query-conditioned mixture ``sum_c softmax(mix_logits[h] + q_i U[h])_c bias_c``
         as a logit term; ``None`` for the static mixture (an ordinary bias)."""
         if not self.content:
             return None
-        check_head_dim(self, q, k)
+        check_head_dim(self, call.q, call.k)
         return AdaptiveContentTerms(self)
 
     def extra_repr(self) -> str:
@@ -216,8 +215,7 @@ class DAPE(PositionalEncoding):
         x = F.linear(x, lin2.weight.to(x.dtype), lin2.bias.to(x.dtype))  # (B, Tq, Tk, H)
         return x.permute(0, 3, 1, 2)  # (B, H, Tq, Tk)
 
-    def terms(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool,
-              scale: float) -> DAPETerms:
+    def terms(self, call: AttentionCall) -> DAPETerms:
         """The logit term ``B + f([L; B])`` added to ``L = q k^T * scale``; the mask comes after ``f``.
 
         Args:

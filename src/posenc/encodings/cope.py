@@ -19,7 +19,7 @@ Bidirectional attention (``causal=False``), our extension: the paper defines CoP
 ``j`` after the query counts ``p_ij = sum_{t=i}^{j} g_it`` (the gates from the query forward to the key), and reads
 a second table ``e_future`` (created only when the encoding is built with ``causal=False``) so the two directions
 stay distinguishable; keys at or before the query use the paper's formula and table. "Query index" means the key
-index the query sits at, bottom-right aligned (``Tk - Tq + i``), as everywhere in :mod:`posenc.attention`.
+index the query sits at, bottom-right aligned (``Tk - Tq + i``), as everywhere in :mod:`posenc.backends`.
 
 CoPE is an attention term (:mod:`posenc.terms`) over the raw scores of each block of query rows: the gates of a
 query row need only that row's scores, so ``chunked`` computes it in ``O(rows * Tk)`` memory (forward and backward);
@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from posenc.base import PositionalEncoding, register
-from posenc.terms import AttentionTerms, ScoreBlock, check_head_dim
+from posenc.terms import AttentionCall, AttentionTerms, ScoreBlock, check_head_dim
 
 __all__ = ["CoPE", "cope_interpolate", "cope_positions"]
 
@@ -161,8 +161,7 @@ class CoPE(PositionalEncoding):
         self.pos_table = nn.Parameter(torch.randn(npos_max, self.head_dim) * init_std)  # (P, D)
         self.future_table = None if self.causal else nn.Parameter(torch.randn(npos_max, self.head_dim) * init_std)
 
-    def terms(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool,
-              scale: float) -> CoPETerms:
+    def terms(self, call: AttentionCall) -> CoPETerms:
         """The logit term ``q_i . e[p_ij]`` with ``p_ij`` counted by the gates ``sigmoid(scores + mask)``.
 
         Args:
@@ -171,6 +170,7 @@ class CoPE(PositionalEncoding):
                 The mask (causal and ``attn_mask``) enters the scores before the gates, so masked keys are not
                 counted; ``scale`` multiplies ``q . k`` only, the position term is not scaled.
         """
+        q, k, causal = call.q, call.k, call.causal
         check_head_dim(self, q, k)
         if not causal and self.future_table is None:
             raise ValueError("cope: this encoding was built with causal=True (the paper's decoder-only CoPE) but is "

@@ -32,7 +32,7 @@ from torch import Tensor
 from posenc.base import PositionalEncoding, register
 from posenc.encodings._relative import check_int
 from posenc.encodings.rope import RoPE
-from posenc.terms import AttentionTerms, ScoreBlock, compute_dtype, positions_2d
+from posenc.terms import AttentionCall, AttentionTerms, ScoreBlock, compute_dtype, positions_2d
 
 __all__ = ["DualChunkAttention", "dual_chunk_relative_positions"]
 
@@ -87,13 +87,13 @@ class DualChunkAttention(PositionalEncoding):
                              f"local_window positions); got local_window={local_window}, chunk_size={chunk_size}.")
         self.rope = RoPE(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal, **rope_options)
 
-    def terms(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool,
-              scale: float) -> DualChunkTerms:
+    def terms(self, call: AttentionCall) -> DualChunkTerms:
         """DCA's scores: q and k rotated once per call at every position the rule gives them.
 
         Args:
             q: ``(B, H, Tq, D)``; k, v: ``(B, Hkv, Tk, D)`` unrotated; positions ``(T,)`` or ``(B, T)``.
         """
+        q, k, q_pos, k_pos, causal = call.q, call.k, call.q_pos, call.k_pos, call.causal
         ct = compute_dtype(q)
         qc, kc = q.to(ct), k.to(ct)
         c, size = self.chunk_size - self.local_window, self.chunk_size

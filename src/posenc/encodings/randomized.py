@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
 
 from posenc.base import PositionalEncoding, get_encoding, register
-from posenc.terms import AttentionTerms
+from posenc.terms import AttentionCall, AttentionTerms, LayerView
 
 __all__ = ["RandomizedPE"]
 
@@ -48,14 +48,15 @@ class RandomizedPE(PositionalEncoding):
         self.inner = get_encoding(base, dim=dim, n_heads=n_heads, max_seq_len=max_positions, causal=causal,
                                   **(base_options or {}))
         self.extrapolates = self.inner.extrapolates
+        self.per_layer = self.inner.per_layer  # a per-layer encoding stays per layer behind the wrapper
         self.generator: torch.Generator | None = None  # set for reproducible sampling
 
-    def make_positions(self, batch: int, length: int, *, offset: int = 0,
+    def make_positions(self, batch: int, length: int, *, offset: int | Tensor = 0,
                        device: torch.device | str | None = None) -> Tensor:
         """``(B, T)`` sorted random positions while training (or with ``sample_at_eval``), else ``offset + arange``."""
         if not (self.training or self.sample_at_eval):
             return self.inner.make_positions(batch, length, offset=offset, device=device)
-        if offset:
+        if isinstance(offset, Tensor) or offset:
             raise ValueError("randomized: sampled positions cover a whole sequence at once; incremental decoding "
                              "with an offset needs eval mode (model.eval()) with sample_at_eval=False.")
         if length > self.max_positions:
@@ -85,9 +86,15 @@ class RandomizedPE(PositionalEncoding):
     def score_mod(self, q_pos: Tensor, k_pos: Tensor) -> Callable | None:
         return self.inner.score_mod(q_pos, k_pos)
 
-    def terms(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool,
-              scale: float) -> AttentionTerms | None:
-        return self.inner.terms(q, k, v, q_pos=q_pos, k_pos=k_pos, causal=causal, scale=scale)
+    def features(self, x: Tensor, pos: Tensor, *, layer: LayerView) -> dict[str, Tensor]:
+        return self.inner.features(x, pos, layer=layer)
+
+    def terms(self, call: AttentionCall) -> AttentionTerms | None:
+        return self.inner.terms(call)
+
+    def commit(self, k: Tensor, v: Tensor, features: Mapping[str, Tensor], *,
+               new: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        return self.inner.commit(k, v, features, new=new)
 
     @property
     def uses_embed(self) -> bool:
@@ -104,6 +111,14 @@ class RandomizedPE(PositionalEncoding):
     @property
     def uses_terms(self) -> bool:
         return self.inner.uses_terms
+
+    @property
+    def uses_features(self) -> bool:
+        return self.inner.uses_features
+
+    @property
+    def uses_commit(self) -> bool:
+        return self.inner.uses_commit
 
     def check_length(self, pos: Tensor) -> None:
         self.inner.check_length(pos)

@@ -24,7 +24,7 @@ from torch import Tensor
 from posenc.base import PositionalEncoding, register
 from posenc.encodings._relative import check_int
 from posenc.encodings.rope import RoPE
-from posenc.terms import AttentionTerms, ScoreBlock, compute_dtype, positions_2d
+from posenc.terms import AttentionCall, AttentionTerms, ScoreBlock, compute_dtype, positions_2d
 
 __all__ = ["SelfExtend", "self_extend_positions"]
 
@@ -61,13 +61,13 @@ class SelfExtend(PositionalEncoding):
                                          hint=" The paper uses 512 to 2048 for a 4096-token model.")
         self.rope = RoPE(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal, **rope_options)
 
-    def terms(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool,
-              scale: float) -> SelfExtendTerms:
+    def terms(self, call: AttentionCall) -> SelfExtendTerms:
         """Merged neighbour / grouped RoPE scores: q and k rotated at their positions and at grouped positions.
 
         Args:
             q: ``(B, H, Tq, D)``; k, v: ``(B, Hkv, Tk, D)`` unrotated; positions ``(T,)`` or ``(B, T)``.
         """
+        q, k, q_pos, k_pos = call.q, call.k, call.q_pos, call.k_pos
         ct = compute_dtype(q)
         qc, kc = q.to(ct), k.to(ct)
         qn, kn = self.rope.rotate(qc, kc, q_pos, k_pos)  # neighbour attention: plain RoPE

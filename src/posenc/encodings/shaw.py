@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from posenc.base import PositionalEncoding, register
-from posenc.terms import AttentionTerms, ScoreBlock, check_head_dim, positions_2d
+from posenc.terms import AttentionCall, AttentionTerms, ScoreBlock, check_head_dim, positions_2d
 
 __all__ = ["ShawRelative", "shaw_buckets", "shaw_key_logits", "shaw_value_term"]
 
@@ -133,14 +133,14 @@ class ShawRelative(PositionalEncoding):
     def value_term(self) -> bool:
         return self.value_table is not None
 
-    def terms(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool,
-              scale: float) -> ShawTerms:
+    def terms(self, call: AttentionCall) -> ShawTerms:
         """The key term ``q_i . a^K_{clip(j-i,k)} * scale`` and the value term ``sum_j p_ij a^V_{clip(j-i,k)}``.
 
         Args:
             q: ``(B, H, Tq, D)``; k, v: ``(B, Hkv, Tk, D)``; positions ``(T,)`` or ``(B, T)``; ``scale`` multiplies
                 both logit terms.
         """
+        q, k, v = call.q, call.k, call.v
         check_head_dim(self, q, k)
         if self.value_table is not None and v.shape[-1] != self.head_dim:
             raise ValueError(f"shaw: the value term adds a^V of size head_dim={self.head_dim} to v, but v has "

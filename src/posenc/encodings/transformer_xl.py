@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from posenc.base import PositionalEncoding, register
-from posenc.terms import AttentionTerms, ScoreBlock, check_head_dim, positions_2d
+from posenc.terms import AttentionCall, AttentionTerms, ScoreBlock, check_head_dim, positions_2d
 
 __all__ = ["TransformerXL", "relative_sinusoid", "xl_frequencies", "xl_position_logits"]
 
@@ -180,14 +180,14 @@ class TransformerXL(PositionalEncoding):
         self.content_bias = nn.Parameter(torch.randn(n_heads, self.head_dim) * init_std)  # u (H, D)
         self.position_bias = nn.Parameter(torch.randn(n_heads, self.head_dim) * init_std)  # v (H, D)
 
-    def terms(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool,
-              scale: float) -> TransformerXLTerms:
+    def terms(self, call: AttentionCall) -> TransformerXLTerms:
         """The logit terms ``(u . k_j + (q_i + v) . W_R R_{i-j}) * scale`` added to ``q_i . k_j * scale``.
 
         Args:
             q: ``(B, H, Tq, D)``; k, v: ``(B, Hkv, Tk, D)``; positions ``(T,)`` or ``(B, T)``; ``scale``
                 multiplies the whole score (``1 / sqrt(D)`` by default).
         """
+        q, k = call.q, call.k
         check_head_dim(self, q, k)
         return TransformerXLTerms(self)
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from posenc.base import PositionalEncoding, register
-from posenc.terms import AttentionTerms, ScoreBlock, check_head_dim, compute_dtype
+from posenc.terms import AttentionCall, AttentionTerms, ScoreBlock, check_head_dim, compute_dtype
 
 __all__ = ["TUPE", "tupe_position_channels"]
 
@@ -102,8 +102,7 @@ class TUPE(PositionalEncoding):
         return tupe_position_channels(pos, self.table, proj, n_heads=self.n_heads, ln_weight=self.ln_weight,
                                       ln_bias=self.ln_bias)
 
-    def terms(self, q: Tensor, k: Tensor, v: Tensor, *, q_pos: Tensor, k_pos: Tensor, causal: bool,
-              scale: float) -> TUPETerms:
+    def terms(self, call: AttentionCall) -> TUPETerms:
         """The untied positional term; the whole score becomes ``(q . k + pq . pk) * scale / sqrt(2)``.
 
         Args:
@@ -111,6 +110,7 @@ class TUPE(PositionalEncoding):
                 ``< max_seq_len``. ``scale`` is the content scale of ordinary attention (``1 / sqrt(D)`` by
                 default); TUPE divides it by ``sqrt(2)`` (the paper's ``1 / sqrt(2d)``) for both terms.
         """
+        q, k, q_pos, k_pos = call.q, call.k, call.q_pos, call.k_pos
         check_head_dim(self, q, k)
         ct = compute_dtype(q)
         pq = self.position_channels(q_pos, "q").to(ct)  # (B|1, H, Tq, D)
