@@ -346,3 +346,43 @@ def test_chunked_gradcheck_float64_in_blocks_of_one_row(name, causal, monkeypatc
     if params:  # (self_extend and dual_chunk have none)
         assert torch.autograd.gradcheck(run_params, params, eps=1e-6, atol=1e-5, fast_mode=len(params) > 4)
     assert torch.autograd.gradcheck(run_inputs, (q, k, v), eps=1e-6, atol=1e-5)
+
+
+class _HeadWeightedKV(PositionalEncoding):
+    """A test-only encoding whose terms read the block's keys and values directly, with a different weight per query
+    head: under GQA the gradient of each kv head is the sum over exactly its own group of query heads."""
+
+    name = "head_weighted_kv"
+
+    def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False) -> None:
+        super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
+        self.key_weight = torch.nn.Parameter(torch.linspace(-1.0, 2.0, n_heads))  # one per query head
+        self.value_weight = torch.nn.Parameter(torch.linspace(0.5, -1.5, n_heads))
+
+    def terms(self, call):
+        return _HeadWeightedKVTerms(self)
+
+
+class _HeadWeightedKVTerms(AttentionTerms):
+    call_tensors = ()
+
+    def __init__(self, pe: _HeadWeightedKV) -> None:
+        self.pe = pe
+
+    def logits(self, scores: Tensor, blk: ScoreBlock) -> Tensor:
+        key_term = blk.k.pow(2).sum(-1) * self.pe.key_weight[:, None].to(scores.dtype)  # (B, H, keys)
+        return scores + 0.1 * key_term[:, :, None, :]
+
+    def values(self, probs: Tensor, blk: ScoreBlock) -> Tensor:
+        return probs @ (blk.v.tanh() * self.pe.value_weight[:, None, None].to(probs.dtype))  # (B, H, rows, D)
+
+
+@pytest.mark.parametrize("hkv", [1, 2], ids=["mqa", "gqa"])
+def test_chunked_sums_a_terms_own_key_and_value_gradients_over_each_kv_heads_group(hkv, small_chunks):
+    pe = _HeadWeightedKV(dim=H * D, n_heads=H)
+    q, k, v, grad_out = _inputs(hkv)
+    want = _run(pe, "reference", q, k, v, grad_out, causal=True)
+    got = _run(pe, "chunked", q, k, v, grad_out, causal=True)
+    assert _chunked_backward(pe, q, k, v, causal=True) == "ChunkedTermsBackward"
+    for field in ("out", "q", "k", "v", "key_weight", "value_weight"):
+        torch.testing.assert_close(got[field], want[field], atol=1e-5, rtol=1e-5, msg=lambda m, f=field: f"{f}: {m}")
