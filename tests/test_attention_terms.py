@@ -18,6 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import posenc
 import posenc.attention_settings as settings
 import posenc.backends as attn_mod
+from layer_inputs import attend, prepare
 from posenc.base import PositionalEncoding
 from posenc.chunked import ChunkedTerms
 from posenc.terms import AttentionTerms, ScoreBlock, positions_2d
@@ -60,7 +61,7 @@ def _inputs(hkv: int, *, tq: int = TQ, tk: int = TK) -> tuple[Tensor, ...]:
 
 def _run(pe, backend, q, k, v, grad_out, **kwargs) -> dict[str, Tensor]:
     q, k, v = (t.clone().requires_grad_(True) for t in (q, k, v))
-    out = posenc.attention(q, k, v, pe, backend=backend, **kwargs)
+    out = attend(q, k, v, pe, backend=backend, **kwargs)
     pe.zero_grad(set_to_none=True)
     out.backward(grad_out)
     result = {"out": out.detach(), "q": q.grad, "k": k.grad, "v": v.grad}
@@ -70,7 +71,7 @@ def _run(pe, backend, q, k, v, grad_out, **kwargs) -> dict[str, Tensor]:
 
 def _chunked_backward(pe, q, k, v, **kwargs) -> str:
     """The name of the backward node of ``chunked`` attention for a training call."""
-    out = posenc.attention(q.requires_grad_(), k, v, pe, backend="chunked", **kwargs)
+    out = attend(q.requires_grad_(), k, v, pe, backend="chunked", **kwargs)
     q.requires_grad_(False)
     return type(out.grad_fn).__name__
 
@@ -131,12 +132,12 @@ def test_chunked_terms_stay_within_one_block_forward_and_backward(name, small_ch
             return x
 
         with _LargestTensor() as probe, torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
-            out = posenc.attention(q, k, v, pe, causal=True, backend=backend)
+            out = attend(q, k, v, pe, causal=True, backend=backend)
         out.backward(grad_out)
         largest[backend], saved[backend] = probe.largest, sum(sizes)
     with _LargestTensor() as probe:  # the backward pass of chunked recomputes one block at a time
-        posenc.attention(q, k, v, pe, causal=True, backend="chunked").backward(grad_out)
-    rows = attn_mod.chunk_rows(attn_mod.prepare_call(q, k, v, pe, causal=True))
+        attend(q, k, v, pe, causal=True, backend="chunked").backward(grad_out)
+    rows = attn_mod.chunk_rows(prepare(q, k, v, pe, causal=True))
     assert rows < t // 4
     assert largest["dense"] >= B * H * t * t  # the probe sees the full scores, so this test can fail
     # one block's share of the largest dense intermediate (a (B, H, rows, Tk) score, DAPE's MLP activations), or a
@@ -199,7 +200,7 @@ def test_a_custom_term_matches_its_formula_on_every_backend(backend, small_chunk
     probs = torch.softmax(scores.masked_fill(torch.arange(TK) > i, float("-inf")), dim=-1)
     want = probs @ ve + pe.shift[None, :, None, :]
     with torch.no_grad():
-        got = posenc.attention(q, k, v, pe, causal=True, backend=backend)
+        got = attend(q, k, v, pe, causal=True, backend=backend)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert posenc.explain(q, k, v, pe, causal=True).startswith("dense:")
 
@@ -260,7 +261,7 @@ def test_chunked_refuses_terms_holding_an_undeclared_tensor_that_requires_grad(s
     monkeypatch.setattr(_KeyGateTerms, "call_tensors", ())
     q, k, v, _ = _inputs(H // 2)
     with pytest.raises(TypeError, match=r"\['gate'\] hold tensors that require grad but are not in call_tensors"):
-        posenc.attention(q, k, v, _KeyGate(dim=H * D, n_heads=H), causal=True, backend="chunked")
+        attend(q, k, v, _KeyGate(dim=H * D, n_heads=H), causal=True, backend="chunked")
 
 
 _CHUNKED_TERMS_BACKWARD = ChunkedTerms.backward
@@ -289,9 +290,9 @@ def _backward_allocations(pe, rows: int, monkeypatch) -> list[str]:
     monkeypatch.setattr(ChunkedTerms, "backward", staticmethod(recorded_backward))
     q, k, v, grad_out = _inputs(H, tq=t, tk=t)
     q, k, v = (x.requires_grad_() for x in (q, k, v))
-    out = posenc.attention(q, k, v, pe, causal=True, backend="chunked")
+    out = attend(q, k, v, pe, causal=True, backend="chunked")
     assert type(out.grad_fn).__name__ == "ChunkedTermsBackward"
-    assert attn_mod.chunk_rows(attn_mod.prepare_call(q, k, v, pe, causal=True)) == rows
+    assert attn_mod.chunk_rows(prepare(q, k, v, pe, causal=True)) == rows
     out.backward(grad_out)
     return made
 
@@ -305,7 +306,7 @@ def test_chunked_backward_allocates_the_gradients_once(name, small_chunks, monke
     many, few = (_backward_allocations(pe, rows, monkeypatch) for rows in (3, 6))  # rows != H: no block is q-shaped
     assert sorted(many) == sorted(few), (many, few)
     q, k, v, _ = _inputs(H, tq=96, tk=96)
-    if not attn_mod.prepare_call(q, k, v, pe, causal=True).terms.call_tensors:
+    if not prepare(q, k, v, pe, causal=True).terms.call_tensors:
         assert len(many) == 3, many  # dq, dk, dv
 
 
@@ -333,16 +334,16 @@ def test_chunked_gradcheck_float64_in_blocks_of_one_row(name, causal, monkeypatc
     q = torch.randn(1, heads, 3, head_dim, dtype=torch.float64, generator=g).requires_grad_()
     k, v = (torch.randn(1, 1, 4, head_dim, dtype=torch.float64, generator=g).requires_grad_() for _ in range(2))
     params = tuple(pe.parameters())
-    assert type(posenc.attention(q, k, v, pe, causal=causal, backend="chunked").grad_fn).__name__ == \
+    assert type(attend(q, k, v, pe, causal=causal, backend="chunked").grad_fn).__name__ == \
         "ChunkedTermsBackward"
 
     def run_params(*_):  # gradcheck perturbs the parameters in place; the terms read them
-        return posenc.attention(q.detach(), k.detach(), v.detach(), pe, causal=causal, backend="chunked")
+        return attend(q.detach(), k.detach(), v.detach(), pe, causal=causal, backend="chunked")
 
     def run_inputs(qq, kk, vv):
-        return posenc.attention(qq, kk, vv, pe, causal=causal, backend="chunked")
+        return attend(qq, kk, vv, pe, causal=causal, backend="chunked")
 
-    assert attn_mod.chunk_rows(attn_mod.prepare_call(q, k, v, pe, causal=causal)) == 1
+    assert attn_mod.chunk_rows(prepare(q, k, v, pe, causal=causal)) == 1
     if params:  # (self_extend and dual_chunk have none)
         assert torch.autograd.gradcheck(run_params, params, eps=1e-6, atol=1e-5, fast_mode=len(params) > 4)
     assert torch.autograd.gradcheck(run_inputs, (q, k, v), eps=1e-6, atol=1e-5)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import posenc
+from layer_inputs import attend
 from posenc import KVCache, Transformer, TransformerConfig, get_encoding
 
 NAMES = posenc.registered_names()
@@ -63,7 +64,7 @@ def test_hook_shapes_and_dtypes(name, dtype):
     if bias is not None:
         assert bias.shape[-3:] == (HEADS, t, t) and bias.dtype == torch.float32 and torch.isfinite(bias).all()
     for causal in (False, True):
-        o = posenc.attention(q2, k2, v, pe, q_pos=pos, k_pos=pos, causal=causal)
+        o = attend(q2, k2, v, pe, q_pos=pos, k_pos=pos, causal=causal)
         assert o.shape == (b, HEADS, t, d) and o.dtype == dtype and torch.isfinite(o.float()).all()
 
 
@@ -141,9 +142,11 @@ def test_gradients_reach_every_trainable_encoding_parameter(name):
     model.train()
     loss = model(x).float().logsumexp(-1).mean()
     loss.backward()
-    for pname, p in model.named_parameters():
-        if ".pe." in f".{pname}" and p.requires_grad:
-            assert p.grad is not None and torch.isfinite(p.grad).all(), f"no finite gradient for {pname}"
+    encodings = [m for m in model.modules() if isinstance(m, posenc.PositionalEncoding)]  # the stack's, each layer's
+    for pe in encodings:
+        for pname, p in pe.named_parameters():
+            if p.requires_grad:
+                assert p.grad is not None and torch.isfinite(p.grad).all(), f"no finite gradient for {pname}"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import posenc
+from layer_inputs import attend
 from posenc import Transformer, TransformerConfig
 from posenc.backends import BACKENDS
 
@@ -32,7 +33,7 @@ def test_empty_batch_or_sequence_gives_an_empty_output(name, shape):
     b, tq, tk = shape
     pe, qkv, kwargs = _call(name, b, tq, tk)
     for backend in ("auto", "reference"):
-        out = posenc.attention(*qkv, pe, backend=backend, **kwargs)
+        out = attend(*qkv, pe, backend=backend, **kwargs)
         assert out.shape == (b, H, tq, D)
 
 
@@ -49,10 +50,10 @@ def test_a_1d_key_mask_equals_its_4d_form(name):
         if backend in ("flex",):
             continue
         try:
-            want = posenc.attention(*qkv, pe, backend=backend, attn_mask=keep[None, None, None, :], **kwargs)
+            want = attend(*qkv, pe, backend=backend, attn_mask=keep[None, None, None, :], **kwargs)
         except ValueError:  # a backend that does not take this call says so for both forms
             continue
-        got = posenc.attention(*qkv, pe, backend=backend, attn_mask=keep, **kwargs)
+        got = attend(*qkv, pe, backend=backend, attn_mask=keep, **kwargs)
         torch.testing.assert_close(got, want)
 
 
@@ -65,11 +66,11 @@ def test_a_float_mask_of_another_dtype_is_accepted(name, qdtype, mdtype):
     q, k, v = q.to(qdtype), k.to(qdtype), v.to(qdtype)
     mask = torch.zeros(1, 1, 4, 4)
     mask[..., 1] = float("-inf")
-    ref = posenc.attention(q, k, v, pe, backend="reference", attn_mask=mask.to(qdtype), **kwargs)
+    ref = attend(q, k, v, pe, backend="reference", attn_mask=mask.to(qdtype), **kwargs)
     tol = {torch.bfloat16: 2e-2, torch.float16: 2e-3}.get(qdtype, 1e-5)
     for backend in ("auto", "dense", "chunked", "sdpa", "reference"):
         try:
-            out = posenc.attention(q, k, v, pe, backend=backend, attn_mask=mask.to(mdtype), **kwargs)
+            out = attend(q, k, v, pe, backend=backend, attn_mask=mask.to(mdtype), **kwargs)
         except ValueError:  # e.g. sdpa refuses a bias encoding, with the reason
             continue
         torch.testing.assert_close(out.float(), ref.float(), atol=tol, rtol=tol)

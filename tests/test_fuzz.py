@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import posenc
+from layer_inputs import attend, prepare
 from posenc.backends import BACKENDS
-from posenc.backends import prepare_call as _prepare
 
 hypothesis = pytest.importorskip("hypothesis")
 st = hypothesis.strategies
@@ -75,15 +75,15 @@ def test_fuzz_every_backend_agrees_with_reference(case):
         assert "center" in str(exc) or "max_seq_len" in str(exc), exc
         return
     kwargs = dict(q_pos=q_pos, k_pos=k_pos, causal=case["causal"], attn_mask=mask)
-    ref = posenc.attention(q, k, v, pe, backend="reference", **kwargs).float()
+    ref = attend(q, k, v, pe, backend="reference", **kwargs).float()
     assert ref.shape == (b, h, tq, d) and torch.isfinite(ref).all()
-    call = _prepare(q, k, v, pe, **kwargs)
+    call = prepare(q, k, v, pe, **kwargs)
     for name, backend in BACKENDS.items():
         if name in SLOW_BACKENDS or name == "reference" or backend.supports(call) is not None:
             continue
-        out = posenc.attention(q, k, v, pe, backend=name, **kwargs).float()
+        out = attend(q, k, v, pe, backend=name, **kwargs).float()
         torch.testing.assert_close(out, ref, atol=TOL[dtype], rtol=TOL[dtype], msg=lambda m, name=name: f"{name}: {m}")
-    auto = posenc.attention(q, k, v, pe, **kwargs).float()
+    auto = attend(q, k, v, pe, **kwargs).float()
     torch.testing.assert_close(auto, ref, atol=TOL[dtype], rtol=TOL[dtype])
 
 
@@ -136,7 +136,7 @@ def test_fuzz_invalid_attention_input_raises_a_clear_error(broken, name, causal)
     kwargs, culprit = broken
     pe = posenc.get_encoding(name, dim=32, n_heads=4, max_seq_len=64) if name else None
     with pytest.raises((ValueError, TypeError)) as info:
-        posenc.attention(kwargs.pop("q"), kwargs.pop("k"), kwargs.pop("v"), pe, causal=causal, **kwargs)
+        attend(kwargs.pop("q"), kwargs.pop("k"), kwargs.pop("v"), pe, causal=causal, **kwargs)
     assert culprit in str(info.value), f"{info.value!r} does not name {culprit}"
 
 
@@ -205,8 +205,8 @@ def test_fuzz_edge_inputs_agree_with_reference(case):
             assert "center" in str(exc) or "max_seq_len" in str(exc), exc
             return
         kwargs = dict(q_pos=q_pos, k_pos=k_pos, causal=case["causal"], attn_mask=mask)
-        ref = posenc.attention(q, k, v, pe, backend="reference", **kwargs)
-        auto = posenc.attention(q, k, v, pe, **kwargs)
+        ref = attend(q, k, v, pe, backend="reference", **kwargs)
+        auto = attend(q, k, v, pe, **kwargs)
     assert ref.shape == auto.shape == (b, h, tq, d) and torch.isfinite(ref).all()
     tol = {torch.float32: 1e-4, torch.float64: 1e-6, torch.bfloat16: 6e-2}[dtype]
     torch.testing.assert_close(auto.float(), ref.float(), atol=tol, rtol=tol)

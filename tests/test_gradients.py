@@ -9,6 +9,7 @@ from torch import nn
 from torch.func import functional_call
 
 import posenc
+from layer_inputs import attend
 
 NAMES = posenc.registered_names()
 H, D, T = 2, 4, 5
@@ -24,7 +25,7 @@ class _Probe(nn.Module):
     def forward(self, x, q, k, v, pos):
         out = self.pe.embed(x, pos).sum(-1)  # (B, T)
         q, k = self.pe.rotate(q, k, pos, pos)
-        att = posenc.attention(q, k, v, self.pe, q_pos=pos, k_pos=pos, causal=self.pe.causal, backend="auto")
+        att = attend(q, k, v, self.pe, q_pos=pos, k_pos=pos, causal=self.pe.causal, backend="auto")
         return att.sum(-1) + out[:, None, :]  # (B, H, T)
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import posenc
+from layer_inputs import attend
 from posenc import Transformer, TransformerConfig
 
 NAMES = posenc.registered_names()
@@ -27,8 +28,8 @@ def _attend(name: str, mode) -> torch.Tensor:
         q, k, v = (torch.randn(2, H, T, D) for _ in range(3))
         pos = torch.arange(T)
         q, k = pe.rotate(q, k, pos, pos)
-        first = posenc.attention(q, k, v, pe, q_pos=pos, k_pos=pos, causal=True)
-        again = posenc.attention(q, k, v, pe, q_pos=pos, k_pos=pos, causal=True)  # memo hit (if any) agrees
+        first = attend(q, k, v, pe, q_pos=pos, k_pos=pos, causal=True)
+        again = attend(q, k, v, pe, q_pos=pos, k_pos=pos, causal=True)  # memo hit (if any) agrees
         torch.testing.assert_close(again, first)
         return first
 
@@ -66,10 +67,10 @@ def test_memo_under_inference_mode_sees_new_positions():
         with torch.inference_mode():
             q, k, v = (torch.randn(1, H, T, D) for _ in range(3))
             pos = torch.arange(T)
-            before = posenc.attention(*pe.rotate(q, k, pos, pos), v, pe, q_pos=pos, k_pos=pos)
+            before = attend(*pe.rotate(q, k, pos, pos), v, pe, q_pos=pos, k_pos=pos)
             pos.mul_(3)
-            after = posenc.attention(*pe.rotate(q, k, pos, pos), v, pe, q_pos=pos, k_pos=pos)
-            fresh = posenc.attention(*pe.rotate(q, k, pos.clone(), pos.clone()), v, pe, q_pos=pos.clone(),
+            after = attend(*pe.rotate(q, k, pos, pos), v, pe, q_pos=pos, k_pos=pos)
+            fresh = attend(*pe.rotate(q, k, pos.clone(), pos.clone()), v, pe, q_pos=pos.clone(),
                                      k_pos=pos.clone())
         assert not torch.allclose(before, after)
         torch.testing.assert_close(after, fresh)

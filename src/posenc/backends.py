@@ -374,6 +374,9 @@ def prepare_call(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None,
     features = _check_features(features, b, h, tk, q.device)
     if layer is not None and not isinstance(layer, LayerView):
         raise TypeError(f"layer must be a posenc.LayerView or None; got {type(layer).__name__}.")
+    if layer is None and pe is not None and pe.reads_layer:
+        raise ValueError(f"{pe.name} reads the attention layer it serves (its own q/k projections): pass "
+                         f"layer=posenc.LayerView(...) to posenc.attention (a posenc.Transformer passes its own).")
     check = check_positions
     if positions is not None:
         if not isinstance(positions, Positions):

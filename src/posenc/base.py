@@ -161,6 +161,9 @@ class PositionalEncoding(nn.Module):
     # True when each attention layer needs its own instance (its own weights, e.g. FoX's forget gate): a model then
     # builds one per layer instead of one for the stack. Such an encoding may not use ``embed`` (the stack embeds once).
     per_layer: ClassVar[bool] = False
+    # True when terms(call) reads the layer it serves (call.layer: its own q/k projections, as DeBERTa projects its
+    # relative table with them); a bare posenc.attention call must then pass layer=.
+    reads_layer: ClassVar[bool] = False
 
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False) -> None:
         super().__init__()

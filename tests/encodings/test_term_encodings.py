@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import posenc
+from layer_inputs import attend
 from posenc import Transformer, TransformerConfig, get_encoding
 from posenc.encodings.cope import cope_positions
 from posenc.encodings.transformer_xl import xl_position_logits
@@ -166,7 +167,7 @@ def test_terms_match_naive_paper_formula(name, causal):
     with torch.no_grad():
         expected = NAIVE[name](pe, q, k, v, pos, pos, causal, None)
     for backend in ("auto", "reference", "chunked"):
-        out = posenc.attention(q, k, v, pe, q_pos=pos, k_pos=pos, causal=causal, backend=backend)
+        out = attend(q, k, v, pe, q_pos=pos, k_pos=pos, causal=causal, backend=backend)
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -179,7 +180,7 @@ def test_chunked_blocks_match_naive_paper_formula(name, causal, small_chunks):
     q_pos = k_pos[:, 4:]
     with torch.no_grad():
         expected = NAIVE[name](pe, q, k, v, q_pos, k_pos, causal, None)
-        out = posenc.attention(q, k, v, pe, q_pos=q_pos, k_pos=k_pos, causal=causal, backend="chunked")
+        out = attend(q, k, v, pe, q_pos=q_pos, k_pos=k_pos, causal=causal, backend="chunked")
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -191,13 +192,13 @@ def test_attend_with_padding_mask_and_shared_positions(name):
     keep = torch.ones(B, 1, 1, 6, dtype=torch.bool)
     keep[0, ..., 4:] = False  # padding at the end of the first sequence
     keep[1, ..., 0] = False
-    out = posenc.attention(q, k, v, pe, q_pos=pos_q, k_pos=pos_k, attn_mask=keep)
+    out = attend(q, k, v, pe, q_pos=pos_q, k_pos=pos_k, attn_mask=keep)
     with torch.no_grad():
         expected = NAIVE[name](pe, q, k, v, pos_q, pos_k, False, keep)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     # an additive float mask with the same meaning gives the same result
     additive = torch.zeros(keep.shape).masked_fill(~keep, float("-inf"))
-    torch.testing.assert_close(posenc.attention(q, k, v, pe, q_pos=pos_q, k_pos=pos_k, attn_mask=additive), out)
+    torch.testing.assert_close(attend(q, k, v, pe, q_pos=pos_q, k_pos=pos_k, attn_mask=additive), out)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -207,7 +208,7 @@ def test_fully_masked_rows_give_zeros_and_finite_gradients(name):
     q.requires_grad_(True)
     keep = torch.ones(1, 1, 4, 4, dtype=torch.bool)
     keep[..., 2, :] = False
-    out = posenc.attention(q, k, v, pe, attn_mask=keep)
+    out = attend(q, k, v, pe, attn_mask=keep)
     assert torch.all(out[:, :, 2] == 0)
     out.sum().backward()
     assert torch.isfinite(q.grad).all()
@@ -218,7 +219,7 @@ def test_shaw_key_term_only_matches_naive():
     assert pe.value_table is None
     q, k, v = _qkv(6, 6)
     pos = torch.arange(6)
-    out = posenc.attention(q, k, v, pe, q_pos=pos, k_pos=pos, causal=True)
+    out = attend(q, k, v, pe, q_pos=pos, k_pos=pos, causal=True)
     with torch.no_grad():
         torch.testing.assert_close(out, naive_shaw(pe, q, k, v, pos, pos, True, None), atol=1e-5, rtol=1e-5)
 
@@ -226,8 +227,8 @@ def test_shaw_key_term_only_matches_naive():
 def test_shaw_distances_past_k_share_the_outer_embedding():
     pe = _encoding("shaw", causal=False, max_relative_position=2)
     q, k, v = _qkv(1, 2)
-    near = posenc.attention(q, k, v, pe, q_pos=torch.tensor([0]), k_pos=torch.tensor([3, 40]))
-    far = posenc.attention(q, k, v, pe, q_pos=torch.tensor([0]), k_pos=torch.tensor([2, 900]))
+    near = attend(q, k, v, pe, q_pos=torch.tensor([0]), k_pos=torch.tensor([3, 40]))
+    far = attend(q, k, v, pe, q_pos=torch.tensor([0]), k_pos=torch.tensor([2, 900]))
     torch.testing.assert_close(near, far)  # both keys sit at clipped distance +2
 
 
@@ -237,9 +238,9 @@ def test_kv_cache_query_subset_equals_full(name):
     pe = _encoding(name, causal=True)
     q, k, v = _qkv(9, 9)
     pos = torch.arange(5, 14)
-    full = posenc.attention(q, k, v, pe, q_pos=pos, k_pos=pos, causal=True)
+    full = attend(q, k, v, pe, q_pos=pos, k_pos=pos, causal=True)
     for start in (8, 6, 3):  # one new token, then chunks (prefill + chunked decoding)
-        part = posenc.attention(q[:, :, start:], k, v, pe, q_pos=pos[start:], k_pos=pos, causal=True)
+        part = attend(q[:, :, start:], k, v, pe, q_pos=pos[start:], k_pos=pos, causal=True)
         torch.testing.assert_close(part, full[:, :, start:], atol=1e-6, rtol=1e-5)
 
 
@@ -249,9 +250,9 @@ def test_relative_encodings_are_translation_invariant(name, causal):
     pe = _encoding(name, causal=causal)
     q, k, v = _qkv(6, 6)
     pos = torch.tensor([0, 1, 2, 4, 5, 9])
-    base = posenc.attention(q, k, v, pe, q_pos=pos, k_pos=pos, causal=causal)
+    base = attend(q, k, v, pe, q_pos=pos, k_pos=pos, causal=causal)
     for shift in (1, 37, 10**6):
-        moved = posenc.attention(q, k, v, pe, q_pos=pos + shift, k_pos=pos + shift, causal=causal)
+        moved = attend(q, k, v, pe, q_pos=pos + shift, k_pos=pos + shift, causal=causal)
         torch.testing.assert_close(moved, base, atol=2e-5, rtol=1e-5)
 
 
@@ -259,8 +260,8 @@ def test_tupe_is_absolute_not_translation_invariant():
     pe = _encoding("tupe", causal=False)
     q, k, v = _qkv(5, 5)
     pos = torch.arange(5)
-    assert not torch.allclose(posenc.attention(q, k, v, pe, q_pos=pos, k_pos=pos),
-                              posenc.attention(q, k, v, pe, q_pos=pos + 3, k_pos=pos + 3))
+    assert not torch.allclose(attend(q, k, v, pe, q_pos=pos, k_pos=pos),
+                              attend(q, k, v, pe, q_pos=pos + 3, k_pos=pos + 3))
 
 
 # -- Transformer-XL: the two exact paths -------------------------------------------------------------------------------
@@ -281,7 +282,7 @@ def test_transformer_xl_sparse_positions_match_naive():
     q, k, v = _qkv(4, 6)
     q_pos, k_pos = torch.tensor([300, 2000, 2001, 9000]), torch.tensor([0, 17, 300, 2000, 2001, 9000])
     assert int((q_pos[:, None] - k_pos).max() - (q_pos[:, None] - k_pos).min()) + 1 > 4 + 6  # "auto" factors
-    out = posenc.attention(q, k, v, pe, q_pos=q_pos, k_pos=k_pos, causal=True)  # many distinct distances: factored
+    out = attend(q, k, v, pe, q_pos=q_pos, k_pos=k_pos, causal=True)  # many distinct distances: factored
     with torch.no_grad():
         expected = naive_transformer_xl(pe, q, k, v, q_pos, k_pos, True, None)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
@@ -307,14 +308,14 @@ def test_cope_matches_x_transformers():
     peer = xt.CoPE(dim=D, heads=H, max_pos=npos)
     with torch.no_grad():
         peer.pos_emb.copy_(pe.pos_table)
-    attend = Attend(causal=True, cope=peer, flash=False)
+    peer_attend = Attend(causal=True, cope=peer, flash=False)
     q, k, v = _qkv(7, 7, hkv=H)  # x-transformers groups kv heads differently; compare without GQA
     q = q * 3  # larger logits so gates spread over (0, 1) and positions reach the clamp
     with torch.no_grad():
-        expected, _ = attend(q, k, v)
-        expected_tail, _ = attend(q[:, :, 4:], k, v)  # bottom-right causal alignment with fewer queries
-    torch.testing.assert_close(posenc.attention(q, k, v, pe, causal=True), expected, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(posenc.attention(q[:, :, 4:], k, v, pe, causal=True), expected_tail, atol=1e-5,
+        expected, _ = peer_attend(q, k, v)
+        expected_tail, _ = peer_attend(q[:, :, 4:], k, v)  # bottom-right causal alignment with fewer queries
+    torch.testing.assert_close(attend(q, k, v, pe, causal=True), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attend(q[:, :, 4:], k, v, pe, causal=True), expected_tail, atol=1e-5,
                                rtol=1e-5)
 
 
@@ -323,7 +324,7 @@ def test_cope_built_causal_refuses_bidirectional_attention():
     assert pe.future_table is None
     q, k, v = _qkv(3, 3)
     with pytest.raises(ValueError, match="causal=False"):
-        posenc.attention(q, k, v, pe, causal=False)
+        attend(q, k, v, pe, causal=False)
 
 
 # -- TUPE --------------------------------------------------------------------------------------------------------------
@@ -341,7 +342,7 @@ def test_tupe_rejects_positions_past_its_table():
     pe = get_encoding("tupe", dim=DIM, n_heads=H, max_seq_len=8)
     q, k, v = _qkv(2, 2)
     with pytest.raises(ValueError, match="max_seq_len=8"):
-        posenc.attention(q, k, v, pe, q_pos=torch.tensor([6, 8]), k_pos=torch.tensor([6, 8]))
+        attend(q, k, v, pe, q_pos=torch.tensor([6, 8]), k_pos=torch.tensor([6, 8]))
 
 
 # -- gradients ---------------------------------------------------------------------------------------------------------
@@ -362,13 +363,13 @@ def test_gradcheck_parameters_float64(name, causal, small_chunks):
     for backend in ("reference", "chunked"):  # chunked: checkpointed blocks, recomputed in the backward pass
 
         def run_params(*_, backend=backend):  # gradcheck perturbs the parameters in place; the terms read them
-            return posenc.attention(q, k, v, pe, q_pos=q_pos, k_pos=k_pos, causal=causal, backend=backend)
+            return attend(q, k, v, pe, q_pos=q_pos, k_pos=k_pos, causal=causal, backend=backend)
 
         assert torch.autograd.gradcheck(run_params, params, eps=1e-6, atol=1e-5, fast_mode=True)
         inputs = [t.clone().requires_grad_(True) for t in (q, k, v)]
 
         def run_inputs(qq, kk, vv, backend=backend):
-            return posenc.attention(qq, kk, vv, pe, q_pos=q_pos, k_pos=k_pos, causal=causal, backend=backend)
+            return attend(qq, kk, vv, pe, q_pos=q_pos, k_pos=k_pos, causal=causal, backend=backend)
 
         assert torch.autograd.gradcheck(run_inputs, inputs, eps=1e-6, atol=1e-5, fast_mode=True)
 
@@ -415,7 +416,7 @@ def test_wrong_head_dim_or_heads_raise(name):
     pe = get_encoding(name, dim=DIM, n_heads=H)
     q, k, v = torch.randn(1, H, 3, D + 2), torch.randn(1, H, 3, D + 2), torch.randn(1, H, 3, D + 2)
     with pytest.raises(ValueError, match="head_dim"):
-        posenc.attention(q, k, v, pe, q_pos=torch.arange(3), k_pos=torch.arange(3))
+        attend(q, k, v, pe, q_pos=torch.arange(3), k_pos=torch.arange(3))
     q, k, v = _qkv(3, 3, hkv=3)
     with pytest.raises(ValueError, match="multiple"):
-        posenc.attention(q, k, v, pe, q_pos=torch.arange(3), k_pos=torch.arange(3))
+        attend(q, k, v, pe, q_pos=torch.arange(3), k_pos=torch.arange(3))
