@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -48,6 +49,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def atomic_write_json(path: str | os.PathLike, payload: dict) -> None:
+    """Write ``payload`` as indented JSON to ``path`` atomically, creating its folder (``default=str`` for the rest)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(payload, indent=1, default=str) + "\n").encode())
 
 
 def checked_bytes(payload: bytes) -> bytes:

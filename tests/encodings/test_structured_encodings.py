@@ -565,23 +565,3 @@ def test_hierarchical_default_tells_reordered_levels_apart():
     assert (out[0, 0] - out[0, 1]).abs().max() > 0.5
     summed = get_encoding("hierarchical", dim=DIM, n_heads=HEADS, combine="sum").embed(x, levels)
     torch.testing.assert_close(summed[0, 0], summed[0, 1])  # the symmetry the default avoids
-
-
-# -- the deprecated context managers of the README before posenc.Positions ---------------------------------------------
-@pytest.mark.parametrize("name, manager, structure", [
-    ("axial_rope", "grid", lambda: grid_coordinates(2, 3)),
-    ("mrope", "position_ids", lambda: mrope_position_ids([2, (1, 2, 2)])),
-    ("spd", "graph", lambda: cycle_adjacency(6)),
-    ("hierarchical", "tokens", lambda: torch.tensor([[1, 2, 3, 1, 3, 4]])),
-])
-def test_deprecated_context_managers_warn_and_equal_positions(name, manager, structure):
-    options = {"sentence_end_ids": [3]} if name == "hierarchical" else {}
-    model = _model(name, **options)
-    x = torch.randint(0, 40, (1, 6), generator=torch.Generator().manual_seed(3))
-    given = structure()
-    field = {"graph": "adjacency", "tokens": "token_ids"}.get(manager, "coordinates")
-    explicit = model(x, positions=Positions(**{field: given}))
-    with pytest.warns(DeprecationWarning, match="posenc.Positions"), getattr(model.pe, manager)(given):
-        shimmed = model(x)
-    assert torch.equal(shimmed, explicit)
-    assert torch.equal(model(x), _model(name, **options)(x))  # restored on exit

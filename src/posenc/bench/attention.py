@@ -302,9 +302,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                heads=args.heads, head_dim=args.head_dim, repeats=args.repeats)
     print(format_table(rows))
     if args.json:
-        from posenc.cli.bench import write_json  # atomic, like posenc bench --json
+        from posenc._io import atomic_write_json  # atomic, like posenc bench --json
 
-        write_json(args.json, {"results": rows})
+        atomic_write_json(args.json, {"results": rows})
     return 0
 
 

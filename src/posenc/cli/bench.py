@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
-from pathlib import Path
 
 from posenc.bench import PEERS
 from posenc.cli.types import int_in, ranged
@@ -43,11 +41,9 @@ def _environment(device: str) -> dict:
 
 def write_json(path: str | os.PathLike, payload: dict) -> None:
     """Write ``payload`` to ``path`` atomically (a temporary file in the same folder, then rename)."""
-    from posenc._io import atomic_write_bytes
+    from posenc._io import atomic_write_json
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, (json.dumps(payload, indent=1, default=str) + "\n").encode())
+    atomic_write_json(path, payload)
 
 
 def run_bench(args: argparse.Namespace) -> dict:

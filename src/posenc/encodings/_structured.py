@@ -22,7 +22,6 @@ table is input, not a weight: it is never stored on the encoding (``bind`` retur
 from __future__ import annotations
 
 import abc
-import warnings
 
 import torch
 from torch import Tensor
@@ -55,7 +54,7 @@ class StructuredPositions(abc.ABC):
     allow_negative: bool = False  # whether coordinates may be negative (e.g. a CLS token outside a grid)
 
     reads = ("coordinates",)
-    _coordinates: Tensor | None = None  # (Bt, L, A): the table of a bound view (or of the deprecated setters)
+    _coordinates: Tensor | None = None  # (Bt, L, A): the table of a bound view; None on the encoding itself
 
     # -- the coordinate table ------------------------------------------------------------------------------------------
     def bind(self, positions: Positions):
@@ -71,34 +70,6 @@ class StructuredPositions(abc.ABC):
             return None
         table = self.check_coordinates(positions.coordinates, name="coordinates", allow_2d=True)
         return table.unsqueeze(0) if table.dim() == 2 else table
-
-    def set_coordinates(self, coordinates: Tensor | None) -> None:
-        """Deprecated: pass ``Positions(coordinates=...)`` to the model (or to :meth:`bind`) instead.
-
-        Stores a table that plain positions index whenever no :class:`~posenc.Positions` gives one.
-        """
-        warnings.warn(f"{type(self).__name__}.set_coordinates (and set_grid / set_position_ids / set_levels / "
-                      f"set_tokens) is deprecated: pass model(x, positions=posenc.Positions(coordinates=...)) "
-                      f"instead.", DeprecationWarning, stacklevel=2)
-        self._set_table(coordinates)
-
-    def _set_table(self, coordinates: Tensor | None) -> None:
-        if coordinates is not None:
-            coordinates = self.check_coordinates(coordinates, name="coordinates", allow_2d=True)
-            if coordinates.dim() == 2:
-                coordinates = coordinates.unsqueeze(0)
-        self._coordinates = coordinates
-
-    def _deprecated_table(self, coordinates: Tensor | None, what: str):
-        """The body of the deprecated context managers (``grid``, ``position_ids``, ``tokens``): set, yield, restore."""
-        warnings.warn(f"`with pe.{what}(...)` is deprecated: pass model(x, positions=posenc.Positions(...)) instead "
-                      f"(see posenc.positions).", DeprecationWarning, stacklevel=4)
-        previous = self._coordinates
-        self._set_table(coordinates)
-        try:
-            yield
-        finally:
-            self._coordinates = previous
 
     def check_coordinates(self, coords: Tensor, *, name: str, allow_2d: bool = False) -> Tensor:
         who = getattr(self, "name", "") or type(self).__name__

@@ -23,10 +23,7 @@ the last ``head_dim / 2`` another; each block uses ``layout`` ("half" or "interl
 from __future__ import annotations
 
 import abc
-import contextlib
 import math
-import warnings
-from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -98,22 +95,11 @@ def _rotate_blocks(x: Tensor, angles: Tensor, layout: str) -> Tensor:
 
 
 class _GridEncoding(StructuredPositions, PositionalEncoding):
-    """Shared plumbing: ``(row, col)`` coordinates, the deprecated ``set_grid``/``grid`` aliases, the 1 x T default."""
+    """Shared plumbing: ``(row, col)`` coordinates read from ``Positions(coordinates=...)``, the 1 x T default."""
 
     n_axes = 2
     axis_names = ("row", "col")
     allow_negative = True  # prefix tokens (CLS) sit outside the grid at (-1, -1)
-
-    def set_grid(self, coords: Tensor | None) -> None:
-        """Deprecated: pass ``Positions(coordinates=coords)`` to the model instead (see :meth:`set_coordinates`)."""
-        warnings.warn("set_grid is deprecated: pass model(x, positions=posenc.Positions(coordinates=coords)) "
-                      "instead.", DeprecationWarning, stacklevel=2)
-        self._set_table(coords)
-
-    @contextlib.contextmanager
-    def grid(self, coords: Tensor) -> Iterator[None]:
-        """Deprecated: ``model(x, positions=posenc.Positions(coordinates=coords))`` instead of ``with pe.grid()``."""
-        yield from self._deprecated_table(coords, "grid")
 
     def plain_coordinates(self, pos: Tensor) -> Tensor:
         return torch.stack((torch.zeros_like(pos), pos), dim=-1)  # a 1 x T grid: (0, p)

@@ -30,9 +30,7 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -110,8 +108,8 @@ class HierarchicalPE(StructuredPositions, PositionalEncoding):
             get the same vector (to 1e-7) and "sentence 1 of paragraph 2" cannot be told from "sentence 2 of
             paragraph 1" -- the lab's ``sentence_index`` task measured it (0.57 accuracy with sum, 1.00 with
             concat). Use ``"sum"`` with ``kind="learned"``, whose tables differ.
-        sentence_end_ids: token ids ending a sentence, used by :meth:`set_tokens`.
-        paragraph_end_ids: token ids ending a paragraph, used by :meth:`set_tokens`.
+        sentence_end_ids: token ids ending a sentence, used for ``Positions(token_ids=...)``.
+        paragraph_end_ids: token ids ending a paragraph, used for ``Positions(token_ids=...)``.
         max_sentences: rows of the learned sentence-in-paragraph table.
         max_paragraphs: rows of the learned paragraph-in-document table.
         base: wavelength base of the sinusoidal tables.
@@ -170,23 +168,6 @@ class HierarchicalPE(StructuredPositions, PositionalEncoding):
                              "Positions(coordinates=levels).")
         return hierarchical_levels(tokens, sentence_end_ids=self.sentence_end_ids,
                                    paragraph_end_ids=self.paragraph_end_ids)
-
-    def set_levels(self, levels: Tensor | None) -> None:
-        """Deprecated: pass ``Positions(coordinates=levels)`` to the model instead."""
-        warnings.warn("set_levels is deprecated: pass model(x, positions=posenc.Positions(coordinates=levels)) "
-                      "instead.", DeprecationWarning, stacklevel=2)
-        self._set_table(levels)
-
-    def set_tokens(self, tokens: Tensor | None) -> None:
-        """Deprecated: pass ``Positions(token_ids=tokens)`` to the model instead."""
-        warnings.warn("set_tokens is deprecated: pass model(x, positions=posenc.Positions(token_ids=tokens)) "
-                      "instead.", DeprecationWarning, stacklevel=2)
-        self._set_table(None if tokens is None else self.levels_of(tokens))
-
-    @contextlib.contextmanager
-    def tokens(self, tokens: Tensor) -> Iterator[None]:
-        """Deprecated: ``model(x, positions=posenc.Positions(token_ids=tokens))`` instead of ``with pe.tokens(...)``."""
-        yield from self._deprecated_table(self.levels_of(tokens), "tokens")
 
     def plain_coordinates(self, pos: Tensor) -> Tensor:
         zero = torch.zeros_like(pos)

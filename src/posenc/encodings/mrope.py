@@ -19,9 +19,7 @@ cache keeps the table of the prompt). With no table, plain positions are text-on
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -190,17 +188,6 @@ class MRoPE(StructuredPositions, PositionalEncoding):
         self.mrope_interleaved = mrope_interleaved
 
     # -- coordinates ---------------------------------------------------------------------------------------------------
-    def set_position_ids(self, ids: Tensor | None) -> None:
-        """Deprecated: pass ``Positions(coordinates=ids)`` to the model instead (see :meth:`set_coordinates`)."""
-        warnings.warn("set_position_ids is deprecated: pass model(x, positions=posenc.Positions(coordinates=ids)) "
-                      "instead.", DeprecationWarning, stacklevel=2)
-        self._set_table(ids)
-
-    @contextlib.contextmanager
-    def position_ids(self, ids: Tensor) -> Iterator[None]:
-        """Deprecated: ``model(x, positions=posenc.Positions(coordinates=ids))`` instead of ``with pe.position_ids``."""
-        yield from self._deprecated_table(ids, "position_ids")
-
     def plain_coordinates(self, pos: Tensor) -> Tensor:
         return pos.unsqueeze(-1).expand(*pos.shape, 3)  # text: one position on all three axes
 

@@ -27,6 +27,7 @@ from torch import Tensor
 from posenc._angles import exact_angles
 from posenc.base import PositionalEncoding, check_positions_layout, register
 from posenc.kernels import fast_rotate
+from posenc.kernels.reference import LAYOUTS, apply_rope  # the formula, kept with the kernels it checks
 from posenc.positions import Positions
 from posenc.rope_scaling import SCALING_METHODS, llama_4_query_scale, logn_scale, resolve_scaling, scaled_inv_freq
 
@@ -42,7 +43,6 @@ __all__ = [
     "rope_permutation",
 ]
 
-LAYOUTS = ("half", "interleaved")
 
 
 def _angle_dtype(device: torch.device) -> torch.dtype:
@@ -72,40 +72,6 @@ def rope_cos_sin(pos: Tensor, inv_freq: Tensor, *, dtype: torch.dtype = torch.fl
     """``(scale * cos(angles), scale * sin(angles))`` in ``dtype``, each of shape ``(..., F)``."""
     angles = rope_angles(pos, inv_freq)
     return (angles.cos() * scale).to(dtype), (angles.sin() * scale).to(dtype)
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, *, layout: str = "half") -> Tensor:
-    """Rotate the first ``2F`` channels of ``x`` by the angles whose cos/sin are given; the rest pass through.
-
-    Args:
-        x: ``(B, H, T, D)`` (any leading dims; the last two are ``(T, D)``).
-        cos, sin: ``(T, F)`` shared by the batch, or ``(B, T, F)`` per sequence, with ``2F <= D``.
-        layout: ``"half"`` or ``"interleaved"`` (see the module docstring).
-
-    Returns:
-        A tensor like ``x`` (same shape and dtype). The arithmetic runs in float32, or float64 for float64 input.
-    """
-    if layout not in LAYOUTS:
-        raise ValueError(f"rope: layout must be one of {LAYOUTS}; got {layout!r}.")
-    n_freq = cos.shape[-1]
-    rot = 2 * n_freq
-    if rot > x.shape[-1]:
-        raise ValueError(f"rope: {rot} rotary channels do not fit in head_dim={x.shape[-1]}.")
-    if cos.dim() == 3:  # (B, T, F) -> (B, 1, T, F): broadcast over heads
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    compute = torch.promote_types(x.dtype, torch.float32)
-    cos, sin = cos.to(compute), sin.to(compute)
-    xr = x[..., :rot].to(compute)
-    if layout == "half":
-        x1, x2 = xr[..., :n_freq], xr[..., n_freq:]
-        out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    else:
-        x1, x2 = xr[..., 0::2], xr[..., 1::2]
-        out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
-    out = out.to(x.dtype)
-    if rot == x.shape[-1]:
-        return out
-    return torch.cat((out, x[..., rot:]), dim=-1)
 
 
 def rope_permutation(head_dim: int, *, rotary_dim: int | None = None, src: str = "half",

@@ -10,7 +10,7 @@ RoPE (arXiv 2104.09864) has two fast paths, chosen by device:
   backward.
 
 :func:`fast_rotate` is what :meth:`posenc.encodings.rope.RoPE.rotate` calls; it returns ``None`` when no fast path
-applies (then the caller uses :func:`posenc.encodings.rope.apply_rope`, the reference). It never falls back
+applies (then the caller uses :func:`posenc.kernels.reference.apply_rope`, the reference). It never falls back
 silently after trying: a kernel that cannot be built is reported once at WARNING with the reason, and a build is
 announced by one INFO line with the library's path. :func:`build` compiles the CPU kernel ahead of time. Set
 ``POSENC_FAST_ROPE=0`` to always use the reference path (for comparisons).

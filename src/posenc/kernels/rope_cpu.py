@@ -1,6 +1,6 @@
 """Fused CPU RoPE: one pass over q or k, reading each element once and writing it once (arXiv 2104.09864).
 
-The plain PyTorch formula (:func:`posenc.encodings.rope.apply_rope`) makes about ten passes over memory (slices,
+The plain PyTorch formula (:func:`posenc.kernels.reference.apply_rope`) makes about ten passes over memory (slices,
 four products, two sums, a concatenation, dtype casts). This module compiles a ~100-line C kernel with the system C
 compiler (under a second; cached by source, compiler, flags and CPU in ``$POSENC_CACHE_DIR`` or
 ``~/.cache/posenc``) and calls it through :mod:`ctypes`. It needs no torch headers, so there is no minutes-long C++

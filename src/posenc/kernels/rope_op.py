@@ -4,7 +4,7 @@ Registered with :mod:`torch.library`, so ``torch.compile`` (``fullgraph=True``),
 see one opaque op instead of a :mod:`ctypes` call they cannot trace:
 
 - the CPU implementation is :func:`posenc.kernels.rope_cpu.rotate_into` (the C kernel); where that kernel cannot be
-  built, the reference formula :func:`posenc.encodings.rope.apply_rope` (after the one WARNING the loader logs);
+  built, the reference formula :func:`posenc.kernels.reference.apply_rope` (after the one WARNING the loader logs);
 - a fake kernel (``register_fake``): output metadata for tracing, with the same argument checks;
 - autograd (``register_autograd``): the backward of a rotation is the rotation by minus the angle, so the gradient
   of ``x`` is this op again with ``negate`` flipped (and so twice differentiable); gradients of ``cos``/``sin``
@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from posenc.kernels import rope_cpu
+from posenc.kernels.reference import apply_rope
 
 __all__ = ["check_args", "rope", "rotate"]
 
@@ -56,8 +57,6 @@ def _impl(x: Tensor, cos: Tensor, sin: Tensor, interleaved: bool, negate: bool) 
     layout = "interleaved" if interleaved else "half"
     out = torch.empty_like(x)
     if rope_cpu.load_library() is None:  # logged once at WARNING by the loader; same numbers, slower
-        from posenc.encodings.rope import apply_rope  # here: posenc.encodings.rope imports this package
-
         return out.copy_(apply_rope(x, cos, -sin if negate else sin, layout=layout))  # the fake's strides
     return rope_cpu.rotate_into(x, out, cos, sin, layout=layout, negate=negate)
 
