@@ -60,6 +60,38 @@ def test_kendall_tau_and_verdicts():
     assert verdict(1.0, 2) == "not comparable" and verdict(None, 4) == "not comparable"
 
 
+def test_verdict_boundaries_on_both_sides_and_exactly_at_them():
+    # the rule: agrees at tau >= 0.6, partly for 0 < tau < 0.6, disagrees at tau <= 0; 3 encodings make a ranking
+    import math
+
+    from posenc.lab.report import verdict
+
+    for tau, word in ((math.nextafter(0.6, 0.0), "partly"), (0.6, "agrees"), (math.nextafter(0.6, 1.0), "agrees"),
+                      (math.nextafter(0.0, -1.0), "disagrees"), (0.0, "disagrees"),
+                      (math.nextafter(0.0, 1.0), "partly"), (-1.0, "disagrees"), (1.0, "agrees")):
+        assert verdict(tau, 3) == word, tau
+    assert verdict(0.6, 2) == "not comparable" and verdict(0.6, 3) == "agrees"  # the count's boundary
+    assert verdict(0.0, 2) == "not comparable"
+
+
+def test_a_ranking_with_tau_exactly_0_6_agrees():
+    # 5 encodings, 2 of the 10 pairs swapped: tau = (8 - 2) / 10 = 0.6, exactly the float 0.6; one more swap: 0.4
+    paper = ["t5", "alibi", "nope", "sinusoidal", "rope"]  # decoder_copy's published order, best first
+
+    def compare(order):
+        scores = {enc: 0.9 - 0.1 * order.index(enc) for enc in paper}
+        records = [_record("decoder_copy", enc, 0, {20: 0.95, 40: scores[enc]}, train=(1, 20)) for enc in paper]
+        return paper_comparison(records)["decoder_copy"]
+
+    at = compare(["alibi", "t5", "nope", "rope", "sinusoidal"])
+    assert at["tau"] == 0.6 and (at["agree"], at["pairs"]) == (8, 10)  # exact: 6 / 10.0 rounds to the literal
+    assert at["verdict"] == "agrees" and "tau = +0.60 over 5" in at["why"]
+    below = compare(["alibi", "nope", "t5", "rope", "sinusoidal"])
+    assert below["tau"] == pytest.approx(0.4) and below["verdict"] == "partly"
+    above = compare(["alibi", "t5", "nope", "sinusoidal", "rope"])
+    assert above["tau"] == pytest.approx(0.8) and above["verdict"] == "agrees"
+
+
 def test_randomized_is_compared_with_the_encoding_it_wraps():
     from posenc.lab.report import randomized_comparison
 
