@@ -50,6 +50,8 @@ def code(text: object, *, cell: bool = False) -> str:
     '`rope`'
     """
     text = " ".join(str(text).split())
+    if not text:
+        return ""  # nothing to show (two backticks alone would show as themselves)
     fence = "`" * (1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     if cell:  # tables split rows on `|` before reading code spans, so a pipe is escaped inside them too
