@@ -50,8 +50,8 @@ from posenc.lab.train import (
     train_run,
 )
 
-__all__ = ["EXECUTORS", "RESULTS", "PlannedRun", "append_record", "check_out_dir", "check_plan_against_records",
-           "load_records", "plan_sweep", "ray_resources", "run_sweep", "summary_line"]
+__all__ = ["EXECUTORS", "RAY_MARKER", "RESULTS", "PlannedRun", "SweepTerminated", "append_record", "check_out_dir",
+           "check_plan_against_records", "load_records", "plan_sweep", "ray_resources", "run_sweep", "summary_line"]
 
 RESULTS = "results.jsonl"
 
