@@ -106,7 +106,9 @@ def test_export_never_overwrites_the_sweep_s_own_files(sweep, capsys):
     before = _snapshot(sweep)
     targets = {RESULTS: RESULTS, "./results.jsonl": RESULTS, "report.md": "report.md", "report.html": "report.html",
                ".lock": ".lock", "checkpoints/run.pt": "checkpoints/run.pt", "checkpoints/table.csv":
-               "checkpoints/table.csv", "link.csv": RESULTS, "hard.csv": RESULTS}
+               "checkpoints/table.csv", "link.csv": RESULTS, "hard.csv": RESULTS,
+               "results.jsonl.partial-20260101-000000": "results.jsonl.partial-20260101-000000",
+               ".results.jsonl.x1.tmp": ".results.jsonl.x1.tmp"}
     for out, owned in targets.items():
         for fmt in ([], ["--format", "csv"]):
             assert main(["lab", "export", str(sweep), *fmt, "--out", str(sweep / out)]) == 2, out

@@ -109,7 +109,8 @@ def export_format(fmt: str | None, out: str | os.PathLike | None) -> str:
 def check_export_target(folder: str | os.PathLike, path: str | os.PathLike) -> None:
     """Refuse an export target that is one of the sweep's own files, or a folder; nothing is touched.
 
-    The sweep's files are its records (``results.jsonl``), its report, its lock, ``extension.json`` and everything
+    The sweep's files are its records (``results.jsonl``, and ``results.jsonl.partial-*`` set aside from it), its
+    report, its lock, ``extension.json``, the temporary files their atomic writes leave when killed, and everything
     under ``checkpoints/``, ``models/``, ``tensorboard/`` and ``plots/``; links and other spellings of the same file
     (``DIR/./results.jsonl``, a symlink, a hard link) count as the file.
     """
@@ -121,6 +122,9 @@ def check_export_target(folder: str | os.PathLike, path: str | os.PathLike) -> N
     clash = next((p for p in owned if p == target or (p.exists() and path.exists() and os.path.samefile(p, path))),
                  None)
     if clash is None and any(target.is_relative_to(root / name) for name in SWEEP_FOLDERS):
+        clash = target
+    if clash is None and target.parent == root and any(  # a set-aside torn tail, or an atomic write's temporary
+            target.name.startswith((f"{name}.", f".{name}.")) for name in SWEEP_FILES):
         clash = target
     if clash is not None:
         raise UsageError(f"--out {path} would overwrite the sweep's own {clash.relative_to(root).as_posix()} in "
