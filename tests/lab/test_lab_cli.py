@@ -77,11 +77,9 @@ def test_every_generated_flag_has_the_help_of_its_field():
         assert text and action.help.replace("%%", "%").startswith(text), action.dest
 
 
-def test_the_old_module_path_warns_and_gives_the_same_functions():
+def test_the_deprecated_module_path_is_gone():
+    # 0.1.0 was never released: no alias to keep; the flags live in posenc.lab.flags, the commands in posenc.cli.lab
     import importlib
-    import sys
 
-    sys.modules.pop("posenc.lab.cli", None)
-    with pytest.warns(DeprecationWarning, match="posenc.lab.flags"):
-        old = importlib.import_module("posenc.lab.cli")
-    assert old.add_dataclass_flags is add_dataclass_flags and old.experiment_from_args is experiment_from_args
+    with pytest.raises(ModuleNotFoundError, match="posenc.lab.cli"):
+        importlib.import_module("posenc.lab.cli")

@@ -86,3 +86,69 @@ def test_parquet_without_pandas_names_the_extra(sweep, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_pandas)
     with pytest.raises(ImportError, match=r"posenc\[export\]"):
         export_results(sweep, "parquet")
+
+
+def _snapshot(folder):
+    """Every file under ``folder`` with its bytes (links read through): what a refused export must leave as it was."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_export_never_overwrites_the_sweep_s_own_files(sweep, capsys):
+    (sweep / "report.md").write_text("# report\n")
+    (sweep / "report.html").write_text("<p>report</p>\n")
+    (sweep / ".lock").write_text("123 posenc lab run\n")
+    (sweep / "checkpoints").mkdir()
+    (sweep / "checkpoints" / "run.pt").write_bytes(b"ckpt")
+    (sweep / "link.csv").symlink_to(sweep / RESULTS)
+    import os
+
+    os.link(sweep / RESULTS, sweep / "hard.csv")
+    before = _snapshot(sweep)
+    targets = {RESULTS: RESULTS, "./results.jsonl": RESULTS, "report.md": "report.md", "report.html": "report.html",
+               ".lock": ".lock", "checkpoints/run.pt": "checkpoints/run.pt", "checkpoints/table.csv":
+               "checkpoints/table.csv", "link.csv": RESULTS, "hard.csv": RESULTS,
+               "results.jsonl.partial-20260101-000000": "results.jsonl.partial-20260101-000000",
+               ".results.jsonl.x1.tmp": ".results.jsonl.x1.tmp"}
+    for out, owned in targets.items():
+        for fmt in ([], ["--format", "csv"]):
+            assert main(["lab", "export", str(sweep), *fmt, "--out", str(sweep / out)]) == 2, out
+            err = capsys.readouterr().err
+            assert f"would overwrite the sweep's own {owned}" in err and "Traceback" not in err, (out, err)
+        with pytest.raises(ValueError, match="would overwrite the sweep's own"):  # the library's error, the same
+            export_results(sweep, "csv", sweep / out)
+    assert _snapshot(sweep) == before  # nothing written, nothing replaced
+    assert main(["lab", "export", str(sweep), "--out", str(sweep / "checkpoints")]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert _snapshot(sweep) == before
+    assert main(["lab", "export", str(sweep), "--out", str(sweep / "table.csv")]) == 0  # beside them: fine
+    assert (sweep / RESULTS).read_bytes() == before[RESULTS]
+
+
+def test_the_sweep_s_records_file_is_the_one_the_sweep_writes():
+    from posenc.lab.export import SWEEP_FILES
+
+    assert RESULTS in SWEEP_FILES  # export.py names it without importing the (torch-importing) sweep module
+
+
+def test_out_extension_must_name_the_format(sweep, capsys):
+    before = _snapshot(sweep)
+    for fmt, name in (("csv", "y.parquet"), ("parquet", "y.csv"), ("csv", "y.txt"), ("csv", "y")):
+        assert main(["lab", "export", str(sweep), "--format", fmt, "--out", str(sweep / name)]) == 2, name
+        err = capsys.readouterr().err
+        assert f"but the format is {fmt}" in err and "Traceback" not in err, err
+    assert main(["lab", "export", str(sweep), "--out", str(sweep / "y.txt")]) == 2
+    assert "cannot tell the format" in capsys.readouterr().err
+    assert _snapshot(sweep) == before
+    assert main(["lab", "export", str(sweep), "--out", str(sweep / "y.CSV")]) == 0  # the format from the extension
+    assert capsys.readouterr().out.strip() == f"wrote {sweep / 'y.CSV'} (csv, from the file's extension)"
+    assert (sweep / "y.CSV").read_text().startswith("run_id,")
+
+
+def test_the_format_follows_the_extension_when_not_given(sweep, capsys):
+    pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    assert main(["lab", "export", str(sweep), "--out", str(sweep / "t.parquet")]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {sweep / 't.parquet'} (parquet, from the file's extension)"
+    assert (sweep / "t.parquet").read_bytes()[:4] == b"PAR1"
+    assert main(["lab", "export", str(sweep)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {sweep / 'results.csv'} (csv, the default)"

@@ -6,8 +6,12 @@ Records are compared whole except ``wall_time_s``, the one field that measures t
 
 import io
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -180,3 +184,89 @@ def test_executor_flags_are_checked(tmp_path, capsys, monkeypatch):
     with pytest.raises(ImportError, match=r"pip install 'posenc\[ray\]'"):
         run_sweep(_runs(), tmp_path / "sweep", progress=False, echo=lambda s: None, executor="ray")
     assert not (tmp_path / "sweep").exists()  # refused before the folder was made
+
+
+# -- a killed sweep leaves no Ray process behind ---------------------------------------------------------------------
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """``pid -> (ppid, start time)`` of every live process (Linux ``/proc``); zombies left out."""
+    procs = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(")") + 2:].split()
+            if fields[0] != "Z":
+                procs[int(entry)] = (int(fields[1]), fields[19])
+    return procs
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """Every live descendant of ``root``: ``pid -> start time`` (so a reused PID is not mistaken for one)."""
+    procs, found, frontier = _proc_table(), {}, {root}
+    while frontier:
+        frontier = {pid for pid, (ppid, _) in procs.items() if ppid in frontier and pid not in found}
+        found.update({pid: procs[pid][1] for pid in frontier})
+    return found
+
+
+def _still_alive(procs: dict[int, str]) -> dict[int, str]:
+    now = _proc_table()
+    return {pid: Path(f"/proc/{pid}/comm").read_text().strip() if Path(f"/proc/{pid}/comm").exists() else "?"
+            for pid, start in procs.items() if pid in now and now[pid][1] == start}
+
+
+def _kill_a_ray_sweep(tmp_path, signum) -> tuple[dict[int, str], dict[int, str], int]:
+    """Start ``posenc lab run --executor ray`` (a local cluster), send ``signum`` once a run is training, and return
+    ``(the sweep's descendants just before, those alive 30 s after, its exit code)``."""
+    pytest.importorskip("ray")
+    out = tmp_path / "sweep"
+    ray_tmp = tempfile.mkdtemp(prefix="posenc-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "RAY_ADDRESS": "",
+           "RAY_TMPDIR": ray_tmp}
+    flags = ["--tasks", "parity_check", "--encodings", "rope", "--seeds", "0", "--steps", "1000000", "--dim", "16",
+             "--n-layers", "1", "--n-heads", "2", "--batch-size", "4", "--checkpoint-every", "20", "--no-progress"]
+    log = open(tmp_path / "sweep.log", "wb")  # noqa: SIM115 - closed below
+    sweep_proc = subprocess.Popen([sys.executable, "-m", "posenc", "lab", "run", *flags, "--executor", "ray",
+                                   "--out", str(out)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    before = {}
+    try:
+        deadline = time.monotonic() + 180
+        while not list((out / "checkpoints").glob("*.pt")):  # a Ray worker is training the run
+            assert sweep_proc.poll() is None, (tmp_path / "sweep.log").read_text()
+            assert time.monotonic() < deadline, "the run never started on Ray"
+            time.sleep(0.5)
+        before = _descendants(sweep_proc.pid)
+        sweep_proc.send_signal(signum)
+        code = sweep_proc.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while _still_alive(before) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return before, _still_alive(before), code
+    finally:
+        if sweep_proc.poll() is None:
+            sweep_proc.kill()
+        for pid in _still_alive(before):  # the test's own leftovers, ended by their ids
+            os.kill(pid, signal.SIGKILL)
+        log.close()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGKILL is survived with Linux's /proc only")
+@pytest.mark.timeout(300)
+def test_a_ray_sweep_killed_with_sigkill_leaves_no_ray_process(tmp_path):
+    before, left, code = _kill_a_ray_sweep(tmp_path, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    assert len(before) >= 5, before  # gcs_server, raylet, agents, workers... the test saw the cluster
+    assert left == {}, f"left running after the sweep was killed: {left}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.timeout(300)
+def test_a_ray_sweep_stopped_by_a_signal_shuts_ray_down(tmp_path, signum):
+    before, left, code = _kill_a_ray_sweep(tmp_path, signum)
+    assert code == 130  # unwound as an interrupt: Ray shut down, the folder's lock released, "interrupted" said
+    assert len(before) >= 5 and left == {}, left
+    assert "interrupted" in (tmp_path / "sweep.log").read_text()

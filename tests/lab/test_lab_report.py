@@ -4,10 +4,11 @@ paper's ranking beside ours on the runs that learned, with a verdict."""
 import base64
 import json
 import statistics
+from html.parser import HTMLParser
 
 import pytest
 
-from posenc.lab.report import paper_comparison, summary_rows, summary_table, write_report
+from posenc.lab.report import encoding_label, paper_comparison, summary_rows, summary_table, write_report
 from posenc.lab.sweep import RESULTS, append_record
 
 
@@ -60,6 +61,38 @@ def test_kendall_tau_and_verdicts():
     assert verdict(1.0, 2) == "not comparable" and verdict(None, 4) == "not comparable"
 
 
+def test_verdict_boundaries_on_both_sides_and_exactly_at_them():
+    # the rule: agrees at tau >= 0.6, partly for 0 < tau < 0.6, disagrees at tau <= 0; 3 encodings make a ranking
+    import math
+
+    from posenc.lab.report import verdict
+
+    for tau, word in ((math.nextafter(0.6, 0.0), "partly"), (0.6, "agrees"), (math.nextafter(0.6, 1.0), "agrees"),
+                      (math.nextafter(0.0, -1.0), "disagrees"), (0.0, "disagrees"),
+                      (math.nextafter(0.0, 1.0), "partly"), (-1.0, "disagrees"), (1.0, "agrees")):
+        assert verdict(tau, 3) == word, tau
+    assert verdict(0.6, 2) == "not comparable" and verdict(0.6, 3) == "agrees"  # the count's boundary
+    assert verdict(0.0, 2) == "not comparable"
+
+
+def test_a_ranking_with_tau_exactly_0_6_agrees():
+    # 5 encodings, 2 of the 10 pairs swapped: tau = (8 - 2) / 10 = 0.6, exactly the float 0.6; one more swap: 0.4
+    paper = ["t5", "alibi", "nope", "sinusoidal", "rope"]  # decoder_copy's published order, best first
+
+    def compare(order):
+        scores = {enc: 0.9 - 0.1 * order.index(enc) for enc in paper}
+        records = [_record("decoder_copy", enc, 0, {20: 0.95, 40: scores[enc]}, train=(1, 20)) for enc in paper]
+        return paper_comparison(records)["decoder_copy"]
+
+    at = compare(["alibi", "t5", "nope", "rope", "sinusoidal"])
+    assert at["tau"] == 0.6 and (at["agree"], at["pairs"]) == (8, 10)  # exact: 6 / 10.0 rounds to the literal
+    assert at["verdict"] == "agrees" and "tau = +0.60 over 5" in at["why"]
+    below = compare(["alibi", "nope", "t5", "rope", "sinusoidal"])
+    assert below["tau"] == pytest.approx(0.4) and below["verdict"] == "partly"
+    above = compare(["alibi", "t5", "nope", "sinusoidal", "rope"])
+    assert above["tau"] == pytest.approx(0.8) and above["verdict"] == "agrees"
+
+
 def test_randomized_is_compared_with_the_encoding_it_wraps():
     from posenc.lab.report import randomized_comparison
 
@@ -98,6 +131,72 @@ def test_write_report_md_html_and_plots(tmp_path):
     page = (tmp_path / "report.html").read_text()
     assert base64.b64encode(png).decode()[:200] in page and "src=\"plots/" not in page  # self-contained
     assert json.loads((tmp_path / RESULTS).read_text().splitlines()[0])["seed"] == 0
+
+
+class _Page(HTMLParser):
+    """The tables of a page (rows of cell texts, header first), its text outside code, and the tags it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self.text: list[str] = []
+        self.tags: list[str] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.tables[-1][-1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+ODD_OPTIONS = {"sep": "a|b", "note": "*x* <b>bold</b> `q`"}  # Markdown and HTML markers in data
+
+
+def _odd_sweep(folder):
+    """A sweep whose report has every kind of section: papers, tables, an encoding label full of markers, and a
+    reason with backticks."""
+    for enc, score in (("t5", 0.6), ("alibi", 0.5), ("nope", 0.4), ("sinusoidal", 0.1), ("rope", 0.05)):
+        append_record(folder / RESULTS, _record("decoder_copy", enc, 0, {20: 0.95, 40: score}, train=(1, 20)))
+    odd = _record("decoder_copy", "rope", 1, {20: 0.9, 40: None}, train=(1, 20))
+    odd["encoding_options"] = ODD_OPTIONS
+    odd["run_id"] = "decoder_copy/rope/seed1/odd"
+    odd["metrics"]["40"] = {"undefined": "`rope` | *cannot* run at 41 tokens"}
+    append_record(folder / RESULTS, odd)
+    return encoding_label(odd), odd["metrics"]["40"]["undefined"]
+
+
+def test_report_html_is_its_markdown_rendered_with_data_shown_verbatim(tmp_path):
+    label, reason = _odd_sweep(tmp_path)
+    text = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "a\\|b" in text and "\\*x\\*" in text  # escaped in report.md, so its tables hold
+    page = _Page()
+    page.feed((tmp_path / "report.html").read_text(encoding="utf-8"))
+    assert len(page.tables) >= 4
+    for table in page.tables:
+        header, *rows = table
+        assert rows and all(len(row) == len(header) for row in rows), table
+    summary = next(t for t in page.tables if t[0][:2] == ["task", "encoding"])
+    assert label in [row[1] for row in summary[1:]]  # the label, whole, in its one cell
+    shown = "".join(page.text)
+    assert reason in shown
+    rest = shown.replace(label, "").replace(reason, "")
+    assert "**" not in rest and "`" not in rest and "|" not in rest  # no Markdown left unrendered
+    assert {"strong", "code", "ul", "li", "h2", "h3", "table"} <= set(page.tags)
+    assert "b" not in page.tags and "script" not in page.tags  # HTML in data is text, never markup
 
 
 def test_report_names_the_code_fingerprints_of_its_records(tmp_path):
@@ -147,7 +246,51 @@ def test_heatmap_of_encodings_by_task(tmp_path):
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
     assert "![heatmap](plots/heatmap.png)" in md and "Perplexity tasks" in md and "lm (see their sections)" in md
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
-    assert 'alt="heatmap" src="data:image/png;base64,' in page
+    assert f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="heatmap"' in page
+
+
+def _overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_heatmap_row_labels_stay_clear_of_the_cells():
+    # long row labels (an encoding with its options) used to run from the right panel over the left panel's cells
+    from posenc.lab.report import _heatmap_figure
+
+    options = {"mrope": {"base": 10}, "randomized": {"randomized": {"base": "sinusoidal", "max_len": 2048}}}
+    records = []
+    for task in ("parity_check", "bucket_sort", "reverse_string"):
+        for enc in ("rope", "mrope", "randomized", "alibi"):
+            record = _record(task, enc, 0, {4: 0.95, 8: 0.5})
+            if enc in options:
+                record["encoding_options"] = options[enc]
+            records.append(record)
+    fig, _ = _heatmap_figure(records)
+    try:
+        fig.canvas.draw()  # lays the figure out: extents in display pixels
+        renderer = fig.canvas.get_renderer()
+        panels = [ax for ax in fig.axes if ax.get_images()]  # the two heatmaps (not the colour bar)
+        assert len(panels) == 2
+        cells = [ax.get_window_extent(renderer) for ax in panels]
+        labels = [t for ax in fig.axes for t in (*ax.get_yticklabels(), *ax.get_xticklabels())
+                  if t.get_visible() and t.get_text()]
+        assert len([t for t in panels[0].get_yticklabels() if t.get_visible() and t.get_text()]) == 4
+        for label in labels:
+            box = label.get_window_extent(renderer)
+            hits = [i for i, c in enumerate(cells) if _overlaps(box, c)]
+            assert hits == [], f"label {label.get_text()!r} overlaps heatmap panel(s) {hits}"
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        clashes = [(labels[i].get_text(), labels[j].get_text()) for i in range(len(boxes))
+                   for j in range(i + 1, len(boxes)) if _overlaps(boxes[i], boxes[j])]
+        assert clashes == []
+        width, height = fig.canvas.get_width_height()
+        for label in labels:  # nothing cut off at the figure's edge
+            box = label.get_window_extent(renderer)
+            assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, label.get_text()
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
 
 
 def test_no_heatmap_without_accuracy_tasks(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from posenc.cli import main
-from posenc.lab.config import Experiment, RunConfig, TaskConfig
+from posenc.lab.config import Experiment, ModelConfig, RunConfig, TaskConfig
 from posenc.lab.sweep import RESULTS, load_records
 from posenc.lab.train import check_log, train_run
 
@@ -59,3 +59,38 @@ def test_bad_or_unavailable_logger_is_a_clear_error(tmp_path, monkeypatch, capsy
     assert main(["lab", "run", *TINY, "--log", "tensorboard", "--out", str(tmp_path)]) == 1  # before any work
     assert "pip install 'posenc[tensorboard]'" in capsys.readouterr().err
     assert not (tmp_path / RESULTS).exists()
+
+
+def _steps(folder) -> dict[str, list[int]]:
+    """Every scalar event's step per tag, repeats kept, after TensorBoard's own purging of restarted runs."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_with_a_fresh_curve(tmp_path):
+    # the first attempt logs steps 2 and 4 and dies before any checkpoint: the restart begins at step 0, and its
+    # curve must replace the dead attempt's, not follow it (steps 2 and 4 shown twice)
+    pytest.importorskip("tensorboard")
+    exp = Experiment(TaskConfig("parity_check", 1, 4, (4, 6)), ModelConfig(dim=16, n_layers=1, n_heads=2),
+                     RunConfig(steps=6, batch_size=8, eval_batches=1, eval_batch_size=8, log_every=2,
+                               checkpoint_every=100, log="tensorboard"))
+    checkpoint, board = tmp_path / "run.pt", tmp_path / "tensorboard"
+
+    def kill(step, loss):
+        if step == 5:
+            raise KeyboardInterrupt  # as Ctrl-C or a kill would stop it: no checkpoint written yet
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(exp, encoding="rope", seed=0, checkpoint=checkpoint, tensorboard_dir=board, on_step=kill)
+    assert not checkpoint.exists()
+    (folder,) = {p.parent for p in board.rglob("events.out.tfevents.*")}
+    assert _steps(folder)["train/loss"] == [2, 4]  # what the dead attempt left
+    record = train_run(exp, encoding="rope", seed=0, checkpoint=checkpoint, tensorboard_dir=board)
+    steps = _steps(folder)
+    assert steps["train/loss"] == steps["train/lr"] == steps["train/grad_norm"] == [2, 4, 6]  # each step once
+    assert steps["eval/accuracy"] == [4, 6]
+    shown = _scalars(folder)["train/loss"]
+    assert shown == {step: float(np.float32(loss)) for step, loss in record["loss_curve"]}  # the restart's curve

@@ -81,10 +81,14 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from posenc.lab.export import export_results
+    from posenc.lab.export import EXTENSIONS, export_results
 
+    # an --out of the sweep's own, or named for another format: UsageError, exit 2, nothing written
     path = export_results(args.folder, args.format, args.out)
-    print(f"wrote {path}")
+    fmt = EXTENSIONS[path.suffix.lower()]
+    how = "" if args.format is not None else ", from the file's extension" if args.out is not None else \
+        ", the default"
+    print(f"wrote {path} ({fmt}{how})")
     return 0
 
 
@@ -160,10 +164,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = lab_sub.add_parser("export", help="a sweep's records as a table (one row per run and evaluation length): "
                            "results.csv or results.parquet")
     p.add_argument("folder", metavar="DIR", help="the sweep's output folder (holds results.jsonl)")
-    p.add_argument("--format", choices=("csv", "parquet"), default="csv",
-                   help="csv (standard library) or parquet (needs posenc[export]: pandas, pyarrow); default: csv")
+    p.add_argument("--format", choices=("csv", "parquet"), default=None,
+                   help="csv (standard library) or parquet (needs posenc[export]: pandas, pyarrow); default: the one "
+                        "--out's extension names (.csv, .parquet), else csv")
     p.add_argument("--out", default=None, metavar="FILE",
-                   help="file to write (default: DIR/results.csv or DIR/results.parquet)")
+                   help="file to write, named for its format (default: DIR/results.csv or DIR/results.parquet); "
+                        "never one of the sweep's own files (records, report, lock, checkpoints)")
     p.set_defaults(func=_export)
 
     p = lab_sub.add_parser("extend", help="context extension: rope trained at L, evaluated at factor*L with each "

@@ -10,6 +10,7 @@
   posenc.lab.train``).
 - :mod:`posenc.lab.sweep` — tasks x encodings x seeds, one JSON record per finished run, resumable after SIGKILL.
 - :mod:`posenc.lab.report` — ``report.md``, ``report.html`` and PNG plots, built from the records alone.
+- :mod:`posenc.lab.markdown` — the report's Markdown (data escaped) and its HTML, rendered by markdown-it-py.
 - :mod:`posenc.lab.extension` — context extension: a ``rope`` LM at L, evaluated at 4L with each RoPE scaling.
 - :mod:`posenc.lab.reference` — the published numbers the report puts beside ours.
 

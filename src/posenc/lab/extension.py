@@ -115,16 +115,18 @@ def context_extension(*, train_length: int = 32, factor: int = 4, steps: int = 4
 
 def extension_table(rows: list[dict]) -> str:
     """Markdown table: one row per variant, zero-shot and fine-tuned perplexity at L and factor * L."""
+    from posenc.lab.markdown import table
+
     lengths = list(rows[0]["perplexity"])
     header = ["scaling", *(f"zero-shot {n}" for n in lengths), *(f"fine-tuned {n}" for n in lengths)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    body = []
     for variant in dict.fromkeys(r["variant"] for r in rows):
         cells = [variant if variant != "none" else "rope (no scaling)"]
         for finetuned in (False, True):
             match = [r for r in rows if r["variant"] == variant and r["finetuned"] is finetuned]
             cells += [f"{match[0]['perplexity'][n]:.2f}" if match else "-" for n in lengths]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return table(header, body)
 
 
 def write_extension(rows: list[dict], out: str | os.PathLike) -> Path:

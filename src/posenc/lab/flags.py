@@ -16,7 +16,7 @@ import dataclasses
 import types
 import typing
 
-from posenc.cli.types import float_in, int_in, json_object, ranged
+from posenc._argtypes import float_in, int_in, json_object, ranged
 from posenc.lab.config import LOGGERS, Experiment, ModelConfig, RunConfig, TaskConfig
 
 __all__ = ["FLAG_CHOICES", "FLAG_RANGES", "add_dataclass_flags", "experiment_from_args", "json_options"]

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from posenc.lab.config import RunConfig
 from posenc.lab.tasks import IGNORE, get_task
 from posenc.lab.tasks.base import Task, uniform_int
-from posenc.lab.train import Tally, schedule_factor
+from posenc.lab.train import EVAL_SEED_OFFSET, Tally, schedule_factor
 from posenc.model import Transformer, TransformerConfig
 
 __all__ = ["build_contenders", "train_side_by_side"]
@@ -120,7 +120,7 @@ def train_side_by_side(task_name: str, *, steps: int, dim: int, n_layers: int, n
             if out[name]["initial_loss"] is None:
                 out[name]["initial_loss"] = value
             out[name]["final_loss"] = value
-    eval_gen = torch.Generator().manual_seed(seed + 1_000_003)
+    eval_gen = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET)  # held out: never the training stream
     held_out = [task.sample_batch(eval_gen, eval_batch_size, hi) for _ in range(eval_batches)]
     for name, model in models.items():
         out[name].update(_evaluate(model, held_out))

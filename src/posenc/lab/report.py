@@ -11,9 +11,7 @@
 
 from __future__ import annotations
 
-import base64
 import functools
-import html
 import json
 import math
 import os
@@ -22,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 from posenc._io import atomic_write_bytes
+from posenc.lab import markdown as md
 from posenc.lab.reference import PUBLISHED
 from posenc.lab.sweep import RESULTS, load_records
 
@@ -201,8 +200,7 @@ def summary_table(records: list[dict], *, markdown: bool = False) -> str:
                      _fmt(r["in_distribution"], r["metric"], learned=ok),
                      _fmt(r["beyond"], r["metric"], learned=ok) if _has_beyond(records, r["task"]) else "-", ratio])
     if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
+        return md.table(header, body)  # cells escaped: a `|` in an encoding's options stays in its cell
     widths = [max(len(x) for x in col) for col in zip(header, *body)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(), "-" * (sum(widths) + 2 * len(widths))]
     return "\n".join(lines + ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in body])
@@ -256,14 +254,16 @@ HEATMAP_NOTE = ("Encoding x task, the headline metric of each task (exact match 
                 "are left out")
 
 
-def _heatmap(records: list[dict], path: Path) -> list[str] | None:
-    """Write ``path``, encoding x task for the accuracy tasks, and return the perplexity tasks it leaves out; ``None``
-    (and no file) when no task is scored by accuracy."""
+def _heatmap_figure(records: list[dict]):
+    """``(figure, perplexity tasks left out)``: encoding x task for the accuracy tasks, in distribution and beyond;
+    ``None`` when no task is scored by accuracy. The caller saves and closes the figure."""
     rows = summary_rows(records)
     scored = [r for r in rows if r["metric"] != "perplexity"]
     left_out = sorted({r["task"] for r in rows if r["metric"] == "perplexity"})
     if not scored:
         return None
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -273,8 +273,14 @@ def _heatmap(records: list[dict], path: Path) -> list[str] | None:
     tasks = sorted({r["task"] for r in scored})
     encodings = list(dict.fromkeys(r["encoding"] for r in sorted(scored, key=lambda r: r["encoding"])))
     cell = {(r["encoding"], r["task"]): r for r in scored}
+    # long labels (an encoding with its JSON options) wrap rather than run into the cells or squeeze them away
+    labels = [textwrap.fill(enc, 28, break_long_words=False, break_on_hyphens=False) for enc in encodings]
+    lines = sum(label.count("\n") + 1 for label in labels)
     width = max(6.4, 2.0 + 1.3 * len(tasks) * 2)
-    fig, axes = plt.subplots(1, 2, figsize=(width, 1.2 + 0.45 * len(encodings)), dpi=100, squeeze=False)
+    # the panels share their rows, so only the left one names them, and the constrained layout makes room for the
+    # names, the rotated task labels and the colour bar instead of drawing them over the cells
+    fig, axes = plt.subplots(1, 2, figsize=(width, 1.6 + 0.3 * max(lines, 1.5 * len(encodings))), dpi=100,
+                             squeeze=False, sharey=True, layout="constrained")
     image = None
     titles = ("headline metric, in distribution", "beyond training")
     for ax, key, title in zip(axes[0], ("in_distribution", "beyond"), titles):
@@ -302,9 +308,22 @@ def _heatmap(records: list[dict], path: Path) -> list[str] | None:
                     ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=8,
                             color="black" if v > 0.6 else "white")
         ax.set_xticks(range(len(tasks)), tasks, rotation=35, ha="right", fontsize=8)
-        ax.set_yticks(range(len(encodings)), encodings, fontsize=8)
         ax.set_title(title, fontsize=10)
+    axes[0][0].set_yticks(range(len(encodings)), labels, fontsize=8)
+    axes[0][1].tick_params(labelleft=False)  # the same rows: named once, on the left
     fig.colorbar(image, ax=list(axes[0]), fraction=0.04, pad=0.02, label="accuracy (mean over seeds)")
+    return fig, left_out
+
+
+def _heatmap(records: list[dict], path: Path) -> list[str] | None:
+    """Write ``path``, encoding x task for the accuracy tasks, and return the perplexity tasks it leaves out; ``None``
+    (and no file) when no task is scored by accuracy."""
+    made = _heatmap_figure(records)
+    if made is None:
+        return None
+    import matplotlib.pyplot as plt
+
+    fig, left_out = made
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return left_out
@@ -422,17 +441,6 @@ def _length_table(t: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-                     + ["| " + " | ".join(r) + " |" for r in rows])
-
-
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 _PAPERS = (("ALiBi (Press et al., arXiv 2108.12409)", ("lm",)),
            ("Kazemnejad et al. (arXiv 2305.19466)", ("decoder_copy", "decoder_reverse")),
            ("CoPE (Golovneva et al., arXiv 2405.18719)", ("flip_flop", "selective_copy")))
@@ -445,15 +453,15 @@ def _papers_section(comparison: dict, randomized: dict | None) -> list[str]:
         for task in tasks:
             if task in comparison:
                 c = comparison[task]
-                lines.append(f"- **{paper}**, `{task}`: **{c['verdict']}** — {c['why']}.")
+                lines.append(f"- **{md.escape(paper)}**, {md.code(task)}: **{c['verdict']}** — {md.escape(c['why'])}.")
     if randomized is not None:
         lines.append(f"- **Ruoss et al. (arXiv 2305.16843)**, randomized positions vs the encoding they wrap: "
-                     f"**{randomized['verdict']}** — {randomized['why']}.")
+                     f"**{randomized['verdict']}** — {md.escape(randomized['why'])}.")
     return ["## The papers beside ours", "", *lines, ""] if lines else []
 
 
 def suite_progress(records: list[dict]) -> str | None:
-    """How much of a preset suite the records hold, when every record names the same suite; else ``None``.
+    """How much of a preset suite the records hold (Markdown), when every record names the same suite; else ``None``.
 
     The plan is the suite's tasks x the encodings registered now x the suite's seeds, as ``posenc lab run --suite``
     builds it; a sweep run with ``--tasks``/``--encodings`` subsets holds fewer by choice.
@@ -468,11 +476,12 @@ def suite_progress(records: list[dict]) -> str | None:
                for seed in suite.seeds_for(task)}
     have = {(r["task"], r["encoding"], r["seed"]) for r in records} & planned
     if len(have) == len(planned):
-        return f"All {len(planned)} runs of the `{name}` suite are recorded."
+        return f"All {len(planned)} runs of the {md.code(name)} suite are recorded."
     missing = sorted({task for task, _, _ in planned - have}, key=list(suite.experiments).index)
-    return (f"**Partial: {len(have)} of the {len(planned)} runs of the `{name}` suite are recorded**; tasks with runs "
-            f"still to come: {', '.join(missing)}. The same `posenc lab run --suite {name} --out DIR` resumes it; "
-            "rankings below use what is recorded so far.")
+    return (f"**Partial: {len(have)} of the {len(planned)} runs of the {md.code(name)} suite are recorded**; tasks "
+            f"with runs still to come: {md.escape(', '.join(missing))}. The same "
+            f"{md.code(f'posenc lab run --suite {name} --out DIR')} resumes it; rankings below use what is recorded "
+            "so far.")
 
 
 def cost_table(records: list[dict]) -> str:
@@ -489,20 +498,11 @@ def cost_table(records: list[dict]) -> str:
              f"{sum(v) / total:.0%}" if total else "-"]
             for task, v in sorted(by_task.items(), key=lambda kv: -sum(kv[1]))]
     rows.append(["all", str(sum(len(v) for v in by_task.values())), f"{total / 60:.1f}", "-", "100%"])
-    return _md_table(["task", "runs", "core minutes", "seconds per run", "share"], rows)
+    return md.table(["task", "runs", "core minutes", "seconds per run", "share"], rows)
 
 
-def write_report(out: str | os.PathLike) -> Path:
-    """Write ``report.md``, ``report.html`` and ``plots/*.png`` into ``out`` from ``out/results.jsonl``."""
-    out = Path(out)
-    records = load_records(out / RESULTS)
-    if not records and not (out / "extension.json").exists():  # an extension-only report is fine
-        raise ValueError(f"{out / RESULTS} holds no records; run a sweep first: posenc lab run --suite quick "
-                         f"--out {out}")
-    plots = out / "plots"
-    plots.mkdir(exist_ok=True)
-    tasks = aggregate(records)
-    comparison = paper_comparison(records)
+def _versions_line(records: list[dict]) -> str:
+    """What made the records: package versions, posenc's code fingerprints with their run counts, LM corpus hashes."""
     versions = sorted({" ".join(f"{k} {v}" for k, v in r.get("versions", {}).items() if k != "source")
                        for r in records})
     sources = Counter(r.get("versions", {}).get("source", "not recorded") for r in records)
@@ -510,99 +510,90 @@ def write_report(out: str | os.PathLike) -> Path:
         versions.append("posenc source " + ", ".join(f"{s} ({n} run{'' if n == 1 else 's'})"
                                                      for s, n in sorted(sources.items())))
     hashes = sorted({r["content_hash"] for r in records if "content_hash" in r})
-    md = ["# posenc lab report", "",
-          f"{len(records)} runs, {len(tasks)} tasks, "
-          f"{len({r['encoding'] for r in records})} encodings; built from `{RESULTS}` alone. "
-          f"Versions: {'; '.join(versions)}." + (f" LM corpus sha256: {', '.join(h[:16] for h in hashes)}."
-                                                  if hashes else ""),
-          *(["", progress] if (progress := suite_progress(records)) else []),
-          "", "## Summary (mean ± 95% interval over seeds)", "",
-          "Each task reports its own headline metric (its section says which): exact match per example, or, for the "
-          "Delétang/Ruoss algorithmic tasks as those papers score them, the share of output tokens right; "
-          "`in distribution` averages the evaluation lengths inside the "
-          "training range, `beyond` those past it; `n/a`: the encoding is not defined there (see notes). The "
-          "interval is Student's t over seeds; a single seed shows its value alone. `learned` counts the seeds "
-          f"that met the task's in-distribution bar; {NOT_LEARNED} marks encodings with none, which no ranking "
-          "below uses.", "",
-          summary_table(records, markdown=True), ""]
-    summary_at = md.index("## Summary (mean ± 95% interval over seeds)")
-    htm = ["<h1>posenc lab report</h1>", *(f"<p>{html.escape(line)}</p>" for line in md[2:summary_at] if line),
-           "<h2>Summary (mean ± 95% interval over seeds)</h2>", f"<p>{html.escape(md[summary_at + 2])}</p>"]
-    papers = _papers_section(comparison, randomized_comparison(records))
-    if papers:
-        md[summary_at + 3:summary_at + 3] = papers
-        htm += ["<h2>The papers beside ours</h2>"] + [f"<p>{html.escape(line)}</p>" for line in papers[2:] if line]
-    header = ["task", "encoding", "learned", "in distribution", "beyond", "longest / train (ppl)"]
-    htm.append(_html_table(header, [[c.strip() for c in line.strip("|").split("|")]
-                                    for line in summary_table(records, markdown=True).splitlines()[2:]]))
+    return (f"Versions: {md.escape('; '.join(versions))}."
+            + (f" LM corpus sha256: {', '.join(h[:16] for h in hashes)}." if hashes else ""))
+
+
+def write_report(out: str | os.PathLike) -> Path:
+    """Write ``report.md``, ``report.html`` and ``plots/*.png`` into ``out`` from ``out/results.jsonl``.
+
+    The report is written once, as Markdown; ``report.html`` is that Markdown rendered by markdown-it-py with every
+    plot embedded (:func:`posenc.lab.markdown.render_html`), so the page is self-contained and shows no Markdown.
+    Text from the records (encoding labels, task names, reasons) is escaped where it joins the Markdown.
+    """
+    out = Path(out)
+    records = load_records(out / RESULTS)
+    if not records and not (out / "extension.json").exists():  # an extension-only report is fine
+        raise ValueError(f"{out / RESULTS} holds no records; run a sweep first: posenc lab run --suite quick "
+                         f"--out {out}")
+    md.renderer()  # markdown-it-py missing: say so before any file is written
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    tasks = aggregate(records)
+    comparison = paper_comparison(records)
+    lines = ["# posenc lab report", "",
+             f"{len(records)} runs, {len(tasks)} tasks, {len({r['encoding'] for r in records})} encodings; built "
+             f"from {md.code(RESULTS)} alone. " + _versions_line(records),
+             *(["", progress] if (progress := suite_progress(records)) else []),
+             "", "## Summary (mean ± 95% interval over seeds)", "",
+             "Each task reports its own headline metric (its section says which): exact match per example, or, for "
+             "the Delétang/Ruoss algorithmic tasks as those papers score them, the share of output tokens right; "
+             "`in distribution` averages the evaluation lengths inside the training range, `beyond` those past it; "
+             "`n/a`: the encoding is not defined there (see notes). The interval is Student's t over seeds; a single "
+             "seed shows its value alone. `learned` counts the seeds that met the task's in-distribution bar; "
+             f"{NOT_LEARNED} marks encodings with none, which no ranking below uses.", ""]
+    lines += [summary_table(records, markdown=True), ""]
+    lines += _papers_section(comparison, randomized_comparison(records))
+    images: dict[str, bytes] = {}  # Markdown path -> PNG, embedded in the HTML
+
+    def show(name: str, path: Path) -> str:
+        images[f"plots/{path.name}"] = path.read_bytes()
+        return f"![{md.escape(name)}](plots/{path.name})"
+
     left_out = _heatmap(records, plots / "heatmap.png")
     if left_out is None:
         (plots / "heatmap.png").unlink(missing_ok=True)  # no accuracy task: no heatmap (and none left from before)
     else:
         note = HEATMAP_NOTE.format(mark=NOT_LEARNED) + (f": {', '.join(left_out)} (see their sections)." if left_out
                                                         else ".")
-        data = base64.b64encode((plots / "heatmap.png").read_bytes()).decode()
-        md += ["## Heatmap: encoding x task", "", note, "", "![heatmap](plots/heatmap.png)", ""]
-        htm += ["<h2>Heatmap: encoding x task</h2>", f"<p>{html.escape(note)}</p>",
-                f'<img alt="heatmap" src="data:image/png;base64,{data}">']
+        lines += ["## Heatmap: encoding x task", "", md.escape(note, starts_line=True), "",
+                  show("heatmap", plots / "heatmap.png"), ""]
     for task, t in tasks.items():
         png = plots / f"{task}.png"
         _plot(task, t, png)
         lo, hi = t["train_lengths"]
-        md += [f"## {task}", "", f"Trained on lengths {lo}..{hi}; metric: {t['metric']}.", "",
-               f"![{task}](plots/{png.name})", ""]
-        header, rows = _length_table(t)
-        md += [_md_table(header, rows), ""]
-        data = base64.b64encode(png.read_bytes()).decode()
-        htm += [f"<h2>{html.escape(task)}</h2>", f"<p>Trained on lengths {lo}..{hi}; metric: {t['metric']}.</p>",
-                f'<img alt="{html.escape(task)}" src="data:image/png;base64,{data}">', _html_table(header, rows)]
-        for enc, reason in t["undefined"].items():
-            md += [f"- `{enc}`: {reason}"]
-            htm.append(f"<p><code>{html.escape(enc)}</code>: {html.escape(reason)}</p>")
+        lines += [f"## {md.escape(task)}", "", f"Trained on lengths {lo}..{hi}; metric: {md.escape(t['metric'])}.", "",
+                  show(task, png), "", md.table(*_length_table(t)), ""]
+        lines += [f"- {md.code(enc)}: {md.escape(reason)}" for enc, reason in t["undefined"].items()]
         if t["undefined"]:
-            md.append("")
+            lines.append("")
         if task in comparison:
             c = comparison[task]
             ref = c["ref"]
             rows = [[e, f"{p:g}", str(pr), f"{o:.3g}", str(orank)] for e, p, pr, o, orank in c["rows"]]
             rows += [[e, f"{ref['scores'][e]:g}", "-", f"not learned {NOT_LEARNED}", "-"] for e in c["not_learned"]]
-            head = ["encoding", "paper", "paper rank", "ours", "our rank"]
-            text = (f"**Verdict: {c['verdict']}** ({c['why']}). Paper: {ref['paper']} ({ref['measure']}). Only "
-                    f"runs that learned are ranked. Scale: {ref['scale']}")
-            md += [f"### {task}: the paper's ranking beside ours", "", text, "", _md_table(head, rows), ""]
-            htm += [f"<h3>{html.escape(task)}: the paper's ranking beside ours</h3>", f"<p>{html.escape(text)}</p>",
-                    _html_table(head, rows)]
+            text = (f"**Verdict: {c['verdict']}** ({md.escape(c['why'])}). Paper: {md.escape(ref['paper'])} "
+                    f"({md.escape(ref['measure'])}). Only runs that learned are ranked. Scale: "
+                    f"{md.escape(ref['scale'])}")
+            lines += [f"### {md.escape(task)}: the paper's ranking beside ours", "", text, "",
+                      md.table(["encoding", "paper", "paper rank", "ours", "our rank"], rows), ""]
     if records:
         text = ("Training time per task, from the records' wall times. Each run trains on one thread, so these are "
                 "core-minutes: a sweep with `--workers N` on N idle cores takes about the total / N. Runs that "
                 "shared a loaded machine took longer than on an idle one.")
-        table = cost_table(records)
-        md += ["## Where the time goes", "", text, "", table, ""]
-        lines = table.splitlines()
-        htm += ["<h2>Where the time goes</h2>", f"<p>{html.escape(text)}</p>",
-                _html_table([c.strip() for c in lines[0].strip("|").split("|")],
-                            [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]])]
+        lines += ["## Where the time goes", "", text, "", cost_table(records), ""]
     extension = out / "extension.json"
     if extension.exists():
-        import json
-
         from posenc.lab.extension import extension_table
 
-        table = extension_table(json.loads(extension.read_text(encoding="utf-8")))
         text = ("A rope LM trained at the first length, evaluated at the second with each RoPE scaling, zero-shot "
-                "and after a short fine-tune at the longer length (posenc lab extend). Published: position "
+                "and after a short fine-tune at the longer length (`posenc lab extend`). Published: position "
                 "interpolation recovers after ~200 fine-tune steps (arXiv 2306.15595); YaRN is best zero-shot "
                 "(arXiv 2309.00071).")
-        md += ["## Context extension (perplexity)", "", text, "", table, ""]
-        lines = table.splitlines()
-        htm += ["<h2>Context extension (perplexity)</h2>", f"<p>{html.escape(text)}</p>",
-                _html_table([c.strip() for c in lines[0].strip("|").split("|")],
-                            [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]])]
-    atomic_write_bytes(out / "report.md", ("\n".join(md) + "\n").encode("utf-8"))
-    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:.2em .6em}"
-             "img{max-width:100%}")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>posenc lab report</title>"
-            f"<style>{style}</style></head><body>{''.join(htm)}</body></html>\n")
+        lines += ["## Context extension (perplexity)", "", text, "",
+                  extension_table(json.loads(extension.read_text(encoding="utf-8"))), ""]
+    text = "\n".join(lines) + "\n"
+    page = md.render_html(text, title="posenc lab report", images=images)  # before either file is replaced
+    atomic_write_bytes(out / "report.md", text.encode("utf-8"))
     atomic_write_bytes(out / "report.html", page.encode("utf-8"))
     return out / "report.md"

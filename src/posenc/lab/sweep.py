@@ -9,7 +9,9 @@ record and resumes the unfinished one from its checkpoint (``OUT/checkpoints/``)
 Runs train in this process, in ``workers`` local processes, or as Ray tasks on a cluster (``executor="ray"``). Either
 way one function trains a run (:func:`_execute`), and records are written by this process alone, under the folder's
 lock; a Ray task sends its model and TensorBoard files back for this process to write too, and writes only its
-checkpoint into ``OUT/checkpoints`` itself, as a local worker does (see :func:`_execute_remote`).
+checkpoint into ``OUT/checkpoints`` itself, as a local worker does (see :func:`_execute_remote`). A local Ray
+cluster the sweep starts ends with it, however it ends (Ctrl-C, SIGTERM, SIGHUP, and on Linux SIGKILL too; see
+:func:`_ray_session`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,13 @@ import json
 import math
 import os
 import re
+import signal
+import subprocess
+import sys
 import tempfile
+import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -43,8 +50,8 @@ from posenc.lab.train import (
     train_run,
 )
 
-__all__ = ["EXECUTORS", "RESULTS", "PlannedRun", "append_record", "check_out_dir", "check_plan_against_records",
-           "load_records", "plan_sweep", "ray_resources", "run_sweep", "summary_line"]
+__all__ = ["EXECUTORS", "RAY_MARKER", "RESULTS", "PlannedRun", "SweepTerminated", "append_record", "check_out_dir",
+           "check_plan_against_records", "load_records", "plan_sweep", "ray_resources", "run_sweep", "summary_line"]
 
 RESULTS = "results.jsonl"
 
@@ -433,18 +440,148 @@ def ray_resources(run: PlannedRun) -> dict:
     return {"num_cpus": run.experiment.run.threads}
 
 
+RAY_MARKER = "POSENC_RAY_SWEEP"  # set in the environment of the processes of a local Ray cluster a sweep starts
+
+# The reaper of a local Ray cluster (Linux): a separate process that follows the cluster while the sweep runs and
+# ends what is left of it once the sweep's pipe closes (at exit, or because the sweep died: the kernel closes the
+# pipe even after SIGKILL, when ray.shutdown() never runs). Ray's dashboard and runtime-env agents outlive a raylet
+# that died abruptly, and rename themselves in a way that hides their environment, so the reaper does not look for
+# them at the end: every half second it records each process whose environment carries the sweep's marker and every
+# descendant of one (the agents are the raylet's children), by PID and start time (a reused PID is not followed).
+# Standard library only; in a session of its own, so Ctrl-C or a kill of the sweep's process group spares it.
+_REAPER = r"""
+import os, select, signal, sys, time
+
+marker, grace = sys.argv[1].encode(), float(sys.argv[2])
+followed = {}  # pid -> start time, of the cluster's processes
+known = {}  # (pid, start time) -> carries the marker (environments are read once per process)
+
+
+def table():
+    procs = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(b")") + 2:].split()
+            procs[int(entry)] = (int(fields[1]), fields[19], fields[0])  # ppid, start time, state
+    return procs
+
+
+def follow():
+    procs = table()
+    for pid, (ppid, start, state) in procs.items():
+        if pid == os.getpid() or state == b"Z":
+            continue
+        if (pid, start) not in known:
+            try:
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    known[(pid, start)] = marker in f.read().split(b"\0")
+            except OSError:
+                known[(pid, start)] = False
+        parent = procs.get(ppid)
+        if known[(pid, start)] or (parent is not None and followed.get(ppid) == parent[1]):
+            followed[pid] = start
+    return procs
+
+
+def alive():
+    procs = follow()
+    return [pid for pid, start in followed.items() if pid in procs and procs[pid][1] == start
+            and procs[pid][2] != b"Z"]
+
+
+while not select.select([sys.stdin], [], [], 0.5)[0]:
+    follow()
+while os.read(sys.stdin.fileno(), 4096):  # data is never sent: the sweep only ever closes the pipe
+    pass
+deadline = time.monotonic() + grace  # ray.shutdown() (or Ray's own fate sharing) ends most of them
+while alive() and time.monotonic() < deadline:
+    time.sleep(0.1)
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    pids = alive()
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+    deadline = time.monotonic() + 5.0
+    while pids and alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+"""
+
+
+class SweepTerminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP reached a sweep on Ray: unwound like Ctrl-C, so Ray is shut down and the lock released."""
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into :class:`SweepTerminated` while the block runs (main thread only; elsewhere
+    signals cannot be handled in Python). Ray's own handler would abort the process without unwinding it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SweepTerminated(f"stopped by {signal.Signals(signum).name}")
+
+    wanted = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {s: signal.signal(s, stop) for s in wanted}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _start_reaper(marker: str, grace: float = 2.0) -> subprocess.Popen | None:
+    """The reaper of the local cluster whose processes carry ``marker`` (``NAME=value``); ``None`` off Linux."""
+    if not sys.platform.startswith("linux") or not os.path.isdir("/proc"):
+        return None
+    env = {k: v for k, v in os.environ.items() if k != RAY_MARKER}
+    return subprocess.Popen([sys.executable, "-c", _REAPER, marker, str(grace)], stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+
+
 @contextlib.contextmanager
 def _ray_session(address: str | None):
-    """Ray, connected to ``address`` or to a local cluster it starts; a session opened by the caller is kept open."""
+    """Ray, connected to ``address`` or to a local cluster it starts; a session opened by the caller is kept open.
+
+    A local cluster started here ends with the sweep however the sweep ends: normally or on an error, Ctrl-C,
+    SIGTERM or SIGHUP (``ray.shutdown()``, after unwinding), and, on Linux, even SIGKILL (every process Ray started
+    for this sweep carries :data:`RAY_MARKER` in its environment, and a reaper process ends those left behind).
+    A cluster named by ``address`` or ``RAY_ADDRESS`` is only disconnected from; its processes are not this sweep's.
+    """
     ray = _import_ray()
     if ray.is_initialized():  # a notebook or a test connected already: use that cluster and leave it running
         yield ray
         return
-    ray.init(address=address)  # None: start a local cluster (or join the one RAY_ADDRESS names)
+    reaper = None
     try:
-        yield ray
+        if address is None:  # ray.init may start a local cluster: its processes inherit the marker from here
+            marker = f"{RAY_MARKER}={uuid.uuid4().hex}"
+            reaper = _start_reaper(marker)
+            os.environ[RAY_MARKER] = marker.split("=", 1)[1]
+        try:
+            ray.init(address=address)  # None: start a local cluster (or join the one RAY_ADDRESS names)
+        finally:
+            os.environ.pop(RAY_MARKER, None)  # what this process starts later is not Ray's
+        with _stop_on_signals():
+            try:
+                yield ray
+            finally:
+                ray.shutdown()
     finally:
-        ray.shutdown()
+        if reaper is not None:
+            reaper.stdin.close()  # the reaper ends what ray.shutdown() left behind
+            try:
+                reaper.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # it goes on by itself; the sweep need not wait for it
+                pass
 
 
 def _check_cluster(ray, runs: list[PlannedRun]) -> None:

@@ -273,12 +273,17 @@ def check_log(log: str) -> None:
 
 
 def tensorboard_writer(root: str | os.PathLike, run_id: str, *, resumed_at: int = 0):
-    """A ``SummaryWriter`` on ``root/<run_id>/``; a run resumed at step ``resumed_at`` hides what an earlier attempt
-    logged from that step on (TensorBoard's ``purge_step``), so each step shows once."""
+    """A ``SummaryWriter`` on ``root/<run_id>/`` that hides what an earlier attempt of the run logged from step
+    ``resumed_at`` on (TensorBoard's ``purge_step``), so each step shows once.
+
+    Always set, ``0`` included: a run killed before its first checkpoint restarts at step 0, and its new curve must
+    replace the dead attempt's, not follow it. (``purge_step`` writes a restart marker; readers built on TensorBoard's
+    event loader drop the earlier file's events at and after that step.)
+    """
     check_log("tensorboard")
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(str(Path(root) / run_id), purge_step=resumed_at or None)
+    return SummaryWriter(str(Path(root) / run_id), purge_step=resumed_at)
 
 
 def log_evaluation(writer, metrics: dict[str, dict]) -> None:

@@ -1,0 +1,54 @@
+"""The report's Markdown helpers: any text escaped renders as itself, in a paragraph, a table cell or a code span."""
+
+import html
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from posenc.lab import markdown as md
+
+pytest.importorskip("markdown_it")
+
+# printable ASCII (every Markdown marker) and a few non-ASCII characters the report uses
+TEXT = st.text(st.sampled_from([chr(c) for c in range(32, 127)] + ["±", "†", "é", "\n"]), min_size=1, max_size=40)
+
+
+def _shown(fragment: str) -> str:
+    """The text a reader sees of an HTML fragment."""
+    return html.unescape(re.sub(r"<[^>]+>", "", fragment))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+@given(TEXT)
+def test_escaped_text_renders_as_itself(text):
+    page = md.render_html(f"{md.escape(text, starts_line=True)}\n", title="t", images={})
+    body = page.split("<body>", 1)[1].rsplit("</body>", 1)[0]
+    if not _one_line(text):
+        return
+    assert body.strip().startswith("<p>") and body.count("<p>") == 1, body  # one paragraph, no block started
+    assert _one_line(_shown(body)) == _one_line(text)
+
+
+@given(st.lists(TEXT, min_size=2, max_size=2), TEXT)
+def test_table_cells_and_code_spans_render_as_themselves(cells, snippet):
+    table = md.table(["a", "b", "code"], [[md.escape(cells[0]), md.escape(cells[1]), md.code(snippet, cell=True)]],
+                     raw=True)
+    page = md.render_html(table + "\n", title="t", images={})
+    row = re.findall(r"<tr>(.*?)</tr>", page, flags=re.S)[-1]
+    shown = [_shown(c) for c in re.findall(r"<td>(.*?)</td>", row, flags=re.S)]
+    assert [_one_line(c) for c in shown[:2]] == [_one_line(c) for c in cells]
+    assert shown[2] == _one_line(snippet)
+
+
+def test_a_row_of_the_wrong_width_and_a_missing_image_are_clear_errors():
+    with pytest.raises(ValueError, match="table row 0 has 1 cells, the header 2"):
+        md.table(["a", "b"], [["x"]])
+    with pytest.raises(ValueError, match="plots/x.png"):
+        md.render_html("![x](plots/x.png)\n", title="t", images={})
+    page = md.render_html("![x](plots/x.png)\n", title="<t>", images={"plots/x.png": b"\x89PNG"})
+    assert 'src="data:image/png;base64,iVBORw==" alt="x"' in page and "<title>&lt;t&gt;</title>" in page
