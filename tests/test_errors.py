@@ -25,7 +25,7 @@ def test_unknown_option_lists_the_accepted_ones():
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"dim": 30, "n_heads": 4}, "not divisible"),
-    ({"dim": 0, "n_heads": 1}, "positive"),
+    ({"dim": 0, "n_heads": 1}, "dim must be an int >= 1"),
     ({"dim": 32.0, "n_heads": 4}, "must be an int"),
 ])
 def test_bad_sizes(kwargs, match):

@@ -37,6 +37,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from posenc._checks import check_int
 from posenc.positions import Positions
 from posenc.registry import Registry
 from posenc.terms import AttentionCall, AttentionTerms, LayerView
@@ -168,10 +169,7 @@ class PositionalEncoding(nn.Module):
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False) -> None:
         super().__init__()
         for arg, value in (("dim", dim), ("n_heads", n_heads), ("max_seq_len", max_seq_len)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{type(self).__name__}: {arg} must be an int; got {type(value).__name__} {value!r}.")
-            if value <= 0:
-                raise ValueError(f"{type(self).__name__}: {arg} must be positive; got {value}.")
+            check_int(value, f"{type(self).__name__}: {arg}", minimum=1)
         if dim % n_heads:
             raise ValueError(f"{type(self).__name__}: dim={dim} is not divisible by n_heads={n_heads}; "
                              f"head_dim = dim // n_heads must be an integer.")

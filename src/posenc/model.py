@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from posenc._checks import check_int, check_number, is_int
 from posenc._io import DamagedFileError, atomic_write_bytes, checked_bytes, read_checked
 from posenc.backends import attention
 from posenc.base import PositionalEncoding, get_encoding
@@ -69,8 +70,7 @@ class TransformerConfig:
             raise ValueError(f"TransformerConfig.kind must be one of {KINDS}; got {self.kind!r}.")
         for name in ("vocab_size", "dim", "n_layers", "n_heads", "max_seq_len"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"TransformerConfig.{name} must be a positive int; got {value!r}.")
+            check_int(value, f"TransformerConfig.{name}", minimum=1)
         if self.dim % self.n_heads:
             raise ValueError(f"TransformerConfig: dim={self.dim} must be divisible by n_heads={self.n_heads}.")
         kv = self.n_kv_heads or self.n_heads
@@ -84,7 +84,7 @@ class TransformerConfig:
             raise TypeError(f"TransformerConfig.encoding_options must be a dict; got {type(self.encoding_options)}.")
         layers = max(self.n_layers, self.n_decoder_layers or 0)
         for i, spec in (self.layer_encodings.items() if isinstance(self.layer_encodings, dict) else [(None, None)]):
-            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < layers or not isinstance(spec, dict) \
+            if not is_int(i) or not 0 <= i < layers or not isinstance(spec, dict) \
                     or not isinstance(spec.get("encoding"), str):
                 raise ValueError(f"TransformerConfig.layer_encodings must map layer indices in [0, {layers}) to "
                                  f"dicts {{'encoding': name, **options}}; got {i!r}: {spec!r}.")
@@ -579,13 +579,10 @@ class Transformer(nn.Module):
         """
         if self.cfg.kind == "encoder":
             raise ValueError("generate() needs a decoder; this model is a bidirectional encoder.")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be a non-negative int; got {max_new_tokens!r}.")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
-                not math.isfinite(temperature) or temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy); got {temperature!r}.")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be None (no restriction) or an int >= 1; got {top_k!r}.")
+        check_int(max_new_tokens, "max_new_tokens", minimum=0)
+        check_number(temperature, "temperature", minimum=0, hint="0 is greedy decoding.")
+        if top_k is not None:
+            check_int(top_k, "top_k", minimum=1, hint="None means no restriction.")
         if not isinstance(prompt, Tensor) or prompt.dtype == torch.bool or prompt.dtype.is_floating_point or \
                 prompt.dtype.is_complex:
             got = f"a {prompt.dtype} tensor" if isinstance(prompt, Tensor) else type(prompt).__name__

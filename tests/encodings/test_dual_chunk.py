@@ -7,6 +7,7 @@ import torch
 
 import posenc
 from posenc import Transformer, TransformerConfig
+from posenc.backends import prepare_call
 from posenc.encodings.dual_chunk import DualChunkAttention, dual_chunk_relative_positions
 from posenc.encodings.rope import RoPE, rope_frequencies
 
@@ -65,10 +66,10 @@ def test_causal_dual_chunk_rotates_for_keys_in_later_chunks_only_when_a_query_se
     q, k, v = _qkv()
     pe = DualChunkAttention(dim=H * D, n_heads=H, chunk_size=12, local_window=4, layout="interleaved")
     pos = torch.arange(T)
-    assert not pe.terms(q, k, v, q_pos=pos, k_pos=pos, causal=True, scale=D ** -0.5).mirrored
-    assert pe.terms(q, k, v, q_pos=pos, k_pos=pos, causal=False, scale=D ** -0.5).mirrored
+    assert not prepare_call(q, k, v, pe, q_pos=pos, k_pos=pos, causal=True).terms.mirrored
+    assert prepare_call(q, k, v, pe, q_pos=pos, k_pos=pos, causal=False).terms.mirrored
     packed = torch.cat((torch.arange(20), torch.arange(T - 20)))  # a query at 0 sees a key at 19, two chunks later
-    assert pe.terms(q, k, v, q_pos=packed, k_pos=packed, causal=True, scale=D ** -0.5).mirrored
+    assert prepare_call(q, k, v, pe, q_pos=packed, k_pos=packed, causal=True).terms.mirrored
     r = dual_chunk_relative_positions(packed[:, None], packed[None], chunk_size=12, local_window=4)  # (T, T)
     qz = torch.complex(q[..., 0::2].double(), q[..., 1::2].double())
     kz = torch.complex(k[..., 0::2].double(), k[..., 1::2].double())

@@ -395,7 +395,7 @@ def test_inside_transformer_decoder_cache_equals_full(name):
 
 @pytest.mark.parametrize(("name", "options", "error", "match"), [
     ("shaw", {"max_relative_position": 0}, ValueError, "clipping distance"),
-    ("shaw", {"max_relative_position": 2.5}, ValueError, "max_relative_position"),
+    ("shaw", {"max_relative_position": 2.5}, TypeError, "max_relative_position .* must be an int; got float"),
     ("shaw", {"value_term": "yes"}, TypeError, "value_term"),
     ("shaw", {"init_std": -1.0}, ValueError, "init_std"),
     ("transformer_xl", {"rel_dim": 7}, ValueError, "even"),

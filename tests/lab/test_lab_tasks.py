@@ -41,7 +41,7 @@ def test_deterministic_and_shapes(name):
 @pytest.mark.parametrize("name", registered_tasks())
 def test_too_short_length_is_a_clear_error(name):
     task = get_task(name)
-    with pytest.raises(ValueError, match=f"task '{name}': length must be >= {task.min_length}"):
+    with pytest.raises(ValueError, match=f"task '{name}': length must be an int >= {task.min_length}"):
         task.sample_batch(torch.Generator().manual_seed(0), 2, task.min_length - 1)
 
 

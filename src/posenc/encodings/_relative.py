@@ -36,16 +36,7 @@ from torch import Tensor
 from posenc.base import PositionalEncoding, check_positions
 from posenc.positions import Positions
 
-__all__ = ["PairwiseBias", "check_int", "distance_range"]
-
-
-def check_int(owner: str, name: str, value: Any, *, minimum: int = 1, hint: str = "") -> int:
-    """Return ``value`` if it is an int ``>= minimum``; else raise ``TypeError``/``ValueError`` naming it."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}: {name} must be an int; got {type(value).__name__} {value!r}.{hint}")
-    if value < minimum:
-        raise ValueError(f"{owner}: {name} must be >= {minimum}; got {value}.{hint}")
-    return value
+__all__ = ["PairwiseBias", "distance_range"]
 
 
 def distance_range(q_pos: Tensor, k_pos: Tensor) -> tuple[int, int]:

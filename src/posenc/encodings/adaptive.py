@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from posenc._checks import check_int
 from posenc.base import PositionalEncoding, get_encoding, register
 from posenc.terms import AttentionCall, AttentionTerms, ScoreBlock, check_head_dim
 
@@ -194,8 +195,7 @@ class DAPE(PositionalEncoding):
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
                  base: str = "kerple", base_options: dict | None = None, hidden: int = 32) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
-        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
-            raise ValueError(f"dape: hidden must be a positive int; got {hidden!r}.")
+        check_int(hidden, "dape: hidden", minimum=1)
         self.base = _bias_component(base, owner="dape", dim=dim, n_heads=n_heads, max_seq_len=max_seq_len,
                                     causal=causal, options=base_options)
         self.extrapolates = self.base.extrapolates

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from posenc._checks import check_int
 from posenc.base import register
 from posenc.encodings._relative import PairwiseBias
 
@@ -44,10 +45,7 @@ def alibi_slopes(n_heads: int, *, device: torch.device | str | None = None,
         >>> alibi_slopes(8).tolist()  # doctest: +SKIP
         [0.5, 0.25, 0.125, 0.0625, 0.03125, 0.015625, 0.0078125, 0.00390625]
     """
-    if isinstance(n_heads, bool) or not isinstance(n_heads, int):
-        raise TypeError(f"alibi_slopes: n_heads must be an int; got {type(n_heads).__name__} {n_heads!r}.")
-    if n_heads <= 0:
-        raise ValueError(f"alibi_slopes: n_heads must be positive; got {n_heads}.")
+    check_int(n_heads, "alibi_slopes: n_heads", minimum=1)
     closest = 2 ** math.floor(math.log2(n_heads))
     slopes = _power_of_two_slopes(closest)
     if closest != n_heads:

@@ -33,6 +33,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from posenc._checks import check_int
 from posenc.base import PositionalEncoding, register
 from posenc.terms import AttentionCall, AttentionTerms, ScoreBlock, check_head_dim
 
@@ -152,9 +153,8 @@ class CoPE(PositionalEncoding):
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
                  npos_max: int = 64, init_std: float = 0.0) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
-        if isinstance(npos_max, bool) or not isinstance(npos_max, int) or npos_max < 2:
-            raise ValueError(f"cope: npos_max (learned contextual positions) must be an int >= 2; got {npos_max!r}. "
-                             f"Hint: 16-64 for language modelling; about the context length for counting tasks.")
+        check_int(npos_max, "cope: npos_max (learned contextual positions)", minimum=2,
+                  hint="Hint: 16-64 for language modelling; about the context length for counting tasks.")
         if not (isinstance(init_std, (int, float)) and math.isfinite(init_std) and init_std >= 0):
             raise ValueError(f"cope: init_std must be a finite number >= 0; got {init_std!r}.")
         self.npos_max = npos_max

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from posenc._checks import check_int
 from posenc.base import PositionalEncoding, register
-from posenc.encodings._relative import check_int
 from posenc.encodings.rope import RoPE
 from posenc.terms import AttentionCall, AttentionTerms, ScoreBlock, compute_dtype, positions_2d
 
@@ -78,9 +78,9 @@ class DualChunkAttention(PositionalEncoding):
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
         chunk_size = 3 * max_seq_len // 4 if chunk_size is None else chunk_size
         local_window = max_seq_len // 16 if local_window is None else local_window
-        self.chunk_size = check_int("dual_chunk", "chunk_size", chunk_size, minimum=2,
+        self.chunk_size = check_int(chunk_size, "dual_chunk: chunk_size", minimum=2,
                                     hint=" ChunkLlama uses 3/4 of the training length.")
-        self.local_window = check_int("dual_chunk", "local_window", local_window, minimum=0,
+        self.local_window = check_int(local_window, "dual_chunk: local_window", minimum=0,
                                       hint=" ChunkLlama uses 1/16 of the training length.")
         if self.local_window >= self.chunk_size:
             raise ValueError(f"dual_chunk: local_window must be smaller than chunk_size (chunks have chunk_size - "

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from posenc._checks import check_int
 from posenc.base import register
-from posenc.encodings._relative import PairwiseBias, check_int, distance_range
+from posenc.encodings._relative import PairwiseBias, distance_range
 
 __all__ = ["DynamicPositionBias", "signed_log_distance"]
 
@@ -48,8 +49,8 @@ class DynamicPositionBias(PairwiseBias):
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False, hidden: int = 64,
                  depth: int = 2, log_distance: bool = True) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
-        check_int("dynamic", "hidden", hidden, minimum=1)
-        check_int("dynamic", "depth", depth, minimum=1, hint=" The MLP needs at least one hidden layer.")
+        check_int(hidden, "dynamic: hidden", minimum=1)
+        check_int(depth, "dynamic: depth", minimum=1, hint=" The MLP needs at least one hidden layer.")
         if not isinstance(log_distance, bool):
             raise TypeError(f"dynamic: log_distance must be a bool; got {log_distance!r}.")
         self.hidden, self.depth, self.log_distance = hidden, depth, log_distance

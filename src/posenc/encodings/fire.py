@@ -24,8 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from posenc._checks import check_int, check_number
 from posenc.base import register
-from posenc.encodings._relative import PairwiseBias, check_int
+from posenc.encodings._relative import PairwiseBias
 
 __all__ = ["FIRE", "fire_normalized_distance"]
 
@@ -78,10 +79,9 @@ class FIRE(PairwiseBias):
                  init_c: float = 0.1, init_threshold: float = 512.0, bidirectional: bool | None = None,
                  eps: float = 1e-6) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
-        check_int("fire", "hidden", hidden, minimum=1)
+        check_int(hidden, "fire: hidden", minimum=1)
         for name, value in (("init_c", init_c), ("init_threshold", init_threshold), ("eps", eps)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"fire: {name} must be a positive number; got {value!r}.")
+            check_number(value, f"fire: {name}", above=0)
         if bidirectional is not None and not isinstance(bidirectional, bool):
             raise TypeError(f"fire: bidirectional must be True, False or None (= not causal); got {bidirectional!r}.")
         self.bidirectional = (not self.causal) if bidirectional is None else bidirectional

@@ -28,6 +28,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from posenc._checks import check_int
 from posenc.base import PositionalEncoding, register
 from posenc.encodings._structured import StructuredPositions
 from posenc.encodings.rope import LAYOUTS, apply_rope, check_head_tensor
@@ -47,8 +48,7 @@ def grid_coordinates(rows: int, cols: int, *, prefix_tokens: int = 0, device: to
         [[0, 0], [0, 1], [0, 2], [1, 0], [1, 1], [1, 2]]
     """
     for arg, value in (("rows", rows), ("cols", cols), ("prefix_tokens", prefix_tokens)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"grid_coordinates: {arg} must be a non-negative int; got {value!r}.")
+        check_int(value, f"grid_coordinates: {arg}", minimum=0)
     r = torch.arange(rows, device=device).repeat_interleave(cols)
     c = torch.arange(cols, device=device).repeat(rows)
     grid = torch.stack((r, c), dim=-1)  # (rows * cols, 2)
@@ -227,7 +227,7 @@ class RoPEMixed(_GridRoPE):
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal, base=base, layout=layout)
         if init not in ("random", "axial"):
             raise ValueError(f"rope_mixed: init must be 'random' or 'axial'; got {init!r}.")
-        if isinstance(freq_heads, bool) or not isinstance(freq_heads, int) or freq_heads < 1 or n_heads % freq_heads:
+        if check_int(freq_heads, "rope_mixed: freq_heads", minimum=1) and n_heads % freq_heads:
             raise ValueError(f"rope_mixed: freq_heads must be a positive divisor of n_heads={n_heads}; got "
                              f"{freq_heads!r}.")
         self.init = init

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from posenc._checks import check_int, is_int
 from posenc.base import PositionalEncoding, register
 from posenc.encodings._structured import StructuredPositions
 from posenc.encodings.sinusoidal import sinusoidal_table
@@ -48,7 +49,7 @@ LEVELS = ("token_in_sentence", "sentence_in_paragraph", "paragraph_in_document")
 
 def _ids_tensor(ids: Sequence[int], name: str) -> Tensor:
     ids = tuple(ids)
-    if any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
+    if not all(is_int(i) for i in ids):
         raise TypeError(f"hierarchical: {name} must be a sequence of int token ids; got {ids!r}.")
     return torch.tensor(ids, dtype=torch.long)
 
@@ -135,8 +136,7 @@ class HierarchicalPE(StructuredPositions, PositionalEncoding):
         if combine == "concat" and dim < 3:
             raise ValueError(f"hierarchical: combine='concat' splits dim over three levels; dim={dim} is too small.")
         for arg, value in (("max_sentences", max_sentences), ("max_paragraphs", max_paragraphs)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"hierarchical: {arg} must be a positive int; got {value!r}.")
+            check_int(value, f"hierarchical: {arg}", minimum=1)
         if not base > 1:
             raise ValueError(f"hierarchical: base must be > 1; got {base}.")
         self.kind, self.combine, self.base = kind, combine, float(base)

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from posenc._checks import check_int, check_number
 from posenc.base import PositionalEncoding, check_positions, register
-from posenc.encodings._relative import check_int
 from posenc.encodings.rope import RoPE, check_head_tensor
 from posenc.rope_scaling import llama4_attn_temperature
 
@@ -53,7 +53,8 @@ class ChunkedRoPE(RoPE):
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
                  attention_chunk_size: int = 8192, **rope_options: Any) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal, **rope_options)
-        self.attention_chunk_size = check_int("chunked_rope", "attention_chunk_size", attention_chunk_size,
+        self.attention_chunk_size = check_int(attention_chunk_size, "chunked_rope: attention_chunk_size",
+                                              minimum=1,
                                               hint=" Llama 4 uses 8192.")
 
     def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
@@ -99,10 +100,9 @@ class NoPETemperature(PositionalEncoding):
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
                  attn_scale: float = 0.1, floor_scale: int = 8192) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
-        if isinstance(attn_scale, bool) or not isinstance(attn_scale, (int, float)) or attn_scale < 0:
-            raise ValueError(f"nope_temperature: attn_scale must be a number >= 0; got {attn_scale!r} (Llama 4: 0.1).")
-        self.attn_scale = float(attn_scale)
-        self.floor_scale = check_int("nope_temperature", "floor_scale", floor_scale, hint=" Llama 4 uses 8192.")
+        self.attn_scale = check_number(attn_scale, "nope_temperature: attn_scale", minimum=0, hint="Llama 4: 0.1.")
+        self.floor_scale = check_int(floor_scale, "nope_temperature: floor_scale", minimum=1,
+                                     hint="Llama 4 uses 8192.")
 
     def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
         """Queries ``(B, H, Tq, D)`` times their temperature; keys ``(B, Hkv, Tk, D)`` unchanged."""
@@ -128,8 +128,8 @@ def irope_config(n_layers: int, *, nope_interval: int = 4, attention_chunk_size:
         >>> sorted(cfg.layer_encodings)
         [3]
     """
-    check_int("irope_config", "n_layers", n_layers)
-    check_int("irope_config", "nope_interval", nope_interval)
+    check_int(n_layers, "irope_config: n_layers", minimum=1)
+    check_int(nope_interval, "irope_config: nope_interval", minimum=1)
     nope = {"encoding": "nope_temperature", "attn_scale": attn_scale if attn_temperature_tuning else 0.0,
             "floor_scale": floor_scale}
     return {"encoding": "chunked_rope", "encoding_options": {"attention_chunk_size": attention_chunk_size,

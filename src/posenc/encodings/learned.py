@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from posenc._checks import check_int
 from posenc.base import PositionalEncoding, check_positions, register
 
 __all__ = ["LearnedPE"]
@@ -50,8 +51,7 @@ class LearnedPE(PositionalEncoding):
             new_length: rows of the new table (> 1).
             mode: ``"linear"`` or ``"nearest"``.
         """
-        if isinstance(new_length, bool) or not isinstance(new_length, int) or new_length < 2:
-            raise ValueError(f"learned.interpolate_: new_length must be an int >= 2; got {new_length!r}.")
+        check_int(new_length, "learned.interpolate_: new_length", minimum=2)
         if mode not in ("linear", "nearest"):
             raise ValueError(f"learned.interpolate_: mode must be 'linear' or 'nearest'; got {mode!r}.")
         old = self.weight.detach().float().t().unsqueeze(0)  # (1, dim, L_old)

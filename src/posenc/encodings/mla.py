@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from posenc._checks import is_int
 from posenc.base import PositionalEncoding, register
 from posenc.encodings.rope import RoPE, check_head_tensor
 from posenc.rope_scaling import yarn_mscale
@@ -68,7 +69,7 @@ class MLARoPE(PositionalEncoding):
                  scaling: dict | None = None) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
         rope_dim = max(2, self.head_dim // 3 // 2 * 2) if qk_rope_head_dim is None else qk_rope_head_dim
-        if isinstance(rope_dim, bool) or not isinstance(rope_dim, int) or rope_dim % 2 or \
+        if not is_int(rope_dim) or rope_dim % 2 or \
                 not 0 < rope_dim <= self.head_dim:
             raise ValueError(f"mla: qk_rope_head_dim must be an even number of channels in (0, head_dim="
                              f"{self.head_dim}]; got {qk_rope_head_dim!r}. DeepSeek-V3 uses 64 of 192.")

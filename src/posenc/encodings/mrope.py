@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from posenc._checks import is_int
 from posenc.base import PositionalEncoding, register
 from posenc.encodings._structured import StructuredPositions
 from posenc.encodings.rope import LAYOUTS, apply_rope, check_head_tensor, rope_frequencies
@@ -174,7 +175,7 @@ class MRoPE(StructuredPositions, PositionalEncoding):
         if not (isinstance(base, (int, float)) and base > 1):
             raise ValueError(f"mrope: base must be a number > 1; got {base!r}.")
         section = default_mrope_section(self.head_dim) if mrope_section is None else tuple(mrope_section)
-        if len(section) != 3 or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in section) or \
+        if len(section) != 3 or any(not is_int(s) or s < 0 for s in section) or \
                 sum(section) != self.head_dim // 2:
             raise ValueError(f"mrope: mrope_section must be three non-negative ints (time, height, width) summing to "
                              f"head_dim / 2 = {self.head_dim // 2}; got {mrope_section!r}. Hint: Qwen2-VL uses "

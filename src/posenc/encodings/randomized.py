@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
+from posenc._checks import check_int
 from posenc.base import PositionalEncoding, get_encoding, register
 from posenc.terms import AttentionCall, AttentionTerms, LayerView
 
@@ -40,9 +41,8 @@ class RandomizedPE(PositionalEncoding):
         if base == "randomized":
             raise ValueError("randomized: base must be another encoding, not 'randomized' itself.")
         max_positions = max(2048, max_seq_len) if max_positions is None else max_positions
-        if isinstance(max_positions, bool) or not isinstance(max_positions, int) or max_positions < max_seq_len:
-            raise ValueError(f"randomized: max_positions must be an int >= max_seq_len={max_seq_len} (positions are "
-                             f"sampled from [0, max_positions)); got {max_positions!r}.")
+        check_int(max_positions, "randomized: max_positions", minimum=max_seq_len,
+                  hint=f"Positions are sampled from [0, max_positions); it must reach max_seq_len={max_seq_len}.")
         self.max_positions = max_positions
         self.sample_at_eval = bool(sample_at_eval)
         self.inner = get_encoding(base, dim=dim, n_heads=n_heads, max_seq_len=max_positions, causal=causal,

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from posenc._angles import exact_angles
+from posenc._checks import is_int
 from posenc.base import PositionalEncoding, check_positions_layout, register
 from posenc.kernels import fast_rotate
 from posenc.kernels.reference import LAYOUTS, apply_rope  # the formula, kept with the kernels it checks
@@ -166,7 +167,7 @@ class RoPE(PositionalEncoding):
                 raise ValueError(f"rope: rotary_fraction must be in (0, 1]; got {rotary_fraction}.")
             rotary_dim = int(self.head_dim * rotary_fraction)
         rotary_dim = self.head_dim if rotary_dim is None else rotary_dim
-        if isinstance(rotary_dim, bool) or not isinstance(rotary_dim, int) or rotary_dim % 2 or \
+        if not is_int(rotary_dim) or rotary_dim % 2 or \
                 not 0 < rotary_dim <= self.head_dim:
             raise ValueError(f"rope: the rotated width must be an even number of channels in (0, head_dim="
                              f"{self.head_dim}] (channels rotate in pairs); got rotary_dim={rotary_dim}. "

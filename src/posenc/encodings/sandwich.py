@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from posenc._checks import check_int, check_number
 from posenc.base import register
-from posenc.encodings._relative import PairwiseBias, check_int, distance_range
+from posenc.encodings._relative import PairwiseBias, distance_range
 
 __all__ = ["Sandwich", "sandwich_head_scales", "sandwich_kernel"]
 
@@ -30,7 +31,7 @@ def sandwich_kernel(dist: Tensor, sandwich_dim: int, *, base: float = 10000.0) -
     The angles are formed in float64, so the kernel is exact to float64 rounding at any distance the positions
     allow. Memory is ``O(dist.numel())``: the sum runs over frequencies one at a time.
     """
-    check_int("sandwich", "sandwich_dim", sandwich_dim, minimum=2)
+    check_int(sandwich_dim, "sandwich: sandwich_dim", minimum=2)
     if sandwich_dim % 2:
         raise ValueError(f"sandwich: sandwich_dim must be even (sines and cosines come in pairs); got {sandwich_dim}.")
     d = dist.to(torch.float64)
@@ -71,12 +72,11 @@ class Sandwich(PairwiseBias):
                  sandwich_dim: int | None = None, base: float = 10000.0) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
         sandwich_dim = dim if sandwich_dim is None else sandwich_dim
-        check_int("sandwich", "sandwich_dim", sandwich_dim, minimum=2)
+        check_int(sandwich_dim, "sandwich: sandwich_dim", minimum=2)
         if sandwich_dim % 2:
             raise ValueError(f"sandwich: sandwich_dim must be even (sines and cosines come in pairs); got "
                              f"{sandwich_dim}. Hint: pass sandwich_dim= an even width.")
-        if isinstance(base, bool) or not isinstance(base, (int, float)) or not base > 1:
-            raise ValueError(f"sandwich: base must be a number > 1; got {base!r}.")
+        check_number(base, "sandwich: base", above=1)
         self.sandwich_dim = sandwich_dim
         self.base = float(base)
         # A buffer, so .double() / .to(device) reach the encoding; rebuilt exactly after every move (see _apply).

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from posenc._checks import check_int
 from posenc.base import PositionalEncoding, register
-from posenc.encodings._relative import check_int
 from posenc.encodings.rope import RoPE
 from posenc.terms import AttentionCall, AttentionTerms, ScoreBlock, compute_dtype, positions_2d
 
@@ -56,8 +56,8 @@ class SelfExtend(PositionalEncoding):
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
                  group_size: int = 8, neighbor_window: int = 512, **rope_options: Any) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
-        self.group_size = check_int("self_extend", "group_size", group_size, hint=" The paper uses 2 to 16.")
-        self.neighbor_window = check_int("self_extend", "neighbor_window", neighbor_window,
+        self.group_size = check_int(group_size, "self_extend: group_size", minimum=1, hint="The paper uses 2 to 16.")
+        self.neighbor_window = check_int(neighbor_window, "self_extend: neighbor_window", minimum=1,
                                          hint=" The paper uses 512 to 2048 for a 4096-token model.")
         self.rope = RoPE(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal, **rope_options)
 

@@ -25,6 +25,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from posenc._checks import check_int
 from posenc.base import PositionalEncoding, register
 from posenc.terms import AttentionCall, AttentionTerms, ScoreBlock, check_head_dim, positions_2d
 
@@ -114,10 +115,8 @@ class ShawRelative(PositionalEncoding):
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
                  max_relative_position: int = 16, value_term: bool = True, init_std: float | None = None) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
-        if isinstance(max_relative_position, bool) or not isinstance(max_relative_position, int) \
-                or max_relative_position < 1:
-            raise ValueError(f"shaw: max_relative_position (the clipping distance k) must be an int >= 1; got "
-                             f"{max_relative_position!r}. The paper uses k = 16; k = 2 already works well.")
+        check_int(max_relative_position, "shaw: max_relative_position (the clipping distance k)", minimum=1,
+                  hint="The paper uses k = 16; k = 2 already works well.")
         if not isinstance(value_term, bool):
             raise TypeError(f"shaw: value_term must be True or False; got {type(value_term).__name__} "
                             f"{value_term!r}.")

@@ -14,16 +14,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from posenc._checks import check_int
 from posenc.base import register
-from posenc.encodings._relative import PairwiseBias, check_int
+from posenc.encodings._relative import PairwiseBias
 
 __all__ = ["T5Bias", "t5_relative_position_bucket"]
 
 
 def _check_bucket_settings(*, bidirectional: bool, num_buckets: int, max_distance: int) -> int:
     """Validate the bucket settings; return ``max_exact`` (the number of exact buckets per direction)."""
-    check_int("t5", "num_buckets", num_buckets, minimum=1)
-    check_int("t5", "max_distance", max_distance, minimum=1)
+    check_int(num_buckets, "t5: num_buckets", minimum=1)
+    check_int(max_distance, "t5: max_distance", minimum=1)
     per_direction = num_buckets // 2 if bidirectional else num_buckets
     max_exact = per_direction // 2
     if max_exact < 1:

@@ -33,6 +33,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from posenc._checks import check_int
 from posenc.base import PositionalEncoding, register
 from posenc.terms import AttentionCall, AttentionTerms, ScoreBlock, check_head_dim, positions_2d
 
@@ -167,7 +168,7 @@ class TransformerXL(PositionalEncoding):
                  rel_dim: int | None = None, init_std: float = 0.02, method: str = "auto") -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
         rel_dim = dim + dim % 2 if rel_dim is None else rel_dim
-        if isinstance(rel_dim, bool) or not isinstance(rel_dim, int) or rel_dim <= 0 or rel_dim % 2:
+        if check_int(rel_dim, "transformer_xl: rel_dim", minimum=1) % 2:
             raise ValueError(f"transformer_xl: rel_dim must be a positive even int (R holds sin/cos pairs); got "
                              f"{rel_dim!r}. The paper uses rel_dim = dim.")
         if not (isinstance(init_std, (int, float)) and math.isfinite(init_std) and init_std >= 0):

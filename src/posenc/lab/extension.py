@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from posenc._checks import check_int
 from posenc.lab.config import Experiment, ModelConfig, RunConfig, TaskConfig
 from posenc.lab.tasks import IGNORE, get_task
 from posenc.lab.train import atomic_write_bytes, evaluate, train_run, train_steps
@@ -70,8 +71,7 @@ def context_extension(*, train_length: int = 32, factor: int = 4, steps: int = 4
         steps: training steps of the base model at L.
         finetune_steps: steps at ``factor * L`` for the fine-tuned rows (0: zero-shot rows only).
     """
-    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
-        raise ValueError(f"context_extension: factor must be an int >= 2; got {factor!r}.")
+    check_int(factor, "context_extension: factor", minimum=2)
     long = factor * train_length
     task_options = {"eval_tokens": eval_tokens, **({"text": text} if text else {})}
     exp = Experiment(TaskConfig("lm", train_length, train_length, (train_length, long), task_options),

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from posenc._checks import check_int, is_number
 from posenc._io import FolderLock, remove_stale_tmp
 from posenc.base import get_encoding, registered_names
 from posenc.lab.config import EXECUTORS, Experiment, config_hash, config_hash_of
@@ -91,7 +92,7 @@ def _check_metrics(record: dict) -> str | None:
         for name, value in m.items():
             if name == "undefined":
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if not is_number(value) or not math.isfinite(value):
                 return f"its {name} at length {length} is {value!r}, not a finite number"
             if name in ("accuracy", "token_accuracy") and not 0.0 <= value <= 1.0:
                 return f"its {name} at length {length} is {value!r}, outside [0, 1]"
@@ -316,8 +317,7 @@ def run_sweep(runs: list[PlannedRun], out: str | os.PathLike, *, workers: int = 
     only one process ever writes results, checkpoints and models there. A checkpoint that cannot be resumed is
     moved aside (``*.damaged-<time>``) and its run restarts.
     """
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be a positive int; got {workers!r}.")
+    check_int(workers, "workers", minimum=1)
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {', '.join(map(repr, EXECUTORS))}; got {executor!r}.")
     if executor == "ray" and workers != 1:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import posenc
+from posenc._checks import check_int
 from posenc._io import DamagedFileError, atomic_write_bytes, checked_bytes, read_checked
 from posenc.base import get_encoding
 from posenc.lab.config import LOGGERS, Experiment, ModelConfig, RunConfig, TaskConfig, config_hash
@@ -54,8 +55,7 @@ def resolve_lengths(task: Task, cfg: TaskConfig) -> tuple[int, int, tuple[int, .
     hi = task.train_lengths[1] if cfg.train_max_length is None else cfg.train_max_length
     evals = tuple(task.eval_lengths if cfg.eval_lengths is None else cfg.eval_lengths)
     for what, value in (("train_min_length", lo), ("train_max_length", hi), *(("eval length", e) for e in evals)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < task.min_length:
-            raise ValueError(f"task {task.name!r}: {what} must be an int >= {task.min_length}; got {value!r}.")
+        check_int(value, f"task {task.name!r}: {what}", minimum=task.min_length)
     if lo > hi:
         raise ValueError(f"task {task.name!r}: train_min_length={lo} is larger than train_max_length={hi}.")
     if not evals:

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import Tensor
 
+from posenc._checks import check_int
 from posenc._viz_kinds import MAX_PLOT_LENGTH
 from posenc.base import PositionalEncoding, get_encoding
 from posenc.encodings.rope import RoPE, rope_frequencies
@@ -168,8 +169,7 @@ def _check_kind(pe: PositionalEncoding, kind: str) -> None:
 
 
 def _check_length(length: int, *, name: str = "length", dense: bool = True) -> int:
-    if isinstance(length, bool) or not isinstance(length, int) or length < 2:
-        raise ValueError(f"{name} must be an int >= 2 (positions to draw); got {length!r}.")
+    check_int(length, name, minimum=2, hint="It counts the positions to draw.")
     if not dense and length > MAX_PLOT_LENGTH:
         raise ValueError(f"{name}={length} is more positions than a plot can show (limit {MAX_PLOT_LENGTH}; the "
                          f"figure is ~1000 pixels wide). Hint: draw a window with offset=, e.g. --length 4096.")
@@ -180,8 +180,7 @@ def _check_length(length: int, *, name: str = "length", dense: bool = True) -> i
 
 
 def _positions(length: int, offset: int = 0) -> Tensor:
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ValueError(f"offset must be a non-negative int (the first position drawn); got {offset!r}.")
+    check_int(offset, "offset", minimum=0, hint="It is the first position drawn.")
     return torch.arange(offset, offset + length)
 
 
@@ -260,8 +259,7 @@ def decay_data(pe: PositionalEncoding, *, max_distance: int = 512) -> DecayCurve
     (PI, NTK, YaRN, ...) draws its own curve. ``ones_score`` is the same picture from the encoding's ``rotate``.
     """
     _check_kind(pe, "decay")
-    if isinstance(max_distance, bool) or not isinstance(max_distance, int) or max_distance < 1:
-        raise ValueError(f"max_distance must be a positive int (tokens); got {max_distance!r}.")
+    check_int(max_distance, "max_distance", minimum=1, hint="It counts tokens.")
     if max_distance > MAX_PLOT_LENGTH:
         raise ValueError(f"max_distance={max_distance} is more distances than a plot can show (limit "
                          f"{MAX_PLOT_LENGTH}). Hint: e.g. --length 4096.")
@@ -403,8 +401,7 @@ def grid_data(pe: PositionalEncoding, *, height: int = 16, width: int = 16) -> t
     """
     _check_kind(pe, "grid")
     for name, value in (("height", height), ("width", width)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int (grid cells); got {value!r}.")
+        check_int(value, name, minimum=1, hint="It counts grid cells.")
     if height * width > MAX_DENSE:
         raise ValueError(f"a {height} x {width} grid has {height * width} cells, more than {MAX_DENSE}. "
                          f"Hint: use a smaller grid, e.g. --height 32 --width 32.")

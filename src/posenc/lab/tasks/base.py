@@ -30,6 +30,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from posenc._checks import check_int
 from posenc.registry import Registry
 
 __all__ = ["IGNORE", "DeletangTask", "Task", "get_task", "learned", "register_task", "registered_tasks", "task_class",
@@ -107,10 +108,7 @@ class Task(abc.ABC):
 
     def check_length(self, length: int) -> None:
         """Raise a clear ``ValueError`` for a length this task cannot produce."""
-        if isinstance(length, bool) or not isinstance(length, int):
-            raise TypeError(f"task {self.name!r}: length must be an int; got {type(length).__name__} {length!r}.")
-        if length < self.min_length:
-            raise ValueError(f"task {self.name!r}: length must be >= {self.min_length}; got {length}.")
+        check_int(length, f"task {self.name!r}: length", minimum=self.min_length)
 
     def sequence_length(self, length: int) -> int:
         """Tokens the model sees for a task length (the encoding's ``max_seq_len`` must cover the training ones)."""

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from posenc._checks import check_int
 from posenc.lab.tasks.base import Task, register_task
 
 __all__ = ["LanguageModel", "load_corpus"]
@@ -90,8 +91,7 @@ class LanguageModel(Task):
     learned_bar = 0.6  # of the corpus's byte-unigram perplexity (25.3 on the built-in corpus: bar 15.2)
 
     def __init__(self, *, text: str | None = None, eval_tokens: int = 16384) -> None:
-        if isinstance(eval_tokens, bool) or not isinstance(eval_tokens, int) or eval_tokens <= 0:
-            raise ValueError(f"task 'lm': eval_tokens must be a positive int; got {eval_tokens!r}.")
+        check_int(eval_tokens, "task 'lm': eval_tokens", minimum=1)
         self.text = text
         self.eval_tokens = eval_tokens
         self.train, self.valid, self.content_hash = load_corpus(text)

@@ -54,6 +54,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from posenc._checks import check_int
 from posenc.encodings.mrope import mrope_position_ids
 from posenc.lab.tasks.base import IGNORE, Task, register_task
 
@@ -101,11 +102,10 @@ class TextImageGrounding(Task):
         if question not in QUESTIONS:
             raise ValueError(f"task 'text_image_grounding': question must be one of {QUESTIONS} (the named cell's "
                              f"colour, or yes/no for a named colour); got {question!r}.")
-        if max_named is not None and (isinstance(max_named, bool) or not isinstance(max_named, int)
-                                      or not 1 <= max_named <= MAX_SIDE):
-            raise ValueError(f"task 'text_image_grounding': max_named must be an int in 1..{MAX_SIDE} (questions name "
-                             f"rows and columns below it; only those cells have query tokens) or None (any cell); "
-                             f"got {max_named!r}.")
+        if max_named is not None:
+            check_int(max_named, "task 'text_image_grounding': max_named", minimum=1, maximum=MAX_SIDE,
+                      hint="Questions name rows and columns below it (only those cells have query tokens); None "
+                           "names any cell.")
         self.question = question
         self.max_named = max_named
 
