@@ -92,3 +92,16 @@ def test_fuzz_a_correct_mrope_is_never_flagged(section, interleaved, layout, bas
            "mrope_interleaved": interleaved}
     fn = make_mrope(section, base, interleaved=interleaved, layout=layout)
     assert check_mrope(fn, cfg, layout=layout, dtypes=("float32",)).passed
+
+
+def test_an_mrope_right_only_on_contiguous_inputs_names_the_memory_layout():
+    good = make_mrope(QWEN2["mrope_section"], QWEN2["rope_theta"])
+
+    def assumes_contiguous(q, k, coords):  # reads the storage as if q/k were contiguous (B, H, T, D)
+        def read(x):
+            return x.as_strided(x.shape, torch.empty(x.shape).stride(), x.storage_offset())
+        return good(read(q), read(k), coords)
+
+    result = check_mrope(assumes_contiguous, QWEN2)
+    assert {c.memory for c in result.cases if c.status != "pass"} == {"transposed", "fused"}, result.table()
+    assert result.finding.hypothesis == "memory_layout" and "transposed" in result.diagnosis

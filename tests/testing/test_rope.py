@@ -186,7 +186,7 @@ def test_a_candidate_that_raises_is_reported_per_case():
         return good(q, k, pos)
 
     result = check_rope(no_batch_positions, cfg, **FAST)
-    assert [c.name for c in result.cases if c.status == "error"] == ["batch"]
+    assert [c.name for c in result.cases if c.status == "error"] == ["batch", "batch-transposed"]
     assert result.finding.hypothesis == "raised" and "positions must be 1-D" in result.diagnosis
     assert check_rope(no_batch_positions, cfg, batch_positions=False, **FAST).passed
 
@@ -254,3 +254,90 @@ def test_fuzz_a_correct_implementation_is_never_flagged_as_a_bug(rope_type, layo
         assert result.passed, result.table()
     else:  # HF-style float32 angles: never a bug, at most the long-position precision limit
         assert result.conforms, result.table()
+
+
+# -- memory layouts: what Hugging Face's attention really passes -------------------------------------------------------
+def contiguous_strides(shape):
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
+def assumes_contiguous(fn):
+    """``fn`` behind a kernel-style read that indexes the storage with contiguous strides: right on contiguous q/k,
+    wrong on a transposed view (the planted bug of the issue: error ~6 on HF's ``(B, T, H, D)`` views)."""
+    def wrapped(q, k, pos):
+        def read(x):
+            return x.as_strided(x.shape, contiguous_strides(x.shape), x.storage_offset())
+        return fn(read(q), read(k), pos)
+    return wrapped
+
+
+def test_arrange_gives_the_same_values_in_each_memory_layout():
+    from posenc.testing.rope import arrange
+
+    q, k = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 5, 8)
+    for memory in ("contiguous", "transposed", "fused"):
+        qa, ka = arrange(q, k, memory)
+        assert torch.equal(qa, q) and torch.equal(ka, k)
+        assert qa.data_ptr() != q.data_ptr()  # fresh storage: a candidate writing into it cannot spoil the reference
+        assert qa.is_contiguous() == (memory == "contiguous")
+    qt, _ = arrange(q, k, "transposed")
+    assert qt.stride() == (5 * 4 * 8, 8, 4 * 8, 1)  # (B, T, H, D) storage
+    qf, kf = arrange(q, k, "fused")
+    width = (4 + 2 * 2) * 8
+    assert qf.stride() == (5 * width, 8, width, 1) and kf.storage_offset() == 4 * 8
+    with pytest.raises(ValueError, match="memory layout"):
+        arrange(q, k, "strided")
+
+
+def test_a_rope_right_only_on_contiguous_inputs_fails_and_names_the_layout():
+    cfg = CONFIGS["default"]
+    result = check_rope(assumes_contiguous(make_rope(cfg)), cfg)
+    assert not result.passed and not result.conforms
+    assert all(c.status == "pass" for c in result.cases if c.memory == "contiguous"), result.table()
+    failed = {c.name: c for c in result.cases if c.status != "pass"}
+    assert {"prefill-transposed", "batch-transposed", "gqa-fused", "prefill-transposed-bfloat16"} <= set(failed)
+    assert {c.memory for c in failed.values()} == {"transposed", "fused"}
+    assert failed["prefill-transposed"].error > 1.0  # not a rounding matter: the values are read from wrong places
+    assert result.finding.hypothesis == "memory_layout" and result.finding.severity == "bug"
+    for words in ("right for contiguous q/k", "transposed", "(B, T, H, D) storage", "fused", ".contiguous()"):
+        assert words in result.diagnosis, result.diagnosis
+    assert "transposed" in result.table() and "memory" in result.table().splitlines()[0]
+
+
+def test_a_rope_that_raises_on_non_contiguous_inputs_names_the_layout():
+    cfg = CONFIGS["default"]
+    good = make_rope(cfg)
+
+    def flattens_with_view(q, k, pos):  # .view needs strides that merge: only contiguous q/k have them
+        B, H, T, D = q.shape
+        return good(q.view(B * H * T, D).view(B, H, T, D), k.view(-1, D).view(k.shape), pos)
+
+    result = check_rope(flattens_with_view, cfg, **FAST)
+    errors = {c.memory for c in result.cases if c.status == "error"}
+    assert errors == {"transposed", "fused"}, result.table()
+    assert result.finding.hypothesis == "memory_layout" and "raises on q/k in another memory layout" in \
+        result.diagnosis and ".reshape" in result.diagnosis
+
+
+def test_hugging_face_apply_rotary_pos_emb_passes_on_every_layout():
+    pytest.importorskip("transformers")
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    cfg = CONFIGS["default"]
+
+    def hf_style(q, k, pos):  # HF's rotation on q/k as they come (no copy, no assumption about memory)
+        inv = 10000.0 ** (-torch.arange(0, 32, 2, dtype=torch.float64) / 32)
+        emb = pos.double()[..., None] * inv  # float64 angles: exact, so the check must pass
+        emb = torch.cat((emb, emb), -1)
+        cos, sin = emb.cos().float(), emb.sin().float()
+        cos, sin = (cos[None], sin[None]) if cos.dim() == 2 else (cos, sin)  # (B or 1, T, D)
+        qo, ko = apply_rotary_pos_emb(q.float(), k.float(), cos, sin)
+        return qo.to(q.dtype), ko.to(k.dtype)
+
+    result = check_rope(hf_style, cfg)
+    assert result.passed, result.table()
+    assert {c.memory for c in result.cases} == {"contiguous", "transposed", "fused"}

@@ -122,9 +122,12 @@ def mrope_hypotheses(spec: MRopeSpec) -> list[tuple[str, str, MRopeSpec]]:
 
 
 def mrope_cases(*, dtypes: Sequence[str | torch.dtype] = ("float32", "bfloat16"), max_position: int = 1_000_000,
-                heads: int = 4) -> list[tuple[str, torch.dtype, int, Tensor]]:
-    """``(name, dtype, kv_heads, coords (B, T, 3))``: text, an image between text runs, a video grid, ``(B, T)``
-    rows with different layouts, GQA, an image at 50000 and text at 10**5 and 10**6 (up to ``max_position``)."""
+                heads: int = 4) -> list[tuple[str, torch.dtype, int, Tensor, str]]:
+    """``(name, dtype, kv_heads, coords (B, T, 3), memory)``: text, an image between text runs, a video grid,
+    ``(B, T)`` rows with different layouts, GQA, an image at 50000 and text at 10**5 and 10**6 (up to
+    ``max_position``). q/k are contiguous except in ``image-transposed`` (every dtype: views of ``(B, T, H, D)``
+    storage, as Hugging Face's attention passes them) and ``gqa-fused`` (views into one fused qkv output); see
+    :func:`posenc.testing.rope.arrange`."""
     image = mrope_position_ids([3, (1, 3, 4), 2])  # (17, 3)
     video = mrope_position_ids([2, (2, 2, 3), 3])  # (17, 3)
     text = mrope_position_ids([17])
@@ -132,16 +135,19 @@ def mrope_cases(*, dtypes: Sequence[str | torch.dtype] = ("float32", "bfloat16")
     for n, dt in enumerate(dtypes):
         dt = DTYPES[dt] if isinstance(dt, str) else dt
         sfx = "" if n == 0 else f"-{dtype_name(dt)}"
-        out.append((f"image{sfx}", dt, heads, torch.stack((image, image))))
-        out.append((f"batch{sfx}", dt, heads, torch.stack((image, video))))
+        out.append((f"image{sfx}", dt, heads, torch.stack((image, image)), "contiguous"))
+        out.append((f"image-transposed{sfx}", dt, heads, torch.stack((image, image)), "transposed"))
+        out.append((f"batch{sfx}", dt, heads, torch.stack((image, video)), "contiguous"))
         if n == 0:
-            out.append(("text", dt, heads, torch.stack((text, text + 40))))
-            out.append(("video", dt, heads, torch.stack((video, video))))
-            out.append(("gqa", dt, max(1, heads // 2), torch.stack((image, image))))
+            out.append(("text", dt, heads, torch.stack((text, text + 40)), "contiguous"))
+            out.append(("video", dt, heads, torch.stack((video, video)), "contiguous"))
+            out.append(("gqa", dt, max(1, heads // 2), torch.stack((image, image)), "contiguous"))
+            out.append(("gqa-fused", dt, max(1, heads // 2), torch.stack((image, video)), "fused"))
             for top in (100_007, 999_999):
                 if top <= max_position:
-                    out.append((f"long-{top}", dt, heads, torch.stack((text + top - 16, text + top - 16))))
-            out.append(("long-image", dt, heads, torch.stack((image + 50_000, image + 50_000))))
+                    out.append((f"long-{top}", dt, heads, torch.stack((text + top - 16, text + top - 16)),
+                                "contiguous"))
+            out.append(("long-image", dt, heads, torch.stack((image + 50_000, image + 50_000)), "contiguous"))
     return out
 
 
@@ -152,17 +158,18 @@ def check_mrope(candidate: Callable, config: Any, *, layout: str | None = None,
     with one_thread():
         spec = mrope_spec(config, layout=layout)
         probes = []
-        for i, (name, dt, kv_heads, coords) in enumerate(mrope_cases(dtypes=dtypes, max_position=max_position)):
+        for i, (name, dt, kv_heads, coords, memory) in enumerate(mrope_cases(dtypes=dtypes,
+                                                                             max_position=max_position)):
             g = torch.Generator().manual_seed(seed + i)
             B, T = coords.shape[:2]
             q = torch.randn(B, 4, T, spec.head_dim, generator=g, dtype=torch.float64).to(dt)  # (B, H, T, D)
             k = torch.randn(B, kv_heads, T, spec.head_dim, generator=g, dtype=torch.float64).to(dt)
             want = list(reference_mrope(q, k, coords, spec))
-            got, message = call_candidate(candidate, q, k, coords)
+            got, message = call_candidate(candidate, q, k, coords, memory)
             top = int(coords.max())
             probes.append(Probe(name, dt, tuple(q.shape), f"coords {int(coords.min())}..{top}", top, want, got,
                                 {"q": q, "k": k, "coords": coords}, angle=float(top), message=message,
-                                position_of=lambda _n, idx, c=coords: int(c[idx[0], idx[2]].max())))
+                                position_of=lambda _n, idx, c=coords: int(c[idx[0], idx[2]].max()), memory=memory))
         hypotheses = [Hypothesis(n, s, _buggy(b)) for n, s, b in mrope_hypotheses(spec)]
         return diagnose("mrope", target or getattr(candidate, "__qualname__", type(candidate).__name__),
                         spec.describe(), probes, hypotheses)

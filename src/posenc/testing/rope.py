@@ -30,9 +30,17 @@ from torch import Tensor
 
 from posenc.encodings.rope import LAYOUTS, apply_rope
 from posenc.rope_scaling import SCALING_METHODS, base_inv_freq, logn_scale, resolve_scaling, scaled_inv_freq
-from posenc.testing.diagnose import ConformanceResult, Hypothesis, Probe, diagnose, dtype_name, one_thread
+from posenc.testing.diagnose import (
+    MEMORY_LAYOUTS,
+    ConformanceResult,
+    Hypothesis,
+    Probe,
+    diagnose,
+    dtype_name,
+    one_thread,
+)
 
-__all__ = ["RopeSpec", "check_rope", "reference_rope", "rope_cases", "rope_hypotheses", "rope_spec"]
+__all__ = ["RopeSpec", "arrange", "check_rope", "reference_rope", "rope_cases", "rope_hypotheses", "rope_spec"]
 
 PAIRS = {"half": "(x[i], x[i + d/2])", "interleaved": "(x[2i], x[2i + 1])"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
@@ -169,7 +177,8 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor, spec: RopeSpec) -> Tensor:
 # -- the matrix --------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RopeCase:
-    """One input: a name, dtype, sizes and positions ``(T,)`` or ``(B, T)``."""
+    """One input: a name, dtype, sizes, positions ``(T,)`` or ``(B, T)`` and how q/k sit in memory (``memory``: a
+    key of :data:`~posenc.testing.diagnose.MEMORY_LAYOUTS`, see :func:`arrange`)."""
 
     name: str
     dtype: torch.dtype
@@ -177,6 +186,7 @@ class RopeCase:
     heads: int
     kv_heads: int
     positions: Tensor
+    memory: str = "contiguous"
 
     def describe(self) -> str:
         p = self.positions
@@ -190,7 +200,11 @@ def rope_cases(*, dtypes: Sequence[str | torch.dtype] = ("float32", "bfloat16", 
                length: int = 16, heads: int = 4) -> list[RopeCase]:
     """The default matrix: prefill, an offset chunk (KV cache), a decode step, ``(B, T)`` positions with a packed
     restart, GQA, and long positions 131071, 10**5 and 10**6 (up to ``max_position``), in every dtype (the full set in
-    float32, prefill / ``(B, T)`` / the longest in the others)."""
+    float32, prefill / ``(B, T)`` / the longest in the others).
+
+    q/k are contiguous except in the ``-transposed`` cases (prefill in every dtype, ``(B, T)`` positions in the
+    first): ``(B, H, T, D)`` views of ``(B, T, H, D)`` storage, as Hugging Face's attention passes them; and the
+    ``-fused`` case (GQA, or prefill without it, in the first dtype): views into one fused qkv projection output."""
     T = length
     ar = torch.arange(T)
     batch_pos = torch.stack((ar, torch.cat((torch.arange(100, 100 + T // 2), torch.arange(T - T // 2)))))
@@ -201,13 +215,19 @@ def rope_cases(*, dtypes: Sequence[str | torch.dtype] = ("float32", "bfloat16", 
         dt = DTYPES[dt] if isinstance(dt, str) else dt
         sfx = "" if n == 0 else f"-{dtype_name(dt)}"
         out.append(RopeCase(f"prefill{sfx}", dt, 2, heads, heads, ar))
+        out.append(RopeCase(f"prefill-transposed{sfx}", dt, 2, heads, heads, ar, "transposed"))
         if n == 0:
             out.append(RopeCase("offset", dt, 2, heads, heads, ar + 37))
             out.append(RopeCase("decode", dt, 2, heads, heads, torch.tensor([min(1000, max_position)])))
         if batch_positions:
             out.append(RopeCase(f"batch{sfx}", dt, 2, heads, heads, batch_pos))
+            if n == 0:
+                out.append(RopeCase("batch-transposed", dt, 2, heads, heads, batch_pos, "transposed"))
         if gqa and n == 0:
             out.append(RopeCase("gqa", dt, 2, heads, max(1, heads // 2), ar))
+        if n == 0:
+            kv = max(1, heads // 2) if gqa else heads
+            out.append(RopeCase("gqa-fused" if gqa else "prefill-fused", dt, 2, heads, kv, ar, "fused"))
         for top, name in (longs if n == 0 else longs[-1:]):
             out.append(RopeCase(f"{name}{sfx}", dt, 2, heads, heads, ar + (top - T + 1)))
     return out
@@ -317,11 +337,42 @@ def _inputs(case: RopeCase, head_dim: int, seed: int) -> tuple[Tensor, Tensor]:
     return q.to(case.dtype), k.to(case.dtype)
 
 
-def call_candidate(fn: Callable, q: Tensor, k: Tensor, pos: Tensor) -> tuple[list[Tensor] | None, str | None]:
-    """Run a candidate ``fn(q, k, pos)`` on copies under no_grad: ``(outputs, None)``, or ``(None, why it failed)``."""
+def arrange(q: Tensor, k: Tensor, memory: str = "contiguous") -> tuple[Tensor, Tensor]:
+    """Fresh copies of q ``(B, H, T, D)`` and k ``(B, Hkv, T, D)`` laid out in memory as ``memory`` says.
+
+    - ``"contiguous"``: contiguous ``(B, H, T, D)``;
+    - ``"transposed"``: ``x.transpose(1, 2)`` of contiguous ``(B, T, H, D)`` tensors (Hugging Face's attention:
+      ``q_proj(h).view(B, T, H, D).transpose(1, 2)``);
+    - ``"fused"``: views into one ``(B, T, (H + 2 Hkv) * D)`` buffer, q then k then a v block (Phi-3's ``qkv_proj``
+      sliced and viewed; GPT-NeoX and Falcon differ only in the order): strides ``(T W, D, W, 1)`` with
+      ``W = (H + 2 Hkv) D``, k at a storage offset.
+
+    The values are q's and k's in every layout; a candidate may write into its inputs without touching the caller's.
+    """
+    if memory == "contiguous":
+        return q.clone(memory_format=torch.contiguous_format), k.clone(memory_format=torch.contiguous_format)
+    if memory == "transposed":
+        return q.transpose(1, 2).contiguous().transpose(1, 2), k.transpose(1, 2).contiguous().transpose(1, 2)
+    if memory == "fused":
+        (B, H, T, D), Hk = q.shape, k.shape[1]
+        qw, kw = H * D, Hk * D
+        g = torch.Generator().manual_seed(0)
+        buf = torch.randn(B, T, qw + 2 * kw, generator=g, dtype=torch.float64).to(q.dtype)  # the v block stays random
+        buf[..., :qw] = q.transpose(1, 2).reshape(B, T, qw)
+        buf[..., qw:qw + kw] = k.transpose(1, 2).reshape(B, T, kw)
+        return (buf[..., :qw].view(B, T, H, D).transpose(1, 2),  # (B, H, T, D)
+                buf[..., qw:qw + kw].view(B, T, Hk, D).transpose(1, 2))  # (B, Hkv, T, D)
+    raise ValueError(f"conform: memory layout must be one of {sorted(MEMORY_LAYOUTS)}; got {memory!r}.")
+
+
+def call_candidate(fn: Callable, q: Tensor, k: Tensor, pos: Tensor,
+                   memory: str = "contiguous") -> tuple[list[Tensor] | None, str | None]:
+    """Run a candidate ``fn(q, k, pos)`` under no_grad on copies of q/k laid out as ``memory`` (:func:`arrange`):
+    ``(outputs, None)``, or ``(None, why it failed)``."""
+    q_in, k_in = arrange(q, k, memory)
     try:
         with torch.no_grad():
-            out = fn(q.clone(), k.clone(), pos.clone())
+            out = fn(q_in, k_in, pos.clone())
     except Exception as exc:  # noqa: BLE001 - a candidate's failure is a result, not a crash of the kit
         return None, f"{type(exc).__name__}: {exc}".splitlines()[0]
     if not isinstance(out, (tuple, list)) or len(out) != 2 or not all(isinstance(t, Tensor) for t in out):
@@ -358,6 +409,10 @@ def check_rope(candidate: Any, config: Any, *, layout: str | None = None,
         gqa, batch_positions: include the GQA case (fewer key heads) and ``(B, T)`` positions.
         cases: an explicit matrix instead of :func:`rope_cases`.
 
+    The candidate gets q/k as contiguous tensors and, in the ``-transposed`` / ``-fused`` cases, as the strided views
+    Hugging Face's attention passes (:func:`arrange`); a candidate right on the first and wrong on the others fails
+    with the finding ``memory_layout``, and each row of the result names its ``memory``.
+
     Returns:
         A :class:`~posenc.testing.ConformanceResult`: ``passed``, ``conforms``, ``diagnosis``, ``cases``.
     """
@@ -376,13 +431,13 @@ def _check_rope(candidate: Any, config: Any, *, layout, dtypes, max_position, gq
     for i, case in enumerate(cases):
         q, k = _inputs(case, spec.head_dim, seed + i)
         want = list(reference_rope(q, k, case.positions, spec))
-        got, message = call_candidate(fn, q, k, case.positions)
+        got, message = call_candidate(fn, q, k, case.positions, case.memory)
         seq_len = int(case.positions.max()) + 1
         top_freq = float(spec.inv_freq(seq_len)[0].max())
         probes.append(Probe(case.name, case.dtype, tuple(q.shape), case.describe(), int(case.positions.max()), want,
                             got, {"q": q, "k": k, "positions": case.positions},
                             angle=float(case.positions.abs().max()) * top_freq, message=message,
-                            position_of=_position_of(case.positions)))
+                            position_of=_position_of(case.positions), memory=case.memory))
     hypotheses = [Hypothesis(name, sentence, _buggy(bug)) for name, sentence, bug in rope_hypotheses(spec)]
     return diagnose("rope", target or getattr(candidate, "__qualname__", type(candidate).__name__), spec.describe(),
                     probes, hypotheses)
