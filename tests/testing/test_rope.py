@@ -225,6 +225,62 @@ def test_bad_configs_raise_clearly():
         check_rope(make_rope(CONFIGS["default"]), {"rope_type": "linear", "factor": 0.5, "head_dim": 32})
 
 
+@pytest.mark.parametrize(("config", "kwargs", "error", "words"), [
+    ({"head_dim": 32}, {"dtypes": ("float8",)}, ValueError, ["dtypes[0] = 'float8'", "float32"]),  # was KeyError
+    ({"head_dim": 32}, {"dtypes": "float32"}, TypeError, ["dtypes must be a non-empty list"]),  # was KeyError 'f'
+    ({"head_dim": 32}, {"dtypes": ()}, TypeError, ["non-empty"]),
+    ({"head_dim": 32}, {"dtypes": (torch.int64,)}, ValueError, ["dtypes[0]"]),
+    ({"head_dim": 32, "rope_theta": "abc"}, {}, TypeError, ["rope_theta must be a number", "'abc'"]),
+    ({"head_dim": 32, "rope_theta": "10000"}, {}, TypeError, ["rope_theta must be a number"]),  # was accepted
+    ({"head_dim": 32, "rope_theta": 0.5}, {}, ValueError, ["rope_theta", "> 1"]),
+    ({"head_dim": "32"}, {}, TypeError, ["head_dim must be an int"]),
+    ({"head_dim": 32, "partial_rotary_factor": "0.5"}, {}, TypeError, ["partial_rotary_factor must be a number"]),
+    ('{"head_dim": 32}', {}, TypeError, ["must be a dict", "json.loads"]),
+    ({"head_dim": 32}, {"max_position": -5}, ValueError, ["max_position must be >= 1"]),
+    ({"head_dim": 32}, {"max_position": 1e6}, TypeError, ["max_position must be an int"]),
+    ({"head_dim": 32}, {"cases": [1, 2]}, TypeError, ["cases must be a list of RopeCase"]),  # was AttributeError
+    ({"head_dim": 32}, {"cases": []}, ValueError, ["cases is empty"]),
+    ({"head_dim": 32}, {"seed": "x"}, TypeError, ["seed must be an int"]),  # was a TypeError from str + int
+    ({"head_dim": 32}, {"gqa": "no"}, TypeError, ["gqa must be true or false"]),
+    ({"head_dim": 32}, {"target": 3}, TypeError, ["target"]),
+])
+def test_bad_rope_arguments_raise_clearly_before_anything_runs(config, kwargs, error, words):
+    calls = []
+    good = make_rope(CONFIGS["default"])
+
+    def spy(q, k, pos):
+        calls.append(pos)
+        return good(q, k, pos)
+
+    with pytest.raises(error) as info:
+        check_rope(spy, config, **kwargs)
+    for word in words:
+        assert word in str(info.value), str(info.value)
+    assert not calls
+
+
+def _tables(positions):
+    pos = torch.tensor([float(p) for p in positions], dtype=torch.float64)
+    ang = pos[:, None] * 10000.0 ** (-torch.arange(0, 16, 2, dtype=torch.float64) / 16)
+    emb = torch.cat((ang, ang), -1)
+    return {"config": {"head_dim": 16}, "positions": positions, "cos": emb.cos().tolist(), "sin": emb.sin().tolist()}
+
+
+def test_tables_with_fractional_positions_are_refused_not_truncated():
+    from posenc.testing.rope import check_rope_tables
+
+    assert check_rope_tables(_tables(list(range(40)))).passed
+    assert check_rope_tables(_tables([float(p) for p in range(40)])).passed  # integral floats (numpy's tolist)
+    with pytest.raises(ValueError, match=r"positions\[3\] = 2.5 is fractional"):
+        check_rope_tables(_tables([0, 1, 2, 2.5, 4, 5]))  # was silently read as position 2
+    with pytest.raises(TypeError, match=r"positions\[1\] = '1' is not an integer"):
+        check_rope_tables({**_tables([0, 1]), "positions": [0, "1"]})
+    with pytest.raises(TypeError, match="'cos' must be a list of rows of numbers"):
+        check_rope_tables({**_tables([0, 1]), "cos": [["a"], ["b"]]})
+    with pytest.raises(TypeError, match="must be an object"):
+        check_rope_tables([1, 2])
+
+
 hypothesis = pytest.importorskip("hypothesis")
 st = hypothesis.strategies
 
