@@ -163,7 +163,8 @@ def test_float32_angles_are_a_precision_limit_not_a_bug():
     result = check_rope(make_rope(cfg, angle_dtype=torch.float32), cfg)
     assert not result.passed and result.conforms and result.verdict == "precision"
     assert result.finding.hypothesis == "angles_float32" and result.finding.severity == "precision"
-    assert "angles formed in float32" in result.diagnosis and "position 99999" in result.diagnosis
+    assert "angles formed in float32" in result.diagnosis and "case 'long-999999'" in result.diagnosis
+    assert 1_000_000 - 16 <= result.finding.worst["position"] < 1_000_000  # the worst error sits at ~10^6
     long = next(c for c in result.cases if c.name == "long-999999")
     assert long.status == "precision" and 1e-3 < long.error < 0.5
     assert next(c for c in result.cases if c.name == "prefill").status == "pass"  # tiny angles round exactly
@@ -334,10 +335,11 @@ def assumes_contiguous(fn):
 def test_arrange_gives_the_same_values_in_each_memory_layout():
     from posenc.testing.rope import arrange
 
-    q, k = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 5, 8)
-    for memory in ("contiguous", "transposed", "fused"):
-        qa, ka = arrange(q, k, memory)
-        assert torch.equal(qa, q) and torch.equal(ka, k)
+    q, k, k_mha = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 4, 5, 8)
+    for memory in ("contiguous", "transposed", "fused", "fused_heads"):
+        k_in = k_mha if memory == "fused_heads" else k  # GPT-NeoX's per-head layout has no GQA
+        qa, ka = arrange(q, k_in, memory)
+        assert torch.equal(qa, q) and torch.equal(ka, k_in)
         assert qa.data_ptr() != q.data_ptr()  # fresh storage: a candidate writing into it cannot spoil the reference
         assert qa.is_contiguous() == (memory == "contiguous")
     qt, _ = arrange(q, k, "transposed")
@@ -345,6 +347,10 @@ def test_arrange_gives_the_same_values_in_each_memory_layout():
     qf, kf = arrange(q, k, "fused")
     width = (4 + 2 * 2) * 8
     assert qf.stride() == (5 * width, 8, width, 1) and kf.storage_offset() == 4 * 8
+    qh, kh = arrange(q, k_mha, "fused_heads")  # GPT-NeoX: q, k, v side by side in each head
+    assert qh.stride() == (5 * 4 * 24, 24, 4 * 24, 1) and kh.storage_offset() == 8
+    with pytest.raises(ValueError, match="as many key heads"):
+        arrange(q, k, "fused_heads")
     with pytest.raises(ValueError, match="memory layout"):
         arrange(q, k, "strided")
 
@@ -356,7 +362,7 @@ def test_a_rope_right_only_on_contiguous_inputs_fails_and_names_the_layout():
     assert all(c.status == "pass" for c in result.cases if c.memory == "contiguous"), result.table()
     failed = {c.name: c for c in result.cases if c.status != "pass"}
     assert {"prefill-transposed", "batch-transposed", "gqa-fused", "prefill-transposed-bfloat16"} <= set(failed)
-    assert {c.memory for c in failed.values()} == {"transposed", "fused"}
+    assert {c.memory for c in failed.values()} == {"transposed", "fused", "fused_heads"}
     assert failed["prefill-transposed"].error > 1.0  # not a rounding matter: the values are read from wrong places
     assert result.finding.hypothesis == "memory_layout" and result.finding.severity == "bug"
     for words in ("right for contiguous q/k", "transposed", "(B, T, H, D) storage", "fused", ".contiguous()"):
@@ -374,7 +380,7 @@ def test_a_rope_that_raises_on_non_contiguous_inputs_names_the_layout():
 
     result = check_rope(flattens_with_view, cfg, **FAST)
     errors = {c.memory for c in result.cases if c.status == "error"}
-    assert errors == {"transposed", "fused"}, result.table()
+    assert errors == {"transposed", "fused", "fused_heads"}, result.table()
     assert result.finding.hypothesis == "memory_layout" and "raises on q/k in another memory layout" in \
         result.diagnosis and ".reshape" in result.diagnosis
 
@@ -396,4 +402,4 @@ def test_hugging_face_apply_rotary_pos_emb_passes_on_every_layout():
 
     result = check_rope(hf_style, cfg)
     assert result.passed, result.table()
-    assert {c.memory for c in result.cases} == {"contiguous", "transposed", "fused"}
+    assert {c.memory for c in result.cases} == {"contiguous", "transposed", "fused", "fused_heads"}

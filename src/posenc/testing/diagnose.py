@@ -48,8 +48,10 @@ MEMORY_LAYOUTS = {
     "contiguous": "contiguous (B, H, T, D) tensors",
     "transposed": "(B, H, T, D) views of (B, T, H, D) storage (x.transpose(1, 2), as Hugging Face's attention passes "
                   "them)",
-    "fused": "(B, H, T, D) views of one fused qkv projection output (B, T, (H + 2 Hkv) * D) (Phi-3, GPT-NeoX, Falcon: "
-             "only the last dimension is contiguous)",
+    "fused": "(B, H, T, D) views of one fused qkv projection output (B, T, (H + 2 Hkv) * D) (Phi-3's qkv_proj: only "
+             "the last dimension is contiguous)",
+    "fused_heads": "(B, H, T, D) views of a per-head fused qkv output (B, T, H, 3 * D) (GPT-NeoX, Bloom: q, k and v "
+                   "side by side in each head)",
 }
 
 _EPS = {torch.float64: 2.0 ** -52, torch.float32: 2.0 ** -23, torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10}

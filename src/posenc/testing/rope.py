@@ -218,7 +218,8 @@ def rope_cases(*, dtypes: Sequence[str | torch.dtype] = ("float32", "bfloat16", 
 
     q/k are contiguous except in the ``-transposed`` cases (prefill in every dtype, ``(B, T)`` positions in the
     first): ``(B, H, T, D)`` views of ``(B, T, H, D)`` storage, as Hugging Face's attention passes them; and the
-    ``-fused`` case (GQA, or prefill without it, in the first dtype): views into one fused qkv projection output."""
+    ``-fused`` case (GQA, or prefill without it, in the first dtype): views into one fused qkv projection output; and
+    ``offset-fused-heads``: views into a per-head fused qkv output (GPT-NeoX)."""
     dtypes = require_dtypes(dtypes, "conform rope")
     max_position = require_int(max_position, "max_position", "conform rope", minimum=1)
     require_bool(gqa, "gqa", "conform rope")
@@ -246,6 +247,7 @@ def rope_cases(*, dtypes: Sequence[str | torch.dtype] = ("float32", "bfloat16", 
         if n == 0:
             kv = max(1, heads // 2) if gqa else heads
             out.append(RopeCase("gqa-fused" if gqa else "prefill-fused", dt, 2, heads, kv, ar, "fused"))
+            out.append(RopeCase("offset-fused-heads", dt, 2, heads, heads, ar + 37, "fused_heads"))
         for top, name in (longs if n == 0 else longs[-1:]):
             out.append(RopeCase(f"{name}{sfx}", dt, 2, heads, heads, ar + (top - T + 1)))
     return out
@@ -362,8 +364,10 @@ def arrange(q: Tensor, k: Tensor, memory: str = "contiguous") -> tuple[Tensor, T
     - ``"transposed"``: ``x.transpose(1, 2)`` of contiguous ``(B, T, H, D)`` tensors (Hugging Face's attention:
       ``q_proj(h).view(B, T, H, D).transpose(1, 2)``);
     - ``"fused"``: views into one ``(B, T, (H + 2 Hkv) * D)`` buffer, q then k then a v block (Phi-3's ``qkv_proj``
-      sliced and viewed; GPT-NeoX and Falcon differ only in the order): strides ``(T W, D, W, 1)`` with
-      ``W = (H + 2 Hkv) D``, k at a storage offset.
+      sliced and viewed): strides ``(T W, D, W, 1)`` with ``W = (H + 2 Hkv) D``, k at a storage offset;
+    - ``"fused_heads"``: views into one ``(B, T, H, 3 D)`` buffer, each head's q, k, v side by side (GPT-NeoX's
+      ``query_key_value(h).view(B, T, H, 3 D).transpose(1, 2).chunk(3, -1)``): strides ``(3 T H D, 3 D, 3 H D,
+      1)``; needs as many key heads as query heads.
 
     The values are q's and k's in every layout; a candidate may write into its inputs without touching the caller's.
     """
@@ -380,6 +384,16 @@ def arrange(q: Tensor, k: Tensor, memory: str = "contiguous") -> tuple[Tensor, T
         buf[..., qw:qw + kw] = k.transpose(1, 2).reshape(B, T, kw)
         return (buf[..., :qw].view(B, T, H, D).transpose(1, 2),  # (B, H, T, D)
                 buf[..., qw:qw + kw].view(B, T, Hk, D).transpose(1, 2))  # (B, Hkv, T, D)
+    if memory == "fused_heads":
+        (B, H, T, D), Hk = q.shape, k.shape[1]
+        if Hk != H:
+            raise ValueError(f"conform: the per-head fused layout (GPT-NeoX) has as many key heads as query heads; "
+                             f"got {H} and {Hk}.")
+        g = torch.Generator().manual_seed(0)
+        buf = torch.randn(B, T, H, 3 * D, generator=g, dtype=torch.float64).to(q.dtype)  # (B, T, H, 3D)
+        buf[..., :D], buf[..., D:2 * D] = q.transpose(1, 2), k.transpose(1, 2)
+        qkv = buf.transpose(1, 2)  # (B, H, T, 3D)
+        return qkv[..., :D], qkv[..., D:2 * D]
     raise ValueError(f"conform: memory layout must be one of {sorted(MEMORY_LAYOUTS)}; got {memory!r}.")
 
 
@@ -481,6 +495,9 @@ def _check_cases(cases: Any, spec: RopeSpec) -> None:
         if c.dtype not in DTYPES.values() or c.memory not in MEMORY_LAYOUTS:
             raise ValueError(f"conform rope: case {c.name!r} has dtype {c.dtype} / memory {c.memory!r}; the kit "
                              f"checks dtypes {sorted(DTYPES)} and memory layouts {sorted(MEMORY_LAYOUTS)}.")
+        if c.memory == "fused_heads" and c.heads != c.kv_heads:
+            raise ValueError(f"conform rope: case {c.name!r}: the per-head fused layout needs heads == kv_heads; got "
+                             f"{c.heads} and {c.kv_heads}.")
         if c.positions.dtype != torch.int64 or c.positions.dim() not in (1, 2) or not c.positions.numel():
             raise ValueError(f"conform rope: case {c.name!r} needs int64 positions (T,) or (B, T); got "
                              f"{c.positions.dtype} of shape {tuple(c.positions.shape)}.")
