@@ -5,6 +5,7 @@ The family list here is the README's table (`test_readme_lists_the_families`).""
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from posenc.encodings.rope import RoPE
-from posenc.hf import find_rotary_modules, from_hf_config, patch_rotary
+from posenc.hf import _outputs, _probe_positions, find_rotary_modules, from_hf_config, patch_rotary
 
 transformers = pytest.importorskip("transformers")
 
@@ -187,6 +188,64 @@ def test_patch_rotary_keeps_logits_and_generation(family):
     assert find_rotary_modules(model) == []  # every text rotary module replaced: nothing of HF's computes positions
     with pytest.raises(TypeError, match="already patched"):
         patch_rotary(model)
+
+
+def _float32_rotary(model, cast):
+    """``cast`` with its rotary buffers back in float32: what ``from_pretrained(..., dtype=torch.bfloat16)`` gives
+    (only ``model.to(torch.bfloat16)`` rounds inv_freq)."""
+    for name, module, _ in find_rotary_modules(model):
+        for n, b in module.named_buffers(recurse=False):
+            setattr(cast.get_submodule(name), n, b.clone())
+    return cast
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_patch_rotary_after_model_to_bfloat16(family):
+    """model.to(torch.bfloat16) rounds the rotary's inv_freq (GPT-J: its sin/cos table) to bfloat16, and HF's cos/sin
+    then differ from the config's by up to 0.03 at position 64: patch_rotary used to refuse and blame the model. It
+    recognises the rounding, checks against the float32 frequencies and patches with the config's exact ones."""
+    model = _build(family)
+    found = find_rotary_modules(model)
+    cast = copy.deepcopy(model).to(torch.bfloat16)
+    patch_rotary(cast)
+    assert find_rotary_modules(cast) == []
+    x = torch.zeros(1)
+    for name, module, style in found:  # the patched cos/sin are the float32 model's (the config's frequencies)
+        pos = _probe_positions(module, style, torch.device("cpu"))
+        for layer_type in getattr(module, "layer_types", None) or [None]:
+            want = _outputs(module, style, x, pos, layer_type if style == "layer_types" else None)
+            got = _outputs(cast.get_submodule(name), style, x, pos, layer_type if style == "layer_types" else None)
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g, w, atol=1e-5, rtol=0)  # float32 cos/sin, angles < 64 rad
+    reference = _float32_rotary(model, copy.deepcopy(model).to(torch.bfloat16))
+    tokens = _tokens(SHORT)
+    with torch.no_grad():
+        ours, theirs = cast(input_ids=tokens).logits.float(), reference(input_ids=tokens).logits.float()
+    # bfloat16 logits: the two cos/sin agree in float32 and may round apart by one bfloat16 ulp (2^-8 relative)
+    torch.testing.assert_close(ours, theirs, atol=4 * 2.0 ** -8 * float(theirs.abs().max()), rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_patch_rotary_refuses_a_rotary_off_by_1e_3(dtype):
+    """The exactness check is exact: a rotary whose cos/sin are off by 1e-3 (its attention scale, or its
+    frequencies) is refused and the model left as it was, in float32 and after a bfloat16 cast alike."""
+    model = _build("llama").to(dtype)
+    model.model.rotary_emb.attention_scaling *= 1 + 1e-3  # cos/sin off by ~1e-3
+    with pytest.raises(ValueError, match=r"cos/sin differ from 'model.rotary_emb' \(LlamaRotaryEmbedding\) by 0.001"):
+        patch_rotary(model)
+    assert type(model.model.rotary_emb).__name__ == "LlamaRotaryEmbedding"
+    if dtype == torch.float32:
+        model = _build("llama")
+        with torch.no_grad():
+            model.model.rotary_emb.inv_freq.mul_(1 + 1e-3)  # angles off by 1e-3 relative: 0.06 rad at position 63
+        with pytest.raises(ValueError, match="differ"):
+            patch_rotary(model)
+    else:  # a bfloat16 inv_freq that is not the rounding of the config's: the message says so
+        model = _build("llama").to(dtype)
+        with torch.no_grad():
+            model.model.rotary_emb.inv_freq.mul_(1.05)
+        with pytest.raises(ValueError, match="is not the bfloat16 rounding of what the config gives"):
+            patch_rotary(model)
 
 
 def test_gemma3_refuses_a_single_encoding_and_takes_one_per_layer_type():

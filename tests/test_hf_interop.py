@@ -186,6 +186,101 @@ def test_from_hf_config_invalid_raises(config, message):
         from_hf_config(config)
 
 
+BASE = {"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 32}
+
+
+@pytest.mark.parametrize(("config", "error", "words"), [
+    # a quoted number used to be parsed by float(): "1e6" became a base silently
+    ({**BASE, "rope_theta": "1e6"}, TypeError, ["rope_theta must be a number", "'1e6'"]),
+    ({**BASE, "rope_parameters": {"rope_type": "default", "rope_theta": "10000"}}, TypeError,
+     ["rope_parameters['rope_theta'] must be a number", "'10000'"]),
+    ({**BASE, "partial_rotary_factor": "0.5"}, TypeError, ["partial_rotary_factor must be a number"]),
+    ({**BASE, "rope_parameters": {"rope_type": "linear", "factor": "4"}}, TypeError, ["['factor'] must be a number"]),
+    ({**BASE, "rope_parameters": {"rope_type": "longrope", "short_factor": ["1"] * 8, "long_factor": [1.0] * 8,
+                                  "original_max_position_embeddings": 16}}, TypeError, ["short_factor", "numbers"]),
+    ({**BASE, "rope_parameters": {"rope_type": "yarn", "factor": 2.0,
+                                  "original_max_position_embeddings": 16.0}}, TypeError,
+     ["original_max_position_embeddings'] must be an int"]),
+    # hidden_size // num_attention_heads used to drop the remainder: 100 // 3 = 33 per head, 1 channel lost
+    ({**BASE, "hidden_size": 100, "num_attention_heads": 3}, ValueError,
+     ["hidden_size 100 is not divisible by num_attention_heads 3", "set head_dim"]),
+    ({**BASE, "num_attention_heads": "4"}, TypeError, ["num_attention_heads must be an int", "'4'"]),
+    ({**BASE, "head_dim": 16.0}, TypeError, ["head_dim must be an int"]),
+    # "false" is a non-empty string: bool("false") is True, so it used to switch Qwen3-VL's interleaving on
+    ({**BASE, "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": "false"}},
+     TypeError, ["mrope_interleaved'] must be true or false", "\"false\""]),
+    ({**BASE, "rope_parameters": {"rope_type": "yarn", "factor": 2.0, "truncate": "false"}}, TypeError,
+     ["['truncate'] must be true or false"]),
+    ({**BASE, "rope_parameters": {"rope_type": "default", "mrope_section": [2, "3", 3]}}, TypeError,
+     ["mrope_section'] must be a list of ints"]),
+])
+def test_from_hf_config_refuses_values_of_the_wrong_type(config, error, words):
+    with pytest.raises(error) as info:
+        from_hf_config(config)
+    for word in words:
+        assert word in str(info.value), str(info.value)
+
+
+def test_from_hf_config_bools_are_real_bools():
+    qwen = {**BASE, "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3]}}
+    assert from_hf_config({**qwen, "rope_parameters": {**qwen["rope_parameters"], "mrope_interleaved": False}}
+                          ).mrope_interleaved is False
+    assert from_hf_config({**qwen, "rope_parameters": {**qwen["rope_parameters"], "mrope_interleaved": True}}
+                          ).mrope_interleaved is True
+    from posenc.hf import mla_from_hf_config
+    deepseek = {**BASE, "num_attention_heads": 4, "head_dim": 8, "qk_rope_head_dim": 8, "qk_nope_head_dim": 8}
+    assert mla_from_hf_config({**deepseek, "rope_interleave": False}).rope.layout == "half"
+    with pytest.raises(TypeError, match="rope_interleave must be true or false"):
+        mla_from_hf_config({**deepseek, "rope_interleave": "false"})
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_vl", "qwen3_vl_text", "qwen3_vl_moe_text", "qwen3_5_text",
+                                        "qwen3_omni_moe_text"])
+def test_qwen3_vl_family_interleaves_mrope_without_the_flag(model_type):
+    """Qwen3-VL's text rotary interleaves t/h/w whatever the dict says; its *text* config (what patch_rotary reads
+    from the rotary module) is model_type "qwen3_vl_text", so the rule must hold for the family, not one name."""
+    config = {**BASE, "model_type": model_type,
+              "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3]}}
+    assert from_hf_config(config).mrope_interleaved is True
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen2_5_vl", "qwen2_vl_text", None])
+def test_qwen2_vl_mrope_stays_blocked(model_type):
+    config = {**BASE, "model_type": model_type,
+              "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3]}}
+    assert from_hf_config(config).mrope_interleaved is False
+
+
+def test_qwen3_vl_text_config_object_is_interleaved():
+    text = transformers.Qwen3VLConfig(text_config={"hidden_size": 64, "num_attention_heads": 4, "head_dim": 16,
+                                                   "num_key_value_heads": 2, "max_position_embeddings": 32,
+                                                   "rope_parameters": {"rope_type": "default",
+                                                                       "mrope_section": [2, 3, 3]}}).get_text_config()
+    assert text.model_type == "qwen3_vl_text"
+    assert from_hf_config(text).mrope_interleaved is True
+
+
+@pytest.mark.parametrize("rope_type", ["longrope", "yarn", "llama3"])
+def test_phi3_top_level_original_length_wins_over_the_nested_one(rope_type):
+    """transformers' standardize_rope_params gives Phi-3's top-level original_max_position_embeddings priority over
+    the one inside rope_scaling; so must posenc (the nested one would change every long-factor switch and ratio)."""
+    nested = {"rope_type": rope_type, "original_max_position_embeddings": 2048}
+    if rope_type == "longrope":
+        nested.update(short_factor=[1.0] * 48, long_factor=[2.0] * 48)
+    else:
+        nested["factor"] = 8.0
+    config = {"hidden_size": 3072, "num_attention_heads": 32, "max_position_embeddings": 131072,
+              "original_max_position_embeddings": 4096, "rope_scaling": nested}
+    pe = from_hf_config(config)
+    assert pe.scaling["original_max_position_embeddings"] == 4096
+    if rope_type == "longrope":
+        assert pe.scaling["factor"] == 131072 / 4096
+        hf = transformers.Phi3Config(hidden_size=3072, num_attention_heads=32, max_position_embeddings=131072,
+                                     original_max_position_embeddings=4096, rope_parameters=dict(nested))
+        assert hf.rope_parameters["original_max_position_embeddings"] == 4096  # what transformers itself uses
+        assert from_hf_config(hf).scaling["original_max_position_embeddings"] == 4096
+
+
 def test_from_hf_config_layer_type():
     config = {"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 32,
               "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},

@@ -63,9 +63,60 @@ def _get(config: Any, key: str, default: Any = None) -> Any:
 
 def _positive_int(config: Any, key: str) -> int:
     value = _get(config, key)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"from_hf_config: the config needs a positive int {key!r}; got {value!r}.")
+    if value is None:
+        raise ValueError(f"from_hf_config: the config needs a positive int {key!r}; it has none.")
+    return _check_int(value, key)
+
+
+def _check_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"from_hf_config: {key} must be an int; got {type(value).__name__} {value!r}. In config.json "
+                        f"write it without quotes.")
+    if value <= 0:
+        raise ValueError(f"from_hf_config: {key} must be a positive int; got {value!r}.")
     return value
+
+
+def _check_number(value: Any, key: str) -> float:
+    """A real number: a string such as ``"1e6"`` (a quoting slip in config.json) or a bool is refused, not parsed."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"from_hf_config: {key} must be a number; got {type(value).__name__} {value!r}. In "
+                        f"config.json write it without quotes.")
+    return float(value)
+
+
+def _check_bool(value: Any, key: str) -> bool:
+    """A real bool: ``"false"`` is a non-empty string, so ``bool("false")`` would be True."""
+    if not isinstance(value, bool):
+        raise TypeError(f"from_hf_config: {key} must be true or false (a bool); got {type(value).__name__} "
+                        f"{value!r}. In config.json write false, not \"false\".")
+    return value
+
+
+# Types of the RoPE dict's values that rope_scaling checks only for range: refused here with the key's name.
+_NUMBER_KEYS = ("factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor", "low_freq_factor",
+                "high_freq_factor", "llama_4_scaling_beta", "partial_rotary_factor", "rope_theta")
+_LIST_KEYS = ("short_factor", "long_factor")
+_BOOL_KEYS = ("truncate", "mrope_interleaved")
+
+
+def _check_rope_types(params: Mapping[str, Any], where: str) -> None:
+    for key, value in params.items():
+        if value is None:
+            continue
+        name = f"{where}[{key!r}]"
+        if key in _NUMBER_KEYS:
+            _check_number(value, name)
+        elif key in _BOOL_KEYS:
+            _check_bool(value, name)
+        elif key == "original_max_position_embeddings":
+            _check_int(value, name)
+        elif key in _LIST_KEYS or key == "mrope_section":
+            kind = int if key == "mrope_section" else (int, float)
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not all(
+                    isinstance(v, kind) and not isinstance(v, bool) for v in value):
+                what = "ints" if key == "mrope_section" else "numbers"
+                raise TypeError(f"from_hf_config: {name} must be a list of {what}; got {value!r:.80}.")
 
 
 def _rope_dict(config: Any) -> dict:
@@ -109,17 +160,29 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
             encoding reads it from the model's rotary module.
 
     Raises:
-        ValueError: missing sizes, an unknown or unsupported ``rope_type`` (``axial``), or invalid scaling parameters
-            (e.g. ``factor < 1``, wrong ``long_factor`` length) that transformers only warns about.
+        TypeError: a value of the wrong type, named with its key: a string where a number belongs (``"rope_theta":
+            "1e6"``), a string where a bool belongs (``"mrope_interleaved": "false"`` would be truthy), a float size.
+        ValueError: missing sizes, ``hidden_size`` not divisible by ``num_attention_heads`` (without ``head_dim``),
+            an unknown or unsupported ``rope_type`` (``axial``), or invalid scaling parameters (e.g. ``factor < 1``,
+            wrong ``long_factor`` length) that transformers only warns about.
     """
     n_heads = _positive_int(config, "num_attention_heads")
     head_dim = _get(config, "head_dim")
     if head_dim is None:
-        head_dim = _positive_int(config, "hidden_size") // n_heads
-    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0:
-        raise ValueError(f"from_hf_config: head_dim must be a positive int; got {head_dim!r}.")
+        hidden = _positive_int(config, "hidden_size")
+        if hidden % n_heads:
+            raise ValueError(f"from_hf_config: hidden_size {hidden} is not divisible by num_attention_heads "
+                             f"{n_heads}: head_dim = hidden_size // num_attention_heads = {hidden // n_heads} "
+                             f"would leave {hidden % n_heads} channel(s) out; set head_dim in the config explicitly.")
+        head_dim = hidden // n_heads
+    head_dim = _check_int(head_dim, "head_dim")
     max_len = _positive_int(config, "max_position_embeddings")
     model_type = _get(config, "model_type")
+    if layer_type is not None and not isinstance(layer_type, str):
+        raise TypeError(f"from_hf_config: layer_type must be a str such as 'full_attention'; got "
+                        f"{type(layer_type).__name__}.")
+    if rotary_dim is not None:
+        _check_int(rotary_dim, "rotary_dim")
 
     params = _rope_dict(config)
     nested = [k for k, v in params.items() if isinstance(v, Mapping)]
@@ -131,6 +194,12 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
         params = dict(params[layer_type])
     elif layer_type is not None:
         raise ValueError(f"from_hf_config: layer_type={layer_type!r} given but the config has a single RoPE dict.")
+    _check_rope_types(params, "rope_parameters" if layer_type is None else f"rope_parameters[{layer_type!r}]")
+    for key in ("rope_theta", "partial_rotary_factor"):  # the top-level fields of older configs
+        if params.get(key) is None and _get(config, key) is not None:
+            _check_number(_get(config, key), key)
+    if _get(config, "original_max_position_embeddings") is not None:
+        _check_int(_get(config, "original_max_position_embeddings"), "original_max_position_embeddings")
     params.pop("max_position_embeddings", None)  # Ministral 3 repeats it here; transformers ignores it
     rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
     params.pop("type", None)
@@ -150,7 +219,7 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
 
     section = params.pop("mrope_section", None)
     # Qwen3-VL's text rotary interleaves whatever mrope_interleaved says (modeling_qwen3_vl.py)
-    interleaved = bool(params.pop("mrope_interleaved", False)) or str(model_type).startswith(_INTERLEAVED_MROPE)
+    interleaved = params.pop("mrope_interleaved", None) is True or str(model_type).startswith(_INTERLEAVED_MROPE)
     if section is not None:
         if rope_type != "default" or fraction != 1 or rotary_dim not in (None, head_dim):
             raise ValueError(f"from_hf_config: posenc's `mrope` (Qwen2-VL / Qwen3-VL) has plain frequencies over the "
@@ -163,7 +232,7 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
     layout = "half"
     if model_type == "gptj":  # GPT-J: rotate_every_two on the first rotary_dim channels, base 10000
         layout = "interleaved"
-        width = _get(config, "rotary_dim") or head_dim
+        width = _check_int(_get(config, "rotary_dim") or head_dim, "rotary_dim")
         fraction = width / head_dim
         rotary_dim = width if rotary_dim is None else rotary_dim
     elif model_type in _COMPLEX_ROPE_TYPES:  # Llama 4: view_as_complex over pairs (2i, 2i + 1)
@@ -209,7 +278,7 @@ def mla_from_hf_config(config: Any) -> MLARoPE:
                          f"DeepseekV3Config sets it); got an encoding of head_dim {rope.head_dim}.")
     n_heads = rope.n_heads
     head_dim = _get(config, "qk_nope_head_dim") + _get(config, "qk_rope_head_dim")
-    interleave = _get(config, "rope_interleave", True)
+    interleave = _check_bool(_get(config, "rope_interleave", True), "rope_interleave")
     return MLARoPE(dim=n_heads * head_dim, n_heads=n_heads, max_seq_len=rope.max_seq_len,
                    qk_rope_head_dim=rope.head_dim, base=rope.base, layout="interleaved" if interleave else "half",
                    scaling=None if rope.scaling is None else dict(rope.scaling))
@@ -419,13 +488,52 @@ def _outputs(module: nn.Module, style: str, x: Tensor, pos: Tensor, layer_type: 
     return tuple(t.float() for t in out)
 
 
+# Largest |cos/sin difference| at the probe positions for patch_rotary to call posenc's numbers the model's: both
+# sides form cos/sin in float32 from float32 frequencies, so they agree to a few float32 ulps times the angle (~1e-6
+# at positions < 64); a real difference (another base, scale or frequency by 1e-3) is far above it.
+EXACT_COS_SIN = 1e-4
+
+
+def _float32_reference(module: nn.Module, config: Any) -> tuple[nn.Module, str | None]:
+    """The HF module to compare posenc with, and a note on its buffers for the messages.
+
+    ``model.to(torch.bfloat16)`` (or float16) casts every floating buffer, so a rotary module's ``inv_freq`` (and
+    ``original_inv_freq``, Gemma 3's per-layer-type ones, GPT-J's sin/cos table) are rounded to 8 bits of mantissa:
+    its cos/sin then differ from the config's by up to ``position * theta * 2^-9`` (0.03 at position 64), which no
+    exact comparison survives. ``from_pretrained(..., dtype=torch.bfloat16)`` keeps them in float32. When every such
+    buffer is exactly the rounding of what the module's own ``__init__`` computes from ``config`` (in float32), the
+    reference is a copy of the module with those float32 buffers: the frequencies the config defines and the model
+    was trained with, which posenc's replacement uses. Otherwise the module itself, with a note that says why.
+    """
+    low = {n: b for n, b in module.named_buffers(recurse=False) if b.dtype in (torch.bfloat16, torch.float16)}
+    if not low:
+        return module, None
+    dtype = str(next(iter(low.values())).dtype).replace("torch.", "")
+    note = (f"its buffers {sorted(low)} are {dtype} (model.to(torch.{dtype}) rounds them; from_pretrained(..., "
+            f"dtype=torch.{dtype}) keeps them float32)")
+    try:
+        fresh = type(module)(config)  # what the model's __init__ built, in float32 on the CPU
+    except Exception as exc:  # noqa: BLE001 - a module we cannot rebuild is compared as it is
+        return module, f"{note}, and posenc could not rebuild {type(module).__name__} in float32 ({exc})"
+    for n, b in low.items():
+        exact = getattr(fresh, n, None)
+        if not isinstance(exact, Tensor) or exact.shape != b.shape or not torch.equal(exact.to(b), b):
+            return module, (f"{note}, but {n} is not the {dtype} rounding of what the config gives, so the "
+                            f"frequencies were changed after loading")
+    twin = copy.deepcopy(module)  # every other attribute (attention_scaling, ...) stays the model's own
+    for n, b in low.items():
+        setattr(twin, n, getattr(fresh, n).to(b.device))
+    return twin, None
+
+
 def _check_same(name: str, old: nn.Module, new: nn.Module, style: str, layer_type: str | None,
-                exact: bool) -> None:
-    """Run the HF module and its replacement on probe positions: same shapes always, same numbers if ``exact``."""
+                exact: bool, reference: nn.Module | None = None, note: str | None = None) -> None:
+    """Run the HF module (or ``reference``, its float32 twin: :func:`_float32_reference`) and its replacement on
+    probe positions: same shapes always, same numbers (to :data:`EXACT_COS_SIN`) if ``exact``."""
     device = next((b.device for b in old.buffers()), torch.device("cpu"))
     x = torch.zeros(1, device=device, dtype=torch.float32)
     pos = _probe_positions(old, style, device)
-    hf, ours = _outputs(old, style, x, pos, layer_type), _outputs(new, style, x, pos, layer_type)
+    hf, ours = _outputs(reference or old, style, x, pos, layer_type), _outputs(new, style, x, pos, layer_type)
     where = f"{name!r} ({type(old).__name__}{'' if layer_type is None else f', layer_type={layer_type!r}'})"
     shapes = [tuple(t.shape) for t in hf], [tuple(t.shape) for t in ours]
     if shapes[0] != shapes[1]:
@@ -434,9 +542,10 @@ def _check_same(name: str, old: nn.Module, new: nn.Module, style: str, layer_typ
                          f"builds matching ones (or from_hf_config(config, rotary_dim=...)).")
     if exact:
         diff = max(float((a - b).abs().max()) for a, b in zip(hf, ours))
-        if diff > 1e-4:
+        if diff > EXACT_COS_SIN:
+            why = "" if note is None else f" ({note})"
             raise ValueError(f"patch_rotary: posenc's cos/sin differ from {where} by {diff:.3g} at positions < "
-                             f"{pos.shape[-1]}: the model computes RoPE in a way posenc does not reproduce; not "
+                             f"{pos.shape[-1]}{why}: the model computes RoPE in a way posenc does not reproduce; not "
                              f"patched.")
 
 
@@ -452,8 +561,14 @@ def patch_rotary(model: nn.Module, encoding: RoPE | Mapping[str, RoPE] | None = 
     masks and query temperature, DeepSeek's softmax mscale, Ministral 3's query scale) stays the model's own.
 
     With ``encoding=None`` posenc builds the equivalent encodings from the model's config and rotary modules (one per
-    layer type for Gemma 3), and checks on probe positions that they reproduce the model's cos/sin; so the logits are
-    unchanged or the call raises. With an ``encoding`` (a ``rope``, or a dict ``{layer_type: rope}`` for Gemma 3),
+    layer type for Gemma 3), and checks on probe positions that they reproduce the model's cos/sin (to
+    :data:`EXACT_COS_SIN`); so the logits are unchanged or the call raises. One exception, by design: after
+    ``model.to(torch.bfloat16)`` (or float16) the rotary's ``inv_freq`` buffers (GPT-J: its sin/cos table) are
+    rounded to that dtype, which ``from_pretrained(..., dtype=...)`` does not do. When they are exactly the rounding
+    of the float32 values the config gives, posenc checks against those and patches: the patched model runs on the
+    config's frequencies, as the model loaded with ``from_pretrained(..., dtype=torch.bfloat16)`` does, and its
+    logits differ from the cast model's by what the rounding did (about 2 bfloat16 ulps on a tiny Llama).
+    With an ``encoding`` (a ``rope``, or a dict ``{layer_type: rope}`` for Gemma 3),
     that one is used — e.g. another scaling — after checking that it has the model's rotary width.
 
     Raises:
@@ -483,6 +598,7 @@ def patch_rotary(model: nn.Module, encoding: RoPE | Mapping[str, RoPE] | None = 
         device = next((b.device for b in module.buffers()), None)
         exact = encoding is None
         chosen = _build(model, name, module, style) if exact else encoding
+        reference, note = _float32_reference(module, _module_config(model, name, module)) if exact else (None, None)
         if style == "layer_types":
             if not isinstance(chosen, Mapping) or sorted(chosen) != sorted(module.layer_types):
                 raise ValueError(f"patch_rotary: {name!r} ({type(module).__name__}) computes one RoPE per layer type "
@@ -493,7 +609,7 @@ def patch_rotary(model: nn.Module, encoding: RoPE | Mapping[str, RoPE] | None = 
                 encodings = {t: pe.to(device) for t, pe in encodings.items()}
             new = PosencLayerTypeRotaryEmbedding(encodings)
             for t in module.layer_types:
-                _check_same(name, module, new, style, t, exact)
+                _check_same(name, module, new, style, t, exact, reference, note)
         else:
             if isinstance(chosen, Mapping):
                 raise ValueError(f"patch_rotary: {name!r} ({type(module).__name__}) has a single RoPE; got a dict of "
@@ -513,7 +629,7 @@ def patch_rotary(model: nn.Module, encoding: RoPE | Mapping[str, RoPE] | None = 
             pe = pe if device is None else pe.to(device)
             new = {"gptj": PosencGPTJRotaryEmbedding, "mrope": PosencMultimodalRotaryEmbedding,
                    "complex": PosencComplexRotaryEmbedding}.get(style, PosencRotaryEmbedding)(pe)
-            _check_same(name, module, new, style, None, exact)
+            _check_same(name, module, new, style, None, exact, reference, note)
         plans.append((name, new))
     for name, new in plans:  # replace only once every module has passed its checks
         parent, _, attr = name.rpartition(".")

@@ -117,6 +117,46 @@ def test_bad_bias_config():
         check_bias(hf_t5_bucket, {"type": "kerple"})
 
 
+ALIBI4 = {"type": "alibi", "n_heads": 4, "causal": True}
+
+
+@pytest.mark.parametrize(("candidate", "config", "kwargs", "error", "words"), [
+    # slopes of another length than n_heads used to crash inside the reference (RuntimeError / IndexError)
+    (make_alibi(4), {**ALIBI4, "slopes": [0.5, 0.25]}, {}, ValueError, ["slopes has 2 values", "n_heads is 4"]),
+    (make_alibi(4), {**ALIBI4, "slopes": "0.5"}, {}, TypeError, ["slopes must be a list of 4 numbers"]),
+    (make_alibi(4), {**ALIBI4, "slopes": [0.5, 0.25, "x", 0.1]}, {}, TypeError, ["slopes[2]"]),
+    (make_alibi(4), {**ALIBI4, "slopes": [0.5, 0.25, -1.0, 0.1]}, {}, ValueError, ["slopes[2]", "> 0"]),
+    # "false" is truthy: it used to check a causal bias against a bidirectional configuration's intent silently
+    (make_alibi(4), {**ALIBI4, "causal": "false"}, {}, TypeError, ["causal must be true or false", '"false"']),
+    (make_alibi(4), {**ALIBI4, "symmetric": 0}, {}, TypeError, ["symmetric must be true or false"]),
+    (make_alibi(4), {**ALIBI4, "casual": False}, {}, ValueError, ["unknown key(s) ['casual']"]),
+    (make_alibi(4), {"type": "alibi", "causal": True}, {}, ValueError, ["'n_heads'"]),
+    (make_alibi(4), {**ALIBI4, "n_heads": "4"}, {}, TypeError, ["n_heads must be an int", "'4'"]),
+    (make_alibi(4), ["alibi", 4], {}, TypeError, ["must be a dict", "got list"]),
+    (3, ALIBI4, {}, TypeError, ["candidate must be a callable", "got int"]),
+    (make_alibi(4), ALIBI4, {"max_position": "big"}, TypeError, ["max_position must be an int"]),
+    (make_alibi(4), ALIBI4, {"max_position": 0}, ValueError, ["max_position must be >= 1"]),
+    (make_alibi(4), ALIBI4, {"target": 7}, TypeError, ["target"]),
+    (hf_t5_bucket, {**T5, "num_buckets": "32"}, {}, TypeError, ["num_buckets must be an int"]),
+    (hf_t5_bucket, {**T5, "num_buckets": 32.7}, {}, TypeError, ["num_buckets must be an int", "32.7"]),
+    (hf_t5_bucket, {**T5, "bidirectional": "true"}, {}, TypeError, ["bidirectional must be true or false"]),
+    (hf_t5_bucket, {**T5, "max_distance": 0}, {}, ValueError, ["max_distance must be >= 1"]),
+], ids=lambda v: None)
+def test_bad_bias_arguments_raise_clearly_before_anything_runs(candidate, config, kwargs, error, words):
+    calls = []
+
+    def spy(*args):
+        calls.append(args)
+        return candidate(*args)
+
+    with pytest.raises(error) as info:
+        check_bias(spy if callable(candidate) else candidate, config, **kwargs)
+    assert not isinstance(info.value, (IndexError, KeyError, RuntimeError))
+    for word in words:
+        assert word in str(info.value), str(info.value)
+    assert not calls  # refused before the candidate ran
+
+
 hypothesis = pytest.importorskip("hypothesis")
 st = hypothesis.strategies
 

@@ -92,3 +92,42 @@ def test_fuzz_a_correct_mrope_is_never_flagged(section, interleaved, layout, bas
            "mrope_interleaved": interleaved}
     fn = make_mrope(section, base, interleaved=interleaved, layout=layout)
     assert check_mrope(fn, cfg, layout=layout, dtypes=("float32",)).passed
+
+
+def test_an_mrope_right_only_on_contiguous_inputs_names_the_memory_layout():
+    good = make_mrope(QWEN2["mrope_section"], QWEN2["rope_theta"])
+
+    def assumes_contiguous(q, k, coords):  # reads the storage as if q/k were contiguous (B, H, T, D)
+        def read(x):
+            return x.as_strided(x.shape, torch.empty(x.shape).stride(), x.storage_offset())
+        return good(read(q), read(k), coords)
+
+    result = check_mrope(assumes_contiguous, QWEN2)
+    assert {c.memory for c in result.cases if c.status != "pass"} == {"transposed", "fused"}, result.table()
+    assert result.finding.hypothesis == "memory_layout" and "transposed" in result.diagnosis
+
+
+@pytest.mark.parametrize(("config", "kwargs", "error", "words"), [
+    ({**QWEN2, "mrope_interleaved": "false"}, {}, TypeError, ["mrope_interleaved must be true or false"]),
+    ({**QWEN2, "rope_theta": "1e6"}, {}, TypeError, ["rope_theta must be a number"]),
+    ({**QWEN2, "mrope_section": ["4", 6, 6]}, {}, TypeError, ["mrope_section must be a list of three ints"]),
+    ({**QWEN2, "mrope_section": [4, 6, 5]}, {}, ValueError, ["summing to head_dim / 2 = 16"]),
+    (QWEN2, {"dtypes": ("float8",)}, ValueError, ["'float8'"]),
+    (QWEN2, {"max_position": "1e6"}, TypeError, ["max_position must be an int"]),
+    (QWEN2, {"seed": 1.5}, TypeError, ["seed must be an int"]),
+])
+def test_bad_mrope_arguments_raise_clearly(config, kwargs, error, words):
+    calls = []
+    good = make_mrope(QWEN2["mrope_section"], QWEN2["rope_theta"])
+
+    def spy(q, k, coords):
+        calls.append(coords)
+        return good(q, k, coords)
+
+    with pytest.raises(error) as info:
+        check_mrope(spy, config, **kwargs)
+    for word in words:
+        assert word in str(info.value), str(info.value)
+    assert not calls
+    with pytest.raises(TypeError, match="callable"):
+        check_mrope("not a function", QWEN2)

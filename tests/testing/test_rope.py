@@ -163,7 +163,8 @@ def test_float32_angles_are_a_precision_limit_not_a_bug():
     result = check_rope(make_rope(cfg, angle_dtype=torch.float32), cfg)
     assert not result.passed and result.conforms and result.verdict == "precision"
     assert result.finding.hypothesis == "angles_float32" and result.finding.severity == "precision"
-    assert "angles formed in float32" in result.diagnosis and "position 99999" in result.diagnosis
+    assert "angles formed in float32" in result.diagnosis and "case 'long-999999'" in result.diagnosis
+    assert 1_000_000 - 16 <= result.finding.worst["position"] < 1_000_000  # the worst error sits at ~10^6
     long = next(c for c in result.cases if c.name == "long-999999")
     assert long.status == "precision" and 1e-3 < long.error < 0.5
     assert next(c for c in result.cases if c.name == "prefill").status == "pass"  # tiny angles round exactly
@@ -186,7 +187,7 @@ def test_a_candidate_that_raises_is_reported_per_case():
         return good(q, k, pos)
 
     result = check_rope(no_batch_positions, cfg, **FAST)
-    assert [c.name for c in result.cases if c.status == "error"] == ["batch"]
+    assert [c.name for c in result.cases if c.status == "error"] == ["batch", "batch-transposed"]
     assert result.finding.hypothesis == "raised" and "positions must be 1-D" in result.diagnosis
     assert check_rope(no_batch_positions, cfg, batch_positions=False, **FAST).passed
 
@@ -225,6 +226,62 @@ def test_bad_configs_raise_clearly():
         check_rope(make_rope(CONFIGS["default"]), {"rope_type": "linear", "factor": 0.5, "head_dim": 32})
 
 
+@pytest.mark.parametrize(("config", "kwargs", "error", "words"), [
+    ({"head_dim": 32}, {"dtypes": ("float8",)}, ValueError, ["dtypes[0] = 'float8'", "float32"]),  # was KeyError
+    ({"head_dim": 32}, {"dtypes": "float32"}, TypeError, ["dtypes must be a non-empty list"]),  # was KeyError 'f'
+    ({"head_dim": 32}, {"dtypes": ()}, TypeError, ["non-empty"]),
+    ({"head_dim": 32}, {"dtypes": (torch.int64,)}, ValueError, ["dtypes[0]"]),
+    ({"head_dim": 32, "rope_theta": "abc"}, {}, TypeError, ["rope_theta must be a number", "'abc'"]),
+    ({"head_dim": 32, "rope_theta": "10000"}, {}, TypeError, ["rope_theta must be a number"]),  # was accepted
+    ({"head_dim": 32, "rope_theta": 0.5}, {}, ValueError, ["rope_theta", "> 1"]),
+    ({"head_dim": "32"}, {}, TypeError, ["head_dim must be an int"]),
+    ({"head_dim": 32, "partial_rotary_factor": "0.5"}, {}, TypeError, ["partial_rotary_factor must be a number"]),
+    ('{"head_dim": 32}', {}, TypeError, ["must be a dict", "json.loads"]),
+    ({"head_dim": 32}, {"max_position": -5}, ValueError, ["max_position must be >= 1"]),
+    ({"head_dim": 32}, {"max_position": 1e6}, TypeError, ["max_position must be an int"]),
+    ({"head_dim": 32}, {"cases": [1, 2]}, TypeError, ["cases must be a list of RopeCase"]),  # was AttributeError
+    ({"head_dim": 32}, {"cases": []}, ValueError, ["cases is empty"]),
+    ({"head_dim": 32}, {"seed": "x"}, TypeError, ["seed must be an int"]),  # was a TypeError from str + int
+    ({"head_dim": 32}, {"gqa": "no"}, TypeError, ["gqa must be true or false"]),
+    ({"head_dim": 32}, {"target": 3}, TypeError, ["target"]),
+])
+def test_bad_rope_arguments_raise_clearly_before_anything_runs(config, kwargs, error, words):
+    calls = []
+    good = make_rope(CONFIGS["default"])
+
+    def spy(q, k, pos):
+        calls.append(pos)
+        return good(q, k, pos)
+
+    with pytest.raises(error) as info:
+        check_rope(spy, config, **kwargs)
+    for word in words:
+        assert word in str(info.value), str(info.value)
+    assert not calls
+
+
+def _tables(positions):
+    pos = torch.tensor([float(p) for p in positions], dtype=torch.float64)
+    ang = pos[:, None] * 10000.0 ** (-torch.arange(0, 16, 2, dtype=torch.float64) / 16)
+    emb = torch.cat((ang, ang), -1)
+    return {"config": {"head_dim": 16}, "positions": positions, "cos": emb.cos().tolist(), "sin": emb.sin().tolist()}
+
+
+def test_tables_with_fractional_positions_are_refused_not_truncated():
+    from posenc.testing.rope import check_rope_tables
+
+    assert check_rope_tables(_tables(list(range(40)))).passed
+    assert check_rope_tables(_tables([float(p) for p in range(40)])).passed  # integral floats (numpy's tolist)
+    with pytest.raises(ValueError, match=r"positions\[3\] = 2.5 is fractional"):
+        check_rope_tables(_tables([0, 1, 2, 2.5, 4, 5]))  # was silently read as position 2
+    with pytest.raises(TypeError, match=r"positions\[1\] = '1' is not an integer"):
+        check_rope_tables({**_tables([0, 1]), "positions": [0, "1"]})
+    with pytest.raises(TypeError, match="'cos' must be a list of rows of numbers"):
+        check_rope_tables({**_tables([0, 1]), "cos": [["a"], ["b"]]})
+    with pytest.raises(TypeError, match="must be an object"):
+        check_rope_tables([1, 2])
+
+
 hypothesis = pytest.importorskip("hypothesis")
 st = hypothesis.strategies
 
@@ -254,3 +311,95 @@ def test_fuzz_a_correct_implementation_is_never_flagged_as_a_bug(rope_type, layo
         assert result.passed, result.table()
     else:  # HF-style float32 angles: never a bug, at most the long-position precision limit
         assert result.conforms, result.table()
+
+
+# -- memory layouts: what Hugging Face's attention really passes -------------------------------------------------------
+def contiguous_strides(shape):
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
+
+
+def assumes_contiguous(fn):
+    """``fn`` behind a kernel-style read that indexes the storage with contiguous strides: right on contiguous q/k,
+    wrong on a transposed view (the planted bug of the issue: error ~6 on HF's ``(B, T, H, D)`` views)."""
+    def wrapped(q, k, pos):
+        def read(x):
+            return x.as_strided(x.shape, contiguous_strides(x.shape), x.storage_offset())
+        return fn(read(q), read(k), pos)
+    return wrapped
+
+
+def test_arrange_gives_the_same_values_in_each_memory_layout():
+    from posenc.testing.rope import arrange
+
+    q, k, k_mha = torch.randn(2, 4, 5, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 4, 5, 8)
+    for memory in ("contiguous", "transposed", "fused", "fused_heads"):
+        k_in = k_mha if memory == "fused_heads" else k  # GPT-NeoX's per-head layout has no GQA
+        qa, ka = arrange(q, k_in, memory)
+        assert torch.equal(qa, q) and torch.equal(ka, k_in)
+        assert qa.data_ptr() != q.data_ptr()  # fresh storage: a candidate writing into it cannot spoil the reference
+        assert qa.is_contiguous() == (memory == "contiguous")
+    qt, _ = arrange(q, k, "transposed")
+    assert qt.stride() == (5 * 4 * 8, 8, 4 * 8, 1)  # (B, T, H, D) storage
+    qf, kf = arrange(q, k, "fused")
+    width = (4 + 2 * 2) * 8
+    assert qf.stride() == (5 * width, 8, width, 1) and kf.storage_offset() == 4 * 8
+    qh, kh = arrange(q, k_mha, "fused_heads")  # GPT-NeoX: q, k, v side by side in each head
+    assert qh.stride() == (5 * 4 * 24, 24, 4 * 24, 1) and kh.storage_offset() == 8
+    with pytest.raises(ValueError, match="as many key heads"):
+        arrange(q, k, "fused_heads")
+    with pytest.raises(ValueError, match="memory layout"):
+        arrange(q, k, "strided")
+
+
+def test_a_rope_right_only_on_contiguous_inputs_fails_and_names_the_layout():
+    cfg = CONFIGS["default"]
+    result = check_rope(assumes_contiguous(make_rope(cfg)), cfg)
+    assert not result.passed and not result.conforms
+    assert all(c.status == "pass" for c in result.cases if c.memory == "contiguous"), result.table()
+    failed = {c.name: c for c in result.cases if c.status != "pass"}
+    assert {"prefill-transposed", "batch-transposed", "gqa-fused", "prefill-transposed-bfloat16"} <= set(failed)
+    assert {c.memory for c in failed.values()} == {"transposed", "fused", "fused_heads"}
+    assert failed["prefill-transposed"].error > 1.0  # not a rounding matter: the values are read from wrong places
+    assert result.finding.hypothesis == "memory_layout" and result.finding.severity == "bug"
+    for words in ("right for contiguous q/k", "transposed", "(B, T, H, D) storage", "fused", ".contiguous()"):
+        assert words in result.diagnosis, result.diagnosis
+    assert "transposed" in result.table() and "memory" in result.table().splitlines()[0]
+
+
+def test_a_rope_that_raises_on_non_contiguous_inputs_names_the_layout():
+    cfg = CONFIGS["default"]
+    good = make_rope(cfg)
+
+    def flattens_with_view(q, k, pos):  # .view needs strides that merge: only contiguous q/k have them
+        B, H, T, D = q.shape
+        return good(q.view(B * H * T, D).view(B, H, T, D), k.view(-1, D).view(k.shape), pos)
+
+    result = check_rope(flattens_with_view, cfg, **FAST)
+    errors = {c.memory for c in result.cases if c.status == "error"}
+    assert errors == {"transposed", "fused", "fused_heads"}, result.table()
+    assert result.finding.hypothesis == "memory_layout" and "raises on q/k in another memory layout" in \
+        result.diagnosis and ".reshape" in result.diagnosis
+
+
+def test_hugging_face_apply_rotary_pos_emb_passes_on_every_layout():
+    pytest.importorskip("transformers")
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    cfg = CONFIGS["default"]
+
+    def hf_style(q, k, pos):  # HF's rotation on q/k as they come (no copy, no assumption about memory)
+        inv = 10000.0 ** (-torch.arange(0, 32, 2, dtype=torch.float64) / 32)
+        emb = pos.double()[..., None] * inv  # float64 angles: exact, so the check must pass
+        emb = torch.cat((emb, emb), -1)
+        cos, sin = emb.cos().float(), emb.sin().float()
+        cos, sin = (cos[None], sin[None]) if cos.dim() == 2 else (cos, sin)  # (B or 1, T, D)
+        qo, ko = apply_rotary_pos_emb(q.float(), k.float(), cos, sin)
+        return qo.to(q.dtype), ko.to(k.dtype)
+
+    result = check_rope(hf_style, cfg)
+    assert result.passed, result.table()
+    assert {c.memory for c in result.cases} == {"contiguous", "transposed", "fused", "fused_heads"}

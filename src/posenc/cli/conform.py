@@ -11,7 +11,19 @@ Examples::
     posenc conform posenc.testing.peers:x_transformers --factory --config '{"head_dim": 64}' --layout interleaved
 
 Exit status: 0 when every case passes (with ``--allow-precision`` also when the only failures are the long-position
-precision limit of float32 angles), 1 when a case fails, 2 for bad arguments. ``--json`` prints the result as JSON.
+precision limit of float32 angles); 1 when the check ran and a case fails; 2 when the check could not run: bad
+arguments, a target or --config that cannot be read (no config.json in the directory, invalid JSON, a model type
+without a rotary module, an invalid configuration), a candidate that cannot be imported, or one that did not finish
+within --timeout (or crashed its process); 130 when interrupted. ``--json`` prints the result as JSON.
+
+Import path: TARGET ``module:function`` is imported from the installed packages first, then from the current
+directory (appended last to ``sys.path``, so a file there cannot shadow an installed package of the same name);
+``--path DIR`` (repeatable) puts DIR first. (``python -m posenc`` itself puts the current directory first, as
+Python does for every ``-m``.)
+
+Timeout: a ``module:function`` candidate runs in a child process that is stopped after ``--timeout`` seconds
+(default 120; its import counts): a hanging candidate cannot hang the command. ``--timeout 0`` runs it in this
+process, without a limit. Hugging Face directories and tables JSON run no user code and always run in this process.
 """
 
 from __future__ import annotations
@@ -20,15 +32,23 @@ import argparse
 import importlib
 import json
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from posenc.cli.types import UsageError, int_in, ranged
+from posenc.cli.types import UsageError, float_in, int_in, ranged
 
 __all__ = ["add_commands", "run_conform"]
 
 max_position = int_in(1024, 2**53)  # the matrix's long cases sit at 1e5 and 1e6; float64 holds integers to 2^53
+timeout_seconds = float_in(0.0, 86_400.0)  # 0: no child process, no limit
+DEFAULT_TIMEOUT = 120.0  # a correct candidate takes seconds on the whole matrix; a hang is stopped after two minutes
+# The child runs `posenc conform ... --timeout 0` with the parent's import path (argv[1]), so it imports the same
+# packages; `python -c` would otherwise put the current directory first.
+_CHILD = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); from posenc.cli import main; "
+          "sys.exit(main(sys.argv[2:]))")
 
 
 def _load_json(text: str, what: str) -> Any:
@@ -39,18 +59,46 @@ def _load_json(text: str, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{what} is not valid JSON (or a JSON file): {exc}") from exc
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot read {text}: {exc}") from exc
+
+
+def _read_target_json(path: Path) -> Any:
+    """The JSON of a TARGET that is a model directory (its config.json) or a .json file; a usage error otherwise."""
+    file = path / "config.json" if path.is_dir() else path
+    if not file.is_file():
+        raise UsageError(f"{path}: a directory TARGET must hold a Hugging Face config.json; there is none (pass the "
+                         f"model directory, a config.json, a tables JSON or module:function)")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{file} is not valid JSON: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {file}: {exc}") from exc
+
+
+def _import_path(extra: list[str] | None) -> list[str]:
+    """``sys.path`` for importing TARGET: ``--path`` directories first, the current directory appended last."""
+    path = [str(Path(d).resolve()) for d in extra or []]
+    for d in path:
+        if not Path(d).is_dir():
+            raise UsageError(f"--path {d}: not a directory")
+    cwd = os.getcwd()
+    rest = [p for p in sys.path if p not in path]
+    return path + rest + ([] if cwd in rest or "" in rest else [cwd])
 
 
 def _import_callable(spec: str) -> Any:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise UsageError(f"expected module:function, got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # `posenc conform mymodule:fn` from the directory that holds mymodule.py
     try:
         obj = importlib.import_module(module_name)
     except ImportError as exc:
-        raise UsageError(f"cannot import {module_name!r}: {exc}") from exc
+        raise UsageError(f"cannot import {module_name!r}: {exc} (the current directory is searched after the "
+                         f"installed packages; --path DIR puts DIR first)") from exc
+    except Exception as exc:  # noqa: BLE001 - the module's own code failed at import: the check cannot run
+        raise UsageError(f"importing {module_name!r} raised {type(exc).__name__}: {exc}") from exc
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise UsageError(f"{module_name!r} has no attribute {attr!r}")
@@ -73,7 +121,26 @@ def _kind(requested: str, config: Any) -> str:
 
 
 def run_conform(args: argparse.Namespace) -> Any:
-    """Build and run the check the arguments describe; returns the ConformanceResult."""
+    """Build and run the check the arguments describe, in this process; returns the ConformanceResult.
+
+    Raises:
+        UsageError: the check could not run (a target, --config or configuration that cannot be used, a candidate
+            that cannot be imported or built); ``posenc`` exits 2 for it.
+    """
+    saved = list(sys.path)
+    try:
+        return _run_check(args)
+    except UsageError:
+        raise
+    except (ValueError, TypeError, KeyError, OSError) as exc:
+        # The kit catches whatever the candidate raises on a case (a row with status "error"), so an exception that
+        # gets here comes from setting the check up: the configuration or the target. The check did not run.
+        raise UsageError(f"cannot run the check of {args.target}: {' '.join(str(exc).split())}") from exc
+    finally:
+        sys.path[:] = saved
+
+
+def _run_check(args: argparse.Namespace) -> Any:
     from posenc.testing import check_hf_model, check_mrope, check_rope
     from posenc.testing.rope import check_rope_tables
     target = args.target
@@ -81,7 +148,7 @@ def run_conform(args: argparse.Namespace) -> Any:
     options: dict[str, Any] = {"dtypes": tuple(args.dtypes), "max_position": args.max_position}
     path = Path(target)
     if path.is_dir() or (path.is_file() and path.suffix == ".json"):
-        data = json.loads((path / "config.json").read_text()) if path.is_dir() else json.loads(path.read_text())
+        data = _read_target_json(path)
         if isinstance(data, dict) and "cos" in data:
             return check_rope_tables(data, layout=args.layout, dtypes=options["dtypes"], target=str(path))
         if isinstance(data, dict) and "model_type" in data:
@@ -90,12 +157,17 @@ def run_conform(args: argparse.Namespace) -> Any:
                          f"config, positions, cos, sin)")
     if ":" not in target:
         raise UsageError(f"TARGET must be module:function, a model directory or a .json file; got {target!r}")
-    fn = _import_callable(target)
-    if args.factory and config is not None:
-        fn = fn(config)  # a factory builds the candidate from the same config (e.g. posenc.testing.peers adapters)
     if config is None:
         raise UsageError("a callable needs --config (an HF-style JSON dict or a file), e.g. --config "
                          "'{\"rope_type\": \"default\", \"rope_theta\": 10000, \"head_dim\": 64}'")
+    sys.path[:] = _import_path(args.path)
+    fn = _import_callable(target)
+    if args.factory:
+        try:
+            fn = fn(config)  # a factory builds the candidate from the same config (e.g. posenc.testing.peers)
+        except Exception as exc:  # noqa: BLE001 - a factory that cannot build the candidate: nothing to check
+            raise UsageError(f"the factory {target} could not build a candidate for this --config: "
+                             f"{type(exc).__name__}: {exc}") from exc
     kind = _kind(args.kind, config)
     if kind == "mrope":
         return check_mrope(fn, config, layout=args.layout, target=target, **options)
@@ -106,7 +178,66 @@ def run_conform(args: argparse.Namespace) -> Any:
                       batch_positions=not args.no_batch_positions, **options)
 
 
+def _child_argv(args: argparse.Namespace) -> list[str]:
+    """The same command for the child process, with ``--timeout 0`` (it runs the check itself)."""
+    argv = (["--debug"] if getattr(args, "debug", False) else []) + ["conform", args.target, "--timeout", "0",
+                                                                      "--kind", args.kind, "--max-position",
+                                                                      str(args.max_position), "--dtypes", *args.dtypes]
+    for flag, value in (("--config", args.config), ("--layout", args.layout)):
+        if value is not None:
+            argv += [flag, value]
+    for d in args.path or []:
+        argv += ["--path", str(Path(d).resolve())]
+    for flag, on in (("--factory", args.factory), ("--no-gqa", args.no_gqa),
+                     ("--no-batch-positions", args.no_batch_positions), ("--allow-precision", args.allow_precision),
+                     ("--json", args.json)):
+        if on:
+            argv.append(flag)
+    return argv
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill the child and whatever it started (its own session), then reap it."""
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:  # pragma: no cover - Windows has no process groups here
+            proc.kill()
+    except ProcessLookupError:
+        pass
+    proc.communicate()
+
+
+def _run_in_child(args: argparse.Namespace) -> int:
+    """Run the check in a child process stopped after ``args.timeout`` seconds; relay its output and exit status."""
+    command = [sys.executable, "-c", _CHILD, json.dumps(sys.path), *_child_argv(args)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=hasattr(os, "killpg"))
+    try:
+        out, err = proc.communicate(timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        print(f"posenc conform: error: {args.target} did not finish within {args.timeout:g} s (--timeout): the "
+              f"candidate (or its module's import) hangs or is that slow; the check was stopped and nothing was "
+              f"checked. Raise --timeout for a slow candidate, or --timeout 0 to run it in this process without a "
+              f"limit.", file=sys.stderr)
+        return 2
+    except BaseException:  # Ctrl-C (or anything else) in the parent: the child in its own session must not outlive it
+        _stop(proc)
+        raise
+    sys.stdout.write(out)
+    sys.stderr.write(err)
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name if -proc.returncode in signal.valid_signals() else "a signal"
+        print(f"posenc conform: error: the process checking {args.target} was killed by {name} (the candidate "
+              f"crashed it, e.g. a segfault in an extension); nothing was checked.", file=sys.stderr)
+        return 2
+    return proc.returncode
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.timeout > 0 and ":" in args.target and not Path(args.target).exists():
+        return _run_in_child(args)
     result = run_conform(args)  # a UsageError is reported by posenc.cli.main: one line, exit status 2
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -140,4 +271,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-precision", action="store_true",
                    help="exit 0 when the only failures are the long-position precision of float32 angles")
     p.add_argument("--json", action="store_true", help="print the result as JSON (for CI)")
+    p.add_argument("--timeout", type=timeout_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help=ranged("stop a module:function candidate that runs longer (it runs in a child process; "
+                               "exit 2); 0 runs it in this process without a limit (default: 120)", timeout_seconds))
+    p.add_argument("--path", action="append", default=None, metavar="DIR",
+                   help="import TARGET's module with DIR first on the import path (repeatable); without it the "
+                        "current directory is searched after the installed packages")
     p.set_defaults(func=_run)

@@ -2,7 +2,8 @@
 references over a matrix of inputs, and when it fails, name the known bug that explains the numbers.
 
 - :func:`check_rope` — a RoPE ``fn(q, k, positions) -> (q, k)`` against an HF-style config (every scaling, both
-  layouts, partial rotary, offsets, ``(B, T)`` positions, GQA, positions up to 10**6, float32/bfloat16/float16);
+  layouts, partial rotary, offsets, ``(B, T)`` positions, GQA, positions up to 10**6, float32/bfloat16/float16, q/k
+  contiguous and as the strided views Hugging Face's attention passes: transposed ``(B, T, H, D)``, fused qkv);
 - :func:`check_mrope` — M-RoPE ``fn(q, k, coords) -> (q, k)`` with ``(B, T, 3)`` coordinates, blocked or interleaved
   sections;
 - :func:`check_bias` — ALiBi ``fn(q_pos, k_pos) -> (H, Tq, Tk)`` and T5 bucket functions;

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from posenc.encodings.alibi import alibi_bias, alibi_slopes
 from posenc.encodings.t5 import t5_relative_position_bucket
+from posenc.testing._args import require_bool, require_callable, require_int, require_number, require_target
 from posenc.testing.diagnose import ConformanceResult, Hypothesis, Probe, diagnose, one_thread
 
 __all__ = ["check_bias"]
@@ -47,16 +48,44 @@ def _naive_slopes(n: int) -> Tensor:
     return torch.tensor([2.0 ** (-8.0 * (h + 1) / n) for h in range(n)], dtype=torch.float64)
 
 
+ALIBI_KEYS = ("type", "n_heads", "causal", "symmetric", "slopes")
+T5_KEYS = ("type", "bidirectional", "num_buckets", "max_distance")
+
+
+def _known_keys(config: dict, keys: tuple[str, ...], who: str) -> None:
+    unknown = sorted(set(config) - set(keys))
+    if unknown:  # a typo ("casual") would otherwise fall back to a default silently
+        raise ValueError(f"{who}: unknown key(s) {unknown} in the configuration; it accepts {list(keys)}.")
+
+
+def _alibi_slopes(config: dict, n: int) -> Tensor:
+    """The configuration's explicit ``slopes`` (one positive number per head) or the paper's for ``n`` heads."""
+    given = config.get("slopes")
+    if given is None:
+        return alibi_slopes(n, dtype=torch.float64)
+    if isinstance(given, (str, bytes)) or not isinstance(given, (list, tuple)):
+        raise TypeError(f"conform alibi: slopes must be a list of {n} numbers (one per head); got "
+                        f"{type(given).__name__} {given!r:.60}.")
+    if len(given) != n:
+        raise ValueError(f"conform alibi: slopes has {len(given)} values but n_heads is {n}; give one slope per head "
+                         f"(or leave slopes out for the paper's).")
+    for i, m in enumerate(given):
+        require_number(m, f"slopes[{i}]", "conform alibi", above=0.0)
+    return torch.tensor([float(m) for m in given], dtype=torch.float64)
+
+
 def check_alibi(candidate: Callable, config: dict, *, max_position: int = 1_000_000,
                 target: str | None = None) -> ConformanceResult:
+    _known_keys(config, ALIBI_KEYS, "conform alibi")
     n = config.get("n_heads")
-    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-        raise ValueError(f"conform alibi: the configuration needs a positive int 'n_heads'; got {n!r}.")
-    causal = bool(config.get("causal", True))
+    if n is None:
+        raise ValueError("conform alibi: the configuration needs a positive int 'n_heads'; got none. Example: "
+                         "{'type': 'alibi', 'n_heads': 12, 'causal': True}.")
+    n = require_int(n, "n_heads", "conform alibi", minimum=1)
+    causal = require_bool(config.get("causal", True), "causal", "conform alibi")
     symmetric = config.get("symmetric")
-    symmetric = (not causal) if symmetric is None else bool(symmetric)
-    slopes = torch.tensor(config["slopes"], dtype=torch.float64) if config.get("slopes") else \
-        alibi_slopes(n, dtype=torch.float64)
+    symmetric = (not causal) if symmetric is None else require_bool(symmetric, "symmetric", "conform alibi")
+    slopes = _alibi_slopes(config, n)
     ar = torch.arange(16)
     cases = [("prefill", ar, ar), ("offset", ar + 37, torch.arange(53)), ("decode", torch.tensor([1000]),
              torch.arange(1001)), ("cross", ar, torch.arange(24))]
@@ -93,7 +122,7 @@ def check_alibi(candidate: Callable, config: dict, *, max_position: int = 1_000_
         hyps.append(hyp("symmetry", f"your bias is {'-m * (i - j)' if symmetric else '-m * |i - j|'}; the "
                         f"configuration (bidirectional, symmetric={symmetric}) expects "
                         f"{'-m * |i - j|' if symmetric else '-m * (i - j)'}", symmetric=not symmetric))
-    if n & (n - 1) and not config.get("slopes"):
+    if n & (n - 1) and config.get("slopes") is None:
         p2 = 2 ** math.ceil(math.log2(n))
         hyps.append(hyp("slopes_naive", f"your slopes are 2^(-8 (h + 1) / {n}) for all {n} heads; for a head count "
                         f"that is not a power of two the paper takes {2 ** math.floor(math.log2(n))} of those slopes "
@@ -109,9 +138,10 @@ def check_alibi(candidate: Callable, config: dict, *, max_position: int = 1_000_
 # -- T5 ----------------------------------------------------------------------------------------------------------------
 def check_t5(candidate: Callable, config: dict, *, max_position: int = 1_000_000,
              target: str | None = None) -> ConformanceResult:
-    bidirectional = bool(config.get("bidirectional", True))
-    num_buckets = int(config.get("num_buckets", 32))
-    max_distance = int(config.get("max_distance", 128))
+    _known_keys(config, T5_KEYS, "conform t5")
+    bidirectional = require_bool(config.get("bidirectional", True), "bidirectional", "conform t5")
+    num_buckets = require_int(config.get("num_buckets", 32), "num_buckets", "conform t5", minimum=2)
+    max_distance = require_int(config.get("max_distance", 128), "max_distance", "conform t5", minimum=1)
     ref = {"bidirectional": bidirectional, "num_buckets": num_buckets, "max_distance": max_distance}
     t5_relative_position_bucket(torch.zeros(1, dtype=torch.long), **ref)  # validates the settings
     ar = torch.arange(64)
@@ -152,10 +182,24 @@ def check_t5(candidate: Callable, config: dict, *, max_position: int = 1_000_000
 def check_bias(candidate: Callable, config: dict, *, max_position: int = 1_000_000,
                target: str | None = None) -> ConformanceResult:
     """Check an ALiBi bias ``fn(q_pos, k_pos) -> (H, Tq, Tk)`` or a T5 bucket ``fn(rel) -> buckets`` (the config's
-    ``"type"``: ``"alibi"`` or ``"t5"``); see the module docstring."""
-    if not isinstance(config, dict) or config.get("type") not in ("alibi", "t5"):
+    ``"type"``: ``"alibi"`` or ``"t5"``); see the module docstring.
+
+    Raises:
+        TypeError: a candidate that is not callable, a configuration that is not a dict, or a value of the wrong type
+            (``"causal": "false"``, ``"num_buckets": "32"``, ``max_position="big"``).
+        ValueError: an unknown ``type`` or key, ``slopes`` of another length than ``n_heads``, values out of range.
+    """
+    if not isinstance(config, dict):
+        raise TypeError(f"conform bias: the configuration must be a dict such as {{'type': 'alibi', 'n_heads': 12, "
+                        f"'causal': True}}; got {type(config).__name__}.")
+    if config.get("type") not in ("alibi", "t5"):
         raise ValueError(f"conform bias: the configuration needs 'type': 'alibi' or 't5'; got "
-                         f"{config.get('type') if isinstance(config, dict) else config!r}.")
+                         f"{config.get('type')!r}.")
+    require_callable(candidate, f"conform {config['type']}",
+                     "fn(q_pos, k_pos) -> (H, Tq, Tk)" if config["type"] == "alibi" else "fn(relative_position) -> "
+                     "buckets")
+    require_int(max_position, "max_position", "conform bias", minimum=1)
+    require_target(target, "conform bias")
     with one_thread():
         check = check_alibi if config["type"] == "alibi" else check_t5
         return check(candidate, config, max_position=max_position, target=target)

@@ -10,9 +10,13 @@ reference with one known mistake (the other pair layout, the attention factor mi
    **passed**;
 2. every probe within tolerance plus the error that forming the angles ``pos * theta`` in float32 brings
    (``ANGLE_ULPS * eps32 * angle * |x|``): a **precision** finding ("angles formed in float32"), not a bug;
-3. some buggy reference matches every probe (to the same slack: a port often has a bug *and* float32 angles): a
-   **bug** finding naming that hypothesis, with the worst input;
-4. otherwise "no known bug explains the numbers", with the worst input.
+3. every probe whose q/k are contiguous conforms (as in 2) but some with another memory layout (a transposed view of
+   ``(B, T, H, D)`` storage, a slice of a fused qkv projection: what Hugging Face's attention passes) fails or raises:
+   a **memory layout** bug naming the layouts that fail;
+4. some buggy reference matches every probe (to the same slack: a port often has a bug *and* float32 angles): a
+   **bug** finding naming that hypothesis, with the worst input; when several match, the closest one (the smallest
+   sum of error / allowed over the probes);
+5. otherwise "no known bug explains the numbers", with the worst input.
 
 Tolerances come from the dtype alone, never from the candidate, so a correct implementation is never flagged.
 """
@@ -38,6 +42,17 @@ OUTPUT_ULPS = 4.0
 # when it is computed in float32 (base ** (2i/d) in float32); 3 ulps of the largest angle bounds every peer we know.
 ANGLE_ULPS = 3.0
 SHORT_POSITION = 4096  # positions below this are "short": a failure there is a bug, not a long-position limit
+# How q/k sit in memory when a candidate gets them (posenc.testing.rope.arrange builds each): what a probe's
+# ``memory`` names, and how a report says it.
+MEMORY_LAYOUTS = {
+    "contiguous": "contiguous (B, H, T, D) tensors",
+    "transposed": "(B, H, T, D) views of (B, T, H, D) storage (x.transpose(1, 2), as Hugging Face's attention passes "
+                  "them)",
+    "fused": "(B, H, T, D) views of one fused qkv projection output (B, T, (H + 2 Hkv) * D) (Phi-3's qkv_proj: only "
+             "the last dimension is contiguous)",
+    "fused_heads": "(B, H, T, D) views of a per-head fused qkv output (B, T, H, 3 * D) (GPT-NeoX, Bloom: q, k and v "
+                   "side by side in each head)",
+}
 
 _EPS = {torch.float64: 2.0 ** -52, torch.float32: 2.0 ** -23, torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10}
 _DTYPE_NAMES = {torch.float64: "float64", torch.float32: "float32", torch.bfloat16: "bfloat16",
@@ -88,6 +103,7 @@ class Probe:
     names: Sequence[str] = ("q", "k")
     position_of: Callable[[str, tuple[int, ...]], int] | None = None
     mask: list[Tensor] | None = None  # elements that count (e.g. causal bias: keys at or before the query)
+    memory: str = "contiguous"  # how the candidate's q/k sat in memory: a key of MEMORY_LAYOUTS
 
     def __post_init__(self) -> None:
         if not self.tolerance:
@@ -125,6 +141,7 @@ class Case:
     status: str  # "pass", "fail", "precision" (fails only by the error of float32 angles) or "error" (raised)
     worst: dict | None = None  # the element with the largest error: tensor, index, position, got, want
     message: str | None = None
+    memory: str = "contiguous"  # how the candidate's q/k sat in memory (a key of diagnose.MEMORY_LAYOUTS)
 
 
 @dataclass
@@ -175,9 +192,11 @@ class ConformanceResult:
 
     def table(self) -> str:
         """A plain-text table: one row per case, then the verdict and the diagnosis."""
-        head = ("case", "dtype", "q shape", "positions", "max error", "tolerance", "status")
-        rows = [(c.name, c.dtype, "x".join(map(str, c.shape)), c.positions,
+        head = ("case", "dtype", "q shape", "memory", "positions", "max error", "tolerance", "status")
+        rows = [(c.name, c.dtype, "x".join(map(str, c.shape)), c.memory, c.positions,
                  "-" if c.error is None else f"{c.error:.3g}", f"{c.tolerance:.3g}", c.status) for c in self.cases]
+        if all(c.memory == "contiguous" for c in self.cases):  # a matrix without memory layouts (bias): no column
+            head, rows = head[:3] + head[4:], [r[:3] + r[4:] for r in rows]
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
         lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
         lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
@@ -271,12 +290,15 @@ def diagnose(kind: str, target: str, config: dict, probes: list[Probe], hypothes
         else:
             status = "fail"
         cases.append(Case(p.name, dtype_name(p.dtype), tuple(p.shape), p.positions, p.max_position, err, p.tolerance,
-                          status, worst if status != "pass" else None, p.message))
+                          status, worst if status != "pass" else None, p.message, p.memory))
     return ConformanceResult(kind, target, config, cases, finding)
 
 
 def _explain(ran, failed, raised, hypotheses: Sequence[Hypothesis], angles: bool, precision_text: str) -> Finding:
     worst_fail = max(failed, key=lambda r: r[1] / r[0].tolerance) if failed else None
+    memory = _memory_finding(ran, failed, raised, angles)
+    if memory is not None:
+        return memory
     if not failed:  # only exceptions
         p = raised[0]
         return Finding("raised", "bug", f"your implementation raised on case {p.name!r} ({p.positions}, q "
@@ -329,3 +351,36 @@ def _explain(ran, failed, raised, hypotheses: Sequence[Hypothesis], angles: bool
     return Finding("unexplained", "bug", f"no known bug explains the numbers; {_where(w)} (tolerance "
                    f"{p.tolerance:.3g}), q {'x'.join(map(str, p.shape))} {dtype_name(p.dtype)}, positions "
                    f"{p.positions}.{suffix}", w)
+
+
+def _memory_finding(ran, failed, raised, angles: bool) -> Finding | None:
+    """A bug of memory layout: every probe with contiguous q/k conforms (within tolerance, plus the float32-angle
+    slack), and only probes with other layouts fail or raise. ``None`` when that is not the pattern."""
+    def conforms(p: Probe, e: float) -> bool:
+        return e <= p.tolerance + (p.slack(torch.float32) if angles else 0.0)
+
+    contiguous = [(p, e) for p, e, _ in ran if p.memory == "contiguous"]
+    if not contiguous or any(p.memory == "contiguous" for p in raised):
+        return None
+    if not all(conforms(p, e) for p, e in contiguous):
+        return None
+    wrong = [(p, e, w) for p, e, w in failed if p.memory != "contiguous" and not conforms(p, e)]
+    broken = [p for p in raised if p.memory != "contiguous"]
+    if not wrong and not broken:
+        return None
+    layouts = sorted({p.memory for p, _, _ in wrong} | {p.memory for p in broken})
+    what = "; ".join(f"{m}: {MEMORY_LAYOUTS.get(m, m)}" for m in layouts)
+    if wrong:
+        p, e, w = max(wrong, key=lambda r: r[1] / r[0].tolerance)
+        sentence = (f"your output is right for contiguous q/k but wrong for q/k in another memory layout ({what}): "
+                    f"the implementation assumes contiguous memory (it indexes the raw storage or a flattened view "
+                    f"with contiguous strides); call .contiguous() on q and k first, or index with their strides; "
+                    f"{_where(w)} (tolerance {p.tolerance:.3g}, memory {p.memory}).")
+        if broken:
+            sentence += f" It also raised on case {broken[0].name!r}: {broken[0].message}"
+        return Finding("memory_layout", "bug", sentence, w)
+    p = broken[0]
+    return Finding("memory_layout", "bug", f"your implementation works on contiguous q/k but raises on q/k in another "
+                   f"memory layout ({what}): case {p.name!r} ({p.positions}, q {'x'.join(map(str, p.shape))}, "
+                   f"{dtype_name(p.dtype)}): {p.message}. It must accept non-contiguous q/k (use .reshape instead "
+                   f"of .view, or call .contiguous() first).", None)

@@ -30,12 +30,28 @@ from torch import Tensor
 
 from posenc.encodings.rope import LAYOUTS, apply_rope
 from posenc.rope_scaling import SCALING_METHODS, base_inv_freq, logn_scale, resolve_scaling, scaled_inv_freq
-from posenc.testing.diagnose import ConformanceResult, Hypothesis, Probe, diagnose, dtype_name, one_thread
+from posenc.testing._args import (
+    DTYPES,
+    config_mapping,
+    require_bool,
+    require_dtypes,
+    require_int,
+    require_number,
+    require_target,
+)
+from posenc.testing.diagnose import (
+    MEMORY_LAYOUTS,
+    ConformanceResult,
+    Hypothesis,
+    Probe,
+    diagnose,
+    dtype_name,
+    one_thread,
+)
 
-__all__ = ["RopeSpec", "check_rope", "reference_rope", "rope_cases", "rope_hypotheses", "rope_spec"]
+__all__ = ["RopeSpec", "arrange", "check_rope", "reference_rope", "rope_cases", "rope_hypotheses", "rope_spec"]
 
 PAIRS = {"half": "(x[i], x[i + d/2])", "interleaved": "(x[2i], x[2i + 1])"}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 _NOT_SCALING = {"rope_theta", "partial_rotary_factor", "head_dim", "hidden_size", "num_attention_heads",
                 "num_key_value_heads", "max_position_embeddings", "layout", "rope_type", "type", "base"}
 
@@ -93,8 +109,10 @@ def rope_spec(config: Any, *, layout: str | None = None) -> RopeSpec:
     ``factor``, ``partial_rotary_factor``, ...), or a config.json dict / ``PretrainedConfig``.
 
     Raises:
+        TypeError: not a dict / config object, or a value of the wrong type (``rope_theta: "1e4"``).
         ValueError: no head dim, an unknown ``rope_type`` or invalid scaling parameters (as posenc's ``rope`` does).
     """
+    values = config_mapping(config, "conform", "{'rope_type': 'default', 'rope_theta': 10000.0, 'head_dim': 64}")
     layout = layout or config_value(config, "layout") or "half"
     if layout not in LAYOUTS:
         raise ValueError(f"conform: layout must be one of {LAYOUTS}; got {layout!r}.")
@@ -106,12 +124,16 @@ def rope_spec(config: Any, *, layout: str | None = None) -> RopeSpec:
         return RopeSpec(pe.head_dim, pe.rotary_dim, pe.base, layout, scaling,
                         "default" if scaling is None else scaling["rope_type"])
     head_dim = config_value(config, "head_dim")
-    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 2:
+    if head_dim is not None:
+        require_int(head_dim, "head_dim", "conform")
+    if head_dim is None or head_dim <= 0 or head_dim % 2:
         raise ValueError(f"conform: the configuration needs an even positive int 'head_dim'; got {head_dim!r}. "
                          f"Example: {{'rope_type': 'default', 'rope_theta': 10000.0, 'head_dim': 64}}.")
-    base = float(config_value(config, "rope_theta", config_value(config, "base", 10000.0)))
-    fraction = config_value(config, "partial_rotary_factor", 1.0) or 1.0
-    if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+    theta_key = "rope_theta" if config_value(config, "rope_theta") is not None else "base"
+    base = require_number(config_value(config, theta_key, 10000.0), theta_key, "conform", above=1.0)
+    fraction = config_value(config, "partial_rotary_factor")
+    fraction = 1.0 if fraction is None else require_number(fraction, "partial_rotary_factor", "conform")
+    if not 0 < fraction <= 1:
         raise ValueError(f"conform: partial_rotary_factor must be in (0, 1]; got {fraction!r}.")
     rotary_dim = int(head_dim * fraction)
     if rotary_dim % 2 or rotary_dim <= 0:
@@ -119,7 +141,7 @@ def rope_spec(config: Any, *, layout: str | None = None) -> RopeSpec:
     rope_type = config_value(config, "rope_type", config_value(config, "type", "default")) or "default"
     if rope_type not in SCALING_METHODS:
         raise ValueError(f"conform: unknown rope_type {rope_type!r}; posenc implements {sorted(SCALING_METHODS)}.")
-    params = {k: v for k, v in dict(config).items() if k in SCALING_METHODS[rope_type].params}
+    params = {k: v for k, v in values.items() if k in SCALING_METHODS[rope_type].params}
     max_len = config_value(config, "max_position_embeddings") or params.get("original_max_position_embeddings") or 4096
     if rope_type == "dynamic":  # transformers stretches past max_position_embeddings
         params.setdefault("original_max_position_embeddings", max_len)
@@ -169,7 +191,8 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor, spec: RopeSpec) -> Tensor:
 # -- the matrix --------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RopeCase:
-    """One input: a name, dtype, sizes and positions ``(T,)`` or ``(B, T)``."""
+    """One input: a name, dtype, sizes, positions ``(T,)`` or ``(B, T)`` and how q/k sit in memory (``memory``: a
+    key of :data:`~posenc.testing.diagnose.MEMORY_LAYOUTS`, see :func:`arrange`)."""
 
     name: str
     dtype: torch.dtype
@@ -177,6 +200,7 @@ class RopeCase:
     heads: int
     kv_heads: int
     positions: Tensor
+    memory: str = "contiguous"
 
     def describe(self) -> str:
         p = self.positions
@@ -190,24 +214,40 @@ def rope_cases(*, dtypes: Sequence[str | torch.dtype] = ("float32", "bfloat16", 
                length: int = 16, heads: int = 4) -> list[RopeCase]:
     """The default matrix: prefill, an offset chunk (KV cache), a decode step, ``(B, T)`` positions with a packed
     restart, GQA, and long positions 131071, 10**5 and 10**6 (up to ``max_position``), in every dtype (the full set in
-    float32, prefill / ``(B, T)`` / the longest in the others)."""
-    T = length
+    float32, prefill / ``(B, T)`` / the longest in the others).
+
+    q/k are contiguous except in the ``-transposed`` cases (prefill in every dtype, ``(B, T)`` positions in the
+    first): ``(B, H, T, D)`` views of ``(B, T, H, D)`` storage, as Hugging Face's attention passes them; and the
+    ``-fused`` case (GQA, or prefill without it, in the first dtype): views into one fused qkv projection output; and
+    ``offset-fused-heads``: views into a per-head fused qkv output (GPT-NeoX)."""
+    dtypes = require_dtypes(dtypes, "conform rope")
+    max_position = require_int(max_position, "max_position", "conform rope", minimum=1)
+    require_bool(gqa, "gqa", "conform rope")
+    require_bool(batch_positions, "batch_positions", "conform rope")
+    T = require_int(length, "length", "conform rope", minimum=2)
+    heads = require_int(heads, "heads", "conform rope", minimum=1)
     ar = torch.arange(T)
     batch_pos = torch.stack((ar, torch.cat((torch.arange(100, 100 + T // 2), torch.arange(T - T // 2)))))
     longs = [(f"long-{top}", top) for top in (131071, 100_007, 1_000_000 - 1) if top <= max_position]
     longs = sorted({top: name for name, top in longs}.items())
     out = []
     for n, dt in enumerate(dtypes):
-        dt = DTYPES[dt] if isinstance(dt, str) else dt
         sfx = "" if n == 0 else f"-{dtype_name(dt)}"
         out.append(RopeCase(f"prefill{sfx}", dt, 2, heads, heads, ar))
+        out.append(RopeCase(f"prefill-transposed{sfx}", dt, 2, heads, heads, ar, "transposed"))
         if n == 0:
             out.append(RopeCase("offset", dt, 2, heads, heads, ar + 37))
             out.append(RopeCase("decode", dt, 2, heads, heads, torch.tensor([min(1000, max_position)])))
         if batch_positions:
             out.append(RopeCase(f"batch{sfx}", dt, 2, heads, heads, batch_pos))
+            if n == 0:
+                out.append(RopeCase("batch-transposed", dt, 2, heads, heads, batch_pos, "transposed"))
         if gqa and n == 0:
             out.append(RopeCase("gqa", dt, 2, heads, max(1, heads // 2), ar))
+        if n == 0:
+            kv = max(1, heads // 2) if gqa else heads
+            out.append(RopeCase("gqa-fused" if gqa else "prefill-fused", dt, 2, heads, kv, ar, "fused"))
+            out.append(RopeCase("offset-fused-heads", dt, 2, heads, heads, ar + 37, "fused_heads"))
         for top, name in (longs if n == 0 else longs[-1:]):
             out.append(RopeCase(f"{name}{sfx}", dt, 2, heads, heads, ar + (top - T + 1)))
     return out
@@ -317,11 +357,54 @@ def _inputs(case: RopeCase, head_dim: int, seed: int) -> tuple[Tensor, Tensor]:
     return q.to(case.dtype), k.to(case.dtype)
 
 
-def call_candidate(fn: Callable, q: Tensor, k: Tensor, pos: Tensor) -> tuple[list[Tensor] | None, str | None]:
-    """Run a candidate ``fn(q, k, pos)`` on copies under no_grad: ``(outputs, None)``, or ``(None, why it failed)``."""
+def arrange(q: Tensor, k: Tensor, memory: str = "contiguous") -> tuple[Tensor, Tensor]:
+    """Fresh copies of q ``(B, H, T, D)`` and k ``(B, Hkv, T, D)`` laid out in memory as ``memory`` says.
+
+    - ``"contiguous"``: contiguous ``(B, H, T, D)``;
+    - ``"transposed"``: ``x.transpose(1, 2)`` of contiguous ``(B, T, H, D)`` tensors (Hugging Face's attention:
+      ``q_proj(h).view(B, T, H, D).transpose(1, 2)``);
+    - ``"fused"``: views into one ``(B, T, (H + 2 Hkv) * D)`` buffer, q then k then a v block (Phi-3's ``qkv_proj``
+      sliced and viewed): strides ``(T W, D, W, 1)`` with ``W = (H + 2 Hkv) D``, k at a storage offset;
+    - ``"fused_heads"``: views into one ``(B, T, H, 3 D)`` buffer, each head's q, k, v side by side (GPT-NeoX's
+      ``query_key_value(h).view(B, T, H, 3 D).transpose(1, 2).chunk(3, -1)``): strides ``(3 T H D, 3 D, 3 H D,
+      1)``; needs as many key heads as query heads.
+
+    The values are q's and k's in every layout; a candidate may write into its inputs without touching the caller's.
+    """
+    if memory == "contiguous":
+        return q.clone(memory_format=torch.contiguous_format), k.clone(memory_format=torch.contiguous_format)
+    if memory == "transposed":
+        return q.transpose(1, 2).contiguous().transpose(1, 2), k.transpose(1, 2).contiguous().transpose(1, 2)
+    if memory == "fused":
+        (B, H, T, D), Hk = q.shape, k.shape[1]
+        qw, kw = H * D, Hk * D
+        g = torch.Generator().manual_seed(0)
+        buf = torch.randn(B, T, qw + 2 * kw, generator=g, dtype=torch.float64).to(q.dtype)  # the v block stays random
+        buf[..., :qw] = q.transpose(1, 2).reshape(B, T, qw)
+        buf[..., qw:qw + kw] = k.transpose(1, 2).reshape(B, T, kw)
+        return (buf[..., :qw].view(B, T, H, D).transpose(1, 2),  # (B, H, T, D)
+                buf[..., qw:qw + kw].view(B, T, Hk, D).transpose(1, 2))  # (B, Hkv, T, D)
+    if memory == "fused_heads":
+        (B, H, T, D), Hk = q.shape, k.shape[1]
+        if Hk != H:
+            raise ValueError(f"conform: the per-head fused layout (GPT-NeoX) has as many key heads as query heads; "
+                             f"got {H} and {Hk}.")
+        g = torch.Generator().manual_seed(0)
+        buf = torch.randn(B, T, H, 3 * D, generator=g, dtype=torch.float64).to(q.dtype)  # (B, T, H, 3D)
+        buf[..., :D], buf[..., D:2 * D] = q.transpose(1, 2), k.transpose(1, 2)
+        qkv = buf.transpose(1, 2)  # (B, H, T, 3D)
+        return qkv[..., :D], qkv[..., D:2 * D]
+    raise ValueError(f"conform: memory layout must be one of {sorted(MEMORY_LAYOUTS)}; got {memory!r}.")
+
+
+def call_candidate(fn: Callable, q: Tensor, k: Tensor, pos: Tensor,
+                   memory: str = "contiguous") -> tuple[list[Tensor] | None, str | None]:
+    """Run a candidate ``fn(q, k, pos)`` under no_grad on copies of q/k laid out as ``memory`` (:func:`arrange`):
+    ``(outputs, None)``, or ``(None, why it failed)``."""
+    q_in, k_in = arrange(q, k, memory)
     try:
         with torch.no_grad():
-            out = fn(q.clone(), k.clone(), pos.clone())
+            out = fn(q_in, k_in, pos.clone())
     except Exception as exc:  # noqa: BLE001 - a candidate's failure is a result, not a crash of the kit
         return None, f"{type(exc).__name__}: {exc}".splitlines()[0]
     if not isinstance(out, (tuple, list)) or len(out) != 2 or not all(isinstance(t, Tensor) for t in out):
@@ -358,8 +441,18 @@ def check_rope(candidate: Any, config: Any, *, layout: str | None = None,
         gqa, batch_positions: include the GQA case (fewer key heads) and ``(B, T)`` positions.
         cases: an explicit matrix instead of :func:`rope_cases`.
 
+    The candidate gets q/k as contiguous tensors and, in the ``-transposed`` / ``-fused`` cases, as the strided views
+    Hugging Face's attention passes (:func:`arrange`); a candidate right on the first and wrong on the others fails
+    with the finding ``memory_layout``, and each row of the result names its ``memory``.
+
     Returns:
         A :class:`~posenc.testing.ConformanceResult`: ``passed``, ``conforms``, ``diagnosis``, ``cases``.
+
+    Raises:
+        TypeError: a candidate that is not callable, or an argument of the wrong type (``dtypes="float32"``,
+            ``seed="0"``, ``cases=[1, 2]``, a config value such as ``rope_theta: "1e4"``).
+        ValueError: an argument of the right type with a wrong value (``dtypes=("float8",)``, ``max_position=0``,
+            an empty ``cases``, an invalid configuration).
     """
     with one_thread():
         return _check_rope(candidate, config, layout=layout, dtypes=dtypes, max_position=max_position, gqa=gqa,
@@ -368,24 +461,46 @@ def check_rope(candidate: Any, config: Any, *, layout: str | None = None,
 
 def _check_rope(candidate: Any, config: Any, *, layout, dtypes, max_position, gqa, batch_positions, cases, seed,
                 target) -> ConformanceResult:
-    spec = rope_spec(config, layout=layout)
     fn = _as_candidate(candidate)
-    cases = list(cases) if cases is not None else rope_cases(dtypes=dtypes, max_position=max_position, gqa=gqa,
-                                                             batch_positions=batch_positions)
+    require_int(seed, "seed", "conform rope")
+    require_target(target, "conform rope")
+    spec = rope_spec(config, layout=layout)
+    if cases is None:
+        cases = rope_cases(dtypes=dtypes, max_position=max_position, gqa=gqa, batch_positions=batch_positions)
+    else:
+        _check_cases(cases, spec)
     probes = []
     for i, case in enumerate(cases):
         q, k = _inputs(case, spec.head_dim, seed + i)
         want = list(reference_rope(q, k, case.positions, spec))
-        got, message = call_candidate(fn, q, k, case.positions)
+        got, message = call_candidate(fn, q, k, case.positions, case.memory)
         seq_len = int(case.positions.max()) + 1
         top_freq = float(spec.inv_freq(seq_len)[0].max())
         probes.append(Probe(case.name, case.dtype, tuple(q.shape), case.describe(), int(case.positions.max()), want,
                             got, {"q": q, "k": k, "positions": case.positions},
                             angle=float(case.positions.abs().max()) * top_freq, message=message,
-                            position_of=_position_of(case.positions)))
+                            position_of=_position_of(case.positions), memory=case.memory))
     hypotheses = [Hypothesis(name, sentence, _buggy(bug)) for name, sentence, bug in rope_hypotheses(spec)]
     return diagnose("rope", target or getattr(candidate, "__qualname__", type(candidate).__name__), spec.describe(),
                     probes, hypotheses)
+
+
+def _check_cases(cases: Any, spec: RopeSpec) -> None:
+    if isinstance(cases, (str, bytes)) or not isinstance(cases, Sequence) or not all(
+            isinstance(c, RopeCase) for c in cases):
+        raise TypeError(f"conform rope: cases must be a list of RopeCase (see rope_cases()); got {cases!r:.80}.")
+    if not cases:
+        raise ValueError("conform rope: cases is empty; pass at least one RopeCase, or None for the default matrix.")
+    for c in cases:
+        if c.dtype not in DTYPES.values() or c.memory not in MEMORY_LAYOUTS:
+            raise ValueError(f"conform rope: case {c.name!r} has dtype {c.dtype} / memory {c.memory!r}; the kit "
+                             f"checks dtypes {sorted(DTYPES)} and memory layouts {sorted(MEMORY_LAYOUTS)}.")
+        if c.memory == "fused_heads" and c.heads != c.kv_heads:
+            raise ValueError(f"conform rope: case {c.name!r}: the per-head fused layout needs heads == kv_heads; got "
+                             f"{c.heads} and {c.kv_heads}.")
+        if c.positions.dtype != torch.int64 or c.positions.dim() not in (1, 2) or not c.positions.numel():
+            raise ValueError(f"conform rope: case {c.name!r} needs int64 positions (T,) or (B, T); got "
+                             f"{c.positions.dtype} of shape {tuple(c.positions.shape)}.")
 
 
 def _buggy(spec: RopeSpec) -> Callable[[Probe], list[Tensor]]:
@@ -448,15 +563,23 @@ def table_candidate(cos: Tensor, sin: Tensor, positions: Tensor, *, rotary_dim: 
 def check_rope_tables(data: Mapping[str, Any], *, layout: str | None = None,
                       dtypes: Sequence[str | torch.dtype] = ("float32",), target: str = "tables") -> ConformanceResult:
     """Check exported cos/sin tables: ``{"config": {...}, "layout": "half", "positions": [...], "cos": [[...]],
-    "sin": [[...]]}`` (see :func:`table_candidate` for the widths); the matrix uses the tables' own positions."""
+    "sin": [[...]]}`` (see :func:`table_candidate` for the widths); the matrix uses the tables' own positions.
+
+    Raises:
+        TypeError / ValueError: a missing key, positions that are not integers (``1.5`` is refused, never truncated),
+            or cos/sin that are not tables of numbers.
+    """
+    if not isinstance(data, Mapping):
+        raise TypeError(f"conform: a tables JSON must be an object with 'config', 'positions', 'cos' and 'sin'; got "
+                        f"{type(data).__name__}.")
     for key in ("config", "positions", "cos", "sin"):
         if key not in data:
             raise ValueError(f"conform: a tables JSON needs 'config', 'positions', 'cos' and 'sin'; '{key}' is "
                              f"missing.")
+    dtypes = require_dtypes(dtypes, "conform tables")
     layout = layout or data.get("layout") or "half"
-    positions = torch.tensor(data["positions"], dtype=torch.int64)
-    cos = torch.tensor(data["cos"], dtype=torch.float64)
-    sin = torch.tensor(data["sin"], dtype=torch.float64)
+    positions = torch.tensor(_table_positions(data["positions"]), dtype=torch.int64)
+    cos, sin = (_table_values(data[key], key) for key in ("cos", "sin"))
     fn = table_candidate(cos, sin, positions, rotary_dim=rope_spec(data["config"]).rotary_dim, layout=layout)
     have = torch.unique(positions)  # sorted
     T = min(16, have.numel())
@@ -466,7 +589,6 @@ def check_rope_tables(data: Mapping[str, Any], *, layout: str | None = None,
         chunks["middle"] = have[mid - T // 2: mid - T // 2 + T]
     cases = []
     for n, dt in enumerate(dtypes):
-        dt = DTYPES[dt] if isinstance(dt, str) else dt
         sfx = "" if n == 0 else f"-{dtype_name(dt)}"
         for name, pos in chunks.items():
             cases.append(RopeCase(f"{name}{sfx}", dt, 2, 4, 4, pos))
@@ -474,3 +596,31 @@ def check_rope_tables(data: Mapping[str, Any], *, layout: str | None = None,
             cases.append(RopeCase("batch", dt, 2, 4, 4, torch.stack((chunks["first"], chunks["last"]))))
             cases.append(RopeCase("decode", dt, 2, 4, 4, have[-1:]))
     return check_rope(fn, data["config"], layout=layout, cases=cases, target=target)
+
+
+def _table_positions(values: Any) -> list[int]:
+    """The tables' positions as ints: JSON integers (or floats with an integral value, as numpy's ``tolist`` of a
+    float array writes them); a fractional position has no row in any RoPE table and is refused, never truncated."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values:
+        raise TypeError(f"conform: a tables JSON's 'positions' must be a non-empty list of integers; got "
+                        f"{values!r:.80}.")
+    out = []
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"conform: positions[{i}] = {v!r} is not an integer; a tables JSON's 'positions' are the "
+                            f"integer positions of its rows.")
+        if isinstance(v, float) and not v.is_integer():
+            raise ValueError(f"conform: positions[{i}] = {v!r} is fractional; a row of a RoPE table belongs to an "
+                             f"integer position. Export the integer positions the tables were computed at.")
+        out.append(int(v))
+    return out
+
+
+def _table_values(values: Any, key: str) -> Tensor:
+    try:
+        table = torch.tensor(values, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"conform: a tables JSON's {key!r} must be a list of rows of numbers (N, W); {exc}") from None
+    if not torch.isfinite(table).all():
+        raise ValueError(f"conform: a tables JSON's {key!r} holds NaN or infinite values.")
+    return table
