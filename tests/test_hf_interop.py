@@ -167,7 +167,7 @@ def test_from_hf_config_object_with_partial_rotary_matches_transformers():
 
 @pytest.mark.parametrize("config,message", [
     ({"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 32,
-      "rope_scaling": {"type": "linear", "factor": 0.5}}, "factor must be >= 1"),
+      "rope_scaling": {"type": "linear", "factor": 0.5}}, "factor must be a number >= 1"),
     ({"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 32,
       "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 3, "long_factor": [1.0] * 8}}, "length 3"),
     ({"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 32,

@@ -25,20 +25,22 @@ def is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _extra(type_hint: str) -> str:
+    return f" {type_hint.strip()}" if type_hint else ""
+
+
 def _range(minimum, maximum, *, above=None) -> str:
-    parts = []
-    if above is not None:
-        parts.append(f"> {above}")
-    if minimum is not None:
-        parts.append(f">= {minimum}")
-    if maximum is not None:
-        parts.append(f"<= {maximum}")
+    parts = [f"{op} {bound:g}" if isinstance(bound, float) else f"{op} {bound}"
+             for op, bound in ((">", above), (">=", minimum), ("<=", maximum)) if bound is not None]
     return " and ".join(parts)
 
 
 def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None,
-              hint: str = "") -> int:
+              hint: str = "", type_hint: str = "") -> int:
     """``value`` as an ``int`` if it is an integer in ``[minimum, maximum]`` (either bound optional).
+
+    ``hint`` ends every message; ``type_hint`` only the one for a value of the wrong type (e.g. "In config.json
+    write it without quotes.").
 
     Raises:
         TypeError: ``value`` is not an integer (floats and bools included).
@@ -46,7 +48,7 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int
     """
     hint = f" {hint.strip()}" if hint else ""
     if not is_int(value):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}.{hint}")
+        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}.{hint}{_extra(type_hint)}")
     value = int(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ValueError(f"{name} must be an int {_range(minimum, maximum)}; got {value}.{hint}")
@@ -54,7 +56,7 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int
 
 
 def check_number(value: Any, name: str, *, minimum: float | None = None, above: float | None = None,
-                 maximum: float | None = None, hint: str = "") -> float:
+                 maximum: float | None = None, hint: str = "", type_hint: str = "") -> float:
     """``value`` as a ``float`` if it is a finite real number (not a bool) ``>= minimum``, ``> above``, ``<= maximum``.
 
     Raises:
@@ -63,7 +65,7 @@ def check_number(value: Any, name: str, *, minimum: float | None = None, above: 
     """
     hint = f" {hint.strip()}" if hint else ""
     if not is_number(value):
-        raise TypeError(f"{name} must be a number; got {type(value).__name__} {value!r}.{hint}")
+        raise TypeError(f"{name} must be a number; got {type(value).__name__} {value!r}.{hint}{_extra(type_hint)}")
     value = float(value)
     if not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number; got {value}.{hint}")

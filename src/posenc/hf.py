@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from posenc._checks import check_int, check_number
 from posenc.encodings.mla import MLARoPE
 from posenc.encodings.mrope import MRoPE
 from posenc.encodings.rope import RoPE
@@ -69,20 +70,12 @@ def _positive_int(config: Any, key: str) -> int:
 
 
 def _check_int(value: Any, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"from_hf_config: {key} must be an int; got {type(value).__name__} {value!r}. In config.json "
-                        f"write it without quotes.")
-    if value <= 0:
-        raise ValueError(f"from_hf_config: {key} must be a positive int; got {value!r}.")
-    return value
+    return check_int(value, f"from_hf_config: {key}", minimum=1, type_hint="In config.json write it without quotes.")
 
 
 def _check_number(value: Any, key: str) -> float:
     """A real number: a string such as ``"1e6"`` (a quoting slip in config.json) or a bool is refused, not parsed."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"from_hf_config: {key} must be a number; got {type(value).__name__} {value!r}. In "
-                        f"config.json write it without quotes.")
-    return float(value)
+    return check_number(value, f"from_hf_config: {key}", type_hint="In config.json write it without quotes.")
 
 
 def _check_bool(value: Any, key: str) -> bool:

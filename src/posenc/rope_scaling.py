@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch loads on first use, so that `posenc --help` builds this registry without it
     from torch import Tensor
+from posenc._checks import check_int, check_number
 
 __all__ = [
     "SCALING_METHODS",
@@ -103,11 +104,10 @@ def register_scaling(name: str, *, params: Mapping[str, Any] | None = None, leng
 def base_inv_freq(rotary_dim: int, base: float) -> Tensor:
     """``theta_i = base^(-2i / rotary_dim)``, float64 ``(rotary_dim // 2,)`` (as ``rope_frequencies``)."""
     import torch
-    if isinstance(rotary_dim, bool) or not isinstance(rotary_dim, int) or rotary_dim <= 0 or rotary_dim % 2:
+    if check_int(rotary_dim, "rope scaling: rotary_dim", minimum=1) % 2:
         raise ValueError(f"rope scaling: rotary_dim must be a positive even int (channels rotate in pairs); "
                          f"got {rotary_dim!r}.")
-    if not (isinstance(base, (int, float)) and not isinstance(base, bool) and base > 1):
-        raise ValueError(f"rope scaling: base must be a number > 1; got {base!r}.")
+    check_number(base, "rope scaling: base", above=1)
     exponent = torch.arange(0, rotary_dim, 2, dtype=torch.float64) / rotary_dim
     return torch.pow(float(base), -exponent)
 
@@ -115,12 +115,11 @@ def base_inv_freq(rotary_dim: int, base: float) -> Tensor:
 def _number(params: Mapping[str, Any], key: str, method: str, *, minimum: float | None = None,
             strict: bool = False, hint: str = "") -> float:
     value = params.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"rope scaling {method!r}: {key} must be a finite number; got {value!r}.{hint}")
-    if minimum is not None and (value <= minimum if strict else value < minimum):
-        raise ValueError(f"rope scaling {method!r}: {key} must be {'>' if strict else '>='} {minimum:g}; "
-                         f"got {value!r}.{hint}")
-    return float(value)
+    if value is None:
+        raise ValueError(f"rope scaling {method!r}: {key} must be a finite number; got None.{hint}")
+    if strict:
+        return check_number(value, f"rope scaling {method!r}: {key}", above=minimum, hint=hint)
+    return check_number(value, f"rope scaling {method!r}: {key}", minimum=minimum, hint=hint)
 
 
 def _factor(params: Mapping[str, Any], method: str) -> float:
@@ -130,10 +129,11 @@ def _factor(params: Mapping[str, Any], method: str) -> float:
 
 def _original_length(params: Mapping[str, Any], method: str) -> int:
     value = params.get("original_max_position_embeddings")
-    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+    if value is None:
         raise ValueError(f"rope scaling {method!r}: original_max_position_embeddings (the training length) must be "
-                         f"an int >= 2; got {value!r}.")
-    return value
+                         f"an int >= 2; got None.")
+    return check_int(value, f"rope scaling {method!r}: original_max_position_embeddings (the training length)",
+                     minimum=2)
 
 
 def _band(params: Mapping[str, Any], method: str, upper: tuple[str, str], lower: tuple[str, str],
@@ -203,8 +203,8 @@ def dynamic_ntk_scaling(rotary_dim: int, base: float, params: Mapping[str, Any],
     """
     factor = _factor(params, "dynamic")
     original = _original_length(params, "dynamic")
-    if seq_len is not None and (isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1):
-        raise ValueError(f"rope scaling 'dynamic': seq_len must be a positive int; got {seq_len!r}.")
+    if seq_len is not None:
+        check_int(seq_len, "rope scaling 'dynamic': seq_len", minimum=1)
     length = original if seq_len is None else max(seq_len, original)
     grown = base * (factor * length / original - (factor - 1)) ** _ntk_exponent(rotary_dim, "dynamic")
     return base_inv_freq(rotary_dim, grown), 1.0
@@ -430,8 +430,7 @@ def logn_scale(pos: Tensor, train_len: int) -> Tensor:
     unchanged. ``pos``: int ``(...)`` -> float32 ``(...)``.
     """
     import torch
-    if isinstance(train_len, bool) or not isinstance(train_len, int) or train_len < 2:
-        raise ValueError(f"logn_scale: train_len must be an int >= 2; got {train_len!r}.")
+    check_int(train_len, "logn_scale: train_len", minimum=2)
     n = pos.to(torch.float64) + 1
     return (torch.log(n) / math.log(train_len)).clamp(min=1.0).to(torch.float32)
 
@@ -443,8 +442,7 @@ def llama_4_query_scale(pos: Tensor, beta: float, train_len: int) -> Tensor:
     ``pos``: int ``(...)`` -> float32 ``(...)``.
     """
     import torch
-    if isinstance(train_len, bool) or not isinstance(train_len, int) or train_len < 1:
-        raise ValueError(f"llama_4_query_scale: train_len must be a positive int; got {train_len!r}.")
+    check_int(train_len, "llama_4_query_scale: train_len", minimum=1)
     steps = torch.floor(pos.to(torch.float64) / train_len)
     return (1 + float(beta) * torch.log1p(steps)).to(torch.float32)
 
@@ -454,8 +452,7 @@ def llama4_attn_temperature(pos: Tensor, *, attn_scale: float = 0.1, floor_scale
     (transformers' ``Llama4TextAttention``; temperature tuning of arXiv 2501.19399). ``pos``: int ``(...)`` -> float32.
     """
     import torch
-    if isinstance(floor_scale, bool) or not isinstance(floor_scale, (int, float)) or floor_scale <= 0:
-        raise ValueError(f"llama4_attn_temperature: floor_scale must be a positive number; got {floor_scale!r}.")
+    check_number(floor_scale, "llama4_attn_temperature: floor_scale", above=0)
     steps = torch.floor((pos.to(torch.float64) + 1.0) / floor_scale)
     return (1 + float(attn_scale) * torch.log1p(steps)).to(torch.float32)
 

@@ -135,12 +135,12 @@ ALIBI4 = {"type": "alibi", "n_heads": 4, "causal": True}
     (make_alibi(4), ["alibi", 4], {}, TypeError, ["must be a dict", "got list"]),
     (3, ALIBI4, {}, TypeError, ["candidate must be a callable", "got int"]),
     (make_alibi(4), ALIBI4, {"max_position": "big"}, TypeError, ["max_position must be an int"]),
-    (make_alibi(4), ALIBI4, {"max_position": 0}, ValueError, ["max_position must be >= 1"]),
+    (make_alibi(4), ALIBI4, {"max_position": 0}, ValueError, ["max_position must be an int >= 1"]),
     (make_alibi(4), ALIBI4, {"target": 7}, TypeError, ["target"]),
     (hf_t5_bucket, {**T5, "num_buckets": "32"}, {}, TypeError, ["num_buckets must be an int"]),
     (hf_t5_bucket, {**T5, "num_buckets": 32.7}, {}, TypeError, ["num_buckets must be an int", "32.7"]),
     (hf_t5_bucket, {**T5, "bidirectional": "true"}, {}, TypeError, ["bidirectional must be true or false"]),
-    (hf_t5_bucket, {**T5, "max_distance": 0}, {}, ValueError, ["max_distance must be >= 1"]),
+    (hf_t5_bucket, {**T5, "max_distance": 0}, {}, ValueError, ["max_distance must be an int >= 1"]),
 ], ids=lambda v: None)
 def test_bad_bias_arguments_raise_clearly_before_anything_runs(candidate, config, kwargs, error, words):
     calls = []

@@ -237,7 +237,7 @@ def test_bad_configs_raise_clearly():
     ({"head_dim": "32"}, {}, TypeError, ["head_dim must be an int"]),
     ({"head_dim": 32, "partial_rotary_factor": "0.5"}, {}, TypeError, ["partial_rotary_factor must be a number"]),
     ('{"head_dim": 32}', {}, TypeError, ["must be a dict", "json.loads"]),
-    ({"head_dim": 32}, {"max_position": -5}, ValueError, ["max_position must be >= 1"]),
+    ({"head_dim": 32}, {"max_position": -5}, ValueError, ["max_position must be an int >= 1"]),
     ({"head_dim": 32}, {"max_position": 1e6}, TypeError, ["max_position must be an int"]),
     ({"head_dim": 32}, {"cases": [1, 2]}, TypeError, ["cases must be a list of RopeCase"]),  # was AttributeError
     ({"head_dim": 32}, {"cases": []}, ValueError, ["cases is empty"]),

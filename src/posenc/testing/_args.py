@@ -5,11 +5,12 @@ wrong value) that names the argument, what came in and what would do, before any
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+
+from posenc._checks import check_int, check_number
 
 __all__ = ["DTYPES", "config_mapping", "require_bool", "require_callable", "require_dtypes", "require_int",
            "require_number", "require_target"]
@@ -33,22 +34,12 @@ def require_bool(value: Any, name: str, who: str) -> bool:
 
 
 def require_int(value: Any, name: str, who: str, *, minimum: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{who}: {name} must be an int; got {type(value).__name__} {value!r}.")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{who}: {name} must be >= {minimum}; got {value}.")
-    return value
+    return check_int(value, f"{who}: {name}", minimum=minimum)
 
 
 def require_number(value: Any, name: str, who: str, *, above: float | None = None) -> float:
     """A finite real number (not a bool, not a string: ``"1e4"`` in a config is a quoting mistake)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{who}: {name} must be a number; got {type(value).__name__} {value!r}. In JSON write "
-                        f"it without quotes.")
-    if not math.isfinite(value) or (above is not None and value <= above):
-        bound = "" if above is None else f" > {above:g}"
-        raise ValueError(f"{who}: {name} must be a finite number{bound}; got {value!r}.")
-    return float(value)
+    return check_number(value, f"{who}: {name}", above=above, type_hint="In JSON write it without quotes.")
 
 
 def require_dtypes(dtypes: Any, who: str) -> list[torch.dtype]:

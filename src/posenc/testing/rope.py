@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from posenc._checks import is_number
 from posenc.encodings.rope import LAYOUTS, apply_rope
 from posenc.rope_scaling import SCALING_METHODS, base_inv_freq, logn_scale, resolve_scaling, scaled_inv_freq
 from posenc.testing._args import (
@@ -606,7 +607,7 @@ def _table_positions(values: Any) -> list[int]:
                         f"{values!r:.80}.")
     out = []
     for i, v in enumerate(values):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
+        if not is_number(v):
             raise TypeError(f"conform: positions[{i}] = {v!r} is not an integer; a tables JSON's 'positions' are the "
                             f"integer positions of its rows.")
         if isinstance(v, float) and not v.is_integer():
