@@ -167,6 +167,24 @@ def test_a_very_negative_sink_is_the_base_alone_and_gradients_match_the_naive_on
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
+def test_a_base_with_per_call_tensors_keeps_them_through_chunkeds_backward(small_chunks):
+    """TUPE's terms hold per-call tensors with gradients (``call_tensors``); behind the sinks chunked still swaps and
+    differentiates them (its ChunkedTerms path), equal to the reference backend."""
+    pe = _sinks("tupe")
+    q, k, v = _qkv()
+    params = list(pe.parameters())
+    grads = {}
+    for backend in ("reference", "chunked"):
+        qq, kk, vv = (x.clone().requires_grad_() for x in (q, k, v))
+        out = posenc.attention(qq, kk, vv, pe, causal=True, backend=backend)
+        if backend == "chunked":
+            assert type(out.grad_fn).__name__ == "ChunkedTermsBackward"
+            assert posenc.backends.prepare_call(q, k, v, pe, causal=True).terms.call_tensors
+        grads[backend] = (out, *torch.autograd.grad(out.pow(2).sum(), [qq, kk, vv, *params]))
+    for a, b in zip(grads["chunked"], grads["reference"]):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
 def test_gradcheck_of_the_sinks_on_chunked_in_blocks_of_one_row(monkeypatch):
     monkeypatch.setattr(posenc.attention_settings, "CHUNK_ELEMENTS", 1)
     monkeypatch.setattr(posenc.attention_settings, "TERMS_MIN_ROWS", 1)
