@@ -178,11 +178,16 @@ class ChunkedTerms(torch.autograd.Function):
             if need_v:  # the core's value gradient: probs^T @ grad_out, summed per kv head
                 _add_grouped_matmul_(dv[:, :, :key_stop], probs.detach(), go, n_rep)
             grads = [None] * len(inputs)
+            outputs, seeds = [], []
             if probs.requires_grad:
-                outputs, seeds = [probs], [go @ blk.v.transpose(-2, -1)]  # d probs from probs @ v: (B, H, rows, keys)
-                if extra is not None and extra.requires_grad:
-                    outputs.append(extra)
-                    seeds.append(go.to(extra.dtype))
+                outputs.append(probs)
+                seeds.append(go @ blk.v.transpose(-2, -1))  # d probs from probs @ v: (B, H, rows, keys)
+            # a value term may need a gradient when the weights do not (a parameter of its own, e.g. stick-breaking's
+            # remainder vector, with q and k frozen)
+            if extra is not None and extra.requires_grad:
+                outputs.append(extra)
+                seeds.append(go.to(extra.dtype))
+            if outputs:
                 grads = list(torch.autograd.grad(outputs, inputs, seeds, allow_unused=True))
             del probs, extra
             got = dict(zip(map(id, inputs), grads))
