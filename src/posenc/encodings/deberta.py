@@ -335,13 +335,15 @@ class DeBERTaTerms(AttentionTerms):
     """
 
     pair_tensors = 12  # estimated: scores, int64 buckets and indices (twice each), gathered terms, sum, probs, grads
-    call_tensors = ("kr", "kq")  # formed once per call from the table, the layer's W_q/W_k and k
+    call_tensors = ("kr", "kq")  # formed once per call from the table, the layer's W_q/W_k and k (per object: those
+    # of the terms used)
 
     def __init__(self, pe: DeBERTa, kr: Tensor | None, kq: Tensor | None, c2p_start: int, p2c_start: int) -> None:
         self.pe = pe
         self.kr = kr  # (1, H, U_c, D) or None
         self.kq = kq  # (B, H, Tk, U_p) or None
         self.c2p_start, self.p2c_start = c2p_start, p2c_start
+        self.call_tensors = tuple(n for n in ("kr", "kq") if getattr(self, n) is not None)  # a term may be off
         self.inv_sqrt_factor = 1.0 / math.sqrt(pe.score_factor)
 
     def logits(self, scores: Tensor, blk: ScoreBlock) -> Tensor:
