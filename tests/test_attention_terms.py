@@ -26,7 +26,11 @@ from posenc.terms import AttentionTerms, ScoreBlock, positions_2d
 B, H, D, TQ, TK = 2, 4, 8, 36, 40
 NAMES = posenc.registered_names()
 # adaptive is a plain bias unless content-conditioned; randomized wraps an encoding with terms (and per-call tensors)
-TERM_OPTIONS = {"adaptive": {"content": True}, "randomized": {"base": "tupe", "max_positions": 128}}
+TERM_OPTIONS = {"adaptive": {"content": True}, "randomized": {"base": "tupe", "max_positions": 128},
+                # a relative table of 2S = 8 rows: distances past 2 take the log buckets, and the per-call p2c
+                # products k . W_q R (B, H, Tk, 2S) are no wider than q (D = 8), as the one-block bound assumes; at
+                # the default 2S = 512 they are O(Tk) but wider than q
+                "deberta": {"position_buckets": 4, "max_relative_positions": 16}}
 
 
 def _term_names() -> list[str]:
@@ -314,7 +318,8 @@ def test_chunked_backward_allocates_the_gradients_once(name, small_chunks, monke
 GRADCHECK_OPTIONS = {"cope": {"npos_max": 4}, "shaw": {"max_relative_position": 2},
                      "dual_chunk": {"chunk_size": 3, "local_window": 1},
                      "self_extend": {"group_size": 2, "neighbor_window": 2},
-                     "randomized": {"base": "tupe", "max_positions": 8}}
+                     "randomized": {"base": "tupe", "max_positions": 8},
+                     "deberta": {"position_buckets": 4, "max_relative_positions": 6}}
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
