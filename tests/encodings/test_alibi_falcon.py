@@ -47,25 +47,26 @@ def test_falcon_bias_equals_build_alibi_tensor_bit_for_bit(n_heads):
 
 
 def _attention_io(model, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Layer 0's fused q/k/v projection ``(B, T, 3 * HIDDEN)`` and its attention output before ``dense``
+    """Layer 0's fused q/k/v projection ``(B, T, 3 * HIDDEN)`` and its attention output (after ``dense``)
     ``(B, T, HIDDEN)``, captured with forward hooks (public ``nn.Module`` API) during a public ``model(...)`` call."""
     attn = model.transformer.h[0].self_attention
     seen = {}
     hooks = [attn.query_key_value.register_forward_hook(lambda mod, args, out: seen.setdefault("qkv", out)),
-             attn.dense.register_forward_pre_hook(lambda mod, args: seen.setdefault("context", args[0]))]
+             attn.dense.register_forward_hook(lambda mod, args, out: seen.setdefault("out", out))]
     try:
         with torch.no_grad():
             model(input_ids=input_ids)
     finally:
         for hook in hooks:
             hook.remove()
-    return seen["qkv"], seen["context"]
+    return seen["qkv"], seen["out"]
 
 
 def test_falcon_attention_matches_hf_and_the_paper_form_does_not():
     model = _falcon()
+    attn = model.transformer.h[0].self_attention
     with torch.no_grad():  # sharper attention, so the bf16 rounding of Falcon's bias matters
-        model.transformer.h[0].self_attention.query_key_value.weight.mul_(4.0)
+        attn.query_key_value.weight.mul_(4.0)
     t = 300
     input_ids = torch.randint(0, 100, (1, t), generator=torch.Generator().manual_seed(4))
     qkv, want = _attention_io(model, input_ids)
@@ -77,7 +78,7 @@ def test_falcon_attention_matches_hf_and_the_paper_form_does_not():
     def run(pe):
         with torch.no_grad():
             out = posenc.attention(q, k, v, pe, q_pos=pos, k_pos=pos, causal=True)  # (B, H, T, D)
-        return out.transpose(1, 2).reshape(1, t, HIDDEN)
+            return attn.dense(out.transpose(1, 2).reshape(1, t, HIDDEN))  # Falcon's output projection
 
     exact = run(ALiBi(dim=HIDDEN, n_heads=H, causal=True, falcon=True))
     # the paper's form with Falcon's effective slopes m_h / sqrt(d): equal in exact arithmetic, not in bf16
