@@ -1,4 +1,9 @@
-"""`alibi(falcon=True)` reproduces Falcon's ALiBi (transformers' build_alibi_tensor and FalconAttention) exactly."""
+"""`alibi(falcon=True)` reproduces Falcon's ALiBi (transformers' build_alibi_tensor and FalconAttention) exactly.
+
+Only transformers' public API: a model built from a config and called, module hooks to read its attention's
+inputs and outputs, and the module-level ``build_alibi_tensor``; never a private method (transformers 5.25 removed
+``FalconAttention._split_heads``, which an earlier version of this test called).
+"""
 
 from __future__ import annotations
 
@@ -17,8 +22,8 @@ D = HIDDEN // H
 
 
 def _falcon():
-    # sdpa, Falcon's default: in transformers 5.24 the eager path adds the ALiBi bias twice (once in
-    # FalconAttention, once inside the mask FalconModel builds), so eager and sdpa logits differ (0.14 on this model)
+    # sdpa, Falcon's default (in transformers 5.24 the eager path added the ALiBi bias twice: once in
+    # FalconAttention, once inside the mask FalconModel builds)
     config = transformers.FalconConfig(vocab_size=100, hidden_size=HIDDEN, num_hidden_layers=1, num_attention_heads=H,
                                        alibi=True, new_decoder_architecture=False, multi_query=False,
                                        parallel_attn=True, bias=True, attn_implementation="sdpa")
@@ -41,30 +46,43 @@ def test_falcon_bias_equals_build_alibi_tensor_bit_for_bit(n_heads):
     assert torch.equal(falcon_alibi_slopes(n_heads), alibi_slopes(n_heads).bfloat16())
 
 
-def test_falcon_attention_matches_hf_and_the_paper_form_does_not():
-    from transformers.models.falcon.modeling_falcon import build_alibi_tensor
+def _attention_io(model, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer 0's fused q/k/v projection ``(B, T, 3 * HIDDEN)`` and its attention output (after ``dense``)
+    ``(B, T, HIDDEN)``, captured with forward hooks (public ``nn.Module`` API) during a public ``model(...)`` call."""
+    attn = model.transformer.h[0].self_attention
+    seen = {}
+    hooks = [attn.query_key_value.register_forward_hook(lambda mod, args, out: seen.setdefault("qkv", out)),
+             attn.dense.register_forward_hook(lambda mod, args, out: seen.setdefault("out", out))]
+    try:
+        with torch.no_grad():
+            model(input_ids=input_ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen["qkv"], seen["out"]
 
+
+def test_falcon_attention_matches_hf_and_the_paper_form_does_not():
     model = _falcon()
     attn = model.transformer.h[0].self_attention
-    with torch.no_grad():
+    with torch.no_grad():  # sharper attention, so the bf16 rounding of Falcon's bias matters
         attn.query_key_value.weight.mul_(4.0)
     t = 300
-    hidden = torch.randn(1, t, HIDDEN, generator=torch.Generator().manual_seed(4))
+    input_ids = torch.randint(0, 100, (1, t), generator=torch.Generator().manual_seed(4))
+    qkv, want = _attention_io(model, input_ids)
+    # Falcon-7B's fused layout (multi_query=False, new_decoder_architecture=False): per head, its query, key and value
+    q, k, v = qkv.view(1, t, H, 3, D).unbind(3)  # each (B, T, H, D)
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, T, D)
     pos = torch.arange(t)
-    alibi = build_alibi_tensor(torch.ones(1, t, dtype=torch.long), H, torch.float32)
-    causal = pos[:, None] >= pos[None]
-    mask = torch.masked_fill((alibi / math.sqrt(D)).reshape(1, H, 1, t), ~causal, torch.finfo(torch.float32).min)
-    with torch.no_grad():
-        want, _ = attn(hidden, alibi=alibi, attention_mask=mask)
-        q, k, v = (x.transpose(1, 2) for x in attn._split_heads(attn.query_key_value(hidden)))  # (B, H, T, D)
 
-        def run(pe):
-            out = posenc.attention(q, k, v, pe, q_pos=pos, k_pos=pos, causal=True)
-            return attn.dense(out.transpose(1, 2).reshape(1, t, HIDDEN))
+    def run(pe):
+        with torch.no_grad():
+            out = posenc.attention(q, k, v, pe, q_pos=pos, k_pos=pos, causal=True)  # (B, H, T, D)
+            return attn.dense(out.transpose(1, 2).reshape(1, t, HIDDEN))  # Falcon's output projection
 
-        exact = run(ALiBi(dim=HIDDEN, n_heads=H, causal=True, falcon=True))
-        # the paper's form with Falcon's effective slopes m_h / sqrt(d): equal in exact arithmetic, not in bf16
-        paper = run(ALiBi(dim=HIDDEN, n_heads=H, causal=True, slopes=(alibi_slopes(H) / math.sqrt(D)).tolist()))
+    exact = run(ALiBi(dim=HIDDEN, n_heads=H, causal=True, falcon=True))
+    # the paper's form with Falcon's effective slopes m_h / sqrt(d): equal in exact arithmetic, not in bf16
+    paper = run(ALiBi(dim=HIDDEN, n_heads=H, causal=True, slopes=(alibi_slopes(H) / math.sqrt(D)).tolist()))
     torch.testing.assert_close(exact, want, atol=1e-5, rtol=1e-5)
     assert (paper - want).abs().max() > 10 * (exact - want).abs().max()
 

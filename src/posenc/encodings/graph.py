@@ -14,8 +14,9 @@ then use that path's closed-form features (and raise past ``max_seq_len``, as no
 and ``spd``'s distance is ``|i - j|`` (a clipped relative bias, defined at any position).
 
 - ``laplacian`` (Dwivedi et al. 2020, arXiv 2003.00982): the eigenvectors of the normalized Laplacian
-  ``I - D^-1/2 A D^-1/2`` for the ``k`` smallest eigenvalues after the trivial one, zero-padded for graphs with fewer
-  than ``k + 1`` nodes, each flipped by a random sign per graph while training (eigenvectors have no canonical sign),
+  ``I - D^-1/2 A D^-1/2`` for the ``k`` smallest eigenvalues after the trivial one (in a canonical basis of each
+  eigenspace, see :func:`canonical_eigenvectors`), zero-padded for graphs with fewer than ``k + 1`` nodes, each
+  flipped by a random sign per graph while training (the model must not rely on a sign),
   and projected to ``dim`` by a learned linear map added to the node embeddings. By default (``normalize=True``)
   the eigenvectors are rescaled to unit mean square (``sqrt(N) * v``) and the projection keeps its own init; see
   :class:`LaplacianPE` for why.
@@ -40,10 +41,12 @@ from posenc.base import PositionalEncoding, check_positions, register
 from posenc.positions import Positions
 
 __all__ = [
+    "EIGENSPACE_GAP",
     "GraphEncoding",
     "LaplacianPE",
     "RandomWalkPE",
     "ShortestPathBias",
+    "canonical_eigenvectors",
     "cycle_adjacency",
     "laplacian_eigenvectors",
     "normalized_laplacian",
@@ -97,19 +100,121 @@ def normalized_laplacian(adj: Tensor) -> Tensor:
     return eye - inv_sqrt[..., :, None] * a * inv_sqrt[..., None, :]
 
 
+# Tolerances of the canonical eigenbasis (float64; eigh's errors here are ~N * 1e-16):
+EIGENSPACE_GAP = 1e-6  # eigenvalues closer than this (absolute; the spectrum lies in [0, 2]) share one eigenspace
+_DIAGONAL_TIE = 1e-8  # projector diagonals closer than this put two nodes in one class
+_NEW_DIRECTION = 1e-6  # a unit reference whose residual in the eigenspace is shorter than this adds no direction
+
+
+def _canonical_basis(vecs: Tensor, lead: Tensor | None) -> Tensor:
+    """The canonical orthonormal basis of the span of ``vecs``: the same for every orthonormal basis of that span.
+
+    Gram-Schmidt of the projections ``P r`` (``P = vecs vecs^T``) of unit reference vectors ``r`` taken in a fixed
+    order, skipping any that adds no new direction: ``lead`` (if given); then the indicator of each class of nodes
+    with the same projector diagonal ``P_ii``, largest ``P_ii`` first; then the unit vectors ``e_0 .. e_{N-1}``
+    (these span everything, so ``d`` directions are always found). Only ``P`` enters, so the result does not depend
+    on which basis (signs, rotation) ``vecs`` holds. Worked in eigenspace coordinates ``vecs^T r`` (``d`` numbers
+    per reference) rather than ``N``: cheaper, and equal because ``vecs`` has orthonormal columns.
+
+    Args:
+        vecs: ``(K, N, d)`` float64, ``K`` subspaces each given by ``d`` orthonormal columns.
+        lead: ``(K, N)`` unit (or zero) first reference per subspace, or ``None``.
+
+    Returns:
+        float64 ``(K, N, d)``: orthonormal columns spanning the same subspaces.
+    """
+    k, n, d = vecs.shape
+    diag = vecs.pow(2).sum(-1)  # (K, N): P_ii, how much of node i the subspace holds
+    ranked, order = diag.sort(dim=-1, descending=True, stable=True)
+    starts = torch.cat((torch.zeros_like(ranked[:, :1], dtype=torch.bool), ranked.diff(dim=-1) < -_DIAGONAL_TIE), -1)
+    klass = torch.empty_like(order).scatter_(1, order, starts.cumsum(-1))  # (K, N): node class, 0 = largest P_ii
+    sums = vecs.new_zeros(k, n, d).scatter_add_(1, klass[..., None].expand(-1, -1, d), vecs)  # (K, classes, d)
+    sizes = vecs.new_zeros(k, n).scatter_add_(1, klass, torch.ones_like(diag))  # (K, classes); unused ones: 0
+    classes = sums / sizes.clamp(min=1).sqrt()[..., None]  # coordinates of the unit class indicators
+    refs = [classes.transpose(1, 2), vecs.transpose(1, 2)]  # (K, d, classes), (K, d, N): e_i's coordinates
+    if lead is not None:
+        refs.insert(0, (vecs.transpose(1, 2) @ lead[..., None]))  # (K, d, 1)
+    coords = torch.cat(refs, dim=-1)  # (K, d, M): every reference in eigenspace coordinates, in priority order
+    m = coords.shape[-1]
+    index = torch.arange(m, device=vecs.device)
+    basis = vecs.new_zeros(k, d, d)  # (K, d, d): canonical columns in eigenspace coordinates
+    for r in range(d):
+        resid, done = coords, basis[..., :r]  # (K, d, M), (K, d, r)
+        for _ in range(2 if r else 0):  # Gram-Schmidt twice: the second pass removes what rounding left behind
+            resid = resid - done @ (done.transpose(1, 2) @ resid)
+        norm2 = resid.pow(2).sum(1)  # (K, M)
+        first = torch.where(norm2 > _NEW_DIRECTION**2, index, m - 1).amin(-1)  # (K,) first new direction
+        pick = resid.gather(2, first[:, None, None].expand(-1, d, 1))[..., 0]  # (K, d)
+        basis[..., r] = pick * pick.pow(2).sum(1, keepdim=True).rsqrt()
+    return vecs @ basis
+
+
+def canonical_eigenvectors(eigenvalues: Tensor, eigenvectors: Tensor, *, lead: Tensor | None = None) -> Tensor:
+    """Eigenvectors of a symmetric matrix in a canonical basis: a function of the matrix, not of the eigensolver.
+
+    ``torch.linalg.eigh`` returns each eigenvector up to sign, and any orthonormal basis of a repeated eigenvalue's
+    eigenspace; which one depends on the LAPACK build and the CPU's kernels. This keeps only what is unique -- the
+    eigenspaces (eigenvalues within :data:`EIGENSPACE_GAP` form one) -- and picks in each the basis of
+    :func:`_canonical_basis`: Gram-Schmidt of the projections of ``lead``, then of node-class indicators (nodes
+    with equal projector diagonals), then of ``e_0 .. e_{N-1}``. For a simple eigenvalue this fixes the sign: the
+    eigenvector has a positive dot product with the first of those references it is not orthogonal to.
+
+    Relabelling the nodes permutes the output rows the same way wherever ``lead`` and the class indicators (which
+    are relabelling-equivariant) determine the basis. Where they do not, the node order decides; that happens
+    where a symmetry of the graph maps an eigenvector to its negative or rotates an eigenspace (the odd eigenvectors
+    of a path, a cycle's eigenspaces), and there no choice made from the graph alone can be equivariant. The idea
+    is that of Ma et al.'s Laplacian canonization (MAP, NeurIPS 2023): project graph-derived axes onto each
+    eigenspace.
+
+    Args:
+        eigenvalues: ``(..., N)`` ascending, as ``torch.linalg.eigh`` returns them.
+        eigenvectors: ``(..., N, N)`` orthonormal columns, column ``j`` for ``eigenvalues[..., j]``.
+        lead: ``(..., N)`` optional first reference, e.g. ``sqrt(degree)`` for the normalized Laplacian, whose
+            eigenvalue-0 eigenspace then starts with exactly that (normalized) trivial eigenvector.
+
+    Returns:
+        float64 ``(..., N, N)``: orthonormal columns in the order of ``eigenvalues``; a column is a unit eigenvector
+        (within ``EIGENSPACE_GAP`` for merged eigenvalues).
+    """
+    n = eigenvalues.shape[-1]
+    vals = eigenvalues.detach().to(torch.float64).reshape(-1, n)  # (G, N)
+    vecs = eigenvectors.detach().to(torch.float64).reshape(-1, n, n)  # (G, N, N)
+    if lead is not None:
+        lead = lead.to(torch.float64).expand(*eigenvalues.shape).reshape(-1, n)
+        lead = lead / lead.norm(dim=-1, keepdim=True).clamp(min=1e-300)  # unit, or zero (a graph without edges)
+    starts = torch.ones_like(vals, dtype=torch.bool)
+    starts[:, 1:] = vals.diff(dim=-1) > EIGENSPACE_GAP  # (G, N): column j opens a new eigenspace
+    space = starts.cumsum(-1) - 1 + n * torch.arange(vals.shape[0], device=vals.device)[:, None]  # (G, N) global id
+    size = torch.bincount(space.flatten(), minlength=vals.numel())  # columns per eigenspace
+    graph, first = starts.nonzero(as_tuple=True)  # one entry per eigenspace: its graph and first column
+    dims = size[space[graph, first]]
+    out = torch.empty_like(vecs)
+    rows = torch.arange(n, device=vecs.device)
+    for d in dims.unique().tolist():  # eigenspaces of one dimension at a time, batched over graphs
+        pick = dims == d
+        g, cols = graph[pick], first[pick, None] + torch.arange(d, device=vecs.device)  # (K,), (K, d)
+        index = (g[:, None, None], rows[None, :, None], cols[:, None, :])
+        out[index] = _canonical_basis(vecs[index], None if lead is None else lead[g])  # (K, N, d)
+    return out.reshape(eigenvectors.shape)
+
+
 def laplacian_eigenvectors(adj: Tensor, k: int) -> Tensor:
     """Eigenvectors of the normalized Laplacian for the ``k`` smallest eigenvalues after the first (trivial) one.
+
+    In the canonical basis of :func:`canonical_eigenvectors`, with ``sqrt(degree)`` as the lead reference (so the
+    trivial eigenvector is the one dropped even when the graph is disconnected): the same numbers, up to rounding,
+    whichever signs and eigenspace bases the eigensolver returns.
 
     Args:
         adj: ``(N, N)`` or ``(B, N, N)`` symmetric adjacency.
         k: number of eigenvectors; columns past ``N - 1`` are zero.
 
     Returns:
-        float64 ``(..., N, k)``, unit-norm columns (sign arbitrary), ordered by increasing eigenvalue.
+        float64 ``(..., N, k)``, unit-norm columns, ordered by increasing eigenvalue.
     """
-    lap = normalized_laplacian(adj)
-    _, vecs = torch.linalg.eigh(lap)  # ascending eigenvalues; (..., N, N), columns are eigenvectors
-    vecs = vecs[..., :, 1:k + 1]
+    a = _check_adjacency(adj, "laplacian_eigenvectors")
+    vals, vecs = torch.linalg.eigh(normalized_laplacian(a))  # ascending eigenvalues; (..., N, N) column eigenvectors
+    vecs = canonical_eigenvectors(vals, vecs, lead=a.sum(-1).sqrt())[..., :, 1:k + 1]
     pad = k - vecs.shape[-1]
     return torch.nn.functional.pad(vecs, (0, pad)) if pad > 0 else vecs
 
@@ -119,20 +224,25 @@ def path_laplacian_eigenvectors(pos: Tensor, n: int, k: int) -> Tensor:
 
     The random-walk matrix of a path has eigenvectors ``f_m(j) = cos(pi m j / (n - 1))`` with eigenvalue
     ``cos(pi m / (n - 1))``, so the normalized Laplacian has eigenvalue ``1 - cos(pi m / (n - 1))`` and eigenvector
-    ``sqrt(deg_j) f_m(j)`` (normalized); ``m = 1 .. k`` are the non-trivial ones (zero past ``m = n - 1``).
+    ``sqrt(deg_j) f_m(j)`` (normalized); ``m = 1 .. k`` are the non-trivial ones (zero past ``m = n - 1``). The
+    eigenvalues are distinct, so each eigenvector is unique up to sign, and the sign is the canonical one of
+    :func:`canonical_eigenvectors`: the same numbers as ``laplacian_eigenvectors(path_adjacency(n), k)[pos]``.
 
     Returns:
         float64 ``(..., k)`` for ``pos`` ``(...)``.
     """
-    m = torch.arange(1, k + 1, device=pos.device, dtype=torch.float64)  # (k,)
-    if n < 2:
+    real = min(k, n - 1)  # a path on n nodes has only n - 1 non-trivial eigenvectors; the rest are zero
+    if real < 1:
         return torch.zeros(*pos.shape, k, dtype=torch.float64, device=pos.device)
+    m = torch.arange(1, real + 1, device=pos.device, dtype=torch.float64)  # (real,)
     nodes = torch.arange(n, device=pos.device, dtype=torch.float64)
     deg = torch.full((n,), 2.0, dtype=torch.float64, device=pos.device)
     deg[0] = deg[-1] = 1.0
-    full = deg.sqrt()[:, None] * torch.cos(math.pi * nodes[:, None] * m / (n - 1))  # (n, k)
+    full = deg.sqrt()[:, None] * torch.cos(math.pi * nodes[:, None] * m / (n - 1))  # (n, real)
     full = full / full.norm(dim=0, keepdim=True)
-    full = full * (m <= n - 1)  # a path on n nodes has only n - 1 non-trivial eigenvectors
+    lead = (deg.sqrt() / deg.sum().sqrt()).expand(real, n)  # the trivial eigenvector, as laplacian_eigenvectors
+    full = _canonical_basis(full.T[..., None], lead)[..., 0].T  # (n, real): canonical signs
+    full = torch.nn.functional.pad(full, (0, k - real))
     return full[pos]
 
 
@@ -343,8 +453,15 @@ class LaplacianPE(_NodeFeatureEncoding):
 
     See the module docstring for the graph API. Features: the ``k`` non-trivial eigenvectors of the normalized
     Laplacian with the smallest eigenvalues (zero-padded), multiplied by a random ``+-1`` per eigenvector and graph
-    while training (``sign_flip=True``), then a learned ``Linear(k, dim)``. Eigenvectors of repeated eigenvalues are
-    determined only up to a rotation of their eigenspace (``torch.linalg.eigh`` picks one).
+    while training (``sign_flip=True``), then a learned ``Linear(k, dim)``.
+
+    The eigenvectors are canonical (:func:`canonical_eigenvectors`): ``torch.linalg.eigh`` fixes neither an
+    eigenvector's sign nor the basis of a repeated eigenvalue's eigenspace (trees have many), and another LAPACK
+    build or CPU picks others, so the raw eigenvectors made the encoding -- and a trained model's outputs -- a
+    function of the machine rather than of the graph. A canonical basis rather than an invariant formulation
+    (eigenspace projectors, SignNet/BasisNet): it keeps Dwivedi et al.'s features -- eigenvectors through a linear
+    map -- and their cost, parameters and state dicts, and the random sign flips in training still teach the model
+    not to rely on a sign (which a symmetric graph leaves to the node order).
 
     Why ``normalize``: the sign of an eigenvector is arbitrary (and flipped at random in training), so no single
     feature correlates with any node label; the projection gets no consistent gradient until attention already
