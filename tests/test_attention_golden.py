@@ -46,6 +46,7 @@ import pytest
 import torch
 
 import posenc
+from layer_inputs import layer_kwargs
 
 GOLDEN = Path(__file__).parent / "data" / "attention_golden.pt"
 B, H, D, TQ, TK, MAX_SEQ_LEN = 2, 4, 8, 6, 9, 16
@@ -86,7 +87,9 @@ def _run(pe: posenc.PositionalEncoding, backend: str, causal: bool, hkv: int,
     x = _inputs(hkv) if inputs is None else inputs
     q, k, v = (x[n].clone().requires_grad_(True) for n in ("q", "k", "v"))
     k_pos = x["k_pos"]
-    out = posenc.attention(q, k, v, pe, q_pos=k_pos[:, TK - TQ:], k_pos=k_pos, causal=causal, backend=backend)
+    layer = layer_kwargs(pe, batch=B, keys=TK, kv_heads=hkv, k_pos=k_pos)  # features/layer of encodings reading it
+    out = posenc.attention(q, k, v, pe, q_pos=k_pos[:, TK - TQ:], k_pos=k_pos, causal=causal, backend=backend,
+                           **layer)
     pe.zero_grad(set_to_none=True)
     out.backward(x["grad_out"])
     result = {"out": out.detach(), "grad_q": q.grad, "grad_k": k.grad, "grad_v": v.grad}
@@ -96,12 +99,19 @@ def _run(pe: posenc.PositionalEncoding, backend: str, causal: bool, hkv: int,
     return result
 
 
-def record(path: Path = GOLDEN) -> dict[str, dict[str, torch.Tensor]]:
-    """Run every case each backend can compute today and save the results to ``path``."""
+def record(path: Path = GOLDEN, *, only_missing: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+    """Run every case each backend can compute today and save the results to ``path``.
+
+    ``only_missing``: keep every recorded case as it is and add the encodings the file does not cover yet (a new
+    encoding joins the goldens without re-recording the others).
+    """
     attn_mod = importlib.import_module("posenc.attention_settings")
     attn_mod.CHUNK_ELEMENTS = 1  # chunked then uses its smallest blocks (16 rows: one block at these sizes)
-    golden: dict[str, dict[str, torch.Tensor]] = {}
+    golden: dict[str, dict[str, torch.Tensor]] = dict(_golden()) if only_missing else {}
+    covered = {key.split("|")[0] for key in golden}
     for name in posenc.registered_names():
+        if name in covered:
+            continue
         for causal, hkv in CASES:
             for backend in BACKENDS:
                 pe = _encoding(name, causal)
@@ -184,6 +194,8 @@ def test_the_tolerance_is_well_below_what_a_small_change_moves():
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--record", action="store_true", help=f"(re)write {GOLDEN}")
-    if parser.parse_args().record:
-        data = record()
+    parser.add_argument("--record-missing", action="store_true", help=f"add the encodings {GOLDEN} lacks")
+    args = parser.parse_args()
+    if args.record or args.record_missing:
+        data = record(only_missing=args.record_missing)
         print(f"wrote {len(data)} cases to {GOLDEN} ({GOLDEN.stat().st_size / 2**20:.2f} MiB)")

@@ -83,13 +83,15 @@ def decoder():
     return Transformer(TransformerConfig(kind="decoder", vocab_size=30, dim=16, n_heads=2)).eval()
 
 
-@pytest.mark.parametrize("kwargs, word", [
-    (dict(temperature=float("nan")), "temperature"), (dict(temperature=float("inf")), "temperature"),
-    (dict(temperature=-1.0), "temperature"), (dict(temperature=1.0, top_k=0), "top_k"),
-    (dict(temperature=1.0, top_k=-2), "top_k"), (dict(temperature=1.0, top_k=1.5), "top_k"),
+@pytest.mark.parametrize("kwargs, word, exc", [
+    (dict(temperature=float("nan")), "temperature", ValueError), (dict(temperature=float("inf")), "temperature",
+                                                                  ValueError),
+    (dict(temperature=-1.0), "temperature", ValueError), (dict(temperature=1.0, top_k=0), "top_k", ValueError),
+    (dict(temperature=1.0, top_k=-2), "top_k", ValueError), (dict(temperature=1.0, top_k=1.5), "top_k", TypeError),
+    (dict(temperature="0.5"), "temperature", TypeError),
 ])
-def test_generate_rejects_bad_sampling_arguments(decoder, kwargs, word):
-    with pytest.raises(ValueError, match=word):
+def test_generate_rejects_bad_sampling_arguments(decoder, kwargs, word, exc):
+    with pytest.raises(exc, match=word):
         decoder.generate(torch.tensor([[1, 2]]), 3, **kwargs)
 
 

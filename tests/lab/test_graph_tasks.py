@@ -127,7 +127,7 @@ def test_cycle_detection_labels_are_the_cycle_of_half_the_rows():
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_lengths_are_clear_errors(name):
     task = get_task(name)
-    with pytest.raises(ValueError, match=f"task '{name}': length must be >= {task.min_length}"):
+    with pytest.raises(ValueError, match=f"task '{name}': length must be an int >= {task.min_length}"):
         task.sample_batch(_gen(), 2, task.min_length - 1)
     with pytest.raises(TypeError, match="length must be an int"):
         task.sample_batch(_gen(), 2, 6.0)

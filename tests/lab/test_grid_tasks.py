@@ -171,7 +171,7 @@ def test_grid_relation_distance_classes_are_balanced():
 @pytest.mark.parametrize("name", TASKS)
 def test_bad_lengths_are_clear_errors(name):
     task = get_task(name)
-    with pytest.raises(ValueError, match=f"task '{name}': length must be >= 2; got 1"):
+    with pytest.raises(ValueError, match=f"task '{name}': length must be an int >= 2; got 1"):
         task.sample_batch(_gen(), 2, 1)
     with pytest.raises(TypeError, match="length must be an int"):
         task.sample_batch(_gen(), 2, 8.0)
@@ -182,9 +182,11 @@ def test_bad_options_are_clear_errors():
         get_task("text_image_grounding").sample_batch(_gen(), 1, 17)
     with pytest.raises(ValueError, match="question must be one of"):
         get_task("text_image_grounding", question="where")
-    for bad in (0, 17, True):
-        with pytest.raises(ValueError, match="max_named must be an int in 1..16"):
+    for bad in (0, 17):
+        with pytest.raises(ValueError, match="max_named must be an int >= 1 and <= 16"):
             get_task("text_image_grounding", max_named=bad)
+    with pytest.raises(TypeError, match="max_named must be an int; got bool"):
+        get_task("text_image_grounding", max_named=True)
     with pytest.raises(ValueError, match="questions must be distinct names from"):
         get_task("grid_relation", questions=("left", "diagonal"))
     with pytest.raises(ValueError, match="at least one"):

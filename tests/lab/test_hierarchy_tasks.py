@@ -96,7 +96,7 @@ def test_answer_classes_stay_bounded_beyond_training():
 
 @pytest.mark.parametrize("name", TASKS)
 def test_bad_length_is_a_clear_error(name):
-    with pytest.raises(ValueError, match=f"task '{name}': length must be >= 1; got 0"):
+    with pytest.raises(ValueError, match=f"task '{name}': length must be an int >= 1; got 0"):
         _sample(name, 0)
 
 
