@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from posenc.base import PositionalEncoding, register
@@ -69,7 +70,7 @@ def inkling_relative_bias(r: Tensor, profiles: Tensor, q_pos: Tensor, k_pos: Ten
     curves = r @ profiles  # (B|1, H|1, Tq, rel_extent): each query's bias by backward distance
     dist = positions_2d(q_pos)[:, :, None] - positions_2d(k_pos)[:, None, :]  # (B|1, Tq, Tk)  i - j
     dist = dist[:, None].long()  # (B|1, 1, Tq, Tk)
-    batch = max(curves.shape[0], dist.shape[0])
+    (batch,) = torch.broadcast_shapes(curves.shape[:1], dist.shape[:1])  # B, or 1 when both are shared
     heads = curves.shape[1]
     index = dist.clamp(0, extent - 1).expand(batch, heads, -1, -1)  # (B, H, Tq, Tk)
     bias = curves.expand(batch, heads, -1, -1).gather(-1, index)
@@ -91,6 +92,9 @@ class InklingRelativeBias(PositionalEncoding):
     Args:
         d_rel: width of the per-head relative states ``r`` (Inkling: 16).
         rel_extent: backward distances with a bias (Inkling: 1024 in full layers, the sliding window in the others).
+            ``None`` (the default): ``min(1024, max_seq_len)``, because a profile entry for a distance no training
+            sequence reaches keeps its random initial value, which would add noise past the training length; zero
+            bias there is the better guess.
         log_scaling_n_floor: position from which the logits grow logarithmically; ``None`` (the default) disables
             the log-scaling (Inkling's sliding layers, and its config's default).
         log_scaling_alpha: the strength ``alpha`` of the log-scaling (Inkling: 0.1); finite and ``>= 0``.
@@ -117,9 +121,11 @@ class InklingRelativeBias(PositionalEncoding):
     per_layer = True
 
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False, d_rel: int = 16,
-                 rel_extent: int = 1024, log_scaling_n_floor: int | None = None, log_scaling_alpha: float = 0.1,
+                 rel_extent: int | None = None, log_scaling_n_floor: int | None = None, log_scaling_alpha: float = 0.1,
                  r_bias: bool = False, init_std: float = 0.02) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
+        if rel_extent is None:
+            rel_extent = min(1024, max_seq_len)
         for arg, value, hint in (("d_rel", d_rel, "Inkling uses 16"),
                                  ("rel_extent", rel_extent, "Inkling uses 1024 in its full-attention layers")):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -160,7 +166,10 @@ class InklingRelativeBias(PositionalEncoding):
         if layer is not None and layer.n_heads != self.n_heads:
             raise ValueError(f"inkling: built for n_heads={self.n_heads} but the layer has {layer.n_heads} heads.")
         b, t, _ = x.shape
-        r = self.r_proj(x)  # (B, T, H * d_rel)
+        # the wider of x's and W_r's dtypes, so a float32 encoding serves bfloat16 activations (and vice versa)
+        dtype = torch.promote_types(x.dtype, self.r_proj.weight.dtype)
+        w, bias = self.r_proj.weight, self.r_proj.bias
+        r = F.linear(x.to(dtype), w.to(dtype), None if bias is None else bias.to(dtype))  # (B, T, H * d_rel)
         return {"r": r.view(b, t, self.n_heads, self.d_rel).transpose(1, 2)}  # (B, H, T, d_rel)
 
     def terms(self, call: AttentionCall) -> InklingTerms:
