@@ -318,7 +318,7 @@ def test_chunked_backward_allocates_the_gradients_once(name, small_chunks, monke
 GRADCHECK_OPTIONS = {"cope": {"npos_max": 4}, "shaw": {"max_relative_position": 2},
                      "dual_chunk": {"chunk_size": 3, "local_window": 1},
                      "self_extend": {"group_size": 2, "neighbor_window": 2},
-                     "randomized": {"base": "tupe", "max_positions": 8}}
+                     "randomized": {"base": "tupe", "max_positions": 8}, "inkling": {"d_rel": 2}}
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
