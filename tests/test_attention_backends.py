@@ -21,6 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import posenc
 import posenc.attention_settings as settings
 import posenc.backends as attn_mod
+from layer_inputs import attend, layer_kwargs
 from posenc.base import PositionalEncoding
 from posenc.flex import causal_flex_block_mask
 
@@ -282,6 +283,7 @@ def _explain(pe, tq=40, tk=40, *, grad=False, **kw) -> str:
     q, k, v = _qkv(tq, tk)
     if grad:
         q.requires_grad_()
+    kw = {**layer_kwargs(pe, batch=B, keys=tk, kv_heads=HKV), **kw}  # features/layer for encodings that read them
     return posenc.explain(q, k, v, pe, **kw)
 
 
@@ -322,9 +324,9 @@ def test_auto_runs_terms_dense_when_small_chunked_when_large_and_flex_refuses(na
     assert _explain(pe, causal=True).startswith("chunked:")
     q, k, v = _qkv(8, 8)
     with torch.no_grad(), pytest.raises(ValueError, match="score_mod cannot.*chunked"):
-        posenc.attention(q, k, v, pe, causal=True, backend="flex")
+        attend(q, k, v, pe, causal=True, backend="flex")
     with pytest.raises(ValueError, match="'sdpa' cannot compute this call exactly.*SDPA's kernels cannot"):
-        posenc.attention(q, k, v, pe, causal=True, backend="sdpa")  # refused: sdpa never means dense in disguise
+        attend(q, k, v, pe, causal=True, backend="sdpa")  # refused: sdpa never means dense in disguise
 
 
 def test_errors_for_bad_backends():
