@@ -14,9 +14,10 @@ is 0, not a mask: far keys stay visible, with no positional preference.
 
 Log-scaling (Inkling's full-attention layers, ``log_scaling_n_floor`` set): the query and its bias are multiplied by
 ``tau_i = 1 + alpha * log(max((pos_i + 1) / n_floor, 1))``, so ``logit_ij = tau_i * (q_i . k_j * scale + bias_ij)``:
-attention sharpens logarithmically past ``n_floor`` tokens. Inkling's sliding-window layers use neither (and take
-``rel_extent`` = the window); in :class:`posenc.Transformer` give such layers their own options through
-``TransformerConfig.layer_encodings``.
+attention sharpens logarithmically past ``n_floor`` tokens. Inkling's sliding-window layers have the bias (with
+``rel_extent`` = the window) but no log-scaling; in :class:`posenc.Transformer` give such layers their own options
+through ``TransformerConfig.layer_encodings``. Positions are whatever the caller passes (Inkling passes cache
+positions, ``arange`` plus the cache's offset, so pad tokens of a left-padded row count as distance there too).
 
 The model around the bias in Inkling (not part of this encoding): q and k are RMS-normalised per head and the
 softmax scale is ``1 / head_dim`` rather than ``1 / sqrt(head_dim)`` (so ``q . k * scale`` lies in ``[-1, 1]`` up to
@@ -44,13 +45,14 @@ __all__ = ["InklingRelativeBias", "inkling_log_scale", "inkling_relative_bias"]
 
 
 def inkling_log_scale(pos: Tensor, *, n_floor: int, alpha: float) -> Tensor:
-    """``tau = 1 + alpha * log(max((pos + 1) / n_floor, 1))`` in float64, the shape of ``pos``.
+    """``tau = 1 + alpha * log(max((pos + 1) / n_floor, 1))`` in float64 (float32 on MPS), the shape of ``pos``.
 
     float64 keeps ``pos + 1`` exact for any position a model meets (float32 rounds integers past ``2**24``), and the
     result is cast to the logits' dtype by the caller (Inkling computes it in float32: the two agree to float32
     rounding, relative ``~1e-7``).
     """
-    ratio = (pos.to(torch.float64) + 1.0) / n_floor
+    wide = torch.float32 if pos.device.type == "mps" else torch.float64  # MPS has no float64
+    ratio = (pos.to(wide) + 1.0) / n_floor
     return 1.0 + alpha * torch.log(ratio.clamp(min=1.0))
 
 
