@@ -316,9 +316,9 @@ def test_causal_only_builds_refuse_bidirectional_calls():
 @pytest.mark.parametrize("options,error,match", [
     ({"per_row": True}, ValueError, "causal attention only; build it with causal=True"),
     ({"per_row": 1}, TypeError, "per_row must be True or False"),
-    ({"per_row_dim": 0}, ValueError, "per_row_dim .* must be a positive int"),
-    ({"bias_init": None}, TypeError, "bias_init must be a finite number"),
-    ({"post_log_scale": float("inf")}, TypeError, "post_log_scale must be a finite number"),
+    ({"per_row_dim": 0}, ValueError, "per_row_dim .* must be an int >= 1"),
+    ({"bias_init": None}, TypeError, "bias_init must be a number; got NoneType"),
+    ({"post_log_scale": float("inf")}, ValueError, "post_log_scale must be a finite number"),
 ])
 def test_bad_options_are_clear_errors(options, error, match):
     with pytest.raises(error, match=match):

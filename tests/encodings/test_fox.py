@@ -305,8 +305,8 @@ def test_a_causal_fox_refuses_a_bidirectional_call():
 
 
 @pytest.mark.parametrize("options,error,match", [
-    ({"gate_bias_init": "5"}, TypeError, "gate_bias_init must be a finite number"),
-    ({"gate_bias_init": float("nan")}, TypeError, "gate_bias_init must be a finite number"),
+    ({"gate_bias_init": "5"}, TypeError, "gate_bias_init must be a number; got str"),
+    ({"gate_bias_init": float("nan")}, ValueError, "gate_bias_init must be a finite number"),
     ({"gate_init_std": -0.1}, ValueError, "gate_init_std must be >= 0"),
     ({"bidirectional": 1}, TypeError, "bidirectional must be True, False or None"),
 ])

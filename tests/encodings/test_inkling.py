@@ -418,8 +418,8 @@ def test_chunked_blocks_shrink_when_rel_extent_outgrows_the_keys(monkeypatch):
 
 # -- validation --------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("option", "value", "error"), [
-    ("d_rel", 0, ValueError), ("d_rel", 2.0, ValueError), ("rel_extent", 0, ValueError),
-    ("rel_extent", True, ValueError), ("log_scaling_n_floor", 0, ValueError), ("log_scaling_n_floor", 4.5, ValueError),
+    ("d_rel", 0, ValueError), ("d_rel", 2.0, TypeError), ("rel_extent", 0, ValueError),
+    ("rel_extent", True, TypeError), ("log_scaling_n_floor", 0, ValueError), ("log_scaling_n_floor", 4.5, TypeError),
     ("log_scaling_alpha", -0.1, ValueError), ("log_scaling_alpha", float("nan"), ValueError),
     ("r_bias", 1, TypeError), ("init_std", -1.0, ValueError),
 ])

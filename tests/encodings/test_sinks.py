@@ -215,7 +215,7 @@ def test_a_base_that_replaces_the_softmax_is_refused_with_the_reason():
     ({"base": "no_such_encoding"}, ValueError, "no_such_encoding"),
     ({"base_options": [1]}, TypeError, "base_options"),
     ({"sink_init": float("nan")}, ValueError, "sink_init"),
-    ({"sink_init": "0"}, ValueError, "sink_init"),
+    ({"sink_init": "0"}, TypeError, "sink_init"),
     ({"per_layer": 1}, TypeError, "per_layer"),
     ({"base": "sinusoidal"}, ValueError, "per_layer=False"),
 ])

@@ -31,12 +31,11 @@ own ``(rows, keys)`` gates, summed backwards from each query along its row, so `
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from posenc._checks import check_int, check_number
 from posenc.base import PositionalEncoding, register
 from posenc.encodings.fox import ForgetGateTerms, check_gate_feature, cumulative_log_gates, gate_input, prefix_dtype
 from posenc.terms import AttentionCall, AttentionTerms, LayerView, ScoreBlock
@@ -129,14 +128,11 @@ class DataDependentALiBi(PositionalEncoding):
                  per_row_dim: int = 8) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
         for arg, value in (("bias_init", bias_init), ("post_log_scale", post_log_scale)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise TypeError(f"data_dependent_alibi: {arg} must be a finite number; got {type(value).__name__} "
-                                f"{value!r}.")
+            check_number(value, f"data_dependent_alibi: {arg}")
         if not isinstance(per_row, bool):
             raise TypeError(f"data_dependent_alibi: per_row must be True or False; got {per_row!r}.")
-        if isinstance(per_row_dim, bool) or not isinstance(per_row_dim, int) or per_row_dim <= 0:
-            raise ValueError(f"data_dependent_alibi: per_row_dim (the width of the per-row gate projections per head) "
-                             f"must be a positive int; got {per_row_dim!r}. x-transformers uses 8.")
+        check_int(per_row_dim, "data_dependent_alibi: per_row_dim (the width of the per-row gate projections per head)",
+                  minimum=1, hint="x-transformers uses 8.")
         if per_row and not self.causal:
             raise ValueError("data_dependent_alibi: per_row=True (x-transformers' PerRowDataDependentAlibi) is defined "
                              "for causal attention only; build it with causal=True (a decoder), or use per_row=False "

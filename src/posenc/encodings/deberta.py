@@ -43,6 +43,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from posenc._checks import check_int, check_number
 from posenc.base import PositionalEncoding, register
 from posenc.terms import AttentionCall, AttentionTerms, ScoreBlock, check_head_dim, compute_dtype, positions_2d
 
@@ -186,8 +187,7 @@ class DeBERTa(PositionalEncoding):
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
         terms = _check_pos_att_type(pos_att_type)
         for arg, value in (("position_buckets", position_buckets), ("max_relative_positions", max_relative_positions)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"deberta: {arg} must be an int; got {type(value).__name__} {value!r}.")
+            check_int(value, f"deberta: {arg}")
         if position_buckets < 0 or position_buckets == 1:
             raise ValueError(f"deberta: position_buckets must be 0 (no log buckets) or >= 2; got {position_buckets}. "
                              f"DeBERTa-v2/v3 use 256.")
@@ -206,9 +206,10 @@ class DeBERTa(PositionalEncoding):
             raise ValueError(f"deberta: p2c_convention must be one of {P2C_CONVENTIONS}; got {p2c_convention!r}. "
                              f"'released' is what DeBERTa checkpoints were trained with, 'paper' the paper's eq. 4.")
         for arg, value in (("layer_norm_eps", layer_norm_eps), ("init_std", init_std)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value < 0 or (arg == "layer_norm_eps" and value == 0):
-                raise ValueError(f"deberta: {arg} must be a finite number > 0 (>= 0 for init_std); got {value!r}.")
+            if arg == "layer_norm_eps":
+                check_number(value, f"deberta: {arg}", above=0)
+            else:
+                check_number(value, f"deberta: {arg}", minimum=0)
         self.pos_att_type = terms
         self.position_buckets = position_buckets
         self.max_relative_positions = max_relative_positions

@@ -22,12 +22,11 @@ by a model beside k and v); per call, ``terms`` forms the float64 prefix sums ``
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from posenc._checks import check_number
 from posenc.base import PositionalEncoding, register
 from posenc.terms import AttentionCall, AttentionTerms, LayerView, ScoreBlock
 
@@ -195,8 +194,7 @@ class FoX(PositionalEncoding):
                  gate_bias_init: float = 0.0, gate_init_std: float = 0.02, bidirectional: bool | None = None) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
         for arg, value in (("gate_bias_init", gate_bias_init), ("gate_init_std", gate_init_std)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise TypeError(f"fox: {arg} must be a finite number; got {type(value).__name__} {value!r}.")
+            check_number(value, f"fox: {arg}")
         if gate_init_std < 0:
             raise ValueError(f"fox: gate_init_std must be >= 0; got {gate_init_std}.")
         if bidirectional is not None and not isinstance(bidirectional, bool):

@@ -29,14 +29,13 @@ and ``spd``'s distance is ``|i - j|`` (a clipped relative bias, defined at any p
 from __future__ import annotations
 
 import abc
-import contextlib
 import math
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from posenc._checks import check_int
 from posenc.base import PositionalEncoding, check_positions, register
 from posenc.positions import Positions
 
@@ -301,12 +300,12 @@ class GraphEncoding(PositionalEncoding, metaclass=abc.ABCMeta):
     """Base of the graph encodings: reads ``Positions(adjacency=...)``; positions are node indices.
 
     :meth:`bind` returns a view holding the graph and what the encoding computes from it (:meth:`graph_features`),
-    once per forward; the encoding itself stores no graph (the deprecated :meth:`set_graph` aside).
+    once per forward; the encoding itself stores no graph.
     """
 
     family = "graph"
     reads = ("adjacency",)
-    _adjacency: Tensor | None = None  # (Bg, N, N) float64 of a bound view (or of the deprecated set_graph)
+    _adjacency: Tensor | None = None  # (Bg, N, N) float64 of a bound view; None on the encoding itself
     _features: Tensor | None = None
 
     def bind(self, positions: Positions):
@@ -321,31 +320,9 @@ class GraphEncoding(PositionalEncoding, metaclass=abc.ABCMeta):
         a = a.unsqueeze(0) if a.dim() == 2 else a  # (Bg, N, N) float64
         return a, self.graph_features(a)
 
-    def set_graph(self, adjacency: Tensor | None) -> None:
-        """Deprecated: pass ``Positions(adjacency=adj)`` to the model (or to :meth:`bind`) instead.
-
-        Stores a graph (``None``: clears it, back to the default path graph) used whenever no
-        :class:`~posenc.Positions` gives one.
-        """
-        warnings.warn("set_graph is deprecated: pass model(x, positions=posenc.Positions(adjacency=adj)) instead.",
-                      DeprecationWarning, stacklevel=2)
-        self._adjacency, self._features = (None, None) if adjacency is None else self._graph_state(adjacency)
-
-    @contextlib.contextmanager
-    def graph(self, adjacency: Tensor) -> Iterator[None]:
-        """Deprecated: ``model(x, positions=posenc.Positions(adjacency=adj))`` instead of ``with pe.graph(adj)``."""
-        warnings.warn("`with pe.graph(adj)` is deprecated: pass model(x, positions=posenc.Positions(adjacency=adj)) "
-                      "instead.", DeprecationWarning, stacklevel=3)
-        previous = (self._adjacency, self._features)
-        self._adjacency, self._features = self._graph_state(adjacency)
-        try:
-            yield
-        finally:
-            self._adjacency, self._features = previous
-
     @property
     def num_nodes(self) -> int | None:
-        """Nodes of the graph set with :meth:`set_graph`, or ``None`` (the default path graph)."""
+        """Nodes of the graph this view is bound to, or ``None`` (the default path graph)."""
         return None if self._adjacency is None else self._adjacency.shape[-1]
 
     @abc.abstractmethod
@@ -414,8 +391,7 @@ class _NodeFeatureEncoding(GraphEncoding):
 
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int, causal: bool, k: int) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"{type(self).name}: k (features per node) must be a positive int; got {k!r}.")
+        check_int(k, f"{type(self).name}: k (features per node)", minimum=1)
         self.k = k
         self.proj = nn.Linear(k, dim, bias=False)  # features -> embedding, as Dwivedi et al.'s linear layer
 
@@ -556,8 +532,7 @@ class ShortestPathBias(GraphEncoding):
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
                  max_distance: int = 20, init_std: float = 0.02) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
-        if isinstance(max_distance, bool) or not isinstance(max_distance, int) or max_distance < 1:
-            raise ValueError(f"spd: max_distance must be a positive int; got {max_distance!r}.")
+        check_int(max_distance, "spd: max_distance", minimum=1)
         self.max_distance = max_distance
         # rows 0 .. max_distance: distances (clipped); row max_distance + 1: unreachable
         self.table = nn.Parameter(torch.randn(max_distance + 2, n_heads) * init_std)  # (max_distance + 2, H)

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from posenc._checks import check_int, check_number
 from posenc.base import PositionalEncoding, register
 from posenc.terms import AttentionCall, AttentionTerms, LayerView, ScoreBlock, compute_dtype, positions_2d
 
@@ -130,22 +131,15 @@ class InklingRelativeBias(PositionalEncoding):
             rel_extent = min(1024, max_seq_len)
         for arg, value, hint in (("d_rel", d_rel, "Inkling uses 16"),
                                  ("rel_extent", rel_extent, "Inkling uses 1024 in its full-attention layers")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"inkling: {arg} must be an int >= 1; got {value!r}. {hint}.")
-        if log_scaling_n_floor is not None and (isinstance(log_scaling_n_floor, bool)
-                                                or not isinstance(log_scaling_n_floor, int)
-                                                or log_scaling_n_floor < 1):
-            raise ValueError(f"inkling: log_scaling_n_floor must be None (no log-scaling) or an int >= 1, the "
-                             f"position from which logits grow; got {log_scaling_n_floor!r}.")
-        if isinstance(log_scaling_alpha, bool) or not isinstance(log_scaling_alpha, (int, float)) \
-                or not math.isfinite(log_scaling_alpha) or log_scaling_alpha < 0:
-            raise ValueError(f"inkling: log_scaling_alpha must be a finite number >= 0 (Inkling: 0.1); got "
-                             f"{log_scaling_alpha!r}. A negative alpha would turn tau negative at far positions.")
+            check_int(value, f"inkling: {arg}", minimum=1, hint=f"{hint}.")
+        if log_scaling_n_floor is not None:
+            check_int(log_scaling_n_floor, "inkling: log_scaling_n_floor", minimum=1,
+                      hint="It is the position from which logits grow; None means no log-scaling.")
+        check_number(log_scaling_alpha, "inkling: log_scaling_alpha", minimum=0,
+                     hint="Inkling: 0.1. A negative alpha would turn tau negative at far positions.")
         if not isinstance(r_bias, bool):
             raise TypeError(f"inkling: r_bias must be True or False; got {type(r_bias).__name__} {r_bias!r}.")
-        if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or not math.isfinite(init_std) \
-                or init_std < 0:
-            raise ValueError(f"inkling: init_std must be a finite number >= 0; got {init_std!r}.")
+        check_number(init_std, "inkling: init_std", minimum=0)
         self.d_rel = d_rel
         self.rel_extent = rel_extent
         self.log_scaling_n_floor = log_scaling_n_floor

@@ -19,12 +19,12 @@ logit/value terms (``shaw``) keep their logits, values and bias. A base that rep
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 
+from posenc._checks import check_number
 from posenc.base import PositionalEncoding, get_encoding, register
 from posenc.terms import AttentionCall, AttentionTerms, LayerView, ScoreBlock
 
@@ -136,8 +136,7 @@ class AttentionSinks(PositionalEncoding):
         if base_options is not None and not isinstance(base_options, Mapping):
             raise TypeError(f"sinks: base_options must be a dict of the base's options; got "
                             f"{type(base_options).__name__}.")
-        if isinstance(sink_init, bool) or not isinstance(sink_init, (int, float)) or not math.isfinite(sink_init):
-            raise ValueError(f"sinks: sink_init must be a finite number (the starting sink logit); got {sink_init!r}.")
+        check_number(sink_init, "sinks: sink_init (the starting sink logit)")
         if not isinstance(per_layer, bool):
             raise TypeError(f"sinks: per_layer must be True or False; got {type(per_layer).__name__} {per_layer!r}.")
         self.inner = get_encoding(base, dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal,
