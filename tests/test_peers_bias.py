@@ -20,10 +20,16 @@ def _pe(name: str, n_heads: int, **options):
 @pytest.mark.parametrize(("num_buckets", "max_distance"), [(32, 128), (16, 64), (64, 256), (8, 20), (33, 100)])
 @pytest.mark.parametrize("bidirectional", [True, False])
 def test_t5_buckets_equal_hugging_face(bidirectional, num_buckets, max_distance):
+    """HF's buckets read through its public ``compute_bias``: with bias table row ``b`` holding ``b``, the bias is the
+    bucket of each (query, key) pair. One query at position 3000 against keys 0..6000: every distance in +-3000."""
     t5 = pytest.importorskip("transformers.models.t5.modeling_t5")
-    rel = torch.arange(-3000, 3001)
-    theirs = t5.T5Attention._relative_position_bucket(rel, bidirectional=bidirectional, num_buckets=num_buckets,
-                                                      max_distance=max_distance)
+    config = t5.T5Config(d_model=16, d_kv=8, num_heads=2, relative_attention_num_buckets=num_buckets,
+                         relative_attention_max_distance=max_distance, is_decoder=not bidirectional)
+    attn = t5.T5Attention(config, has_relative_attention_bias=True)
+    with torch.no_grad():
+        attn.relative_attention_bias.weight.copy_(torch.arange(num_buckets, dtype=torch.float32)[:, None].expand(-1, 2))
+    theirs = attn.compute_bias(1, 6001, past_seen_tokens=3000)[0, 0, 0].round().long()  # (Tk,): key j's bucket
+    rel = torch.arange(6001) - 3000  # key minus query, as T5 measures it
     ours = t5_relative_position_bucket(rel, bidirectional=bidirectional, num_buckets=num_buckets,
                                        max_distance=max_distance)
     assert torch.equal(ours, theirs)

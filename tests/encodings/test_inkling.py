@@ -241,9 +241,7 @@ def _hf_config(**overrides):
                    layer_types=["hybrid_sliding", "hybrid", "hybrid_sliding"], mlp_layer_types=["dense"] * 3,
                    intermediate_size=48, initializer_range=0.2, logits_mup_width_multiplier=1.0, pad_token_id=0,
                    bos_token_id=1, eos_token_id=2)
-    cfg = InklingTextConfig(**{**options, **overrides})
-    cfg._attn_implementation = "eager"
-    return cfg
+    return InklingTextConfig(**{**options, **overrides}, attn_implementation="eager")
 
 
 def _encoding_of(module, config) -> InklingRelativeBias:

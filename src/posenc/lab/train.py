@@ -227,7 +227,9 @@ def versions() -> dict[str, str]:
 
     Two versions of posenc with the same version number can train differently (a changed summation order is enough
     to move a run's result as much as another seed would); a record is reproduced bit for bit by the code whose
-    ``source`` it carries, with the same torch and one thread.
+    ``source`` it carries, with the same torch build and one thread, on the same CPU kernels (another CPU, or another
+    ``ATEN_CPU_CAPABILITY``, changes the rounding: then the numbers agree to the tolerance of the README's lab
+    section, not bit for bit).
     """
     return {"posenc": posenc.__version__, "source": source_fingerprint(), "torch": torch.__version__,
             "python": platform.python_version()}
