@@ -72,3 +72,34 @@ def test_first_rope_call_compiled_before_any_eager_one(fresh_python):
         "with torch.no_grad():\n"
         "    compiled = torch.compile(model.eval(), fullgraph=True, backend='eager')(x)\n"
         "    torch.testing.assert_close(compiled, model(x), atol=1e-6, rtol=1e-6)\n")
+
+
+FRONTIER = [n for n in ("fox", "data_dependent_alibi", "stick_breaking", "sinks", "inkling", "deberta", "path")
+            if n in posenc.registered_names()]
+
+
+@pytest.mark.parametrize("name", FRONTIER)
+def test_layer_aware_encodings_under_torch_compile(name):
+    """The encodings that read the layer trace with dynamo (features, per-layer instances, their terms and
+    normalisers) and give eager's numbers and gradients; a decode step through the KV cache too. ``backend="eager"``
+    runs dynamo's tracing without inductor's minutes of code generation."""
+    model, x = _model(name), torch.randint(0, 50, (2, 12))
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="eager")
+    torch.testing.assert_close(compiled(x), model(x), atol=1e-5, rtol=1e-5)
+    model.train()
+    grads = []
+    for fn in (model, compiled):
+        model.zero_grad(set_to_none=True)
+        fn(x).float().logsumexp(-1).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-5, rtol=1e-4, msg=n)
+    model.eval()
+    with torch.no_grad():
+        cache, eager_cache = posenc.KVCache(), posenc.KVCache()
+        compiled(x[:, :8], cache=cache)
+        model(x[:, :8], cache=eager_cache)
+        torch.testing.assert_close(compiled(x[:, 8:9], cache=cache), model(x[:, 8:9], cache=eager_cache),
+                                   atol=1e-5, rtol=1e-5)
