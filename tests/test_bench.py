@@ -115,3 +115,13 @@ def test_attention_bench_names_the_backend_auto_picks():
     # an encoding with a length limit is built for the measured length, as measure_one builds it (was: TUPE's
     # default 2048-position table, so asking about T=4096 raised)
     assert auto_choice(length=4096, heads=4, encoding="tupe") in DEFAULT_BACKENDS
+
+
+@pytest.mark.parametrize("encoding", ["fox", "deberta"])
+def test_attention_bench_measures_encodings_that_read_the_layer(encoding):
+    """FoX reads the layer's input (features), DeBERTa the layer's projections: the bench passes both."""
+    from posenc.bench.attention import measure_one
+
+    row = measure_one(backend="chunked", length=64, encoding=encoding, heads=2, head_dim=8, repeats=1,
+                      measure="time")
+    assert row["status"] == "ok" and row["explain"] == "chunked" and row["time_ms"] > 0

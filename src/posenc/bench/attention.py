@@ -90,6 +90,19 @@ def _make_encoding(name: str, heads: int, head_dim: int, causal: bool, max_len: 
     raise ValueError(f"bench: unknown encoding {name!r}; choose one of {posenc.registered_names()}.")
 
 
+def _layer_view(pe, heads: int, head_dim: int, device):
+    """A :class:`posenc.LayerView` with seeded projections, for encodings that read the layer (FoX, DeBERTa, ...)."""
+    import torch
+
+    import posenc
+
+    g = torch.Generator(device=device).manual_seed(2)
+    w_q, w_k = (torch.randn(heads * head_dim, pe.dim, generator=g, device=device) * pe.dim**-0.5 for _ in range(2))
+    return posenc.LayerView(0, heads, heads, head_dim,
+                            project_q=lambda x: (x @ w_q.T.to(x.dtype)).unflatten(-1, (heads, head_dim)),
+                            project_k=lambda x: (x @ w_k.T.to(x.dtype)).unflatten(-1, (heads, head_dim)))
+
+
 def measure_one(*, backend: str, length: int, device: str = "cpu", batch: int = 1, heads: int = 8,
                 head_dim: int = 64, causal: bool = True, encoding: str = "alibi", repeats: int = 3,
                 measure: str = "both", encoding_options: dict | None = None) -> dict:
@@ -110,8 +123,19 @@ def measure_one(*, backend: str, length: int, device: str = "cpu", batch: int = 
     dev = torch.device(device)
     pe = _make_encoding(encoding, heads, head_dim, causal, max(length, 2048), encoding_options).to(dev)
 
+    layer = _layer_view(pe, heads, head_dim, dev) if (pe.uses_features or pe.reads_layer) else None
+
+    def layer_inputs(t: int) -> dict:
+        """``layer=`` and ``features=`` for an encoding that reads the layer (its features are part of the cost)."""
+        extra = {} if layer is None else {"layer": layer}
+        if pe.uses_features:
+            x = torch.randn(batch, t, heads * head_dim, generator=torch.Generator(device=dev).manual_seed(1),
+                            device=dev)
+            extra["features"] = pe.features(x, torch.arange(t, device=dev), layer=layer)
+        return extra
+
     def step(t: int, q, k, v, grad_out) -> None:
-        out = posenc.attention(q, k, v, pe, causal=causal, backend=backend)  # (B, H, T, D)
+        out = posenc.attention(q, k, v, pe, causal=causal, backend=backend, **layer_inputs(t))  # (B, H, T, D)
         out.backward(grad_out)
 
     def inputs(t: int):
@@ -160,7 +184,8 @@ def measure_one(*, backend: str, length: int, device: str = "cpu", batch: int = 
         "cpu_ms": 1000 * statistics.median(c for _, c in times), "repeats": len(times),
         "peak_extra_mib": None if measure == "time" else (peak - before) / 2**20,
         "floor_mib": floor_bytes(batch=batch, heads=heads, length=length, head_dim=head_dim) / 2**20,
-        "explain": posenc.explain(q, k, v, pe, causal=causal, backend=backend).split(":")[0],
+        "explain": posenc.explain(q, k, v, pe, causal=causal, backend=backend,
+                                  **layer_inputs(length)).split(":")[0],
         "status": "ok",
     }
 
