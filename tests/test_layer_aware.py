@@ -207,7 +207,8 @@ def test_commit_decides_what_the_cache_keeps(monkeypatch):
     model = Transformer(TransformerConfig(kind="decoder", vocab_size=20, dim=H * D, n_heads=H, n_layers=1,
                                           encoding="nope")).eval()
     pe = model.decoder.pe
-    monkeypatch.setattr(type(pe), "commit", lambda self, k, v, features, *, new: (k * 0.5, v, dict(features)))
+    monkeypatch.setattr(type(pe), "commit",
+                        lambda self, k, v, features, *, new, attn_mask=None: (k * 0.5, v, dict(features)))
     assert pe.uses_commit
     cache = KVCache()
     x = torch.randint(0, 20, (1, 4))
@@ -216,9 +217,36 @@ def test_commit_decides_what_the_cache_keeps(monkeypatch):
     model(x[:, 3:], cache=cache)
     torch.testing.assert_close(cache.layers[0].k[:, :, :3], k_after * 0.5)
 
-    def drop_one(self, k, v, features, *, new):
+    def drop_one(self, k, v, features, *, new, attn_mask=None):
         return k[:, :, 1:], v[:, :, 1:], dict(features)
 
     monkeypatch.setattr(type(pe), "commit", drop_one)
     with pytest.raises(ValueError, match="commit must return every key"):
         model(x[:, 3:], cache=cache)
+
+
+def test_commit_receives_the_calls_attention_mask(monkeypatch):
+    """commit sees the mask the call attended with (packed documents, padding), so it can repeat what terms(call)
+    computed from call.attn_mask (PaTH's short convolution stops at a document's start)."""
+    model = Transformer(TransformerConfig(kind="decoder", vocab_size=20, dim=H * D, n_heads=H, n_layers=1,
+                                          encoding="nope")).eval()
+    pe = model.decoder.pe
+    seen = []
+
+    def record(self, k, v, features, *, new, attn_mask=None):
+        seen.append(attn_mask)
+        return k, v, dict(features)
+
+    monkeypatch.setattr(type(pe), "commit", record)
+    seg = torch.tensor([[0, 0, 1, 1, 1]])
+    cache = KVCache()
+    model(torch.randint(0, 20, (1, 5)), positions=Positions(pos=torch.tensor([[0, 1, 0, 1, 2]]), segment_ids=seg),
+          cache=cache)
+    model(torch.randint(0, 20, (1, 1)), cache=cache)  # a decode step continues document 1
+    want_prefill = seg[:, None, :, None] == seg[:, None, None, :]  # (1, 1, 5, 5)
+    assert torch.equal(seen[0], want_prefill)
+    assert torch.equal(seen[1], torch.tensor([[[[False, False, True, True, True, True]]]]))
+    model(torch.randint(0, 20, (1, 2)))  # no cache: no commit
+    cache = KVCache()
+    model(torch.randint(0, 20, (1, 3)), cache=cache)
+    assert len(seen) == 3 and seen[2] is None  # nothing masked

@@ -283,13 +283,16 @@ class PositionalEncoding(nn.Module):
         """
         return None
 
-    def commit(self, k: Tensor, v: Tensor, features: Mapping[str, Tensor], *,
-               new: int) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def commit(self, k: Tensor, v: Tensor, features: Mapping[str, Tensor], *, new: int,
+               attn_mask: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         """What the layer's KV cache keeps after a call that added ``new`` tokens (default: everything, unchanged).
 
         ``k`` ``(B, Hkv, Tk, D)``, ``v`` ``(B, Hkv, Tk, Dv)`` and ``features`` are every key's (the cached ones
-        first, the call's ``new`` last), as the call attended to them. PaTH returns the cached keys transformed by
-        the call's Householder product. Runs only when a model updates a cache (never in :func:`posenc.explain`).
+        first, the call's ``new`` last), as the call attended to them; ``attn_mask`` is the call's mask (bool, True =
+        attend, ``(B|1, 1, new|1, Tk)``: packed documents and padding; ``None`` when nothing is masked), so a commit
+        can repeat what ``terms(call)`` computed from ``call.attn_mask`` (PaTH's short convolution stops where a
+        token may not attend). PaTH returns the cached keys transformed by the call's Householder product. Runs only
+        when a model updates a cache (never in :func:`posenc.explain`).
         """
         return k, v, dict(features)
 

@@ -250,7 +250,7 @@ class Attention(nn.Module):
             new_cache = None
             if cache is not None:
                 if pe is not None and pe.uses_commit:
-                    k, v, features = _checked_commit(pe, k, v, features, t)
+                    k, v, features = _checked_commit(pe, k, v, features, t, attn_mask)
                 new_cache = dataclasses.replace(cache, k=k, v=v, features=dict(features))
         out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)  # (B, H, T, D) -> (B, T, H*D)
         return F.dropout(self.o_proj(out), self.dropout, self.training), new_cache
@@ -266,9 +266,10 @@ def _cat_features(cached: dict, new: dict) -> dict:
             for name in new}
 
 
-def _checked_commit(pe: PositionalEncoding, k: Tensor, v: Tensor, features: dict, new: int):
+def _checked_commit(pe: PositionalEncoding, k: Tensor, v: Tensor, features: dict, new: int,
+                    attn_mask: Tensor | None):
     """``pe.commit(...)``, refused unless it keeps every key (the cache's positions must still describe them)."""
-    k2, v2, f2 = pe.commit(k, v, features, new=new)
+    k2, v2, f2 = pe.commit(k, v, features, new=new, attn_mask=attn_mask)
     if k2.shape != k.shape or v2.shape != v.shape or set(f2) != set(features) or \
             any(f2[n].shape[2] != features[n].shape[2] for n in features):
         raise ValueError(f"{pe.name}.commit must return every key's k, v and features with their shapes "
