@@ -62,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from posenc._checks import check_int
 from posenc.base import PositionalEncoding, register
 from posenc.terms import AttentionCall, AttentionTerms, LayerView, ScoreBlock, check_head_dim, compute_dtype
 
@@ -219,13 +220,9 @@ class PaTH(PositionalEncoding):
         for arg, value, low in (("rank", rank, 1), ("conv_size", conv_size, 0), ("chunk_size", chunk_size, 1)):
             if value is None and arg != "conv_size":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"path: {arg} must be an int{' or None' if arg != 'conv_size' else ''}; got "
-                                f"{type(value).__name__} {value!r}.")
-            if value < low:
-                raise ValueError(f"path: {arg} must be >= {low}; got {value}."
-                                 + (" Use conv_size=0 to turn the short convolution off." if arg == "conv_size"
-                                    else ""))
+            check_int(value, f"path: {arg}", minimum=low,
+                      hint="Use conv_size=0 to turn the short convolution off." if arg == "conv_size" else
+                      "None means the default.")
         if not isinstance(forget_gate, bool):
             raise TypeError(f"path: forget_gate must be True or False; got {type(forget_gate).__name__} "
                             f"{forget_gate!r}.")
