@@ -9,6 +9,10 @@ gates, stick-breaking's normaliser, DeBERTa's c2p/p2c, ...) are drawn on one att
 base64 ``data:`` URLs; the page loads nothing from the network (no scripts, fonts or styles from elsewhere), so it can
 be opened from a file, mailed, or archived.
 
+The page is reproducible: each picture builds its encoding from one seed (:data:`SEED`), so encodings with random
+initial weights (a learned table, FoX's gate, Inkling's profiles) draw the same every time, and the caller's random
+state is left alone.
+
 Formulas: an encoding class may define a ``formula`` string (plain text / Unicode math); otherwise its family's
 general form is shown. Captions and headings are in English (``lang="en"``) or Chinese (``lang="zh"``); the
 docstring summaries stay as written.
@@ -27,13 +31,16 @@ import os
 from pathlib import Path
 from typing import TextIO
 
+import torch
+
 from posenc import viz
 from posenc._io import atomic_write_bytes
 from posenc.base import list_encodings
 
-__all__ = ["CAPTIONS", "FAMILY_FORMULAS", "LANGS", "PLOT_OPTIONS", "build_gallery", "render_gallery"]
+__all__ = ["CAPTIONS", "FAMILY_FORMULAS", "LANGS", "PLOT_OPTIONS", "SEED", "build_gallery", "render_gallery"]
 
 LANGS = ("en", "zh")
+SEED = 0  # every picture builds its encoding from this seed: random initial weights draw the same each time
 
 # Sizes for the gallery's pictures: small enough that the whole registry draws in seconds, large enough to read.
 PLOT_OPTIONS: dict[str, dict] = {
@@ -228,6 +235,7 @@ def _encoding_section(info, lang: str, progress: TextIO | None) -> str:
         if progress is not None:
             print(f"gallery: {info.name}: {kind}", file=progress, flush=True)
         try:
+            torch.manual_seed(SEED)  # the same initial weights for every picture, every time
             fig = viz.plot(kind, info.name, **PLOT_OPTIONS[kind])
         except (ValueError, TypeError, RuntimeError) as exc:  # say which encoding and plot broke
             raise RuntimeError(f"gallery: drawing {kind!r} for {info.name!r} failed: {exc}") from exc
@@ -246,15 +254,16 @@ def render_gallery(*, lang: str = "en", names: list[str] | None = None, progress
 
     if lang not in LANGS:
         raise ValueError(f"lang must be one of {LANGS}; got {lang!r}.")
-    infos = list_encodings()
-    if names is not None:
-        known = {info.name: info for info in infos}
-        missing = [n for n in names if n not in known]
-        if missing:
-            raise ValueError(f"unknown encoding(s) {missing}; available: {', '.join(sorted(known))}.")
-        infos = [known[n] for n in dict.fromkeys(names)]
+    with torch.random.fork_rng(devices=[]):  # building encodings draws their initial weights: not from the caller's
+        infos = list_encodings()
+        if names is not None:
+            known = {info.name: info for info in infos}
+            missing = [n for n in names if n not in known]
+            if missing:
+                raise ValueError(f"unknown encoding(s) {missing}; available: {', '.join(sorted(known))}.")
+            infos = [known[n] for n in dict.fromkeys(names)]
+        sections = "\n".join(_encoding_section(info, lang, progress) for info in infos)
     nav = " ".join(f'<a href="#enc-{html.escape(i.name)}">{html.escape(i.name)}</a>' for i in infos)
-    sections = "\n".join(_encoding_section(info, lang, progress) for info in infos)
     html_lang = "zh-Hans" if lang == "zh" else "en"
     return f"""<!DOCTYPE html>
 <html lang="{html_lang}">
