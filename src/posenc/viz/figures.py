@@ -415,7 +415,8 @@ def _quoted(text: str, limit: int = 48) -> str:
 
 def _probe_title(pe: PositionalEncoding, what: str, probe: AttentionProbe) -> str:
     direction = "causal" if probe.call.causal else "bidirectional"
-    return f"{_label(pe)} — {what} on {_quoted(probe.text)}\n({direction}; {probe.source})"
+    # three short lines, so that a figure of one or two heads does not clip them
+    return f"{_label(pe)} — {what}\non {_quoted(probe.text)}\n({direction}; {probe.source})"
 
 
 def logits(encoding, *, text: str = PROBE_TEXT, heads: int = 4, layer: int = 0, **options) -> Figure:
