@@ -433,3 +433,22 @@ def test_cuda_backends_agree_forward_and_backward(name):
             out = posenc.attention(qb, kb, vb, pe, backend=backend, **kw).float()
             _close(out, ref_b, atol=tol, rtol=BF16_TOL, what=f"{backend} bf16 {sorted(kw)}")
         pe.requires_grad_(True)
+
+
+# -- red team round four: arguments of posenc.attention ------------------------------------------------------------
+@pytest.mark.parametrize("scale, error, words", [
+    (float("nan"), ValueError, "finite"), (float("inf"), ValueError, "finite"), ("0.5", TypeError, "got str"),
+    (True, TypeError, "got bool"), ([0.5], TypeError, "got list")])
+def test_a_scale_that_is_not_a_finite_number_is_refused(scale, error, words):
+    """NaN or inf used to give NaN outputs without a word, "0.5" a bare float() error, True a scale of 1."""
+    pe = _make("slope_bias", causal=True)
+    q, k, v = _qkv(8, 8)
+    for backend in ("auto", "reference"):
+        with pytest.raises(error, match=f"posenc.attention: scale must be a .*{words}.*None for 1 / sqrt"):
+            posenc.attention(q, k, v, pe, causal=True, scale=scale, backend=backend)
+    with pytest.raises(error, match="scale"):
+        posenc.explain(q, k, v, pe, scale=scale)
+    for scale in (0, 0.0, -0.5, 2):  # any finite real number is a scale (0: uniform weights)
+        out = posenc.attention(q, k, v, pe, causal=True, scale=scale)
+        _close(out, posenc.attention(q, k, v, pe, causal=True, scale=float(scale), backend="reference"), atol=1e-5,
+               rtol=1e-5, what=f"scale={scale}")

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from posenc import attention_settings as settings
+from posenc._checks import check_number
 from posenc.base import PositionalEncoding, check_positions, check_positions_layout, default_positions
 from posenc.blocks import attend_explicit, sdpa_mask
 from posenc.chunked import chunk_rows, chunked_attention, dense_mask_shape
@@ -394,6 +395,9 @@ def prepare_call(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None,
         k_pos = default_positions(tk, device=q.device)
     if q_pos is None:  # the queries are the last Tq keys (self-attention, KV-cache decoding)
         q_pos = default_positions(tq, offset=max(tk - tq, 0), device=q.device)
+    if scale is not None and not torch.compiler.is_compiling():  # a traced call may carry a symbolic float
+        # NaN or inf would make every output NaN without a word; a str or bool is a slip, never a scale
+        check_number(scale, "posenc.attention: scale", hint="Leave it None for 1 / sqrt(head_dim).")
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
     call = AttentionCall(q, k, v, pe, q_pos, k_pos, bool(causal), attn_mask, scale, features, layer)
     if pe is not None and pe.uses_terms:
