@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from posenc import attention_settings as settings
-from posenc._checks import check_number
+from posenc._checks import check_bool, check_number
 from posenc.base import PositionalEncoding, check_positions, check_positions_layout, default_positions
 from posenc.blocks import attend_explicit, sdpa_mask
 from posenc.chunked import chunk_rows, chunked_attention, dense_mask_shape
@@ -367,6 +367,7 @@ def prepare_call(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None,
                         f"Hint: posenc.get_encoding(name, dim=..., n_heads=...).")
     if pe is not None and (pe.uses_bias or pe.uses_terms) and pe.n_heads != h:
         raise ValueError(f"{pe.name} was built for n_heads={pe.n_heads} but q has {h} heads.")
+    check_bool(causal, "posenc.attention: causal", hint="True masks the keys after each query.")
     if causal and tq > tk:
         raise ValueError(f"causal attention needs Tq <= Tk (queries are the last Tq keys); got Tq={tq}, Tk={tk}.")
     if attn_mask is not None:
@@ -399,7 +400,7 @@ def prepare_call(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None,
         # NaN or inf would make every output NaN without a word; a str or bool is a slip, never a scale
         check_number(scale, "posenc.attention: scale", hint="Leave it None for 1 / sqrt(head_dim).")
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    call = AttentionCall(q, k, v, pe, q_pos, k_pos, bool(causal), attn_mask, scale, features, layer)
+    call = AttentionCall(q, k, v, pe, q_pos, k_pos, causal, attn_mask, scale, features, layer)
     if pe is not None and pe.uses_terms:
         call.terms = pe.terms(call)
     return call
