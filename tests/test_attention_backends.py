@@ -452,3 +452,20 @@ def test_a_scale_that_is_not_a_finite_number_is_refused(scale, error, words):
         out = posenc.attention(q, k, v, pe, causal=True, scale=scale)
         _close(out, posenc.attention(q, k, v, pe, causal=True, scale=float(scale), backend="reference"), atol=1e-5,
                rtol=1e-5, what=f"scale={scale}")
+
+
+@pytest.mark.parametrize("name, options", [("fox", {}), ("data_dependent_alibi", {}), ("inkling", {}),
+                                           ("sinks", {"base": "fox"})])
+def test_an_encoding_that_reads_features_refuses_more_queries_than_keys(name, options):
+    """Red team round four: a bidirectional call with Tq > Tk of FoX, data-dependent ALiBi or Inkling (whose queries'
+    features are the last Tq keys') crashed with a raw size mismatch or gather error in every backend."""
+    pe = posenc.get_encoding(name, dim=H * D, n_heads=H, max_seq_len=256, causal=False, **options)
+    q, k, v = _qkv(5, 3)
+    kw = layer_kwargs(pe, batch=B, keys=3, kv_heads=HKV)
+    for backend in ("auto", "dense", "chunked", "reference"):
+        with pytest.raises(ValueError, match=r"reads features .* more queries \(Tq=5\) than keys \(Tk=3\)"):
+            posenc.attention(q, k, v, pe, backend=backend, **kw)
+    with pytest.raises(ValueError, match="more queries"):
+        posenc.explain(q, k, v, pe, **kw)
+    q, k, v = _qkv(3, 3)  # as many queries as keys: fine
+    assert posenc.attention(q, k, v, pe, **kw).shape == (B, H, 3, D)

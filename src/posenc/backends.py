@@ -374,6 +374,11 @@ def prepare_call(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None,
         _check_mask(attn_mask, (b, h, tq, tk), q)
         attn_mask = _normalize_mask(attn_mask, q.dtype)
     features = _check_features(features, b, h, tk, q.device)
+    if pe is not None and pe.uses_features and tq > tk:
+        raise ValueError(f"{pe.name} reads features of the layer's input, one per key, and each query's own are those "
+                         f"of the key it sits at (query i is key Tk - Tq + i); this call has more queries (Tq={tq}) "
+                         f"than keys (Tk={tk}), so some queries have none. Pass the queries' own keys too (Tq <= Tk, "
+                         f"as in self-attention and KV-cache decoding).")
     if layer is not None and not isinstance(layer, LayerView):
         raise TypeError(f"layer must be a posenc.LayerView or None; got {type(layer).__name__}.")
     if layer is None and pe is not None and pe.reads_layer:
