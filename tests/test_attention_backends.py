@@ -469,3 +469,30 @@ def test_an_encoding_that_reads_features_refuses_more_queries_than_keys(name, op
         posenc.explain(q, k, v, pe, **kw)
     q, k, v = _qkv(3, 3)  # as many queries as keys: fine
     assert posenc.attention(q, k, v, pe, **kw).shape == (B, H, 3, D)
+
+
+@pytest.mark.parametrize("setting, value, error", [
+    ("TERMS_BUDGET_SHARE", 0, ValueError), ("CHUNK_ELEMENTS", None, TypeError), ("CHUNK_ELEMENTS", 2.0**22, TypeError),
+    ("TERMS_MIN_ROWS", "4", TypeError), ("DENSE_MAX_ELEMENTS", None, TypeError), ("DENSE_MAX_ELEMENTS", -1, ValueError),
+    ("FLEX_CPU_MIN_ELEMENTS", "inf", TypeError), ("FLEX_CPU_MIN_ELEMENTS", float("nan"), ValueError)])
+def test_a_bad_attention_setting_is_named(setting, value, error, monkeypatch):
+    """Red team round four: TERMS_BUDGET_SHARE = 0 gave a bare ZeroDivisionError inside chunked, None or a str a
+    TypeError about operand types, a float CHUNK_ELEMENTS a float row count that range() rejects on long calls."""
+    pe = posenc.get_encoding("fox", dim=H * D, n_heads=H, causal=True)
+    q, k, v = _qkv(8, 8)
+    kw = layer_kwargs(pe, batch=B, keys=8, kv_heads=HKV)
+    monkeypatch.setattr(settings, setting, value)
+    backend = "chunked" if setting in ("TERMS_BUDGET_SHARE", "CHUNK_ELEMENTS", "TERMS_MIN_ROWS") else "auto"
+    pe_or_bias = pe if setting != "FLEX_CPU_MIN_ELEMENTS" else _make("slope_bias", causal=True)
+    kw = kw if setting != "FLEX_CPU_MIN_ELEMENTS" else {}
+    with torch.no_grad(), pytest.raises(error, match=f"posenc.attention_settings.{setting} must be .*Its default is"):
+        posenc.attention(q, k, v, pe_or_bias, causal=True, backend=backend, **kw)
+
+
+def test_good_attention_settings_are_read_as_set(monkeypatch):
+    monkeypatch.setattr(settings, "FLEX_CPU_MIN_ELEMENTS", math.inf)  # the default: never
+    assert settings.get("FLEX_CPU_MIN_ELEMENTS") == math.inf
+    monkeypatch.setattr(settings, "DENSE_MAX_ELEMENTS", 1e9)  # a threshold may be a float
+    assert settings.get("DENSE_MAX_ELEMENTS") == 1e9
+    monkeypatch.setattr(settings, "TERMS_MIN_ROWS", 1)
+    assert settings.get("TERMS_MIN_ROWS") == 1

@@ -162,11 +162,11 @@ def _dense(call: AttentionCall) -> Tensor:
 def _chunked_suits(call: AttentionCall) -> str | None:
     if not (call.uses_bias or call.uses_terms):
         return _no_bias_reason(call)
-    n = math.prod(dense_mask_shape(call))
-    if n <= settings.DENSE_MAX_ELEMENTS:
+    n, most = math.prod(dense_mask_shape(call)), settings.get("DENSE_MAX_ELEMENTS")
+    if n <= most:
         what = "scores" if call.uses_terms else "mask"
-        return (f"the dense {what} is small ({n} <= attention_settings.DENSE_MAX_ELEMENTS = "
-                f"{settings.DENSE_MAX_ELEMENTS} elements): dense is faster")
+        return (f"the dense {what} is small ({n} <= attention_settings.DENSE_MAX_ELEMENTS = {most} elements): "
+                f"dense is faster")
     return None
 
 
@@ -206,16 +206,15 @@ def _flex_suits(call: AttentionCall) -> str | None:
     if not call.uses_bias:
         return _no_bias_reason(call)
     n = math.prod(dense_mask_shape(call))
-    if call.q.device.type == "cpu" and n < settings.FLEX_CPU_MIN_ELEMENTS:
-        if settings.FLEX_CPU_MIN_ELEMENTS == math.inf:
+    if call.q.device.type == "cpu" and n < (least := settings.get("FLEX_CPU_MIN_ELEMENTS")):
+        if least == math.inf:
             return ("auto does not use compiled FlexAttention on CPU (torch's CPU flex kernel fails to compile some "
                     "score_mods; opt in by setting posenc.attention_settings.FLEX_CPU_MIN_ELEMENTS)")
         return (f"on CPU compiling FlexAttention (~30 s once) pays off only from "
-                f"attention_settings.FLEX_CPU_MIN_ELEMENTS = {settings.FLEX_CPU_MIN_ELEMENTS} mask elements; this "
-                f"call has {n}")
-    if call.q.device.type != "cpu" and n < settings.FLEX_MIN_ELEMENTS:
-        return (f"a small call ({n} < attention_settings.FLEX_MIN_ELEMENTS = {settings.FLEX_MIN_ELEMENTS} mask "
-                f"elements) is cheaper dense")
+                f"attention_settings.FLEX_CPU_MIN_ELEMENTS = {least} mask elements; this call has {n}")
+    if call.q.device.type != "cpu" and n < (least := settings.get("FLEX_MIN_ELEMENTS")):
+        return (f"a small call ({n} < attention_settings.FLEX_MIN_ELEMENTS = {least} mask elements) is cheaper "
+                f"dense")
     return None
 
 
