@@ -496,3 +496,18 @@ def test_good_attention_settings_are_read_as_set(monkeypatch):
     assert settings.get("DENSE_MAX_ELEMENTS") == 1e9
     monkeypatch.setattr(settings, "TERMS_MIN_ROWS", 1)
     assert settings.get("TERMS_MIN_ROWS") == 1
+
+
+@pytest.mark.parametrize("b, tq, tk, causal", [(0, 3, 3, True), (B, 0, 5, True), (B, 3, 0, False)])
+def test_flex_on_an_empty_call_gives_what_every_backend_gives(b, tq, tk, causal):
+    """Red team round four: backend='flex' with an empty batch or no queries or no keys crashed compiling (inductor
+    LoweringException / C++ compile error); the answer is empty, or zeros for queries without keys."""
+    pe = _make("slope_bias", causal=causal)
+    q, k, v = (t[:b] for t in _qkv(tq, tk))
+    with torch.no_grad():
+        if (reason := attn_mod._flex_supports(attn_mod.prepare_call(q, k, v, pe, causal=causal))) is not None:
+            pytest.skip(f"flex unavailable here: {reason}")
+        out = posenc.attention(q, k, v, pe, causal=causal, backend="flex")
+        ref = posenc.attention(q, k, v, pe, causal=causal, backend="reference")
+    assert out.shape == ref.shape == (b, H, tq, D) and out.dtype == q.dtype
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)

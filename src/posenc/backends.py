@@ -221,6 +221,10 @@ def _flex_suits(call: AttentionCall) -> str | None:
 @register_backend("flex", priority=40, supports=_flex_supports, suits=_flex_suits)
 def _flex(call: AttentionCall) -> Tensor:
     """FlexAttention: the encoding's ``score_mod`` and a ``block_mask``, compiled; no ``(Tq, Tk)`` tensor."""
+    if call.q.numel() == 0 or call.k.shape[-2] == 0:
+        # nothing to attend with or to (B, H, Tq or Tk of 0): flex's kernels fail to lower or compile such shapes;
+        # the answer is known -- empty, or zeros for queries that see no key, as every backend gives
+        return call.q.new_zeros(*call.q.shape[:-1], call.v.shape[-1])  # (B, H, Tq, Dv)
     score_mod = call.pe.score_mod(call.q_pos, call.k_pos) if call.uses_bias else None
     visible = flex_block_mask(call.q, call.k, causal=call.causal, attn_mask=call.attn_mask)  # a flex BlockMask
     return flex_forward(call.q, call.k, call.v, score_mod=score_mod, block_mask=visible, scale=call.scale,
