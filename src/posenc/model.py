@@ -604,6 +604,15 @@ class Transformer(nn.Module):
         check_number(temperature, "temperature", minimum=0, hint="0 is greedy decoding.")
         if top_k is not None:
             check_int(top_k, "top_k", minimum=1, hint="None means no restriction.")
+        if eos_id is not None:  # True would stop at token 1, 1.5 or "x" never, 10**20 overflow mid-decoding
+            check_int(eos_id, "eos_id", minimum=0, maximum=self.cfg.vocab_size - 1,
+                      hint="It is a token id of the vocabulary; None never stops early.")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}. Hint: "
+                            f"torch.Generator().manual_seed(0).")
+        if self.cfg.kind == "decoder" and (src is not None or src_padding_mask is not None):
+            raise ValueError("src and src_padding_mask are for encoder_decoder models; this decoder reads only the "
+                             "prompt (put the context in the prompt).")
         if not isinstance(prompt, Tensor) or prompt.dtype == torch.bool or prompt.dtype.is_floating_point or \
                 prompt.dtype.is_complex:
             got = f"a {prompt.dtype} tensor" if isinstance(prompt, Tensor) else type(prompt).__name__
