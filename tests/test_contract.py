@@ -181,3 +181,16 @@ def test_attention_causal_must_be_a_bool():
             posenc.attention(q, k, v, causal=value)
         with pytest.raises(TypeError, match="causal must be"):
             posenc.explain(q, k, v, causal=value)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_meta_round_trip_deferred_init(name):
+    """Red team round four: ``model.to("meta")`` (sizing a model, deferred initialisation) crashed for the rotary and
+    sinusoidal encodings, whose cached tables were rebuilt by reading position values (Tensor.item() on meta). A model
+    moved to meta and materialized again (``to_empty`` + ``load_state_dict``) computes what the original does."""
+    a, x = _model(name), _tokens()
+    b = _model(name, seed=1).to("meta")
+    assert all(p.device.type == "meta" for p in b.parameters())
+    b.to_empty(device="cpu")
+    b.load_state_dict(a.state_dict())
+    torch.testing.assert_close(b.eval()(x), a(x))
