@@ -511,3 +511,18 @@ def test_flex_on_an_empty_call_gives_what_every_backend_gives(b, tq, tk, causal)
         ref = posenc.attention(q, k, v, pe, causal=causal, backend="reference")
     assert out.shape == ref.shape == (b, H, tq, D) and out.dtype == q.dtype
     torch.testing.assert_close(out, ref, atol=0, rtol=0)
+
+
+def test_flex_on_cpu_compiles_a_second_length():
+    """Red team round four: on CPU the second flex call with other lengths (a longer prompt, a decode step's Tk + 1)
+    recompiled with dynamic shapes, which torch's CPU flex template fails to compile for Tq != Tk (a raw
+    InductorError/CppCompileError); CPU flex now compiles each length statically (~10 s each)."""
+    pe = posenc.get_encoding("alibi", dim=H * D, n_heads=H, causal=True)
+    with torch.no_grad():
+        for tq, tk in ((3, 9), (4, 10)):
+            q, k, v = _qkv(tq, tk)
+            if (reason := attn_mod._flex_supports(attn_mod.prepare_call(q, k, v, pe, causal=True))) is not None:
+                pytest.skip(f"flex unavailable here: {reason}")
+            out = posenc.attention(q, k, v, pe, causal=True, backend="flex")
+            ref = posenc.attention(q, k, v, pe, causal=True, backend="reference")
+            _close(out, ref, atol=1e-5, rtol=1e-5, what=f"Tq={tq}, Tk={tk}")
