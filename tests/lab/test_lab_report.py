@@ -603,3 +603,15 @@ def test_suite_progress_counts_each_tasks_seeds_and_lists_the_missing_tasks_in_s
         f"still to come: {first}, {later}. The same `posenc lab run --suite standard --out DIR` resumes it; rankings "
         "below use what is recorded so far.")
 
+
+
+def test_versions_line_lists_what_the_records_hold_and_nothing_for_a_record_without_versions():
+    from posenc.lab.report import _versions_line
+
+    old = _record("lm", "rope", 0, {4: 10.0}, metric="perplexity")
+    del old["versions"]  # a record from before versions were recorded
+    new = dict(_record("lm", "alibi", 0, {4: 10.0}, metric="perplexity"), content_hash="0123456789abcdef" * 4,
+               versions={"torch": "2.x", "numpy": "1.y", "source": "f00d"})
+    assert _versions_line([old, new]) == ("Versions: torch 2.x numpy 1.y; posenc source f00d (1 run), not recorded "
+                                          "(1 run). LM corpus sha256: 0123456789abcdef.")
+    assert _versions_line([old]) == "Versions: not recorded."  # and no fingerprint, no corpus hash

@@ -515,14 +515,15 @@ def cost_table(records: list[dict]) -> str:
 
 def _versions_line(records: list[dict]) -> str:
     """What made the records: package versions, posenc's code fingerprints with their run counts, LM corpus hashes."""
+    # a record made before versions were recorded has none: it adds no (empty) entry
     versions = sorted({" ".join(f"{k} {v}" for k, v in r.get("versions", {}).items() if k != "source")
-                       for r in records})
+                       for r in records} - {""})
     sources = Counter(r.get("versions", {}).get("source", "not recorded") for r in records)
     if set(sources) != {"not recorded"}:  # posenc's code fingerprint (train.source_fingerprint), with run counts
         versions.append("posenc source " + ", ".join(f"{s} ({n} run{'' if n == 1 else 's'})"
                                                      for s, n in sorted(sources.items())))
     hashes = sorted({r["content_hash"] for r in records if "content_hash" in r})
-    return (f"Versions: {md.escape('; '.join(versions))}."
+    return (f"Versions: {md.escape('; '.join(versions)) or 'not recorded'}."
             + (f" LM corpus sha256: {', '.join(h[:16] for h in hashes)}." if hashes else ""))
 
 
