@@ -6,6 +6,7 @@ import json
 import statistics
 from collections import Counter
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -615,3 +616,57 @@ def test_versions_line_lists_what_the_records_hold_and_nothing_for_a_record_with
     assert _versions_line([old, new]) == ("Versions: torch 2.x numpy 1.y; posenc source f00d (1 run), not recorded "
                                           "(1 run). LM corpus sha256: 0123456789abcdef.")
     assert _versions_line([old]) == "Versions: not recorded."  # and no fingerprint, no corpus hash
+
+
+GOLDEN_REPORT = Path(__file__).resolve().parents[1] / "data" / "lab_report.md"
+
+
+def _golden_sweep(folder: Path) -> None:
+    """Records (and an extension table) that bring out every section and note of a report: the papers' rankings
+    (ALiBi's lm, Kazemnejad's decoder_copy) with a run that did not learn, Ruoss's randomized comparison on three
+    tasks, the heatmap with a perplexity task left out, a length where an encoding is undefined, an encoding with
+    options, code fingerprints and an LM corpus hash, a record without versions or wall time, context extension."""
+    records = []
+    for enc, ppl in (("sinusoidal", 90.0), ("rope", 30.0), ("alibi", 11.0)):
+        record = _record("lm", enc, 0, {32: 10.0, 128: ppl}, metric="perplexity", train=(32, 32))
+        record.update(content_hash="ab" * 32, versions={"torch": "2.x", "source": "f00d" * 3}, wall_time_s=120.0)
+        records.append(record)
+    for enc, score in (("t5", 0.6), ("alibi", 0.5), ("nope", 0.45), ("sinusoidal", 0.1)):
+        records.append(_record("decoder_copy", enc, 0, {20: 0.95, 40: score}, train=(1, 20)))
+    records.append(_record("decoder_copy", "rope", 0, {20: 0.4, 40: 0.3}, train=(1, 20), learned=False))
+    odd = _record("decoder_copy", "learned", 0, {20: 0.9, 40: None}, train=(1, 20))
+    odd["encoding_options"] = {"max_len": 24}
+    records.append(odd)
+    for task, base, ours in (("parity_check", 0.5, 0.7), ("bucket_sort", 0.6, 0.5), ("reverse_string", 0.2, 0.4)):
+        for seed in (0, 1):
+            records.append(_record(task, "sinusoidal", seed, {4: 1.0, 8: base + 0.05 * seed}))
+            records.append(_record(task, "randomized", seed, {4: 1.0, 8: ours}))
+    del records[-1]["versions"], records[-1]["wall_time_s"]
+    for r in records:
+        append_record(folder / RESULTS, r)
+    from posenc.lab.extension import write_extension
+
+    write_extension([{"variant": v, "finetuned": f, "perplexity": {"8": 5.0 + f, "32": 9.5 - 2 * f}}
+                     for v in ("none", "linear") for f in (False, True)], folder)
+
+
+def test_report_md_is_the_reviewed_document(tmp_path):
+    """The whole report.md of :func:`_golden_sweep`, compared with tests/data/lab_report.md: a change of wording,
+    numbers or layout shows as a diff to read. After an intended change, rewrite it with
+    ``PYTHONPATH=src python tests/lab/test_lab_report.py --record`` and review the diff before committing it."""
+    _golden_sweep(tmp_path)
+    got = write_report(tmp_path).read_text(encoding="utf-8")
+    assert got == GOLDEN_REPORT.read_text(encoding="utf-8")
+
+
+if __name__ == "__main__":
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description="Rewrite the reviewed lab report (tests/data/lab_report.md).")
+    parser.add_argument("--record", action="store_true", help=f"(re)write {GOLDEN_REPORT}")
+    if parser.parse_args().record:
+        with tempfile.TemporaryDirectory() as folder:
+            _golden_sweep(Path(folder))
+            GOLDEN_REPORT.write_text(write_report(folder).read_text(encoding="utf-8"), encoding="utf-8")
+        print(f"wrote {GOLDEN_REPORT}")
