@@ -52,3 +52,17 @@ def test_a_row_of_the_wrong_width_and_a_missing_image_are_clear_errors():
         md.render_html("![x](plots/x.png)\n", title="t", images={})
     page = md.render_html("![x](plots/x.png)\n", title="<t>", images={"plots/x.png": b"\x89PNG"})
     assert 'src="data:image/png;base64,iVBORw==" alt="x"' in page and "<title>&lt;t&gt;</title>" in page
+
+
+def test_code_spans_pad_a_backtick_at_either_edge_and_show_nothing_for_blank_text():
+    # CommonMark strips one space from each side of a code span, so a span that starts or ends with a backtick is
+    # padded (else the fence would swallow it); the fence is one backtick longer than the longest run inside
+    assert md.code("`rope") == "`` `rope ``" and md.code("rope`") == "`` rope` ``"
+    assert md.code("`q`") == "`` `q` ``" and md.code("a``b") == "```a``b```"
+    assert md.code("") == "" and md.code(" \n ") == ""
+    assert md.code("a|b") == "`a|b`" and md.code("a|b", cell=True) == "`a\\|b`"
+
+
+def test_an_empty_cell_keeps_its_column():
+    assert md.table(["a", "b"], [["x", ""]]) == "| a | b |\n|---|---|\n| x |   |"
+    assert md.table(["a", "b"], [["*", ""]], raw=True) == "| a | b |\n|---|---|\n| * |   |"  # raw: as given

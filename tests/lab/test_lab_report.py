@@ -550,8 +550,10 @@ def test_length_table_marks_the_training_lengths_and_formats_each_metric():
     half = 12.706 * statistics.stdev([0.5, 0.6]) / 2**0.5
     assert rows == [["learned", "100.0%", "80.0%", "n/a"],  # one seed: its value alone
                     ["rope", "100.0% ± 0.0%", "90.0% ± 0.0%", f"55.0% ± {half:.1%}"]]
-    lm = [_record("lm", "rope", 0, {32: 10.0, 64: 12.5}, metric="perplexity", train=(32, 32))]
-    assert _length_table(aggregate(lm)["lm"]) == (["encoding", "32 (train)", "64"], [["rope", "10.00", "12.50"]])
+    lm = [_record("lm", "rope", s, {32: 10.0 + 2 * s, 64: 12.5}, metric="perplexity", train=(32, 32)) for s in (0, 1)]
+    assert _length_table(aggregate(lm)["lm"]) == (["encoding", "32 (train)", "64"],
+                                                  [["rope", "11.00 ± 12.71", "12.50 ± 0.00"]])  # t * s / sqrt(2)
+    assert _length_table(aggregate(lm[:1])["lm"])[1] == [["rope", "10.00", "12.50"]]
 
 
 def test_papers_section_gives_one_verdict_line_per_paper_and_task():
@@ -616,6 +618,106 @@ def test_versions_line_lists_what_the_records_hold_and_nothing_for_a_record_with
     assert _versions_line([old, new]) == ("Versions: torch 2.x numpy 1.y; posenc source f00d (1 run), not recorded "
                                           "(1 run). LM corpus sha256: 0123456789abcdef.")
     assert _versions_line([old]) == "Versions: not recorded."  # and no fingerprint, no corpus hash
+
+
+
+def test_summary_table_for_the_terminal_is_aligned_and_says_where_nothing_lies_beyond_training():
+    records = [_record("lm", "rope", 0, {32: 10.0, 128: 30.0}, metric="perplexity", train=(32, 32)),
+               _record("bucket_sort", "alibi", 0, {4: 0.75, 8: 0.5}, train=(1, 8))]  # nothing past length 8
+    assert summary_table(records).splitlines() == [
+        "task         encoding  learned  in distribution  beyond  longest / train (ppl)",
+        "-" * (11 + 8 + 7 + 15 + 6 + 21 + 2 * 6),
+        "bucket_sort  alibi     1/1      62.5%            -",
+        "lm           rope      1/1      10.00            30.00   3.00x"]
+
+
+def _decoder_copy(scores: dict, **learned) -> list[dict]:
+    return [_record("decoder_copy", enc, 0, {20: 0.95, 40: score}, train=(1, 20), learned=learned.get(enc, True))
+            for enc, score in scores.items()]
+
+
+def test_paper_comparison_says_why_a_ranking_cannot_be_compared():
+    two = paper_comparison(_decoder_copy({"t5": 0.5, "alibi": 0.4, "rope": 0.3}, rope=False))["decoder_copy"]
+    assert two["verdict"] == "not comparable" and [row[0] for row in two["rows"]] == ["t5", "alibi"]
+    assert two["why"] == "only 2 of the paper's encodings learned here (rope did not); a ranking needs 3"
+    one = paper_comparison(_decoder_copy({"t5": 0.5, "rope": 0.3}, rope=False))["decoder_copy"]  # 1 + 1: still shown
+    assert one["why"] == "only 1 of the paper's encodings learned here (rope did not); a ranking needs 3"
+    assert one["not_learned"] == ["rope"] and one["tau"] is None
+    plain = paper_comparison(_decoder_copy({"t5": 0.5, "alibi": 0.4}))["decoder_copy"]
+    assert plain["why"] == "only 2 of the paper's encodings learned here; a ranking needs 3"
+    assert "decoder_copy" not in paper_comparison(_decoder_copy({"t5": 0.5}))  # one encoding: nothing to say
+    tie = paper_comparison(_decoder_copy({"t5": 0.5, "alibi": 0.5, "nope": 0.5}))["decoder_copy"]
+    assert tie["why"] == "our scores tie on every encoding, so there is no ranking to compare"
+
+
+def test_paper_comparison_skips_encodings_the_paper_lacks_and_goes_on_after_a_task_it_skips():
+    # "fire" (sorted between alibi and nope) is not in the paper's table; lm has one encoding only, so it is skipped,
+    # and decoder_copy, later in the table of papers, is still compared
+    records = _decoder_copy({"alibi": 0.5, "fire": 0.9, "nope": 0.4, "t5": 0.6})
+    records.append(_record("lm", "rope", 0, {32: 10.0, 64: 20.0}, metric="perplexity", train=(32, 32)))
+    found = paper_comparison(records)
+    assert "lm" not in found
+    assert [row[0] for row in found["decoder_copy"]["rows"]] == ["t5", "alibi", "nope"]
+
+
+def test_paper_comparison_reads_each_task_at_the_lengths_its_paper_measured():
+    # ALiBi's lm is compared at the longest length, Kazemnejad's decoder_copy over every length beyond training
+    lm = [_record("lm", enc, 0, {32: 10.0, 64: mid, 128: last}, metric="perplexity", train=(32, 32))
+          for enc, mid, last in (("alibi", 30.0, 11.0), ("rope", 12.0, 40.0), ("sinusoidal", 13.0, 90.0))]
+    assert [row[3] for row in paper_comparison(lm)["lm"]["rows"]] == [11.0, 40.0, 90.0]
+    copy = [_record("decoder_copy", enc, 0, {20: 0.9, 30: a, 40: b}, train=(1, 20))
+            for enc, a, b in (("t5", 0.8, 0.2), ("alibi", 0.5, 0.4), ("nope", 0.1, 0.6))]
+    assert [row[3] for row in paper_comparison(copy)["decoder_copy"]["rows"]] == pytest.approx([0.5, 0.45, 0.35])
+
+
+def _randomized_vs_base(gains: dict, base: str = "sinusoidal") -> list[dict]:
+    """A sinusoidal (or ``base``) run at 0.5 beyond training and a randomized one at 0.5 + gain, per task."""
+    records = []
+    for task, gain in gains.items():
+        records.append(_record(task, base, 0, {4: 1.0, 8: 0.5}))
+        records.append(_record(task, "randomized", 0, {4: 1.0, 8: 0.5 + gain}))
+    return records
+
+
+@pytest.mark.parametrize("gains, verdict", [
+    ((0.25, 0.125, -0.125), "agrees"),  # ahead on average and on most tasks
+    ((0.5, -0.125, -0.125), "partly"),  # ahead on average, behind on most
+    ((0.125, 0.125, -0.5), "partly"),  # ahead on most, behind on average
+    ((0.125, 0.125, -0.25), "partly"),  # ahead on most, exactly even on average: not ahead
+    ((0.25, -0.125, -0.125), "disagrees"),  # exactly even on average, ahead on one task of three
+    ((0.125, -0.25, -0.25), "disagrees"),
+    ((0.25, 0.25, -0.125, -0.125), "partly"),  # ahead on average, on half the tasks: not on most
+    ((0.125, 0.125, -0.25, -0.25), "disagrees"),  # behind on average, ahead on half
+    ((0.0, 0.0, 0.5), "partly"),  # an even task is not a task where randomized is ahead
+])
+def test_randomized_verdict_needs_a_mean_gain_and_a_majority_of_tasks(gains, verdict):
+    from posenc.lab.report import randomized_comparison
+
+    tasks = ("bucket_sort", "parity_check", "reverse_string", "duplicate_string")[:len(gains)]
+    result = randomized_comparison(_randomized_vs_base(dict(zip(tasks, gains))))
+    assert result["verdict"] == verdict
+    assert result["ahead"] == sum(g > 0 for g in gains) and result["mean_gain"] == sum(gains) / len(gains)
+    assert result["why"] == (f"randomized is {sum(gains) / len(gains):+.1%} on average beyond the training length, "
+                             f"ahead on {result['ahead']} of {len(gains)} tasks where both learned (paper: +12.0% "
+                             "mean over 15 tasks)")  # three tasks or more, none left out: nothing more to say
+
+
+def test_randomized_comparison_finds_its_base_and_says_what_it_left_out():
+    from posenc.lab.report import randomized_comparison
+
+    records = _randomized_vs_base({"bucket_sort": 0.25}, base="rope")
+    records.append(_record("bucket_sort", "sinusoidal", 0, {4: 1.0, 8: 0.0}))  # the default base: not this one
+    records[1]["config"] = {"model": {"encoding_options": {"randomized": {"base": "rope"}}}}
+    records.append(_record("parity_check", "randomized", 0, {4: 1.0, 8: 0.9}))  # its base was not run
+    records += _randomized_vs_base({"reverse_string": 0.1})
+    records[-2]["learned"] = False  # the base did not learn: no comparison on that task
+    result = randomized_comparison(records)
+    assert result["rows"] == [("bucket_sort", "rope", 0.5, 0.75, 0.25)]
+    assert result["why"] == ("randomized is +25.0% on average beyond the training length, ahead on 1 of 1 tasks "
+                             "where both learned (paper: +12.0% mean over 15 tasks); a verdict needs at least 3 "
+                             "such tasks; left out (one of the two did not learn or was not run): parity_check, "
+                             "reverse_string")
+    assert randomized_comparison(records[4:]) is None  # no task with both: nothing to compare
 
 
 GOLDEN_REPORT = Path(__file__).resolve().parents[1] / "data" / "lab_report.md"
