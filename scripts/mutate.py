@@ -384,28 +384,31 @@ def main(argv: list[str] | None = None) -> int:
                 found = {k: v for k, v in verdicts(copy, group).items() if k in set(sample)}
             else:
                 before = verdicts(copy, group)
-                fresh_start = not before or all(v is None for v in before.values())
-                run_mutmut(copy, args.jobs, [], log)
+                if not any(v is not None for v in before.values()):
+                    state = {}  # nothing decided yet: the wall time starts from here
+                try:
+                    # the tests changed since these verdicts were made (or it is not known with which tests they
+                    # were): first try again what they did not kill; the digest is stored once that is done, so a
+                    # run stopped before then re-tries them again
+                    if state.get("tests") != digest:
+                        again = [k for k, v in before.items() if status(v) in (SURVIVED, NO_TESTS)]
+                        if again:
+                            print(f"[{name}] the tests changed: re-trying {len(again)} mutants not killed",
+                                  flush=True)
+                            run_mutmut(copy, args.jobs, again, log)
+                        state["tests"] = digest
+                    run_mutmut(copy, args.jobs, [], log)  # the mutants not checked yet (new, or of changed code)
+                    # a timeout may be the shared CPUs: one more try, alone
+                    timeouts = [k for k, v in verdicts(copy, group).items() if status(v) == TIMEOUT]
+                    if timeouts and sorted(timeouts) != state.get("timeouts_retried"):
+                        print(f"[{name}] re-trying {len(timeouts)} timeouts alone", flush=True)
+                        run_mutmut(copy, 1, timeouts, log)
+                        state["timeouts_retried"] = sorted(k for k, v in verdicts(copy, group).items()
+                                                           if status(v) == TIMEOUT)
+                finally:  # stopped or not: the time spent counts, and what was settled stays settled
+                    state["seconds"] = state.get("seconds", 0.0) + time.monotonic() - start
+                    state_file.write_text(json.dumps(state, indent=1))
                 found = verdicts(copy, group)
-                # the tests changed since the verdicts were made: try again what they did not kill
-                if state.get("tests") not in (None, digest):
-                    again = [k for k, v in found.items() if status(v) in (SURVIVED, NO_TESTS)]
-                    print(f"[{name}] the tests changed: re-trying {len(again)} mutants not killed", flush=True)
-                    if again:
-                        run_mutmut(copy, args.jobs, again, log)
-                # a timeout may be the shared CPUs: one more try, alone
-                timeouts = [k for k, v in verdicts(copy, group).items() if status(v) == TIMEOUT]
-                if timeouts and not state.get("timeouts_retried", {}).get("done") == sorted(timeouts):
-                    print(f"[{name}] re-trying {len(timeouts)} timeouts alone", flush=True)
-                    run_mutmut(copy, 1, timeouts, log)
-                found = verdicts(copy, group)
-                if UNCHECKED not in {status(v) for v in found.values()}:
-                    state["tests"] = digest
-                    state["timeouts_retried"] = {"done": sorted(k for k, v in found.items()
-                                                                if status(v) == TIMEOUT)}
-                    if fresh_start:
-                        state["seconds"] = time.monotonic() - start
-                state_file.write_text(json.dumps(state, indent=1))
         scores[name] = score_of(found, group, None if args.max_mutants else state.get("seconds"))
         s = scores[name]
         print(f"[{name}] {s.mutants} mutants: {s.killed} killed ({s.counts.get(TIMEOUT, 0)} timeouts), "
