@@ -8,8 +8,9 @@ import torch
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
-# Two cores in CI: keep torch from oversubscribing them, and make runs reproducible.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Two cores in CI: keep torch from oversubscribing them, and make runs reproducible. POSENC_TEST_THREADS overrides it
+# (scripts/mutate.py: one thread per mutmut worker, as OpenMP's pool does not survive the fork of a worker).
+torch.set_num_threads(int(os.environ.get("POSENC_TEST_THREADS") or min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(autouse=True)

