@@ -433,3 +433,96 @@ def test_cuda_backends_agree_forward_and_backward(name):
             out = posenc.attention(qb, kb, vb, pe, backend=backend, **kw).float()
             _close(out, ref_b, atol=tol, rtol=BF16_TOL, what=f"{backend} bf16 {sorted(kw)}")
         pe.requires_grad_(True)
+
+
+# -- red team round four: arguments of posenc.attention ------------------------------------------------------------
+@pytest.mark.parametrize("scale, error, words", [
+    (float("nan"), ValueError, "finite"), (float("inf"), ValueError, "finite"), ("0.5", TypeError, "got str"),
+    (True, TypeError, "got bool"), ([0.5], TypeError, "got list")])
+def test_a_scale_that_is_not_a_finite_number_is_refused(scale, error, words):
+    """NaN or inf used to give NaN outputs without a word, "0.5" a bare float() error, True a scale of 1."""
+    pe = _make("slope_bias", causal=True)
+    q, k, v = _qkv(8, 8)
+    for backend in ("auto", "reference"):
+        with pytest.raises(error, match=f"posenc.attention: scale must be a .*{words}.*None for 1 / sqrt"):
+            posenc.attention(q, k, v, pe, causal=True, scale=scale, backend=backend)
+    with pytest.raises(error, match="scale"):
+        posenc.explain(q, k, v, pe, scale=scale)
+    for scale in (0, 0.0, -0.5, 2):  # any finite real number is a scale (0: uniform weights)
+        out = posenc.attention(q, k, v, pe, causal=True, scale=scale)
+        _close(out, posenc.attention(q, k, v, pe, causal=True, scale=float(scale), backend="reference"), atol=1e-5,
+               rtol=1e-5, what=f"scale={scale}")
+
+
+@pytest.mark.parametrize("name, options", [("fox", {}), ("data_dependent_alibi", {}), ("inkling", {}),
+                                           ("sinks", {"base": "fox"})])
+def test_an_encoding_that_reads_features_refuses_more_queries_than_keys(name, options):
+    """Red team round four: a bidirectional call with Tq > Tk of FoX, data-dependent ALiBi or Inkling (whose queries'
+    features are the last Tq keys') crashed with a raw size mismatch or gather error in every backend."""
+    pe = posenc.get_encoding(name, dim=H * D, n_heads=H, max_seq_len=256, causal=False, **options)
+    q, k, v = _qkv(5, 3)
+    kw = layer_kwargs(pe, batch=B, keys=3, kv_heads=HKV)
+    for backend in ("auto", "dense", "chunked", "reference"):
+        with pytest.raises(ValueError, match=r"reads features .* more queries \(Tq=5\) than keys \(Tk=3\)"):
+            posenc.attention(q, k, v, pe, backend=backend, **kw)
+    with pytest.raises(ValueError, match="more queries"):
+        posenc.explain(q, k, v, pe, **kw)
+    q, k, v = _qkv(3, 3)  # as many queries as keys: fine
+    assert posenc.attention(q, k, v, pe, **kw).shape == (B, H, 3, D)
+
+
+@pytest.mark.parametrize("setting, value, error", [
+    ("TERMS_BUDGET_SHARE", 0, ValueError), ("CHUNK_ELEMENTS", None, TypeError), ("CHUNK_ELEMENTS", 2.0**22, TypeError),
+    ("TERMS_MIN_ROWS", "4", TypeError), ("DENSE_MAX_ELEMENTS", None, TypeError), ("DENSE_MAX_ELEMENTS", -1, ValueError),
+    ("FLEX_CPU_MIN_ELEMENTS", "inf", TypeError), ("FLEX_CPU_MIN_ELEMENTS", float("nan"), ValueError)])
+def test_a_bad_attention_setting_is_named(setting, value, error, monkeypatch):
+    """Red team round four: TERMS_BUDGET_SHARE = 0 gave a bare ZeroDivisionError inside chunked, None or a str a
+    TypeError about operand types, a float CHUNK_ELEMENTS a float row count that range() rejects on long calls."""
+    pe = posenc.get_encoding("fox", dim=H * D, n_heads=H, causal=True)
+    q, k, v = _qkv(8, 8)
+    kw = layer_kwargs(pe, batch=B, keys=8, kv_heads=HKV)
+    monkeypatch.setattr(settings, setting, value)
+    backend = "chunked" if setting in ("TERMS_BUDGET_SHARE", "CHUNK_ELEMENTS", "TERMS_MIN_ROWS") else "auto"
+    pe_or_bias = pe if setting != "FLEX_CPU_MIN_ELEMENTS" else _make("slope_bias", causal=True)
+    kw = kw if setting != "FLEX_CPU_MIN_ELEMENTS" else {}
+    with torch.no_grad(), pytest.raises(error, match=f"posenc.attention_settings.{setting} must be .*Its default is"):
+        posenc.attention(q, k, v, pe_or_bias, causal=True, backend=backend, **kw)
+
+
+def test_good_attention_settings_are_read_as_set(monkeypatch):
+    monkeypatch.setattr(settings, "FLEX_CPU_MIN_ELEMENTS", math.inf)  # the default: never
+    assert settings.get("FLEX_CPU_MIN_ELEMENTS") == math.inf
+    monkeypatch.setattr(settings, "DENSE_MAX_ELEMENTS", 1e9)  # a threshold may be a float
+    assert settings.get("DENSE_MAX_ELEMENTS") == 1e9
+    monkeypatch.setattr(settings, "TERMS_MIN_ROWS", 1)
+    assert settings.get("TERMS_MIN_ROWS") == 1
+
+
+@pytest.mark.parametrize("b, tq, tk, causal", [(0, 3, 3, True), (B, 0, 5, True), (B, 3, 0, False)])
+def test_flex_on_an_empty_call_gives_what_every_backend_gives(b, tq, tk, causal):
+    """Red team round four: backend='flex' with an empty batch or no queries or no keys crashed compiling (inductor
+    LoweringException / C++ compile error); the answer is empty, or zeros for queries without keys."""
+    pe = _make("slope_bias", causal=causal)
+    q, k, v = (t[:b] for t in _qkv(tq, tk))
+    with torch.no_grad():
+        if (reason := attn_mod._flex_supports(attn_mod.prepare_call(q, k, v, pe, causal=causal))) is not None:
+            pytest.skip(f"flex unavailable here: {reason}")
+        out = posenc.attention(q, k, v, pe, causal=causal, backend="flex")
+        ref = posenc.attention(q, k, v, pe, causal=causal, backend="reference")
+    assert out.shape == ref.shape == (b, H, tq, D) and out.dtype == q.dtype
+    torch.testing.assert_close(out, ref, atol=0, rtol=0)
+
+
+def test_flex_on_cpu_compiles_a_second_length():
+    """Red team round four: on CPU the second flex call with other lengths (a longer prompt, a decode step's Tk + 1)
+    recompiled with dynamic shapes, which torch's CPU flex template fails to compile for Tq != Tk (a raw
+    InductorError/CppCompileError); CPU flex now compiles each length statically (~10 s each)."""
+    pe = posenc.get_encoding("alibi", dim=H * D, n_heads=H, causal=True)
+    with torch.no_grad():
+        for tq, tk in ((3, 9), (4, 10)):
+            q, k, v = _qkv(tq, tk)
+            if (reason := attn_mod._flex_supports(attn_mod.prepare_call(q, k, v, pe, causal=True))) is not None:
+                pytest.skip(f"flex unavailable here: {reason}")
+            out = posenc.attention(q, k, v, pe, causal=True, backend="flex")
+            ref = posenc.attention(q, k, v, pe, causal=True, backend="reference")
+            _close(out, ref, atol=1e-5, rtol=1e-5, what=f"Tq={tq}, Tk={tk}")

@@ -161,3 +161,36 @@ def test_encoder_decoder_model(name):
     memory, cache = model.encode(src), KVCache()
     steps = [model.head(model.decode(tgt[:, i:i + 1], memory, cache=cache)) for i in range(tgt.shape[1])]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_causal_must_be_a_bool(name):
+    """Red team round four: ``causal="False"`` built a causal encoding (``bool("False")`` is True), silently, and so
+    did 1, None, a list or a tensor; the constructor now refuses anything but a bool, naming the argument."""
+    for value in ("False", 1, 0, None, [True], torch.tensor(True)):
+        with pytest.raises(TypeError, match=r"causal must be True or False \(a bool\); got .*decoder"):
+            _pe(name, causal=value)
+    assert _pe(name, causal=True).causal is True and _pe(name, causal=False).causal is False
+
+
+def test_attention_causal_must_be_a_bool():
+    """``posenc.attention(..., causal="no")`` attended causally; ``causal=None`` bidirectionally: a bool only now."""
+    q = k = v = torch.randn(1, HEADS, 3, DIM // HEADS)
+    for value in ("no", 1, None, torch.tensor(False)):
+        with pytest.raises(TypeError, match=r"posenc.attention: causal must be True or False \(a bool\)"):
+            posenc.attention(q, k, v, causal=value)
+        with pytest.raises(TypeError, match="causal must be"):
+            posenc.explain(q, k, v, causal=value)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_meta_round_trip_deferred_init(name):
+    """Red team round four: ``model.to("meta")`` (sizing a model, deferred initialisation) crashed for the rotary and
+    sinusoidal encodings, whose cached tables were rebuilt by reading position values (Tensor.item() on meta). A model
+    moved to meta and materialized again (``to_empty`` + ``load_state_dict``) computes what the original does."""
+    a, x = _model(name), _tokens()
+    b = _model(name, seed=1).to("meta")
+    assert all(p.device.type == "meta" for p in b.parameters())
+    b.to_empty(device="cpu")
+    b.load_state_dict(a.state_dict())
+    torch.testing.assert_close(b.eval()(x), a(x))

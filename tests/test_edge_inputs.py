@@ -104,6 +104,23 @@ def test_generate_rejects_bad_prompts(decoder, prompt, exc):
         decoder.generate(prompt, 3)
 
 
+@pytest.mark.parametrize("kwargs, words, exc", [
+    (dict(eos_id=True), "eos_id must be an int; got bool", TypeError),  # stopped at token 1
+    (dict(eos_id=1.5), "eos_id must be an int; got float", TypeError),  # never stopped
+    (dict(eos_id="2"), "eos_id must be an int; got str", TypeError),
+    (dict(eos_id=torch.tensor(2)), "eos_id must be an int; got Tensor", TypeError),
+    (dict(eos_id=10**20), r"eos_id must be an int >= 0 and <= 29", ValueError),  # OverflowError after the prefill
+    (dict(eos_id=-1), r"eos_id must be an int >= 0", ValueError),
+    (dict(temperature=1.0, generator="seed"), "generator must be a torch.Generator", TypeError),
+    (dict(src=torch.zeros(1, 2, dtype=torch.long)), "src and src_padding_mask are for encoder_decoder", ValueError),
+])
+def test_generate_checks_eos_id_generator_and_src_before_decoding(decoder, kwargs, words, exc):
+    """Red team round four: these were taken silently (a decoder ignored src=) or failed mid-decoding."""
+    with pytest.raises(exc, match=words):
+        decoder.generate(torch.tensor([[1, 2]]), 3, **kwargs)
+    assert decoder.generate(torch.tensor([[1, 2]]), 3, eos_id=29).shape[0] == 1  # the last id of the vocabulary
+
+
 def test_generate_on_an_empty_batch_returns_an_empty_batch(decoder):
     out = decoder.generate(torch.zeros(0, 3, dtype=torch.long), 4)
     assert out.shape == (0, 7)

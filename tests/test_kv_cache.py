@@ -235,3 +235,41 @@ def test_a_bound_view_does_not_trust_positions_changed_in_place():
     assert not bound.trusts(pos)
     with pytest.raises(ValueError, match="non-negative"):
         bound.bias(pos, pos)
+
+
+# -- red team round four -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("encoding", ["rope", "stick_breaking"])
+def test_a_padding_mask_that_is_not_bool_is_refused_and_changes_nothing(encoding):
+    """A float 0/1 padding mask reached attention as an *additive* mask (+1 on real tokens, +0 on padding: nothing
+    hidden, and stick-breaking's weights changed); an int one was refused as "attn_mask". Both are a TypeError naming
+    padding_mask now, before the cache moves."""
+    model = _decoder(encoding)
+    x = _tokens(2, 6)
+    cache = KVCache()
+    model(x[:, :4], cache=cache)
+    before = _snapshot(cache)
+    for mask, error, words in ((torch.ones(2, 5), TypeError, "padding_mask must be a bool tensor.*float32.*bool()"),
+                               (torch.ones(2, 5, dtype=torch.long), TypeError, "padding_mask must be a bool tensor"),
+                               (torch.ones(2, 4, dtype=torch.bool), ValueError, r"\(B, T_keys\) = \(2, 5\)"),
+                               (torch.ones(5, dtype=torch.bool), ValueError, "padding_mask must have shape")):
+        with pytest.raises(error, match=words):
+            model(x[:, 4:5], padding_mask=mask, cache=cache)
+        assert _same_cache(cache, before)
+    with pytest.raises(TypeError, match="padding_mask must be a bool"):
+        model(x, padding_mask=torch.ones(2, 6))  # without a cache too
+    ok = torch.ones(2, 5, dtype=torch.bool)
+    torch.testing.assert_close(model(x[:, 4:5], padding_mask=ok, cache=cache), model(x)[:, 4:5], atol=1e-5, rtol=1e-5)
+
+
+def test_a_memory_padding_mask_that_is_not_bool_is_refused():
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(kind="encoder_decoder", vocab_size=VOCAB, dim=32, n_heads=4, n_layers=1,
+                                          max_seq_len=32)).eval()
+    src, tgt = _tokens(2, 5), _tokens(2, 3, seed=1)
+    memory = model.encode(src)
+    with pytest.raises(TypeError, match="memory_padding_mask must be a bool tensor"):
+        model.decode(tgt, memory, memory_padding_mask=torch.ones(2, 5))
+    with pytest.raises(ValueError, match=r"memory_padding_mask must have shape \(B, T_keys\) = \(2, 5\)"):
+        model.decode(tgt, memory, memory_padding_mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(TypeError, match="padding_mask must be a bool tensor"):
+        model(src, tgt, padding_mask=torch.ones(2, 5))

@@ -49,7 +49,8 @@ def _scaling_available() -> bool:
 
 
 SMALL = {"waves": {"length": 24}, "similarity": {"length": 24}, "bias": {"length": 12, "heads": 2},
-         "decay": {"max_distance": 64}, "wavelengths": {}, "grid": {"height": 6, "width": 6, "channels": 2}}
+         "decay": {"max_distance": 64}, "wavelengths": {}, "grid": {"height": 6, "width": 6, "channels": 2},
+         **{kind: {"text": "to be or not", "heads": 2} for kind in viz.PROBE_KINDS}}
 
 
 # -- every kind writes an image ---------------------------------------------------------------------------------------
@@ -90,9 +91,16 @@ def test_data_behind_every_applicable_plot_is_finite(kind, name):
         assert data[0].shape == (2, 8, 8)
     elif kind == "wavelengths":
         data = list(viz.wavelengths_data(pe))
-    else:
+    elif kind == "grid":
         data = list(viz.grid_data(pe, height=3, width=4))
         assert data[1].shape == (3, 4)
+    else:  # one attention call on a sentence: every pair a query may see is finite
+        out = getattr(viz, f"{kind}_data")(pe, text="abcdefgh")
+        visible = out.visible
+        assert visible.shape == (8, 8) and bool(visible.diagonal().all())
+        pairs = [t for t in out if isinstance(t, torch.Tensor) and t.shape[-2:] == (8, 8) and t.is_floating_point()]
+        assert pairs and all(t.shape == (2, 8, 8) for t in pairs)
+        data = [t[:, visible] for t in pairs]
     for tensor in data:
         assert tensor.numel() and bool(torch.isfinite(tensor).all() | torch.isneginf(tensor).all())
 

@@ -12,7 +12,7 @@ exact, 2 pi to 40 digits). Every term is below ``2**21 * 2 pi``, so the sum is e
 up to 2**63 - 1. The frequencies themselves are float64 roundings (relative error ~1e-16) of ``base^(-2i/d)``: that is
 the encoding's definition here, as in every implementation; angles are exact *for those frequencies*.
 
-Under ``torch.compile`` (no host round trip allowed) the plain product is used.
+Under ``torch.compile`` (no host round trip allowed), and for meta tensors (no values), the plain product is used.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def exact_angles(pos: Tensor, inv_freq: Tensor, dtype: torch.dtype = torch.float
         ``pos * inv_freq`` modulo 2 pi to ~1e-8 rad.
     """
     theta = inv_freq.to(device=pos.device, dtype=dtype)
-    plain = dtype != torch.float64 or pos.numel() == 0 or pos.is_floating_point() or \
+    # meta tensors hold no values to range-check (model.to("meta"), deferred init): only the shapes matter there
+    plain = dtype != torch.float64 or pos.numel() == 0 or pos.is_floating_point() or pos.device.type == "meta" or \
         torch.compiler.is_compiling() or torch.jit.is_tracing()
     if not plain:
         lo, hi = int(pos.min()), int(pos.max())

@@ -2,8 +2,9 @@
 
 ``check_int(value, "shaw: max_relative_position", minimum=1)`` returns ``value`` or raises a ``TypeError`` (not an
 int; ``bool`` is refused although it subclasses ``int``, as is ``1.0``) or a ``ValueError`` (out of range) whose message
-names the argument, says what was expected and what came in, and ends with the caller's hint. Tensors are checked
-elsewhere (:func:`posenc.base.check_integer_tensor`).
+names the argument, says what was expected and what came in, and ends with the caller's hint. ``check_bool`` does
+the same for flags (``bool("False")`` is ``True``, so only a real bool passes). Tensors are checked elsewhere
+(:func:`posenc.base.check_integer_tensor`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["check_int", "check_number", "is_int", "is_number"]
+__all__ = ["check_bool", "check_int", "check_number", "is_int", "is_number"]
 
 
 def is_int(value: Any) -> bool:
@@ -52,6 +53,17 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int
     value = int(value)
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ValueError(f"{name} must be an int {_range(minimum, maximum)}; got {value}.{hint}")
+    return value
+
+
+def check_bool(value: Any, name: str, *, hint: str = "") -> bool:
+    """``value`` if it is a ``bool``; anything else (``"False"``, ``0``, ``None``, a tensor) raises ``TypeError``.
+
+    ``bool(value)`` would turn the string ``"False"`` into ``True`` and a list into a guess.
+    """
+    if not isinstance(value, bool):
+        hint = f" {hint.strip()}" if hint else ""
+        raise TypeError(f"{name} must be True or False (a bool); got {type(value).__name__} {value!r}.{hint}")
     return value
 
 

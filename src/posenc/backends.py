@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from posenc import attention_settings as settings
+from posenc._checks import check_bool, check_number
 from posenc.base import PositionalEncoding, check_positions, check_positions_layout, default_positions
 from posenc.blocks import attend_explicit, sdpa_mask
 from posenc.chunked import chunk_rows, chunked_attention, dense_mask_shape
@@ -161,11 +162,11 @@ def _dense(call: AttentionCall) -> Tensor:
 def _chunked_suits(call: AttentionCall) -> str | None:
     if not (call.uses_bias or call.uses_terms):
         return _no_bias_reason(call)
-    n = math.prod(dense_mask_shape(call))
-    if n <= settings.DENSE_MAX_ELEMENTS:
+    n, most = math.prod(dense_mask_shape(call)), settings.get("DENSE_MAX_ELEMENTS")
+    if n <= most:
         what = "scores" if call.uses_terms else "mask"
-        return (f"the dense {what} is small ({n} <= attention_settings.DENSE_MAX_ELEMENTS = "
-                f"{settings.DENSE_MAX_ELEMENTS} elements): dense is faster")
+        return (f"the dense {what} is small ({n} <= attention_settings.DENSE_MAX_ELEMENTS = {most} elements): "
+                f"dense is faster")
     return None
 
 
@@ -205,22 +206,25 @@ def _flex_suits(call: AttentionCall) -> str | None:
     if not call.uses_bias:
         return _no_bias_reason(call)
     n = math.prod(dense_mask_shape(call))
-    if call.q.device.type == "cpu" and n < settings.FLEX_CPU_MIN_ELEMENTS:
-        if settings.FLEX_CPU_MIN_ELEMENTS == math.inf:
+    if call.q.device.type == "cpu" and n < (least := settings.get("FLEX_CPU_MIN_ELEMENTS")):
+        if least == math.inf:
             return ("auto does not use compiled FlexAttention on CPU (torch's CPU flex kernel fails to compile some "
                     "score_mods; opt in by setting posenc.attention_settings.FLEX_CPU_MIN_ELEMENTS)")
         return (f"on CPU compiling FlexAttention (~30 s once) pays off only from "
-                f"attention_settings.FLEX_CPU_MIN_ELEMENTS = {settings.FLEX_CPU_MIN_ELEMENTS} mask elements; this "
-                f"call has {n}")
-    if call.q.device.type != "cpu" and n < settings.FLEX_MIN_ELEMENTS:
-        return (f"a small call ({n} < attention_settings.FLEX_MIN_ELEMENTS = {settings.FLEX_MIN_ELEMENTS} mask "
-                f"elements) is cheaper dense")
+                f"attention_settings.FLEX_CPU_MIN_ELEMENTS = {least} mask elements; this call has {n}")
+    if call.q.device.type != "cpu" and n < (least := settings.get("FLEX_MIN_ELEMENTS")):
+        return (f"a small call ({n} < attention_settings.FLEX_MIN_ELEMENTS = {least} mask elements) is cheaper "
+                f"dense")
     return None
 
 
 @register_backend("flex", priority=40, supports=_flex_supports, suits=_flex_suits)
 def _flex(call: AttentionCall) -> Tensor:
     """FlexAttention: the encoding's ``score_mod`` and a ``block_mask``, compiled; no ``(Tq, Tk)`` tensor."""
+    if call.q.numel() == 0 or call.k.shape[-2] == 0:
+        # nothing to attend with or to (B, H, Tq or Tk of 0): flex's kernels fail to lower or compile such shapes;
+        # the answer is known -- empty, or zeros for queries that see no key, as every backend gives
+        return call.q.new_zeros(*call.q.shape[:-1], call.v.shape[-1])  # (B, H, Tq, Dv)
     score_mod = call.pe.score_mod(call.q_pos, call.k_pos) if call.uses_bias else None
     visible = flex_block_mask(call.q, call.k, causal=call.causal, attn_mask=call.attn_mask)  # a flex BlockMask
     return flex_forward(call.q, call.k, call.v, score_mod=score_mod, block_mask=visible, scale=call.scale,
@@ -366,12 +370,18 @@ def prepare_call(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None,
                         f"Hint: posenc.get_encoding(name, dim=..., n_heads=...).")
     if pe is not None and (pe.uses_bias or pe.uses_terms) and pe.n_heads != h:
         raise ValueError(f"{pe.name} was built for n_heads={pe.n_heads} but q has {h} heads.")
+    check_bool(causal, "posenc.attention: causal", hint="True masks the keys after each query.")
     if causal and tq > tk:
         raise ValueError(f"causal attention needs Tq <= Tk (queries are the last Tq keys); got Tq={tq}, Tk={tk}.")
     if attn_mask is not None:
         _check_mask(attn_mask, (b, h, tq, tk), q)
         attn_mask = _normalize_mask(attn_mask, q.dtype)
     features = _check_features(features, b, h, tk, q.device)
+    if pe is not None and pe.uses_features and tq > tk:
+        raise ValueError(f"{pe.name} reads features of the layer's input, one per key, and each query's own are those "
+                         f"of the key it sits at (query i is key Tk - Tq + i); this call has more queries (Tq={tq}) "
+                         f"than keys (Tk={tk}), so some queries have none. Pass the queries' own keys too (Tq <= Tk, "
+                         f"as in self-attention and KV-cache decoding).")
     if layer is not None and not isinstance(layer, LayerView):
         raise TypeError(f"layer must be a posenc.LayerView or None; got {type(layer).__name__}.")
     if layer is None and pe is not None and pe.reads_layer:
@@ -394,8 +404,11 @@ def prepare_call(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None,
         k_pos = default_positions(tk, device=q.device)
     if q_pos is None:  # the queries are the last Tq keys (self-attention, KV-cache decoding)
         q_pos = default_positions(tq, offset=max(tk - tq, 0), device=q.device)
+    if scale is not None and not torch.compiler.is_compiling():  # a traced call may carry a symbolic float
+        # NaN or inf would make every output NaN without a word; a str or bool is a slip, never a scale
+        check_number(scale, "posenc.attention: scale", hint="Leave it None for 1 / sqrt(head_dim).")
     scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
-    call = AttentionCall(q, k, v, pe, q_pos, k_pos, bool(causal), attn_mask, scale, features, layer)
+    call = AttentionCall(q, k, v, pe, q_pos, k_pos, causal, attn_mask, scale, features, layer)
     if pe is not None and pe.uses_terms:
         call.terms = pe.terms(call)
     return call

@@ -37,7 +37,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from posenc._checks import check_int
+from posenc._checks import check_bool, check_int
 from posenc.positions import Positions
 from posenc.registry import Registry
 from posenc.terms import AttentionCall, AttentionTerms, LayerView
@@ -170,6 +170,9 @@ class PositionalEncoding(nn.Module):
         super().__init__()
         for arg, value in (("dim", dim), ("n_heads", n_heads), ("max_seq_len", max_seq_len)):
             check_int(value, f"{type(self).__name__}: {arg}", minimum=1)
+        # bool("False") is True: a direction-aware encoding (T5's buckets, FoX's and data-dependent ALiBi's reversed
+        # gates) would silently be built for the other direction
+        check_bool(causal, f"{type(self).__name__}: causal", hint="True for a decoder, False for an encoder.")
         if dim % n_heads:
             raise ValueError(f"{type(self).__name__}: dim={dim} is not divisible by n_heads={n_heads}; "
                              f"head_dim = dim // n_heads must be an integer.")
@@ -177,7 +180,7 @@ class PositionalEncoding(nn.Module):
         self.n_heads = n_heads
         self.head_dim = dim // n_heads
         self.max_seq_len = max_seq_len
-        self.causal = bool(causal)
+        self.causal = causal
 
     # -- positions --------------------------------------------------------------------------------------------------
     def make_positions(self, batch: int, length: int, *, offset: int | Tensor = 0,

@@ -41,10 +41,11 @@ def chunk_rows(call: AttentionCall) -> int:
     """
     b, h, q_len, _ = dense_mask_shape(call)
     per_row = b * h * call.k.shape[-2]
+    elements = settings.get("CHUNK_ELEMENTS")
     if call.uses_terms:
-        budget = settings.CHUNK_ELEMENTS // settings.TERMS_BUDGET_SHARE // max(1, call.terms.pair_tensors)
-        return max(1, min(q_len, max(settings.TERMS_MIN_ROWS, budget // max(1, per_row))))
-    return max(1, min(q_len, max(16, settings.CHUNK_ELEMENTS // max(1, per_row))))
+        budget = elements // settings.get("TERMS_BUDGET_SHARE") // max(1, call.terms.pair_tensors)
+        return max(1, min(q_len, max(settings.get("TERMS_MIN_ROWS"), budget // max(1, per_row))))
+    return max(1, min(q_len, max(16, elements // max(1, per_row))))
 
 
 def _blocks(call: AttentionCall, rows: int):

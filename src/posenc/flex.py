@@ -20,7 +20,7 @@ from torch import Tensor
 
 __all__ = ["HAVE_CXX", "causal_flex_block_mask", "flex_block_mask", "flex_forward", "flex_module"]
 
-_FLEX_COMPILED: Callable | None = None
+_FLEX_COMPILED: dict[bool, Callable] = {}  # static shapes (CPU) or not -> torch.compile(flex_attention)
 
 # Whether a C++ compiler is on PATH (torch.compile's CPU backend needs one for FlexAttention on CPU). Looked up once,
 # at import: not inside attention(), which torch.compile traces (dynamo cannot trace the file-system lookup).
@@ -114,14 +114,20 @@ def flex_block_mask(q: Tensor, k: Tensor, *, causal: bool, attn_mask: Tensor | N
                                   _compile=q.device.type != "cpu")
 
 
-def _compiled_flex() -> Callable:
-    global _FLEX_COMPILED
+def _compiled_flex(device: torch.device) -> Callable:
+    """``flex_attention`` compiled once per process; on CPU with static shapes.
+
+    On CPU, dynamo's second call with new sequence lengths recompiles with *dynamic* shapes, and torch 2.13's CPU
+    flex template then fails to compile a score_mod (C++ error ``cur_qSplitSize<N> was not declared``) for any
+    Tq != Tk; static shapes compile every length it met (one compile per shape, within the recompile limit below).
+    """
     flex = flex_module()
     if torch.compiler.is_compiling():  # already inside the caller's torch.compile: let it trace flex directly
         return flex.flex_attention
-    if _FLEX_COMPILED is None:
-        _FLEX_COMPILED = torch.compile(flex.flex_attention)
-    return _FLEX_COMPILED
+    static = device.type == "cpu"
+    if static not in _FLEX_COMPILED:
+        _FLEX_COMPILED[static] = torch.compile(flex.flex_attention, dynamic=False if static else None)
+    return _FLEX_COMPILED[static]
 
 
 def flex_forward(q: Tensor, k: Tensor, v: Tensor, *, score_mod: Callable | None, block_mask, scale: float,
@@ -135,5 +141,5 @@ def flex_forward(q: Tensor, k: Tensor, v: Tensor, *, score_mod: Callable | None,
     fail = {name: True for name in ("fail_on_recompile_limit_hit", "fail_on_cache_limit_hit")
             if hasattr(torch._dynamo.config, name)}
     with torch._dynamo.config.patch(**limits, **fail):
-        return _compiled_flex()(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
+        return _compiled_flex(q.device)(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
                                 enable_gqa=enable_gqa)  # (B, H, Tq, Dv)

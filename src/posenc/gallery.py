@@ -3,9 +3,15 @@
 The page is generated from the registry each time, so it never goes stale: for each encoding it shows the name,
 family, the first line of its docstring, a formula, the paper (arXiv id), the parameter count at the probe size of
 :func:`posenc.list_encodings`, whether it is defined past ``max_seq_len``, and every plot of
-:func:`posenc.viz.applicable_kinds` (chosen from the encoding's hooks). Images are PNGs embedded as base64 ``data:``
-URLs; the page loads nothing from the network (no scripts, fonts or styles from elsewhere), so it can be opened from
-a file, mailed, or archived.
+:func:`posenc.viz.applicable_kinds` (chosen from the encoding's hooks). Encodings that act inside attention (FoX's
+gates, stick-breaking's normaliser, DeBERTa's c2p/p2c, ...) are drawn on one attention call of a sentence
+(:func:`posenc.viz.attention_probe`: the untrained encoding in a fixed random layer). Images are PNGs embedded as
+base64 ``data:`` URLs; the page loads nothing from the network (no scripts, fonts or styles from elsewhere), so it can
+be opened from a file, mailed, or archived.
+
+The page is reproducible: each picture builds its encoding from one seed (:data:`SEED`), so encodings with random
+initial weights (a learned table, FoX's gate, Inkling's profiles) draw the same every time, and the caller's random
+state is left alone.
 
 Formulas: an encoding class may define a ``formula`` string (plain text / Unicode math); otherwise its family's
 general form is shown. Captions and headings are in English (``lang="en"``) or Chinese (``lang="zh"``); the
@@ -25,13 +31,16 @@ import os
 from pathlib import Path
 from typing import TextIO
 
+import torch
+
 from posenc import viz
 from posenc._io import atomic_write_bytes
 from posenc.base import list_encodings
 
-__all__ = ["CAPTIONS", "FAMILY_FORMULAS", "LANGS", "PLOT_OPTIONS", "build_gallery", "render_gallery"]
+__all__ = ["CAPTIONS", "FAMILY_FORMULAS", "LANGS", "PLOT_OPTIONS", "SEED", "build_gallery", "render_gallery"]
 
 LANGS = ("en", "zh")
+SEED = 0  # every picture builds its encoding from this seed: random initial weights draw the same each time
 
 # Sizes for the gallery's pictures: small enough that the whole registry draws in seconds, large enough to read.
 PLOT_OPTIONS: dict[str, dict] = {
@@ -41,6 +50,11 @@ PLOT_OPTIONS: dict[str, dict] = {
     "bias": {"length": 48},
     "wavelengths": {},
     "grid": {"height": 12, "width": 12},
+    # one attention call on the default sentence (posenc.viz.PROBE_TEXT), every head of the 4-head probe encoding
+    "gates": {},
+    "logits": {},
+    "disentangled": {},
+    "normalizer": {},
 }
 
 CAPTIONS: dict[str, dict[str, str]] = {
@@ -76,6 +90,37 @@ CAPTIONS: dict[str, dict[str, str]] = {
         "en": "Grid: position vectors drawn on a 2-D grid of positions (2-D encodings get (row, column) "
               "coordinates; 1-D encodings are laid out row by row).",
         "zh": "网格：在二维位置网格上绘制的位置向量（二维编码使用（行，列）坐标；一维编码按行依次排列位置）。",
+    },
+    "gates": {
+        "en": "Forget gates on a sentence (its bytes are the tokens, the axis labels): the log gate log fₜ each head "
+              "computes from each token, the decay cᵢ − cⱼ = Σ log f it adds to one query's logits, and plain ALiBi "
+              "beside it (a constant gate is ALiBi). Untrained encoding in a fixed random layer.",
+        "zh": "句子上的遗忘门（句子的字节即词元，见坐标轴标签）：每个头根据每个词元算出的对数门值 log fₜ，"
+              "它给某个查询的 logit 加上的衰减 cᵢ − cⱼ = Σ log f，以及旁边的普通 ALiBi（门值恒定时即为 ALiBi）。"
+              "未训练的编码，置于固定的随机注意力层中。",
+    },
+    "logits": {
+        "en": "Logit terms on a sentence: what the encoding adds to q·k/√d for every (query, key) pair of one "
+              "attention call, per head, and the same against the distance key − query (row i is query i's own "
+              "profile). It depends on the input: the sentence on the axes, through a fixed random layer; "
+              "untrained encoding.",
+        "zh": "句子上的 logit 项：在一次注意力计算中，编码对每个（查询，键）对的 q·k/√d 所加的量（按头），"
+              "以及它随距离（键 − 查询）的变化（第 i 行是查询 i 自己的曲线）。它依赖于输入：坐标轴上的句子，"
+              "经过固定的随机层；编码未经训练。",
+    },
+    "disentangled": {
+        "en": "Disentangled attention (DeBERTa) on a sentence: the content term q·k, content-to-position (each "
+              "query against the relative table projected by the layer's W_k) and position-to-content (each key "
+              "against the table projected by W_q), each as it enters the logits; they sum to the logits.",
+        "zh": "句子上的解耦注意力（DeBERTa）：内容项 q·k、内容到位置（每个查询与经该层 W_k 投影的相对位置表）"
+              "和位置到内容（每个键与经 W_q 投影的位置表），均按其进入 logit 的大小绘制；三者之和即为 logit。",
+    },
+    "normalizer": {
+        "en": "Normaliser: the encoding's attention weights beside the softmax of the same logits on a sentence, "
+              "and the mass each query leaves unspent, 1 − Σⱼ wᵢⱼ (an attention sink's share, or stick-breaking's "
+              "remainder).",
+        "zh": "归一化方式：句子上该编码的注意力权重与同一组 logit 的 softmax 并列对比，"
+              "以及每个查询未分配出去的质量 1 − Σⱼ wᵢⱼ（注意力汇聚项所占的份额，或 stick-breaking 的剩余部分）。",
     },
 }
 
@@ -190,6 +235,7 @@ def _encoding_section(info, lang: str, progress: TextIO | None) -> str:
         if progress is not None:
             print(f"gallery: {info.name}: {kind}", file=progress, flush=True)
         try:
+            torch.manual_seed(SEED)  # the same initial weights for every picture, every time
             fig = viz.plot(kind, info.name, **PLOT_OPTIONS[kind])
         except (ValueError, TypeError, RuntimeError) as exc:  # say which encoding and plot broke
             raise RuntimeError(f"gallery: drawing {kind!r} for {info.name!r} failed: {exc}") from exc
@@ -208,15 +254,16 @@ def render_gallery(*, lang: str = "en", names: list[str] | None = None, progress
 
     if lang not in LANGS:
         raise ValueError(f"lang must be one of {LANGS}; got {lang!r}.")
-    infos = list_encodings()
-    if names is not None:
-        known = {info.name: info for info in infos}
-        missing = [n for n in names if n not in known]
-        if missing:
-            raise ValueError(f"unknown encoding(s) {missing}; available: {', '.join(sorted(known))}.")
-        infos = [known[n] for n in dict.fromkeys(names)]
+    with torch.random.fork_rng(devices=[]):  # building encodings draws their initial weights: not from the caller's
+        infos = list_encodings()
+        if names is not None:
+            known = {info.name: info for info in infos}
+            missing = [n for n in names if n not in known]
+            if missing:
+                raise ValueError(f"unknown encoding(s) {missing}; available: {', '.join(sorted(known))}.")
+            infos = [known[n] for n in dict.fromkeys(names)]
+        sections = "\n".join(_encoding_section(info, lang, progress) for info in infos)
     nav = " ".join(f'<a href="#enc-{html.escape(i.name)}">{html.escape(i.name)}</a>' for i in infos)
-    sections = "\n".join(_encoding_section(info, lang, progress) for info in infos)
     html_lang = "zh-Hans" if lang == "zh" else "en"
     return f"""<!DOCTYPE html>
 <html lang="{html_lang}">

@@ -407,6 +407,23 @@ def _advance(cache: KVCache, cached: KVCache, p: Positions, layers: list[LayerCa
         cache.structure = p.structure
 
 
+def _check_padding_mask(mask: Tensor, name: str, batch: int, keys: int, device: torch.device) -> None:
+    """Raise unless ``mask`` is a bool ``(B|1, keys)`` tensor on ``device`` (True = a real token).
+
+    A float mask would reach attention as an *additive* mask: a 0/1 padding mask would add 1 to the real tokens'
+    logits and 0 to the padding's, which hides nothing.
+    """
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        got = f"dtype {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
+        raise TypeError(f"{name} must be a bool tensor (B, T_keys), True for real tokens; got {got}. Hint: "
+                        f"{name}.bool() (or {name} != 0) for a 0/1 mask.")
+    if mask.dim() != 2 or mask.shape[0] not in (1, batch) or mask.shape[1] != keys:
+        raise ValueError(f"{name} must have shape (B, T_keys) = ({batch}, {keys}) (with a KV cache, T_keys counts the "
+                         f"cached tokens too); got {tuple(mask.shape)}.")
+    if mask.device != device:
+        raise ValueError(f"{name} is on {mask.device} but the input is on {device}; move it with {name}.to(x.device).")
+
+
 def _attention_mask(padding_mask: Tensor | None, p: Positions, cache: KVCache | None,
                     batch: int) -> tuple[Tensor | None, Tensor | None]:
     """Bool ``(B, 1, 1|T, T_keys)`` (True = attend) from the padding mask and the packed documents' segment ids.
@@ -414,6 +431,8 @@ def _attention_mask(padding_mask: Tensor | None, p: Positions, cache: KVCache | 
     Padding and packing both restrict what a token sees, so the two masks are AND-ed. Also returns the segment ids
     of every key ``(B, T_keys)`` (the cache's, then this call's), or ``None`` when there are none. Pure.
     """
+    if padding_mask is not None:
+        _check_padding_mask(padding_mask, "padding_mask", batch, p.key_pos.shape[-1], p.pos.device)
     mask = None if padding_mask is None else padding_mask[:, None, None, :]  # (B, T_keys) -> (B, 1, 1, T_keys)
     seg = p.segment_ids
     if seg is None and (cache is None or cache.segment_ids is None):
@@ -525,6 +544,8 @@ class Transformer(nn.Module):
             if memory is None:
                 raise ValueError("an encoder_decoder model needs the encoder's memory: decode(tgt, model.encode(src)).")
             if memory_padding_mask is not None:
+                _check_padding_mask(memory_padding_mask, "memory_padding_mask", memory.shape[0], memory.shape[1],
+                                    memory.device)
                 memory_mask = memory_padding_mask[:, None, None, :]  # (B, 1, 1, S)
         return self.decoder(self._embed(tokens, "tokens"), positions=positions, padding_mask=padding_mask,
                             cache=cache, memory=memory, memory_mask=memory_mask)
@@ -584,6 +605,15 @@ class Transformer(nn.Module):
         check_number(temperature, "temperature", minimum=0, hint="0 is greedy decoding.")
         if top_k is not None:
             check_int(top_k, "top_k", minimum=1, hint="None means no restriction.")
+        if eos_id is not None:  # True would stop at token 1, 1.5 or "x" never, 10**20 overflow mid-decoding
+            check_int(eos_id, "eos_id", minimum=0, maximum=self.cfg.vocab_size - 1,
+                      hint="It is a token id of the vocabulary; None never stops early.")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}. Hint: "
+                            f"torch.Generator().manual_seed(0).")
+        if self.cfg.kind == "decoder" and (src is not None or src_padding_mask is not None):
+            raise ValueError("src and src_padding_mask are for encoder_decoder models; this decoder reads only the "
+                             "prompt (put the context in the prompt).")
         if not isinstance(prompt, Tensor) or prompt.dtype == torch.bool or prompt.dtype.is_floating_point or \
                 prompt.dtype.is_complex:
             got = f"a {prompt.dtype} tensor" if isinstance(prompt, Tensor) else type(prompt).__name__

@@ -271,3 +271,40 @@ def test_help_documents_exit_codes_timeout_and_import_path(capsys):
     for words in ("Exit status", "2 when the check could not run", "--timeout SECONDS", "--path DIR",
                   "appended last", "130 when interrupted"):
         assert words in out, words
+
+
+EXITS = textwrap.dedent('''
+    import os
+    import sys
+
+    def exits(q, k, positions):
+        sys.exit(0)  # a candidate that ends the process with "success"
+
+    def raises_system_exit(q, k, positions):
+        raise SystemExit
+
+    def os_exits(q, k, positions):
+        os._exit(0)  # no exception, no cleanup: the process is simply gone
+
+    def factory(config):
+        sys.exit(0)
+''')
+
+
+def test_a_candidate_that_exits_is_not_a_pass(tmp_path, monkeypatch, capsys):
+    """Red team round four: a candidate calling sys.exit(0) (or os._exit(0) in the child) made `posenc conform` exit 0,
+    "every case passes", with nothing checked. Now exit 2, naming what happened."""
+    (tmp_path / "exiting_rope.py").write_text(EXITS)
+    (tmp_path / "exits_on_import.py").write_text("import sys\nsys.exit(0)\n")
+    monkeypatch.chdir(tmp_path)
+    for target, extra in (("exiting_rope:exits", []), ("exiting_rope:raises_system_exit", []),
+                          ("exits_on_import:rope", []), ("exiting_rope:factory", ["--factory"])):
+        sys.modules.pop("exiting_rope", None)
+        sys.modules.pop("exits_on_import", None)
+        assert main(["conform", target, "--config", CONFIG, *extra, *NOW]) == 2, target
+        err = capsys.readouterr().err
+        assert "raised sys.exit(" in err and "nothing was concluded" in err, err
+    assert main(["conform", "exiting_rope:exits", "--config", CONFIG, *SMALL]) == 2  # in the child: the same
+    assert "raised sys.exit(0)" in capsys.readouterr().err
+    assert main(["conform", "exiting_rope:os_exits", "--config", CONFIG, *SMALL]) == 2
+    assert "ended with status 0 before the check finished" in capsys.readouterr().err

@@ -14,7 +14,8 @@ Exit status: 0 when every case passes (with ``--allow-precision`` also when the 
 precision limit of float32 angles); 1 when the check ran and a case fails; 2 when the check could not run: bad
 arguments, a target or --config that cannot be read (no config.json in the directory, invalid JSON, a model type
 without a rotary module, an invalid configuration), a candidate that cannot be imported, or one that did not finish
-within --timeout (or crashed its process); 130 when interrupted. ``--json`` prints the result as JSON.
+within --timeout (or crashed its process, or ended it: ``sys.exit``, ``os._exit``); 130 when interrupted. ``--json``
+prints the result as JSON.
 
 Import path: TARGET ``module:function`` is imported from the installed packages first, then from the current
 directory (appended last to ``sys.path``, so a file there cannot shadow an installed package of the same name);
@@ -23,7 +24,8 @@ Python does for every ``-m``.)
 
 Timeout: a ``module:function`` candidate runs in a child process that is stopped after ``--timeout`` seconds
 (default 120; its import counts): a hanging candidate cannot hang the command. ``--timeout 0`` runs it in this
-process, without a limit. Hugging Face directories and tables JSON run no user code and always run in this process.
+process, without a limit (and without that guard against ``os._exit``, which ends posenc itself). Hugging Face
+directories and tables JSON run no user code and always run in this process.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +50,10 @@ timeout_seconds = float_in(0.0, 86_400.0)  # 0: no child process, no limit
 DEFAULT_TIMEOUT = 120.0  # a correct candidate takes seconds on the whole matrix; a hang is stopped after two minutes
 # The child runs `posenc conform ... --timeout 0` with the parent's import path (argv[1]), so it imports the same
 # packages; `python -c` would otherwise put the current directory first.
+# It writes its exit status to the file named by argv[2] once main() has returned: a candidate that ends the process
+# itself (os._exit(0)) leaves the file empty, and the parent reports that instead of relaying a status of 0.
 _CHILD = ("import json, sys; sys.path[:] = json.loads(sys.argv[1]); from posenc.cli import main; "
-          "sys.exit(main(sys.argv[2:]))")
+          "rc = main(sys.argv[3:]); open(sys.argv[2], 'w').write(str(rc)); sys.exit(rc)")
 
 
 def _load_json(text: str, what: str) -> Any:
@@ -132,6 +137,13 @@ def run_conform(args: argparse.Namespace) -> Any:
         return _run_check(args)
     except UsageError:
         raise
+    except (SystemExit, GeneratorExit) as exc:
+        # the candidate (its import, its factory or a call) tried to end the process: with sys.exit(0) posenc would
+        # exit 0 -- "every case passes" -- having checked nothing
+        what = f"sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else type(exc).__name__
+        raise UsageError(f"{args.target} raised {what} during the check (its import, factory or a call), which "
+                         f"would end posenc itself; nothing was concluded. A candidate must return its result, not "
+                         f"exit.") from exc
     except (ValueError, TypeError, KeyError, OSError) as exc:
         # The kit catches whatever the candidate raises on a case (a row with status "error"), so an exception that
         # gets here comes from setting the check up: the configuration or the target. The check did not run.
@@ -210,27 +222,38 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _run_in_child(args: argparse.Namespace) -> int:
     """Run the check in a child process stopped after ``args.timeout`` seconds; relay its output and exit status."""
-    command = [sys.executable, "-c", _CHILD, json.dumps(sys.path), *_child_argv(args)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=hasattr(os, "killpg"))
+    fd, status_file = tempfile.mkstemp(prefix="posenc-conform-", suffix=".status")
+    os.close(fd)
     try:
-        out, err = proc.communicate(timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        _stop(proc)
-        print(f"posenc conform: error: {args.target} did not finish within {args.timeout:g} s (--timeout): the "
-              f"candidate (or its module's import) hangs or is that slow; the check was stopped and nothing was "
-              f"checked. Raise --timeout for a slow candidate, or --timeout 0 to run it in this process without a "
-              f"limit.", file=sys.stderr)
-        return 2
-    except BaseException:  # Ctrl-C (or anything else) in the parent: the child in its own session must not outlive it
-        _stop(proc)
-        raise
-    sys.stdout.write(out)
-    sys.stderr.write(err)
-    if proc.returncode < 0:
-        name = signal.Signals(-proc.returncode).name if -proc.returncode in signal.valid_signals() else "a signal"
-        print(f"posenc conform: error: the process checking {args.target} was killed by {name} (the candidate "
-              f"crashed it, e.g. a segfault in an extension); nothing was checked.", file=sys.stderr)
+        command = [sys.executable, "-c", _CHILD, json.dumps(sys.path), status_file, *_child_argv(args)]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=hasattr(os, "killpg"))
+        try:
+            out, err = proc.communicate(timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            print(f"posenc conform: error: {args.target} did not finish within {args.timeout:g} s (--timeout): the "
+                  f"candidate (or its module's import) hangs or is that slow; the check was stopped and nothing was "
+                  f"checked. Raise --timeout for a slow candidate, or --timeout 0 to run it in this process without "
+                  f"a limit.", file=sys.stderr)
+            return 2
+        except BaseException:  # Ctrl-C (or anything else) in the parent: the child in its own session must not
+            _stop(proc)        # outlive it
+            raise
+        sys.stdout.write(out)
+        sys.stderr.write(err)
+        if proc.returncode < 0:
+            name = signal.Signals(-proc.returncode).name if -proc.returncode in signal.valid_signals() else "a signal"
+            print(f"posenc conform: error: the process checking {args.target} was killed by {name} (the candidate "
+                  f"crashed it, e.g. a segfault in an extension); nothing was checked.", file=sys.stderr)
+            return 2
+        status = Path(status_file).read_text().strip()
+    finally:
+        Path(status_file).unlink(missing_ok=True)
+    if status != str(proc.returncode):  # the child ended before posenc's main() returned
+        print(f"posenc conform: error: the process checking {args.target} ended with status {proc.returncode} before "
+              f"the check finished (the candidate ended it itself, e.g. with os._exit); nothing was concluded.",
+              file=sys.stderr)
         return 2
     return proc.returncode
 

@@ -7,6 +7,14 @@ Examples::
     posenc plot wavelengths rope --scaling '{"rope_type": "yarn", "factor": 4.0}' --out bands.png
     posenc plot waves runs/learned.pt --out learned_waves.png        # a trained Transformer.save checkpoint
     posenc plot attention runs/rope.pt --text "the cat sat" --out attn.png
+    posenc plot gates fox --text "the cat sat on the mat" --out fox.png   # one attention call on a sentence
+    posenc plot normalizer stick_breaking --out sb.png
+    posenc plot logits runs/inkling.pt --layer 1 --out inkling.png         # a trained model's own layer 1
+
+The probe kinds (gates, logits, disentangled, normalizer) draw one self-attention call on a sentence (--text; its
+UTF-8 bytes are the tokens): a bare encoding in a fixed random layer, a checkpoint in its own layer --layer. An
+encoding given by name is built for causal attention (bidirectional for disentangled) unless --option causal=...
+says otherwise.
 """
 
 from __future__ import annotations
@@ -14,7 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from posenc._viz_kinds import MAX_PLOT_LENGTH, PLOT_KINDS
+from posenc._viz_kinds import MAX_PLOT_LENGTH, PLOT_KINDS, PROBE_KINDS
 from posenc.cli.types import int_in, json_object, ranged
 
 __all__ = ["add_commands"]
@@ -53,9 +61,24 @@ def _plot(args: argparse.Namespace) -> int:
             kwargs["layers"] = args.layers
         if args.heads_shown is not None:
             kwargs["heads"] = args.heads_shown
+    elif kind in PROBE_KINDS:
+        for flag, name in ((args.length, "--length"), (args.layers, "--layers")):
+            if flag is not None:
+                raise ValueError(f"{name} does not apply to '{kind}' (one attention call on --text; a model's layer "
+                                 f"is chosen with --layer).")
+        if args.text is not None:
+            kwargs["text"] = args.text
+        if args.layer is not None:
+            kwargs["layer"] = args.layer
+        if args.heads_shown is not None:
+            kwargs["heads"] = args.heads_shown
+        kwargs.update(options)
     else:
         if args.text is not None:
-            raise ValueError("--text is only for 'posenc plot attention'.")
+            raise ValueError(f"--text is only for 'posenc plot attention' and the sentence kinds "
+                             f"({', '.join(PROBE_KINDS)}); '{kind}' draws positions only.")
+        if args.layer is not None:
+            raise ValueError(f"--layer is only for the sentence kinds ({', '.join(PROBE_KINDS)}).")
         if kind in ("waves", "similarity", "bias") and args.length is not None:
             kwargs["length"] = args.length
         if kind == "similarity":
@@ -96,9 +119,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="an encoding option, e.g. --option base=500000 (repeatable; values are JSON when they parse)")
     p.add_argument("--scaling", type=json_object('{"rope_type": "yarn", "factor": 4}'), default=None, metavar="JSON",
                    help="RoPE scaling as an HF-style dict, e.g. '{\"rope_type\": \"yarn\", \"factor\": 4}'")
-    p.add_argument("--text", default=None, help="input text for 'attention' (UTF-8 bytes are the tokens)")
+    p.add_argument("--text", default=None, help=f"input text for 'attention' and {', '.join(PROBE_KINDS)} (UTF-8 "
+                   f"bytes are the tokens; those four default to a pangram)")
     p.add_argument("--layers", type=int_in(0, 1023), nargs="+", default=None,
                    help=ranged("layers drawn by 'attention' (default all)", int_in(0, 1023)))
+    p.add_argument("--layer", type=int_in(0, 1023), default=None,
+                   help=ranged(f"the model layer whose call {', '.join(PROBE_KINDS)} draw, for a checkpoint "
+                               f"(default 0)", int_in(0, 1023)))
     p.add_argument("--heads-shown", type=int_in(1, 1024), default=None,
-                   help=ranged("heads drawn by 'attention' and 'bias'", int_in(1, 1024)))
+                   help=ranged(f"heads drawn by 'attention', 'bias' and {', '.join(PROBE_KINDS)}", int_in(1, 1024)))
     p.set_defaults(func=_plot)

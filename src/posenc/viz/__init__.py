@@ -3,11 +3,13 @@
 Two layers, kept apart so the numbers can be tested without drawing anything:
 
 - :mod:`posenc.viz.data`: the *data functions* (``waves_data``, ``similarity_data``, ``decay_data``, ``bias_data``,
-  ``bias_profile``, ``wavelengths_data``, ``attention_data``, ``grid_data``), which call an encoding's own hooks and
-  return tensors, and :func:`applicable_kinds` (which plots fit an encoding, from its hooks). It needs only torch.
+  ``bias_profile``, ``wavelengths_data``, ``attention_data``, ``grid_data``, and on one attention call of a
+  sentence, :func:`attention_probe`: ``gates_data``, ``logits_data``, ``disentangled_data``, ``normalizer_data``),
+  which call an encoding's own hooks and return tensors, and :func:`applicable_kinds` (which plots fit an encoding,
+  from its hooks). It needs only torch.
 - :mod:`posenc.viz.figures`: the *figure functions* (``waves``, ``similarity``, ``decay``, ``bias``,
-  ``wavelengths``, ``attention``, ``grid``), which draw those tensors and return a
-  :class:`matplotlib.figure.Figure`; :func:`plot` dispatches by kind and saves.
+  ``wavelengths``, ``attention``, ``grid``, ``gates``, ``logits``, ``disentangled``, ``normalizer``), which draw
+  those tensors and return a :class:`matplotlib.figure.Figure`; :func:`plot` dispatches by kind and saves.
 
 The kinds, what each shows and which encodings it applies to are listed in :mod:`posenc.viz.data`. matplotlib is an
 optional extra (``pip install posenc[viz]``), imported only when a figure is drawn; this package imports without it.
@@ -15,22 +17,36 @@ optional extra (``pip install posenc[viz]``), imported only when a figure is dra
 
 from __future__ import annotations
 
-from posenc._viz_kinds import MAX_PLOT_LENGTH, PLOT_KINDS
+from posenc._viz_kinds import MAX_PLOT_LENGTH, PLOT_KINDS, PROBE_KINDS
 
 # The names marked F401 are outside __all__ but were attributes of the single-file posenc.viz (posenc.gallery reads
 # viz.DPI), so they stay importable from here.
 from posenc.viz.data import (
     MAX_DENSE,
+    PROBE_SEED,
+    PROBE_TEXT,
+    AttentionProbe,
     DecayCurves,
+    Disentangled,
+    GateDecay,
+    LogitChange,
+    Normalized,
     applicable_kinds,
     attention_data,
+    attention_probe,
     bias_data,
     bias_profile,
+    by_distance,
     decay_data,
+    disentangled_data,
+    gates_data,
     grid_data,
+    logits_data,
+    normalizer_data,
     position_vectors,  # noqa: F401
     resolve_encoding,
     similarity_data,
+    token_labels,
     wavelengths_data,
     waves_data,
 )
@@ -45,7 +61,11 @@ from posenc.viz.figures import (
     bias,
     check_output_path,  # noqa: F401
     decay,
+    disentangled,
+    gates,
     grid,
+    logits,
+    normalizer,
     plot,
     save_figure,
     similarity,
@@ -57,22 +77,41 @@ __all__ = [
     "MAX_DENSE",
     "MAX_PLOT_LENGTH",
     "PLOT_KINDS",
+    "PROBE_KINDS",
+    "PROBE_SEED",
+    "PROBE_TEXT",
+    "AttentionProbe",
     "DecayCurves",
+    "Disentangled",
+    "GateDecay",
+    "LogitChange",
+    "Normalized",
     "applicable_kinds",
     "attention",
     "attention_data",
+    "attention_probe",
     "bias",
     "bias_data",
     "bias_profile",
+    "by_distance",
     "decay",
     "decay_data",
+    "disentangled",
+    "disentangled_data",
+    "gates",
+    "gates_data",
     "grid",
     "grid_data",
+    "logits",
+    "logits_data",
+    "normalizer",
+    "normalizer_data",
     "plot",
     "resolve_encoding",
     "save_figure",
     "similarity",
     "similarity_data",
+    "token_labels",
     "waves",
     "waves_data",
     "wavelengths",

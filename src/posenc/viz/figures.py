@@ -1,7 +1,8 @@
 """The figures of :mod:`posenc.viz`, drawn with matplotlib from the tensors of :mod:`posenc.viz.data`.
 
-The *figure functions* (``waves``, ``similarity``, ``decay``, ``bias``, ``wavelengths``, ``attention``, ``grid``)
-draw those tensors and return a :class:`matplotlib.figure.Figure`. :func:`plot` dispatches by kind and saves.
+The *figure functions* (``waves``, ``similarity``, ``decay``, ``bias``, ``wavelengths``, ``attention``, ``grid``,
+and on a sentence ``gates``, ``logits``, ``disentangled``, ``normalizer``) draw those tensors and return a
+:class:`matplotlib.figure.Figure`. :func:`plot` dispatches by kind and saves.
 
 matplotlib is an optional extra (``pip install posenc[viz]``); the data functions need only torch. Figures are
 built with :class:`matplotlib.figure.Figure` directly (no pyplot), so drawing never opens a window or touches the
@@ -25,16 +26,25 @@ from torch import Tensor
 from posenc._viz_kinds import PLOT_KINDS
 from posenc.base import PositionalEncoding
 from posenc.viz.data import (
+    PROBE_TEXT,
+    AttentionProbe,
     attention_data,
+    attention_probe,
     bias_data,
     bias_profile,
+    by_distance,
     decay_data,
+    disentangled_data,
+    gates_data,
     given_by_name,
     grid_axes,
     grid_data,
+    logits_data,
+    normalizer_data,
     resolve_encoding,
     rope_of,
     similarity_data,
+    token_labels,
     wavelengths_data,
     waves_data,
 )
@@ -53,7 +63,11 @@ __all__ = [
     "bias",
     "check_output_path",
     "decay",
+    "disentangled",
+    "gates",
     "grid",
+    "logits",
+    "normalizer",
     "plot",
     "save_figure",
     "similarity",
@@ -299,7 +313,7 @@ def attention(model, text: str, *, layers: list[int] | None = None, heads: int =
     if bad or not layers:
         raise ValueError(f"layers {layers} are out of range: the model has {n_layers} layers, 0 .. {n_layers - 1}.")
     shown = max(1, min(heads, n_heads))
-    labels = ["␣" if b == 32 else chr(b) if 32 < b < 127 else "·" for b in text.encode("utf-8")]  # one per byte
+    labels = token_labels(text)  # one per byte
     with _style():
         fig = _figure(2.5 * shown + 1.2, 2.5 * len(layers) + 0.6)
         axes = fig.subplots(len(layers), shown, squeeze=False)
@@ -357,6 +371,219 @@ def grid(encoding, *, height: int = 16, width: int = 16, channels: int = 4, **op
     return fig
 
 
+# -- pictures of one attention call on a sentence (the probe kinds) ----------------------------------------------------
+MAX_TOKEN_TICKS = 64  # label every token on an axis up to this many; longer inputs get numbered ticks
+
+
+def _probe(encoding, text: str, layer: int, options: dict, *, causal: bool) -> AttentionProbe:
+    """The probe call of a figure; an encoding given by name is built for ``causal`` attention unless told."""
+    if given_by_name(encoding):
+        options.setdefault("causal", causal)
+    return attention_probe(encoding, text=text, layer=layer, **options)
+
+
+def _shown(heads: int, n_heads: int) -> int:
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise ValueError(f"heads must be an int >= 1 (how many heads to draw); got {heads!r}.")
+    return min(heads, n_heads)
+
+
+def _hidden(values: Tensor, visible: Tensor) -> Tensor:
+    """``values`` ``(..., Tq, Tk)`` as float32 on the CPU, NaN (drawn blank) where a query may not see the key."""
+    return values.detach().float().cpu().masked_fill(~visible.cpu(), float("nan"))
+
+
+def _limit(values: Tensor) -> float:
+    finite = values[torch.isfinite(values)]
+    return float(finite.abs().max()) if finite.numel() and float(finite.abs().max()) > 0 else 1.0
+
+
+def _token_ticks(ax, labels: tuple[str, ...], *, x: bool = True, y: bool = True) -> None:
+    n = len(labels)
+    if n > MAX_TOKEN_TICKS:
+        return
+    size = 7 if n <= 24 else 5
+    if x:
+        ax.set_xticks(range(n), labels, fontsize=size)
+    if y:
+        ax.set_yticks(range(n), labels, fontsize=size)
+
+
+def _quoted(text: str, limit: int = 48) -> str:
+    return f"“{text}”" if len(text) <= limit else f"“{text[:limit - 1]}…”"
+
+
+def _probe_title(pe: PositionalEncoding, what: str, probe: AttentionProbe) -> str:
+    direction = "causal" if probe.call.causal else "bidirectional"
+    # three short lines, so that a figure of one or two heads does not clip them
+    return f"{_label(pe)} — {what}\non {_quoted(probe.text)}\n({direction}; {probe.source})"
+
+
+def logits(encoding, *, text: str = PROBE_TEXT, heads: int = 4, layer: int = 0, **options) -> Figure:
+    """What the encoding adds to the attention logits on a sentence (:func:`posenc.viz.data.logits_data`).
+
+    Top row: the added logits of every (query, key) pair per head; bottom row: the same against the distance
+    ``key - query`` (row ``i``: query ``i``'s own profile, e.g. Inkling's ``(r_i . P)``). Keys a query may not see
+    are blank.
+
+    Args:
+        encoding: a name (built causal unless ``causal=False`` is passed), a :class:`PositionalEncoding`, or a
+            :class:`posenc.Transformer` / checkpoint path (its layer ``layer``); see
+            :func:`posenc.viz.data.attention_probe`.
+        text: the sentence; its UTF-8 bytes are the tokens.
+        heads: how many heads to draw (the first ones).
+        **options: ``dim``, ``n_heads``, ``causal`` and the encoding's own options, when given by name.
+    """
+    probe = _probe(encoding, text, layer, options, causal=True)
+    change = logits_data(probe)
+    distance, profiles = by_distance(change.added, change.visible)  # (N,), (H, Tq, N)
+    shown = _shown(heads, change.added.shape[0])
+    added = _hidden(change.added[:shown], change.visible)
+    profiles = profiles[:shown].float().cpu()
+    lim = _limit(added)
+    t = len(change.labels)
+    d = distance.cpu()
+    with _style():
+        fig = _figure(3.1 * shown + 1.2, 6.6)
+        axes = fig.subplots(2, shown, squeeze=False, sharey=True)
+        image = None
+        for h in range(shown):
+            ax = axes[0][h]
+            image = ax.imshow(added[h].numpy(), cmap=DIVERGING, vmin=-lim, vmax=lim, aspect="equal")
+            ax.set_title(f"head {h}")
+            ax.set_xlabel("key token")
+            _token_ticks(ax, change.labels, y=h == 0)
+            ax = axes[1][h]
+            ax.imshow(profiles[h].numpy(), cmap=DIVERGING, vmin=-lim, vmax=lim, aspect="auto",
+                      extent=(float(d[0]) - 0.5, float(d[-1]) + 0.5, t - 0.5, -0.5))
+            ax.set_title(f"head {h}: by distance")
+            ax.set_xlabel("key − query (tokens)")
+            _token_ticks(ax, change.labels, x=False, y=h == 0)
+        for row in axes:
+            row[0].set_ylabel("query token")
+        fig.colorbar(image, ax=axes, label="added to the logits (logits − q·k·scale)", shrink=0.85)
+        fig.suptitle(_probe_title(probe.pe, "what it adds to the attention logits", probe))
+    return fig
+
+
+def gates(encoding, *, text: str = PROBE_TEXT, heads: int = 8, layer: int = 0, **options) -> Figure:
+    """Forget gates on a sentence (FoX, data-dependent ALiBi): the input, the decay it adds, and plain ALiBi.
+
+    Left: each head's log gate ``log f_t`` per token, from the encoding's ``features()`` (dashed: the reversed set
+    of a bidirectional data-dependent ALiBi). Middle: the decay ``c_i - c_j`` the terms add to the logits of one
+    query (the last; the middle one when bidirectional) against ``key - query``. Right: the registered ``alibi``'s
+    bias for the same query, heads and direction. Arguments as :func:`logits`.
+    """
+    probe = _probe(encoding, text, layer, options, causal=True)
+    data = gates_data(probe)
+    shown = _shown(heads, data.log_f.shape[0])
+    log_f = data.log_f[:shown].float().cpu()
+    d = data.distance.cpu().numpy()
+    tokens = torch.arange(log_f.shape[1]).numpy()
+    with _style():
+        fig = _figure(13, 4.0)
+        ax_gate, ax_decay, ax_alibi = fig.subplots(1, 3, width_ratios=[1.3, 1, 1])
+        for h in range(shown):
+            color = f"C{h % 10}"
+            ax_gate.plot(tokens, log_f[h, :, 0].numpy(), color=color, linewidth=1.1, marker=".", markersize=3,
+                         label=f"head {h}")
+            if log_f.shape[-1] == 2:
+                ax_gate.plot(tokens, log_f[h, :, 1].numpy(), color=color, linewidth=0.9, linestyle="--")
+            ax_decay.plot(d, data.profile[h].float().cpu().numpy(), color=color, linewidth=1.2, label=f"head {h}")
+            ax_alibi.plot(d, data.alibi[h].float().cpu().numpy(), color=color, linewidth=1.2, label=f"head {h}")
+        ax_gate.set_title("input: log forget gate per token" + (" (dashed: reversed set)"
+                                                               if log_f.shape[-1] == 2 else ""))
+        ax_gate.set_xlabel("token")
+        ax_gate.set_ylabel("log fₜ")
+        _token_ticks(ax_gate, data.labels, y=False)
+        query = data.labels[data.query]
+        ax_decay.set_title(f"decay cᵢ − cⱼ seen by query {data.query} ‘{query}’")
+        ax_alibi.set_title("plain ALiBi (alibi), same heads")
+        for ax in (ax_decay, ax_alibi):
+            ax.axvline(0, color="0.6", linewidth=0.8, linestyle="--")
+            ax.set_xlabel("key − query (tokens)")
+            ax.set_ylabel("added to the logits")
+        if shown <= 8:
+            ax_decay.legend(loc="best")
+        fig.suptitle(_probe_title(probe.pe, "forget gates", probe))
+    return fig
+
+
+def disentangled(encoding, *, text: str = PROBE_TEXT, heads: int = 4, layer: int = 0, **options) -> Figure:
+    """DeBERTa's disentangled attention on a sentence: content, c2p and p2c per head, as they enter the logits.
+
+    An encoding given by name is built for bidirectional attention (DeBERTa is an encoder) unless ``causal=True``
+    is passed. Arguments as :func:`logits`.
+    """
+    probe = _probe(encoding, text, layer, options, causal=False)
+    data = disentangled_data(probe)
+    shown = _shown(heads, data.c2p.shape[0])
+    rows = (("content q·k", data.content), ("content-to-position (c2p)", data.c2p),
+            ("position-to-content (p2c)", data.p2c))
+    with _style():
+        fig = _figure(3.0 * shown + 1.6, 9.3)
+        axes = fig.subplots(3, shown, squeeze=False, sharex=True, sharey=True)
+        for r, (name, values) in enumerate(rows):
+            shown_values = _hidden(values[:shown], data.visible)
+            lim = _limit(shown_values)
+            image = None
+            for h in range(shown):
+                ax = axes[r][h]
+                image = ax.imshow(shown_values[h].numpy(), cmap=DIVERGING, vmin=-lim, vmax=lim, aspect="equal")
+                ax.set_title(f"{name}, head {h}", fontsize=8)
+                if r == len(rows) - 1:
+                    ax.set_xlabel("key token")
+                _token_ticks(ax, data.labels, x=r == len(rows) - 1, y=h == 0)
+            axes[r][0].set_ylabel("query token")
+            fig.colorbar(image, ax=list(axes[r]), label="logit part", shrink=0.9)
+        fig.suptitle(_probe_title(probe.pe, "content, c2p and p2c logits", probe))
+    return fig
+
+
+def normalizer(encoding, *, text: str = PROBE_TEXT, heads: int = 4, layer: int = 0, **options) -> Figure:
+    """An encoding's normaliser (stick-breaking, sinks) beside the softmax of the same logits, and the unspent mass.
+
+    Top row: the masked softmax of the call's logits; bottom row: the encoding's weights on the same logits; right:
+    ``1 - sum_j w_ij`` per query and head (the sink's share, or stick-breaking's remainder). Arguments as
+    :func:`logits`.
+    """
+    probe = _probe(encoding, text, layer, options, causal=True)
+    data = normalizer_data(probe)
+    shown = _shown(heads, data.weights.shape[0])
+    softmax = _hidden(data.softmax[:shown], data.visible)
+    weights = _hidden(data.weights[:shown], data.visible)
+    top = max(_limit(softmax), _limit(weights))
+    unspent = data.unspent.float().cpu()
+    tokens = torch.arange(unspent.shape[1]).numpy()
+    with _style():
+        fig = _figure(2.9 * shown + 4.8, 6.4)
+        maps, side = fig.subfigures(1, 2, width_ratios=[2.9 * shown + 1.0, 3.8])
+        axes = maps.subplots(2, shown, squeeze=False, sharex=True, sharey=True)
+        image = None
+        for r, (name, values) in enumerate((("softmax", softmax), (_label(probe.pe), weights))):
+            for h in range(shown):
+                ax = axes[r][h]
+                image = ax.imshow(values[h].numpy(), cmap=SEQUENTIAL, vmin=0.0, vmax=top, aspect="equal")
+                ax.set_title(f"{name}, head {h}", fontsize=8)
+                if r == 1:
+                    ax.set_xlabel("key token")
+                _token_ticks(ax, data.labels, x=r == 1, y=h == 0)
+            axes[r][0].set_ylabel("query token")
+        maps.colorbar(image, ax=axes, label="attention weight", shrink=0.85)
+        ax = side.subplots()
+        for h in range(unspent.shape[0]):
+            ax.plot(tokens, unspent[h].numpy(), linewidth=1.1, marker=".", markersize=3, label=f"head {h}")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title("mass left unspent: 1 − Σⱼ wᵢⱼ")
+        ax.set_xlabel("query token")
+        ax.set_ylabel("unspent (sink's share / remainder)")
+        _token_ticks(ax, data.labels, y=False)
+        if unspent.shape[0] <= 8:
+            ax.legend(loc="best")
+        fig.suptitle(_probe_title(probe.pe, "attention weights vs softmax", probe))
+    return fig
+
+
 # -- dispatch and saving -----------------------------------------------------------------------------------------------
 FIGURES: dict[str, Callable[..., Figure]] = {
     "waves": waves,
@@ -366,6 +593,10 @@ FIGURES: dict[str, Callable[..., Figure]] = {
     "wavelengths": wavelengths,
     "attention": attention,
     "grid": grid,
+    "gates": gates,
+    "logits": logits,
+    "disentangled": disentangled,
+    "normalizer": normalizer,
 }
 
 
