@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,18 +41,25 @@ def test_readme_conformance_example_runs_and_names_the_layout(capsys):
     assert namespace["ok"].verdict == "precision" and namespace["ok"].conforms
 
 
-def _standard_suite_section() -> str:
-    start = README.index("**The standard suite**")
-    return README[start:README.index("**The model learns what a peer learns.**", start)]
+def _lab_section(start: str, end: str) -> str:
+    begin = README.index(start)
+    return README[begin:README.index(end, begin)]
 
 
-def test_readme_lab_claims_quote_the_committed_report():
-    """Every figure the README quotes from the standard suite (a percentage, a mean ± interval, Kendall's tau, a
-    perplexity ratio) is in the committed report, so the README cannot drift from the runs."""
-    section = " ".join(_standard_suite_section().split())  # a figure may wrap across lines
-    report = (ROOT / "docs" / "results" / "standard" / "report.md").read_text()
-    figures = re.findall(r"\d+\.\d+% ± \d+\.\d+%|\d+\.\d+%|tau [+-]\d\.\d+|\d+\.\d+x", section)
+# Each README paragraph that quotes a committed lab report: (its first words, the words after it, the report's folder)
+_LAB_SECTIONS = (("**The standard suite**", "**The frontier encodings in the lab**", "standard"),
+                 ("**The frontier encodings in the lab**", "**The model learns what a peer learns.**", "frontier"))
+
+
+@pytest.mark.parametrize(("start", "end", "folder"), _LAB_SECTIONS, ids=[f for _, _, f in _LAB_SECTIONS])
+def test_readme_lab_claims_quote_the_committed_report(start, end, folder):
+    """Every figure the README quotes from a committed suite's report (a percentage, a mean ± interval, Kendall's
+    tau, a perplexity ratio, a claim's margin) is in that report, so the README cannot drift from the runs."""
+    section = " ".join(_lab_section(start, end).split())  # a figure may wrap across lines
+    report = " ".join((ROOT / "docs" / "results" / folder / "report.md").read_text().split())
+    figures = re.findall(r"margin [+-]\d+\.\d+(?: points)?(?: ± \d+\.\d+(?: points)?)?|\d+\.\d+% ± \d+\.\d+%|"
+                         r"\d+\.\d+%|tau [+-]\d\.\d+|\d+\.\d+x", section)
     assert len(figures) >= 10, f"expected the section to quote the report; found only {figures}"
     for figure in figures:
         wanted = figure.replace("tau ", "tau = ") if figure.startswith("tau") else figure
-        assert wanted in report, f"README quotes {figure!r}, which docs/results/standard/report.md does not contain"
+        assert wanted in report, f"README quotes {figure!r}, which docs/results/{folder}/report.md does not contain"

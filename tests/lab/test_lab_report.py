@@ -559,9 +559,9 @@ def test_length_table_marks_the_training_lengths_and_formats_each_metric():
 def test_papers_section_gives_one_verdict_line_per_paper_and_task():
     from posenc.lab.report import _papers_section
 
-    comparison = {"lm": {"verdict": "agrees", "why": "tau = +1.00 over 3"},
-                  "decoder_reverse": {"verdict": "partly", "why": "a|b *c*"},
-                  "unknown_task": {"verdict": "disagrees", "why": "not a paper's task"}}
+    comparison = {"lm": {"task": "lm", "verdict": "agrees", "why": "tau = +1.00 over 3"},
+                  "decoder_reverse": {"task": "decoder_reverse", "verdict": "partly", "why": "a|b *c*"},
+                  "unknown_task": {"task": "unknown_task", "verdict": "disagrees", "why": "not a paper's task"}}
     lines = _papers_section(comparison, {"verdict": "not comparable", "why": "1 task; needs 3"})
     assert lines == [
         "## The papers beside ours", "",
@@ -639,12 +639,14 @@ def _decoder_copy(scores: dict, **learned) -> list[dict]:
 def test_paper_comparison_says_why_a_ranking_cannot_be_compared():
     two = paper_comparison(_decoder_copy({"t5": 0.5, "alibi": 0.4, "rope": 0.3}, rope=False))["decoder_copy"]
     assert two["verdict"] == "not comparable" and [row[0] for row in two["rows"]] == ["t5", "alibi"]
-    assert two["why"] == "only 2 of the paper's encodings learned here (rope did not); a ranking needs 3"
+    assert two["why"] == ("only 2 of the paper's encodings were run here and learned (rope did not); a ranking "
+                         "needs 3")
     one = paper_comparison(_decoder_copy({"t5": 0.5, "rope": 0.3}, rope=False))["decoder_copy"]  # 1 + 1: still shown
-    assert one["why"] == "only 1 of the paper's encodings learned here (rope did not); a ranking needs 3"
+    assert one["why"] == ("only 1 of the paper's encodings were run here and learned (rope did not); a ranking "
+                         "needs 3")
     assert one["not_learned"] == ["rope"] and one["tau"] is None
     plain = paper_comparison(_decoder_copy({"t5": 0.5, "alibi": 0.4}))["decoder_copy"]
-    assert plain["why"] == "only 2 of the paper's encodings learned here; a ranking needs 3"
+    assert plain["why"] == "only 2 of the paper's encodings were run here and learned; a ranking needs 3"
     assert "decoder_copy" not in paper_comparison(_decoder_copy({"t5": 0.5}))  # one encoding: nothing to say
     tie = paper_comparison(_decoder_copy({"t5": 0.5, "alibi": 0.5, "nope": 0.5}))["decoder_copy"]
     assert tie["why"] == "our scores tie on every encoding, so there is no ranking to compare"
@@ -772,3 +774,116 @@ if __name__ == "__main__":
             _golden_sweep(Path(folder))
             GOLDEN_REPORT.write_text(write_report(folder).read_text(encoding="utf-8"), encoding="utf-8")
         print(f"wrote {GOLDEN_REPORT}")
+
+
+# -- the frontier papers: a second published table on one task, and claims stated in words ---------------------------
+
+
+def _with_bar(record: dict, bar: float) -> dict:
+    return {**record, "learned_bar": bar}
+
+
+def test_a_second_paper_on_a_task_is_ranked_beside_the_first(tmp_path):
+    # flip_flop has CoPE's table and PaTH's (Table 1: rope 0.597 < stick_breaking 0.611 < fox 0.637 < path ~1)
+    beyond = {"rope": 0.3, "stick_breaking": 0.5, "fox": 0.6, "path": 0.99, "learned": 0.4, "cope": 0.9}
+    records = [_record("flip_flop", enc, 0, {32: 1.0, 64: score}, train=(8, 32)) for enc, score in beyond.items()]
+    comparison = paper_comparison(records)
+    cope, path = comparison["flip_flop"], comparison["flip_flop (PaTH)"]
+    assert cope["task"] == path["task"] == "flip_flop"
+    assert [row[0] for row in path["rows"]] == ["path", "fox", "stick_breaking", "rope"]  # the paper's order
+    assert path["tau"] == pytest.approx(1.0) and path["verdict"] == "agrees"
+    assert [row[0] for row in cope["rows"]] == ["cope", "rope", "learned"]  # CoPE's own three, unchanged
+    for record in records:
+        append_record(tmp_path / RESULTS, record)
+    text = write_report(tmp_path).read_text()
+    assert text.count("### flip_flop: the paper's ranking beside ours") == 2
+    assert "**PaTH (Yang et al., arXiv 2505.16381)**, `flip_flop`: **agrees**" in text
+
+
+def test_a_paper_with_only_two_encodings_run_says_they_were_not_all_run():
+    records = [_record("lm", enc, 0, {32: 10.0, 256: ppl}, metric="perplexity", train=(32, 32))
+               for enc, ppl in (("rope", 40.0), ("alibi", 11.0), ("fox", 10.5))]
+    lm = paper_comparison(records)["lm"]
+    assert lm["verdict"] == "not comparable" and "were run here and learned" in lm["why"]
+
+
+def test_difference_interval_is_welchs():
+    from posenc.lab.report import difference_interval
+
+    # equal sizes and variances: Welch's degrees of freedom are 2 (n - 1) = 4, t_{0.975, 4} = 2.776
+    diff, half = difference_interval([1.0, 2.0, 3.0], [3.0, 4.0, 5.0])
+    assert diff == pytest.approx(-2.0) and half == pytest.approx(2.776 * (1 / 3 + 1 / 3) ** 0.5)
+    # one side constant: df = n_other - 1 = 2, t = 4.303
+    diff, half = difference_interval([0.5, 0.5, 0.5], [0.1, 0.2, 0.3])
+    assert diff == pytest.approx(0.3) and half == pytest.approx(4.303 * (0.01 / 3) ** 0.5)
+    assert difference_interval([0.5], [0.1, 0.2]) == (pytest.approx(0.35), None)  # one seed: no interval
+    assert difference_interval([1.0, 1.0], [1.0, 1.0]) == (0.0, 0.0)
+
+
+def test_claim_verdict_on_both_sides_of_the_spread():
+    from posenc.lab.report import claim_verdict
+
+    assert claim_verdict(0.3, 0.1, "better") == "agrees"
+    assert claim_verdict(0.1, 0.1, "better") == "not settled"  # exactly at the spread: not past it
+    assert claim_verdict(-0.05, 0.1, "better") == "not settled"
+    assert claim_verdict(-0.3, 0.1, "better") == "disagrees"
+    assert claim_verdict(0.0, 0.0, "better") == "not settled"  # a tie is not ahead
+    assert claim_verdict(0.2, None, "better") == "agrees"  # one seed: the direction alone
+    assert claim_verdict(-0.05, 0.1, "not_worse") == "agrees"  # behind within the spread: competitive
+    assert claim_verdict(-0.3, 0.1, "not_worse") == "disagrees"
+    assert claim_verdict(0.0, 0.0, "not_worse") == "agrees"
+    with pytest.raises(ValueError, match="'better' or 'not_worse'"):
+        claim_verdict(0.1, 0.1, "ahead")
+
+
+def _lm(encoding, seed, ppl_train, ppl_long, *, learned=True):
+    return _with_bar(_record("lm", encoding, seed, {64: ppl_train, 1024: ppl_long}, metric="perplexity",
+                             train=(64, 64), learned=learned), 15.0)
+
+
+def test_claims_in_words_read_the_margin_on_the_seeds_that_learned():
+    from posenc.lab.report import claim_checks
+
+    claim = {"paper": "FoX", "task": "lm", "claim": "fox extrapolates better than rope", "encoding": "fox",
+             "baseline": "rope", "kind": "better", "at": "longest", "verified": "[V]"}
+    records = [_lm("fox", s, 4.0, v) for s, v in enumerate((4.0, 4.2, 4.4))]
+    records += [_lm("rope", s, 4.5, v) for s, v in enumerate((30.0, 35.0, 40.0))]
+    records.append(_lm("rope", 3, 20.0, 3.0, learned=False))  # did not learn: its 3.0 at 1024 must not count
+    (check,) = claim_checks(records, (claim,))
+    diff, half = 35.0 - 4.2, 4.303 * ((25.0 / 3) + (0.04 / 3)) ** 0.5  # Welch: df = floor(2.0...) = 2
+    assert check["margin"] == pytest.approx(diff)  # lower perplexity is ahead: a positive margin
+    assert check["spread"] == pytest.approx(half, rel=1e-3)
+    assert check["verdict"] == "agrees"
+    assert "rope 3/4" in check["why"] and "fox 3/3" in check["why"] and "at length 1024" in check["why"]
+    assert "smallest margin to the in-distribution bar: fox +11.00, rope +10.50" in check["why"]
+    # the same claim with the baseline ahead: disagrees; with the two within the seed spread: not settled
+    flipped = [_lm("fox", s, 4.0, v) for s, v in enumerate((50.0, 55.0, 60.0))] + records[3:6]
+    assert claim_checks(flipped, (claim,))[0]["verdict"] == "disagrees"
+    close = [_lm("fox", s, 4.0, v) for s, v in enumerate((28.0, 36.0, 44.0))] + records[3:6]
+    assert claim_checks(close, (claim,))[0]["verdict"] == "not settled"
+    # no seed of the encoding learned: not comparable, and why
+    none = [_lm("fox", s, 40.0, 4.0, learned=False) for s in range(3)] + records[3:6]
+    check = claim_checks(none, (claim,))[0]
+    assert check["verdict"] == "not comparable" and "fox learned on no seed" in check["why"]
+    assert claim_checks(records[3:], (claim,)) == []  # an encoding not run: no check at all
+
+
+def test_claims_in_words_in_distribution_and_a_narrow_call(tmp_path, monkeypatch):
+    from posenc.lab.report import claim_checks
+
+    claim = {"paper": "DeBERTa", "task": "negation", "claim": "relative positions carry word order",
+             "encoding": "deberta", "baseline": "learned", "kind": "not_worse", "at": "in_distribution",
+             "verified": "[V] abstract"}
+    records = [_with_bar(_record("negation", enc, s, {10: v}, train=(10, 10)), 0.9)
+               for enc, values in (("deberta", (0.96, 0.97, 0.98)), ("learned", (1.0, 1.0, 1.0)))
+               for s, v in enumerate(values)]
+    (check,) = claim_checks(records, (claim,))
+    # behind by 3 points, with an interval of 4.303 * 0.01 / sqrt(3) ~ 2.5 points: past it, so the claim fails
+    assert check["margin"] == pytest.approx(-0.03) and check["verdict"] == "disagrees"
+    assert "-3.0 points ± 2.5 points" in check["why"] and "a narrow call" in check["why"]
+    for record in records:
+        append_record(tmp_path / RESULTS, record)
+    monkeypatch.setattr("posenc.lab.report.CLAIMS", (claim,))
+    text = write_report(tmp_path).read_text()
+    assert "### negation: the papers' claims in words" in text
+    assert text.count("**DeBERTa**, `negation`: relative positions carry word order: **disagrees**") == 2

@@ -6,7 +6,10 @@
 - a run *learned* when its in-distribution score meets its task's bar (``Task.learned_bar``, stored in the record);
   runs that did not learn are shown, marked ``†``, but left out of every ranking beyond the training length;
 - for tasks with a published counterpart, the paper's ranking beside ours (:mod:`posenc.lab.reference`) on the
-  encodings that learned, Kendall's tau between the two, and a verdict: agrees / partly / disagrees / not comparable.
+  encodings that learned, Kendall's tau between the two, and a verdict: agrees / partly / disagrees / not comparable;
+- for a paper's claim in words (``reference.CLAIMS``: one encoding ahead of, or not behind, another), the margin
+  between the two on the seeds that learned, its 95% interval, and a verdict on the direction: agrees / disagrees /
+  not settled (the margin is within the seed spread) / not comparable.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ from pathlib import Path
 
 from posenc._io import atomic_write_bytes
 from posenc.lab import markdown as md
-from posenc.lab.reference import PUBLISHED
+from posenc.lab.reference import CLAIMS, PUBLISHED
 from posenc.lab.sweep import RESULTS, load_records
 
-__all__ = ["aggregate", "cost_table", "kendall_tau", "mean_interval", "paper_comparison", "record_learned",
-           "suite_progress", "summary_rows", "summary_table", "verdict", "write_report"]
+__all__ = ["aggregate", "claim_checks", "claim_verdict", "cost_table", "difference_interval", "kendall_tau",
+           "mean_interval", "paper_comparison", "record_learned", "suite_progress", "summary_rows", "summary_table",
+           "verdict", "write_report"]
 
 NOT_LEARNED = "†"  # marks scores of runs below their task's in-distribution bar
 
@@ -350,18 +354,20 @@ def _rank(scores: dict[str, float], higher_is_better: bool) -> dict[str, int]:
 
 
 def paper_comparison(records: list[dict]) -> dict[str, dict]:
-    """Per task with a published counterpart: the paper's ranking beside ours on the encodings that learned.
+    """Per published table (keyed as :data:`~posenc.lab.reference.PUBLISHED` is: by task, or by a name of its own
+    with the task in ``"task"``): the paper's ranking beside ours on the encodings that learned.
 
-    Each entry: ``rows`` (encoding, paper score, paper rank, ours, our rank) best first by the paper, ``agree`` and
-    ``pairs`` (pairs of encodings both rankings order, and how many of them they order alike), ``tau`` (Kendall's
-    tau-b, ``None`` when our scores all tie), ``verdict`` and ``why`` (one line), and ``not_learned`` (encodings the
-    paper ranks that did not learn here, so are left out).
+    Each entry: ``task``, ``rows`` (encoding, paper score, paper rank, ours, our rank) best first by the paper,
+    ``agree`` and ``pairs`` (pairs of encodings both rankings order, and how many of them they order alike),
+    ``tau`` (Kendall's tau-b, ``None`` when our scores all tie), ``verdict`` and ``why`` (one line), and
+    ``not_learned`` (encodings the paper ranks that did not learn here, so are left out).
     """
     out = {}
     rows_by_task: dict[str, list[dict]] = {}
     for row in summary_rows(records):
         rows_by_task.setdefault(row["task"], []).append(row)
-    for task, ref in PUBLISHED.items():
+    for key, ref in PUBLISHED.items():
+        task = ref.get("task", key)
         if task not in rows_by_task:
             continue
         ours, not_learned = {}, []
@@ -390,14 +396,15 @@ def paper_comparison(records: list[dict]) -> dict[str, dict]:
         if word != "not comparable":
             why = f"Kendall's tau = {tau:+.2f} over {len(common)} encodings that learned"
         elif len(common) < 3:
-            why = (f"only {len(common)} of the paper's encodings learned here"
+            why = (f"only {len(common)} of the paper's encodings were run here and learned"
                    + (f" ({', '.join(not_learned)} did not)" if not_learned else "") + "; a ranking needs 3")
         else:
             why = "our scores tie on every encoding, so there is no ranking to compare"
-        out[task] = {"ref": ref, "rows": [(e, ref["scores"][e], paper_rank[e], ours[e], our_rank[e])
-                                          for e in sorted(common, key=paper_rank.get)],
-                     "agree": agree, "pairs": len(pairs), "tau": tau, "verdict": word, "why": why,
-                     "not_learned": not_learned}
+        out[key] = {"task": task, "ref": ref,
+                    "rows": [(e, ref["scores"][e], paper_rank[e], ours[e], our_rank[e])
+                             for e in sorted(common, key=paper_rank.get)],
+                    "agree": agree, "pairs": len(pairs), "tau": tau, "verdict": word, "why": why,
+                    "not_learned": not_learned}
     return out
 
 
@@ -459,21 +466,147 @@ def _length_table(t: dict) -> tuple[list[str], list[list[str]]]:
 
 _PAPERS = (("ALiBi (Press et al., arXiv 2108.12409)", ("lm",)),
            ("Kazemnejad et al. (arXiv 2305.19466)", ("decoder_copy", "decoder_reverse")),
-           ("CoPE (Golovneva et al., arXiv 2405.18719)", ("flip_flop", "selective_copy")))
+           ("CoPE (Golovneva et al., arXiv 2405.18719)", ("flip_flop", "selective_copy")),
+           ("PaTH (Yang et al., arXiv 2505.16381)", ("flip_flop (PaTH)",)))
 
 
-def _papers_section(comparison: dict, randomized: dict | None) -> list[str]:
-    """Markdown lines: one verdict per paper and task (ALiBi, Kazemnejad, Ruoss, CoPE), from learned runs only."""
+def _claim_line(c: dict) -> str:
+    """One Markdown bullet: a claim in words, its verdict and why."""
+    return (f"- **{md.escape(c['paper'])}**, {md.code(c['task'])}: {md.escape(c['claim'])}: **{c['verdict']}** — "
+            f"{md.escape(c['why'])}.")
+
+
+def _papers_section(comparison: dict, randomized: dict | None, claims: list[dict] | None = None) -> list[str]:
+    """Markdown lines: one verdict per paper and task (ALiBi, Kazemnejad, Ruoss, CoPE, PaTH) and per claim in
+    words, from learned runs only."""
     lines = []
-    for paper, tasks in _PAPERS:
-        for task in tasks:
-            if task in comparison:
-                c = comparison[task]
-                lines.append(f"- **{md.escape(paper)}**, {md.code(task)}: **{c['verdict']}** — {md.escape(c['why'])}.")
+    for paper, keys in _PAPERS:
+        for key in keys:
+            if key in comparison:
+                c = comparison[key]
+                lines.append(f"- **{md.escape(paper)}**, {md.code(c['task'])}: **{c['verdict']}** — "
+                             f"{md.escape(c['why'])}.")
     if randomized is not None:
         lines.append(f"- **Ruoss et al. (arXiv 2305.16843)**, randomized positions vs the encoding they wrap: "
                      f"**{randomized['verdict']}** — {md.escape(randomized['why'])}.")
+    lines += [_claim_line(c) for c in claims or ()]
     return ["## The papers beside ours", "", *lines, ""] if lines else []
+
+
+def difference_interval(a: list[float], b: list[float]) -> tuple[float, float | None]:
+    """``mean(a) - mean(b)`` and the half-width of its 95% interval (Welch's t, its degrees of freedom rounded down);
+    half-width ``None`` when either side has a single value."""
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    if len(a) < 2 or len(b) < 2:
+        return diff, None
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    if va + vb == 0:
+        return diff, 0.0
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    t = _T975[max(1, math.floor(df)) - 1] if df < len(_T975) + 1 else 1.96
+    return diff, t * math.sqrt(va + vb)
+
+
+def claim_verdict(margin: float, spread: float | None, kind: str) -> str:
+    """The direction of a claim read from ``margin`` (the encoding's advantage over the baseline, positive: ahead)
+    and ``spread`` (the half-width of its 95% interval; ``None``, one seed: read as 0).
+
+    ``kind="better"``: ``agrees`` when ahead by more than the spread, ``disagrees`` when behind by more than it, else
+    ``not settled``. ``kind="not_worse"`` (the paper says competitive): ``disagrees`` only when behind by more than the
+    spread, else ``agrees``.
+    """
+    s = 0.0 if spread is None else spread
+    if kind == "better":
+        return "agrees" if margin > s else "disagrees" if margin < -s else "not settled"
+    if kind == "not_worse":
+        return "disagrees" if margin < -s else "agrees"
+    raise ValueError(f"a claim's kind must be 'better' or 'not_worse'; got {kind!r}.")
+
+
+def _claim_values(t: dict, encoding: str, at: str) -> tuple[list[float | None], list[bool]]:
+    """Per seed, ``encoding``'s headline score ``at`` the longest length, beyond training or in distribution."""
+    by_len = t["encodings"][encoding]
+    hi = t["train_lengths"][1]
+    if at == "longest":
+        values = by_len[t["eval_lengths"][-1]]
+    elif at in ("beyond", "in_distribution"):
+        values = _per_seed(by_len, [x for x in t["eval_lengths"] if (x > hi) == (at == "beyond")])
+    else:
+        raise ValueError(f"a claim is read at 'longest', 'beyond' or 'in_distribution'; got {at!r}.")
+    return values, t["learned"][encoding]
+
+
+def _bar_margins(records: list[dict], task: str, encoding: str) -> list[float]:
+    """Per learned seed of ``encoding`` on ``task``: how far its in-distribution score clears the task's bar."""
+    from posenc.lab.train import in_distribution
+
+    margins = []
+    for r in records:
+        if r["task"] != task or encoding_label(r) != encoding or "learned_bar" not in r or not record_learned(r):
+            continue
+        value = in_distribution(r["metrics"], r["metric"], r["train_lengths"][1])
+        if value is not None:
+            margins.append(r["learned_bar"] - value if r["metric"] == "perplexity" else value - r["learned_bar"])
+    return margins
+
+
+def _claim_fmt(x: float, metric: str, *, signed: bool = False, difference: bool = False) -> str:
+    """A score (``91.2%``, perplexity ``3.85``) or a difference of scores (``+8.2 points``, ``+1.20``)."""
+    if metric == "perplexity":
+        return f"{x:+.2f}" if signed else f"{x:.2f}"
+    if signed or difference:
+        return f"{x * 100:{'+' if signed else ''}.1f} points"
+    return f"{x:.1%}"
+
+
+def claim_checks(records: list[dict], claims: tuple[dict, ...] | None = None) -> list[dict]:
+    """Each claim in words (``claims``, by default :data:`~posenc.lab.reference.CLAIMS`) whose task and both
+    encodings the records hold, read on the seeds that learned: the claim with ``margin`` (the encoding's advantage
+    over the baseline: accuracy points, or perplexity for perplexity tasks, positive = ahead), ``spread`` (the 95%
+    half-width of the difference; ``None`` with one seed), ``verdict`` (:func:`claim_verdict`, or ``not comparable``
+    when either side has no seed that learned or no score there) and ``why`` (one line: both scores, the margin, the
+    seed counts, each side's smallest margin to the in-distribution bar, and a warning when the call is narrow)."""
+    tasks = aggregate(records)
+    out = []
+    for claim in CLAIMS if claims is None else claims:
+        t = tasks.get(claim["task"])
+        if t is None or claim["encoding"] not in t["encodings"] or claim["baseline"] not in t["encodings"]:
+            continue
+        enc, base, metric = claim["encoding"], claim["baseline"], t["metric"]
+        where = {"longest": f"at length {t['eval_lengths'][-1]}", "beyond": "beyond the training lengths",
+                 "in_distribution": "in distribution"}[claim["at"]]
+        sides = {}
+        for name in (enc, base):
+            values, flags = _claim_values(t, name, claim["at"])
+            sides[name] = ([v for v, ok in zip(values, flags) if ok], len(flags))
+        check = {**claim, "margin": None, "spread": None}
+        missing = [name for name, (vals, _) in sides.items() if not vals]
+        undefined = [name for name, (vals, _) in sides.items() if any(v is None for v in vals)]
+        if missing or undefined or (claim["at"] != "in_distribution" and not _has_beyond(records, claim["task"])):
+            why = (f"{' and '.join(missing)} learned on no seed" if missing else
+                   f"{' and '.join(undefined)} has no score {where}" if undefined else
+                   f"the task has no length beyond training to read {where}")
+            out.append({**check, "verdict": "not comparable", "why": why})
+            continue
+        (a, n_a), (b, n_b) = sides[enc], sides[base]
+        diff, spread = difference_interval(a, b)
+        margin = -diff if metric == "perplexity" else diff  # lower perplexity is ahead
+        word = claim_verdict(margin, spread, claim["kind"])
+
+        bars = {name: _bar_margins(records, claim["task"], name) for name in (enc, base)}
+        bar_text = ", ".join(f"{name} {_claim_fmt(min(m), metric, signed=True)}" for name, m in bars.items() if m)
+        why = (f"{enc} {_claim_fmt(statistics.fmean(a), metric)} vs {base} {_claim_fmt(statistics.fmean(b), metric)} "
+               f"{metric.replace('_', ' ')} {where}: margin {_claim_fmt(margin, metric, signed=True)}"
+               + (" (one seed each: the direction only)" if spread is None else
+                  f" ± {_claim_fmt(spread, metric, difference=True)} (95% interval of the difference)")
+               + f"; seeds that learned: {enc} {len(a)}/{n_a}, {base} {len(b)}/{n_b}"
+               + (f"; smallest margin to the in-distribution bar: {bar_text}" if bar_text else ""))
+        if spread is not None and word != "not settled" and abs(margin) < 1.5 * spread:
+            why += "; a narrow call: the margin is under 1.5x its interval"
+        if word == "not settled":
+            why += "; the margin is within the seed spread" if margin != 0 else "; the two tie"
+        out.append({**check, "margin": margin, "spread": spread, "verdict": word, "why": why})
+    return out
 
 
 def suite_progress(records: list[dict]) -> str | None:
@@ -548,6 +681,7 @@ def write_report(out: str | os.PathLike) -> Path:
     plots.mkdir(exist_ok=True)
     tasks = aggregate(records)
     comparison = paper_comparison(records)
+    claims = claim_checks(records)
     lines = ["# posenc lab report", "",
              f"{len(records)} runs, {len(tasks)} tasks, {len({r['encoding'] for r in records})} encodings; built "
              f"from {md.code(RESULTS)} alone. " + _versions_line(records),
@@ -560,7 +694,7 @@ def write_report(out: str | os.PathLike) -> Path:
              "seed shows its value alone. `learned` counts the seeds that met the task's in-distribution bar; "
              f"{NOT_LEARNED} marks encodings with none, which no ranking below uses.", ""]
     lines += [summary_table(records, markdown=True), ""]
-    lines += _papers_section(comparison, randomized_comparison(records))
+    lines += _papers_section(comparison, randomized_comparison(records), claims)
     images: dict[str, bytes] = {}  # Markdown path -> PNG, embedded in the HTML
 
     def show(name: str, path: Path) -> str:
@@ -584,8 +718,7 @@ def write_report(out: str | os.PathLike) -> Path:
         lines += [f"- {md.code(enc)}: {md.escape(reason)}" for enc, reason in t["undefined"].items()]
         if t["undefined"]:
             lines.append("")
-        if task in comparison:
-            c = comparison[task]
+        for c in (c for c in comparison.values() if c["task"] == task):
             ref = c["ref"]
             rows = [[e, f"{p:g}", str(pr), f"{o:.3g}", str(orank)] for e, p, pr, o, orank in c["rows"]]
             rows += [[e, f"{ref['scores'][e]:g}", "-", f"not learned {NOT_LEARNED}", "-"] for e in c["not_learned"]]
@@ -594,6 +727,12 @@ def write_report(out: str | os.PathLike) -> Path:
                     f"{md.escape(ref['scale'])}")
             lines += [f"### {md.escape(task)}: the paper's ranking beside ours", "", text, "",
                       md.table(["encoding", "paper", "paper rank", "ours", "our rank"], rows), ""]
+        task_claims = [c for c in claims if c["task"] == task]
+        if task_claims:
+            lines += [f"### {md.escape(task)}: the papers' claims in words", "",
+                      "Verdicts on the direction only, from the seeds that learned; how each claim was read: "
+                      + "; ".join(f"{md.escape(c['paper'])}: {md.escape(c['verified'])}" for c in task_claims)
+                      + ".", "", *(_claim_line(c) for c in task_claims), ""]
     if records:
         text = ("Training time per task, from the records' wall times. Each run trains on one thread, so these are "
                 "core-minutes: a sweep with `--workers N` on N idle cores takes about the total / N. Runs that "
