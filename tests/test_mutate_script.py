@@ -55,3 +55,17 @@ def test_the_scratch_copy_is_configured_for_the_group(mutate):
     selection = re.search(r"pytest_add_cli_args_test_selection = (.*)", text).group(1)
     assert all(f'"{t}"' in selection for t in group.tests)
     assert " and ".join(f"not {k}" for k in group.deselect) in selection
+
+
+def test_a_sampled_score_carries_its_wilson_interval(mutate):
+    # 18 of 20 sampled mutants killed: Wilson's 95% interval (textbook values, z = 1.96) is 69.9% to 97.2%
+    codes = {f"m{i}": 1 if i < 18 else 0 for i in range(20)}
+    sampled = mutate.score_of(codes, mutate.GROUPS["report"], seconds=None, population=400)
+    low, high = sampled.interval
+    assert (low, high) == pytest.approx((0.6990, 0.9721), abs=5e-4)
+    assert sampled.score_text() == "90.0% (95% CI 69.9%-97.2%)"
+    assert "20 sampled of 400" in mutate.table({"report": sampled})
+    whole = mutate.score_of(codes, mutate.GROUPS["report"], seconds=None)  # every mutant: no sampling error
+    assert whole.interval is None and whole.score_text() == "90.0%"
+    everything = mutate.score_of({f"m{i}": 1 for i in range(20)}, mutate.GROUPS["report"], None, population=20)
+    assert everything.interval[1] == 1.0 and everything.interval[0] == pytest.approx(0.8389, abs=5e-4)
