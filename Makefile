@@ -59,6 +59,7 @@ test-latest:
 # Hours on 2 shared cores; it resumes where a stopped run left off. A quick look:
 # make test-mutate MUTATE_ARGS="--group core --max-mutants 40"
 test-mutate: $(STAMP)
+	$(PIP) install --quiet -c constraints.txt -e ".[$(EXTRAS),mutate]"
 	$(PY) scripts/mutate.py $(MUTATE_ARGS)
 
 lint: $(STAMP)
