@@ -75,7 +75,7 @@ GROUPS: dict[str, Group] = {
         tests=("tests/test_registry.py", "tests/test_positions.py", "tests/test_errors.py", "tests/test_attention.py",
                "tests/test_attention_terms.py", "tests/test_attention_backends.py",
                "tests/test_chunked_value_terms.py", "tests/test_contract.py", "tests/test_layer_aware.py",
-               "tests/test_edge_inputs.py"),
+               "tests/test_edge_inputs.py", "tests/test_core_edges.py"),
         # 2-15 s each: float64 gradcheck in one-row blocks, the compiled flex path, the chunked path's memory checks
         # (one block's worth of terms, gradients allocated once); the chunked and flex code they run is compared
         # with the dense reference, forward and backward, by the fast tests of the same files.
@@ -84,7 +84,8 @@ GROUPS: dict[str, Group] = {
     "model": Group(
         sources=("src/posenc/model.py",),
         tests=("tests/test_model.py", "tests/test_kv_cache.py", "tests/test_model_files.py",
-               "tests/test_model_golden.py", "tests/test_decode_overhead.py", "tests/test_edge_inputs.py"),
+               "tests/test_model_golden.py", "tests/test_decode_overhead.py", "tests/test_edge_inputs.py",
+               "tests/test_model_edges.py", "tests/encodings/test_absolute_rotary.py"),
     ),
     "hf": Group(
         sources=("src/posenc/hf.py",),
@@ -128,6 +129,7 @@ def mutmut_config(group: Group, jobs: int) -> str:
     return "\n".join([
         "", "[tool.mutmut]",
         'source_paths = ["src"]',
+        'also_copy = ["README.md"]',  # tests that check the README against the code read it from the repo root
         f"only_mutate = {json.dumps(list(group.sources))}",
         f"pytest_add_cli_args_test_selection = {json.dumps(selection)}",
         # -p no:cacheprovider: no .pytest_cache in the copy; no:unraisableexception: its gc.collect() passes at the
@@ -170,6 +172,7 @@ def prepare(name: str, group: Group, workdir: Path, jobs: int) -> Path:
     copy.mkdir(parents=True, exist_ok=True)
     _sync_tree(ROOT / "src", copy / "src")
     _sync_tree(ROOT / "tests", copy / "tests")
+    _sync_file(ROOT / "README.md", copy / "README.md")
     text = (ROOT / "pyproject.toml").read_text() + mutmut_config(group, jobs)
     if not (copy / "pyproject.toml").is_file() or (copy / "pyproject.toml").read_text() != text:
         (copy / "pyproject.toml").write_text(text)

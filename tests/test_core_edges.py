@@ -1,0 +1,103 @@
+"""Edges of the core that mutation testing (``make test-mutate``, group core) found no test for: a fully masked row
+of the safe softmax, what ``register`` and ``register_backend`` keep and refuse, the words of errors a user reads,
+which calls the CPU FlexAttention backend refuses, and when the dense mask needs a batch axis."""
+
+import pytest
+import torch
+
+import posenc
+from posenc import AttentionCall, Positions
+from posenc.backends import BACKENDS
+from posenc.chunked import dense_mask_shape
+from posenc.terms import safe_softmax
+
+
+def test_safe_softmax_gives_a_dead_row_zeros_and_zero_gradients():
+    scores = torch.tensor([[0.0, 1.0, 2.0], [float("-inf")] * 3], requires_grad=True)
+    probs = safe_softmax(scores)
+    assert torch.equal(probs[1], torch.zeros(3))  # no key to attend: nothing, not NaN, not a distribution
+    torch.testing.assert_close(probs[0], torch.softmax(scores[0].detach(), -1))
+    (probs * torch.arange(3.0)).sum().backward()
+    assert torch.equal(scores.grad[1], torch.zeros(3))
+
+
+@pytest.mark.parametrize("name", ["my-encoding", "Rope", "2d", ""])
+def test_register_refuses_names_that_are_not_lowercase_identifiers(name):
+    with pytest.raises(ValueError, match="lowercase identifiers"):
+        posenc.register(name)
+
+
+def test_register_refuses_a_name_that_is_not_a_string():
+    with pytest.raises(ValueError, match="lowercase identifiers"):
+        posenc.register(5)
+
+
+def test_register_backend_keeps_what_it_was_given():
+    def supports(call):
+        return None
+
+    def suits(call):
+        return "never chosen by auto"
+
+    try:
+        @posenc.register_backend("mutation_probe", priority=-5, supports=supports, suits=suits)
+        def probe(call):
+            return call.v
+
+        entry = BACKENDS["mutation_probe"]
+        assert (entry.fn, entry.supports, entry.suits, entry.priority) == (probe, supports, suits, -5)
+    finally:
+        BACKENDS.pop("mutation_probe", None)
+
+
+def test_fractional_positions_are_refused_with_the_hint_to_use_a_scaling():
+    pe = posenc.get_encoding("rope", dim=8, n_heads=2)
+    q = torch.randn(1, 2, 4, 8)
+    with pytest.raises(TypeError, match="Fractional positions are not supported here: to stretch a RoPE model, use a "
+                                        "scaling instead"):
+        posenc.attention(q, q, q, pe, q_pos=torch.arange(4.0), k_pos=torch.arange(4.0))
+
+
+def test_bad_segment_ids_name_what_came_in():
+    pos = Positions(pos=torch.arange(5), segment_ids=torch.zeros(2, 5))  # float ids
+    with pytest.raises(ValueError, match=r"got torch.float32 of shape \(2, 5\)\."):
+        pos.validate(5, batch=2)
+    with pytest.raises(ValueError, match=r"got list\."):
+        Positions(pos=torch.arange(5), segment_ids=[[0] * 5]).validate(5, batch=1)
+
+
+def test_auto_says_why_it_leaves_compiled_flex_alone_on_cpu():
+    pe = posenc.get_encoding("alibi", dim=4, n_heads=2)
+    q = torch.randn(1, 2, 8, 4)
+    with torch.no_grad():
+        why = posenc.explain(q, q, q, pe, causal=True)
+    if "flex" in BACKENDS and posenc.attention_settings.get("FLEX_CPU_MIN_ELEMENTS") == float("inf"):
+        assert "auto does not use compiled FlexAttention on CPU (torch's CPU flex kernel fails to compile some " \
+               "score_mods" in why
+
+
+@pytest.mark.parametrize("which", ["q_pos", "k_pos"])
+def test_flex_on_cpu_refuses_per_sequence_positions_of_queries_or_keys(which):
+    pe = posenc.get_encoding("alibi", dim=4, n_heads=2)
+    q = torch.randn(2, 2, 6, 4)
+    pos = {"q_pos": torch.arange(6), "k_pos": torch.arange(6)}
+    pos[which] = torch.arange(6).expand(2, 6)  # (B, T): per sequence
+    with torch.no_grad():
+        why = posenc.explain(q, q, q, pe, backend="auto", **pos)
+    if "flex" in BACKENDS:
+        assert "per-sequence (B, T) positions" in why
+
+
+def _call(q_pos, k_pos, b=3):
+    q = torch.randn(b, 2, 4, 4)
+    return AttentionCall(q=q, k=q, v=q, pe=posenc.get_encoding("alibi", dim=4, n_heads=2), q_pos=q_pos, k_pos=k_pos,
+                         causal=True, attn_mask=None, scale=0.5)
+
+
+def test_the_dense_mask_has_a_batch_axis_only_when_positions_differ_per_sequence():
+    shared = torch.arange(4)
+    assert dense_mask_shape(_call(shared, shared)) == (1, 2, 4, 4)
+    assert dense_mask_shape(_call(shared[None], shared[None])) == (1, 2, 4, 4)  # (1, T): shared by the batch
+    per_sequence = torch.arange(4).expand(3, 4)
+    assert dense_mask_shape(_call(per_sequence, shared)) == (3, 2, 4, 4)
+    assert dense_mask_shape(_call(shared, per_sequence)) == (3, 2, 4, 4)
