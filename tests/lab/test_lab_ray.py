@@ -41,6 +41,8 @@ def _by_id(records: list[dict]) -> dict[str, dict]:
     return {r["run_id"]: {k: v for k, v in r.items() if k not in TIMING} for r in records}
 
 
+@pytest.mark.slow  # ~60 s (a fresh local Ray cluster from the command line); the executor itself is checked by
+# test_ray_sweep_equals_local_sweep_record_for_record in make test
 @pytest.mark.timeout(300)
 def test_cli_starts_a_local_cluster_and_writes_the_local_records(tmp_path):
     # runs before the shared cluster exists: `posenc lab run --executor ray` with no address starts (and stops) one
