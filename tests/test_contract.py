@@ -194,3 +194,15 @@ def test_meta_round_trip_deferred_init(name):
     b.to_empty(device="cpu")
     b.load_state_dict(a.state_dict())
     torch.testing.assert_close(b.eval()(x), a(x))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_model_on_meta_runs_a_forward_for_shapes(name):
+    """Red team, round five: a forward on meta tensors (shape inference, FLOP counting) raised Tensor.item() on meta,
+    for every encoding (the token-id check, then the position checks of the bias and term encodings); checks that
+    read values are skipped on meta, as under torch.compile, and the logits come out on meta with the right shape."""
+    model = _model(name).to("meta")
+    x = _tokens().to("meta")
+    with torch.no_grad():
+        out = model(x)
+    assert out.device.type == "meta" and out.shape == (*x.shape, model.cfg.vocab_size)

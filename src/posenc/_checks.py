@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["check_bool", "check_int", "check_number", "is_int", "is_number"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["check_bool", "check_int", "check_number", "is_int", "is_number", "reads_values"]
 
 
 def is_int(value: Any) -> bool:
@@ -85,3 +88,12 @@ def check_number(value: Any, name: str, *, minimum: float | None = None, above: 
             (maximum is not None and value > maximum):
         raise ValueError(f"{name} must be a number {_range(minimum, maximum, above=above)}; got {value}.{hint}")
     return value
+
+
+def reads_values(t: torch.Tensor) -> bool:
+    """Whether a check may read ``t``'s values (a host sync): not while torch.compile traces (the values are symbolic)
+    and not for a meta tensor (it has none; a forward on meta tensors computes shapes only). Checks that read values
+    are skipped then, as they are under torch.compile."""
+    import torch  # loaded already (t is a tensor); not at module scope, so that the CLI's help stays torch-free
+
+    return t.device.type != "meta" and not torch.compiler.is_compiling()

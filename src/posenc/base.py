@@ -37,7 +37,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from posenc._checks import check_bool, check_int
+from posenc._checks import check_bool, check_int, reads_values
 from posenc.positions import Positions
 from posenc.registry import Registry
 from posenc.terms import AttentionCall, AttentionTerms, LayerView
@@ -87,7 +87,7 @@ def check_positions(pos: Tensor | None, length: int, *, name: str = "pos", batch
     if pos is None:
         return None
     check_positions_layout(pos, length, name=name, batch=batch, device=device)
-    if pos.numel() and not torch.compiler.is_compiling() and pos.min() < 0:
+    if pos.numel() and reads_values(pos) and pos.min() < 0:
         raise ValueError(f"{name} must be non-negative; got a minimum of {int(pos.min())}.")
     return pos
 
@@ -329,7 +329,7 @@ class PositionalEncoding(nn.Module):
 
     def check_length(self, pos: Tensor) -> None:
         """Raise if ``pos`` reaches past ``max_seq_len`` and the encoding is not defined there."""
-        if self.extrapolates or pos.numel() == 0 or torch.compiler.is_compiling():
+        if self.extrapolates or pos.numel() == 0 or not reads_values(pos):
             return
         top = self.trusted_max(pos)
         top = int(pos.max()) if top is None else top

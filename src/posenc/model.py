@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posenc._checks import check_int, check_number, is_int
+from posenc._checks import check_int, check_number, is_int, reads_values
 from posenc._io import DamagedFileError, atomic_write_bytes, checked_bytes, read_checked
 from posenc.backends import attention
 from posenc.base import PositionalEncoding, get_encoding
@@ -521,7 +521,7 @@ class Transformer(nn.Module):
         if tokens.dim() != 2:
             raise ValueError(f"{name} must have shape (B, T); got {tuple(tokens.shape)}. Hint: tokens[None] adds "
                              f"a batch dimension.")
-        if tokens.numel() and not torch.compiler.is_compiling() and (
+        if tokens.numel() and reads_values(tokens) and (
                 int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.vocab_size):
             raise ValueError(f"{name} ids must lie in [0, vocab_size={self.cfg.vocab_size}); got range "
                              f"[{int(tokens.min())}, {int(tokens.max())}].")

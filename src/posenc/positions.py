@@ -34,6 +34,8 @@ import dataclasses
 import torch
 from torch import Tensor
 
+from posenc._checks import reads_values
+
 __all__ = ["STRUCTURE_FIELDS", "Positions"]
 
 STRUCTURE_FIELDS = ("coordinates", "adjacency", "token_ids")  # what an encoding may declare in ``reads``
@@ -93,7 +95,7 @@ class Positions:
             raise ValueError(f"{name}: Positions.pos is not set; the model fills it in (offset + arange(T)).")
         check_positions_layout(self.pos, length, name=name, batch=batch, device=device)
         top = None
-        if self.pos.numel() and not torch.compiler.is_compiling():
+        if self.pos.numel() and reads_values(self.pos):
             lo, hi = self.pos.aminmax()
             lo, top = int(lo), int(hi)
             if lo < 0:

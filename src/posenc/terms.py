@@ -43,6 +43,8 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor
 
+from posenc._checks import reads_values
+
 if TYPE_CHECKING:
     from posenc.base import PositionalEncoding
 
@@ -70,7 +72,7 @@ def expand_kv(x: Tensor, n_rep: int) -> Tensor:
 def safe_softmax(scores: Tensor) -> Tensor:
     """Softmax over the last axis; a row whose every entry is ``-inf`` gives zeros (with zero, not NaN, gradients)."""
     dead = torch.isneginf(scores).all(dim=-1, keepdim=True)
-    if not torch.compiler.is_compiling() and not bool(dead.any()):  # skip the fix-up when no row is dead
+    if reads_values(dead) and not bool(dead.any()):  # skip the fix-up when no row is dead
         return torch.softmax(scores, dim=-1)
     return torch.softmax(scores.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
 

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from posenc._checks import reads_values
 from posenc.base import PositionalEncoding, check_positions
 from posenc.positions import Positions
 
@@ -48,6 +49,8 @@ def distance_range(q_pos: Tensor, k_pos: Tensor) -> tuple[int, int]:
     """
     if q_pos.numel() == 0 or k_pos.numel() == 0:
         return 0, 0
+    if not (reads_values(q_pos) and reads_values(k_pos)):  # meta: no values; the range of contiguous positions
+        return 1 - k_pos.shape[-1], q_pos.shape[-1] - 1
     q_lo, q_hi = q_pos.amin(-1), q_pos.amax(-1)  # (B,) or ()
     k_lo, k_hi = k_pos.amin(-1), k_pos.amax(-1)
     return int((q_lo - k_hi).min()), int((q_hi - k_lo).max())
@@ -85,7 +88,7 @@ class PairwiseBias(PositionalEncoding, metaclass=abc.ABCMeta):
 
         The view trusts those positions (checked where they entered) and their slices (``chunked`` asks per block).
         """
-        if not positions.validated or positions.pos is None or torch.compiler.is_compiling():
+        if not positions.validated or positions.pos is None or not reads_values(positions.pos):
             return self
         return self.bound_view(positions)
 

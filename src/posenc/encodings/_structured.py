@@ -26,6 +26,7 @@ import abc
 import torch
 from torch import Tensor
 
+from posenc._checks import reads_values
 from posenc.base import check_integer_tensor, check_positions
 from posenc.positions import Positions
 
@@ -80,7 +81,7 @@ class StructuredPositions(abc.ABC):
         if coords.dim() not in ((2, 3) if allow_2d else (3,)) or coords.shape[-1] != self.n_axes:
             raise ValueError(f"{who}: {name} must have shape {shapes} with A = {self.n_axes} ({axes}); got shape "
                              f"{tuple(coords.shape)}.")
-        if not self.allow_negative and coords.numel() and not torch.compiler.is_compiling() and coords.min() < 0:
+        if not self.allow_negative and coords.numel() and reads_values(coords) and coords.min() < 0:
             raise ValueError(f"{who}: {name} must be non-negative; got a minimum of {int(coords.min())}.")
         return coords.long()
 

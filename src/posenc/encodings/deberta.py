@@ -43,7 +43,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from posenc._checks import check_int, check_number
+from posenc._checks import check_int, check_number, reads_values
 from posenc.base import PositionalEncoding, register
 from posenc.terms import AttentionCall, AttentionTerms, ScoreBlock, check_head_dim, compute_dtype, positions_2d
 
@@ -267,7 +267,8 @@ class DeBERTa(PositionalEncoding):
         ct = compute_dtype(q)
         heads, kv_heads = q.shape[1], k.shape[1]
         c2p_rows = p2c_rows = slice(0, 2 * self.span)
-        if not torch.compiler.is_compiling():  # only the table rows the call's distances reach: one host sync
+        # only the table rows the call's distances reach: one host sync
+        if reads_values(call.q_pos) and reads_values(call.k_pos):
             c2p_rows, p2c_rows = self._rows_reached(call.q_pos, call.k_pos)
         kr = qr = kq = None
         if "c2p" in self.pos_att_type:

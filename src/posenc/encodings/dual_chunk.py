@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from posenc._checks import check_int
+from posenc._checks import check_int, reads_values
 from posenc.base import PositionalEncoding, register
 from posenc.encodings.rope import RoPE
 from posenc.terms import AttentionCall, AttentionTerms, ScoreBlock, compute_dtype, positions_2d
@@ -110,7 +110,7 @@ class DualChunkAttention(PositionalEncoding):
         # latest chunk is a running maximum); compiled code always does (the same numbers), since a data-dependent
         # branch would break the graph.
         q_chunk, k_chunk = _floor(positions_2d(q_pos), c), _floor(positions_2d(k_pos), c)  # (B|1, Tq), (B|1, Tk)
-        mirrored = torch.compiler.is_compiling()
+        mirrored = not reads_values(q_chunk)  # compiled (or on meta: no values to check)
         if not mirrored and q_chunk.numel() > 0 and k_chunk.numel() > 0:
             if causal:  # the latest key chunk each query sees (it sits at key index Tk - Tq + row)
                 seen = k_chunk.cummax(-1).values[..., k_chunk.shape[-1] - q_chunk.shape[-1]:]  # (B|1, Tq)

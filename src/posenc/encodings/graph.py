@@ -35,7 +35,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from posenc._checks import check_int
+from posenc._checks import check_int, reads_values
 from posenc.base import PositionalEncoding, check_positions, register
 from posenc.positions import Positions
 
@@ -84,7 +84,7 @@ def _check_adjacency(adj: Tensor, who: str) -> Tensor:
     if adj.is_complex():
         raise TypeError(f"{who}: adjacency must be real or bool; got {adj.dtype}.")
     a = adj.to(torch.float64)
-    if not torch.compiler.is_compiling() and bool((a < 0).any()):
+    if reads_values(a) and bool((a < 0).any()):
         raise ValueError(f"{who}: adjacency entries must be non-negative (nonzero = edge); got a minimum of "
                          f"{float(a.min())}.")
     return a
@@ -334,7 +334,7 @@ class GraphEncoding(PositionalEncoding, metaclass=abc.ABCMeta):
         if n is None:
             return
         top = self.trusted_max(pos)
-        if top is None and pos.numel() and not torch.compiler.is_compiling():
+        if top is None and pos.numel() and reads_values(pos):
             top = int(pos.max())
         if top is not None and top >= n:
             raise ValueError(f"{self.name}: position {top} is not a node of the graph given ({n} nodes); positions "

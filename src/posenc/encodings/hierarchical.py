@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posenc._checks import check_int, is_int
+from posenc._checks import check_int, is_int, reads_values
 from posenc.base import PositionalEncoding, register
 from posenc.encodings._structured import StructuredPositions
 from posenc.encodings.sinusoidal import sinusoidal_table
@@ -187,7 +187,7 @@ class HierarchicalPE(StructuredPositions, PositionalEncoding):
             if self.kind == "sinusoidal":
                 parts.append(sinusoidal_table(value, width, base=self.base))
                 continue
-            if value.numel() and not torch.compiler.is_compiling() and int(value.max()) >= limit:
+            if value.numel() and reads_values(value) and int(value.max()) >= limit:
                 what = ("max_seq_len", "max_sentences", "max_paragraphs")[axis]
                 raise ValueError(f"hierarchical: {LEVELS[axis]} reaches {int(value.max())} but the learned table has "
                                  f"{limit} rows ({what}={limit}); build it with a larger {what} or use "

@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from posenc._checks import check_int
+from posenc._checks import check_int, reads_values
 from posenc.base import PositionalEncoding, register
 from posenc.terms import AttentionCall, AttentionTerms, LayerView, ScoreBlock, check_head_dim, compute_dtype
 
@@ -317,7 +317,7 @@ class PaTH(PositionalEncoding):
         origin = 0
         # The skip is exact in value, not in beta's gradient (d s / d beta_t at beta_t = 0 is not zero): only for a
         # beta that needs none, as a KV cache's (commit's zeros). One host sync per call with keys before the queries.
-        if prefix > 0 and not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and beta.requires_grad) \
+        if prefix > 0 and reads_values(beta) and not (torch.is_grad_enabled() and beta.requires_grad) \
                 and not bool(beta[..., :prefix, :].any()):
             origin = prefix
         conv = None if self.conv_weight is None else self._group_mean(self.conv_weight, kv)

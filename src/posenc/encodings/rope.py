@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from posenc._angles import exact_angles
-from posenc._checks import is_int
+from posenc._checks import is_int, reads_values
 from posenc.base import PositionalEncoding, check_positions_layout, register
 from posenc.kernels import fast_rotate
 from posenc.kernels.reference import LAYOUTS, apply_rope  # the formula, kept with the kernels it checks
@@ -230,14 +230,14 @@ class RoPE(PositionalEncoding):
         ``seq_len`` is the current length for length-dependent scalings (default ``1 + pos.max()``); the cache holds
         the frequencies of lengths up to ``original_max_position_embeddings``, longer ones are computed directly.
         """
-        if self.length_dependent and pos.numel() and not torch.compiler.is_compiling():
+        if self.length_dependent and pos.numel() and reads_values(pos):
             seq_len = int(pos.max()) + 1 if seq_len is None else seq_len
             if seq_len > self.scaling["original_max_position_embeddings"]:
                 return rope_cos_sin(pos, self.inv_freq(pos.device, seq_len=seq_len), dtype=dtype,
                                     scale=self.attention_scale)
         # float64 requests, empty positions and torch.compile (where a cache lookup keyed on pos.max() would break
         # the graph) compute directly: the same formula as the cache, so the numbers do not depend on the path.
-        if dtype == torch.float64 or pos.numel() == 0 or torch.compiler.is_compiling():
+        if dtype == torch.float64 or pos.numel() == 0 or not reads_values(pos):
             return rope_cos_sin(pos, self.inv_freq(pos.device), dtype=dtype, scale=self.attention_scale)
         return self._lookup(pos, int(pos.max()), dtype)
 
@@ -299,7 +299,7 @@ class RoPE(PositionalEncoding):
 
     def bind(self, positions: Positions) -> RoPE:
         """A view for one forward that looks up the cos/sin of ``positions.pos`` once for all layers (see the class)."""
-        if not positions.validated or positions.pos is None or torch.compiler.is_compiling():
+        if not positions.validated or positions.pos is None or not reads_values(positions.pos):
             return self  # torch.compile computes cos/sin in the graph (cos_sin); nothing to share
         return self.bound_view(positions)
 
@@ -324,7 +324,7 @@ class RoPE(PositionalEncoding):
                 tables[key] = self._cos_sin_checked(pos, bound.max_pos, dtype, seq_len)
             return tables[key]
         top = None
-        if pos.numel() and not torch.compiler.is_compiling():
+        if pos.numel() and reads_values(pos):
             lo, hi = pos.aminmax()
             if lo < 0:
                 raise ValueError(f"{name}_pos must be non-negative; got a minimum of {int(lo)}.")

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from posenc._angles import exact_angles
+from posenc._checks import reads_values
 from posenc.base import PositionalEncoding, check_positions, register
 
 __all__ = ["SinusoidalPE", "ScaledSinusoidalPE", "sinusoidal_table"]
@@ -79,7 +80,7 @@ class SinusoidalPE(PositionalEncoding):
         cached = self._table
         if cached.device != pos.device:
             cached = cached.to(pos.device)
-        if torch.compiler.is_compiling():  # no data-dependent branch (graph break) under torch.compile
+        if not reads_values(pos):  # no data-dependent branch (graph break) under torch.compile; no values on meta
             return sinusoidal_table(pos, self.dim, base=self.base, dtype=dtype)
         if pos.numel() and int(pos.max()) < cached.shape[0] and cached.dtype == dtype:
             return cached[pos]

@@ -33,7 +33,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from posenc._checks import check_int
+from posenc._checks import check_int, reads_values
 from posenc.base import PositionalEncoding, register
 from posenc.terms import AttentionCall, AttentionTerms, ScoreBlock, check_head_dim, positions_2d
 
@@ -79,7 +79,7 @@ def xl_position_logits(qv: Tensor, w_r: Tensor, q_pos: Tensor, k_pos: Tensor, *,
     w_heads = w_r.view(h, d, rel_dim)  # (H, D, d_R)
     dist = positions_2d(q_pos)[:, :, None] - positions_2d(k_pos)[:, None, :]  # (B|1, Tq, Tk)  i - j
     uniq = inverse = None
-    if method == "auto" and torch.compiler.is_compiling():  # no data-dependent choice inside a graph
+    if method == "auto" and not reads_values(dist):  # no data-dependent choice inside a graph (or on meta)
         method = "factored"
     if method == "auto" and dist.numel() == 0:  # T = 0 or B = 0: nothing to index, any method gives (.., 0, ..)
         method = "factored"

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from posenc._checks import reads_values
 from posenc.base import check_positions, register
 from posenc.encodings.rope import RoPE, apply_rope, check_head_tensor
 
@@ -66,7 +67,7 @@ class XPos(RoPE):
         check_positions(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
         log_zeta = self.log_zeta(pos.device)
         rel = (pos.to(torch.float64) - self.center) / self.scale_base  # (T,) or (B, T)
-        if rel.numel() and not torch.compiler.is_compiling():  # the overflow guard reads values: eager only
+        if rel.numel() and reads_values(rel):  # the overflow guard reads values: eager only
             limit = 0.5 * math.log(torch.finfo(x.dtype).max)
             worst = float(rel.abs().max()) * float(-log_zeta.min())
             if worst > limit:
