@@ -2,6 +2,8 @@
 of the safe softmax, what ``register`` and ``register_backend`` keep and refuse, the words of errors a user reads,
 which calls the CPU FlexAttention backend refuses, and when the dense mask needs a batch axis."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -101,3 +103,50 @@ def test_the_dense_mask_has_a_batch_axis_only_when_positions_differ_per_sequence
     per_sequence = torch.arange(4).expand(3, 4)
     assert dense_mask_shape(_call(per_sequence, shared)) == (3, 2, 4, 4)
     assert dense_mask_shape(_call(shared, per_sequence)) == (3, 2, 4, 4)
+
+
+def test_default_positions_continue_each_row_from_its_own_offset():
+    assert torch.equal(posenc.default_positions(3, offset=torch.tensor([2, 5])), torch.tensor([[2, 3, 4], [5, 6, 7]]))
+    assert torch.equal(posenc.default_positions(3, offset=torch.tensor(4)), torch.tensor([4, 5, 6]))
+    assert torch.equal(posenc.default_positions(2, offset=4), torch.tensor([4, 5]))
+    on_meta = posenc.default_positions(2, offset=torch.tensor([1, 2]), device="meta")
+    assert on_meta.device.type == "meta" and on_meta.dtype == torch.long and on_meta.shape == (2, 2)
+
+
+def test_without_positions_queries_are_the_last_keys_and_more_queries_than_keys_start_at_zero():
+    pe = posenc.get_encoding("alibi", dim=8, n_heads=2)
+    q, k = torch.randn(1, 2, 4, 4), torch.randn(1, 2, 6, 4)
+    torch.testing.assert_close(posenc.attention(q, k, k, pe), posenc.attention(q, k, k, pe, q_pos=torch.arange(2, 6),
+                                                                                 k_pos=torch.arange(6)))
+    q, k = torch.randn(1, 2, 4, 4), torch.randn(1, 2, 2, 4)  # Tq > Tk (no causal mask): both start at 0
+    torch.testing.assert_close(posenc.attention(q, k, k, pe), posenc.attention(q, k, k, pe, q_pos=torch.arange(4),
+                                                                                 k_pos=torch.arange(2)))
+
+
+def test_an_encoding_with_terms_and_the_wrong_head_count_is_refused():
+    pe = posenc.get_encoding("transformer_xl", dim=16, n_heads=4)
+    q = torch.randn(1, 2, 5, 4)  # 2 heads; the encoding was built for 4
+    with pytest.raises(ValueError, match=r"transformer_xl was built for n_heads=4 but q has 2 heads"):
+        posenc.attention(q, q, q, pe)
+
+
+def test_shape_errors_name_the_tensors_and_their_shapes():
+    q, k = torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)
+    with pytest.raises(ValueError, match=r"k \(1, 2, 5, 4\) and v \(1, 2, 6, 4\) must agree on heads and length"):
+        posenc.attention(q, k, torch.randn(1, 2, 6, 4))
+    with pytest.raises(ValueError, match=r"^k must have shape \(B, H, T, D\) = 4 dims; got shape \(2, 5, 4\)"):
+        posenc.attention(q, torch.randn(2, 5, 4), k)
+
+
+def test_past_max_seq_len_the_error_names_the_encoding():
+    pe = posenc.get_encoding("learned", dim=8, n_heads=2, max_seq_len=4)
+    with pytest.raises(ValueError, match=r"^learned: position 5 is past max_seq_len=4"):
+        pe.check_length(torch.arange(6))
+
+
+def test_a_per_sequence_4d_mask_gives_the_dense_mask_a_batch_axis():
+    shared = torch.arange(4)
+    call = _call(shared, shared)
+    mask = torch.ones(3, 1, 4, 4, dtype=torch.bool)
+    assert dense_mask_shape(dataclasses.replace(call, attn_mask=mask)) == (3, 2, 4, 4)
+    assert dense_mask_shape(dataclasses.replace(call, attn_mask=mask[:1].expand(1, 2, 4, 4))) == (1, 2, 4, 4)

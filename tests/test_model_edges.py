@@ -72,3 +72,55 @@ def test_cached_features_shared_by_the_batch_are_broadcast_to_the_call():
     assert torch.equal(got[:, :, :3], cached["gate"].expand(4, 2, 3, 5)) and torch.equal(got[:, :, 3:], new["gate"])
     with pytest.raises(ValueError, match="a cache belongs to one model and encoding"):
         _cat_features(cached, {"other": new["gate"]})
+
+
+def test_a_tied_head_scales_the_hidden_state_by_dim_to_the_minus_half():
+    torch.manual_seed(0)
+    cfg = TransformerConfig(vocab_size=11, dim=16, n_heads=2, n_layers=1, encoding="rope", tie_embeddings=True)
+    model = Transformer(cfg)
+    hidden = torch.randn(2, 3, 16)
+    torch.testing.assert_close(model.logits(hidden), hidden @ model.head.weight.T / 4.0)  # 16 ** -0.5 = 1 / 4
+
+
+def test_a_per_layer_encoding_has_exactly_one_instance_per_layer():
+    cfg = TransformerConfig(vocab_size=11, dim=16, n_heads=4, n_layers=3, encoding="fox", max_seq_len=32)
+    model = Transformer(cfg)
+    fox = [m for m in model.modules() if m.__class__.__name__ == "FoX"]
+    assert len(fox) == 3  # the stack's serves layer 0, layers 1 and 2 have their own: no idle fourth
+    assert model.decoder.encodings()[0] is model.decoder.pe
+
+
+def test_encoder_decoder_forward_passes_the_source_padding_to_the_encoder():
+    model = _seq2seq()
+    src, tgt = torch.randint(0, 11, (1, 5)), torch.randint(0, 11, (1, 3))
+    pad = torch.tensor([[True, True, True, False, False]])
+    other = src.clone()
+    other[:, 3:] = (src[:, 3:] + 1) % 11  # only the padded source tokens differ
+    with torch.no_grad():
+        a = model(src, tgt, padding_mask=pad)
+        b = model(other, tgt, padding_mask=pad)
+        c = model(other, tgt)
+    torch.testing.assert_close(a, b)  # padded source tokens are never read, by the encoder or the cross-attention
+    assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"layer_encodings": {2: {"encoding": "alibi"}}}, r"layer indices in \[0, 2\)"),
+    ({"encoding_options": ["x"]}, r"TransformerConfig.encoding_options must be a dict; got <class 'list'>"),
+    ({"n_layers": 0}, r"TransformerConfig.n_layers"),
+])
+def test_config_errors_name_the_field(options, match):
+    fields = dict(vocab_size=11, dim=16, n_heads=2, n_layers=2, encoding="rope")
+    with pytest.raises((ValueError, TypeError), match=match):
+        TransformerConfig(**{**fields, **options})
+
+
+def test_model_errors_say_what_to_do():
+    model = Transformer(TransformerConfig(vocab_size=11, dim=16, n_heads=2, n_layers=1, encoding="rope"))
+    with pytest.raises(ValueError, match=r"encode\(\) is for 'encoder' and 'encoder_decoder' models; a decoder uses "
+                                         r"forward\(\)"):
+        model.encode(torch.zeros(1, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"tokens ids must lie in \[0, vocab_size=11\); got range \[0, 11\]"):
+        model(torch.tensor([[0, 11]]))
+    with pytest.raises(ValueError, match=r"^an encoder_decoder model needs the encoder's memory"):
+        _seq2seq().decode(torch.zeros(1, 3, dtype=torch.long), None)
