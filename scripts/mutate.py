@@ -97,7 +97,7 @@ GROUPS: dict[str, Group] = {
                       ("__init__", "_args", "bias", "diagnose", "hf", "mrope", "peers", "rope")),
         tests=("tests/testing/test_rope.py", "tests/testing/test_mrope.py", "tests/testing/test_bias.py",
                "tests/testing/test_diagnose.py", "tests/testing/test_hf.py", "tests/testing/test_peers.py",
-               "tests/testing/test_conform_cli.py"),
+               "tests/testing/test_conform_cli.py", "tests/testing/test_conform_edges.py"),
         # the conform CLI's tests of its child process (3-18 s each; a child started in another folder cannot find
         # mutmut's scratch copy either): the child runs the same checks in-process
         deselect=("in_a_child", "entry_point", "hanging", "kills_its_process", "current_directory",
