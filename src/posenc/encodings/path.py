@@ -31,8 +31,8 @@ chunk_size`` batched matrix products. Every per-call tensor is at most the size 
 head_dim``), so ``chunked`` stays ``O(rows * Tk)`` forward and backward. The transforms run in float32 (float64 for
 float64 input); measured: float32 outputs within 2e-6 of float64 at 1024 tokens (head_dim 32, chunks of 32 to 128,
 random or nearly aligned ``w``). Speed on CPU (``benchmarks/path_speed.py``, one causal call, dim 128, 4 heads, one
-thread): about 5x RoPE with SDPA at 256 tokens and 10x at 1024, forward and forward + backward; a decode step about
-3x.
+thread, medians of 3 interleaved repeats, load 0.3): 4.3x RoPE with SDPA at 256 tokens and 8.5x at 1024 forward,
+4.6x and 7.3x forward + backward; a decode step about 3x (measured in an earlier session, not re-run).
 
 Bidirectional attention (our extension; the paper is causal): a key ``j`` after the query reads the query moved
 forward through the transforms after it, ``s_ij = q_i^T H_{i+1} ... H_j k_j``: for any pair, the transforms of the
