@@ -64,11 +64,12 @@ def test_cli_quick_writes_json(tmp_path, capsys, monkeypatch):
     assert rc == 0
     payload = json.loads(out.read_text())
     suites = {r["suite"] for r in payload["results"]}
-    assert suites == {"rope", "decode", "attention", "numerics", "train"}
+    assert suites == {"rope", "decode", "attention", "numerics", "train", "generate"}
     assert payload["environment"]["torch"] == torch.__version__ and payload["quick"] is True
     assert any("attention suite skipped" in m for m in payload["messages"])
     text = capsys.readouterr().out
     assert "== rope ==" in text and "x copy" in text and "wrote" in text
+    assert "== generate" in text and "x bare" in text
 
 
 def test_cli_rejects_cuda_without_a_gpu(capsys):
@@ -92,6 +93,7 @@ def test_rope_bench_times_the_compiled_module_call():
 
 def test_train_bench_compares_like_models_step_for_step():
     pytest.importorskip("x_transformers")
+    from posenc.bench.bare import BARE_ENCODINGS
     from posenc.bench.train import PEER_FLAGS, run_train_bench
 
     rows = run_train_bench(quick=True, repeats=2)
@@ -100,6 +102,11 @@ def test_train_bench_compares_like_models_step_for_step():
         # the same decoder on both sides: parameter counts agree to within the encodings' own tables/MLPs
         assert abs(r["posenc_params"] - r["peer_params"]) <= 0.05 * r["peer_params"], r
         assert r["vs_peer"] == pytest.approx(r["peer_ms"] / r["posenc_ms"]) and r["posenc_tok_s"] > 0
+        if r["name"] in BARE_ENCODINGS:  # the ceiling is the same network: exactly posenc's parameter count
+            assert r["bare_params"] == r["posenc_params"]
+            assert r["vs_bare"] == pytest.approx(r["bare_ms"] / r["posenc_ms"])
+        else:
+            assert r["vs_bare"] is None
     with pytest.raises(ValueError, match="no x-transformers counterpart"):
         run_train_bench(encodings=["shaw"], quick=True)
 

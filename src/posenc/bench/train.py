@@ -1,15 +1,21 @@
-"""Training throughput: :class:`posenc.Transformer` against x-transformers with the same encoding, in one process.
+"""Training throughput: :class:`posenc.Transformer` against x-transformers and a bare-PyTorch ceiling, in one process.
 
 Both sides are the same decoder (pre-norm, ``dim`` wide, ``n_layers`` blocks, ``n_heads`` heads of ``dim //
 n_heads``, a ``4 * dim`` feed-forward, an untied head) trained with AdamW on the same random byte batches
 ``(batch, length)``; one sample is one full training step (forward, cross-entropy, backward, optimizer step). The
 samples are taken round-robin over all rows (sample ``i`` of every row before sample ``i + 1`` of any), so load drift
 on a shared machine hits every row alike; the median is the figure and ``vs_peer`` is posenc's tokens/s divided by
-the peer's.
+the peer's. ``vs_bare`` is posenc's tokens/s divided by those of :class:`posenc.bench.bare.BareDecoder`, the same
+architecture in bare PyTorch with posenc's weights (rows ``nope``, ``rope``, ``alibi``, ``sinusoidal``: what bare
+SDPA can express); 1.0 means no overhead, and the target is >= 0.95.
 
-The peer's encoding per row (x-transformers 2.x flags):
+The peer's encoding per row (x-transformers 2.x flags; every row also passes ``ff_no_bias=True``, as posenc's
+feed-forward has no biases):
 
-- ``rope``: ``rotary_pos_emb=True``; ``alibi``: ``alibi_pos_bias=True``; ``t5``: ``rel_pos_bias=True`` (T5 buckets);
+- ``nope``: no encoding (``use_abs_pos_emb=False``);
+- ``rope``: ``rotary_pos_emb=True`` with ``rotary_emb_dim`` the full head width (x-transformers rotates half the head
+  by default: a cheaper and different model);
+- ``alibi``: ``alibi_pos_bias=True``; ``t5``: ``rel_pos_bias=True`` (T5 buckets);
 - ``sinusoidal``: ``scaled_sinu_pos_emb=True`` (x-transformers' sinusoidal absolute embedding);
 - ``kerple``: x-transformers has no KERPLE; its nearest kind, a learned bias of the distance computed per step, is
   ``dynamic_pos_bias=True`` (an MLP of the distance), which is the row's peer.
@@ -31,6 +37,7 @@ __all__ = ["PEER_FLAGS", "run_train_bench"]
 
 # posenc encoding -> (x-transformers AttentionLayers flags, TransformerWrapper flags)
 PEER_FLAGS: dict[str, tuple[dict, dict]] = {
+    "nope": ({}, {"use_abs_pos_emb": False}),
     "rope": ({"rotary_pos_emb": True}, {"use_abs_pos_emb": False}),
     "alibi": ({"alibi_pos_bias": True}, {"use_abs_pos_emb": False}),
     "t5": ({"rel_pos_bias": True}, {"use_abs_pos_emb": False}),
@@ -50,8 +57,17 @@ def _peer_model(encoding: str, *, vocab: int, dim: int, n_layers: int, n_heads: 
     from x_transformers import Decoder, TransformerWrapper
 
     layer_flags, wrapper_flags = PEER_FLAGS[encoding]
-    layers = Decoder(dim=dim, depth=n_layers, heads=n_heads, attn_dim_head=dim // n_heads, ff_mult=4, **layer_flags)
+    if encoding == "rope":
+        layer_flags = {**layer_flags, "rotary_emb_dim": dim // n_heads}  # the full head, as posenc rotates
+    layers = Decoder(dim=dim, depth=n_layers, heads=n_heads, attn_dim_head=dim // n_heads, ff_mult=4,
+                     ff_no_bias=True, **layer_flags)
     return TransformerWrapper(num_tokens=vocab, max_seq_len=length, attn_layers=layers, **wrapper_flags)
+
+
+def _bare_model(encoding: str, *, vocab: int, dim: int, n_layers: int, n_heads: int, length: int) -> nn.Module:
+    from posenc.bench.bare import BareDecoder
+
+    return BareDecoder(encoding, vocab=vocab, dim=dim, n_layers=n_layers, n_heads=n_heads, max_len=length)
 
 
 def _step_fn(model: nn.Module, batch: torch.Tensor):
@@ -75,7 +91,7 @@ def _step_fn(model: nn.Module, batch: torch.Tensor):
 def run_train_bench(*, encodings: Sequence[str] = tuple(PEER_FLAGS), quick: bool = False, repeats: int | None = None,
                     dim: int = 128, n_layers: int = 3, n_heads: int = 4, length: int = 64, batch: int = 32,
                     vocab: int = 256, seed: int = 0) -> list[dict]:
-    """One row per encoding: posenc's and x-transformers' median step time and tokens/s, and their ratio.
+    """One row per encoding: posenc's, x-transformers' and the bare ceiling's median step time and tokens/s.
 
     ``quick``: a smaller model (dim 64, 2 layers, length 32, batch 8) and 5 samples, for tests. A missing
     x-transformers gives rows with ``skipped`` naming the extra to install, not an error.
@@ -96,10 +112,19 @@ def run_train_bench(*, encodings: Sequence[str] = tuple(PEER_FLAGS), quick: bool
     data = torch.randint(0, vocab, (batch, length + 1), generator=gen)
     steps: dict[tuple[str, str], object] = {}
     params: dict[tuple[str, str], int] = {}
+    from posenc.bench.bare import BARE_ENCODINGS
+
     for e in encodings:
-        for side, build in (("posenc", _posenc_model), ("x-transformers", _peer_model)):
+        ours = None
+        for side, build in (("posenc", _posenc_model), ("x-transformers", _peer_model), ("bare", _bare_model)):
+            if side == "bare" and e not in BARE_ENCODINGS:
+                continue
             torch.manual_seed(seed)
             model = build(e, vocab=vocab, dim=dim, n_layers=n_layers, n_heads=n_heads, length=length + 1)
+            if side == "posenc":
+                ours = model
+            elif side == "bare":
+                model.load_posenc(ours)  # the same weights: the same numbers, so only the overhead differs
             params[(e, side)] = sum(p.numel() for p in model.parameters())
             steps[(e, side)] = _step_fn(model.train(), data)
     for step in steps.values():  # warm-up: first-call allocations, kernel builds, optimizer state
@@ -115,11 +140,17 @@ def run_train_bench(*, encodings: Sequence[str] = tuple(PEER_FLAGS), quick: bool
     tokens = batch * length
     for e in encodings:
         ours, peer = statistics.median(samples[(e, "posenc")]), statistics.median(samples[(e, "x-transformers")])
-        rows.append({"suite": "train", "name": e, "config": config, "peer": "x-transformers " +
-                     " ".join(f"{k}={v}" for k, v in (*PEER_FLAGS[e][0].items(), *PEER_FLAGS[e][1].items())),
-                     "posenc_ms": 1e3 * ours, "peer_ms": 1e3 * peer, "posenc_tok_s": tokens / ours,
-                     "peer_tok_s": tokens / peer, "vs_peer": peer / ours, "repeats": repeats,
-                     "posenc_params": params[(e, "posenc")], "peer_params": params[(e, "x-transformers")]})
+        row = {"suite": "train", "name": e, "config": config, "peer": "x-transformers " +
+               " ".join(f"{k}={v}" for k, v in (*PEER_FLAGS[e][0].items(), *PEER_FLAGS[e][1].items())),
+               "posenc_ms": 1e3 * ours, "peer_ms": 1e3 * peer, "posenc_tok_s": tokens / ours,
+               "peer_tok_s": tokens / peer, "vs_peer": peer / ours, "repeats": repeats,
+               "posenc_params": params[(e, "posenc")], "peer_params": params[(e, "x-transformers")],
+               "bare_ms": None, "bare_tok_s": None, "vs_bare": None}
+        if (e, "bare") in samples:
+            bare = statistics.median(samples[(e, "bare")])
+            row.update(bare_ms=1e3 * bare, bare_tok_s=tokens / bare, vs_bare=bare / ours,
+                       bare_params=params[(e, "bare")])
+        rows.append(row)
     return rows
 
 
@@ -132,5 +163,6 @@ def format_rows(rows: Sequence[dict]) -> list[str]:
             continue
         lines.append(f"{r['name']:12s} posenc {r['posenc_tok_s']:9.0f} tok/s ({r['posenc_ms']:.1f} ms)  "
                      f"peer {r['peer_tok_s']:9.0f} tok/s ({r['peer_ms']:.1f} ms)  x peer {r['vs_peer']:.2f}  "
-                     f"[{r['peer']}; {r['config']}]")
+                     + (f"x bare {r['vs_bare']:.2f}  " if r.get("vs_bare") is not None else "x bare -  ")
+                     + f"[{r['peer']}; {r['config']}]")
     return lines

@@ -19,7 +19,7 @@ from posenc.cli.types import int_in, ranged
 
 __all__ = ["SUITES", "add_commands", "run_bench", "write_json"]
 
-SUITES = ("rope", "decode", "attention", "train", "all")
+SUITES = ("rope", "decode", "attention", "train", "generate", "all")
 
 
 def _environment(device: str) -> dict:
@@ -56,7 +56,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda, but torch.cuda.is_available() is False here (CPU-only torch or no GPU).")
-    suites = ("rope", "decode", "attention", "train") if args.suite == "all" else (args.suite,)
+    suites = ("rope", "decode", "attention", "train", "generate") if args.suite == "all" else (args.suite,)
     rows: list[dict] = []
     messages: list[str] = []
     attention_table = None
@@ -87,19 +87,30 @@ def run_bench(args: argparse.Namespace) -> dict:
 
         train_rows = run_train_bench(quick=args.quick, repeats=args.repeats)
         rows += train_rows
+    generate_rows = []
+    if "generate" in suites:
+        from posenc.bench.generate import run_generate_bench
+
+        generate_rows = run_generate_bench(quick=args.quick, repeats=args.repeats)
+        rows += generate_rows
     payload = {"command": "posenc bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
                "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "device": args.device, "quick": args.quick, "cpu_allocator_tamed": rope_bench.allocator_tamed(),
                "environment": _environment(args.device), "messages": messages, "results": rows}
-    print(rope_bench.format_table([r for r in rows if r.get("suite") not in ("attention", "train")
+    print(rope_bench.format_table([r for r in rows if r.get("suite") not in ("attention", "train", "generate")
                                    or (r["suite"] == "attention" and attention_table is None)]))
     if attention_table is not None:
         print(f"== attention ==\n{attention_table(attention_rows)}")
     if train_rows:
         from posenc.bench.train import format_rows
 
-        print("== train (tokens/s, posenc vs x-transformers, one full training step) ==")
+        print("== train (tokens/s, posenc vs x-transformers and the bare-PyTorch ceiling, one full training step) ==")
         print("\n".join(format_rows(train_rows)))
+    if generate_rows:
+        from posenc.bench.generate import format_rows as generate_format
+
+        print("== generate (greedy tokens/s; decode step cost by removal; bare-PyTorch ceiling) ==")
+        print("\n".join(generate_format(generate_rows)))
     for msg in messages:
         print(msg)
     if args.json:
