@@ -526,3 +526,37 @@ def test_flex_on_cpu_compiles_a_second_length():
             out = posenc.attention(q, k, v, pe, causal=True, backend="flex")
             ref = posenc.attention(q, k, v, pe, causal=True, backend="reference")
             _close(out, ref, atol=1e-5, rtol=1e-5, what=f"Tq={tq}, Tk={tk}")
+
+
+def test_auto_shortcut_for_calls_without_bias_chooses_what_the_full_choice_chooses():
+    """``attention`` skips asking each backend for calls with no bias and no terms; ``explain`` still asks them all.
+
+    The shortcut must agree with the full choice, and a backend registered later (which may suit such calls) must
+    switch it off.
+    """
+    from posenc.backends import BACKENDS, _auto_is_sdpa, prepare_call
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 4, 5, 8), torch.randn(2, 4, 9, 8), torch.randn(2, 4, 9, 8)
+    for pe in (None, posenc.get_encoding("rope", dim=32, n_heads=4)):
+        for causal in (False, True):
+            call = prepare_call(q, k, v, pe, causal=causal)
+            assert _auto_is_sdpa(call)
+            assert posenc.explain(q, k, v, pe, causal=causal).startswith("sdpa:")
+    alibi = posenc.get_encoding("alibi", dim=32, n_heads=4)
+    assert not _auto_is_sdpa(prepare_call(q, k, v, alibi, causal=True))
+
+    seen = []
+
+    @posenc.register_backend("shortcut_probe", priority=100)
+    def probe(call):
+        seen.append(call)
+        return torch.zeros(*call.q.shape[:-1], call.v.shape[-1])
+
+    try:
+        out = posenc.attention(q, k, v, None, causal=True)
+        assert len(seen) == 1 and out.abs().max() == 0  # the later backend won: the shortcut stood aside
+    finally:
+        BACKENDS.pop("shortcut_probe", None)
+    torch.testing.assert_close(posenc.attention(q, k, v, None, causal=True),
+                               posenc.attention(q, k, v, None, causal=True, backend="sdpa"), rtol=0, atol=0)

@@ -273,3 +273,77 @@ def test_a_memory_padding_mask_that_is_not_bool_is_refused():
         model.decode(tgt, memory, memory_padding_mask=torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(TypeError, match="padding_mask must be a bool tensor"):
         model(src, tgt, padding_mask=torch.ones(2, 5))
+
+
+# -- the preallocated cache: decode steps write into free slots instead of copying every cached key ------------------
+def test_decode_steps_write_into_preallocated_slots_without_copying_the_cache():
+    model = _decoder("rope")
+    tokens = _tokens(2, 20)
+    cache = KVCache()
+    with torch.no_grad():
+        full = model(tokens)
+        steps = [model(tokens[:, :8], cache=cache)]
+        steps.append(model(tokens[:, 8:9], cache=cache))  # the first step moves the keys into buffers
+        storage = cache.layers[0].k.untyped_storage().data_ptr()
+        for n in range(9, 20):
+            steps.append(model(tokens[:, n:n + 1], cache=cache))
+            assert cache.layers[0].k.untyped_storage().data_ptr() == storage  # same buffer: no copy per step
+    assert cache.layers[0].k.shape[2] == 20 and cache.layers[0].buffers[0].shape[2] >= 20
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_an_older_cache_a_user_kept_is_never_overwritten_by_a_newer_one():
+    """Two continuations from one prefix (a shallow copy of the cache) each decode as if alone."""
+    import copy
+
+    model = _decoder("rope")
+    prefix, a, b = _tokens(1, 10), _tokens(1, 3, seed=1), _tokens(1, 3, seed=2)
+    cache = KVCache()
+    with torch.no_grad():
+        model(prefix[:, :9], cache=cache)
+        model(prefix[:, 9:], cache=cache)  # buffers now hold 10 keys, with free slots after them
+        branch = copy.copy(cache)  # shares the layers (and so the buffers) with cache
+        out_a = torch.cat([model(a[:, i:i + 1], cache=cache) for i in range(3)], dim=1)
+        out_b = torch.cat([model(b[:, i:i + 1], cache=branch) for i in range(3)], dim=1)  # must not see a's keys
+        again_a = torch.cat([model(a[:, i:i + 1], cache=cache) for i in range(1)], dim=1)
+        ref_a, ref_b = model(torch.cat((prefix, a), 1))[:, 10:], model(torch.cat((prefix, b), 1))[:, 10:]
+        ref_again = model(torch.cat((prefix, a, a[:, :1]), 1))[:, 13:]
+    torch.testing.assert_close(out_a, ref_a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out_b, ref_b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again_a, ref_again, rtol=1e-5, atol=1e-5)  # b's steps did not overwrite a's keys
+
+
+def test_decoding_with_gradients_concatenates_and_backpropagates():
+    model = _decoder("rope").train()
+    tokens = _tokens(1, 6)
+    cache = KVCache()
+    out = [model(tokens[:, :4], cache=cache)]
+    out += [model(tokens[:, n:n + 1], cache=cache) for n in (4, 5)]
+    assert all(layer.buffers is None for layer in cache.layers)  # no in-place writes into tensors autograd saved
+    torch.cat(out, 1).sum().backward()
+    assert model.tok_emb.weight.grad is not None and torch.isfinite(model.tok_emb.weight.grad).all()
+
+
+def test_a_step_refused_after_writing_a_slot_leaves_the_cache_decoding_correctly():
+    model = _decoder("rope")
+    tokens = _tokens(1, 12)
+    cache = KVCache()
+    with torch.no_grad():
+        model(tokens[:, :9], cache=cache)
+        model(tokens[:, 9:10], cache=cache)
+        before = _snapshot(cache)
+        layer2 = model.decoder.blocks[1].attn
+        original = layer2.forward
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("a failure in the second layer, after the first wrote its slot")
+
+        layer2.forward = broken
+        with pytest.raises(RuntimeError, match="second layer"):
+            model(_tokens(1, 1, seed=5), cache=cache)
+        layer2.forward = original
+        assert cache.offset == before.offset and cache.layers[0].k.shape == before.layers[0].k.shape
+        torch.testing.assert_close(cache.layers[0].k, before.layers[0].k, rtol=0, atol=0)
+        steps = [model(tokens[:, n:n + 1], cache=cache) for n in (10, 11)]
+        ref = model(tokens)[:, 10:]
+    torch.testing.assert_close(torch.cat(steps, 1), ref, rtol=1e-5, atol=1e-5)

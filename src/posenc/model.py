@@ -104,6 +104,11 @@ class LayerCache:
     features: dict = field(default_factory=dict)  # name -> (B|1, X, T_cached, F): the cached tokens' pe.features
     cross_k: Tensor | None = None  # (B, Hkv, S, D) encoder memory projected once
     cross_v: Tensor | None = None
+    # k and v may be the first T_cached slots of larger buffers (see _append_kv): decoding then writes each new
+    # token into the next slot instead of copying every cached key. ``length`` is a box shared by every cache made
+    # from the same buffers, holding how many slots the latest successful call filled: a cache may write past its k
+    # only while it is that latest one (an older cache that a user kept copies instead, so it never overwrites).
+    buffers: tuple[Tensor, Tensor, list[int]] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -242,8 +247,10 @@ class Attention(nn.Module):
             if pe is not None and pe.uses_rotate:
                 pos = positions.pos
                 q, k = pe.rotate(q, k, pos, pos)  # keys are cached rotated, so each is rotated exactly once
+            buffers = None
             if cache is not None and cache.k is not None:
-                k, v = torch.cat((cache.k, k), dim=2), torch.cat((cache.v, v), dim=2)  # (B, Hkv, T_all, D)
+                keeps = pe is None or not pe.uses_commit  # a commit may rewrite cached keys: plain tensors then
+                k, v, buffers = _append_kv(cache, k, v, preallocate=keeps)  # (B, Hkv, T_all, D)
                 features = _cat_features(cache.features, features)
             out = attention(q, k, v, pe, positions=positions, causal=causal, attn_mask=attn_mask,
                             backend=self.backend, features=features, layer=layer)
@@ -251,9 +258,50 @@ class Attention(nn.Module):
             if cache is not None:
                 if pe is not None and pe.uses_commit:
                     k, v, features = _checked_commit(pe, k, v, features, t, attn_mask)
-                new_cache = dataclasses.replace(cache, k=k, v=v, features=dict(features))
+                    buffers = None
+                new_cache = dataclasses.replace(cache, k=k, v=v, features=dict(features), buffers=buffers)
         out = out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)  # (B, H, T, D) -> (B, T, H*D)
-        return F.dropout(self.o_proj(out), self.dropout, self.training), new_cache
+        out = self.o_proj(out)
+        if self.dropout and self.training:
+            out = F.dropout(out, self.dropout)
+        return out, new_cache
+
+
+def _append_kv(cache: LayerCache, k: Tensor, v: Tensor, *,
+               preallocate: bool) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, list[int]] | None]:
+    """Every key and value, the cached ones first: ``(B, Hkv, T_cached + T, D)``, and the buffers holding them.
+
+    Writes ``k``, ``v`` into the free slots of the cache's buffers when it safely can: no autograd through them
+    (no gradient is recorded, so writing in place cannot invalidate a saved tensor), outside ``torch.compile``, the
+    same batch, dtype and device, and this cache the latest made from its buffers (see :class:`LayerCache`). When
+    the buffers are full it moves to new ones a quarter larger (at least 256 slots): amortised O(1) per token,
+    where concatenating copies every cached key at every step. Otherwise (or with ``preallocate=False``) it
+    concatenates, as before. Slots past the cache's own length are never read, so a call that fails after writing
+    them leaves the cache as it was.
+    """
+    old_k, old_v = cache.k, cache.v
+    cached, new = old_k.shape[2], k.shape[2]
+    if not preallocate or (torch.is_grad_enabled() and (k.requires_grad or v.requires_grad or old_k.requires_grad
+                                                         or old_v.requires_grad)) \
+            or torch.compiler.is_compiling() or old_k.shape[0] != k.shape[0] or old_k.dtype != k.dtype \
+            or old_v.dtype != v.dtype or old_k.device != k.device:
+        return torch.cat((old_k, k), dim=2), torch.cat((old_v, v), dim=2), None
+    bufs = cache.buffers
+    if bufs is not None:
+        k_buf, v_buf, length = bufs
+        usable = (length[0] == cached and k_buf.shape[2] >= cached + new and k_buf.shape[0] == k.shape[0]
+                  and k_buf.shape[3] == k.shape[3] and v_buf.shape[3] == v.shape[3]
+                  and (torch.is_inference_mode_enabled() or not k_buf.is_inference()))
+        if usable:
+            k_buf[:, :, cached:cached + new] = k
+            v_buf[:, :, cached:cached + new] = v
+            return k_buf[:, :, :cached + new], v_buf[:, :, :cached + new], bufs
+    size = max(256, math.ceil(1.25 * (cached + new)))
+    k_buf = old_k.new_empty((*old_k.shape[:2], size, old_k.shape[3]))
+    v_buf = old_v.new_empty((*old_v.shape[:2], size, old_v.shape[3]))
+    k_buf[:, :, :cached], v_buf[:, :, :cached] = old_k, old_v
+    k_buf[:, :, cached:cached + new], v_buf[:, :, cached:cached + new] = k, v
+    return k_buf[:, :, :cached + new], v_buf[:, :, :cached + new], (k_buf, v_buf, [-1])
 
 
 def _cat_features(cached: dict, new: dict) -> dict:
@@ -302,7 +350,10 @@ class Block(nn.Module):
             out, cache = self.cross_attn(self.cross_norm(x), pe=None, positions=positions, causal=False,
                                          attn_mask=memory_mask, cache=cache, memory=memory)
             x = x + out
-        return x + F.dropout(self.ffn(self.ffn_norm(x)), self.dropout, self.training), cache
+        out = self.ffn(self.ffn_norm(x))
+        if self.dropout and self.training:
+            out = F.dropout(out, self.dropout)
+        return x + out, cache
 
 
 class Stack(nn.Module):
@@ -396,6 +447,9 @@ def _advance(cache: KVCache, cached: KVCache, p: Positions, layers: list[LayerCa
              length: int) -> None:
     """Write a successful call's state into ``cache`` (``cached``: what the call read, maybe broadcast)."""
     cache.layers = layers
+    for layer in layers:  # these caches are now the latest made from their buffers: they may write past their k
+        if layer is not None and layer.buffers is not None:
+            layer.buffers[2][0] = layer.k.shape[2]
     cache.k_pos = p.key_pos
     cache.max_pos = p.max_key_pos
     cache.offset = cached.offset + length
