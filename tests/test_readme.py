@@ -63,3 +63,18 @@ def test_readme_lab_claims_quote_the_committed_report(start, end, folder):
     for figure in figures:
         wanted = figure.replace("tau ", "tau = ") if figure.startswith("tau") else figure
         assert wanted in report, f"README quotes {figure!r}, which docs/results/{folder}/report.md does not contain"
+
+
+def test_readme_speed_figures_quote_the_committed_measurement():
+    """Every min / median / max triple in the README's Speed section is a figure of docs/results/speed/speed.md."""
+    import re
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Speed"):readme.index("## Check your implementation")]
+    measured = (ROOT / "docs" / "results" / "speed" / "speed.md").read_text(encoding="utf-8")
+    triples = re.findall(r"\d+\.\d\d / \d+\.\d\d / \d+\.\d\d", section)
+    assert len(triples) >= 10
+    missing = [t for t in triples if t not in measured]
+    assert not missing, f"README quotes speed figures that docs/results/speed/speed.md does not have: {missing}"
+    loads = re.search(r"load\s+average ([\d.]+)-([\d.]+) before each repeat", section)
+    assert loads and loads.group(1) in measured and loads.group(2) in measured
