@@ -3,8 +3,9 @@
 #
 # Usage (from the repository root, on a machine with an NVIDIA GPU, CUDA torch and triton):
 #     bash benchmarks/gpu.sh OUT_DIR
-# Every step has its own time limit and a failing step does not stop the others; the worst case is about
-# 11 minutes (typically 3-5). The summary at the end is also written to OUT_DIR/summary.txt.
+# Every step has its own time limit and a failing step does not stop the others; every limit hit at once would be
+# about 20 minutes, a typical run takes 4-6 (so one 10-minute device command fits it; each step writes its own JSON,
+# so a run cut short keeps what it measured). The summary at the end is also written to OUT_DIR/summary.txt.
 #   PYTHON=...            interpreter with CUDA torch (default: python3)
 #   SKIP_ATTENTION=1      skip the attention suite (owned by the bias-attention backends work)
 #   SKIP_COMPILE=1        skip torch.compile rows (saves ~1-2 minutes of compilation)
@@ -50,6 +51,8 @@ COMPILE_FLAG=()
 step bench_rope 300 "$PY" -m posenc bench --device cuda --suite rope --numerics ${COMPILE_FLAG[@]+"${COMPILE_FLAG[@]}"} \
     --json "$OUT/bench_rope_cuda.json"
 step bench_decode 120 "$PY" -m posenc bench --device cuda --suite decode --json "$OUT/bench_decode_cuda.json"
+step bench_train 60 "$PY" -m posenc bench --device cuda --suite train --json "$OUT/bench_train_cuda.json"
+step bench_generate 90 "$PY" -m posenc bench --device cuda --suite generate --json "$OUT/bench_generate_cuda.json"
 if [ "${SKIP_ATTENTION:-0}" != "1" ]; then
     step bench_attention 240 "$PY" -m posenc bench --device cuda --suite attention \
         --json "$OUT/bench_attention_cuda.json"

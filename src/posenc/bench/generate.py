@@ -70,8 +70,11 @@ def _x_transformers(encoding: str, s: dict) -> torch.nn.Module | str:
 
 
 def run_generate_bench(*, encodings: Sequence[str] = GENERATE_ENCODINGS, quick: bool = False,
-                       repeats: int | None = None, seed: int = 0) -> list[dict]:
-    """Rows ``generate, <encoding>`` and ``decode step by removal, <encoding>`` (see the module docstring)."""
+                       repeats: int | None = None, seed: int = 0, device: str = "cpu") -> list[dict]:
+    """Rows ``generate, <encoding>`` and ``decode step by removal, <encoding>`` (see the module docstring).
+
+    ``device``: where every model and the prompt live; on CUDA each timed call ends with a synchronisation.
+    """
     from posenc.bench.bare import BareDecoder
     from posenc.model import KVCache, Transformer, TransformerConfig
 
@@ -84,13 +87,17 @@ def run_generate_bench(*, encodings: Sequence[str] = GENERATE_ENCODINGS, quick: 
     total = s["prompt"] + s["new"]
     config = f"d{s['dim']} L{s['n_layers']} H{s['n_heads']}, prompt {s['prompt']} + {s['new']} new, batch 1, greedy"
     gen = torch.Generator().manual_seed(seed)
-    prompt = torch.randint(0, s["vocab"], (1, s["prompt"]), generator=gen)
+    prompt = torch.randint(0, s["vocab"], (1, s["prompt"]), generator=gen).to(device)
+
+    def sync() -> None:
+        if device != "cpu":
+            torch.cuda.synchronize()
 
     def posenc_model(encoding: str) -> Transformer:
         torch.manual_seed(seed)
         return Transformer(TransformerConfig(kind="decoder", vocab_size=s["vocab"], dim=s["dim"],
                                              n_layers=s["n_layers"], n_heads=s["n_heads"], max_seq_len=total,
-                                             encoding=encoding)).eval()
+                                             encoding=encoding)).to(device).eval()
 
     calls: dict[tuple[str, str], Callable[[], object]] = {}
     params: dict[tuple[str, str], int] = {}
@@ -100,13 +107,15 @@ def run_generate_bench(*, encodings: Sequence[str] = GENERATE_ENCODINGS, quick: 
     for e in encodings:
         ours = posenc_model(e)
         bare = BareDecoder(e, vocab=s["vocab"], dim=s["dim"], n_layers=s["n_layers"], n_heads=s["n_heads"],
-                           max_len=total).load_posenc(ours).eval()
+                           max_len=total).to(device).load_posenc(ours).eval()
         nope = posenc_model("nope")
         nope.load_state_dict(ours.state_dict(), strict=False)  # rope/alibi have no parameters: the same weights
         calls[(e, "posenc")] = lambda m=ours: m.generate(prompt, s["new"])
         calls[(e, "bare")] = lambda m=bare: m.generate(prompt, s["new"])
         params[(e, "posenc")], params[(e, "bare")] = _params(ours), _params(bare)
         peer = _x_transformers(e, s)
+        if not isinstance(peer, str):
+            peer = peer.to(device)
         if isinstance(peer, str):
             skipped[(e, "x-transformers")] = peer
         else:
@@ -114,6 +123,8 @@ def run_generate_bench(*, encodings: Sequence[str] = GENERATE_ENCODINGS, quick: 
             params[(e, "x-transformers")] = _params(peer)
         if e == "rope":
             hf = _hf_llama(s)
+            if not isinstance(hf, str):
+                hf = hf.to(device)
             if isinstance(hf, str):
                 skipped[(e, "hf-llama")] = hf
             else:
@@ -122,8 +133,8 @@ def run_generate_bench(*, encodings: Sequence[str] = GENERATE_ENCODINGS, quick: 
                                                                  pad_token_id=0, eos_token_id=None)
                 params[(e, "hf-llama")] = _params(hf)
         for side, model in (("posenc", ours), ("nope", nope)):
-            step_calls[(e, side)] = _decode_step_fn(model, prompt, KVCache)
-        step_calls[(e, "bare")] = _bare_step_fn(bare, prompt)
+            step_calls[(e, side)] = _decode_step_fn(model, prompt, KVCache, sync)
+        step_calls[(e, "bare")] = _bare_step_fn(bare, prompt, sync)
 
     samples: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
     step_samples: dict[tuple[str, str], list[float]] = {key: [] for key in step_calls}
@@ -134,15 +145,18 @@ def run_generate_bench(*, encodings: Sequence[str] = GENERATE_ENCODINGS, quick: 
             fn()
         for _ in range(repeats):
             for key, call in calls.items():
+                sync()
                 start = time.perf_counter()
                 call()
+                sync()
                 samples[key].append(time.perf_counter() - start)
             for key, fn in step_calls.items():
                 step_samples[key].append(fn())
 
     rows = []
     for e in encodings:
-        row: dict = {"suite": "generate", "name": f"generate, {e}", "config": config, "repeats": repeats}
+        row: dict = {"suite": "generate", "name": f"generate, {e}", "device": device, "config": config,
+                     "repeats": repeats}
         for side in ("posenc", "bare", "x-transformers", "hf-llama"):
             if (e, side) in samples:
                 t = samples[(e, side)]
@@ -158,7 +172,7 @@ def run_generate_bench(*, encodings: Sequence[str] = GENERATE_ENCODINGS, quick: 
         rows.append(row)
         with_pe, without = statistics.median(step_samples[(e, "posenc")]), statistics.median(step_samples[(e, "nope")])
         bare_step = statistics.median(step_samples[(e, "bare")])
-        rows.append({"suite": "generate", "name": f"decode step by removal, {e}", "config": config,
+        rows.append({"suite": "generate", "name": f"decode step by removal, {e}", "device": device, "config": config,
                      "repeats": repeats, "step_ms": 1e3 * with_pe, "step_ms_nope": 1e3 * without,
                      "removed_share": (with_pe - without) / with_pe, "bare_step_ms": 1e3 * bare_step,
                      "vs_bare": bare_step / with_pe,
@@ -167,7 +181,8 @@ def run_generate_bench(*, encodings: Sequence[str] = GENERATE_ENCODINGS, quick: 
     return rows
 
 
-def _decode_step_fn(model: torch.nn.Module, prompt: torch.Tensor, kv_cache: type) -> Callable[[], float]:
+def _decode_step_fn(model: torch.nn.Module, prompt: torch.Tensor, kv_cache: type,
+                    sync: Callable[[], None]) -> Callable[[], float]:
     """A function timing posenc's mean decode step (seconds) over ``prompt``'s length of steps after a prefill."""
     steps = prompt.shape[1]
 
@@ -175,15 +190,17 @@ def _decode_step_fn(model: torch.nn.Module, prompt: torch.Tensor, kv_cache: type
         cache = kv_cache()
         model(prompt, cache=cache)
         tok = prompt[:, -1:]
+        sync()
         start = time.perf_counter()
         for _ in range(steps):
             tok = model(tok, cache=cache)[:, -1:].argmax(-1)
+        sync()
         return (time.perf_counter() - start) / steps
 
     return run
 
 
-def _bare_step_fn(model: torch.nn.Module, prompt: torch.Tensor) -> Callable[[], float]:
+def _bare_step_fn(model: torch.nn.Module, prompt: torch.Tensor, sync: Callable[[], None]) -> Callable[[], float]:
     """The same for :class:`posenc.bench.bare.BareDecoder` with its preallocated cache."""
     steps = prompt.shape[1]
 
@@ -191,9 +208,11 @@ def _bare_step_fn(model: torch.nn.Module, prompt: torch.Tensor) -> Callable[[], 
         caches = model.new_caches(prompt.shape[0])
         model(prompt, caches=caches)
         tok = prompt[:, -1:]
+        sync()
         start = time.perf_counter()
         for n in range(prompt.shape[1], prompt.shape[1] + steps):
             tok = model(tok, start=n, caches=caches)[:, -1:].argmax(-1)
+        sync()
         return (time.perf_counter() - start) / steps
 
     return run

@@ -90,11 +90,12 @@ def _step_fn(model: nn.Module, batch: torch.Tensor):
 
 def run_train_bench(*, encodings: Sequence[str] = tuple(PEER_FLAGS), quick: bool = False, repeats: int | None = None,
                     dim: int = 128, n_layers: int = 3, n_heads: int = 4, length: int = 64, batch: int = 32,
-                    vocab: int = 256, seed: int = 0) -> list[dict]:
+                    vocab: int = 256, seed: int = 0, device: str = "cpu") -> list[dict]:
     """One row per encoding: posenc's, x-transformers' and the bare ceiling's median step time and tokens/s.
 
     ``quick``: a smaller model (dim 64, 2 layers, length 32, batch 8) and 5 samples, for tests. A missing
-    x-transformers gives rows with ``skipped`` naming the extra to install, not an error.
+    x-transformers gives rows with ``skipped`` naming the extra to install, not an error. ``device``: where the
+    models and batches live (each step ends with ``loss.item()``, a host sync, so CUDA steps are timed whole).
     """
     unknown = [e for e in encodings if e not in PEER_FLAGS]
     if unknown:
@@ -109,7 +110,7 @@ def run_train_bench(*, encodings: Sequence[str] = tuple(PEER_FLAGS), quick: bool
         return [{"suite": "train", "name": e, "skipped": f"x-transformers not importable ({exc}); "
                  "pip install 'posenc[peers]'"} for e in encodings]
     gen = torch.Generator().manual_seed(seed)
-    data = torch.randint(0, vocab, (batch, length + 1), generator=gen)
+    data = torch.randint(0, vocab, (batch, length + 1), generator=gen).to(device)
     steps: dict[tuple[str, str], object] = {}
     params: dict[tuple[str, str], int] = {}
     from posenc.bench.bare import BARE_ENCODINGS
@@ -120,7 +121,7 @@ def run_train_bench(*, encodings: Sequence[str] = tuple(PEER_FLAGS), quick: bool
             if side == "bare" and e not in BARE_ENCODINGS:
                 continue
             torch.manual_seed(seed)
-            model = build(e, vocab=vocab, dim=dim, n_layers=n_layers, n_heads=n_heads, length=length + 1)
+            model = build(e, vocab=vocab, dim=dim, n_layers=n_layers, n_heads=n_heads, length=length + 1).to(device)
             if side == "posenc":
                 ours = model
             elif side == "bare":
@@ -140,7 +141,7 @@ def run_train_bench(*, encodings: Sequence[str] = tuple(PEER_FLAGS), quick: bool
     tokens = batch * length
     for e in encodings:
         ours, peer = statistics.median(samples[(e, "posenc")]), statistics.median(samples[(e, "x-transformers")])
-        row = {"suite": "train", "name": e, "config": config, "peer": "x-transformers " +
+        row = {"suite": "train", "name": e, "device": device, "config": config, "peer": "x-transformers " +
                " ".join(f"{k}={v}" for k, v in (*PEER_FLAGS[e][0].items(), *PEER_FLAGS[e][1].items())),
                "posenc_ms": 1e3 * ours, "peer_ms": 1e3 * peer, "posenc_tok_s": tokens / ours,
                "peer_tok_s": tokens / peer, "vs_peer": peer / ours, "repeats": repeats,

@@ -85,13 +85,13 @@ def run_bench(args: argparse.Namespace) -> dict:
     if "train" in suites:
         from posenc.bench.train import run_train_bench
 
-        train_rows = run_train_bench(quick=args.quick, repeats=args.repeats)
+        train_rows = run_train_bench(quick=args.quick, repeats=args.repeats, device=args.device)
         rows += train_rows
     generate_rows = []
     if "generate" in suites:
         from posenc.bench.generate import run_generate_bench
 
-        generate_rows = run_generate_bench(quick=args.quick, repeats=args.repeats)
+        generate_rows = run_generate_bench(quick=args.quick, repeats=args.repeats, device=args.device)
         rows += generate_rows
     payload = {"command": "posenc bench " + " ".join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
                "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
