@@ -4,7 +4,8 @@
 # Usage (from the repository root, on a machine with an NVIDIA GPU, CUDA torch and triton):
 #     bash benchmarks/gpu.sh OUT_DIR
 # Every step has its own time limit and a failing step does not stop the others; every limit hit at once would be
-# about 20 minutes, a typical run takes 4-6 (so one 10-minute device command fits it; each step writes its own JSON,
+# about 20 minutes; a typical run should take 4-6 (an estimate: the train and generate steps have not run on a GPU
+# yet), so one 10-minute device command fits it; each step writes its own JSON,
 # so a run cut short keeps what it measured). The summary at the end is also written to OUT_DIR/summary.txt.
 #   PYTHON=...            interpreter with CUDA torch (default: python3)
 #   SKIP_ATTENTION=1      skip the attention suite (owned by the bias-attention backends work)
