@@ -6,7 +6,7 @@
 # Every step has its own time limit and a failing step does not stop the others; every limit hit at once would be
 # about 20 minutes; a typical run should take 4-6 (an estimate: the train and generate steps have not run on a GPU
 # yet), so one 10-minute device command fits it; each step writes its own JSON,
-# so a run cut short keeps what it measured). The summary at the end is also written to OUT_DIR/summary.txt.
+# so a run cut short keeps what it measured. The summary at the end is also written to OUT_DIR/summary.txt.
 #   PYTHON=...            interpreter with CUDA torch (default: python3)
 #   SKIP_ATTENTION=1      skip the attention suite (owned by the bias-attention backends work)
 #   SKIP_COMPILE=1        skip torch.compile rows (saves ~1-2 minutes of compilation)
