@@ -49,6 +49,7 @@ HF_DEFAULT_THETA = 10_000.0  # transformers' RotaryEmbeddingConfigMixin.default_
 RoPE_TYPE_ALIASES = {"su": "longrope", "mrope": "default"}
 _PHI3_TYPES = ("phi3", "phi4_multimodal")  # their configs map "yarn" to "longrope" too (configuration_phi3.py)
 _COMPLEX_ROPE_TYPES = ("llama4", "llama4_text")  # model types whose rotary returns complex freqs_cis (interleaved)
+_NTK_ALPHA_TYPES = ("hunyuan_v1",)  # model_type prefixes (dense, moe) whose 'dynamic' + alpha is static NTK-alpha
 _INTERLEAVED_MROPE = ("qwen3_vl", "qwen3_omni", "qwen3_5")  # model_type prefixes whose M-RoPE interleaves axes
 # config.json names of the same fields in older architectures (GPT-J: n_head, n_embd, n_positions)
 _ALIASES = {"num_attention_heads": ("n_head",), "hidden_size": ("n_embd",), "max_position_embeddings": ("n_positions",)}
@@ -141,7 +142,11 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
     Per family: GPT-J (``model_type="gptj"``) gives the interleaved layout on its first ``rotary_dim`` channels, and
     so does Llama 4 (``llama4_text``: complex ``freqs_cis`` over pairs ``(2i, 2i + 1)``) on the whole head;
     ``proportional`` (p-RoPE, Gemma 4) rotates the whole head with its slow pairs at frequency 0; a dict with
-    ``mrope_section`` (Qwen2-VL, Qwen2.5-VL; Qwen3-VL with ``mrope_interleaved``) gives :class:`~posenc.MRoPE`.
+    ``mrope_section`` (Qwen2-VL, Qwen2.5-VL; Qwen3-VL with ``mrope_interleaved``) gives :class:`~posenc.MRoPE`;
+    Hunyuan (``hunyuan_v1_dense``, ``hunyuan_v1_moe``) ``"dynamic"`` with ``alpha`` is NTK-alpha, static:
+    posenc's ``ntk`` with ``factor = alpha`` (``base * alpha^(d / (d - 2))``; its ``factor`` is ignored, as in
+    transformers). Per-layer-type sizes (Gemma 4's ``global_head_dim``) come from ``config.per_layer_config``
+    when :func:`patch_rotary` builds the encodings.
 
     Args:
         config: the model config.
@@ -202,6 +207,21 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
     if rope_type == "axial":
         raise ValueError("from_hf_config: rope_type 'axial' (2-D vision RoPE) is not the 1-D `rope` encoding; use "
                          "posenc's `axial_rope`.")
+    alpha = params.pop("alpha", None)
+    if alpha is not None:
+        if rope_type != "dynamic" or not str(model_type).startswith(_NTK_ALPHA_TYPES):
+            raise ValueError(f"from_hf_config: 'alpha' is Hunyuan's NTK-alpha (rope_type 'dynamic' in "
+                             f"model_type {list(_NTK_ALPHA_TYPES)}); transformers ignores it for rope_type "
+                             f"{rope_type!r} in model_type {model_type!r}. Remove it, or set model_type.")
+        # HunYuanDenseV1RotaryEmbedding: a fixed alpha makes 'dynamic' the static NTK base change
+        # base * alpha^(d / (d - 2)), whatever 'factor' says: posenc's `ntk` with factor = alpha
+        alpha = _check_number(alpha, "rope_parameters['alpha']")
+        if alpha < 1:
+            raise ValueError(f"from_hf_config: Hunyuan's NTK-alpha stretches the base by alpha^(d/(d-2)); alpha must "
+                             f"be >= 1, got {alpha!r}.")
+        rope_type = "ntk"
+        params = {"factor": float(alpha), **{k: params[k] for k in ("rope_theta", "partial_rotary_factor")
+                                              if k in params}}
 
     base = params.pop("rope_theta", None)
     base = _get(config, "rope_theta", HF_DEFAULT_THETA) if base is None else base
@@ -443,11 +463,23 @@ def _hf_width(module: nn.Module, style: str, layer_type: str | None = None) -> i
     return 2 * freq.numel()
 
 
+def _layer_type_config(config: Any, layer_type: str) -> Any:
+    """The config of one layer type where sizes differ per layer (Gemma 4: its full-attention layers have
+    ``global_head_dim``, and the global ``head_dim`` is then refused as ambiguous): transformers' per-layer view
+    ``config.per_layer_config[layer_type]``, else ``config`` itself."""
+    try:
+        view = getattr(config, "per_layer_config", None)
+        return config if view is None or isinstance(view, Mapping) and layer_type not in view else view[layer_type]
+    except (KeyError, IndexError, TypeError, AttributeError):  # no view for this layer type: the sizes are global
+        return config
+
+
 def _build(model: nn.Module, name: str, module: nn.Module, style: str) -> Any:
     """posenc's encoding(s) equal to what the HF module computes."""
     config = _module_config(model, name, module)
     if style == "layer_types":
-        return {t: from_hf_config(config, layer_type=t, rotary_dim=_hf_width(module, style, t))
+        return {t: from_hf_config(_layer_type_config(config, t), layer_type=t,
+                                  rotary_dim=_hf_width(module, style, t))
                 for t in module.layer_types}
     if style == "mrope":
         pe = from_hf_config(config)
@@ -623,6 +655,10 @@ def patch_rotary(model: nn.Module, encoding: RoPE | Mapping[str, RoPE] | None = 
             new = {"gptj": PosencGPTJRotaryEmbedding, "mrope": PosencMultimodalRotaryEmbedding,
                    "complex": PosencComplexRotaryEmbedding}.get(style, PosencRotaryEmbedding)(pe)
             _check_same(name, module, new, style, None, exact, reference, note)
+        if getattr(module, "config", None) is not None:
+            # the model may read the rotary's config: GraniteSWA keys its per-layer cos/sin on
+            # rotary_embs[i].config.rope_parameters["rope_theta"] (one module per layer theta)
+            new.config = module.config
         plans.append((name, new))
     for name, new in plans:  # replace only once every module has passed its checks
         parent, _, attr = name.rpartition(".")
@@ -659,7 +695,7 @@ def _check_encoding(encoding: Any, layout: str) -> RoPE:
 HF_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3", "proportional")
 
 
-def _rope_parameters(pe: RoPE | MRoPE) -> tuple[dict, int]:
+def _rope_parameters(pe: RoPE | MRoPE, model_type: str | None = None) -> tuple[dict, int]:
     """One HF RoPE dict for ``pe`` and the max_position_embeddings it implies."""
     if type(pe) not in (RoPE, MRoPE):
         raise TypeError(f"to_hf_config: expected a posenc `rope` or `mrope` encoding; got {type(pe).__name__}.")
@@ -681,6 +717,9 @@ def _rope_parameters(pe: RoPE | MRoPE) -> tuple[dict, int]:
     if scaling.pop("logn"):
         raise ValueError("to_hf_config: transformers has no log-n query scaling; remove 'logn' from the scaling "
                          "(Qwen-1's use_logn_attn lives in its own modeling code).")
+    if name == "ntk" and str(model_type).startswith(_NTK_ALPHA_TYPES):  # Hunyuan's NTK-alpha (see from_hf_config)
+        out.update(rope_type="dynamic", alpha=scaling["factor"])
+        return out, max_len
     if name not in HF_ROPE_TYPES:
         raise ValueError(f"to_hf_config: rope_type {name!r} has no Hugging Face equivalent; transformers implements "
                          f"{list(HF_ROPE_TYPES)}. Hint: static NTK is posenc's own; 'dynamic' is transformers' "
@@ -712,11 +751,14 @@ def to_hf_config(encoding: RoPE | MRoPE | Mapping[str, RoPE], *, model_type: str
     Per case: ``dynamic`` sets ``max_position_embeddings`` to its training length (transformers stretches past
     that); an ``mrope`` encoding writes ``mrope_section`` (and ``mrope_interleaved``); a dict ``{layer_type: rope}``
     gives Gemma 3's nested ``rope_parameters``; ``model_type="gptj"`` gives GPT-J's fields (``n_head``, ``n_embd``,
-    ``n_positions``, ``rotary_dim``) for an interleaved, unscaled ``rope`` at base 10000.
+    ``n_positions``, ``rotary_dim``) for an interleaved, unscaled ``rope`` at base 10000; ``model_type=
+    "hunyuan_v1_dense"`` (or ``"hunyuan_v1_moe"``) writes posenc's static ``ntk`` as Hunyuan's NTK-alpha,
+    ``{"rope_type": "dynamic", "alpha": factor}``.
 
     Raises:
         ValueError: what transformers cannot express: the interleaved layout (except GPT-J), log-n scaling, posenc's
-            static ``ntk``, GPT-J with a base or scaling it hard-codes otherwise, or layer types of different sizes.
+            static ``ntk`` (except for Hunyuan), GPT-J with a base or scaling it hard-codes otherwise, or layer types
+            of different sizes.
         TypeError: not a ``rope`` / ``mrope`` encoding.
     """
     if isinstance(encoding, Mapping):
@@ -743,7 +785,7 @@ def to_hf_config(encoding: RoPE | MRoPE | Mapping[str, RoPE], *, model_type: str
                              f"{encoding!r}.")
         return {"model_type": "gptj", "n_head": encoding.n_heads, "n_embd": encoding.dim,
                 "n_positions": encoding.max_seq_len, "rotary_dim": encoding.rotary_dim}
-    params, max_len = _rope_parameters(_check_exportable(encoding))
+    params, max_len = _rope_parameters(_check_exportable(encoding), model_type)
     out = {"num_attention_heads": encoding.n_heads, "head_dim": encoding.head_dim,
            "hidden_size": encoding.n_heads * encoding.head_dim, "max_position_embeddings": max_len,
            "rope_theta": encoding.base, "rope_parameters": params}
