@@ -63,8 +63,29 @@ def _hunyuan_dense():  # "dynamic" with alpha: static NTK-alpha (its factor is i
                                               "rope_theta": 10000.0}))
 
 
+def _deepseek_v4():
+    """K = V (one kv projection, rotated once), the attention output de-rotated with (cos, -sin) of the same table,
+    RoPE on the trailing half of each head in interleaved pairs, one cos/sin per pair; `main` (sliding layers) at
+    1e4, `compress` (the compressors and indexer of the compressed layers) at 1.6e5 with YaRN."""
+    from transformers.models.deepseek_v4 import DeepseekV4Config, DeepseekV4ForCausalLM
+    return DeepseekV4ForCausalLM(DeepseekV4Config(
+        vocab_size=VOCAB, hidden_size=HIDDEN, moe_intermediate_size=32, num_hidden_layers=3, num_attention_heads=HEADS,
+        num_key_value_heads=1, head_dim=32, partial_rotary_factor=0.5, q_lora_rank=32, num_experts_per_tok=2,
+        n_routed_experts=4, n_shared_experts=1, max_position_embeddings=ORIGINAL,
+        layer_types=["sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"],
+        compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 8}, sliding_window=8,
+        o_groups=2, o_lora_rank=16, index_n_heads=2, index_head_dim=16, index_topk=4, num_nextn_predict_layers=0,
+        hc_mult=2, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        rope_parameters={"main": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+                         "compress": {"rope_type": "yarn", "rope_theta": 160000.0, "partial_rotary_factor": 0.5,
+                                      "factor": 4.0, "original_max_position_embeddings": 8}}))
+
+
 FAMILIES = {"granite_swa": _granite_swa, "muse_spark": _muse_spark, "step3p7": _step3p7, "gemma4": _gemma4,
-            "hunyuan_v1_dense": _hunyuan_dense}
+            "hunyuan_v1_dense": _hunyuan_dense, "deepseek_v4": _deepseek_v4}
+
+
+SHARPENED = ("q_proj", "k_proj", "q_b_proj", "kv_proj")  # DeepSeek-V4: q_b_proj, and kv_proj for its K = V
 
 
 def _build(family: str):
@@ -72,7 +93,7 @@ def _build(family: str):
     model = FAMILIES[family]().eval()
     with torch.no_grad():  # scale q/k so that positions matter (a random init attends almost uniformly)
         for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in ("q_proj", "k_proj"):
+            if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in SHARPENED:
                 module.weight.mul_(6.0)
     return model
 
@@ -192,3 +213,29 @@ def test_from_hf_config_types_alpha():
     with pytest.raises(TypeError, match="alpha"):
         from_hf_config(config)
     assert isinstance(from_hf_config({**config, "rope_parameters": {"rope_type": "dynamic", "alpha": 1000}}), RoPE)
+
+
+def test_deepseek_v4_per_pair_rotaries_are_interleaved_and_used_by_the_output_rotation():
+    """DeepSeek-V4's rotary modules (the model's and each compressor's / indexer's) hand out one cos/sin per pair for
+    ``main`` and ``compress``; posenc builds interleaved encodings of the model's rotary width, and the model then
+    runs on them: q/k, the K = V entries and the conjugate rotation of the output all read the patched table, so
+    another ``compress`` base changes the logits (a module left unpatched would not)."""
+    model = _build("deepseek_v4")
+    found = find_rotary_modules(model)
+    assert len(found) == 4 and {style for _, _, style in found} == {"layer_pairs"}
+    ids = _tokens(LONG)
+    with torch.no_grad():
+        before = _logits(model, ids)
+    config = model.config
+    main = from_hf_config(config, layer_type="main", rotary_dim=16)
+    assert (main.layout, main.rotary_dim, main.head_dim) == ("interleaved", 16, 32)
+    other = RoPE(dim=main.dim, n_heads=main.n_heads, max_seq_len=main.max_seq_len, base=1000.0, layout="interleaved",
+                 rotary_dim=16)
+    patch_rotary(model, {"main": main, "compress": other})
+    assert find_rotary_modules(model) == []
+    with torch.no_grad():
+        after = _logits(model, ids)
+    assert float((after - before).abs().max()) > 1e-3
+    half = RoPE(dim=main.dim, n_heads=main.n_heads, max_seq_len=main.max_seq_len, base=1e4, rotary_dim=16)
+    with pytest.raises(ValueError, match="layout='interleaved'"):
+        patch_rotary(_build("deepseek_v4"), {"main": half, "compress": half})

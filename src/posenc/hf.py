@@ -4,7 +4,8 @@
   ``partial_rotary_factor``, and ``rope_parameters`` / legacy ``rope_scaling``), raising on invalid parameters where
   transformers only logs a warning.
 - :func:`patch_rotary` finds the rotary modules of a Hugging Face causal LM (Llama-like, GPT-NeoX, GPT-J, Gemma 3's
-  per-layer-type one, Phi-3, Qwen2-VL / Qwen3-VL) and replaces each with a module that returns posenc's cos/sin in
+  per-layer-type one, Phi-3, Qwen2-VL / Qwen3-VL, GraniteSWA's per-layer theta, Gemma 4, DeepSeek-V4's per-pair
+  ones) and replaces each with a module that returns posenc's cos/sin in
   that model's layout, so the model runs on posenc's frequencies — checked against the model's own, or refused.
 - :func:`to_hf_config` is the way back: the config fields (``rope_parameters``, ``rope_theta``, ...) of an encoding.
 - :func:`to_scaled` converts a posenc model's (or encoding's) ``rope`` into a context-extended one, for the
@@ -49,6 +50,7 @@ HF_DEFAULT_THETA = 10_000.0  # transformers' RotaryEmbeddingConfigMixin.default_
 RoPE_TYPE_ALIASES = {"su": "longrope", "mrope": "default"}
 _PHI3_TYPES = ("phi3", "phi4_multimodal")  # their configs map "yarn" to "longrope" too (configuration_phi3.py)
 _COMPLEX_ROPE_TYPES = ("llama4", "llama4_text")  # model types whose rotary returns complex freqs_cis (interleaved)
+_INTERLEAVED_TYPES = ("deepseek_v4",)  # model_type prefixes rotating pairs (2i, 2i + 1) on real cos/sin
 _NTK_ALPHA_TYPES = ("hunyuan_v1",)  # model_type prefixes (dense, moe) whose 'dynamic' + alpha is static NTK-alpha
 _INTERLEAVED_MROPE = ("qwen3_vl", "qwen3_omni", "qwen3_5")  # model_type prefixes whose M-RoPE interleaves axes
 # config.json names of the same fields in older architectures (GPT-J: n_head, n_embd, n_positions)
@@ -250,6 +252,8 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
         rotary_dim = width if rotary_dim is None else rotary_dim
     elif model_type in _COMPLEX_ROPE_TYPES:  # Llama 4: view_as_complex over pairs (2i, 2i + 1)
         layout = "interleaved"
+    elif str(model_type).startswith(_INTERLEAVED_TYPES):  # DeepSeek-V4: repeat_interleave + GPT-J's rotate_half
+        layout = "interleaved"
 
     if rope_type in ("yarn", "longrope", "llama3"):
         top_level = _get(config, "original_max_position_embeddings")  # Phi-3 keeps it outside rope_scaling
@@ -310,14 +314,17 @@ class PosencRotaryEmbedding(nn.Module):
     ``longrope`` is stateless in both.
     """
 
-    def __init__(self, encoding: RoPE) -> None:
+    def __init__(self, encoding: RoPE, *, per_pair: bool = False) -> None:
         super().__init__()
         self.encoding = encoding
+        self.per_pair = per_pair  # (B, T, rotary_dim / 2): one value per pair, the attention expands it (DeepSeek-V4)
         self.attention_scaling = encoding.attention_scale  # the attribute name transformers' rotary modules use
 
     @torch.no_grad()
     def forward(self, x: Tensor, position_ids: Tensor, layer_type: str | None = None) -> tuple[Tensor, Tensor]:
         cos, sin = self.encoding.cos_sin(position_ids.long(), dtype=torch.float32)  # (B, T, F)
+        if self.per_pair:
+            return cos.to(x.dtype), sin.to(x.dtype)
         return torch.cat((cos, cos), dim=-1).to(x.dtype), torch.cat((sin, sin), dim=-1).to(x.dtype)
 
 
@@ -325,12 +332,13 @@ class PosencLayerTypeRotaryEmbedding(nn.Module):
     """Drop-in for a per-layer-type rotary module (Gemma 3): ``forward(x, position_ids, layer_type) -> (cos, sin)``.
 
     One posenc ``rope`` per layer type (``encodings["sliding_attention"]``, ...), each returning what
-    :class:`PosencRotaryEmbedding` does.
+    :class:`PosencRotaryEmbedding` does; with ``per_pair`` (DeepSeek-V4's ``main`` / ``compress``), one value per
+    pair ``(B, T, rotary_dim / 2)``, which its attention expands to interleaved pairs itself.
     """
 
-    def __init__(self, encodings: Mapping[str, RoPE]) -> None:
+    def __init__(self, encodings: Mapping[str, RoPE], *, per_pair: bool = False) -> None:
         super().__init__()
-        self.encodings = nn.ModuleDict({k: PosencRotaryEmbedding(v) for k, v in encodings.items()})
+        self.encodings = nn.ModuleDict({k: PosencRotaryEmbedding(v, per_pair=per_pair) for k, v in encodings.items()})
         self.layer_types = sorted(encodings)
 
     @torch.no_grad()
@@ -397,6 +405,7 @@ class PosencMultimodalRotaryEmbedding(nn.Module):
         return torch.cat((cos, cos), dim=-1).to(x.dtype), torch.cat((sin, sin), dim=-1).to(x.dtype)
 
 
+_LAYER_TYPE_STYLES = ("layer_types", "layer_pairs")  # forward(x, position_ids, layer_type): Gemma 3 / DeepSeek-V4
 _REPLACEMENTS = (PosencRotaryEmbedding, PosencLayerTypeRotaryEmbedding, PosencGPTJRotaryEmbedding,
                  PosencComplexRotaryEmbedding, PosencMultimodalRotaryEmbedding)
 
@@ -412,7 +421,16 @@ def _rotary_style(module: nn.Module) -> str | None:
         return "mrope"
     if getattr(module, "layer_types", None) and all(
             isinstance(getattr(module, f"{t}_inv_freq", None), Tensor) for t in module.layer_types):
-        return "layer_types"
+        first = module.layer_types[0]
+        freq = getattr(module, f"{first}_inv_freq")
+        try:  # DeepSeek-V4 returns one cos/sin per pair (its attention expands them), Gemma 3 cat(f, f): ask
+            with torch.no_grad():
+                out = module(torch.zeros(1, device=freq.device), torch.arange(2, device=freq.device)[None], first)
+        except Exception:  # noqa: BLE001 - a module we cannot call is one we do not know
+            return "unknown"
+        if not (isinstance(out, tuple) and len(out) == 2):
+            return "unknown"
+        return "layer_pairs" if out[0].shape[-1] == freq.numel() else "layer_types"
     if isinstance(getattr(module, "inv_freq", None), Tensor):
         device = module.inv_freq.device
         try:  # Llama 4 returns complex freqs_cis instead of (cos, sin): ask the module
@@ -470,14 +488,14 @@ def _layer_type_config(config: Any, layer_type: str) -> Any:
     try:
         view = getattr(config, "per_layer_config", None)
         return config if view is None or isinstance(view, Mapping) and layer_type not in view else view[layer_type]
-    except (KeyError, IndexError, TypeError, AttributeError):  # no view for this layer type: the sizes are global
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError):  # no view for it (DeepSeek-V4's 'main')
         return config
 
 
 def _build(model: nn.Module, name: str, module: nn.Module, style: str) -> Any:
     """posenc's encoding(s) equal to what the HF module computes."""
     config = _module_config(model, name, module)
-    if style == "layer_types":
+    if style in _LAYER_TYPE_STYLES:
         return {t: from_hf_config(_layer_type_config(config, t), layer_type=t,
                                   rotary_dim=_hf_width(module, style, t))
                 for t in module.layer_types}
@@ -507,7 +525,7 @@ def _probe_positions(module: nn.Module, style: str, device: torch.device) -> Ten
 
 def _outputs(module: nn.Module, style: str, x: Tensor, pos: Tensor, layer_type: str | None) -> tuple[Tensor, ...]:
     with torch.no_grad():
-        out = module(x, pos, layer_type) if style == "layer_types" else module(x, pos)
+        out = module(x, pos, layer_type) if style in _LAYER_TYPE_STYLES else module(x, pos)
     if isinstance(out, Tensor):  # complex freqs_cis
         return torch.view_as_real(out).float(),
     return tuple(t.float() for t in out)
@@ -585,6 +603,20 @@ def patch_rotary(model: nn.Module, encoding: RoPE | Mapping[str, RoPE] | None = 
     :class:`PosencMultimodalRotaryEmbedding`). What the attention layers do besides (Llama 4's NoPE layers, chunked
     masks and query temperature, DeepSeek's softmax mscale, Ministral 3's query scale) stays the model's own.
 
+    Released 2026 families this covers: GraniteSWA (one rotary module per distinct non-zero ``layer_rope_theta``,
+    which the model finds through the module's ``config``: the replacement keeps it; theta 0 = a NoPE layer, given no
+    cos/sin by the model), Muse Spark (one rotary; its NoPE layers are the model's), Step 3.7 (its per-layer
+    ``rope_theta`` / ``partial_rotary_factors`` lists folded per layer type by the config: one width per layer type),
+    Gemma 4 (``proportional`` on the full-attention layers' ``global_head_dim``), Hunyuan (NTK-alpha) and
+    DeepSeek-V4. DeepSeek-V4's rotaries (the model's, and one in each compressor and indexer) return one cos/sin per
+    pair for its two RoPE kinds ``main`` and ``compress``; its attention rotates q and the shared K = V entry with
+    them (interleaved pairs on the *last* ``qk_rope_head_dim`` channels) and de-rotates the attention output with
+    ``(cos, -sin)``. Patching swaps the table all three read, so the model stays exact. In posenc's own attention
+    this has no ``rotate`` equivalent: with K = V, ``R(-t) sum_s a_ts R(s) v_s = sum_s a_ts R(s - t) v_s`` is a
+    *value* rotation by the relative offset, a ``terms`` value term rather than a q/k rotation; posenc does not
+    implement it, and :func:`from_hf_config` gives the q/k part only (an interleaved ``rope`` of the rotary width,
+    on the first channels where V4 rotates the last: permute the projections to use it in posenc's layout).
+
     With ``encoding=None`` posenc builds the equivalent encodings from the model's config and rotary modules (one per
     layer type for Gemma 3), and checks on probe positions that they reproduce the model's cos/sin (to
     :data:`EXACT_COS_SIN`); so the logits are unchanged or the call raises. One exception, by design: after
@@ -624,15 +656,16 @@ def patch_rotary(model: nn.Module, encoding: RoPE | Mapping[str, RoPE] | None = 
         exact = encoding is None
         chosen = _build(model, name, module, style) if exact else encoding
         reference, note = _float32_reference(module, _module_config(model, name, module)) if exact else (None, None)
-        if style == "layer_types":
+        if style in _LAYER_TYPE_STYLES:
             if not isinstance(chosen, Mapping) or sorted(chosen) != sorted(module.layer_types):
                 raise ValueError(f"patch_rotary: {name!r} ({type(module).__name__}) computes one RoPE per layer type "
                                  f"{sorted(module.layer_types)}; pass encoding=None (built from the config) or a dict "
                                  f"with one `rope` per layer type, got {type(chosen).__name__}.")
-            encodings = {t: _check_encoding(pe, "half") for t, pe in chosen.items()}
+            per_pair = style == "layer_pairs"  # DeepSeek-V4: interleaved pairs (its own rotate_half is GPT-J's)
+            encodings = {t: _check_encoding(pe, "interleaved" if per_pair else "half") for t, pe in chosen.items()}
             if device is not None:
                 encodings = {t: pe.to(device) for t, pe in encodings.items()}
-            new = PosencLayerTypeRotaryEmbedding(encodings)
+            new = PosencLayerTypeRotaryEmbedding(encodings, per_pair=per_pair)
             for t in module.layer_types:
                 _check_same(name, module, new, style, t, exact, reference, note)
         else:
