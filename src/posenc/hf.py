@@ -28,6 +28,7 @@ from posenc.encodings.mla import MLARoPE
 from posenc.encodings.mrope import MRoPE
 from posenc.encodings.rope import RoPE
 from posenc.model import Transformer
+from posenc.rope_scaling import telechat3_mscale, theta_scale_base
 
 __all__ = [
     "PosencComplexRotaryEmbedding",
@@ -753,6 +754,19 @@ def _rope_parameters(pe: RoPE | MRoPE, model_type: str | None = None) -> tuple[d
     if name == "ntk" and str(model_type).startswith(_NTK_ALPHA_TYPES):  # Hunyuan's NTK-alpha (see from_hf_config)
         out.update(rope_type="dynamic", alpha=scaling["factor"])
         return out, max_len
+    if name == "theta_scale":  # Grok's base change: plain RoPE at the new base
+        if scaling["llama_4_scaling_beta"] is not None:
+            raise ValueError("to_hf_config: 'theta_scale' exports as rope_type 'default', which has no "
+                             "llama_4_scaling_beta; remove it.")
+        out["rope_theta"] = theta_scale_base(pe.base, scaling["factor"], scaling["original_max_position_embeddings"])
+        return out, max_len
+    if name == "telechat3_yarn":  # YaRN's frequencies with TeleChat3's scale: HF's yarn + attention_factor
+        name = "yarn"
+        scaling["attention_factor"] = telechat3_mscale(scaling["factor"], scaling.pop("attn_factor"))
+    if name == "yarn_log":
+        raise ValueError("to_hf_config: Grok's 'yarn_log' blends kept and interpolated frequencies geometrically; "
+                         "transformers' 'yarn' blends them linearly, so no HF rope_type gives these frequencies. "
+                         "Hint: 'yarn' with attention_factor=1.0 is Grok's 'yarn' variant, which HF can express.")
     if name not in HF_ROPE_TYPES:
         raise ValueError(f"to_hf_config: rope_type {name!r} has no Hugging Face equivalent; transformers implements "
                          f"{list(HF_ROPE_TYPES)}. Hint: static NTK is posenc's own; 'dynamic' is transformers' "
@@ -821,7 +835,7 @@ def to_hf_config(encoding: RoPE | MRoPE | Mapping[str, RoPE], *, model_type: str
     params, max_len = _rope_parameters(_check_exportable(encoding), model_type)
     out = {"num_attention_heads": encoding.n_heads, "head_dim": encoding.head_dim,
            "hidden_size": encoding.n_heads * encoding.head_dim, "max_position_embeddings": max_len,
-           "rope_theta": encoding.base, "rope_parameters": params}
+           "rope_theta": params["rope_theta"], "rope_parameters": params}
     if "partial_rotary_factor" in params and params["rope_type"] != "proportional":
         out["partial_rotary_factor"] = params["partial_rotary_factor"]
     if model_type is not None:
