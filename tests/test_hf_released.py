@@ -239,3 +239,94 @@ def test_deepseek_v4_per_pair_rotaries_are_interleaved_and_used_by_the_output_ro
     half = RoPE(dim=main.dim, n_heads=main.n_heads, max_seq_len=main.max_seq_len, base=1e4, rotary_dim=16)
     with pytest.raises(ValueError, match="layout='interleaved'"):
         patch_rotary(_build("deepseek_v4"), {"main": half, "compress": half})
+
+
+# -- per-layer RoPE for posenc's own Transformer: hf_layer_config ---------------------------------------------------
+def _stack_encodings(config, fields):
+    from posenc import Transformer, TransformerConfig
+    cfg = TransformerConfig(vocab_size=VOCAB, dim=HEADS * 16, n_layers=config.num_hidden_layers, n_heads=HEADS,
+                            max_seq_len=ORIGINAL, **fields)
+    model = Transformer(cfg)
+    stack = model.decoder if model.decoder is not None else model.encoder
+    return stack.encodings()
+
+
+def test_granite_swa_layer_config_gives_each_layer_its_theta_and_nope():
+    """layer_rope_theta [1e4, 0, 5e5, 1e4]: posenc's Transformer gets rope at 1e4 on layers 0 and 3, NoPE on layer
+    1 and rope at 5e5 on layer 2, and each RoPE layer's cos/sin are those of the HF rotary module of its theta."""
+    from posenc.hf import hf_layer_config
+    model = _build("granite_swa")
+    fields = hf_layer_config(model.config)
+    assert fields["encoding"] == "rope" and fields["encoding_options"]["base"] == 10000.0
+    assert sorted(fields["layer_encodings"]) == [1, 2] and fields["layer_encodings"][1] == {"encoding": "nope"}
+    layers = _stack_encodings(model.config, fields)
+    assert [type(pe).__name__ for pe in layers] == ["RoPE", "NoPE", "RoPE", "RoPE"]
+    pos = torch.arange(LONG)[None]
+    hf = {m.config.rope_parameters["rope_theta"]: m for m in model.model.rotary_embs}
+    for i in (0, 2, 3):
+        cos, sin = hf[layers[i].base](torch.zeros(1), pos)  # (1, T, head_dim), cat(f, f)
+        ours_cos, ours_sin = layers[i].cos_sin(pos[0])  # (T, head_dim / 2)
+        torch.testing.assert_close(ours_cos, cos[0, :, :8], rtol=0, atol=1e-5)
+        torch.testing.assert_close(ours_sin, sin[0, :, :8], rtol=0, atol=1e-5)
+
+
+def test_muse_spark_layer_config_and_a_theta_its_model_ignores():
+    from transformers.models.muse_spark.configuration_muse_spark import MuseSparkTextConfig
+
+    from posenc.hf import hf_layer_config
+    config = _build("muse_spark").config  # default: every 4th layer from the last is NoPE
+    fields = hf_layer_config(config)
+    assert fields["layer_encodings"] == {3: {"encoding": "nope"}}
+    assert fields["encoding_options"]["base"] == 500000.0
+    odd = MuseSparkTextConfig(**{**TEXT, "head_dim": 16}, layer_rope_theta=[500000.0, 10000.0, 500000.0, 0])
+    with pytest.raises(ValueError, match="applies the global rope_theta"):
+        hf_layer_config(odd)
+
+
+STEP = {"model_type": "step3p7_text", "num_attention_heads": HEADS, "head_dim": 16, "num_hidden_layers": 4,
+        "max_position_embeddings": ORIGINAL, "layer_types": ["sliding_attention", "full_attention"] * 2}
+
+
+def test_step3p7_lists_per_layer_and_per_type_agree():
+    """Step 3.7's config.json lists give each layer its base and rotary width; the HF config built from them (one
+    dict per layer type) gives the same layers."""
+    from transformers.models.step3p7.configuration_step3p7 import Step3p7TextConfig
+
+    from posenc.hf import hf_layer_config
+    raw = {**STEP, "rope_theta": [10000.0, 1e6, 10000.0, 1e6], "partial_rotary_factors": [1.0, 0.5, 1.0, 0.5]}
+    fields = hf_layer_config(raw)
+    assert fields["encoding_options"]["rotary_dim"] == 16 and fields["encoding_options"]["base"] == 10000.0
+    assert sorted(fields["layer_encodings"]) == [1, 3]
+    assert fields["layer_encodings"][1]["rotary_dim"] == 8 and fields["layer_encodings"][1]["base"] == 1e6
+    hf = Step3p7TextConfig(**{k: v for k, v in raw.items() if k != "model_type"}, vocab_size=VOCAB, hidden_size=HIDDEN,
+                           intermediate_size=128, num_key_value_heads=2, moe_intermediate_size=32,
+                           mlp_layer_types=["dense"] * 4)
+    assert hf_layer_config(hf) == fields
+    layers = _stack_encodings(hf, fields)
+    assert [pe.rotary_dim for pe in layers] == [16, 8, 16, 8]
+
+
+def test_step3p7_lists_that_disagree_within_a_layer_type_are_refused():
+    """transformers would take the first full-attention layer's values for layer 3 too: refused, nothing built."""
+    from posenc.hf import hf_layer_config
+    raw = {**STEP, "rope_theta": [10000.0, 1e6, 10000.0, 2e6], "partial_rotary_factors": [1.0, 0.5, 1.0, 0.5]}
+    with pytest.raises(ValueError, match=r"'full_attention' layers \[1, 3\] have different"):
+        hf_layer_config(raw)
+    with pytest.raises(ValueError, match="3 entries"):
+        hf_layer_config({**STEP, "rope_theta": [1e4, 1e6, 1e4]})
+    with pytest.raises(TypeError, match=r"rope_theta\[1\]"):
+        hf_layer_config({**STEP, "rope_theta": [1e4, "1e6", 1e4, 1e6]})
+
+
+def test_gemma4_layer_config_needs_one_head_size():
+    from posenc.hf import hf_layer_config
+    with pytest.raises(ValueError, match="different head sizes"):
+        hf_layer_config(_build("gemma4").config)
+    same = transformers.Gemma4TextConfig(
+        **TEXT, head_dim=16, global_head_dim=16, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"] * 2, vocab_size_per_layer_input=VOCAB,
+        hidden_size_per_layer_input=8)
+    fields = hf_layer_config(same)
+    full = fields["layer_encodings"][1]
+    assert full["scaling"]["rope_type"] == "proportional" and full["base"] == 1e6
+    assert sorted(fields["layer_encodings"]) == [1, 3]

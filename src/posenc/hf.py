@@ -38,6 +38,7 @@ __all__ = [
     "PosencRotaryEmbedding",
     "find_rotary_modules",
     "from_hf_config",
+    "hf_layer_config",
     "hf_layer_types",
     "mla_from_hf_config",
     "patch_rotary",
@@ -277,6 +278,141 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
         rotary_dim = int(head_dim * fraction)
     return RoPE(dim=n_heads * head_dim, n_heads=n_heads, max_seq_len=max_len, base=float(base), layout=layout,
                 rotary_dim=rotary_dim, scaling=None if rope_type == "default" and len(params) == 1 else params)
+
+
+_MUSE_TYPES = ("muse_spark", "muse_glimmer")  # model_type prefixes whose non-zero layer thetas all use the global one
+
+
+def _rope_options(pe: RoPE) -> dict[str, Any]:
+    """The ``rope`` options (``encoding_options`` of a TransformerConfig) that rebuild ``pe`` at a model's sizes."""
+    return {"base": pe.base, "layout": pe.layout, "rotary_dim": pe.rotary_dim,
+            "scaling": None if pe.scaling is None else dict(pe.scaling)}
+
+
+def _per_layer_list(config: Any, key: str, n_layers: int) -> list | None:
+    value = _get(config, key)
+    if value is None or not isinstance(value, (list, tuple)):
+        return None
+    if len(value) != n_layers:
+        raise ValueError(f"hf_layer_config: {key} has {len(value)} entries but the model has num_hidden_layers="
+                         f"{n_layers}; give one per layer.")
+    return list(value)
+
+
+def hf_layer_config(config: Any) -> dict[str, Any]:
+    """The :class:`~posenc.TransformerConfig` fields that give each layer the RoPE (or NoPE) of a Hugging Face config.
+
+    Returns ``{"encoding", "encoding_options", "layer_encodings"}``: the first RoPE layer's ``rope`` options, and
+    ``{layer: {"encoding": "nope"}}`` or ``{layer: {"encoding": "rope", ...}}`` for the layers that differ. Reads:
+
+    - ``layer_rope_theta`` (GraniteSWA, Muse Spark): one base per layer, ``0`` = NoPE. Muse Spark's model applies
+      the *global* theta to every non-zero entry, so a non-zero entry that differs from it is refused (the config
+      and the model disagree); GraniteSWA honours each entry.
+    - per-layer ``rope_theta`` / ``partial_rotary_factors`` lists (Step 3.7's config.json): transformers folds them
+      into one RoPE dict per layer type, taking each type's values from its *first* layer, so lists that disagree
+      within a layer type are refused (the model would silently use the first layer's).
+    - one RoPE dict per layer type (Gemma 3, Gemma 4, Step 3.7 once loaded) with ``layer_types``.
+    - otherwise one RoPE for every layer.
+
+    Args:
+        config: the model config (``PretrainedConfig`` or config.json as a dict), with ``num_hidden_layers``.
+
+    Raises:
+        ValueError: lists of the wrong length or disagreeing within a layer type, a Muse Spark theta its model
+            ignores, or layer types of different head sizes (Gemma 4's ``global_head_dim``: one posenc model has one
+            head size).
+        TypeError: a theta that is not a number.
+    """
+    n_layers = _positive_int(config, "num_hidden_layers")
+    model_type = str(_get(config, "model_type"))
+    layer_types = _per_layer_list(config, "layer_types", n_layers)
+    thetas = _per_layer_list(config, "layer_rope_theta", n_layers)
+    layers: list[RoPE | None]
+    if thetas is not None:
+        rope = from_hf_config(config)
+        for i, theta in enumerate(thetas):
+            _check_number(theta, f"layer_rope_theta[{i}]")
+        if model_type.startswith(_MUSE_TYPES):
+            odd = {i: t for i, t in enumerate(thetas) if t and t != rope.base}
+            if odd:
+                raise ValueError(f"hf_layer_config: layer_rope_theta gives layers {sorted(odd)} the base(s) "
+                                 f"{sorted(set(odd.values()))}, but {model_type}'s model applies the global "
+                                 f"rope_theta={rope.base:g} to every non-NoPE layer; set those entries to "
+                                 f"{rope.base:g} (or 0 for NoPE) so the config says what the model does.")
+        layers = [None if not t else rope if t == rope.base else _with_base(rope, t) for t in thetas]
+    elif isinstance(_get(config, "rope_theta"), (list, tuple)) or isinstance(
+            _get(config, "partial_rotary_factors"), (list, tuple)):
+        layers = _step_layers(config, n_layers, layer_types)
+    elif hf_layer_types(config):
+        if layer_types is None:
+            raise ValueError("hf_layer_config: the config has one RoPE dict per layer type but no layer_types list "
+                             "saying which layer has which.")
+        built = {t: from_hf_config(_layer_type_config(config, t), layer_type=t) for t in sorted(set(layer_types))}
+        sizes = {t: pe.head_dim for t, pe in built.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"hf_layer_config: the layer types have different head sizes {sizes} (Gemma 4's "
+                             f"global_head_dim); a posenc Transformer has one head size. Patch the HF model with "
+                             f"patch_rotary instead.")
+        layers = [built[t] for t in layer_types]
+    else:
+        layers = [from_hf_config(config)] * n_layers
+    ropes = [pe for pe in layers if pe is not None]
+    if not ropes:
+        return {"encoding": "nope", "encoding_options": {}, "layer_encodings": {}}
+    first = _rope_options(ropes[0])
+    special = {}
+    for i, pe in enumerate(layers):
+        if pe is None:
+            special[i] = {"encoding": "nope"}
+        elif _rope_options(pe) != first:
+            special[i] = {"encoding": "rope", **_rope_options(pe)}
+    return {"encoding": "rope", "encoding_options": first, "layer_encodings": special}
+
+
+def _with_base(pe: RoPE, base: float) -> RoPE:
+    return RoPE(dim=pe.dim, n_heads=pe.n_heads, max_seq_len=pe.max_seq_len, base=float(base), layout=pe.layout,
+                rotary_dim=pe.rotary_dim, scaling=None if pe.scaling is None else dict(pe.scaling))
+
+
+def _step_layers(config: Any, n_layers: int, layer_types: list | None) -> list[RoPE]:
+    """Step 3.7's per-layer ``rope_theta`` / ``partial_rotary_factors`` lists, checked per layer type."""
+    thetas = _get(config, "rope_theta")
+    thetas = list(thetas) if isinstance(thetas, (list, tuple)) else [thetas if thetas is not None else
+                                                                     HF_DEFAULT_THETA] * n_layers
+    fractions = _get(config, "partial_rotary_factors")
+    fractions = list(fractions) if isinstance(fractions, (list, tuple)) else [1.0] * n_layers
+    extra = _get(config, "num_nextn_predict_layers", 0)  # config.json pads the lists with the MTP layers' entries
+    thetas, fractions = [v[:n_layers] if extra and len(v) == n_layers + extra else v for v in (thetas, fractions)]
+    for key, values in (("rope_theta", thetas), ("partial_rotary_factors", fractions)):
+        if len(values) != n_layers:
+            raise ValueError(f"hf_layer_config: {key} has {len(values)} entries but the model has "
+                             f"num_hidden_layers={n_layers}; give one per layer.")
+        for i, v in enumerate(values):
+            _check_number(v, f"{key}[{i}]")
+    types = layer_types or ["full_attention"] * n_layers
+    for t in sorted(set(types)):
+        mine = [i for i, lt in enumerate(types) if lt == t]
+        seen = {(thetas[i], fractions[i]) for i in mine}
+        if len(seen) > 1:
+            raise ValueError(f"hf_layer_config: the {t!r} layers {mine} have different (rope_theta, "
+                             f"partial_rotary_factor) {sorted(seen)}, but transformers builds one RoPE per layer "
+                             f"type from its first layer ({mine[0]}), so the model would not do what the lists say. "
+                             f"Make them agree within each layer type.")
+    base = dict(config) if isinstance(config, Mapping) else config.to_dict()
+    base = {k: v for k, v in base.items() if k not in ("rope_theta", "partial_rotary_factors", "rope_parameters",
+                                                       "rope_scaling")}
+    scaling = _get(config, "rope_scaling")  # Step3p7TextConfig adds it to the full-attention layers only
+    cache: dict[tuple, RoPE] = {}
+    layers = []
+    for theta, fraction, t in zip(thetas, fractions, types):
+        key = (theta, fraction, t == "full_attention")
+        if key not in cache:
+            params = {"rope_type": "default", "rope_theta": theta, "partial_rotary_factor": fraction}
+            if scaling and t == "full_attention":
+                params.update(scaling)
+            cache[key] = from_hf_config({**base, "rope_parameters": params})
+        layers.append(cache[key])
+    return layers
 
 
 def mla_from_hf_config(config: Any) -> MLARoPE:
