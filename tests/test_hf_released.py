@@ -330,3 +330,13 @@ def test_gemma4_layer_config_needs_one_head_size():
     full = fields["layer_encodings"][1]
     assert full["scaling"]["rope_type"] == "proportional" and full["base"] == 1e6
     assert sorted(fields["layer_encodings"]) == [1, 3]
+
+
+def test_readme_lists_the_released_families():
+    import re
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"<!-- hf-released:begin -->\n(.*?)<!-- hf-released:end -->", readme, re.S)
+    assert block, "README.md needs the <!-- hf-released:begin/end --> table"
+    names = re.findall(r"^\| `([a-z0-9_]+)` \|", block.group(1), re.M)
+    assert sorted(names) == sorted(FAMILIES)
