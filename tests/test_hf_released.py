@@ -63,6 +63,13 @@ def _hunyuan_dense():  # "dynamic" with alpha: static NTK-alpha (its factor is i
                                               "rope_theta": 10000.0}))
 
 
+def _hunyuan_moe():  # the MoE model's rotary reads alpha the same way
+    from transformers.models.hunyuan_v1_moe import HunYuanMoEV1Config, HunYuanMoEV1ForCausalLM
+    return HunYuanMoEV1ForCausalLM(HunYuanMoEV1Config(
+        **TEXT, head_dim=16, num_experts=2, moe_topk=1, moe_intermediate_size=32,
+        rope_parameters={"rope_type": "dynamic", "alpha": 1000.0, "factor": 1.0, "rope_theta": 10000.0}))
+
+
 def _deepseek_v4():
     """K = V (one kv projection, rotated once), the attention output de-rotated with (cos, -sin) of the same table,
     RoPE on the trailing half of each head in interleaved pairs, one cos/sin per pair; `main` (sliding layers) at
@@ -82,7 +89,7 @@ def _deepseek_v4():
 
 
 FAMILIES = {"granite_swa": _granite_swa, "muse_spark": _muse_spark, "step3p7": _step3p7, "gemma4": _gemma4,
-            "hunyuan_v1_dense": _hunyuan_dense, "deepseek_v4": _deepseek_v4}
+            "hunyuan_v1_dense": _hunyuan_dense, "hunyuan_v1_moe": _hunyuan_moe, "deepseek_v4": _deepseek_v4}
 
 
 SHARPENED = ("q_proj", "k_proj", "q_b_proj", "kv_proj")  # DeepSeek-V4: q_b_proj, and kv_proj for its K = V
