@@ -347,3 +347,15 @@ def test_readme_lists_the_released_families():
     assert block, "README.md needs the <!-- hf-released:begin/end --> table"
     names = re.findall(r"^\| `([a-z0-9_]+)` \|", block.group(1), re.M)
     assert sorted(names) == sorted(FAMILIES)
+
+
+def test_layer_config_of_plain_and_deepseek_v4_configs():
+    """One RoPE for every layer of a plain config; DeepSeek-V4's RoPE keyed by kind is refused with the reason."""
+    from posenc.hf import hf_layer_config
+    plain = {"num_attention_heads": 4, "head_dim": 16, "num_hidden_layers": 3, "max_position_embeddings": 32,
+             "rope_theta": 5e5}
+    assert hf_layer_config(plain) == {"encoding": "rope", "layer_encodings": {},
+                                      "encoding_options": {"base": 5e5, "layout": "half", "rotary_dim": 16,
+                                                           "scaling": None}}
+    with pytest.raises(ValueError, match="DeepSeek-V4 keys its RoPE by kind"):
+        hf_layer_config(_build("deepseek_v4").config)

@@ -347,6 +347,12 @@ def hf_layer_config(config: Any) -> dict[str, Any]:
         if layer_types is None:
             raise ValueError("hf_layer_config: the config has one RoPE dict per layer type but no layer_types list "
                              "saying which layer has which.")
+        unknown = sorted(set(layer_types) - set(hf_layer_types(config)))
+        if unknown:
+            raise ValueError(f"hf_layer_config: layer_types {unknown} have no RoPE dict (the config has "
+                             f"{hf_layer_types(config)}); DeepSeek-V4 keys its RoPE by kind ('main', 'compress') and "
+                             f"rotates values too, which posenc's Transformer does not express: patch the HF model "
+                             f"with patch_rotary instead.")
         built = {t: from_hf_config(_layer_type_config(config, t), layer_type=t) for t in sorted(set(layer_types))}
         sizes = {t: pe.head_dim for t, pe in built.items()}
         if len(set(sizes.values())) > 1:
