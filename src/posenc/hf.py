@@ -4,7 +4,8 @@
   ``partial_rotary_factor``, and ``rope_parameters`` / legacy ``rope_scaling``), raising on invalid parameters where
   transformers only logs a warning.
 - :func:`patch_rotary` finds the rotary modules of a Hugging Face causal LM (Llama-like, GPT-NeoX, GPT-J, Gemma 3's
-  per-layer-type one, Phi-3, Qwen2-VL / Qwen3-VL) and replaces each with a module that returns posenc's cos/sin in
+  per-layer-type one, Phi-3, Qwen2-VL / Qwen3-VL, GraniteSWA's per-layer theta, Gemma 4, DeepSeek-V4's per-pair
+  ones) and replaces each with a module that returns posenc's cos/sin in
   that model's layout, so the model runs on posenc's frequencies — checked against the model's own, or refused.
 - :func:`to_hf_config` is the way back: the config fields (``rope_parameters``, ``rope_theta``, ...) of an encoding.
 - :func:`to_scaled` converts a posenc model's (or encoding's) ``rope`` into a context-extended one, for the
@@ -27,6 +28,7 @@ from posenc.encodings.mla import MLARoPE
 from posenc.encodings.mrope import MRoPE
 from posenc.encodings.rope import RoPE
 from posenc.model import Transformer
+from posenc.rope_scaling import telechat3_mscale, theta_scale_base
 
 __all__ = [
     "PosencComplexRotaryEmbedding",
@@ -36,6 +38,7 @@ __all__ = [
     "PosencRotaryEmbedding",
     "find_rotary_modules",
     "from_hf_config",
+    "hf_layer_config",
     "hf_layer_types",
     "mla_from_hf_config",
     "patch_rotary",
@@ -49,6 +52,8 @@ HF_DEFAULT_THETA = 10_000.0  # transformers' RotaryEmbeddingConfigMixin.default_
 RoPE_TYPE_ALIASES = {"su": "longrope", "mrope": "default"}
 _PHI3_TYPES = ("phi3", "phi4_multimodal")  # their configs map "yarn" to "longrope" too (configuration_phi3.py)
 _COMPLEX_ROPE_TYPES = ("llama4", "llama4_text")  # model types whose rotary returns complex freqs_cis (interleaved)
+_INTERLEAVED_TYPES = ("deepseek_v4",)  # model_type prefixes rotating pairs (2i, 2i + 1) on real cos/sin
+_NTK_ALPHA_TYPES = ("hunyuan_v1",)  # model_type prefixes (dense, moe) whose 'dynamic' + alpha is static NTK-alpha
 _INTERLEAVED_MROPE = ("qwen3_vl", "qwen3_omni", "qwen3_5")  # model_type prefixes whose M-RoPE interleaves axes
 # config.json names of the same fields in older architectures (GPT-J: n_head, n_embd, n_positions)
 _ALIASES = {"num_attention_heads": ("n_head",), "hidden_size": ("n_embd",), "max_position_embeddings": ("n_positions",)}
@@ -141,7 +146,11 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
     Per family: GPT-J (``model_type="gptj"``) gives the interleaved layout on its first ``rotary_dim`` channels, and
     so does Llama 4 (``llama4_text``: complex ``freqs_cis`` over pairs ``(2i, 2i + 1)``) on the whole head;
     ``proportional`` (p-RoPE, Gemma 4) rotates the whole head with its slow pairs at frequency 0; a dict with
-    ``mrope_section`` (Qwen2-VL, Qwen2.5-VL; Qwen3-VL with ``mrope_interleaved``) gives :class:`~posenc.MRoPE`.
+    ``mrope_section`` (Qwen2-VL, Qwen2.5-VL; Qwen3-VL with ``mrope_interleaved``) gives :class:`~posenc.MRoPE`;
+    Hunyuan (``hunyuan_v1_dense``, ``hunyuan_v1_moe``) ``"dynamic"`` with ``alpha`` is NTK-alpha, static:
+    posenc's ``ntk`` with ``factor = alpha`` (``base * alpha^(d / (d - 2))``; its ``factor`` is ignored, as in
+    transformers). Per-layer-type sizes (Gemma 4's ``global_head_dim``) come from ``config.per_layer_config``
+    when :func:`patch_rotary` builds the encodings.
 
     Args:
         config: the model config.
@@ -202,6 +211,21 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
     if rope_type == "axial":
         raise ValueError("from_hf_config: rope_type 'axial' (2-D vision RoPE) is not the 1-D `rope` encoding; use "
                          "posenc's `axial_rope`.")
+    alpha = params.pop("alpha", None)
+    if alpha is not None:
+        if rope_type != "dynamic" or not str(model_type).startswith(_NTK_ALPHA_TYPES):
+            raise ValueError(f"from_hf_config: 'alpha' is Hunyuan's NTK-alpha (rope_type 'dynamic' in "
+                             f"model_type {list(_NTK_ALPHA_TYPES)}); transformers ignores it for rope_type "
+                             f"{rope_type!r} in model_type {model_type!r}. Remove it, or set model_type.")
+        # HunYuanDenseV1RotaryEmbedding: a fixed alpha makes 'dynamic' the static NTK base change
+        # base * alpha^(d / (d - 2)), whatever 'factor' says: posenc's `ntk` with factor = alpha
+        alpha = _check_number(alpha, "rope_parameters['alpha']")
+        if alpha < 1:
+            raise ValueError(f"from_hf_config: Hunyuan's NTK-alpha stretches the base by alpha^(d/(d-2)); alpha must "
+                             f"be >= 1, got {alpha!r}.")
+        rope_type = "ntk"
+        params = {"factor": float(alpha), **{k: params[k] for k in ("rope_theta", "partial_rotary_factor")
+                                              if k in params}}
 
     base = params.pop("rope_theta", None)
     base = _get(config, "rope_theta", HF_DEFAULT_THETA) if base is None else base
@@ -230,6 +254,8 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
         rotary_dim = width if rotary_dim is None else rotary_dim
     elif model_type in _COMPLEX_ROPE_TYPES:  # Llama 4: view_as_complex over pairs (2i, 2i + 1)
         layout = "interleaved"
+    elif str(model_type).startswith(_INTERLEAVED_TYPES):  # DeepSeek-V4: repeat_interleave + GPT-J's rotate_half
+        layout = "interleaved"
 
     if rope_type in ("yarn", "longrope", "llama3"):
         top_level = _get(config, "original_max_position_embeddings")  # Phi-3 keeps it outside rope_scaling
@@ -252,6 +278,147 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
         rotary_dim = int(head_dim * fraction)
     return RoPE(dim=n_heads * head_dim, n_heads=n_heads, max_seq_len=max_len, base=float(base), layout=layout,
                 rotary_dim=rotary_dim, scaling=None if rope_type == "default" and len(params) == 1 else params)
+
+
+_MUSE_TYPES = ("muse_spark", "muse_glimmer")  # model_type prefixes whose non-zero layer thetas all use the global one
+
+
+def _rope_options(pe: RoPE) -> dict[str, Any]:
+    """The ``rope`` options (``encoding_options`` of a TransformerConfig) that rebuild ``pe`` at a model's sizes."""
+    return {"base": pe.base, "layout": pe.layout, "rotary_dim": pe.rotary_dim,
+            "scaling": None if pe.scaling is None else dict(pe.scaling)}
+
+
+def _per_layer_list(config: Any, key: str, n_layers: int) -> list | None:
+    value = _get(config, key)
+    if value is None or not isinstance(value, (list, tuple)):
+        return None
+    if len(value) != n_layers:
+        raise ValueError(f"hf_layer_config: {key} has {len(value)} entries but the model has num_hidden_layers="
+                         f"{n_layers}; give one per layer.")
+    return list(value)
+
+
+def hf_layer_config(config: Any) -> dict[str, Any]:
+    """The :class:`~posenc.TransformerConfig` fields that give each layer the RoPE (or NoPE) of a Hugging Face config.
+
+    Returns ``{"encoding", "encoding_options", "layer_encodings"}``: the first RoPE layer's ``rope`` options, and
+    ``{layer: {"encoding": "nope"}}`` or ``{layer: {"encoding": "rope", ...}}`` for the layers that differ. Reads:
+
+    - ``layer_rope_theta`` (GraniteSWA, Muse Spark): one base per layer, ``0`` = NoPE. Muse Spark's model applies
+      the *global* theta to every non-zero entry, so a non-zero entry that differs from it is refused (the config
+      and the model disagree); GraniteSWA honours each entry.
+    - per-layer ``rope_theta`` / ``partial_rotary_factors`` lists (Step 3.7's config.json): transformers folds them
+      into one RoPE dict per layer type, taking each type's values from its *first* layer, so lists that disagree
+      within a layer type are refused (the model would silently use the first layer's).
+    - one RoPE dict per layer type (Gemma 3, Gemma 4, Step 3.7 once loaded) with ``layer_types``.
+    - otherwise one RoPE for every layer.
+
+    Args:
+        config: the model config (``PretrainedConfig`` or config.json as a dict), with ``num_hidden_layers``.
+
+    Raises:
+        ValueError: lists of the wrong length or disagreeing within a layer type, a Muse Spark theta its model
+            ignores, or layer types of different head sizes (Gemma 4's ``global_head_dim``: one posenc model has one
+            head size).
+        TypeError: a theta that is not a number.
+    """
+    n_layers = _positive_int(config, "num_hidden_layers")
+    model_type = str(_get(config, "model_type"))
+    layer_types = _per_layer_list(config, "layer_types", n_layers)
+    thetas = _per_layer_list(config, "layer_rope_theta", n_layers)
+    layers: list[RoPE | None]
+    if thetas is not None:
+        rope = from_hf_config(config)
+        for i, theta in enumerate(thetas):
+            _check_number(theta, f"layer_rope_theta[{i}]")
+        if model_type.startswith(_MUSE_TYPES):
+            odd = {i: t for i, t in enumerate(thetas) if t and t != rope.base}
+            if odd:
+                raise ValueError(f"hf_layer_config: layer_rope_theta gives layers {sorted(odd)} the base(s) "
+                                 f"{sorted(set(odd.values()))}, but {model_type}'s model applies the global "
+                                 f"rope_theta={rope.base:g} to every non-NoPE layer; set those entries to "
+                                 f"{rope.base:g} (or 0 for NoPE) so the config says what the model does.")
+        layers = [None if not t else rope if t == rope.base else _with_base(rope, t) for t in thetas]
+    elif isinstance(_get(config, "rope_theta"), (list, tuple)) or isinstance(
+            _get(config, "partial_rotary_factors"), (list, tuple)):
+        layers = _step_layers(config, n_layers, layer_types)
+    elif hf_layer_types(config):
+        if layer_types is None:
+            raise ValueError("hf_layer_config: the config has one RoPE dict per layer type but no layer_types list "
+                             "saying which layer has which.")
+        unknown = sorted(set(layer_types) - set(hf_layer_types(config)))
+        if unknown:
+            raise ValueError(f"hf_layer_config: layer_types {unknown} have no RoPE dict (the config has "
+                             f"{hf_layer_types(config)}); DeepSeek-V4 keys its RoPE by kind ('main', 'compress') and "
+                             f"rotates values too, which posenc's Transformer does not express: patch the HF model "
+                             f"with patch_rotary instead.")
+        built = {t: from_hf_config(_layer_type_config(config, t), layer_type=t) for t in sorted(set(layer_types))}
+        sizes = {t: pe.head_dim for t, pe in built.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"hf_layer_config: the layer types have different head sizes {sizes} (Gemma 4's "
+                             f"global_head_dim); a posenc Transformer has one head size. Patch the HF model with "
+                             f"patch_rotary instead.")
+        layers = [built[t] for t in layer_types]
+    else:
+        layers = [from_hf_config(config)] * n_layers
+    ropes = [pe for pe in layers if pe is not None]
+    if not ropes:
+        return {"encoding": "nope", "encoding_options": {}, "layer_encodings": {}}
+    first = _rope_options(ropes[0])
+    special = {}
+    for i, pe in enumerate(layers):
+        if pe is None:
+            special[i] = {"encoding": "nope"}
+        elif _rope_options(pe) != first:
+            special[i] = {"encoding": "rope", **_rope_options(pe)}
+    return {"encoding": "rope", "encoding_options": first, "layer_encodings": special}
+
+
+def _with_base(pe: RoPE, base: float) -> RoPE:
+    return RoPE(dim=pe.dim, n_heads=pe.n_heads, max_seq_len=pe.max_seq_len, base=float(base), layout=pe.layout,
+                rotary_dim=pe.rotary_dim, scaling=None if pe.scaling is None else dict(pe.scaling))
+
+
+def _step_layers(config: Any, n_layers: int, layer_types: list | None) -> list[RoPE]:
+    """Step 3.7's per-layer ``rope_theta`` / ``partial_rotary_factors`` lists, checked per layer type."""
+    thetas = _get(config, "rope_theta")
+    thetas = list(thetas) if isinstance(thetas, (list, tuple)) else [thetas if thetas is not None else
+                                                                     HF_DEFAULT_THETA] * n_layers
+    fractions = _get(config, "partial_rotary_factors")
+    fractions = list(fractions) if isinstance(fractions, (list, tuple)) else [1.0] * n_layers
+    extra = _get(config, "num_nextn_predict_layers", 0)  # config.json pads the lists with the MTP layers' entries
+    thetas, fractions = [v[:n_layers] if extra and len(v) == n_layers + extra else v for v in (thetas, fractions)]
+    for key, values in (("rope_theta", thetas), ("partial_rotary_factors", fractions)):
+        if len(values) != n_layers:
+            raise ValueError(f"hf_layer_config: {key} has {len(values)} entries but the model has "
+                             f"num_hidden_layers={n_layers}; give one per layer.")
+        for i, v in enumerate(values):
+            _check_number(v, f"{key}[{i}]")
+    types = layer_types or ["full_attention"] * n_layers
+    for t in sorted(set(types)):
+        mine = [i for i, lt in enumerate(types) if lt == t]
+        seen = {(thetas[i], fractions[i]) for i in mine}
+        if len(seen) > 1:
+            raise ValueError(f"hf_layer_config: the {t!r} layers {mine} have different (rope_theta, "
+                             f"partial_rotary_factor) {sorted(seen)}, but transformers builds one RoPE per layer "
+                             f"type from its first layer ({mine[0]}), so the model would not do what the lists say. "
+                             f"Make them agree within each layer type.")
+    base = dict(config) if isinstance(config, Mapping) else config.to_dict()
+    base = {k: v for k, v in base.items() if k not in ("rope_theta", "partial_rotary_factors", "rope_parameters",
+                                                       "rope_scaling")}
+    scaling = _get(config, "rope_scaling")  # Step3p7TextConfig adds it to the full-attention layers only
+    cache: dict[tuple, RoPE] = {}
+    layers = []
+    for theta, fraction, t in zip(thetas, fractions, types):
+        key = (theta, fraction, t == "full_attention")
+        if key not in cache:
+            params = {"rope_type": "default", "rope_theta": theta, "partial_rotary_factor": fraction}
+            if scaling and t == "full_attention":
+                params.update(scaling)
+            cache[key] = from_hf_config({**base, "rope_parameters": params})
+        layers.append(cache[key])
+    return layers
 
 
 def mla_from_hf_config(config: Any) -> MLARoPE:
@@ -290,14 +457,17 @@ class PosencRotaryEmbedding(nn.Module):
     ``longrope`` is stateless in both.
     """
 
-    def __init__(self, encoding: RoPE) -> None:
+    def __init__(self, encoding: RoPE, *, per_pair: bool = False) -> None:
         super().__init__()
         self.encoding = encoding
+        self.per_pair = per_pair  # (B, T, rotary_dim / 2): one value per pair, the attention expands it (DeepSeek-V4)
         self.attention_scaling = encoding.attention_scale  # the attribute name transformers' rotary modules use
 
     @torch.no_grad()
     def forward(self, x: Tensor, position_ids: Tensor, layer_type: str | None = None) -> tuple[Tensor, Tensor]:
         cos, sin = self.encoding.cos_sin(position_ids.long(), dtype=torch.float32)  # (B, T, F)
+        if self.per_pair:
+            return cos.to(x.dtype), sin.to(x.dtype)
         return torch.cat((cos, cos), dim=-1).to(x.dtype), torch.cat((sin, sin), dim=-1).to(x.dtype)
 
 
@@ -305,12 +475,13 @@ class PosencLayerTypeRotaryEmbedding(nn.Module):
     """Drop-in for a per-layer-type rotary module (Gemma 3): ``forward(x, position_ids, layer_type) -> (cos, sin)``.
 
     One posenc ``rope`` per layer type (``encodings["sliding_attention"]``, ...), each returning what
-    :class:`PosencRotaryEmbedding` does.
+    :class:`PosencRotaryEmbedding` does; with ``per_pair`` (DeepSeek-V4's ``main`` / ``compress``), one value per
+    pair ``(B, T, rotary_dim / 2)``, which its attention expands to interleaved pairs itself.
     """
 
-    def __init__(self, encodings: Mapping[str, RoPE]) -> None:
+    def __init__(self, encodings: Mapping[str, RoPE], *, per_pair: bool = False) -> None:
         super().__init__()
-        self.encodings = nn.ModuleDict({k: PosencRotaryEmbedding(v) for k, v in encodings.items()})
+        self.encodings = nn.ModuleDict({k: PosencRotaryEmbedding(v, per_pair=per_pair) for k, v in encodings.items()})
         self.layer_types = sorted(encodings)
 
     @torch.no_grad()
@@ -377,6 +548,7 @@ class PosencMultimodalRotaryEmbedding(nn.Module):
         return torch.cat((cos, cos), dim=-1).to(x.dtype), torch.cat((sin, sin), dim=-1).to(x.dtype)
 
 
+_LAYER_TYPE_STYLES = ("layer_types", "layer_pairs")  # forward(x, position_ids, layer_type): Gemma 3 / DeepSeek-V4
 _REPLACEMENTS = (PosencRotaryEmbedding, PosencLayerTypeRotaryEmbedding, PosencGPTJRotaryEmbedding,
                  PosencComplexRotaryEmbedding, PosencMultimodalRotaryEmbedding)
 
@@ -392,7 +564,16 @@ def _rotary_style(module: nn.Module) -> str | None:
         return "mrope"
     if getattr(module, "layer_types", None) and all(
             isinstance(getattr(module, f"{t}_inv_freq", None), Tensor) for t in module.layer_types):
-        return "layer_types"
+        first = module.layer_types[0]
+        freq = getattr(module, f"{first}_inv_freq")
+        try:  # DeepSeek-V4 returns one cos/sin per pair (its attention expands them), Gemma 3 cat(f, f): ask
+            with torch.no_grad():
+                out = module(torch.zeros(1, device=freq.device), torch.arange(2, device=freq.device)[None], first)
+        except Exception:  # noqa: BLE001 - a module we cannot call is one we do not know
+            return "unknown"
+        if not (isinstance(out, tuple) and len(out) == 2):
+            return "unknown"
+        return "layer_pairs" if out[0].shape[-1] == freq.numel() else "layer_types"
     if isinstance(getattr(module, "inv_freq", None), Tensor):
         device = module.inv_freq.device
         try:  # Llama 4 returns complex freqs_cis instead of (cos, sin): ask the module
@@ -443,11 +624,23 @@ def _hf_width(module: nn.Module, style: str, layer_type: str | None = None) -> i
     return 2 * freq.numel()
 
 
+def _layer_type_config(config: Any, layer_type: str) -> Any:
+    """The config of one layer type where sizes differ per layer (Gemma 4: its full-attention layers have
+    ``global_head_dim``, and the global ``head_dim`` is then refused as ambiguous): transformers' per-layer view
+    ``config.per_layer_config[layer_type]``, else ``config`` itself."""
+    try:
+        view = getattr(config, "per_layer_config", None)
+        return config if view is None or isinstance(view, Mapping) and layer_type not in view else view[layer_type]
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError):  # no view for it (DeepSeek-V4's 'main')
+        return config
+
+
 def _build(model: nn.Module, name: str, module: nn.Module, style: str) -> Any:
     """posenc's encoding(s) equal to what the HF module computes."""
     config = _module_config(model, name, module)
-    if style == "layer_types":
-        return {t: from_hf_config(config, layer_type=t, rotary_dim=_hf_width(module, style, t))
+    if style in _LAYER_TYPE_STYLES:
+        return {t: from_hf_config(_layer_type_config(config, t), layer_type=t,
+                                  rotary_dim=_hf_width(module, style, t))
                 for t in module.layer_types}
     if style == "mrope":
         pe = from_hf_config(config)
@@ -475,7 +668,7 @@ def _probe_positions(module: nn.Module, style: str, device: torch.device) -> Ten
 
 def _outputs(module: nn.Module, style: str, x: Tensor, pos: Tensor, layer_type: str | None) -> tuple[Tensor, ...]:
     with torch.no_grad():
-        out = module(x, pos, layer_type) if style == "layer_types" else module(x, pos)
+        out = module(x, pos, layer_type) if style in _LAYER_TYPE_STYLES else module(x, pos)
     if isinstance(out, Tensor):  # complex freqs_cis
         return torch.view_as_real(out).float(),
     return tuple(t.float() for t in out)
@@ -553,6 +746,20 @@ def patch_rotary(model: nn.Module, encoding: RoPE | Mapping[str, RoPE] | None = 
     :class:`PosencMultimodalRotaryEmbedding`). What the attention layers do besides (Llama 4's NoPE layers, chunked
     masks and query temperature, DeepSeek's softmax mscale, Ministral 3's query scale) stays the model's own.
 
+    Released 2026 families this covers: GraniteSWA (one rotary module per distinct non-zero ``layer_rope_theta``,
+    which the model finds through the module's ``config``: the replacement keeps it; theta 0 = a NoPE layer, given no
+    cos/sin by the model), Muse Spark (one rotary; its NoPE layers are the model's), Step 3.7 (its per-layer
+    ``rope_theta`` / ``partial_rotary_factors`` lists folded per layer type by the config: one width per layer type),
+    Gemma 4 (``proportional`` on the full-attention layers' ``global_head_dim``), Hunyuan (NTK-alpha) and
+    DeepSeek-V4. DeepSeek-V4's rotaries (the model's, and one in each compressor and indexer) return one cos/sin per
+    pair for its two RoPE kinds ``main`` and ``compress``; its attention rotates q and the shared K = V entry with
+    them (interleaved pairs on the *last* ``qk_rope_head_dim`` channels) and de-rotates the attention output with
+    ``(cos, -sin)``. Patching swaps the table all three read, so the model stays exact. In posenc's own attention
+    this has no ``rotate`` equivalent: with K = V, ``R(-t) sum_s a_ts R(s) v_s = sum_s a_ts R(s - t) v_s`` is a
+    *value* rotation by the relative offset, a ``terms`` value term rather than a q/k rotation; posenc does not
+    implement it, and :func:`from_hf_config` gives the q/k part only (an interleaved ``rope`` of the rotary width,
+    on the first channels where V4 rotates the last: permute the projections to use it in posenc's layout).
+
     With ``encoding=None`` posenc builds the equivalent encodings from the model's config and rotary modules (one per
     layer type for Gemma 3), and checks on probe positions that they reproduce the model's cos/sin (to
     :data:`EXACT_COS_SIN`); so the logits are unchanged or the call raises. One exception, by design: after
@@ -592,15 +799,16 @@ def patch_rotary(model: nn.Module, encoding: RoPE | Mapping[str, RoPE] | None = 
         exact = encoding is None
         chosen = _build(model, name, module, style) if exact else encoding
         reference, note = _float32_reference(module, _module_config(model, name, module)) if exact else (None, None)
-        if style == "layer_types":
+        if style in _LAYER_TYPE_STYLES:
             if not isinstance(chosen, Mapping) or sorted(chosen) != sorted(module.layer_types):
                 raise ValueError(f"patch_rotary: {name!r} ({type(module).__name__}) computes one RoPE per layer type "
                                  f"{sorted(module.layer_types)}; pass encoding=None (built from the config) or a dict "
                                  f"with one `rope` per layer type, got {type(chosen).__name__}.")
-            encodings = {t: _check_encoding(pe, "half") for t, pe in chosen.items()}
+            per_pair = style == "layer_pairs"  # DeepSeek-V4: interleaved pairs (its own rotate_half is GPT-J's)
+            encodings = {t: _check_encoding(pe, "interleaved" if per_pair else "half") for t, pe in chosen.items()}
             if device is not None:
                 encodings = {t: pe.to(device) for t, pe in encodings.items()}
-            new = PosencLayerTypeRotaryEmbedding(encodings)
+            new = PosencLayerTypeRotaryEmbedding(encodings, per_pair=per_pair)
             for t in module.layer_types:
                 _check_same(name, module, new, style, t, exact, reference, note)
         else:
@@ -623,6 +831,10 @@ def patch_rotary(model: nn.Module, encoding: RoPE | Mapping[str, RoPE] | None = 
             new = {"gptj": PosencGPTJRotaryEmbedding, "mrope": PosencMultimodalRotaryEmbedding,
                    "complex": PosencComplexRotaryEmbedding}.get(style, PosencRotaryEmbedding)(pe)
             _check_same(name, module, new, style, None, exact, reference, note)
+        if getattr(module, "config", None) is not None:
+            # the model may read the rotary's config: GraniteSWA keys its per-layer cos/sin on
+            # rotary_embs[i].config.rope_parameters["rope_theta"] (one module per layer theta)
+            new.config = module.config
         plans.append((name, new))
     for name, new in plans:  # replace only once every module has passed its checks
         parent, _, attr = name.rpartition(".")
@@ -659,7 +871,7 @@ def _check_encoding(encoding: Any, layout: str) -> RoPE:
 HF_ROPE_TYPES = ("default", "linear", "dynamic", "yarn", "longrope", "llama3", "proportional")
 
 
-def _rope_parameters(pe: RoPE | MRoPE) -> tuple[dict, int]:
+def _rope_parameters(pe: RoPE | MRoPE, model_type: str | None = None) -> tuple[dict, int]:
     """One HF RoPE dict for ``pe`` and the max_position_embeddings it implies."""
     if type(pe) not in (RoPE, MRoPE):
         raise TypeError(f"to_hf_config: expected a posenc `rope` or `mrope` encoding; got {type(pe).__name__}.")
@@ -681,6 +893,22 @@ def _rope_parameters(pe: RoPE | MRoPE) -> tuple[dict, int]:
     if scaling.pop("logn"):
         raise ValueError("to_hf_config: transformers has no log-n query scaling; remove 'logn' from the scaling "
                          "(Qwen-1's use_logn_attn lives in its own modeling code).")
+    if name == "ntk" and str(model_type).startswith(_NTK_ALPHA_TYPES):  # Hunyuan's NTK-alpha (see from_hf_config)
+        out.update(rope_type="dynamic", alpha=scaling["factor"])
+        return out, max_len
+    if name == "theta_scale":  # Grok's base change: plain RoPE at the new base
+        if scaling["llama_4_scaling_beta"] is not None:
+            raise ValueError("to_hf_config: 'theta_scale' exports as rope_type 'default', which has no "
+                             "llama_4_scaling_beta; remove it.")
+        out["rope_theta"] = theta_scale_base(pe.base, scaling["factor"], scaling["original_max_position_embeddings"])
+        return out, max_len
+    if name == "telechat3_yarn":  # YaRN's frequencies with TeleChat3's scale: HF's yarn + attention_factor
+        name = "yarn"
+        scaling["attention_factor"] = telechat3_mscale(scaling["factor"], scaling.pop("attn_factor"))
+    if name == "yarn_log":
+        raise ValueError("to_hf_config: Grok's 'yarn_log' blends kept and interpolated frequencies geometrically; "
+                         "transformers' 'yarn' blends them linearly, so no HF rope_type gives these frequencies. "
+                         "Hint: 'yarn' with attention_factor=1.0 is Grok's 'yarn' variant, which HF can express.")
     if name not in HF_ROPE_TYPES:
         raise ValueError(f"to_hf_config: rope_type {name!r} has no Hugging Face equivalent; transformers implements "
                          f"{list(HF_ROPE_TYPES)}. Hint: static NTK is posenc's own; 'dynamic' is transformers' "
@@ -712,11 +940,14 @@ def to_hf_config(encoding: RoPE | MRoPE | Mapping[str, RoPE], *, model_type: str
     Per case: ``dynamic`` sets ``max_position_embeddings`` to its training length (transformers stretches past
     that); an ``mrope`` encoding writes ``mrope_section`` (and ``mrope_interleaved``); a dict ``{layer_type: rope}``
     gives Gemma 3's nested ``rope_parameters``; ``model_type="gptj"`` gives GPT-J's fields (``n_head``, ``n_embd``,
-    ``n_positions``, ``rotary_dim``) for an interleaved, unscaled ``rope`` at base 10000.
+    ``n_positions``, ``rotary_dim``) for an interleaved, unscaled ``rope`` at base 10000; ``model_type=
+    "hunyuan_v1_dense"`` (or ``"hunyuan_v1_moe"``) writes posenc's static ``ntk`` as Hunyuan's NTK-alpha,
+    ``{"rope_type": "dynamic", "alpha": factor}``.
 
     Raises:
         ValueError: what transformers cannot express: the interleaved layout (except GPT-J), log-n scaling, posenc's
-            static ``ntk``, GPT-J with a base or scaling it hard-codes otherwise, or layer types of different sizes.
+            static ``ntk`` (except for Hunyuan), GPT-J with a base or scaling it hard-codes otherwise, or layer types
+            of different sizes.
         TypeError: not a ``rope`` / ``mrope`` encoding.
     """
     if isinstance(encoding, Mapping):
@@ -743,10 +974,10 @@ def to_hf_config(encoding: RoPE | MRoPE | Mapping[str, RoPE], *, model_type: str
                              f"{encoding!r}.")
         return {"model_type": "gptj", "n_head": encoding.n_heads, "n_embd": encoding.dim,
                 "n_positions": encoding.max_seq_len, "rotary_dim": encoding.rotary_dim}
-    params, max_len = _rope_parameters(_check_exportable(encoding))
+    params, max_len = _rope_parameters(_check_exportable(encoding), model_type)
     out = {"num_attention_heads": encoding.n_heads, "head_dim": encoding.head_dim,
            "hidden_size": encoding.n_heads * encoding.head_dim, "max_position_embeddings": max_len,
-           "rope_theta": encoding.base, "rope_parameters": params}
+           "rope_theta": params["rope_theta"], "rope_parameters": params}
     if "partial_rotary_factor" in params and params["rope_type"] != "proportional":
         out["partial_rotary_factor"] = params["partial_rotary_factor"]
     if model_type is not None:

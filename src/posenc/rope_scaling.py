@@ -18,7 +18,11 @@ logits ``q . k`` are multiplied by ``attention_scale ** 2`` (YaRN's ``sqrt(1/t)`
   (Ding et al. 2024, arXiv 2402.13753; Phi-3);
 - ``llama3``: keep fast pairs, ``/ s`` slow ones, blend in between (Llama 3.1, arXiv 2407.21783);
 - ``proportional``: p-RoPE, the slowest pairs of the whole head get frequency 0 (Barbero et al. 2024,
-  arXiv 2410.06205; Gemma 4's global layers, Hugging Face's ``proportional``).
+  arXiv 2410.06205; Gemma 4's global layers, Hugging Face's ``proportional``);
+- ``yarn_log``: Grok's YaRN with a geometric blend, ``theta_i / s^(1 - m_i)`` (vLLM's ``Grok1ScalingRotaryEmbedding``);
+- ``theta_scale``: Grok's base change that moves the slowest pair's wavelength from ``L0`` to ``s * L0`` (same);
+- ``telechat3_yarn``: YaRN with TeleChat3's attention scale ``0.07 ln s + 1`` (vLLM's
+  ``TeleChat3RoPEScaledRotaryEmbedding``).
 
 ``params`` is a plain dict with Hugging Face's key names (``factor``, ``original_max_position_embeddings``,
 ``beta_fast``, ...); :func:`resolve_scaling` validates a user's dict and fills the defaults. Any method can add
@@ -56,6 +60,11 @@ __all__ = [
     "longrope_scaling",
     "ntk_scaling",
     "proportional_scaling",
+    "telechat3_mscale",
+    "telechat3_yarn_scaling",
+    "theta_scale_base",
+    "theta_scale_scaling",
+    "yarn_log_scaling",
     "register_scaling",
     "resolve_scaling",
     "scaled_inv_freq",
@@ -363,6 +372,84 @@ def proportional_scaling(rotary_dim: int, base: float, params: Mapping[str, Any]
     kept = int(fraction * rotary_dim // 2)
     theta[kept:] = 0.0
     return theta / factor, 1.0
+
+
+def _ramp(rotary_dim: int, base: float, original: int, beta_fast: float, beta_slow: float, truncate: bool) -> Tensor:
+    """YaRN's ramp over pair index: 0 for fast pairs (``i <= low``, kept), 1 for slow ones (``i >= high``)."""
+    import torch
+    low, high = yarn_correction_range(rotary_dim, base, original, beta_fast, beta_slow, truncate)
+    if low == high:
+        high += 0.001  # the reference code's guard against a zero-width ramp
+    return ((torch.arange(rotary_dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+
+
+@register_scaling("yarn_log", params={"factor": REQUIRED, "beta_fast": 32.0, "beta_slow": 1.0,
+                                      "extrapolation_factor": 1.0}, paper="2309.00071")
+def yarn_log_scaling(rotary_dim: int, base: float, params: Mapping[str, Any], *,
+                     seq_len: int | None = None) -> tuple[Tensor, float]:
+    """Grok's ``yarn_log`` (vLLM ``Grok1ScalingRotaryEmbedding``): YaRN's ramp, blended in log space, scale 1.
+
+    ``theta'_i = exp(m_i ln theta_i + (1 - m_i) ln(theta_i / s)) = theta_i / s^(1 - m_i)`` with ``m_i = (1 - r_i) *
+    extrapolation_factor`` and ``r_i`` YaRN's ramp (0 fast, 1 slow; truncated band edges, as vLLM). YaRN's linear
+    blend ``m theta + (1 - m) theta / s`` is an arithmetic mean of the two frequencies, this one the geometric mean,
+    so pairs inside the band are stretched less. vLLM computes YaRN's magnitude scale for Grok but does not apply it
+    (the line is commented out), so the attention scale is 1.
+    """
+    factor = _factor(params, "yarn_log")
+    original = _original_length(params, "yarn_log")
+    beta_fast, beta_slow = _band(params, "yarn_log", ("beta_fast", "turns above which pairs are kept"),
+                                 ("beta_slow", "turns below which they are interpolated"), "Grok uses 32 and 1.")
+    keep = _number(params, "extrapolation_factor", "yarn_log", minimum=0.0)
+    if keep > 1:
+        raise ValueError(f"rope scaling 'yarn_log': extrapolation_factor must be in [0, 1] (the weight of the kept "
+                         f"frequency); got {keep!r}.")
+    kept = (1 - _ramp(rotary_dim, base, original, beta_fast, beta_slow, True)) * keep
+    return base_inv_freq(rotary_dim, base) / factor ** (1 - kept), 1.0
+
+
+@register_scaling("theta_scale", params={"factor": REQUIRED})
+def theta_scale_scaling(rotary_dim: int, base: float, params: Mapping[str, Any], *,
+                        seq_len: int | None = None) -> tuple[Tensor, float]:
+    """Grok's ``theta_scale`` (vLLM ``Grok1ScalingRotaryEmbedding``): a new base, ``base^(ln(s L0 / 2 pi) /
+    ln(L0 / 2 pi))``, scale 1.
+
+    The exponent is chosen so that a pair turning once over ``L0`` tokens at the old base turns once over ``s * L0``
+    at the new one. Like ``ntk`` a pure base change; to_hf_config writes it as ``default`` with that base.
+    """
+    factor = _factor(params, "theta_scale")
+    original = _original_length(params, "theta_scale")
+    if original <= 2 * math.pi:
+        raise ValueError(f"rope scaling 'theta_scale': the exponent ln(s L0 / 2 pi) / ln(L0 / 2 pi) needs a training "
+                         f"length L0 > 2 pi; got original_max_position_embeddings={original}.")
+    return base_inv_freq(rotary_dim, theta_scale_base(base, factor, original)), 1.0
+
+
+def theta_scale_base(base: float, factor: float, original: int) -> float:
+    """The base of Grok's ``theta_scale``: ``base ** (ln(factor * original / 2 pi) / ln(original / 2 pi))``."""
+    return float(base) ** (math.log(original * factor / (2 * math.pi)) / math.log(original / (2 * math.pi)))
+
+
+def telechat3_mscale(factor: float, attn_factor: float = 1.0) -> float:
+    """TeleChat3's cos/sin scale: ``(0.07 ln s + 1) * attn_factor`` for ``s > 1``, else ``attn_factor``."""
+    return (1.0 if factor <= 1 else 0.07 * math.log(factor) + 1.0) * attn_factor
+
+
+@register_scaling("telechat3_yarn", params={"factor": REQUIRED, "beta_fast": 32.0, "beta_slow": 1.0,
+                                            "truncate": True, "attn_factor": 1.0}, paper="2309.00071")
+def telechat3_yarn_scaling(rotary_dim: int, base: float, params: Mapping[str, Any], *,
+                           seq_len: int | None = None) -> tuple[Tensor, float]:
+    """TeleChat3's YaRN (vLLM ``TeleChat3RoPEScaledRotaryEmbedding``): YaRN's frequencies, scale ``0.07 ln s + 1``.
+
+    The frequencies are ``yarn``'s with the same ``beta_fast``, ``beta_slow`` and ``truncate``; only the magnitude
+    scale differs from the paper's ``0.1 ln s + 1`` (:func:`telechat3_mscale`, times ``attn_factor``). to_hf_config
+    writes it as Hugging Face's ``yarn`` with that ``attention_factor``.
+    """
+    factor = _factor(params, "telechat3_yarn")
+    attn = _number(params, "attn_factor", "telechat3_yarn", minimum=0.0, strict=True)
+    yarn = {k: params.get(k) for k in ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
+                                       "truncate")}
+    inv_freq, _ = yarn_scaling(rotary_dim, base, {**yarn, "attention_factor": 1.0}, seq_len=seq_len)
+    return inv_freq, telechat3_mscale(factor, attn)
 
 
 # -- parameters --------------------------------------------------------------------------------------------------------
