@@ -669,6 +669,10 @@ def _rope_parameters(pe: RoPE | MRoPE) -> tuple[dict, int]:
         if pe.layout != "half":
             raise ValueError(f"to_hf_config: Qwen2-VL / Qwen3-VL pair channels with rotate_half; the mrope encoding "
                              f"uses layout={pe.layout!r}. Hint: build it with layout='half'.")
+        if not pe.qwen_layout:
+            raise ValueError(f"to_hf_config: this mrope encoding has its own pair -> axis table {list(pe.pair_axes)} "
+                             f"(axis_scale {list(pe.axis_scale)}), which Qwen2-VL's mrope_section / Qwen3-VL's "
+                             f"mrope_interleaved cannot describe; only those two layouts (with unit scales) export.")
         out.update(mrope_section=list(pe.mrope_section))
         if pe.mrope_interleaved:
             out["mrope_interleaved"] = True
