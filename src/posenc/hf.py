@@ -24,9 +24,8 @@ from torch import Tensor, nn
 
 from posenc._checks import check_int, check_number
 from posenc.encodings.mla import MLARoPE
-from posenc.encodings.mrope import MRoPE
+from posenc.encodings.mrope import MRoPE, bailing_axes, openpangu_axes
 from posenc.encodings.rope import RoPE
-from posenc.encodings.videorope import videorope_axes
 from posenc.model import Transformer
 
 __all__ = [
@@ -58,13 +57,21 @@ _ERNIE_VL_MROPE = ("ernie4_5_vl",)
 # Hunyuan-VL's XD-RoPE (modeling_hunyuan_vl.py): four axes whose sections split the cat(f, f) channels, so the two
 # channels of a pair can read different axes -- not a rotation of pairs, which no posenc encoding computes.
 _XD_ROPE = ("hunyuan_vl",)
+# openPangu (vLLM's MRotaryEmbeddingInterleaved, chosen when mrope_interleaved is set on these model types; not in
+# transformers): its own greedy interleaving (openpangu_axes), not Qwen3-VL's round robin, on rotate_half pairs.
+_OPENPANGU = ("openpangu", "pangu")
+# Bailing / Ling / Ming VL (vLLM's BailingMRotaryEmbedding; not in transformers): h/w alternating, time last
+# (bailing_axes); the pair layout (is_neox_style) is set by the model code, not the config, so it is not guessed here.
+_BAILING = ("bailing",)
 
 
 def _mrope_family(model_type: Any) -> str:
-    """``"ernie"``, ``"hunyuan"``, ``"qwen3"`` or ``"qwen2"`` (the default) for an M-RoPE model type; keyed on the
+    """``"ernie"``, ``"hunyuan"``, ``"qwen3"``, ``"openpangu"``, ``"bailing"`` or ``"qwen2"`` (the default) for an
+    M-RoPE model type; keyed on the
     family prefix (``ernie4_5_vl_moe_text`` is Ernie) so new sizes and text sub-configs are found."""
-    model_type = str(model_type)
-    for family, prefixes in (("ernie", _ERNIE_VL_MROPE), ("hunyuan", _XD_ROPE), ("qwen3", _INTERLEAVED_MROPE)):
+    model_type = str(model_type).lower()
+    for family, prefixes in (("ernie", _ERNIE_VL_MROPE), ("hunyuan", _XD_ROPE), ("qwen3", _INTERLEAVED_MROPE),
+                             ("openpangu", _OPENPANGU), ("bailing", _BAILING)):
         if model_type.startswith(prefixes):
             return family
     return "qwen2"
@@ -232,7 +239,17 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
     family = _mrope_family(model_type)
     # Qwen3-VL's text rotary interleaves whatever mrope_interleaved says (modeling_qwen3_vl.py)
     interleaved = params.pop("mrope_interleaved", None) is True or family == "qwen3"
-    if section is not None and (family == "hunyuan" or len(section) != 3):
+    if section is not None and family == "bailing":
+        raise ValueError(f"from_hf_config: {model_type!r} uses Bailing's M-RoPE (height/width alternating, time last), "
+                         f"whose channel pairing (vLLM's is_neox_style) is set in the model code, not the config; "
+                         f"build it yourself: MRoPE(..., pair_axes=posenc.encodings.mrope.bailing_axes("
+                         f"{list(section)}), layout='half' or 'interleaved').")
+    if section is not None and family == "openpangu" and rope_type == "openpangu":
+        rope_type = "default"  # vLLM's name for this layout; the frequencies are plain
+    if section is not None and family != "hunyuan" and len(section) != 3:
+        raise ValueError(f"from_hf_config: {model_type!r} has {len(section)}-axis M-RoPE (mrope_section="
+                         f"{list(section)}); posenc's mrope has three axes (time, height, width). Unsupported.")
+    if section is not None and family == "hunyuan":
         raise ValueError(f"from_hf_config: {model_type!r} has {len(section)}-axis M-RoPE (Hunyuan-VL's XD-RoPE, "
                          f"mrope_section={list(section)}) whose sections split the cat(f, f) channels, so the two "
                          f"channels of a rotary pair read different axes (position, width, height, image index): not "
@@ -243,6 +260,9 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
             raise ValueError(f"from_hf_config: posenc's `mrope` (Qwen2-VL / Qwen3-VL) has plain frequencies over the "
                              f"whole head; this config combines mrope_section={list(section)} with "
                              f"rope_type={rope_type!r}, partial_rotary_factor={fraction}.")
+        if family == "openpangu" and interleaved:
+            return MRoPE(dim=n_heads * head_dim, n_heads=n_heads, max_seq_len=max_len, base=float(base),
+                         layout="half", pair_axes=openpangu_axes([int(v) for v in section]))
         if family == "ernie":
             h, w, t = (int(v) for v in section)
             if h != w or h + w + t != head_dim // 2:
@@ -250,7 +270,7 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
                                  f"mrope_section (height, width, time) needs height == width and a sum of head_dim / "
                                  f"2 = {head_dim // 2}; got {list(section)}.")
             return MRoPE(dim=n_heads * head_dim, n_heads=n_heads, max_seq_len=max_len, base=float(base),
-                         layout="interleaved", pair_axes=videorope_axes((t, h, w)))
+                         layout="interleaved", pair_axes=bailing_axes((t, h, w)))
         return MRoPE(dim=n_heads * head_dim, n_heads=n_heads, max_seq_len=max_len, base=float(base), layout="half",
                      mrope_section=[int(s) for s in section], mrope_interleaved=interleaved)
     params["rope_type"] = rope_type

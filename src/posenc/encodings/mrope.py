@@ -30,8 +30,8 @@ from posenc.base import PositionalEncoding, register
 from posenc.encodings._structured import StructuredPositions
 from posenc.encodings.rope import LAYOUTS, apply_rope, check_head_tensor, rope_frequencies
 
-__all__ = ["NO_AXIS", "VISION_ADVANCES", "MRoPE", "default_mrope_section", "mrope_angles", "mrope_axes",
-           "mrope_position_ids", "pair_axis_angles"]
+__all__ = ["NO_AXIS", "VISION_ADVANCES", "MRoPE", "bailing_axes", "default_mrope_section", "mrope_angles", "mrope_axes",
+           "mrope_position_ids", "openpangu_axes", "pair_axis_angles"]
 
 NO_AXIS = -1  # an entry of a pair -> axis table: the pair is not rotated (angle 0; HoPE's temporal pairs)
 
@@ -130,6 +130,59 @@ def mrope_axes(section: Sequence[int], *, interleaved: bool = False) -> list[int
         for i in range(axis, min(3 * section[axis], n_freq), 3):
             axes[i] = axis
     return axes
+
+
+def bailing_axes(section: Sequence[int]) -> list[int]:
+    """Bailing's (Ling / Ming VL) and Ernie-4.5-VL's pair -> axis table: ``section = (time, height, width)`` with
+    ``height == width``; the first ``height + width`` pairs alternate height (1), width (2), the last ``time`` pairs are
+    time (0). vLLM's ``BailingMRotaryEmbedding.select_cos_sin``; the same table as VideoRoPE's.
+
+    Example:
+        >>> bailing_axes([2, 3, 3])
+        [1, 2, 1, 2, 1, 2, 0, 0]
+    """
+    section = _three_sizes(section, "bailing_axes")
+    if section[1] != section[2]:
+        raise ValueError(f"bailing_axes: height and width alternate pair by pair, so section (time, height, width) "
+                         f"needs height == width; got {list(section)}.")
+    return [1 + j % 2 for j in range(section[1] + section[2])] + [0] * section[0]
+
+
+def openpangu_axes(section: Sequence[int]) -> list[int]:
+    """openPangu-VL's pair -> axis table (vLLM's ``MRotaryEmbeddingInterleaved``, ``rope_type="openpangu"``).
+
+    ``section = (time, height, width)``. The last pair is time; the others are dealt greedily, each pair going to the
+    axis with pairs left that has so far received the smallest share of its own count (``placed / count``, the lower
+    axis index on ties), never the axis of the pair before unless it is the only one left ("rarest first").
+
+    Example:
+        >>> openpangu_axes([2, 3, 3])
+        [0, 1, 2, 1, 2, 1, 2, 0]
+    """
+    t, h, w = _three_sizes(section, "openpangu_axes")
+    if t < 1:
+        raise ValueError(f"openpangu_axes: the last pair is time, so section (time, height, width) needs time >= 1; "
+                         f"got {list(section)}.")
+    counts = (t - 1, h, w)
+    placed = [0, 0, 0]
+    out: list[int] = []
+    for _ in range(sum(counts)):
+        left = [a for a in range(3) if placed[a] < counts[a]]
+        fresh = [a for a in left if not out or a != out[-1]] or left
+        # smallest placed / count, compared exactly (cross-multiplied), then the lower axis index
+        best = fresh[0]
+        for a in fresh[1:]:
+            if placed[a] * counts[best] < placed[best] * counts[a]:
+                best = a
+        out.append(best)
+        placed[best] += 1
+    return out + [0]
+
+
+def _three_sizes(section: Sequence[int], who: str) -> tuple[int, int, int]:
+    if not isinstance(section, (list, tuple)) or len(section) != 3 or any(not is_int(v) or v < 0 for v in section):
+        raise ValueError(f"{who}: section must be three non-negative ints (time, height, width); got {section!r}.")
+    return tuple(int(v) for v in section)
 
 
 def pair_axis_angles(coords: Tensor, inv_freq: Tensor, pair_axes: Sequence[int],
