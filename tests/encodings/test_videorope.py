@@ -175,3 +175,22 @@ def test_errors_name_what_was_expected():
         pe.bind(Positions(coordinates=bad))
     with pytest.raises(TypeError):
         pe.bind(Positions(coordinates=torch.zeros(2, 3, dtype=torch.int16)))
+
+
+def test_picture_of_the_frequency_allocation_per_axis(tmp_path):
+    """The ``axes`` plot kind: VideoRoPE's time holds the longest wavelengths, Qwen2-VL's the shortest, HoPE's none."""
+    from posenc import viz
+
+    video = viz.axes_data(get_encoding("videorope", dim=128, n_heads=1))
+    assert video.names == ("time", "height", "width")
+    time_waves = video.wavelengths[video.axes == 0]
+    assert time_waves.min() > video.wavelengths[video.axes > 0].max()  # time on the lowest frequencies
+    qwen = viz.axes_data(get_encoding("mrope", dim=128, n_heads=1))
+    assert qwen.wavelengths[qwen.axes == 0].max() < qwen.wavelengths[qwen.axes > 0].max()
+    hope = viz.axes_data(get_encoding("hope", dim=128, n_heads=1))
+    assert (hope.axes == -1).sum() == 16 and (hope.axes == 0).sum() == 0
+    assert "axes" in viz.applicable_kinds(get_encoding("videorope", dim=DIM, n_heads=HEADS))
+    assert "axes" not in viz.applicable_kinds(get_encoding("rope", dim=DIM, n_heads=HEADS))
+    pytest.importorskip("matplotlib")
+    viz.plot("axes", "videorope", out=tmp_path / "videorope_axes.png")
+    assert (tmp_path / "videorope_axes.png").stat().st_size > 1000
