@@ -1,5 +1,7 @@
 """HoPE (Li et al., NeurIPS 2025, arXiv 2505.20444): hybrid position embedding for video, no temporal rotation.
 
+Not the 2024 "HoPE" (high-frequency rotary position encoding for text), a different method with the same name.
+
 From the authors' code (``hrlics/HoPE``, ``modeling_hope.py``):
 
 - **Hybrid frequency allocation** (``apply_hybrid_multimodal_rotary_pos_emb``): VideoRoPE's table
