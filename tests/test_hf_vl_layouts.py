@@ -124,6 +124,9 @@ def test_hunyuan_vl_xd_rope_is_refused_and_why():
         torch.testing.assert_close(model(input_ids=_tokens(SHORT)).logits, before, atol=0, rtol=0)
     with pytest.raises(ValueError, match="4-axis M-RoPE"):
         from_hf_config(model.config.text_config)
+    with pytest.raises(ValueError, match="XD-RoPE"):  # an encoding given by hand is refused too
+        patch_rotary(model, MRoPE(dim=64, n_heads=4, mrope_section=[4, 2, 2]))
+    assert find_rotary_modules(model)[0][1] is hf
 
 
 # -- layouts HF lacks: vLLM's formulas re-derived from its source (vllm/model_executor/layers/rotary_embedding/) -------

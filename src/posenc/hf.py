@@ -673,7 +673,10 @@ def patch_rotary(model: nn.Module, encoding: RoPE | Mapping[str, RoPE] | None = 
                 if not isinstance(chosen, MRoPE):
                     raise TypeError(f"patch_rotary: {name!r} ({type(module).__name__}) is multimodal RoPE; pass an "
                                     f"`mrope` encoding (or None), got {type(chosen).__name__}.")
-                ernie = _mrope_family(_get(_module_config(model, name, module), "model_type")) == "ernie"
+                family = _mrope_family(_get(_module_config(model, name, module), "model_type"))
+                if family == "hunyuan":  # an encoding given by hand cannot make XD-RoPE's pairs rotations either
+                    from_hf_config(_module_config(model, name, module))  # raises, saying why
+                ernie = family == "ernie"
                 want = "interleaved" if ernie else "half"
                 if chosen.layout != want:
                     pairing = "(2i, 2i + 1) (rotate_half_text)" if ernie else "with rotate_half"
