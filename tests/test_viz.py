@@ -49,7 +49,7 @@ def _scaling_available() -> bool:
 
 
 SMALL = {"waves": {"length": 24}, "similarity": {"length": 24}, "bias": {"length": 12, "heads": 2},
-         "decay": {"max_distance": 64}, "wavelengths": {}, "grid": {"height": 6, "width": 6, "channels": 2},
+         "decay": {"max_distance": 64}, "wavelengths": {}, "axes": {}, "grid": {"height": 6, "width": 6, "channels": 2},
          **{kind: {"text": "to be or not", "heads": 2} for kind in viz.PROBE_KINDS}}
 
 
@@ -91,6 +91,8 @@ def test_data_behind_every_applicable_plot_is_finite(kind, name):
         assert data[0].shape == (2, 8, 8)
     elif kind == "wavelengths":
         data = list(viz.wavelengths_data(pe))
+    elif kind == "axes":
+        data = list(viz.axes_data(pe)[:2])
     elif kind == "grid":
         data = list(viz.grid_data(pe, height=3, width=4))
         assert data[1].shape == (3, 4)

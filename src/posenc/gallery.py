@@ -49,6 +49,7 @@ PLOT_OPTIONS: dict[str, dict] = {
     "decay": {"max_distance": 512},
     "bias": {"length": 48},
     "wavelengths": {},
+    "axes": {},
     "grid": {"height": 12, "width": 12},
     # one attention call on the default sentence (posenc.viz.PROBE_TEXT), every head of the 4-head probe encoding
     "gates": {},
@@ -85,6 +86,13 @@ CAPTIONS: dict[str, dict[str, str]] = {
         "en": "Wavelengths 2π/θᵢ of the rotary pairs against the context length; a context-extension scaling "
               "stretches some bands.",
         "zh": "各旋转对的波长 2π/θᵢ 与上下文长度的对比；上下文扩展的缩放方法会拉伸其中一部分频带。",
+    },
+    "axes": {
+        "en": "Frequency allocation per axis: the wavelength 2π/θᵢ of each rotary pair, coloured by the coordinate "
+              "axis it reads (time, height, width; grey = not rotated). Qwen2-VL gives time the highest "
+              "frequencies, VideoRoPE the lowest; HoPE leaves its temporal pairs unrotated.",
+        "zh": "各坐标轴的频率分配：每个旋转对的波长 2π/θᵢ，按其读取的坐标轴着色（时间、高、宽；灰色 = 不旋转）。"
+              "Qwen2-VL 把最高的频率分给时间，VideoRoPE 把最低的频率分给时间；HoPE 的时间频率对不旋转。",
     },
     "grid": {
         "en": "Grid: position vectors drawn on a 2-D grid of positions (2-D encodings get (row, column) "

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from posenc._checks import check_int, check_number
 from posenc.encodings.mla import MLARoPE
-from posenc.encodings.mrope import MRoPE
+from posenc.encodings.mrope import MRoPE, bailing_axes, openpangu_axes
 from posenc.encodings.rope import RoPE
 from posenc.model import Transformer
 from posenc.rope_scaling import telechat3_mscale, theta_scale_base
@@ -55,6 +55,31 @@ _COMPLEX_ROPE_TYPES = ("llama4", "llama4_text")  # model types whose rotary retu
 _INTERLEAVED_TYPES = ("deepseek_v4",)  # model_type prefixes rotating pairs (2i, 2i + 1) on real cos/sin
 _NTK_ALPHA_TYPES = ("hunyuan_v1",)  # model_type prefixes (dense, moe) whose 'dynamic' + alpha is static NTK-alpha
 _INTERLEAVED_MROPE = ("qwen3_vl", "qwen3_omni", "qwen3_5")  # model_type prefixes whose M-RoPE interleaves axes
+# Ernie-4.5-VL's M-RoPE (modeling_ernie4_5_vl_moe.py): mrope_section = (height, width, time) pair counts; the first
+# height + width pairs alternate height, width (its "pre-rotated" inv_freq), time takes the last ones, and channels
+# pair as (2i, 2i + 1) (rotate_half_text, repeat_interleave): VideoRoPE's table with the interleaved layout.
+_ERNIE_VL_MROPE = ("ernie4_5_vl",)
+# Hunyuan-VL's XD-RoPE (modeling_hunyuan_vl.py): four axes whose sections split the cat(f, f) channels, so the two
+# channels of a pair can read different axes -- not a rotation of pairs, which no posenc encoding computes.
+_XD_ROPE = ("hunyuan_vl",)
+# openPangu (vLLM's MRotaryEmbeddingInterleaved, chosen when mrope_interleaved is set on these model types; not in
+# transformers): its own greedy interleaving (openpangu_axes), not Qwen3-VL's round robin, on rotate_half pairs.
+_OPENPANGU = ("openpangu", "pangu")
+# Bailing / Ling / Ming VL (vLLM's BailingMRotaryEmbedding; not in transformers): h/w alternating, time last
+# (bailing_axes); the pair layout (is_neox_style) is set by the model code, not the config, so it is not guessed here.
+_BAILING = ("bailing",)
+
+
+def _mrope_family(model_type: Any) -> str:
+    """``"ernie"``, ``"hunyuan"``, ``"qwen3"``, ``"openpangu"``, ``"bailing"`` or ``"qwen2"`` (the default) for an
+    M-RoPE model type; keyed on the
+    family prefix (``ernie4_5_vl_moe_text`` is Ernie) so new sizes and text sub-configs are found."""
+    model_type = str(model_type).lower()
+    for family, prefixes in (("ernie", _ERNIE_VL_MROPE), ("hunyuan", _XD_ROPE), ("qwen3", _INTERLEAVED_MROPE),
+                             ("openpangu", _OPENPANGU), ("bailing", _BAILING)):
+        if model_type.startswith(prefixes):
+            return family
+    return "qwen2"
 # config.json names of the same fields in older architectures (GPT-J: n_head, n_embd, n_positions)
 _ALIASES = {"num_attention_heads": ("n_head",), "hidden_size": ("n_embd",), "max_position_embeddings": ("n_positions",)}
 
@@ -235,13 +260,41 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
         raise ValueError(f"from_hf_config: partial_rotary_factor must be in (0, 1]; got {fraction!r}.")
 
     section = params.pop("mrope_section", None)
+    family = _mrope_family(model_type)
     # Qwen3-VL's text rotary interleaves whatever mrope_interleaved says (modeling_qwen3_vl.py)
-    interleaved = params.pop("mrope_interleaved", None) is True or str(model_type).startswith(_INTERLEAVED_MROPE)
+    interleaved = params.pop("mrope_interleaved", None) is True or family == "qwen3"
+    if section is not None and family == "bailing":
+        raise ValueError(f"from_hf_config: {model_type!r} uses Bailing's M-RoPE (height/width alternating, time last), "
+                         f"whose channel pairing (vLLM's is_neox_style) is set in the model code, not the config; "
+                         f"build it yourself: MRoPE(..., pair_axes=posenc.encodings.mrope.bailing_axes("
+                         f"{list(section)}), layout='half' or 'interleaved').")
+    if section is not None and family == "openpangu" and rope_type == "openpangu":
+        rope_type = "default"  # vLLM's name for this layout; the frequencies are plain
+    if section is not None and family != "hunyuan" and len(section) != 3:
+        raise ValueError(f"from_hf_config: {model_type!r} has {len(section)}-axis M-RoPE (mrope_section="
+                         f"{list(section)}); posenc's mrope has three axes (time, height, width). Unsupported.")
+    if section is not None and family == "hunyuan":
+        raise ValueError(f"from_hf_config: {model_type!r} has {len(section)}-axis M-RoPE (Hunyuan-VL's XD-RoPE, "
+                         f"mrope_section={list(section)}) whose sections split the cat(f, f) channels, so the two "
+                         f"channels of a rotary pair read different axes (position, width, height, image index): not "
+                         f"a rotation of pairs, which posenc's `mrope` tables compute. Unsupported; on text alone it "
+                         f"is plain RoPE with base rope_theta * alpha^(head_dim / (head_dim - 2)).")
     if section is not None:
         if rope_type != "default" or fraction != 1 or rotary_dim not in (None, head_dim):
             raise ValueError(f"from_hf_config: posenc's `mrope` (Qwen2-VL / Qwen3-VL) has plain frequencies over the "
                              f"whole head; this config combines mrope_section={list(section)} with "
                              f"rope_type={rope_type!r}, partial_rotary_factor={fraction}.")
+        if family == "openpangu" and interleaved:
+            return MRoPE(dim=n_heads * head_dim, n_heads=n_heads, max_seq_len=max_len, base=float(base),
+                         layout="half", pair_axes=openpangu_axes([int(v) for v in section]))
+        if family == "ernie":
+            h, w, t = (int(v) for v in section)
+            if h != w or h + w + t != head_dim // 2:
+                raise ValueError(f"from_hf_config: Ernie-4.5-VL alternates height and width pairs, so its "
+                                 f"mrope_section (height, width, time) needs height == width and a sum of head_dim / "
+                                 f"2 = {head_dim // 2}; got {list(section)}.")
+            return MRoPE(dim=n_heads * head_dim, n_heads=n_heads, max_seq_len=max_len, base=float(base),
+                         layout="interleaved", pair_axes=bailing_axes((t, h, w)))
         return MRoPE(dim=n_heads * head_dim, n_heads=n_heads, max_seq_len=max_len, base=float(base), layout="half",
                      mrope_section=[int(s) for s in section], mrope_interleaved=interleaved)
     params["rope_type"] = rope_type
@@ -534,10 +587,11 @@ class PosencMultimodalRotaryEmbedding(nn.Module):
     the pairs read their axis as :class:`~posenc.MRoPE` assigns them (sections, or Qwen3-VL's interleaving).
     """
 
-    def __init__(self, encoding: MRoPE) -> None:
+    def __init__(self, encoding: MRoPE, *, float32_output: bool = False) -> None:
         super().__init__()
         self.encoding = encoding
         self.attention_scaling = 1.0
+        self.float32_output = float32_output  # Ernie-4.5-VL hands out float32 cos/sin whatever x's dtype
 
     @torch.no_grad()
     def forward(self, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
@@ -545,7 +599,12 @@ class PosencMultimodalRotaryEmbedding(nn.Module):
             position_ids = position_ids.unsqueeze(0)
         coords = position_ids.long().expand(3, -1, -1).permute(1, 2, 0)  # (3, B, T) -> (B, T, 3)
         cos, sin = self.encoding.cos_sin(coords)  # (B, T, F)
-        return torch.cat((cos, cos), dim=-1).to(x.dtype), torch.cat((sin, sin), dim=-1).to(x.dtype)
+        if self.encoding.layout == "interleaved":  # Ernie-4.5-VL: pairs (2i, 2i + 1), repeat_interleave
+            cos, sin = cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)
+        else:  # rotate_half: pairs (i, i + F)
+            cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
+        dtype = torch.float32 if self.float32_output else x.dtype
+        return cos.to(dtype), sin.to(dtype)
 
 
 _LAYER_TYPE_STYLES = ("layer_types", "layer_pairs")  # forward(x, position_ids, layer_type): Gemma 3 / DeepSeek-V4
@@ -740,7 +799,9 @@ def patch_rotary(model: nn.Module, encoding: RoPE | Mapping[str, RoPE] | None = 
 
     Finds the text rotary modules by walking the model (:func:`find_rotary_modules`): Llama-like ones (Llama,
     Mistral, Qwen2, GPT-NeoX, Phi, Phi-3, DeepSeek-V3, Ministral 3, ...), Gemma 3's per-layer-type module, GPT-J's
-    sin/cos table, Llama 4's complex ``freqs_cis`` and Qwen2-VL's / Qwen3-VL's multimodal one. Each is replaced by a
+    sin/cos table, Llama 4's complex ``freqs_cis`` and the multimodal ones of Qwen2-VL / Qwen3-VL and Ernie-4.5-VL
+    (an ``mrope`` whose table alternates height and width, time last, on interleaved pairs; Hunyuan-VL's 4-axis XD-RoPE
+    is refused: its pairs' two channels read different axes, see :func:`from_hf_config`). Each is replaced by a
     module returning the same tensors from posenc (:class:`PosencRotaryEmbedding`,
     :class:`PosencLayerTypeRotaryEmbedding`, :class:`PosencGPTJRotaryEmbedding`, :class:`PosencComplexRotaryEmbedding`,
     :class:`PosencMultimodalRotaryEmbedding`). What the attention layers do besides (Llama 4's NoPE layers, chunked
@@ -788,7 +849,8 @@ def patch_rotary(model: nn.Module, encoding: RoPE | Mapping[str, RoPE] | None = 
         seen = ", ".join(f"{n or '<root>'}: {type(m).__name__}" for n, m, _ in found) or "no *RotaryEmbedding module"
         raise TypeError(f"patch_rotary: found no text rotary module posenc can replace in {type(model).__name__} "
                         f"({seen}); it supports Llama-like models (a `rotary_emb` with `inv_freq` whose forward(x, "
-                        f"position_ids) returns (cos, sin)), Gemma 3, GPT-J, GPT-NeoX, Phi-3, Qwen2-VL and Qwen3-VL.")
+                        f"position_ids) returns (cos, sin)), Gemma 3, GPT-J, GPT-NeoX, Phi-3, Qwen2-VL, Qwen3-VL and "
+                        f"Ernie-4.5-VL.")
     unknown = [(n, type(m).__name__) for n, m, s in found if s == "unknown"]
     if unknown:
         raise TypeError(f"patch_rotary: {type(model).__name__} also has rotary modules posenc does not know how to "
@@ -819,17 +881,26 @@ def patch_rotary(model: nn.Module, encoding: RoPE | Mapping[str, RoPE] | None = 
                 if not isinstance(chosen, MRoPE):
                     raise TypeError(f"patch_rotary: {name!r} ({type(module).__name__}) is multimodal RoPE; pass an "
                                     f"`mrope` encoding (or None), got {type(chosen).__name__}.")
-                if chosen.layout != "half":
-                    raise ValueError(f"patch_rotary: {type(module).__name__} pairs channels with rotate_half; the "
-                                     f"mrope encoding uses layout={chosen.layout!r}. Build it with layout='half'.")
+                family = _mrope_family(_get(_module_config(model, name, module), "model_type"))
+                if family == "hunyuan":  # an encoding given by hand cannot make XD-RoPE's pairs rotations either
+                    from_hf_config(_module_config(model, name, module))  # raises, saying why
+                ernie = family == "ernie"
+                want = "interleaved" if ernie else "half"
+                if chosen.layout != want:
+                    pairing = "(2i, 2i + 1) (rotate_half_text)" if ernie else "with rotate_half"
+                    raise ValueError(f"patch_rotary: {type(module).__name__} pairs channels {pairing}; the mrope "
+                                     f"encoding uses layout={chosen.layout!r}. Build it with layout={want!r}.")
                 pe = chosen
             else:
                 pe = _check_encoding(chosen, "interleaved" if style in ("gptj", "complex") else "half")
             if style != "mrope":
                 _check_query_scale(pe, _module_config(model, name, module), name)
             pe = pe if device is None else pe.to(device)
-            new = {"gptj": PosencGPTJRotaryEmbedding, "mrope": PosencMultimodalRotaryEmbedding,
-                   "complex": PosencComplexRotaryEmbedding}.get(style, PosencRotaryEmbedding)(pe)
+            if style == "mrope":
+                new = PosencMultimodalRotaryEmbedding(pe, float32_output=ernie)
+            else:
+                new = {"gptj": PosencGPTJRotaryEmbedding,
+                       "complex": PosencComplexRotaryEmbedding}.get(style, PosencRotaryEmbedding)(pe)
             _check_same(name, module, new, style, None, exact, reference, note)
         if getattr(module, "config", None) is not None:
             # the model may read the rotary's config: GraniteSWA keys its per-layer cos/sin on
@@ -881,6 +952,10 @@ def _rope_parameters(pe: RoPE | MRoPE, model_type: str | None = None) -> tuple[d
         if pe.layout != "half":
             raise ValueError(f"to_hf_config: Qwen2-VL / Qwen3-VL pair channels with rotate_half; the mrope encoding "
                              f"uses layout={pe.layout!r}. Hint: build it with layout='half'.")
+        if not pe.qwen_layout:
+            raise ValueError(f"to_hf_config: this mrope encoding has its own pair -> axis table {list(pe.pair_axes)} "
+                             f"(axis_scale {list(pe.axis_scale)}), which Qwen2-VL's mrope_section / Qwen3-VL's "
+                             f"mrope_interleaved cannot describe; only those two layouts (with unit scales) export.")
         out.update(mrope_section=list(pe.mrope_section))
         if pe.mrope_interleaved:
             out["mrope_interleaved"] = True

@@ -131,3 +131,17 @@ def test_bad_mrope_arguments_raise_clearly(config, kwargs, error, words):
     assert not calls
     with pytest.raises(TypeError, match="callable"):
         check_mrope("not a function", QWEN2)
+
+
+@pytest.mark.parametrize("model_type", ["ernie4_5_vl_moe_text", "openpangu_vl_text", "bailing_moe_v3_vl",
+                                        "hunyuan_vl_text"])
+def test_a_family_with_its_own_layout_is_refused_not_misjudged(model_type):
+    """Ernie-4.5-VL, openPangu, Bailing and Hunyuan-VL read mrope_section their own way: a Qwen reference would
+    call a correct implementation wrong (or a wrong one right)."""
+    from posenc.testing.mrope import mrope_spec
+
+    config = {"model_type": model_type, "head_dim": 16, "rope_theta": 1e4,
+              "rope_parameters": {"mrope_section": [2, 3, 3], "mrope_interleaved": True}}
+    with pytest.raises(ValueError, match="model_type .* lays its M-RoPE pairs out its own way"):
+        mrope_spec(config)
+    assert mrope_spec({**config, "model_type": "qwen3_vl_text"}).interleaved  # the Qwen families still pass

@@ -19,6 +19,7 @@ cache keeps the table of the prompt). With no table, plain positions are text-on
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -29,7 +30,10 @@ from posenc.base import PositionalEncoding, register
 from posenc.encodings._structured import StructuredPositions
 from posenc.encodings.rope import LAYOUTS, apply_rope, check_head_tensor, rope_frequencies
 
-__all__ = ["VISION_ADVANCES", "MRoPE", "default_mrope_section", "mrope_angles", "mrope_axes", "mrope_position_ids"]
+__all__ = ["NO_AXIS", "VISION_ADVANCES", "MRoPE", "bailing_axes", "default_mrope_section", "mrope_angles", "mrope_axes",
+           "mrope_position_ids", "openpangu_axes", "pair_axis_angles"]
+
+NO_AXIS = -1  # an entry of a pair -> axis table: the pair is not rotated (angle 0; HoPE's temporal pairs)
 
 
 def default_mrope_section(head_dim: int) -> tuple[int, int, int]:
@@ -128,6 +132,84 @@ def mrope_axes(section: Sequence[int], *, interleaved: bool = False) -> list[int
     return axes
 
 
+def bailing_axes(section: Sequence[int]) -> list[int]:
+    """Bailing's (Ling / Ming VL) and Ernie-4.5-VL's pair -> axis table: ``section = (time, height, width)`` with
+    ``height == width``; the first ``height + width`` pairs alternate height (1), width (2), the last ``time`` pairs are
+    time (0). vLLM's ``BailingMRotaryEmbedding.select_cos_sin``; the same table as VideoRoPE's.
+
+    Example:
+        >>> bailing_axes([2, 3, 3])
+        [1, 2, 1, 2, 1, 2, 0, 0]
+    """
+    section = _three_sizes(section, "bailing_axes")
+    if section[1] != section[2]:
+        raise ValueError(f"bailing_axes: height and width alternate pair by pair, so section (time, height, width) "
+                         f"needs height == width; got {list(section)}.")
+    return [1 + j % 2 for j in range(section[1] + section[2])] + [0] * section[0]
+
+
+def openpangu_axes(section: Sequence[int]) -> list[int]:
+    """openPangu-VL's pair -> axis table (vLLM's ``MRotaryEmbeddingInterleaved``, ``rope_type="openpangu"``).
+
+    ``section = (time, height, width)``. The last pair is time; the others are dealt greedily, each pair going to the
+    axis with pairs left that has so far received the smallest share of its own count (``placed / count``, the lower
+    axis index on ties), never the axis of the pair before unless it is the only one left ("rarest first").
+
+    Example:
+        >>> openpangu_axes([2, 3, 3])
+        [0, 1, 2, 1, 2, 1, 2, 0]
+    """
+    t, h, w = _three_sizes(section, "openpangu_axes")
+    if t < 1:
+        raise ValueError(f"openpangu_axes: the last pair is time, so section (time, height, width) needs time >= 1; "
+                         f"got {list(section)}.")
+    counts = (t - 1, h, w)
+    placed = [0, 0, 0]
+    out: list[int] = []
+    for _ in range(sum(counts)):
+        left = [a for a in range(3) if placed[a] < counts[a]]
+        fresh = [a for a in left if not out or a != out[-1]] or left
+        # smallest placed / count, compared exactly (cross-multiplied), then the lower axis index
+        best = fresh[0]
+        for a in fresh[1:]:
+            if placed[a] * counts[best] < placed[best] * counts[a]:
+                best = a
+        out.append(best)
+        placed[best] += 1
+    return out + [0]
+
+
+def _three_sizes(section: Sequence[int], who: str) -> tuple[int, int, int]:
+    if not isinstance(section, (list, tuple)) or len(section) != 3 or any(not is_int(v) or v < 0 for v in section):
+        raise ValueError(f"{who}: section must be three non-negative ints (time, height, width); got {section!r}.")
+    return tuple(int(v) for v in section)
+
+
+def pair_axis_angles(coords: Tensor, inv_freq: Tensor, pair_axes: Sequence[int],
+                     axis_scale: Sequence[float] | None = None) -> Tensor:
+    """Angles ``(..., F)`` in float64 of an explicit pair -> axis table: the one rule behind every M-RoPE layout.
+
+    Pair ``i`` rotates by ``coords[..., a] * axis_scale[a] * inv_freq[i]`` with ``a = pair_axes[i]``, or not at all
+    (angle 0) where ``pair_axes[i] == NO_AXIS`` (-1). Qwen2-VL's sections, Qwen3-VL's round robin
+    (:func:`mrope_axes`), VideoRoPE's and HoPE's layouts are tables of this kind.
+
+    Args:
+        coords: ``(..., A)`` coordinates, integer or floating (VideoRoPE's / HoPE's scaled time).
+        inv_freq: ``(F,)`` frequencies.
+        pair_axes: ``F`` axis indices in ``[-1, A)``.
+        axis_scale: ``A`` multipliers of each axis' coordinate (default all 1).
+    """
+    axes = torch.tensor(list(pair_axes), device=coords.device)  # (F,)
+    chosen = coords.to(torch.float64).index_select(-1, axes.clamp(min=0))  # (..., F): the coordinate each pair uses
+    if axis_scale is not None and any(float(a) != 1.0 for a in axis_scale):
+        scale = torch.tensor([float(a) for a in axis_scale], dtype=torch.float64, device=coords.device)
+        chosen = chosen * scale.index_select(0, axes.clamp(min=0))
+    angles = chosen * inv_freq.to(device=coords.device, dtype=torch.float64)
+    if any(a == NO_AXIS for a in pair_axes):
+        angles = angles.masked_fill(axes == NO_AXIS, 0.0)
+    return angles
+
+
 def mrope_angles(coords: Tensor, inv_freq: Tensor, section: Sequence[int], *, interleaved: bool = False) -> Tensor:
     """Angles ``(..., F)`` in float64: pair ``i`` rotates by ``coords[..., mrope_axes(section)[i]] * inv_freq[i]``.
 
@@ -137,9 +219,7 @@ def mrope_angles(coords: Tensor, inv_freq: Tensor, section: Sequence[int], *, in
         section: three section sizes.
         interleaved: Qwen3-VL's assignment of pairs to axes instead of Qwen2-VL's sections (:func:`mrope_axes`).
     """
-    axis = torch.tensor(mrope_axes(section, interleaved=interleaved), device=coords.device)  # (F,)
-    chosen = coords.to(torch.float64).index_select(-1, axis)  # (..., F): the coordinate each pair uses
-    return chosen * inv_freq.to(device=coords.device, dtype=torch.float64)
+    return pair_axis_angles(coords, inv_freq, mrope_axes(section, interleaved=interleaved))
 
 
 @register("mrope")
@@ -155,6 +235,12 @@ class MRoPE(StructuredPositions, PositionalEncoding):
             :func:`default_mrope_section`.
         mrope_interleaved: assign pairs to axes round-robin as Qwen3-VL does (:func:`mrope_axes`) instead of in three
             consecutive sections (Qwen2-VL).
+        pair_axes: an explicit pair -> axis table instead of the two options above: ``head_dim / 2`` entries, 0 (time),
+            1 (height), 2 (width) or -1 (:data:`NO_AXIS`: the pair is not rotated), pair ``i`` rotating at frequency
+            ``base^(-2i / head_dim)`` (:func:`pair_axis_angles`). Default: the table of ``mrope_section`` /
+            ``mrope_interleaved`` (``self.pair_axes`` holds it either way). Ernie-4.5-VL, VideoRoPE and HoPE are such
+            tables.
+        axis_scale: a multiplier of each axis' coordinate (time, height, width) in the angles; default ``(1, 1, 1)``.
     """
 
     family = "rotary"
@@ -165,7 +251,8 @@ class MRoPE(StructuredPositions, PositionalEncoding):
 
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int = 2048, causal: bool = False,
                  base: float = 10000.0, layout: str = "half", mrope_section: Sequence[int] | None = None,
-                 mrope_interleaved: bool = False) -> None:
+                 mrope_interleaved: bool = False, pair_axes: Sequence[int] | None = None,
+                 axis_scale: Sequence[float] | None = None) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
         if self.head_dim % 2:
             raise ValueError(f"mrope: head_dim = dim // n_heads must be even (channels rotate in pairs); got "
@@ -183,10 +270,42 @@ class MRoPE(StructuredPositions, PositionalEncoding):
         if not isinstance(mrope_interleaved, bool):
             raise TypeError(f"mrope: mrope_interleaved must be a bool (True: Qwen3-VL's round-robin axes); got "
                             f"{mrope_interleaved!r}.")
+        who = getattr(self, "name", "") or "mrope"
+        if pair_axes is not None:
+            if mrope_section is not None or mrope_interleaved:
+                raise ValueError(f"{who}: give either pair_axes (an explicit table) or mrope_section / "
+                                 f"mrope_interleaved, not both; got pair_axes={pair_axes!r}, mrope_section="
+                                 f"{mrope_section!r}, mrope_interleaved={mrope_interleaved!r}.")
+            table = tuple(pair_axes) if isinstance(pair_axes, (list, tuple)) else None
+            if table is None or len(table) != self.head_dim // 2 or any(
+                    not is_int(a) or not NO_AXIS <= a < self.n_axes for a in table):
+                raise ValueError(f"{who}: pair_axes must be a list of head_dim / 2 = {self.head_dim // 2} ints, each "
+                                 f"0 (time), 1 (height), 2 (width) or -1 (not rotated); got {pair_axes!r}.")
+            table = tuple(int(a) for a in table)
+            section = tuple(table.count(a) for a in range(self.n_axes))  # pairs per axis (Qwen's sections if blocked)
+        else:
+            table = tuple(mrope_axes(section, interleaved=mrope_interleaved))
+        if axis_scale is None:
+            scale = (1.0,) * self.n_axes
+        else:
+            scale = tuple(axis_scale) if isinstance(axis_scale, (list, tuple)) else ()
+            if len(scale) != self.n_axes or any(isinstance(a, bool) or not isinstance(a, (int, float)) or
+                                                not math.isfinite(a) or a < 0 for a in scale):
+                raise ValueError(f"{who}: axis_scale must be {self.n_axes} finite numbers >= 0 (time, height, "
+                                 f"width); got {axis_scale!r}.")
+            scale = tuple(float(a) for a in scale)
         self.base = float(base)
         self.layout = layout
         self.mrope_section = section
         self.mrope_interleaved = mrope_interleaved
+        self.pair_axes = table
+        self.axis_scale = scale
+
+    @property
+    def qwen_layout(self) -> bool:
+        """Whether the table is Qwen2-VL's / Qwen3-VL's (``mrope_section`` / ``mrope_interleaved`` describe it)."""
+        return (self.pair_axes == tuple(mrope_axes(self.mrope_section, interleaved=self.mrope_interleaved))
+                and all(a == 1.0 for a in self.axis_scale))
 
     # -- coordinates ---------------------------------------------------------------------------------------------------
     def plain_coordinates(self, pos: Tensor) -> Tensor:
@@ -213,9 +332,11 @@ class MRoPE(StructuredPositions, PositionalEncoding):
     def cos_sin(self, coords: Tensor, *, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
         """cos/sin at ``(..., 3)`` coordinates -> two ``(..., head_dim // 2)`` tensors (angles in float64)."""
         inv_freq = rope_frequencies(self.head_dim, self.base, device=coords.device)
-        angles = mrope_angles(coords, inv_freq, self.mrope_section, interleaved=self.mrope_interleaved)  # (..., F)
+        angles = pair_axis_angles(coords, inv_freq, self.pair_axes, self.axis_scale)  # (..., F)
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, base={self.base:g}, layout={self.layout!r}, "
-                f"mrope_section={list(self.mrope_section)}, mrope_interleaved={self.mrope_interleaved}")
+        out = f"{super().extra_repr()}, base={self.base:g}, layout={self.layout!r}, "
+        if self.qwen_layout:
+            return out + f"mrope_section={list(self.mrope_section)}, mrope_interleaved={self.mrope_interleaved}"
+        return out + f"pair_axes={list(self.pair_axes)}, axis_scale={list(self.axis_scale)}"

@@ -39,6 +39,7 @@ ENCODING_MODULES = (
     "graph",
     "grid2d",
     "hierarchical",
+    "hope",
     "inkling",
     "irope",
     "kerple",
@@ -58,6 +59,7 @@ ENCODING_MODULES = (
     "t5",
     "transformer_xl",
     "tupe",
+    "videorope",
     "xpos",
 )
 ENCODINGS = (
@@ -74,6 +76,7 @@ ENCODINGS = (
     "fire",
     "fox",
     "hierarchical",
+    "hope",
     "inkling",
     "kerple",
     "laplacian",
@@ -99,6 +102,7 @@ ENCODINGS = (
     "t5",
     "transformer_xl",
     "tupe",
+    "videorope",
     "xpos",
 )
 TASKS = [

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from posenc.encodings.mrope import default_mrope_section, mrope_position_ids
 from posenc.encodings.rope import LAYOUTS, apply_rope, rope_frequencies
+from posenc.hf import _mrope_family
 from posenc.testing._args import (
     config_mapping,
     require_bool,
@@ -72,6 +73,13 @@ def mrope_spec(config: Any, *, layout: str | None = None) -> MRopeSpec:
     if text is not None:
         config = text
         config_mapping(config, "conform mrope (text_config)", example)
+    model_type = config_value(config, "model_type")
+    family = _mrope_family(model_type)
+    if family not in ("qwen2", "qwen3"):
+        raise ValueError(f"conform mrope: the kit checks Qwen2-VL's sections and Qwen3-VL's round robin; "
+                         f"model_type {model_type!r} lays its M-RoPE pairs out its own way ({family}: see "
+                         f"posenc.hf.from_hf_config), which a Qwen reference would misjudge. Not checked; compare "
+                         f"with posenc.from_hf_config(config) instead.")
     nested = config_value(config, "rope_parameters") or config_value(config, "rope_scaling") or {}
     if not isinstance(nested, Mapping):
         raise TypeError(f"conform mrope: rope_parameters / rope_scaling must be a dict; got {type(nested).__name__}.")

@@ -3,13 +3,13 @@
 Two layers, kept apart so the numbers can be tested without drawing anything:
 
 - :mod:`posenc.viz.data`: the *data functions* (``waves_data``, ``similarity_data``, ``decay_data``, ``bias_data``,
-  ``bias_profile``, ``wavelengths_data``, ``attention_data``, ``grid_data``, and on one attention call of a
-  sentence, :func:`attention_probe`: ``gates_data``, ``logits_data``, ``disentangled_data``, ``normalizer_data``),
-  which call an encoding's own hooks and return tensors, and :func:`applicable_kinds` (which plots fit an encoding,
-  from its hooks). It needs only torch.
+  ``bias_profile``, ``wavelengths_data``, ``axes_data``, ``attention_data``, ``grid_data``, and on one attention call
+  of a sentence, :func:`attention_probe`: ``gates_data``, ``logits_data``, ``disentangled_data``,
+  ``normalizer_data``), which call an encoding's own hooks and return tensors, and :func:`applicable_kinds` (which
+  plots fit an encoding, from its hooks). It needs only torch.
 - :mod:`posenc.viz.figures`: the *figure functions* (``waves``, ``similarity``, ``decay``, ``bias``,
-  ``wavelengths``, ``attention``, ``grid``, ``gates``, ``logits``, ``disentangled``, ``normalizer``), which draw
-  those tensors and return a :class:`matplotlib.figure.Figure`; :func:`plot` dispatches by kind and saves.
+  ``wavelengths``, ``axes``, ``attention``, ``grid``, ``gates``, ``logits``, ``disentangled``, ``normalizer``),
+  which draw those tensors and return a :class:`matplotlib.figure.Figure`; :func:`plot` dispatches by kind and saves.
 
 The kinds, what each shows and which encodings it applies to are listed in :mod:`posenc.viz.data`. matplotlib is an
 optional extra (``pip install posenc[viz]``), imported only when a figure is drawn; this package imports without it.
@@ -26,6 +26,7 @@ from posenc.viz.data import (
     PROBE_SEED,
     PROBE_TEXT,
     AttentionProbe,
+    AxisAllocation,
     DecayCurves,
     Disentangled,
     GateDecay,
@@ -34,6 +35,7 @@ from posenc.viz.data import (
     applicable_kinds,
     attention_data,
     attention_probe,
+    axes_data,
     bias_data,
     bias_profile,
     by_distance,
@@ -58,6 +60,7 @@ from posenc.viz.figures import (
     SEQUENTIAL,  # noqa: F401
     STYLE,  # noqa: F401
     attention,
+    axes,
     bias,
     check_output_path,  # noqa: F401
     decay,
@@ -81,6 +84,7 @@ __all__ = [
     "PROBE_SEED",
     "PROBE_TEXT",
     "AttentionProbe",
+    "AxisAllocation",
     "DecayCurves",
     "Disentangled",
     "GateDecay",
@@ -90,6 +94,8 @@ __all__ = [
     "attention",
     "attention_data",
     "attention_probe",
+    "axes",
+    "axes_data",
     "bias",
     "bias_data",
     "bias_profile",

@@ -1,8 +1,8 @@
 """The numbers behind each picture of :mod:`posenc.viz`: the data functions, torch only (no matplotlib).
 
 The *data functions* (``waves_data``, ``similarity_data``, ``decay_data``, ``bias_data``, ``bias_profile``,
-``wavelengths_data``, ``attention_data``, ``grid_data``, and on a sentence ``gates_data``, ``logits_data``,
-``disentangled_data``, ``normalizer_data``) call an encoding's own hooks and return tensors;
+``wavelengths_data``, ``axes_data``, ``attention_data``, ``grid_data``, and on a sentence ``gates_data``,
+``logits_data``, ``disentangled_data``, ``normalizer_data``) call an encoding's own hooks and return tensors;
 :mod:`posenc.viz.figures` draws them.
 
 Which plots fit an encoding is decided from its hooks, never from its name (:func:`applicable_kinds`):
@@ -15,6 +15,7 @@ kind             what it shows                                                  
 ``decay``        Su et al.'s relative upper bound of ``q . k`` vs distance           RoPE and its subclasses/scalings
 ``bias``         ``pe.bias`` per head, ``(H, T, T)``, and its profile vs distance    ``uses_bias``
 ``wavelengths``  ``2 pi / theta_i`` per rotary pair, plain and as built (scaled)     RoPE and its subclasses/scalings
+``axes``         which coordinate axis each rotary pair reads, against its wavelength  a ``pair_axes`` table (M-RoPE's)
 ``attention``    attention probabilities of a trained :class:`posenc.Transformer`    a model, not an encoding
 ``grid``         position vectors over a 2-D grid of positions, as images            ``uses_embed`` or ``uses_rotate``
 ``gates``        per-token log forget gates on a sentence, the decay they add, ALiBi  features ``log_f`` + logit terms
@@ -75,6 +76,7 @@ __all__ = [
     "PROBE_SEED",
     "PROBE_TEXT",
     "AttentionProbe",
+    "AxisAllocation",
     "DecayCurves",
     "Disentangled",
     "GateDecay",
@@ -82,6 +84,7 @@ __all__ = [
     "Normalized",
     "applicable_kinds",
     "attention_data",
+    "axes_data",
     "attention_probe",
     "bias_data",
     "bias_profile",
@@ -199,6 +202,8 @@ def _static_kinds(pe: PositionalEncoding) -> list[str]:
         kinds += ["waves", "similarity"]
     if rope_of(pe) is not None:
         kinds += ["decay", "wavelengths"]
+    if isinstance(getattr(_inner(pe), "pair_axes", None), tuple):
+        kinds.append("axes")
     if pe.uses_bias:
         kinds.append("bias")
     if vectors:
@@ -211,6 +216,7 @@ _WHY_NOT = {"waves": "it neither embeds nor rotates (no position vectors)",
             "grid": "it neither embeds nor rotates (no position vectors)",
             "decay": "it is not a RoPE (no rotary frequencies)",
             "wavelengths": "it is not a RoPE (no rotary frequencies)",
+            "axes": "it has no pair -> axis table (pair_axes: M-RoPE, VideoRoPE, HoPE)",
             "bias": "it adds no attention bias",
             "gates": "its features() make no per-token log forget gate 'log_f' (B, H, T, 1 or 2) for a logit term",
             "logits": "it has no attention terms that add to or form the logits (terms() returns none, or terms "
@@ -372,6 +378,29 @@ def wavelengths_data(pe: PositionalEncoding) -> tuple[Tensor, Tensor]:
     rope = rope_of(pe)
     plain = 2 * math.pi / rope_frequencies(rope.rotary_dim, rope.base)
     return plain, 2 * math.pi / rope.inv_freq().to(torch.float64)
+
+
+class AxisAllocation(NamedTuple):
+    """The frequency allocation of a multi-axis rotary encoding (:func:`axes_data`)."""
+
+    wavelengths: Tensor  # (F,) float64: 2 pi / theta_i of each rotary pair, in position units
+    axes: Tensor  # (F,) int64: the coordinate axis pair i reads; -1 = not rotated
+    names: tuple[str, ...]  # the axis names (time, height, width)
+
+
+def axes_data(pe: PositionalEncoding) -> AxisAllocation:
+    """Which axis each rotary pair reads, with its wavelength: the layout of ``pe.pair_axes`` (M-RoPE's sections,
+    Qwen3-VL's round robin, VideoRoPE's time on the lowest frequencies, HoPE's unrotated temporal pairs).
+
+    Wavelengths are those of the pair's frequency ``base^(-2i / head_dim)`` times the axis' ``axis_scale``.
+    """
+    _check_kind(pe, "axes")
+    inner = _inner(pe)
+    axes = torch.tensor(inner.pair_axes, dtype=torch.long)
+    inv = rope_frequencies(inner.head_dim, inner.base)  # (F,) float64
+    scale = torch.tensor(getattr(inner, "axis_scale", (1.0,) * len(inner.axis_names)), dtype=torch.float64)
+    inv = inv * scale[axes.clamp(min=0)]
+    return AxisAllocation(2 * math.pi / inv, axes, tuple(inner.axis_names))
 
 
 def _text_tokens(text: str, vocab_size: int) -> Tensor:

@@ -30,6 +30,7 @@ from posenc.viz.data import (
     AttentionProbe,
     attention_data,
     attention_probe,
+    axes_data,
     bias_data,
     bias_profile,
     by_distance,
@@ -60,6 +61,7 @@ __all__ = [
     "SEQUENTIAL",
     "STYLE",
     "attention",
+    "axes",
     "bias",
     "check_output_path",
     "decay",
@@ -266,6 +268,38 @@ def bias(encoding, *, length: int = 64, heads: int = 8, **options) -> Figure:
         if profile.shape[0] <= 8:
             ax.legend(loc="best")
         fig.suptitle(f"{_label(pe)} — attention bias per head (T = {length})")
+    return fig
+
+
+def axes(encoding: str | PositionalEncoding = "videorope", **options) -> Figure:
+    """Frequency allocation per axis: each rotary pair's wavelength ``2π/θᵢ``, coloured by the coordinate axis it
+    reads (time, height, width; grey = not rotated), and one row per axis marking its pairs -- VideoRoPE's time on
+    the lowest frequencies, Qwen2-VL's sections, Qwen3-VL's round robin, HoPE's unrotated temporal pairs."""
+    pe = resolve_encoding(encoding, **_sized(encoding, options, dim=128, n_heads=1))
+    data = axes_data(pe)
+    idx = torch.arange(data.axes.numel()).numpy()
+    rows = [*data.names, "not rotated"]
+    with _style():
+        fig = _figure(10, 4.2)
+        ax_w, ax_a = fig.subplots(2, 1, sharex=True, height_ratios=[2.2, 1.0])
+        for a, name in enumerate(rows):
+            code = a if a < len(data.names) else -1
+            chosen = data.axes == code
+            if not bool(chosen.any()):
+                continue
+            color = f"C{a}" if code >= 0 else "0.6"
+            ax_w.scatter(idx[chosen.numpy()], data.wavelengths[chosen].numpy(), s=14, color=color,
+                         label=f"{name} ({int(chosen.sum())} pairs)")
+            ax_a.scatter(idx[chosen.numpy()], [a] * int(chosen.sum()), s=18, marker="s", color=color)
+        ax_w.set_yscale("log")
+        ax_w.set_title("wavelength of each rotary pair, by the axis it reads")
+        ax_w.set_ylabel("wavelength 2π/θᵢ (positions)")
+        ax_w.legend(loc="upper left")
+        ax_a.set_yticks(range(len(rows)), rows)
+        ax_a.set_ylim(len(rows) - 0.5, -0.5)
+        ax_a.set_title("pair -> axis table")
+        ax_a.set_xlabel("rotary pair i (low i = high frequency)")
+        fig.suptitle(f"{_label(pe)} — frequency allocation per axis (head_dim = {2 * idx.size})")
     return fig
 
 
@@ -591,6 +625,7 @@ FIGURES: dict[str, Callable[..., Figure]] = {
     "decay": decay,
     "bias": bias,
     "wavelengths": wavelengths,
+    "axes": axes,
     "attention": attention,
     "grid": grid,
     "gates": gates,
