@@ -236,6 +236,13 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
     if rope_type == "axial":
         raise ValueError("from_hf_config: rope_type 'axial' (2-D vision RoPE) is not the 1-D `rope` encoding; use "
                          "posenc's `axial_rope`.")
+    section = params.get("mrope_section")
+    if section is not None and _mrope_family(model_type) == "hunyuan":  # before 'alpha': XD-RoPE is the reason
+        raise ValueError(f"from_hf_config: {model_type!r} has {len(section)}-axis M-RoPE (Hunyuan-VL's XD-RoPE, "
+                         f"mrope_section={list(section)}) whose sections split the cat(f, f) channels, so the two "
+                         f"channels of a rotary pair read different axes (position, width, height, image index): not "
+                         f"a rotation of pairs, which posenc's `mrope` tables compute. Unsupported; on text alone it "
+                         f"is plain RoPE with base rope_theta * alpha^(head_dim / (head_dim - 2)).")
     alpha = params.pop("alpha", None)
     if alpha is not None:
         if rope_type != "dynamic" or not str(model_type).startswith(_NTK_ALPHA_TYPES):
@@ -273,12 +280,6 @@ def from_hf_config(config: Any, *, layer_type: str | None = None,
     if section is not None and family != "hunyuan" and len(section) != 3:
         raise ValueError(f"from_hf_config: {model_type!r} has {len(section)}-axis M-RoPE (mrope_section="
                          f"{list(section)}); posenc's mrope has three axes (time, height, width). Unsupported.")
-    if section is not None and family == "hunyuan":
-        raise ValueError(f"from_hf_config: {model_type!r} has {len(section)}-axis M-RoPE (Hunyuan-VL's XD-RoPE, "
-                         f"mrope_section={list(section)}) whose sections split the cat(f, f) channels, so the two "
-                         f"channels of a rotary pair read different axes (position, width, height, image index): not "
-                         f"a rotation of pairs, which posenc's `mrope` tables compute. Unsupported; on text alone it "
-                         f"is plain RoPE with base rope_theta * alpha^(head_dim / (head_dim - 2)).")
     if section is not None:
         if rope_type != "default" or fraction != 1 or rotary_dim not in (None, head_dim):
             raise ValueError(f"from_hf_config: posenc's `mrope` (Qwen2-VL / Qwen3-VL) has plain frequencies over the "
