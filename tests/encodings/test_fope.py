@@ -293,3 +293,17 @@ def test_kv_heads_must_divide_the_heads():
     pe = _fope()
     with pytest.raises(ValueError, match="kv heads must divide"):
         pe.rotate(torch.randn(1, HEADS, 2, HEAD_DIM), torch.randn(1, 3, 2, HEAD_DIM), torch.arange(2), torch.arange(2))
+
+
+def test_convert_rope_layout_keeps_outputs():
+    """FoPE's tables are per pair, so switching the pair layout with permuted q/k weights changes no output."""
+    from posenc.model import convert_rope_layout
+
+    model = _model().double()
+    x = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        before = model(x)
+        convert_rope_layout(model, "interleaved")
+        after = model(x)
+    assert model.pe.layout == "interleaved"
+    torch.testing.assert_close(after, before, atol=1e-12, rtol=0)
