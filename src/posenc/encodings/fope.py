@@ -25,10 +25,11 @@ from posenc.encodings.rope import RoPE, apply_rope, check_head_tensor
 
 __all__ = ["CLIPPED", "FoPE", "fope_kept_frequencies"]
 
-# What the clipped (sub-floor) pairs get. "phase45": cos' = sin' = 1, the authors' training code (xtuner, lmdeploy)
-# and vLLM's FourierRotaryEmbedding up to commit c215d1e (zero frequency at phase 45 degrees: the pair is turned by 45
-# degrees and scaled by sqrt(2), the same at every position). "passthrough": cos' = 1, sin' = 0, the paper's "zero
-# frequency" read literally and vLLM after commit 151a2c7 (the pair is left as it is).
+# What the clipped (sub-floor) pairs get. "phase45": cos' = sin' = 1, as the authors' training code (InternLM's xtuner
+# FourierEmbedding), sglang's FourierRotaryEmbedding and vLLM's at commit c215d1e pad them: zero frequency at phase 45
+# degrees (the pair is turned by 45 degrees and scaled by sqrt(2), the same at every position). "passthrough":
+# cos' = 1, sin' = 0, the paper's "zero frequency" read literally, as vLLM's fope.py at commit 151a2c7 pads them (the
+# pair is left as it is). A checkpoint needs the convention it was trained with: phase45 for xtuner-trained ones.
 CLIPPED = ("phase45", "passthrough")
 
 
@@ -71,10 +72,12 @@ class FoPE(RoPE):
         num_inv_freq: keep the first ``num_inv_freq`` frequencies; ``None`` (default) keeps those above
             ``2 pi / max_seq_len`` (``max_seq_len`` is the training length ``L_train``).
         separate_heads: one coefficient set per head (default ``True``, vLLM's ``fope_sep_head``) or one shared.
-        init_factor: coefficients start at ``I + N(0, init_factor^2 / M)`` (the identity plus Xavier-normal noise of
-            gain ``init_factor`` on each ``M x M`` matrix, as the authors' xtuner code); default ``0.1``.
+        init_factor: coefficients start at ``I + N(0, init_factor^2 / M)``: the identity plus Xavier-normal noise of
+            gain ``init_factor`` on each ``M x M`` matrix (xtuner adds the identity to ``xavier_normal_`` of the
+            whole ``(Hkv, M, M)`` tensor, whose fans, and so its spread, differ); default ``0.1`` (sglang's default;
+            Intern-S1's config uses 0.5).
         clipped: ``"phase45"`` (default: cos' = sin' = 1 on the clipped pairs, what the authors trained with and
-            what their checkpoints need) or ``"passthrough"`` (cos' = 1, sin' = 0; vLLM after commit 151a2c7).
+            what their checkpoints need) or ``"passthrough"`` (cos' = 1, sin' = 0; vLLM's fope.py at commit 151a2c7).
 
     Limits: the angles ``t theta_m`` are exact in float64 at every int64 position (RoPE's tables), then the cosines
     and sines are rounded to float32 and mixed by the coefficients in float32 (float64 for float64 inputs): at
