@@ -307,3 +307,22 @@ def test_convert_rope_layout_keeps_outputs():
         after = model(x)
     assert model.pe.layout == "interleaved"
     torch.testing.assert_close(after, before, atol=1e-12, rtol=0)
+
+
+# -- the picture -------------------------------------------------------------------------------------------------------
+def test_fourier_picture_data_is_the_first_heads_table():
+    from posenc import viz
+
+    pe = _fope()
+    assert "fourier" in viz.applicable_kinds(pe)
+    data = viz.fourier_data(pe, length=10, offset=5)
+    pos = torch.arange(5, 15)
+    for d in range(HEAD_DIM // 2):  # a unit input on pair d's first channel (half layout) comes back as cos'_d(p)
+        x = torch.zeros(1, HEADS, 10, HEAD_DIM)
+        x[..., d] = 1.0
+        with torch.no_grad():
+            q2, _ = pe.rotate(x, torch.zeros(1, HEADS, 10, HEAD_DIM), pos, pos)
+        torch.testing.assert_close(data.waves[:, d], q2[0, 0, :, d], atol=1e-6, rtol=0)  # head 0, channel d = cos'_d
+    assert (data.waves[:, KEPT:] == 1).all()  # clipped pairs: flat
+    torch.testing.assert_close(data.coefficients, pe.cos_coef.detach().abs().mean(0), atol=0, rtol=0)
+    assert "fourier" not in viz.applicable_kinds(get_encoding("rope", dim=DIM, n_heads=HEADS))

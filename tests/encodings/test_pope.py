@@ -248,3 +248,19 @@ def test_bad_inputs_are_refused():
         pe.rotate(torch.randn(1, 3, 3, HEAD_DIM), k, torch.arange(3), torch.arange(3))
     with pytest.raises(ValueError, match="head_dim"):
         pe.rotate(torch.randn(1, HEADS, 3, 6), k, torch.arange(3), torch.arange(3))
+
+
+# -- the picture -------------------------------------------------------------------------------------------------------
+def test_phases_picture_data_matches_the_formula():
+    from posenc import viz
+
+    pe = _pope()
+    assert "phases" in viz.applicable_kinds(pe)
+    data = viz.phases_data(pe, max_distance=20)
+    theta = pe.inv_freq()
+    delta = pe.offsets().detach().double()
+    n = torch.arange(21, dtype=torch.float64)
+    want = torch.cos(n[None, :, None] * theta - delta[:, None, :]).mean(-1)  # (H, N): (1/d) sum_c cos(n theta - delta)
+    torch.testing.assert_close(data.score.double(), want, atol=1e-6, rtol=0)
+    torch.testing.assert_close(data.no_offset, torch.cos(n[:, None] * theta).mean(-1), atol=1e-12, rtol=0)
+    assert "phases" not in viz.applicable_kinds(get_encoding("rope", dim=DIM, n_heads=HEADS))
