@@ -326,3 +326,22 @@ def test_fourier_picture_data_is_the_first_heads_table():
     assert (data.waves[:, KEPT:] == 1).all()  # clipped pairs: flat
     torch.testing.assert_close(data.coefficients, pe.cos_coef.detach().abs().mean(0), atol=0, rtol=0)
     assert "fourier" not in viz.applicable_kinds(get_encoding("rope", dim=DIM, n_heads=HEADS))
+
+
+def test_equal_diagonal_coefficients_keep_scores_relative_and_mixing_does_not():
+    """C^cos = C^sin diagonal: each pair is a scaled rotation, so q_t . k_s depends on t - s only; mixing breaks it."""
+    q, k = torch.randn(1, HEADS, 1, HEAD_DIM, dtype=torch.float64), torch.randn(1, KV_HEADS, 1, HEAD_DIM,
+                                                                                   dtype=torch.float64)
+
+    def score(pe, t, s):
+        with torch.no_grad():
+            q2, _ = pe.rotate(q, k, torch.tensor([t]), torch.tensor([t]))
+            _, k2 = pe.rotate(q, k, torch.tensor([s]), torch.tensor([s]))
+        return (q2[:, ::2] * k2).sum(-1).flatten()  # query heads 0, 2 against their kv heads 0, 1
+
+    diagonal = _fope().double()
+    scale = torch.diag_embed(torch.rand(HEADS, KEPT, dtype=torch.float64) + 0.5)
+    diagonal.load_kv_head_coefficients(scale, scale)
+    torch.testing.assert_close(score(diagonal, 9, 4), score(diagonal, 30, 25), atol=1e-12, rtol=0)
+    mixed = _fope().double()  # init_factor 0.5: off-diagonal mixing
+    assert (score(mixed, 9, 4) - score(mixed, 30, 25)).abs().max() > 1e-3

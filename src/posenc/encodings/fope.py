@@ -54,8 +54,8 @@ class FoPE(RoPE):
         cos'_d(t) = sum_{m < M} cos(t theta_m) C^cos[h, m, d],   sin'_d(t) = sum_{m < M} sin(t theta_m) C^sin[h, m, d]
 
     and q, k rotated pairwise by ``(cos'_d(t), sin'_d(t))`` as RoPE does (``layout`` as in :class:`RoPE`). Unlike RoPE,
-    ``q_t . k_s`` is not a function of ``t - s`` alone unless ``C`` is diagonal: the Fourier mixing is what lets
-    the paper's model keep attending correctly past its training length.
+    ``q_t . k_s`` is not a function of ``t - s`` alone unless ``C^cos = C^sin`` is diagonal (then each pair is a
+    scaled rotation); the paper argues that this mixing, with the clipping, is what improves length generalisation.
 
     Shapes: q ``(B, H, Tq, D)``, k ``(B, Hkv, Tk, D)`` -> the same shapes and dtypes; positions ``(T,)`` or
     ``(B, T)``. The coefficient tensors ``cos_coef``/``sin_coef`` are ``(S, M, M)`` with one slot per query head
