@@ -264,3 +264,28 @@ def test_phases_picture_data_matches_the_formula():
     torch.testing.assert_close(data.score.double(), want, atol=1e-6, rtol=0)
     torch.testing.assert_close(data.no_offset, torch.cos(n[:, None] * theta).mean(-1), atol=1e-12, rtol=0)
     assert "phases" not in viz.applicable_kinds(get_encoding("rope", dim=DIM, n_heads=HEADS))
+
+
+def test_a_models_forward_forms_the_angles_once_for_every_layer(monkeypatch):
+    """The model binds PoPE to each forward's validated positions: the layers share one angle table, unchecked."""
+    import posenc.encodings.pope as pope_module
+
+    calls = []
+    real = pope_module.exact_angles
+    monkeypatch.setattr(pope_module, "exact_angles", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    model = _model()
+    x = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        bound = model(x)
+    assert len(calls) == 1  # two layers, one table
+    monkeypatch.setattr(pope_module, "exact_angles", real)
+    with torch.no_grad():  # the same numbers as unbound calls, layer by layer
+        model.pe.bind = lambda positions: model.pe  # (instance attribute: this model only)
+        torch.testing.assert_close(model(x), bound, atol=0, rtol=0)
+
+
+def test_keys_of_another_length_than_their_shared_positions_are_refused():
+    pe = _pope()
+    pos = torch.arange(5)
+    with pytest.raises(ValueError, match="k_pos"):
+        pe.rotate(torch.randn(1, HEADS, 5, HEAD_DIM), torch.randn(1, KV_HEADS, 7, HEAD_DIM), pos, pos)

@@ -26,6 +26,7 @@ from posenc._angles import exact_angles
 from posenc._checks import reads_values
 from posenc.base import PositionalEncoding, check_positions_layout, register
 from posenc.encodings.rope import check_head_tensor
+from posenc.positions import Positions
 
 __all__ = ["PHASE_INITS", "PoPE", "pope_frequencies"]
 
@@ -114,13 +115,26 @@ class PoPE(PositionalEncoding):
     def _angles(self, x: Tensor, pos: Tensor, name: str) -> Tensor:
         """``pos * theta`` ``(B|1, 1, T, d)`` for ``x`` ``(B, H, T, d)``, exact, in float64 (float32 on MPS)."""
         check_positions_layout(pos, x.shape[-2], name=f"{name}_pos", batch=x.shape[0], device=x.device)
-        if pos.numel() and reads_values(pos) and self.trusted_max(pos) is None:
+        dtype = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
+        bound = self.__dict__.get("_bound_positions")
+        shared = bound is not None and pos is bound.pos and self.trusts(pos)
+        if shared and (dtype, x.device) in self.__dict__["_bound_tables"]:
+            return self.__dict__["_bound_tables"][(dtype, x.device)]  # every layer of one forward: computed once
+        if pos.numel() and reads_values(pos) and self.trusted_max(pos) is None:  # bound positions: checked already
             low = int(pos.min())
             if low < 0:
                 raise ValueError(f"pope: {name}_pos must be non-negative; got a minimum of {low}.")
-        dtype = torch.float32 if x.device.type == "mps" else torch.float64  # MPS has no float64
         angles = exact_angles(pos, self.inv_freq(x.device), dtype)  # (T, d) or (B, T, d)
-        return angles[None, None] if angles.dim() == 2 else angles[:, None]
+        angles = angles[None, None] if angles.dim() == 2 else angles[:, None]
+        if shared:
+            self.__dict__["_bound_tables"][(dtype, x.device)] = angles
+        return angles
+
+    def bind(self, positions: Positions) -> PositionalEncoding:
+        """A view for one forward: the angles of ``positions.pos`` are formed once for every layer, unchecked again."""
+        if not positions.validated or positions.pos is None or not reads_values(positions.pos):
+            return self  # torch.compile (no values to read) computes them in the graph
+        return self.bound_view(positions)
 
     def _polar(self, x: Tensor, angles: Tensor) -> Tensor:
         """``[softplus(x) cos(angles), softplus(x) sin(angles)]`` ``(B, H, T, 2d)`` in ``x``'s dtype."""
@@ -137,7 +151,8 @@ class PoPE(PositionalEncoding):
             raise ValueError(f"pope: q has {q.shape[1]} heads but the phase offsets were built for n_heads="
                              f"{self.n_heads}; build PoPE with the model's n_heads.")
         q_angles = self._angles(q, q_pos, "q")
-        k_angles = q_angles if k_pos is q_pos and k.shape[0] == q.shape[0] else self._angles(k, k_pos, "k")
+        same = k_pos is q_pos and k.shape[0] == q.shape[0] and k.shape[2] == q.shape[2]
+        k_angles = q_angles if same else self._angles(k, k_pos, "k")
         # delta on the query side: cos((t theta - delta) - s theta) = cos((t - s) theta - delta), the paper's score
         delta = self.offsets().to(q_angles.dtype)[:, None]  # (H, 1, d): broadcast over positions
         if q.shape[1] == 1:  # a one-head probe (the plots' all-ones query) sees the first head's offsets
