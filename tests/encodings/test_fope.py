@@ -345,3 +345,10 @@ def test_equal_diagonal_coefficients_keep_scores_relative_and_mixing_does_not():
     torch.testing.assert_close(score(diagonal, 9, 4), score(diagonal, 30, 25), atol=1e-12, rtol=0)
     mixed = _fope().double()  # init_factor 0.5: off-diagonal mixing
     assert (score(mixed, 9, 4) - score(mixed, 30, 25)).abs().max() > 1e-3
+
+
+def test_queries_of_another_length_than_their_shared_positions_are_refused():
+    pe = _fope()
+    pos = torch.arange(5)
+    with pytest.raises(ValueError, match="q_pos"):
+        pe.rotate(torch.randn(1, HEADS, 7, HEAD_DIM), torch.randn(1, KV_HEADS, 5, HEAD_DIM), pos, pos)

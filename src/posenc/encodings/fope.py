@@ -196,7 +196,7 @@ class FoPE(RoPE):
             raise ValueError(f"fope: q has {heads} heads and k {kv_heads}; the kv heads must divide the query heads "
                              f"(grouped-query attention).")
         cos_k, sin_k = self.fourier_cos_sin(*self._cos_sin_for(k, k_pos, "k", None), kv_heads)
-        if q_pos is k_pos and q.dtype == k.dtype:
+        if q_pos is k_pos and q.dtype == k.dtype and q.shape[0] == k.shape[0] and q.shape[2] == k.shape[2]:
             cos_q, sin_q = cos_k, sin_k  # self-attention: one table for both
         else:
             cos_q, sin_q = self.fourier_cos_sin(*self._cos_sin_for(q, q_pos, "q", None), kv_heads)
