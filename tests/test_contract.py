@@ -16,6 +16,10 @@ NAMES = posenc.registered_names()
 DIM, HEADS, KV_HEADS, MAX_LEN = 32, 4, 2, 64
 FAR = 10**6
 
+# Encodings whose rotate returns q/k of another width than head_dim (declared by rotated_width; values and the
+# attention output keep head_dim). Deliberately listed: any other encoding must keep q/k shapes.
+WIDENING = {"pope"}  # PoPE (arXiv 2509.10534): [mu cos, mu sin] per channel, 2 * head_dim
+
 # Options an encoding needs only for the far-position check, with the reason.
 FAR_OPTIONS = {
     # xPos scales q and k by zeta^(+-(pos - center)/scale_base); the center must sit near the positions used.
@@ -59,7 +63,11 @@ def test_hook_shapes_and_dtypes(name, dtype):
     q, k, v = torch.randn(b, HEADS, t, d, dtype=dtype), torch.randn(b, KV_HEADS, t, d, dtype=dtype), \
         torch.randn(b, KV_HEADS, t, d, dtype=dtype)
     q2, k2 = pe.rotate(q, k, pos, pos)
-    assert q2.shape == q.shape and k2.shape == k.shape and q2.dtype == k2.dtype == dtype
+    # rotate keeps q/k shapes, except for an encoding that declares another width on purpose (WIDENING)
+    width = pe.rotated_width(d)
+    assert (width != d) == (name in WIDENING), f"{name} declares q/k width {width} for head_dim {d}"
+    assert q2.shape == (*q.shape[:-1], width) and k2.shape == (*k.shape[:-1], width)
+    assert q2.dtype == k2.dtype == dtype
     bias = pe.bias(pos, pos)
     if bias is not None:
         assert bias.shape[-3:] == (HEADS, t, t) and bias.dtype == torch.float32 and torch.isfinite(bias).all()

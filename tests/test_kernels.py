@@ -334,3 +334,40 @@ def test_fast_rope_switch_is_read_at_every_call(monkeypatch, value, fused):
     assert (fast_path_name(x) == "cpu") is fused
     monkeypatch.delenv("POSENC_FAST_ROPE")
     assert fast_path_name(x) == "cpu"
+
+
+# -- shapes the kernels do not fuse -----------------------------------------------------------------------------------
+class _PerHeadRoPE(posenc.encodings.rope.RoPE):
+    """RoPE whose cos/sin differ per head, ``(B|1, H, T, F)`` (FoPE's shape): the fused kernels take no such table."""
+
+    def cos_sin(self, pos, *, dtype=torch.float32, seq_len=None):
+        cos, sin = super().cos_sin(pos, dtype=dtype, seq_len=seq_len)  # (T, F) or (B, T, F)
+        head = torch.linspace(0.5, 1.5, self.n_heads, dtype=cos.dtype)[:, None, None]  # (H, 1, 1): per-head amplitude
+        if cos.dim() == 2:
+            cos, sin = cos[None], sin[None]
+        return cos[:, None] * head, sin[:, None] * head  # (B|1, H, T, F)
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("grad", ["no_grad", "inference_mode", "enable_grad"])
+def test_fast_rotate_declines_per_head_tables(grad):
+    """A RoPE subclass with per-head (4-D) cos/sin crashed under no_grad on CPU: the fused kernel raised on the table
+    although fast_rotate promises ``None`` when no fused path applies. It must decline, and the reference rotates."""
+    from posenc.kernels import fast_rotate
+
+    enc = _PerHeadRoPE(dim=32, n_heads=4)
+    pos = torch.arange(5)
+    q, k = torch.randn(2, 4, 5, 8), torch.randn(2, 4, 5, 8)
+    cos, sin = enc.cos_sin(pos)
+    context = {"no_grad": torch.no_grad, "inference_mode": torch.inference_mode, "enable_grad": torch.enable_grad}
+    with context[grad]():
+        qr, kr = (t.requires_grad_(grad == "enable_grad") if grad != "inference_mode" else t for t in (q, k))
+        assert fast_rotate(qr, kr, cos, sin, layout="half") is None
+        assert fast_rotate(qr, None, cos, sin, layout="half") is None
+        got_q, got_k = enc.rotate(qr, kr, pos, pos)
+    # cos/sin are scaled rotations per head: the reference formula, head by head, with that head's (T, F) table
+    for h in range(4):
+        want_q = apply_rope(q[:, h:h + 1], cos[0, h], sin[0, h])
+        want_k = apply_rope(k[:, h:h + 1], cos[0, h], sin[0, h])
+        torch.testing.assert_close(got_q[:, h:h + 1].detach(), want_q, rtol=0, atol=1e-6)
+        torch.testing.assert_close(got_k[:, h:h + 1].detach(), want_k, rtol=0, atol=1e-6)

@@ -50,6 +50,7 @@ def _scaling_available() -> bool:
 
 SMALL = {"waves": {"length": 24}, "similarity": {"length": 24}, "bias": {"length": 12, "heads": 2},
          "decay": {"max_distance": 64}, "wavelengths": {}, "axes": {}, "grid": {"height": 6, "width": 6, "channels": 2},
+         "fourier": {"length": 24}, "phases": {"max_distance": 24, "heads": 2},
          **{kind: {"text": "to be or not", "heads": 2} for kind in viz.PROBE_KINDS}}
 
 
@@ -96,6 +97,12 @@ def test_data_behind_every_applicable_plot_is_finite(kind, name):
     elif kind == "grid":
         data = list(viz.grid_data(pe, height=3, width=4))
         assert data[1].shape == (3, 4)
+    elif kind == "fourier":
+        data = list(viz.fourier_data(pe, length=8))
+        assert data[1].shape == data[2].shape == (8, pe.rotary_dim // 2)
+    elif kind == "phases":
+        data = [t.float() for t in viz.phases_data(pe, max_distance=8)]
+        assert data[2].shape == (2, 9)
     else:  # one attention call on a sentence: every pair a query may see is finite
         out = getattr(viz, f"{kind}_data")(pe, text="abcdefgh")
         visible = out.visible

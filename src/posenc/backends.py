@@ -274,7 +274,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None = N
         backend: ``"auto"``, or a name in ``BACKENDS``: ``"sdpa"``, ``"dense"``, ``"chunked"``, ``"flex"``,
             ``"reference"`` (see the module docstring). A named backend that cannot compute the call
             exactly raises ``ValueError`` with the reason; it never falls back silently.
-        scale: softmax scale, default ``1 / sqrt(D)``.
+        scale: softmax scale, default ``1 / sqrt(D)``; ``1 / sqrt(pe.head_dim)`` when ``pe`` widens q/k to
+            ``D = pe.rotated_width(pe.head_dim)`` (PoPE), the scale of the heads before the rotation.
         positions: instead of ``q_pos``/``k_pos``, a :class:`posenc.Positions` holding them (``pos``, ``key_pos``),
             as a model passes to every layer. When it is ``validated`` (``Positions.validate``, which the model runs
             once per forward) the position values are not checked again here (their shapes and devices still are),
@@ -423,7 +424,15 @@ def prepare_call(q: Tensor, k: Tensor, v: Tensor, pe: PositionalEncoding | None,
     if scale is not None and not torch.compiler.is_compiling():  # a traced call may carry a symbolic float
         # NaN or inf would make every output NaN without a word; a str or bool is a slip, never a scale
         check_number(scale, "posenc.attention: scale", hint="Leave it None for 1 / sqrt(head_dim).")
-    scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+    if scale is None:
+        # An encoding that widens q/k (PoPE: 2 * head_dim) keeps the scale of its original heads; any other width
+        # (every other encoding, or q/k not rotated by pe) is scaled by its own.
+        width = d
+        if pe is not None and d != pe.head_dim and pe.uses_rotate and pe.rotated_width(pe.head_dim) == d:
+            width = pe.head_dim
+        scale = 1.0 / math.sqrt(width)
+    else:
+        scale = float(scale)
     call = AttentionCall(q, k, v, pe, q_pos, k_pos, causal, attn_mask, scale, features, layer)
     if pe is not None and pe.uses_terms:
         call.terms = pe.terms(call)

@@ -253,8 +253,20 @@ class PositionalEncoding(nn.Module):
         return x
 
     def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
-        """Rotate queries ``(B, H, Tq, D)`` and keys ``(B, Hkv, Tk, D)`` by their positions."""
+        """Rotate queries ``(B, H, Tq, D)`` and keys ``(B, Hkv, Tk, D)`` by their positions.
+
+        Returns q and k of width :meth:`rotated_width` ``(D)`` (``D`` itself, unless the encoding declares otherwise).
+        """
         return q, k
+
+    def rotated_width(self, head_dim: int) -> int:
+        """The width of q and k after :meth:`rotate` for heads of ``head_dim`` channels: ``head_dim`` (the default).
+
+        An encoding whose rotation changes the width declares it here (PoPE: ``2 * head_dim``); values keep
+        ``head_dim``, and :func:`posenc.attention` then keeps the softmax scale of the original heads,
+        ``1 / sqrt(head_dim)``, as the paper's score does.
+        """
+        return head_dim
 
     def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
         """Additive attention bias, ``(H, Tq, Tk)`` or ``(B, H, Tq, Tk)`` in float32, or ``None`` for no bias."""

@@ -51,6 +51,8 @@ PLOT_OPTIONS: dict[str, dict] = {
     "wavelengths": {},
     "axes": {},
     "grid": {"height": 12, "width": 12},
+    "fourier": {"length": 96},
+    "phases": {"max_distance": 128},
     # one attention call on the default sentence (posenc.viz.PROBE_TEXT), every head of the 4-head probe encoding
     "gates": {},
     "logits": {},
@@ -98,6 +100,21 @@ CAPTIONS: dict[str, dict[str, str]] = {
         "en": "Grid: position vectors drawn on a 2-D grid of positions (2-D encodings get (row, column) "
               "coordinates; 1-D encodings are laid out row by row).",
         "zh": "网格：在二维位置网格上绘制的位置向量（二维编码使用（行，列）坐标；一维编码按行依次排列位置）。",
+    },
+    "fourier": {
+        "en": "Fourier spectrum (FoPE): how strongly each kept frequency feeds each rotary pair (the mean |C| over "
+              "heads: the identity plus the learned mixing), and a few pairs' waves cos'_d(p) beside RoPE's "
+              "cos(p·θ_d); the clipped pairs, too slow for the training length, are flat. Untrained encoding.",
+        "zh": "傅里叶谱（FoPE）：每个保留频率对每个旋转对的贡献强度（各头 |C| 的平均：单位矩阵加上学习到的混合），"
+              "以及几个旋转对的波形 cos'_d(p) 与 RoPE 的 cos(p·θ_d) 的对比；被截断的旋转对频率太低，"
+              "在训练长度内无法完成一个周期，因此是平的。未训练的编码。",
+    },
+    "phases": {
+        "en": "Phase offsets (PoPE): the learned δ of each head and channel, in [−2π, 0], and what they do to the "
+              "score of a query n tokens after its key when every magnitude is 1, beside the score without offsets. "
+              "Untrained encoding (δ drawn uniformly).",
+        "zh": "相位偏移（PoPE）：每个头、每个通道学习到的 δ（取值于 [−2π, 0]），以及当所有幅值为 1 时，"
+              "它们对相距 n 个词元的查询与键之间得分的影响，并与无偏移时的得分对比。未训练的编码（δ 均匀抽取）。",
     },
     "gates": {
         "en": "Forget gates on a sentence (its bytes are the tokens, the axis labels): the log gate log fₜ each head "

@@ -79,15 +79,15 @@ def _plot(args: argparse.Namespace) -> int:
                              f"({', '.join(PROBE_KINDS)}); '{kind}' draws positions only.")
         if args.layer is not None:
             raise ValueError(f"--layer is only for the sentence kinds ({', '.join(PROBE_KINDS)}).")
-        if kind in ("waves", "similarity", "bias") and args.length is not None:
+        if kind in ("waves", "similarity", "bias", "fourier") and args.length is not None:
             kwargs["length"] = args.length
         if kind == "similarity":
             kwargs["metric"] = args.metric
-        if kind == "decay" and args.length is not None:
+        if kind in ("decay", "phases") and args.length is not None:
             kwargs["max_distance"] = args.length
         if kind == "grid":
             kwargs["height"], kwargs["width"] = args.height, args.width
-        if kind == "bias" and args.heads_shown is not None:
+        if kind in ("bias", "phases") and args.heads_shown is not None:
             kwargs["heads"] = args.heads_shown
         kwargs.update(options)
     viz.plot(kind, args.name, out=args.out, **kwargs)

@@ -174,6 +174,9 @@ class AttentionSinks(PositionalEncoding):
     def rotate(self, q: Tensor, k: Tensor, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
         return self.inner.rotate(q, k, q_pos, k_pos)
 
+    def rotated_width(self, head_dim: int) -> int:
+        return self.inner.rotated_width(head_dim)
+
     def bias(self, q_pos: Tensor, k_pos: Tensor) -> Tensor | None:
         return self.inner.bias(q_pos, k_pos)
 

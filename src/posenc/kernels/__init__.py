@@ -200,18 +200,28 @@ def _dispatch(path: str, q: Tensor, k: Tensor | None, cos_q: Tensor, sin_q: Tens
                                    layout=layout)
 
 
+def _fusable_table(cos: Tensor, sin: Tensor) -> bool:
+    """Whether a cos/sin pair has a shape the fused kernels read: both ``(T, F)`` or both ``(B, T, F)``."""
+    return cos.dim() in (2, 3) and sin.dim() == cos.dim()
+
+
 def fast_rotate(q: Tensor, k: Tensor | None, cos_q: Tensor, sin_q: Tensor, cos_k: Tensor | None = None,
                 sin_k: Tensor | None = None, *, layout: str) -> tuple[Tensor, Tensor | None] | None:
     """Rotated ``(q, k)`` through a fused path, or ``None`` when none applies (the caller uses the reference).
 
     ``k`` may be ``None`` (then the second output is ``None``); ``cos_k``/``sin_k`` default to q's. Returns ``None``
     when: ``POSENC_FAST_ROPE=0``; under ``torch.jit`` tracing; for tensor subclasses; when the device/dtype has no
-    kernel (on CUDA also inside ``torch.compile``, and when cos/sin need gradients); q and k on different devices.
+    kernel (on CUDA also inside ``torch.compile``, and when cos/sin need gradients); q and k on different devices;
+    tables that are not ``(T, F)`` or ``(B, T, F)`` (per-head tables ``(B|1, H, T, F)``: the reference broadcasts them).
     """
     if cos_k is None:
         cos_k, sin_k = cos_q, sin_q
     if k is None:
         cos_k = sin_k = None
+    # The kernels take one table per position, (T, F) or (B, T, F): per-head tables (B|1, H, T, F), as FoPE's, are
+    # the reference formula's to broadcast. Declining here keeps the promise above instead of raising in the kernel.
+    if not _fusable_table(cos_q, sin_q) or (k is not None and not _fusable_table(cos_k, sin_k)):
+        return None
     # The common CPU case first, in as few Python steps as possible (a decode step rotates a few hundred numbers,
     # so these checks are most of its cost): plain tensors, eager, nothing to differentiate -> one kernel call.
     # is_compiling() comes before the build-state read: under torch.compile the kernel may be built inside the traced

@@ -3,13 +3,14 @@
 Two layers, kept apart so the numbers can be tested without drawing anything:
 
 - :mod:`posenc.viz.data`: the *data functions* (``waves_data``, ``similarity_data``, ``decay_data``, ``bias_data``,
-  ``bias_profile``, ``wavelengths_data``, ``axes_data``, ``attention_data``, ``grid_data``, and on one attention call
-  of a sentence, :func:`attention_probe`: ``gates_data``, ``logits_data``, ``disentangled_data``,
-  ``normalizer_data``), which call an encoding's own hooks and return tensors, and :func:`applicable_kinds` (which
-  plots fit an encoding, from its hooks). It needs only torch.
+  ``bias_profile``, ``wavelengths_data``, ``axes_data``, ``attention_data``, ``grid_data``, ``fourier_data``
+  (FoPE), ``phases_data`` (PoPE), and on one attention call of a sentence, :func:`attention_probe`: ``gates_data``,
+  ``logits_data``, ``disentangled_data``, ``normalizer_data``), which call an encoding's own hooks and return
+  tensors, and :func:`applicable_kinds` (which plots fit an encoding, from its hooks). It needs only torch.
 - :mod:`posenc.viz.figures`: the *figure functions* (``waves``, ``similarity``, ``decay``, ``bias``,
-  ``wavelengths``, ``axes``, ``attention``, ``grid``, ``gates``, ``logits``, ``disentangled``, ``normalizer``),
-  which draw those tensors and return a :class:`matplotlib.figure.Figure`; :func:`plot` dispatches by kind and saves.
+  ``wavelengths``, ``axes``, ``attention``, ``grid``, ``fourier``, ``phases``, ``gates``, ``logits``,
+  ``disentangled``, ``normalizer``), which draw those tensors and return a :class:`matplotlib.figure.Figure`;
+  :func:`plot` dispatches by kind and saves.
 
 The kinds, what each shows and which encodings it applies to are listed in :mod:`posenc.viz.data`. matplotlib is an
 optional extra (``pip install posenc[viz]``), imported only when a figure is drawn; this package imports without it.
@@ -29,9 +30,11 @@ from posenc.viz.data import (
     AxisAllocation,
     DecayCurves,
     Disentangled,
+    FourierSpectrum,
     GateDecay,
     LogitChange,
     Normalized,
+    PhaseOffsets,
     applicable_kinds,
     attention_data,
     attention_probe,
@@ -41,10 +44,12 @@ from posenc.viz.data import (
     by_distance,
     decay_data,
     disentangled_data,
+    fourier_data,
     gates_data,
     grid_data,
     logits_data,
     normalizer_data,
+    phases_data,
     position_vectors,  # noqa: F401
     resolve_encoding,
     similarity_data,
@@ -65,10 +70,12 @@ from posenc.viz.figures import (
     check_output_path,  # noqa: F401
     decay,
     disentangled,
+    fourier,
     gates,
     grid,
     logits,
     normalizer,
+    phases,
     plot,
     save_figure,
     similarity,
@@ -86,10 +93,12 @@ __all__ = [
     "AttentionProbe",
     "AxisAllocation",
     "DecayCurves",
+    "FourierSpectrum",
     "Disentangled",
     "GateDecay",
     "LogitChange",
     "Normalized",
+    "PhaseOffsets",
     "applicable_kinds",
     "attention",
     "attention_data",
@@ -104,6 +113,8 @@ __all__ = [
     "decay_data",
     "disentangled",
     "disentangled_data",
+    "fourier",
+    "fourier_data",
     "gates",
     "gates_data",
     "grid",
@@ -112,6 +123,8 @@ __all__ = [
     "logits_data",
     "normalizer",
     "normalizer_data",
+    "phases",
+    "phases_data",
     "plot",
     "resolve_encoding",
     "save_figure",

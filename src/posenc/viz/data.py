@@ -65,7 +65,9 @@ from posenc._viz_kinds import MAX_PLOT_LENGTH, PROBE_KINDS
 from posenc.backends import prepare_call
 from posenc.base import PositionalEncoding, get_encoding
 from posenc.blocks import make_block, raw_scores
-from posenc.encodings.rope import RoPE, rope_frequencies
+from posenc.encodings.fope import FoPE
+from posenc.encodings.pope import PoPE
+from posenc.encodings.rope import RoPE, rope_cos_sin, rope_frequencies
 from posenc.terms import AttentionCall, AttentionTerms, LayerView, ScoreBlock, safe_softmax
 
 if TYPE_CHECKING:
@@ -78,6 +80,8 @@ __all__ = [
     "AttentionProbe",
     "AxisAllocation",
     "DecayCurves",
+    "FourierSpectrum",
+    "PhaseOffsets",
     "Disentangled",
     "GateDecay",
     "LogitChange",
@@ -91,12 +95,14 @@ __all__ = [
     "by_distance",
     "decay_data",
     "disentangled_data",
+    "fourier_data",
     "gates_data",
     "given_by_name",
     "grid_axes",
     "grid_data",
     "logits_data",
     "normalizer_data",
+    "phases_data",
     "position_vectors",
     "resolve_encoding",
     "rope_of",
@@ -175,6 +181,18 @@ def rope_of(pe: PositionalEncoding) -> RoPE | None:
     return inner if isinstance(inner, RoPE) else None
 
 
+def fope_of(pe: PositionalEncoding) -> FoPE | None:
+    """The FoPE that ``pe`` is or wraps, or ``None``."""
+    inner = _inner(pe)
+    return inner if isinstance(inner, FoPE) else None
+
+
+def pope_of(pe: PositionalEncoding) -> PoPE | None:
+    """The PoPE that ``pe`` is or wraps, or ``None``."""
+    inner = _inner(pe)
+    return inner if isinstance(inner, PoPE) else None
+
+
 def applicable_kinds(pe: PositionalEncoding) -> list[str]:
     """The plot kinds that can draw ``pe``, decided from its hooks (``attention`` needs a model: never listed).
 
@@ -208,6 +226,10 @@ def _static_kinds(pe: PositionalEncoding) -> list[str]:
         kinds.append("bias")
     if vectors:
         kinds.append("grid")
+    if fope_of(pe) is not None:
+        kinds.append("fourier")
+    if pope_of(pe) is not None:
+        kinds.append("phases")
     return kinds
 
 
@@ -218,6 +240,8 @@ _WHY_NOT = {"waves": "it neither embeds nor rotates (no position vectors)",
             "wavelengths": "it is not a RoPE (no rotary frequencies)",
             "axes": "it has no pair -> axis table (pair_axes: M-RoPE, VideoRoPE, HoPE)",
             "bias": "it adds no attention bias",
+            "fourier": "it is not a FoPE (no Fourier coefficients)",
+            "phases": "it is not a PoPE (no phase offsets)",
             "gates": "its features() make no per-token log forget gate 'log_f' (B, H, T, 1 or 2) for a logit term",
             "logits": "it has no attention terms that add to or form the logits (terms() returns none, or terms "
                       "that only replace the normaliser)",
@@ -338,6 +362,63 @@ def decay_data(pe: PositionalEncoding, *, max_distance: int = 512) -> DecayCurve
     q, k = rope.rotate(ones, ones, distance, torch.zeros_like(distance))  # queries at m = d, keys at n = 0
     score = (q * k).sum(-1)[0, 0].float() / rope.head_dim
     return DecayCurves(distance, bound, score)
+
+
+class FourierSpectrum(NamedTuple):
+    """Output of :func:`fourier_data`."""
+
+    coefficients: Tensor  # float32 (M, M): mean |C^cos[h, m, d]| over the heads' slots, input frequency m x pair d
+    waves: Tensor  # float32 (T, F): cos'_d(p) of the first head, every rotary pair (the clipped ones flat)
+    rope: Tensor  # float32 (T, F): cos(p * theta_d), plain RoPE's wave of each pair, for comparison
+
+
+@torch.no_grad()
+def fourier_data(pe: PositionalEncoding, *, length: int = 128, offset: int = 0) -> FourierSpectrum:
+    """FoPE's spectrum (Hua et al. 2025, arXiv 2412.17739): which kept frequencies feed each rotary pair, and the waves.
+
+    ``coefficients[m, d]`` is the mean over heads of ``|C^cos[h, m, d]|`` (the identity plus the learned mixing);
+    ``waves`` is the first head's ``cos'_d(p) = sum_m cos(p theta_m) C^cos[0, m, d]`` at ``p = offset ..
+    offset + length - 1``, the clipped pairs included (1 at every position); ``rope`` is ``cos(p theta_d)``.
+    """
+    _check_kind(pe, "fourier")
+    fope = fope_of(pe)
+    pos = _positions(_check_length(length, dense=False), offset)
+    base_cos, base_sin = rope_cos_sin(pos, fope.inv_freq())  # (T, F) float32
+    slots = fope.cos_coef.shape[0]  # each slot its own table: head 0 is the first head's
+    cos, _ = fope.fourier_cos_sin(base_cos[None], base_sin[None], slots)  # (1, S, T, F)
+    return FourierSpectrum(fope.cos_coef.detach().abs().mean(0).float(), cos[0, 0].float(), base_cos.float())
+
+
+class PhaseOffsets(NamedTuple):
+    """Output of :func:`phases_data`."""
+
+    offsets: Tensor  # float32 (H, d): delta, radians in [-2 pi, 0]
+    distance: Tensor  # int64 (N,): query position - key position, 0 .. max_distance
+    score: Tensor  # float32 (H, N): each head's q'.k' / d for unit magnitudes (softplus(x) = 1), through rotate
+    no_offset: Tensor  # float64 (N,): the same with delta = 0, (1/d) sum_c cos(distance * theta_c)
+
+
+@torch.no_grad()
+def phases_data(pe: PositionalEncoding, *, max_distance: int = 128) -> PhaseOffsets:
+    """PoPE's phase offsets (Gopalakrishnan et al. 2025, arXiv 2509.10534) and what they do to the score.
+
+    With every magnitude ``softplus(x) = 1`` the score of a query ``n`` tokens after its key is
+    ``(1/d) sum_c cos(n theta_c - delta_c)``: computed here through the encoding's own ``rotate`` (queries at
+    ``n``, keys at 0), beside the same sum without offsets.
+    """
+    _check_kind(pe, "phases")
+    pope = pope_of(pe)
+    check_int(max_distance, "max_distance", minimum=1, hint="It counts tokens.")
+    if max_distance > MAX_PLOT_LENGTH:
+        raise ValueError(f"max_distance={max_distance} is more distances than a plot can show (limit "
+                         f"{MAX_PLOT_LENGTH}).")
+    distance = torch.arange(max_distance + 1)
+    d = pope.head_dim
+    unit = torch.full((1, pope.n_heads, distance.numel(), d), math.log(math.e - 1))  # softplus(log(e - 1)) = 1
+    q, k = pope.rotate(unit, unit[:, :1], distance, torch.zeros_like(distance))
+    score = (q * k).sum(-1)[0].float() / d  # (H, N)
+    no_offset = torch.cos(distance.double()[:, None] * pope.inv_freq()).mean(-1)
+    return PhaseOffsets(pope.offsets().detach().float(), distance, score, no_offset)
 
 
 @torch.no_grad()

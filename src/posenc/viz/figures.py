@@ -36,12 +36,14 @@ from posenc.viz.data import (
     by_distance,
     decay_data,
     disentangled_data,
+    fourier_data,
     gates_data,
     given_by_name,
     grid_axes,
     grid_data,
     logits_data,
     normalizer_data,
+    phases_data,
     resolve_encoding,
     rope_of,
     similarity_data,
@@ -66,10 +68,12 @@ __all__ = [
     "check_output_path",
     "decay",
     "disentangled",
+    "fourier",
     "gates",
     "grid",
     "logits",
     "normalizer",
+    "phases",
     "plot",
     "save_figure",
     "similarity",
@@ -335,6 +339,62 @@ def wavelengths(encoding: str | PositionalEncoding = "rope", *, scaling: dict | 
         ax_r.set_xlabel("rotary pair i")
         ax_r.set_ylabel("wavelength ratio (×)")
         fig.suptitle(f"{_label(pe)} — frequency bands, " + (what if scaled else "no scaling"))
+    return fig
+
+
+def fourier(encoding: str | PositionalEncoding = "fope", *, length: int = 128, offset: int = 0, **options) -> Figure:
+    """FoPE's spectrum: the mean ``|C^cos|`` (kept frequency x rotary pair) and a few pairs' Fourier waves beside
+    plain RoPE's ``cos(p theta_d)`` (arXiv 2412.17739)."""
+    pe = resolve_encoding(encoding, **options)
+    data = fourier_data(pe, length=length, offset=offset)
+    kept, pairs = data.coefficients.shape[0], data.waves.shape[1]
+    shown = sorted({0, kept - 1, min(kept, pairs - 1)})  # the fastest and slowest kept pairs, the first clipped one
+    pos = torch.arange(offset, offset + length).numpy()
+    with _style():
+        fig = _figure(10, 3.8)
+        ax_map, ax_lines = fig.subplots(1, 2, width_ratios=[1, 1.25])
+        _heatmap(fig, ax_map, data.coefficients, title=f"{_label(pe)}: mean |C^cos| over heads",
+                 xlabel="rotary pair d (output)", ylabel="kept frequency m (input)", cbar="|coefficient|",
+                 aspect="equal")
+        for axis in (ax_map.xaxis, ax_map.yaxis):
+            axis.get_major_locator().set_params(integer=True)  # pairs and frequencies are indices
+        for i, d in enumerate(shown):
+            what = "clipped" if d >= kept else "kept"
+            ax_lines.plot(pos, data.waves[:, d].numpy(), color=f"C{i}", linewidth=1.3, label=f"FoPE pair {d} ({what})")
+            ax_lines.plot(pos, data.rope[:, d].numpy(), color=f"C{i}", linewidth=0.9, linestyle="--",
+                          label=f"RoPE pair {d}")
+        ax_lines.set_title("first head: cos'_d(p) (solid) and cos(p·θ_d) (dashed)")
+        ax_lines.set_xlabel("position (tokens)")
+        ax_lines.set_ylabel("cos'_d(p)")
+        ax_lines.legend(loc="upper right", fontsize=7)
+        fig.suptitle(f"{_label(pe)} — Fourier spectrum: {kept} kept frequencies, {pairs - kept} clipped pairs "
+                     f"({pe.clipped})")
+    return fig
+
+
+def phases(encoding: str | PositionalEncoding = "pope", *, max_distance: int = 128, heads: int = 4,
+           **options) -> Figure:
+    """PoPE's learned phase offsets ``delta`` (head x channel) and each head's score against distance for unit
+    magnitudes, beside the score without offsets (arXiv 2509.10534)."""
+    pe = resolve_encoding(encoding, **options)
+    data = phases_data(pe, max_distance=max_distance)
+    shown = min(heads, data.score.shape[0])
+    with _style():
+        fig = _figure(10, 3.8)
+        ax_map, ax_lines = fig.subplots(1, 2, width_ratios=[1, 1.25])
+        _heatmap(fig, ax_map, data.offsets, title=f"{_label(pe)}: phase offset δ per head",
+                 xlabel="channel c (low c = high frequency)", ylabel="head", cbar="δ (radians, in [−2π, 0])")
+        for axis in (ax_map.xaxis, ax_map.yaxis):
+            axis.get_major_locator().set_params(integer=True)  # heads and channels are indices
+        dist = data.distance.numpy()
+        for h in range(shown):
+            ax_lines.plot(dist, data.score[h].numpy(), linewidth=1.2, label=f"head {h}")
+        ax_lines.plot(dist, data.no_offset.numpy(), color="0.3", linewidth=1.0, linestyle="--", label="δ = 0")
+        ax_lines.set_title("score for unit magnitudes: (1/d) Σ cos(n·θ_c − δ_c)")
+        ax_lines.set_xlabel("distance n = query − key (tokens)")
+        ax_lines.set_ylabel("score")
+        ax_lines.legend(loc="upper right")
+        fig.suptitle(f"{_label(pe)} — phase offsets")
     return fig
 
 
@@ -628,6 +688,8 @@ FIGURES: dict[str, Callable[..., Figure]] = {
     "axes": axes,
     "attention": attention,
     "grid": grid,
+    "fourier": fourier,
+    "phases": phases,
     "gates": gates,
     "logits": logits,
     "disentangled": disentangled,
