@@ -158,7 +158,8 @@ class BlockGenerators(RotationND):
     def transform(self, x: Tensor, coords: Tensor) -> Tensor:
         gen = self.generators()  # (G, A, nb, b, b)
         total = torch.einsum("bta,ganij->bgtnij", self.scaled(coords), gen)  # (B|1, G, T, nb, b, b)
-        rot = torch.linalg.matrix_exp(total)  # float64, once per generator set (not per head sharing it)
+        # contiguous: matrix_exp raises on some einsum output strides (a view across two subspaces)
+        rot = torch.linalg.matrix_exp(total.contiguous())  # float64, once per generator set, not per head sharing it
         return apply_blocks(x, rot[:, self.sets(x.shape[1], x.device)])
 
     def extra_repr(self) -> str:
