@@ -152,3 +152,15 @@ def test_options_are_validated():
         _comrope(block_size=5)
     with pytest.raises(ValueError, match="init_std must be a finite number > 0"):
         _comrope(init_std=-1.0)
+
+
+@pytest.mark.parametrize(("variant", "axes", "block_size"), CASES)
+def test_generator_matrices_commute_and_exponentiate_to_the_rotation(variant, axes, block_size):
+    pe = _comrope(variant=variant, axes=axes, block_size=block_size, position_scale=1.0)
+    gens = pe.generator_matrices()
+    for i in range(axes):
+        for j in range(axes):
+            torch.testing.assert_close(gens[i] @ gens[j], gens[j] @ gens[i], atol=1e-13, rtol=0)
+    r = torch.rand(axes, dtype=torch.float64) * 2
+    expected = torch.linalg.matrix_exp((r[:, None, None] * gens).sum(0))
+    torch.testing.assert_close(rotation_matrix(pe, r), expected, atol=1e-12, rtol=0)

@@ -154,3 +154,14 @@ def test_options_are_validated():
         _liere(axes=4)
     with pytest.raises(TypeError, match="integer|coordinates"):
         _liere().rotate_one(torch.randn(1, 2, 3, D), torch.zeros(1, 3, 1, dtype=torch.float16))
+
+
+def test_generator_matrices_do_not_commute_and_exponentiate_to_the_rotation():
+    pe = _liere(axes=2, block_size=4, position_scale=1.0, rotation_heads=2)
+    gens = pe.generator_matrices(1)
+    comm = (gens[0] @ gens[1] - gens[1] @ gens[0]).abs().max().item()
+    assert comm > 1.0, comm  # entries U[0, 2 pi): the commutator is of order 10
+    r = torch.tensor([0.3, 0.8], dtype=torch.float64)
+    x = torch.eye(D, dtype=torch.float64).expand(1, HEADS, D, D)
+    got = pe.rotate_one(x, r.reshape(1, 1, 2).expand(1, D, 2), "x")[0, 2].T  # head 2 uses set 1
+    torch.testing.assert_close(got, torch.linalg.matrix_exp((r[:, None, None] * gens).sum(0)), atol=1e-12, rtol=0)

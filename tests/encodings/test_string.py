@@ -188,3 +188,19 @@ def test_options_are_validated():
         _string(position_scale=0.0)
     with pytest.raises(ValueError, match="must divide the number of key/value heads"):
         _string(rotation_heads=4).rotate_one(torch.randn(1, 2, 3, D), torch.arange(3), "k")
+
+
+@pytest.mark.parametrize(("variant", "layout"), [("cayley", "half"), ("cayley", "interleaved"), ("circulant", "half")])
+def test_generator_matrices_commute_and_exponentiate_to_the_rotation(variant, layout):
+    pe = _perturb(_string(axes=3, variant=variant, layout=layout, position_scale=0.5))
+    gens = pe.generator_matrices()
+    assert gens.shape == (3, D, D)
+    torch.testing.assert_close(gens, -gens.transpose(-1, -2), atol=1e-15, rtol=0)  # P^T D P: rounding only
+    for i in range(3):
+        for j in range(3):
+            torch.testing.assert_close(gens[i] @ gens[j], gens[j] @ gens[i], atol=1e-14, rtol=0)
+    r = torch.tensor([1.5, -2.0, 7.25], dtype=torch.float64)
+    expected = torch.linalg.matrix_exp((r[:, None, None] * gens).sum(0))
+    torch.testing.assert_close(rotation_matrix(pe, r), expected, atol=1e-13, rtol=0)
+    with pytest.raises(ValueError, match=r"set_index must be an int in \[0, 1\)"):
+        pe.generator_matrices(1)

@@ -125,6 +125,19 @@ class RotationND(StructuredPositions, PositionalEncoding):
         coords = self.resolve(pos, x.shape[-2], batch=x.shape[0], device=x.device, name=f"{name}_pos")
         return self.transform(x, coords)
 
+    @abc.abstractmethod
+    def generator_matrices(self, set_index: int = 0) -> Tensor:
+        """The generators ``L_k`` of one set as dense ``(A, D, D)`` float64 skew-symmetric matrices, ``position_scale``
+        folded in: ``R(r) = exp(sum_k r_k L_k)`` for the coordinates ``r`` as given. For pictures and checks (their
+        commutators say how relative the encoding is), not for the forward pass, which never forms them."""
+
+    def check_set(self, set_index: int) -> int:
+        who = type(self).name
+        if isinstance(set_index, bool) or not isinstance(set_index, int) or not 0 <= set_index < self.rotation_heads:
+            raise ValueError(f"{who}: set_index must be an int in [0, {self.rotation_heads}) (rotation_heads="
+                             f"{self.rotation_heads}); got {set_index!r}.")
+        return set_index
+
     def sets(self, n_heads: int, device: torch.device) -> Tensor:
         return head_sets(n_heads, self.rotation_heads, type(self).name).to(device)
 
@@ -154,6 +167,10 @@ class BlockGenerators(RotationND):
     @abc.abstractmethod
     def generators(self) -> Tensor:
         """Skew-symmetric generators ``(G, A, nb, b, b)`` in float64."""
+
+    def generator_matrices(self, set_index: int = 0) -> Tensor:
+        gen = self.generators()[self.check_set(set_index)].detach() * self.position_scale  # (A, nb, b, b)
+        return torch.stack([torch.block_diag(*gen[k]) for k in range(self.n_axes)])
 
     def transform(self, x: Tensor, coords: Tensor) -> Tensor:
         gen = self.generators()  # (G, A, nb, b, b)

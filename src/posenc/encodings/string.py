@@ -136,6 +136,25 @@ class STRING(RotationND):
             parts = [c[..., k:k + 1] * theta[k] for k in range(self.n_axes)]
         return torch.cat(parts, dim=-1)
 
+    def generator_matrices(self, set_index: int = 0) -> Tensor:
+        i = self.check_set(set_index)
+        d, a = self.head_dim, self.n_axes
+        w = self.weight[i].detach()
+        gens = torch.zeros(a, d, d, dtype=torch.float64, device=w.device)
+        if self.variant == "circulant":
+            idx = (torch.arange(d)[:, None] - torch.arange(d)[None, :]) % d  # circ(c)[i, j] = c[(i - j) mod D]
+            circ = w.to(torch.float64)[:, idx.to(w.device)]  # (A, D, D)
+            return (circ - circ.transpose(-1, -2)) * self.position_scale
+        theta = string_frequencies(d, a, self.base, device=w.device)  # (A, m)
+        m, f = theta.shape[-1], d // 2
+        for k in range(a):
+            pair = torch.arange(k * m, (k + 1) * m, device=w.device)
+            first, second = (pair, pair + f) if self.layout == "half" else (2 * pair, 2 * pair + 1)
+            gens[k, second, first] = theta[k]  # d/dr (x_a, x_b) = theta (-x_b, x_a)
+            gens[k, first, second] = -theta[k]
+        p = cayley(w)
+        return p.T @ gens @ p * self.position_scale  # L_k = P^T D_k P
+
     def transform(self, x: Tensor, coords: Tensor) -> Tensor:
         compute = torch.promote_types(x.dtype, torch.float32)
         sets = self.sets(x.shape[1], x.device)
