@@ -204,3 +204,17 @@ def test_generator_matrices_commute_and_exponentiate_to_the_rotation(variant, la
     torch.testing.assert_close(rotation_matrix(pe, r), expected, atol=1e-13, rtol=0)
     with pytest.raises(ValueError, match=r"set_index must be an int in \[0, 1\)"):
         pe.generator_matrices(1)
+
+
+@pytest.mark.parametrize(("name", "options"), [("string", {"axes": 3}), ("liere", {"axes": 2}),
+                                               ("comrope", {"axes": 3, "variant": "ld"})])
+def test_a_plain_sequence_lies_on_the_last_axis(name, options):
+    """No coordinates: token p sits at (0, .., 0, p), as a 1 x T grid does for axial_rope."""
+    pe = get_encoding(name, dim=DIM, n_heads=HEADS, max_seq_len=64, **options)
+    a = pe.n_axes
+    x = torch.randn(2, HEADS, 5, D)
+    pos = torch.arange(3, 8)
+    coords = torch.zeros(1, 5, a, dtype=torch.long)
+    coords[0, :, -1] = pos
+    torch.testing.assert_close(pe.rotate_one(x, pos), pe.rotate_one(x, coords), atol=0, rtol=0)
+    torch.testing.assert_close(pe.rotate_one(x, pos), pe.rotate_one(x, coords.double()), atol=1e-6, rtol=1e-6)
