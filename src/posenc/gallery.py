@@ -50,6 +50,7 @@ PLOT_OPTIONS: dict[str, dict] = {
     "bias": {"length": 48},
     "wavelengths": {},
     "grid": {"height": 12, "width": 12},
+    "generators": {},
     # one attention call on the default sentence (posenc.viz.PROBE_TEXT), every head of the 4-head probe encoding
     "gates": {},
     "logits": {},
@@ -90,6 +91,12 @@ CAPTIONS: dict[str, dict[str, str]] = {
         "en": "Grid: position vectors drawn on a 2-D grid of positions (2-D encodings get (row, column) "
               "coordinates; 1-D encodings are laid out row by row).",
         "zh": "网格：在二维位置网格上绘制的位置向量（二维编码使用（行，列）坐标；一维编码按行依次排列位置）。",
+    },
+    "generators": {
+        "en": "Generators: the skew-symmetric matrices L_k of a learned rotation R(r) = exp(Σ r_k L_k), one per "
+              "coordinate axis; when they commute, scores depend only on coordinate differences.",
+        "zh": "生成元：可学习旋转 R(r) = exp(Σ r_k L_k) 的反对称矩阵 L_k，每个坐标轴一个；"
+              "它们对易时，注意力分数只取决于坐标之差。",
     },
     "gates": {
         "en": "Forget gates on a sentence (its bytes are the tokens, the axis labels): the log gate log fₜ each head "

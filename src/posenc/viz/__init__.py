@@ -3,13 +3,14 @@
 Two layers, kept apart so the numbers can be tested without drawing anything:
 
 - :mod:`posenc.viz.data`: the *data functions* (``waves_data``, ``similarity_data``, ``decay_data``, ``bias_data``,
-  ``bias_profile``, ``wavelengths_data``, ``attention_data``, ``grid_data``, and on one attention call of a
-  sentence, :func:`attention_probe`: ``gates_data``, ``logits_data``, ``disentangled_data``, ``normalizer_data``),
-  which call an encoding's own hooks and return tensors, and :func:`applicable_kinds` (which plots fit an encoding,
-  from its hooks). It needs only torch.
+  ``bias_profile``, ``wavelengths_data``, ``attention_data``, ``grid_data``, ``generators_data``, and on one
+  attention call of a sentence, :func:`attention_probe`: ``gates_data``, ``logits_data``, ``disentangled_data``,
+  ``normalizer_data``), which call an encoding's own hooks and return tensors, and :func:`applicable_kinds` (which
+  plots fit an encoding, from its hooks). It needs only torch.
 - :mod:`posenc.viz.figures`: the *figure functions* (``waves``, ``similarity``, ``decay``, ``bias``,
-  ``wavelengths``, ``attention``, ``grid``, ``gates``, ``logits``, ``disentangled``, ``normalizer``), which draw
-  those tensors and return a :class:`matplotlib.figure.Figure`; :func:`plot` dispatches by kind and saves.
+  ``wavelengths``, ``attention``, ``grid``, ``generators``, ``gates``, ``logits``, ``disentangled``,
+  ``normalizer``), which draw those tensors and return a :class:`matplotlib.figure.Figure`; :func:`plot`
+  dispatches by kind and saves.
 
 The kinds, what each shows and which encodings it applies to are listed in :mod:`posenc.viz.data`. matplotlib is an
 optional extra (``pip install posenc[viz]``), imported only when a figure is drawn; this package imports without it.
@@ -40,6 +41,7 @@ from posenc.viz.data import (
     decay_data,
     disentangled_data,
     gates_data,
+    generators_data,
     grid_data,
     logits_data,
     normalizer_data,
@@ -63,6 +65,7 @@ from posenc.viz.figures import (
     decay,
     disentangled,
     gates,
+    generators,
     grid,
     logits,
     normalizer,
@@ -100,6 +103,8 @@ __all__ = [
     "disentangled_data",
     "gates",
     "gates_data",
+    "generators",
+    "generators_data",
     "grid",
     "grid_data",
     "logits",
