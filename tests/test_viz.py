@@ -50,7 +50,7 @@ def _scaling_available() -> bool:
 
 SMALL = {"waves": {"length": 24}, "similarity": {"length": 24}, "bias": {"length": 12, "heads": 2},
          "decay": {"max_distance": 64}, "wavelengths": {}, "axes": {}, "grid": {"height": 6, "width": 6, "channels": 2},
-         "fourier": {"length": 24}, "phases": {"max_distance": 24, "heads": 2},
+         "fourier": {"length": 24}, "phases": {"max_distance": 24, "heads": 2}, "generators": {},
          **{kind: {"text": "to be or not", "heads": 2} for kind in viz.PROBE_KINDS}}
 
 
@@ -103,6 +103,9 @@ def test_data_behind_every_applicable_plot_is_finite(kind, name):
     elif kind == "phases":
         data = [t.float() for t in viz.phases_data(pe, max_distance=8)]
         assert data[2].shape == (2, 9)
+    elif kind == "generators":
+        data = list(viz.generators_data(pe))
+        assert data[0].shape[-2:] == (16, 16)
     else:  # one attention call on a sentence: every pair a query may see is finite
         out = getattr(viz, f"{kind}_data")(pe, text="abcdefgh")
         visible = out.visible

@@ -3,5 +3,5 @@
 # Kinds drawn from one self-attention call on a sentence (posenc.viz.data.AttentionProbe): they take --text.
 PROBE_KINDS = ("gates", "logits", "disentangled", "normalizer")
 PLOT_KINDS = ("waves", "similarity", "decay", "bias", "wavelengths", "axes", "attention", "grid", "fourier",
-              "phases", *PROBE_KINDS)
+              "phases", "generators", *PROBE_KINDS)
 MAX_PLOT_LENGTH = 1 << 16  # the most positions (or distances) a 1-D plot draws: far more than its pixels

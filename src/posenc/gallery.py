@@ -53,6 +53,7 @@ PLOT_OPTIONS: dict[str, dict] = {
     "grid": {"height": 12, "width": 12},
     "fourier": {"length": 96},
     "phases": {"max_distance": 128},
+    "generators": {},
     # one attention call on the default sentence (posenc.viz.PROBE_TEXT), every head of the 4-head probe encoding
     "gates": {},
     "logits": {},
@@ -115,6 +116,12 @@ CAPTIONS: dict[str, dict[str, str]] = {
               "Untrained encoding (δ drawn uniformly).",
         "zh": "相位偏移（PoPE）：每个头、每个通道学习到的 δ（取值于 [−2π, 0]），以及当所有幅值为 1 时，"
               "它们对相距 n 个词元的查询与键之间得分的影响，并与无偏移时的得分对比。未训练的编码（δ 均匀抽取）。",
+    },
+    "generators": {
+        "en": "Generators: the skew-symmetric matrices L_k of a learned rotation R(r) = exp(Σ r_k L_k), one per "
+              "coordinate axis; when they commute, scores depend only on coordinate differences.",
+        "zh": "生成元：可学习旋转 R(r) = exp(Σ r_k L_k) 的反对称矩阵 L_k，每个坐标轴一个；"
+              "它们对易时，注意力分数只取决于坐标之差。",
     },
     "gates": {
         "en": "Forget gates on a sentence (its bytes are the tokens, the axis labels): the log gate log fₜ each head "

@@ -52,7 +52,9 @@ class Positions:
     pos: Tensor | None = None  # (T,) or (B, T) int64: positions of this call's tokens
     key_pos: Tensor | None = None  # (Tk,) or (B, Tk) int64: positions of every key (KV cache, then pos)
     segment_ids: Tensor | None = None  # (B, T) int: packed documents; tokens attend within their segment only
-    coordinates: Tensor | None = None  # (L, A) or (B, L, A) int64: coordinates of the token at each position
+    # (L, A) or (B, L, A): coordinates of the token at each position; int64, or float32/float64 (continuous, e.g.
+    # normalised to [0, 1] or time stamps) for encodings with ``continuous_coordinates = True`` (string, liere, comrope)
+    coordinates: Tensor | None = None
     adjacency: Tensor | None = None  # (N, N) or (B, N, N): nonzero = edge between the nodes at two positions
     token_ids: Tensor | None = None  # (T,) or (B, T): token ids, for encodings that derive structure from them
     max_pos: int | None = None  # the largest value in pos (set with validated: no device sync to read it)
@@ -86,7 +88,8 @@ class Positions:
         """Check ``pos`` (dtype, shape, batch, device, non-negative) with one read of its values; ``validated=True``.
 
         The structure fields are checked by the encodings that read them, when they are bound
-        (:meth:`posenc.PositionalEncoding.bind`); ``segment_ids`` here. Raises ``TypeError``/``ValueError`` that
+        (:meth:`posenc.PositionalEncoding.bind`); ``segment_ids`` here, and float ``coordinates`` for what no encoding
+        can use (a dtype other than float32/float64, a NaN or an infinity). Raises ``TypeError``/``ValueError`` that
         name the argument.
         """
         from posenc.base import check_positions_layout  # local: base imports this module
@@ -110,6 +113,15 @@ class Positions:
                                  f"id per token; got {got}.")
             if device is not None and seg.device != device:
                 raise ValueError(f"segment_ids is on {seg.device} but the input is on {device}.")
+        coords = self.coordinates
+        if isinstance(coords, Tensor) and coords.dtype.is_floating_point:
+            # once per forward, here: a NaN would otherwise turn every score it touches into NaN in every layer
+            if coords.dtype not in (torch.float32, torch.float64):
+                raise TypeError(f"continuous coordinates must be float32 or float64; got {coords.dtype}, whose "
+                                f"rounding would move the positions. Hint: coords.double().")
+            if coords.numel() and reads_values(coords) and not bool(torch.isfinite(coords).all()):
+                raise ValueError("coordinates must be finite; got a NaN or an infinity. Hint: mask such tokens "
+                                 "instead of giving them coordinates.")
         return dataclasses.replace(self, max_pos=top, validated=True)
 
     def with_keys(self, key_pos: Tensor, max_key_pos: int | None) -> Positions:

@@ -6,6 +6,7 @@ Not an encoding (the leading underscore keeps auto-discovery from importing it a
 A structured encoding takes positions in two forms:
 
 - **coordinates** ``(B, T, A)`` int64 (``A`` axes) passed straight to its hooks, e.g. ``(row, col)`` per token;
+  float32/float64 for the encodings with ``continuous_coordinates = True`` (the others refuse them);
 - plain positions ``(T,)`` / ``(B, T)``, which is what :class:`posenc.Transformer` passes. They are then *indices
   into a coordinate table*, ``Positions(coordinates=table)`` given to the model (``model(x, positions=...)``) or to
   :meth:`~posenc.PositionalEncoding.bind` for a direct hook call: the token at position ``p`` has coordinates
@@ -53,6 +54,9 @@ class StructuredPositions(abc.ABC):
     n_axes: int = 1
     axis_names: tuple[str, ...] = ()
     allow_negative: bool = False  # whether coordinates may be negative (e.g. a CLS token outside a grid)
+    # whether float32/float64 coordinates are read as they are (ComRoPE's [0, 1] grids, video time stamps); the
+    # others refuse float coordinates, naming the encodings that take them
+    continuous_coordinates: bool = False
 
     reads = ("coordinates",)
     _coordinates: Tensor | None = None  # (Bt, L, A): the table of a bound view; None on the encoding itself
@@ -76,14 +80,26 @@ class StructuredPositions(abc.ABC):
         who = getattr(self, "name", "") or type(self).__name__
         axes = ", ".join(self.axis_names) or f"{self.n_axes} axes"
         shapes = "(L, A) or (B, L, A)" if allow_2d else "(B, T, A)"
-        check_integer_tensor(coords, name=f"{who}: {name}", shape=f"{shapes} with A = {self.n_axes} ({axes})",
-                             what="coordinates", dtype_hint=" Hint: coords.long().")
+        continuous = self.continuous_coordinates and isinstance(coords, Tensor) and coords.dtype.is_floating_point
+        if continuous:
+            if coords.dtype not in (torch.float32, torch.float64):
+                raise TypeError(f"{who}: {name} must be int64, float32 or float64 coordinates; got {coords.dtype}. "
+                                f"Hint: coords.double().")
+        else:
+            hint = " Hint: coords.long()."
+            if isinstance(coords, Tensor) and coords.dtype.is_floating_point:
+                hint = (f" {who} takes integer coordinates only; continuous coordinates are read by the encodings "
+                        f"with continuous_coordinates = True (string, liere, comrope).{hint}")
+            check_integer_tensor(coords, name=f"{who}: {name}", shape=f"{shapes} with A = {self.n_axes} ({axes})",
+                                 what="coordinates", dtype_hint=hint)
         if coords.dim() not in ((2, 3) if allow_2d else (3,)) or coords.shape[-1] != self.n_axes:
             raise ValueError(f"{who}: {name} must have shape {shapes} with A = {self.n_axes} ({axes}); got shape "
                              f"{tuple(coords.shape)}.")
+        if continuous and coords.numel() and reads_values(coords) and not bool(torch.isfinite(coords).all()):
+            raise ValueError(f"{who}: {name} must be finite; got a NaN or an infinity.")
         if not self.allow_negative and coords.numel() and reads_values(coords) and coords.min() < 0:
-            raise ValueError(f"{who}: {name} must be non-negative; got a minimum of {int(coords.min())}.")
-        return coords.long()
+            raise ValueError(f"{who}: {name} must be non-negative; got a minimum of {coords.min().item()}.")
+        return coords if continuous else coords.long()
 
     # -- plain positions -> coordinates --------------------------------------------------------------------------------
     @abc.abstractmethod

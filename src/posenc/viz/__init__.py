@@ -4,13 +4,14 @@ Two layers, kept apart so the numbers can be tested without drawing anything:
 
 - :mod:`posenc.viz.data`: the *data functions* (``waves_data``, ``similarity_data``, ``decay_data``, ``bias_data``,
   ``bias_profile``, ``wavelengths_data``, ``axes_data``, ``attention_data``, ``grid_data``, ``fourier_data``
-  (FoPE), ``phases_data`` (PoPE), and on one attention call of a sentence, :func:`attention_probe`: ``gates_data``,
-  ``logits_data``, ``disentangled_data``, ``normalizer_data``), which call an encoding's own hooks and return
-  tensors, and :func:`applicable_kinds` (which plots fit an encoding, from its hooks). It needs only torch.
+  (FoPE), ``phases_data`` (PoPE), ``generators_data``, and on one attention call of a sentence,
+  :func:`attention_probe`: ``gates_data``, ``logits_data``, ``disentangled_data``, ``normalizer_data``), which call
+  an encoding's own hooks and return tensors, and :func:`applicable_kinds` (which plots fit an encoding, from its
+  hooks). It needs only torch.
 - :mod:`posenc.viz.figures`: the *figure functions* (``waves``, ``similarity``, ``decay``, ``bias``,
-  ``wavelengths``, ``axes``, ``attention``, ``grid``, ``fourier``, ``phases``, ``gates``, ``logits``,
-  ``disentangled``, ``normalizer``), which draw those tensors and return a :class:`matplotlib.figure.Figure`;
-  :func:`plot` dispatches by kind and saves.
+  ``wavelengths``, ``axes``, ``attention``, ``grid``, ``fourier``, ``phases``, ``generators``, ``gates``,
+  ``logits``, ``disentangled``, ``normalizer``), which draw those tensors and return a
+  :class:`matplotlib.figure.Figure`; :func:`plot` dispatches by kind and saves.
 
 The kinds, what each shows and which encodings it applies to are listed in :mod:`posenc.viz.data`. matplotlib is an
 optional extra (``pip install posenc[viz]``), imported only when a figure is drawn; this package imports without it.
@@ -46,6 +47,7 @@ from posenc.viz.data import (
     disentangled_data,
     fourier_data,
     gates_data,
+    generators_data,
     grid_data,
     logits_data,
     normalizer_data,
@@ -72,6 +74,7 @@ from posenc.viz.figures import (
     disentangled,
     fourier,
     gates,
+    generators,
     grid,
     logits,
     normalizer,
@@ -117,6 +120,8 @@ __all__ = [
     "fourier_data",
     "gates",
     "gates_data",
+    "generators",
+    "generators_data",
     "grid",
     "grid_data",
     "logits",

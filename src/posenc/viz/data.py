@@ -18,6 +18,7 @@ kind             what it shows                                                  
 ``axes``         which coordinate axis each rotary pair reads, against its wavelength  a ``pair_axes`` table (M-RoPE's)
 ``attention``    attention probabilities of a trained :class:`posenc.Transformer`    a model, not an encoding
 ``grid``         position vectors over a 2-D grid of positions, as images            ``uses_embed`` or ``uses_rotate``
+``generators``   a learned rotation's generators ``L_k`` (``R(r) = exp(sum r_k L_k)``)  ``generator_matrices()``
 ``gates``        per-token log forget gates on a sentence, the decay they add, ALiBi  features ``log_f`` + logit terms
 ``logits``       what the terms add to ``q . k * scale`` on a sentence, per head       terms that add or form logits
 ``disentangled`` DeBERTa's content, c2p and p2c parts of those logits                  logit terms + ``reads_layer``
@@ -97,6 +98,7 @@ __all__ = [
     "disentangled_data",
     "fourier_data",
     "gates_data",
+    "generators_data",
     "given_by_name",
     "grid_axes",
     "grid_data",
@@ -230,12 +232,15 @@ def _static_kinds(pe: PositionalEncoding) -> list[str]:
         kinds.append("fourier")
     if pope_of(pe) is not None:
         kinds.append("phases")
+    if callable(getattr(_inner(pe), "generator_matrices", None)):
+        kinds.append("generators")
     return kinds
 
 
 _WHY_NOT = {"waves": "it neither embeds nor rotates (no position vectors)",
             "similarity": "it neither embeds nor rotates (no position vectors)",
             "grid": "it neither embeds nor rotates (no position vectors)",
+            "generators": "it has no generator_matrices() (not a rotation exp(sum r_k L_k) with learned generators)",
             "decay": "it is not a RoPE (no rotary frequencies)",
             "wavelengths": "it is not a RoPE (no rotary frequencies)",
             "axes": "it has no pair -> axis table (pair_axes: M-RoPE, VideoRoPE, HoPE)",
@@ -617,6 +622,21 @@ def _grid_positions(pe: PositionalEncoding, height: int, width: int) -> Tensor:
     coords = torch.zeros(1, height * width, n_axes, dtype=torch.long)  # (1, T, A); leading axes (e.g. time) at 0
     coords[0, :, -2], coords[0, :, -1] = rows.flatten(), cols.flatten()
     return coords
+
+
+def generators_data(pe: PositionalEncoding, *, set_index: int = 0) -> tuple[Tensor, Tensor]:
+    """A learned rotation's generators and how far they are from commuting.
+
+    Returns:
+        ``(generators (A, D, D), commutators (A, A))`` in float64: the skew-symmetric ``L_k`` of generator set
+        ``set_index`` (``R(r) = exp(sum_k r_k L_k)`` at the coordinates as given, ``pe.generator_matrices``), and
+        ``max |L_j L_k - L_k L_j|`` for every pair of axes: all zero when the encoding is exactly relative.
+    """
+    _check_kind(pe, "generators")
+    gens = _inner(pe).generator_matrices(set_index).detach().to("cpu", torch.float64)
+    comm = torch.einsum("jab,kbc->jkac", gens, gens)
+    comm = (comm - comm.transpose(0, 1)).abs().amax(dim=(-1, -2))
+    return gens, comm
 
 
 # -- attention probes: one self-attention call on a sentence -----------------------------------------------------------

@@ -38,6 +38,7 @@ from posenc.viz.data import (
     disentangled_data,
     fourier_data,
     gates_data,
+    generators_data,
     given_by_name,
     grid_axes,
     grid_data,
@@ -465,6 +466,26 @@ def grid(encoding, *, height: int = 16, width: int = 16, channels: int = 4, **op
     return fig
 
 
+def generators(encoding, *, set_index: int = 0, **options) -> Figure:
+    """A learned rotation's generators ``L_k`` as ``D x D`` heatmaps, one per axis, and their largest commutator."""
+    pe = resolve_encoding(encoding, **options)
+    gens, comm = generators_data(pe, set_index=set_index)
+    n_axes = gens.shape[0]
+    names = tuple(getattr(pe, "axis_names", ()) or ())
+    names = names if len(names) == n_axes else tuple(str(k) for k in range(n_axes))
+    worst = float(comm.max()) / max(float(gens.abs().max()) ** 2, 1e-300)  # relative: the scale is folded in
+    with _style():
+        fig = _figure(3.4 * n_axes + 0.6, 3.3)
+        axes = fig.subplots(1, n_axes, squeeze=False)[0]
+        for k, ax in enumerate(axes):
+            _heatmap(fig, ax, gens[k], title=f"L_{k} (axis {names[k]})", xlabel="channel", ylabel="channel",
+                     cbar="generator entry", diverging=True, aspect="equal")
+        relative = "commute: exactly relative" if worst < 1e-9 else \
+            f"max |[L_j, L_k]| / max |L|² = {worst:.3g}: not relative"
+        fig.suptitle(f"{_label(pe)} — generators of set {set_index} ({relative})")
+    return fig
+
+
 # -- pictures of one attention call on a sentence (the probe kinds) ----------------------------------------------------
 MAX_TOKEN_TICKS = 64  # label every token on an axis up to this many; longer inputs get numbered ticks
 
@@ -690,6 +711,7 @@ FIGURES: dict[str, Callable[..., Figure]] = {
     "grid": grid,
     "fourier": fourier,
     "phases": phases,
+    "generators": generators,
     "gates": gates,
     "logits": logits,
     "disentangled": disentangled,
