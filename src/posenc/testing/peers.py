@@ -107,7 +107,7 @@ def liger(config: dict) -> Callable:
 
     def fn(q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         pos = positions if positions.dim() == 2 else positions[None]
-        seq_len = int(positions.max()) + 1
+        seq_len = int(positions.max()) + 1 if positions.numel() else 1  # the adapter's own need, not Liger's
         inv, scale = spec.inv_freq(seq_len)
         ang = pos.to(torch.float64)[..., None] * inv  # (1 or B, T, r/2)
         emb = torch.cat((ang, ang), dim=-1)
