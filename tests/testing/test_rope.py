@@ -199,11 +199,12 @@ def test_wrong_shapes_and_dtypes_are_errors():
     assert "returned q in float32 for bfloat16 input" in result.diagnosis
 
 
-def test_an_unknown_bug_is_unexplained_with_the_worst_input():
+def test_an_unlisted_bug_is_named_by_the_estimate_with_the_worst_input():
     cfg = CONFIGS["default"]
     result = check_rope(make_rope(cfg, swap_cos_sin=True), cfg, **FAST)
-    assert result.finding.hypothesis == "unexplained"
-    assert "no known bug explains" in result.diagnosis and "at position" in result.diagnosis
+    assert result.finding.hypothesis == "estimate"  # no listed hypothesis: the blind estimate names it
+    assert "constant phase of +90° (cos and sin swapped" in result.diagnosis, result.diagnosis
+    assert "every pair rotates the other way" in result.diagnosis and "at position" in result.diagnosis
 
 
 def test_result_serialises_and_prints():

@@ -166,6 +166,7 @@ class ConformanceResult:
     config: dict
     cases: list[Case]
     finding: Finding | None = None
+    estimate: dict | None = None  # on a failure: what the blind estimate measured (posenc.testing.estimate)
 
     @property
     def passed(self) -> bool:
@@ -190,7 +191,7 @@ class ConformanceResult:
         return {"kind": self.kind, "target": self.target, "config": _jsonable(self.config), "verdict": self.verdict,
                 "passed": self.passed, "conforms": self.conforms, "diagnosis": self.diagnosis,
                 "finding": None if self.finding is None else _jsonable(asdict(self.finding)),
-                "cases": [_jsonable(asdict(c)) for c in self.cases]}
+                "cases": [_jsonable(asdict(c)) for c in self.cases], "estimate": _jsonable(self.estimate)}
 
     def table(self) -> str:
         """A plain-text table: one row per case, then the verdict and the diagnosis."""

@@ -43,6 +43,7 @@ from posenc.testing._args import (
 from posenc.testing.diagnose import (
     MEMORY_LAYOUTS,
     ConformanceResult,
+    Finding,
     Hypothesis,
     Probe,
     diagnose,
@@ -528,8 +529,34 @@ def _check_rope(candidate: Any, config: Any, *, layout, dtypes, max_position, gq
                             angle=top * top_freq, message=message, position_of=_position_of(case.positions),
                             memory=case.memory, mutated=mutated))
     hypotheses = [Hypothesis(name, sentence, _buggy(bug)) for name, sentence, bug in rope_hypotheses(spec)]
-    return diagnose("rope", target or getattr(candidate, "__qualname__", type(candidate).__name__), spec.describe(),
-                    probes, hypotheses)
+    result = diagnose("rope", target or getattr(candidate, "__qualname__", type(candidate).__name__), spec.describe(),
+                      probes, hypotheses)
+    if result.finding is not None and result.finding.hypothesis == "unexplained":
+        _blind_diagnosis(fn, spec, result)
+    return result
+
+
+def _blind_diagnosis(fn: Callable, spec: RopeSpec, result: ConformanceResult) -> None:
+    """No listed bug explains the numbers: estimate what the candidate computes (:mod:`posenc.testing.estimate`) and
+    put the differences, with their measured values, in the finding (``"estimate"``)."""
+    from posenc.testing.estimate import explain_rope
+
+    words, estimate = explain_rope(fn, spec)
+    result.estimate = estimate.to_dict()
+    old = result.finding
+    where = old.sentence.split("; ", 1)[1] if "; " in old.sentence else old.sentence
+    if not words:
+        result.finding = Finding("unexplained", "bug", f"no known bug explains the numbers, and the estimate from "
+                                 f"your outputs (float32 contiguous q/k at positions 0..32768) finds your rotation "
+                                 f"equal to the configuration's, so the failure is in what that probe does not cover; "
+                                 f"{where}", old.worst)
+        return
+    if words[0].startswith("the estimate cannot describe"):
+        result.finding = Finding("unexplained", "bug", f"no known bug explains the numbers; {'; '.join(words)}; "
+                                 f"{where}", old.worst)
+        return
+    result.finding = Finding("estimate", "bug", f"no listed bug, but the estimate from your outputs says: "
+                             f"{'; '.join(words)}; {where}", old.worst)
 
 
 def _check_cases(cases: Any, spec: RopeSpec) -> None:
