@@ -20,7 +20,8 @@ from torch import Tensor
 from posenc.encodings.alibi import alibi_bias, alibi_slopes
 from posenc.encodings.t5 import t5_relative_position_bucket
 from posenc.testing._args import require_bool, require_callable, require_int, require_number, require_target
-from posenc.testing.diagnose import ConformanceResult, Hypothesis, Probe, diagnose, one_thread
+from posenc.testing.diagnose import ConformanceResult, Finding, Hypothesis, Probe, diagnose, one_thread
+from posenc.testing.estimate import explain_alibi, explain_t5
 
 __all__ = ["check_bias"]
 
@@ -130,9 +131,29 @@ def check_alibi(candidate: Callable, config: dict, *, max_position: int = 1_000_
         hyps.append(hyp("slopes_truncated", f"your slopes are the first {n} of the {p2}-head sequence; the paper "
                         f"fills up with every other slope of the next power of two",
                         slopes=alibi_slopes(p2, dtype=torch.float64)[:n]))
-    return diagnose("bias", target or getattr(candidate, "__qualname__", "alibi"),
-                    {"type": "alibi", "n_heads": n, "causal": causal, "symmetric": symmetric}, probes, hyps,
-                    precision_text="bias formed from absolute positions in float32 (m * i - m * j rounded)")
+    result = diagnose("bias", target or getattr(candidate, "__qualname__", "alibi"),
+                      {"type": "alibi", "n_heads": n, "causal": causal, "symmetric": symmetric}, probes, hyps,
+                      precision_text="bias formed from absolute positions in float32 (m * i - m * j rounded)")
+    return _blind(result, lambda: explain_alibi(candidate, slopes, causal=causal, symmetric=symmetric))
+
+
+def _blind(result: ConformanceResult, explain: Callable[[], list[str]]) -> ConformanceResult:
+    """No listed bug explains the numbers: put what the blind estimate measures (:mod:`posenc.testing.estimate`)
+    in the finding (``"estimate"``; still ``"unexplained"`` when the estimate cannot describe the candidate)."""
+    old = result.finding
+    if old is None or old.hypothesis != "unexplained":
+        return result
+    words = explain()
+    where = old.sentence.split("; ", 1)[1] if "; " in old.sentence else old.sentence
+    if not words:
+        return result
+    if words[0].startswith("the estimate cannot describe"):
+        result.finding = Finding("unexplained", "bug", f"no known bug explains the numbers; {'; '.join(words)}; "
+                                 f"{where}", old.worst)
+    else:
+        result.finding = Finding("estimate", "bug", f"no listed bug, but the estimate from your outputs says: "
+                                 f"{'; '.join(words)}; {where}", old.worst)
+    return result
 
 
 # -- T5 ----------------------------------------------------------------------------------------------------------------
@@ -175,8 +196,9 @@ def check_t5(candidate: Callable, config: dict, *, max_position: int = 1_000_000
         if alt != num_buckets and alt >= 4:
             hyps.append(hyp(f"num_buckets_{alt}", f"your buckets are those of num_buckets={alt}; the configuration "
                             f"has {num_buckets}", num_buckets=alt))
-    return diagnose("bias", target or getattr(candidate, "__qualname__", "t5"), {"type": "t5", **ref}, probes, hyps,
-                    angles=False)
+    result = diagnose("bias", target or getattr(candidate, "__qualname__", "t5"), {"type": "t5", **ref}, probes,
+                      hyps, angles=False)
+    return _blind(result, lambda: explain_t5(candidate, lambda rel: bucket(rel)[0], max_distance=max_distance))
 
 
 def check_bias(candidate: Callable, config: dict, *, max_position: int = 1_000_000,

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = ["PROBE_POSITIONS", "RopeEstimate", "estimate_rope", "explain_rope"]
+__all__ = ["PROBE_POSITIONS", "RopeEstimate", "estimate_rope", "explain_alibi", "explain_rope", "explain_t5"]
 
 # 0..8 (exact in every dtype), the doubling chain to 2^15 (exact in bfloat16/float16: p * dt(ω) is then exact too, so
 # the chain measures dt(ω) itself) and three positions that round differently in each dtype. 2^15 stays below
@@ -399,3 +399,154 @@ def explain_rope(fn: Callable, spec) -> tuple[list[str], RopeEstimate]:
     if cand.batch:
         words.append(cand.batch)
     return words, cand
+
+
+# -- biases ----------------------------------------------------------------------------------------------------------
+def _line(dist: Tensor, values: Tensor) -> tuple[float, float, float]:
+    """Least squares ``values = a + b * dist``: ``(a, b, largest residual)``."""
+    x, y = dist.to(torch.float64), values.to(torch.float64)
+    b = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum().clamp_min(1e-300))
+    a = float(y.mean() - b * x.mean())
+    return a, b, float((y - (a + b * x)).abs().max())
+
+
+def explain_alibi(fn: Callable, slopes: Tensor, *, causal: bool, symmetric: bool) -> list[str]:
+    """What a candidate ALiBi ``fn(q_pos, k_pos) -> (H, Tq, Tk)`` computes, against ``slopes`` ``(H,)``: per head the
+    slope of the bias over the distance ``i - j`` for keys before the query (and after it, when not causal), the bias
+    at distance 0, the sign and the symmetry; phrases with the measured values, ``[]`` when all agree."""
+    n = slopes.numel()
+    pos = torch.arange(64)
+    try:
+        with torch.no_grad():
+            bias = fn(pos.clone(), pos.clone()).to(torch.float64)  # (H, 64, 64)
+    except Exception as exc:  # noqa: BLE001 - nothing to estimate from
+        return [f"the estimate cannot describe your bias: it raised on its probe ({type(exc).__name__})"]
+    if tuple(bias.shape) != (n, 64, 64) or not torch.isfinite(bias).all():
+        return ["the estimate cannot describe your bias: its probe output has the wrong shape or is not finite"]
+    i, j = torch.meshgrid(pos, pos, indexing="ij")
+    before, after = j <= i, j > i
+    out, lo, hi, zero = [], [], [], []
+    for h in range(n):
+        a, b, res = _line((i - j)[before], bias[h][before])
+        if res > 1e-4 * max(1.0, float(bias[h][before].abs().max())):
+            return [f"the estimate cannot describe your bias: head {h}'s bias for keys before the query is not a "
+                    f"straight line in the distance (largest residual {res:.3g}): not ALiBi's -m * (i - j)"]
+        lo.append(-b)
+        zero.append(a)
+        if not causal:
+            a2, b2, res2 = _line((j - i)[after], bias[h][after])
+            hi.append(-b2 if res2 <= 1e-4 * max(1.0, float(bias[h][after].abs().max())) else math.nan)
+    got, want = torch.tensor(lo, dtype=torch.float64), slopes.to(torch.float64)
+    tol = 1e-5 * float(want.abs().max())
+    if bool(((got + want).abs() <= tol).all()):
+        out.append("your bias has the wrong sign: it grows with the distance (+m * (i - j)) instead of falling")
+        got = -got
+    bad = ((got - want).abs() > tol).nonzero().flatten().tolist()
+    if bad:
+        ratio = got / want
+        if float(ratio.max() - ratio.min()) <= 1e-4 * float(ratio.abs().mean()):
+            out.append(f"all your slopes are {float(ratio.mean()):.6g} times the configuration's (head 0: "
+                       f"{float(got[0]):.6g} where it is {float(want[0]):.6g})")
+        elif _is_permutation(want.tolist(), got.tolist(), tol):
+            order = [int(torch.argmin((want - g).abs())) for g in got.tolist()]
+            out.append(f"your slopes are the configuration's in another head order: head h gets the slope of head "
+                       f"{order}")
+        else:
+            logs = [-math.log2(g) for g in got.tolist() if g > 0]
+            step = _line(torch.arange(len(logs)), torch.tensor(logs))[1] if len(logs) == n and n > 2 else None
+            what = ""
+            if step is not None and _line(torch.arange(n), torch.tensor(logs))[2] < 1e-4:
+                first = logs[0]
+                what = f" (yours are a geometric series 2^-({first:.4g} + {step:.4g} h))"
+            out.append(f"the slopes of head(s) {_ranges(bad)} differ from the configuration's{what}; first head "
+                       f"{bad[0]}: {float(got[bad[0]]):.6g} where it is {float(want[bad[0]]):.6g}")
+    z = torch.tensor(zero, dtype=torch.float64)
+    if bool((z.abs() > tol * 64).any()):
+        shift = z / torch.where(want == 0, torch.ones_like(want), want)
+        if float(shift.max() - shift.min()) <= 1e-3:
+            k = float(shift.mean())
+            out.append(f"your distances are off by {k:+.4g}: the bias at distance 0 is {float(z[0]):.4g} on head 0 "
+                       f"(-m * (i - j {'-' if k > 0 else '+'} {abs(k):.4g}))")
+        else:
+            out.append(f"your bias at distance 0 is not 0 (head 0: {float(z[0]):.4g})")
+    if not causal:
+        hi_t = torch.tensor(hi, dtype=torch.float64)
+        if torch.isnan(hi_t).any():
+            out.append("your bias for keys after the query is not a straight line in the distance")
+        else:
+            kind = "symmetric (-m * |i - j|)" if bool(((hi_t - got).abs() <= tol).all()) else \
+                "antisymmetric (-m * (i - j))" if bool(((hi_t + got).abs() <= tol).all()) else \
+                f"neither symmetric nor antisymmetric (head 0 falls by {float(hi_t[0]):.4g} per step after the query)"
+            wanted = "symmetric (-m * |i - j|)" if symmetric else "antisymmetric (-m * (i - j))"
+            if kind != wanted:
+                out.append(f"your bias is {kind} for keys after the query; the configuration expects {wanted}")
+    return out
+
+
+def _is_permutation(want: list[float], got: list[float], tol: float) -> bool:
+    """``got`` holds the values of ``want`` (to ``tol``) in another order."""
+    return all(abs(x - y) <= tol for x, y in zip(sorted(want), sorted(got)))
+
+
+def _edges(buckets: Tensor, rel: Tensor) -> list[int]:
+    """The relative positions where the bucket changes (the first position of each new bucket, away from 0)."""
+    out = []
+    for side in (rel >= 0, rel <= 0):
+        r, b = rel[side], buckets[side]
+        order = torch.argsort(r.abs())
+        r, b = r[order], b[order]
+        out += [int(r[t]) for t in range(1, r.numel()) if b[t] != b[t - 1]]
+    return sorted(set(out))
+
+
+def explain_t5(fn: Callable, reference: Callable[[Tensor], Tensor], *, max_distance: int) -> list[str]:
+    """What a candidate T5 bucket function computes against ``reference`` (``rel -> buckets``): the buckets used,
+    where they saturate, whether the two directions differ, the sign, and the first bucket edge that differs."""
+    L = 4 * max_distance
+    rel = torch.arange(-L, L + 1)
+    try:
+        with torch.no_grad():
+            got = fn(rel.clone()).to(torch.int64)
+    except Exception as exc:  # noqa: BLE001
+        return [f"the estimate cannot describe your buckets: it raised on its probe ({type(exc).__name__})"]
+    want = reference(rel).to(torch.int64)
+    if torch.equal(got, want):
+        return []
+    out = []
+    mirrored = reference(-rel).to(torch.int64)
+    if torch.equal(got, mirrored):
+        return ["your relative position is query - key: your buckets are the configuration's mirrored (T5's is "
+                "key - query)"]
+
+    def describe(b: Tensor) -> dict:
+        pos_side, neg_side = b[rel > 0], b[rel < 0]
+        sat_pos = int(rel[rel > 0][(pos_side != pos_side[-1]).nonzero().max() + 1]) if bool(
+            (pos_side != pos_side[-1]).any()) else 1
+        sat_neg = int(rel[rel < 0][(neg_side != neg_side[0]).nonzero().min() - 1]) if bool(
+            (neg_side != neg_side[0]).any()) else -1
+        return {"n": int(torch.unique(b).numel()), "top": int(b.max()),
+                "two_sided": not bool(set(pos_side.tolist()) <= {int(b[rel == 0])}) and bool(
+                    set(pos_side.tolist()).isdisjoint(set(neg_side.tolist()))),
+                "sat": (sat_neg, sat_pos)}
+
+    c, r = describe(got), describe(want)
+    if c["two_sided"] != r["two_sided"]:
+        out.append("your buckets tell keys before and after the query apart" if c["two_sided"] else
+                   "your buckets do not tell keys after the query apart from those before (causal buckets)")
+    if c["n"] != r["n"]:
+        out.append(f"you use {c['n']} distinct buckets (0..{c['top']}); the configuration uses {r['n']} (0.."
+                   f"{r['top']})")
+    if c["sat"] != r["sat"]:
+        out.append(f"your buckets stop changing at relative positions {c['sat'][0]} and {c['sat'][1]}; the "
+                   f"configuration's at {r['sat'][0]} and {r['sat'][1]} (max_distance {max_distance})")
+    differ = rel[got != want]
+    if differ.numel():
+        first = int(differ[torch.argmin(differ.abs() * 2 - (differ > 0).to(torch.int64))])  # nearest 0, + first
+        side = rel * (1 if first >= 0 else -1) >= 0
+
+        def edges(b: Tensor) -> list[int]:
+            return sorted((e for e in _edges(b[side], rel[side]) if abs(e) <= abs(first)), key=abs)[-4:]
+        out.append(f"the first difference is at relative position {first}: bucket {int(got[rel == first])} where "
+                   f"the configuration has {int(want[rel == first])} (the last bucket edges up to there: yours "
+                   f"{edges(got)}, the configuration's {edges(want)})")
+    return out
