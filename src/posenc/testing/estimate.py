@@ -426,11 +426,15 @@ def explain_alibi(fn: Callable, slopes: Tensor, *, causal: bool, symmetric: bool
     i, j = torch.meshgrid(pos, pos, indexing="ij")
     before, after = j <= i, j > i
     out, lo, hi, zero = [], [], [], []
+    rough = 0.0  # the largest relative residual that half-precision rounding of the bias explains
     for h in range(n):
         a, b, res = _line((i - j)[before], bias[h][before])
-        if res > 1e-4 * max(1.0, float(bias[h][before].abs().max())):
-            return [f"the estimate cannot describe your bias: head {h}'s bias for keys before the query is not a "
-                    f"straight line in the distance (largest residual {res:.3g}): not ALiBi's -m * (i - j)"]
+        size = max(1.0, float(bias[h][before].abs().max()))
+        if res > 1e-4 * size:
+            if res > 2.0 ** -7 * size:
+                return [f"the estimate cannot describe your bias: head {h}'s bias for keys before the query is not a "
+                        f"straight line in the distance (largest residual {res:.3g}): not ALiBi's -m * (i - j)"]
+            rough = max(rough, res / size)
         lo.append(-b)
         zero.append(a)
         if not causal:
@@ -438,6 +442,11 @@ def explain_alibi(fn: Callable, slopes: Tensor, *, causal: bool, symmetric: bool
             hi.append(-b2 if res2 <= 1e-4 * max(1.0, float(bias[h][after].abs().max())) else math.nan)
     got, want = torch.tensor(lo, dtype=torch.float64), slopes.to(torch.float64)
     tol = 1e-5 * float(want.abs().max())
+    if rough:
+        out.append(f"your bias is rounded to half precision (bfloat16-like: it leaves a straight line by up to "
+                   f"{rough:.2g} of its size at distances below 64; the error grows with the position, since m * j is "
+                   f"rounded at the absolute position j)")
+        tol = 2.0 ** -7 * float(want.abs().max())  # slopes compared to the rounding the bias itself shows
     if bool(((got + want).abs() <= tol).all()):
         out.append("your bias has the wrong sign: it grows with the distance (+m * (i - j)) instead of falling")
         got = -got
