@@ -144,3 +144,14 @@ def test_the_cli_reports_a_write_into_the_inputs_and_accepts_declared_in_place(t
     assert main([*argv, "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["finding"]["hypothesis"] == "mutates_input"
     assert main([*argv, "--inplace"]) == 0, capsys.readouterr().out
+
+
+def test_bad_sources_and_table_positions_name_the_field():
+    from posenc.testing import check_hf_model
+    from posenc.testing.rope import check_rope_tables
+
+    with pytest.raises(TypeError, match="a Hugging Face source must be a model, a PretrainedConfig"):
+        check_hf_model(5)  # was a ValueError about "model_type None"
+    tables = {"config": {"head_dim": 4}, "positions": [0, 2 ** 70], "cos": [[1.0] * 4] * 2, "sin": [[0.0] * 4] * 2}
+    with pytest.raises(ValueError, match=r"positions\[1\] = 1180591620717411303424 is beyond \+-2\^53"):
+        check_rope_tables(tables)  # was "Overflow when unpacking long long", naming no field

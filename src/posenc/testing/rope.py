@@ -689,6 +689,9 @@ def _table_positions(values: Any) -> list[int]:
         if isinstance(v, float) and not v.is_integer():
             raise ValueError(f"conform: positions[{i}] = {v!r} is fractional; a row of a RoPE table belongs to an "
                              f"integer position. Export the integer positions the tables were computed at.")
+        if not abs(v) < 2 ** 53:  # the reference forms p * theta in float64, exact for integers below 2^53
+            raise ValueError(f"conform: positions[{i}] = {v!r} is beyond +-2^53; the reference holds positions "
+                             f"exactly only below that (and no RoPE table has rows there).")
         out.append(int(v))
     return out
 
