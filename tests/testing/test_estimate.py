@@ -181,3 +181,16 @@ def test_fuzz_the_estimate_finds_nothing_in_a_correct_implementation(rope_type, 
 
     words, _ = explain_rope(laid_out, rope_spec(cfg, layout=layout))
     assert words == [], words
+
+
+def test_a_candidate_that_breaks_only_on_the_estimates_probe_is_reported_not_a_crash():
+    wrong = planted(half_pairs(), inv_freq(500000.0))
+
+    def picky(q, k, pos):  # the kit's matrix has 4 heads; the estimate's probe has D
+        if q.shape[1] > 8:
+            return [q.tolist()], k
+        return wrong(q, k, pos)
+
+    result = check_rope(picky, CONFIG, **FAST)
+    assert result.finding.hypothesis == "unexplained"
+    assert "returned something other than (q, k) tensors" in result.diagnosis, result.diagnosis

@@ -207,6 +207,10 @@ def estimate_rope(fn: Callable, head_dim: int, *, reference: bool = False) -> Ro
     except Exception as exc:  # noqa: BLE001 - a candidate that cannot run the probe: nothing to estimate
         return RopeEstimate(empty, empty, f"it raised on the estimate's probe ({type(exc).__name__}: "
                                           f"{str(exc).splitlines()[0] if str(exc) else ''})")
+    shapes = ((q_out, eye), (k_out, eye), (xq, x), (bq, x2), (sq, x))
+    if not all(isinstance(got, Tensor) and got.shape == want.shape for got, want in shapes):
+        return RopeEstimate(empty, empty, "it returned something other than (q, k) tensors of the input shapes on the "
+                                          "estimate's probe")
     Mq, Mk = _maps(q_out), _maps(k_out)
     lin = torch.einsum("tij,bhtj->bhti", Mq, x.to(torch.float64))
     size = float(lin.abs().max())
