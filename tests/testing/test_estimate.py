@@ -194,3 +194,32 @@ def test_a_candidate_that_breaks_only_on_the_estimates_probe_is_reported_not_a_c
     result = check_rope(picky, CONFIG, **FAST)
     assert result.finding.hypothesis == "unexplained"
     assert "returned something other than (q, k) tensors" in result.diagnosis, result.diagnosis
+
+
+def test_the_cli_prints_the_estimate_and_exits_1(tmp_path, monkeypatch, capsys):
+    import json
+
+    from posenc.cli import main
+
+    (tmp_path / "base_rope.py").write_text(
+        "import torch\n"
+        "def rope(q, k, pos):\n"
+        "    d = q.shape[-1]\n"
+        "    inv = 500000.0 ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)\n"
+        "    ang = pos.double()[..., None] * inv\n"
+        "    cos, sin = torch.cat((ang.cos(), ang.cos()), -1), torch.cat((ang.sin(), ang.sin()), -1)\n"
+        "    if cos.dim() == 3:\n"
+        "        cos, sin = cos[:, None], sin[:, None]\n"
+        "    def rot(x):\n"
+        "        x1, x2 = x.double().chunk(2, -1)\n"
+        "        return (x.double() * cos + torch.cat((-x2, x1), -1) * sin).to(x.dtype)\n"
+        "    return rot(q), rot(k)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("base_rope", None)
+    assert main(["conform", "base_rope:rope", "--config", json.dumps(CONFIG), "--dtypes", "float32",
+                 "--max-position", "4096", "--json", "--timeout", "0"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["finding"]["hypothesis"] == "estimate"
+    assert "your frequencies are those of base 500000: the configuration says 10000" in data["diagnosis"]
+    assert len(data["estimate"]["q"]["freqs"]) == D // 2 and data["estimate"]["q"]["offset"] == 0
