@@ -155,3 +155,25 @@ def test_bad_sources_and_table_positions_name_the_field():
     tables = {"config": {"head_dim": 4}, "positions": [0, 2 ** 70], "cos": [[1.0] * 4] * 2, "sin": [[0.0] * 4] * 2}
     with pytest.raises(ValueError, match=r"positions\[1\] = 1180591620717411303424 is beyond \+-2\^53"):
         check_rope_tables(tables)  # was "Overflow when unpacking long long", naming no field
+
+
+def test_a_bias_that_writes_into_its_positions_is_named():
+    from posenc.testing.bias import check_bias
+
+    m = torch.tensor([2.0 ** -(h + 1) for h in range(8)])
+
+    def shifts_queries(q_pos, k_pos):  # right bias, but the caller's query positions are moved in place
+        bias = -m[:, None, None] * (q_pos[:, None] - k_pos[None, :]).float()
+        q_pos.sub_(q_pos.min())
+        return bias
+
+    result = check_bias(shifts_queries, {"type": "alibi", "n_heads": 8, "causal": True})
+    assert result.finding.hypothesis == "mutates_input", result.diagnosis
+    assert "q_pos changed in case 'offset'" in result.diagnosis and "compute on a copy" in result.diagnosis
+
+    def clamps_in_place(rel):
+        return rel.clamp_(-4, 4) + 4
+
+    result = check_bias(clamps_in_place, {"type": "t5", "bidirectional": True, "num_buckets": 32,
+                                          "max_distance": 128})
+    assert result.finding.hypothesis == "mutates_input" and "relative_position changed" in result.diagnosis

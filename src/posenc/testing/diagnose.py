@@ -364,12 +364,14 @@ def _explain(ran, failed, raised, hypotheses: Sequence[Hypothesis], angles: bool
 def _mutation_finding(mutated: list[Probe]) -> Finding:
     p = mutated[0]
     cases = ", ".join(repr(m.name) for m in mutated[:4]) + (" ..." if len(mutated) > 4 else "")
+    qk = any(name in ("q", "k") for m in mutated for name in m.mutated.split(" and "))
+    advice = ("Callers keep using q and k (the KV cache) and the positions after the call; return new tensors, or "
+              "declare the candidate in-place (check_rope(..., inplace=True), posenc conform --inplace) if that is "
+              "its contract." if qk else "Callers keep using the positions they pass (a cache's, a packed "
+                                         "batch's); compute on a copy.")
     return Finding("mutates_input", "bug", f"your implementation writes into its inputs: {p.mutated} changed in case "
-                   f"{p.name!r} ({p.positions}, q {'x'.join(map(str, p.shape))}, {dtype_name(p.dtype)}, memory "
-                   f"{p.memory}; also in {len(mutated) - 1} other case(s): {cases}). Callers keep using q and k (the "
-                   f"KV cache) and the positions after the call; return new tensors, or declare the candidate "
-                   f"in-place (check_rope(..., inplace=True), posenc conform --inplace) if that is its contract.",
-                   None)
+                   f"{p.name!r} ({p.positions}, shape {'x'.join(map(str, p.shape))}, {dtype_name(p.dtype)}, memory "
+                   f"{p.memory}; also in {len(mutated) - 1} other case(s): {cases}). {advice}", None)
 
 
 def _memory_finding(ran, failed, raised, angles: bool) -> Finding | None:
