@@ -223,3 +223,29 @@ def test_the_cli_prints_the_estimate_and_exits_1(tmp_path, monkeypatch, capsys):
     assert data["finding"]["hypothesis"] == "estimate"
     assert "your frequencies are those of base 500000: the configuration says 10000" in data["diagnosis"]
     assert len(data["estimate"]["q"]["freqs"]) == D // 2 and data["estimate"]["q"]["offset"] == 0
+
+
+@hypothesis.settings(max_examples=15, deadline=None)
+@hypothesis.given(
+    log_base=st.floats(math.log(50.0), math.log(1e7)),
+    shift=st.integers(-200, 200),
+    q_scale=st.floats(0.25, 4.0),
+    k_scale=st.floats(0.25, 4.0),
+    width=st.sampled_from([8, 16, 24, 32]),
+    interleaved=st.booleans(),
+)
+def test_fuzz_the_estimate_measures_planted_parameters(log_base, shift, q_scale, k_scale, width, interleaved):
+    base = math.exp(log_base)
+    pairs = [(2 * i, 2 * i + 1) for i in range(width // 2)] if interleaved else half_pairs(width)
+    fn = planted(pairs, inv_freq(base, width), shift=shift, q_scale=q_scale, k_scale=k_scale)
+    words, est = explain_rope(fn, rope_spec(CONFIG))
+    want = inv_freq(base, width)
+    # frequencies: the angle per step is measured to ~1e-7 rad over 2^15 steps; slow pairs that turn < 1e-3 rad over
+    # the probe count as pass-through (nothing to measure)
+    turning = [i for i, w in enumerate(want.tolist()) if w * 32768 > 2e-3]
+    got = dict(zip(est.q.pairs, est.q.freqs))
+    for i in turning:
+        assert abs(got[pairs[i]] - float(want[i])) <= 1e-6 * float(want[i]) + 1e-9, (i, got[pairs[i]], want[i])
+    assert est.q.offset == shift and est.k.offset == shift
+    assert abs(est.q.scales[0] - q_scale) <= 1e-5 * q_scale and abs(est.k.scales[0] - k_scale) <= 1e-5 * k_scale
+    assert words  # something differs from the configuration (base 10000 over 32 channels, no offset, scale 1)

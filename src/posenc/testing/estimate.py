@@ -140,7 +140,14 @@ def _side(M: Tensor, positions: list[int]) -> SideEstimate:
     # offset: on the slowest pair that still turns by > 1e-4 rad per step, θ_0 = ω c without wrapping for |c| < 3e4
     usable = [i for i, w in enumerate(est.freqs) if abs(w) > 1e-4]
     theta0 = theta[:, index[0]]  # (F,)
-    if usable:
+    # an integer offset: the one in +-4096 that explains θ_0 = ω c on every pair at once (a single slow pair would
+    # wrap once |ω c| > π); else a fractional one from the slowest pair that still turns
+    grid = torch.arange(-4096, 4097, dtype=torch.float64)
+    misfit = _wrap(theta0[:, None] - freqs[:, None] * grid[None, :]).abs().amax(0)  # (C,)
+    best = int(torch.argmin(misfit + 1e-9 * grid.abs()))  # ties: the smallest |c|
+    if float(misfit[best]) <= 1e-3:
+        est.offset = float(grid[best])
+    elif usable:
         slow = min(usable, key=lambda i: abs(est.freqs[i]))
         c = float(theta0[slow]) / est.freqs[slow]
         est.offset = float(round(c)) if abs(c - round(c)) < 0.05 else c
