@@ -77,3 +77,18 @@ def test_fuzz_the_t5_estimate_finds_nothing_in_correct_buckets(bidirectional, nu
     kw = {"bidirectional": bidirectional, "num_buckets": num_buckets, "max_distance": max_distance}
     assert explain_t5(lambda r: hf_t5_bucket(r, **kw),
                       lambda r: t5_relative_position_bucket(r, **kw), max_distance=max_distance) == []
+
+
+@hypothesis.settings(max_examples=15, deadline=None)
+@hypothesis.given(n=st.sampled_from([4, 8, 12]), factor=st.floats(0.1, 10.0), shift=st.integers(-20, 20))
+def test_fuzz_the_alibi_estimate_measures_planted_slopes_and_offsets(n, factor, shift):
+    import re
+    hypothesis.assume(abs(factor - 1) > 1e-2)
+    fn = make_alibi(n, slopes=[factor * m for m in paper_slopes(n)], shift=shift)
+    words = " ".join(explain_alibi(fn, alibi_slopes(n, dtype=torch.float64), causal=True, symmetric=False))
+    measured = float(re.search(r"all your slopes are (\S+) times", words).group(1))
+    assert abs(measured - factor) <= 1e-5 * factor, words
+    if shift:
+        assert f"your distances are off by {shift:+d}" in words, words
+    else:
+        assert "off by" not in words, words

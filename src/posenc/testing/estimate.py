@@ -482,7 +482,8 @@ def explain_alibi(fn: Callable, slopes: Tensor, *, causal: bool, symmetric: bool
                        f"{bad[0]}: {float(got[bad[0]]):.6g} where it is {float(want[bad[0]]):.6g}")
     z = torch.tensor(zero, dtype=torch.float64)
     if bool((z.abs() > tol * 64).any()):
-        shift = z / torch.where(want == 0, torch.ones_like(want), want)
+        own = torch.tensor(lo, dtype=torch.float64)  # the candidate's own slopes, sign included: a = m * shift
+        shift = z / torch.where(own == 0, torch.ones_like(own), own)
         if float(shift.max() - shift.min()) <= 1e-3:
             k = float(shift.mean())
             out.append(f"your distances are off by {k:+.4g}: the bias at distance 0 is {float(z[0]):.4g} on head 0 "
