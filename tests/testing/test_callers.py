@@ -177,3 +177,20 @@ def test_a_bias_that_writes_into_its_positions_is_named():
     result = check_bias(clamps_in_place, {"type": "t5", "bidirectional": True, "num_buckets": 32,
                                           "max_distance": 128})
     assert result.finding.hypothesis == "mutates_input" and "relative_position changed" in result.diagnosis
+
+
+def test_an_mrope_that_writes_into_its_inputs_is_named():
+    import posenc
+    from posenc.testing import check_mrope
+
+    pe = posenc.get_encoding("mrope", dim=4 * 32, n_heads=4, base=1e6, mrope_section=[4, 6, 6])
+
+    def writes_q(q, k, coords):
+        qo, ko = pe.rotate(q, k, coords, coords)
+        q.copy_(qo)  # right numbers, the caller's q overwritten
+        return qo, ko
+
+    config = {"head_dim": 32, "rope_theta": 1e6, "mrope_section": [4, 6, 6]}
+    assert check_mrope(lambda q, k, c: pe.rotate(q, k, c, c), config, dtypes=("float32",)).passed
+    result = check_mrope(writes_q, config, dtypes=("float32",))
+    assert result.finding.hypothesis == "mutates_input" and "q changed" in result.diagnosis, result.diagnosis
