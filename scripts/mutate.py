@@ -94,14 +94,17 @@ GROUPS: dict[str, Group] = {
     ),
     "testing": Group(
         sources=tuple(f"src/posenc/testing/{m}.py" for m in
-                      ("__init__", "_args", "bias", "diagnose", "hf", "mrope", "peers", "rope")),
+                      ("__init__", "_args", "bias", "bias_peers", "diagnose", "estimate", "hf", "mrope", "peers",
+                       "pytest_plugin", "rope")),
         tests=("tests/testing/test_rope.py", "tests/testing/test_mrope.py", "tests/testing/test_bias.py",
                "tests/testing/test_diagnose.py", "tests/testing/test_hf.py", "tests/testing/test_peers.py",
-               "tests/testing/test_conform_cli.py", "tests/testing/test_conform_edges.py"),
+               "tests/testing/test_conform_cli.py", "tests/testing/test_conform_edges.py",
+               "tests/testing/test_callers.py", "tests/testing/test_estimate.py", "tests/testing/test_estimate_bias.py",
+               "tests/testing/test_bias_peers.py", "tests/testing/test_pytest_plugin.py"),
         # the conform CLI's tests of its child process (3-18 s each; a child started in another folder cannot find
         # mutmut's scratch copy either): the child runs the same checks in-process
         deselect=("in_a_child", "entry_point", "hanging", "kills_its_process", "current_directory",
-                  "candidate_that_exits"),
+                  "candidate_that_exits", "projects_own_suite"),
     ),
     "report": Group(
         sources=("src/posenc/lab/report.py", "src/posenc/lab/markdown.py"),

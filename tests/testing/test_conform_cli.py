@@ -84,7 +84,8 @@ def test_a_wrong_layout_fails_with_the_diagnosis_and_json(module, capsys):
                  *NOW]) == 1
     data = json.loads(capsys.readouterr().out)
     assert data["verdict"] == "fail" and data["finding"]["hypothesis"] == "layout"
-    assert "interleaved pairs" in data["diagnosis"] and all(c["status"] == "fail" for c in data["cases"])
+    assert "interleaved pairs" in data["diagnosis"]
+    assert all(c["status"] == "fail" for c in data["cases"] if c["name"] != "empty")  # T = 0: no values to differ
     assert main(["conform", "user_rope:interleaved", "--config", CONFIG, "--layout", "interleaved",
                  "--dtypes", "float32", *NOW]) == 0
 

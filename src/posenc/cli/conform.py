@@ -187,7 +187,7 @@ def _run_check(args: argparse.Namespace) -> Any:
         from posenc.testing.bias import check_bias
         return check_bias(fn, config, target=target, max_position=args.max_position)
     return check_rope(fn, config, layout=args.layout, target=target, gqa=not args.no_gqa,
-                      batch_positions=not args.no_batch_positions, **options)
+                      batch_positions=not args.no_batch_positions, inplace=args.inplace, **options)
 
 
 def _child_argv(args: argparse.Namespace) -> list[str]:
@@ -202,7 +202,7 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--path", str(Path(d).resolve())]
     for flag, on in (("--factory", args.factory), ("--no-gqa", args.no_gqa),
                      ("--no-batch-positions", args.no_batch_positions), ("--allow-precision", args.allow_precision),
-                     ("--json", args.json)):
+                     ("--json", args.json), ("--inplace", args.inplace)):
         if on:
             argv.append(flag)
     return argv
@@ -294,6 +294,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-precision", action="store_true",
                    help="exit 0 when the only failures are the long-position precision of float32 angles")
     p.add_argument("--json", action="store_true", help="print the result as JSON (for CI)")
+    p.add_argument("--inplace", action="store_true",
+                   help="the RoPE callable rotates q and k in place (by contract): writes into q/k are allowed, "
+                        "it must still return them rotated, also when q and k are one tensor")
     p.add_argument("--timeout", type=timeout_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help=ranged("stop a module:function candidate that runs longer (it runs in a child process; "
                                "exit 2); 0 runs it in this process without a limit (default: 120)", timeout_seconds))

@@ -20,22 +20,33 @@ from torch import Tensor
 from posenc.encodings.alibi import alibi_bias, alibi_slopes
 from posenc.encodings.t5 import t5_relative_position_bucket
 from posenc.testing._args import require_bool, require_callable, require_int, require_number, require_target
-from posenc.testing.diagnose import ConformanceResult, Hypothesis, Probe, diagnose, one_thread
+from posenc.testing.diagnose import ConformanceResult, Finding, Hypothesis, Probe, diagnose, one_thread
+from posenc.testing.estimate import explain_alibi, explain_t5
 
 __all__ = ["check_bias"]
 
 
-def _call_bias(fn: Callable, *args: Tensor, shape: tuple[int, ...]) -> tuple[list[Tensor] | None, str | None]:
+def _call_bias(fn: Callable, *args: Tensor, shape: tuple[int, ...],
+               names: tuple[str, ...]) -> tuple[list[Tensor] | None, str | None, str | None]:
+    """``(outputs, None, mutated)`` or ``(None, why it failed, mutated)``; ``mutated`` names the position tensors
+    (``names``) the candidate wrote into: callers reuse them (a cache's positions), so a write is a bug."""
+    given = tuple(a.clone() for a in args)
     try:
         with torch.no_grad():
-            out = fn(*(a.clone() for a in args))
+            out = fn(*given)
     except Exception as exc:  # noqa: BLE001 - the candidate's failure is a result
-        return None, f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return None, f"{type(exc).__name__}: {exc}".splitlines()[0], _written(args, given, names)
+    mutated = _written(args, given, names)
     if not isinstance(out, Tensor):
-        return None, f"expected a tensor back; got {type(out).__name__}"
+        return None, f"expected a tensor back; got {type(out).__name__}", mutated
     if tuple(out.shape) != shape:
-        return None, f"returned shape {tuple(out.shape)}; expected {shape}"
-    return [out.detach()], None
+        return None, f"returned shape {tuple(out.shape)}; expected {shape}", mutated
+    return [out.detach()], None, mutated
+
+
+def _written(before: tuple[Tensor, ...], after: tuple[Tensor, ...], names: tuple[str, ...]) -> str | None:
+    changed = [n for n, a, b in zip(names, before, after) if a.shape != b.shape or not torch.equal(a, b)]
+    return " and ".join(changed) or None
 
 
 # -- ALiBi -------------------------------------------------------------------------------------------------------------
@@ -94,13 +105,14 @@ def check_alibi(candidate: Callable, config: dict, *, max_position: int = 1_000_
     probes = []
     for name, q_pos, k_pos in cases:
         want = [_alibi_reference(q_pos, k_pos, slopes, symmetric=symmetric)]
-        got, message = _call_bias(candidate, q_pos, k_pos, shape=(n, q_pos.numel(), k_pos.numel()))
+        got, message, mutated = _call_bias(candidate, q_pos, k_pos, shape=(n, q_pos.numel(), k_pos.numel()),
+                                           names=("q_pos", "k_pos"))
         mask = [(k_pos[None, None, :] <= q_pos[None, :, None]).to(torch.float64).expand(n, -1, -1)] if causal \
             else None
         probes.append(Probe(name, torch.float32, (n, q_pos.numel(), k_pos.numel()),
                             f"q {q_pos[0].item()}..{q_pos[-1].item()}, k {k_pos[0].item()}..{k_pos[-1].item()}",
                             int(max(q_pos.max(), k_pos.max())), want, got, {"q_pos": q_pos, "k_pos": k_pos},
-                            message=message, names=("bias",), mask=mask,
+                            message=message, names=("bias",), mask=mask, mutated=mutated,
                             position_of=lambda _n, idx, q=q_pos: int(q[idx[1]])))
         # slack for float32 formation: ANGLE_ULPS * eps32 * (largest |m * position|), as Probe.slack computes it
         probes[-1].angle = float(max(q_pos.max(), k_pos.max())) * float(slopes.max()) / max(probes[-1].magnitude,
@@ -130,9 +142,29 @@ def check_alibi(candidate: Callable, config: dict, *, max_position: int = 1_000_
         hyps.append(hyp("slopes_truncated", f"your slopes are the first {n} of the {p2}-head sequence; the paper "
                         f"fills up with every other slope of the next power of two",
                         slopes=alibi_slopes(p2, dtype=torch.float64)[:n]))
-    return diagnose("bias", target or getattr(candidate, "__qualname__", "alibi"),
-                    {"type": "alibi", "n_heads": n, "causal": causal, "symmetric": symmetric}, probes, hyps,
-                    precision_text="bias formed from absolute positions in float32 (m * i - m * j rounded)")
+    result = diagnose("bias", target or getattr(candidate, "__qualname__", "alibi"),
+                      {"type": "alibi", "n_heads": n, "causal": causal, "symmetric": symmetric}, probes, hyps,
+                      precision_text="bias formed from absolute positions in float32 (m * i - m * j rounded)")
+    return _blind(result, lambda: explain_alibi(candidate, slopes, causal=causal, symmetric=symmetric))
+
+
+def _blind(result: ConformanceResult, explain: Callable[[], list[str]]) -> ConformanceResult:
+    """No listed bug explains the numbers: put what the blind estimate measures (:mod:`posenc.testing.estimate`)
+    in the finding (``"estimate"``; still ``"unexplained"`` when the estimate cannot describe the candidate)."""
+    old = result.finding
+    if old is None or old.hypothesis != "unexplained":
+        return result
+    words = explain()
+    where = old.sentence.split("; ", 1)[1] if "; " in old.sentence else old.sentence
+    if not words:
+        return result
+    if words[0].startswith("the estimate cannot describe"):
+        result.finding = Finding("unexplained", "bug", f"no known bug explains the numbers; {'; '.join(words)}; "
+                                 f"{where}", old.worst)
+    else:
+        result.finding = Finding("estimate", "bug", f"no listed bug, but the estimate from your outputs says: "
+                                 f"{'; '.join(words)}; {where}", old.worst)
+    return result
 
 
 # -- T5 ----------------------------------------------------------------------------------------------------------------
@@ -155,10 +187,10 @@ def check_t5(candidate: Callable, config: dict, *, max_position: int = 1_000_000
 
     probes = []
     for name, rel in cases:
-        got, message = _call_bias(candidate, rel, shape=tuple(rel.shape))
+        got, message, mutated = _call_bias(candidate, rel, shape=tuple(rel.shape), names=("relative_position",))
         probes.append(Probe(name, torch.float32, tuple(rel.shape), f"rel {int(rel.min())}..{int(rel.max())}",
                             int(rel.abs().max()), bucket(rel), got, {"rel": rel}, tolerance=0.5, message=message,
-                            names=("bucket",), position_of=lambda _n, idx, r=rel: int(r[idx])))
+                            names=("bucket",), position_of=lambda _n, idx, r=rel: int(r[idx]), mutated=mutated))
 
     def hyp(name: str, sentence: str, **kw: Any) -> Hypothesis:
         return Hypothesis(name, sentence, lambda p: bucket(p.inputs["rel"], **kw))
@@ -175,8 +207,9 @@ def check_t5(candidate: Callable, config: dict, *, max_position: int = 1_000_000
         if alt != num_buckets and alt >= 4:
             hyps.append(hyp(f"num_buckets_{alt}", f"your buckets are those of num_buckets={alt}; the configuration "
                             f"has {num_buckets}", num_buckets=alt))
-    return diagnose("bias", target or getattr(candidate, "__qualname__", "t5"), {"type": "t5", **ref}, probes, hyps,
-                    angles=False)
+    result = diagnose("bias", target or getattr(candidate, "__qualname__", "t5"), {"type": "t5", **ref}, probes,
+                      hyps, angles=False)
+    return _blind(result, lambda: explain_t5(candidate, lambda rel: bucket(rel)[0], max_distance=max_distance))
 
 
 def check_bias(candidate: Callable, config: dict, *, max_position: int = 1_000_000,

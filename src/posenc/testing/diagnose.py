@@ -52,6 +52,7 @@ MEMORY_LAYOUTS = {
              "the last dimension is contiguous)",
     "fused_heads": "(B, H, T, D) views of a per-head fused qkv output (B, T, H, 3 * D) (GPT-NeoX, Bloom: q, k and v "
                    "side by side in each head)",
+    "aliased": "one tensor passed as both q and k (k is q: shared-QK attention such as Reformer's)",
 }
 
 _EPS = {torch.float64: 2.0 ** -52, torch.float32: 2.0 ** -23, torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10}
@@ -104,6 +105,7 @@ class Probe:
     position_of: Callable[[str, tuple[int, ...]], int] | None = None
     mask: list[Tensor] | None = None  # elements that count (e.g. causal bias: keys at or before the query)
     memory: str = "contiguous"  # how the candidate's q/k sat in memory: a key of MEMORY_LAYOUTS
+    mutated: str | None = None  # which input the candidate wrote into ("q", "k and positions", ...), None if none
 
     def __post_init__(self) -> None:
         if not self.tolerance:
@@ -164,6 +166,7 @@ class ConformanceResult:
     config: dict
     cases: list[Case]
     finding: Finding | None = None
+    estimate: dict | None = None  # on a failure: what the blind estimate measured (posenc.testing.estimate)
 
     @property
     def passed(self) -> bool:
@@ -188,7 +191,7 @@ class ConformanceResult:
         return {"kind": self.kind, "target": self.target, "config": _jsonable(self.config), "verdict": self.verdict,
                 "passed": self.passed, "conforms": self.conforms, "diagnosis": self.diagnosis,
                 "finding": None if self.finding is None else _jsonable(asdict(self.finding)),
-                "cases": [_jsonable(asdict(c)) for c in self.cases]}
+                "cases": [_jsonable(asdict(c)) for c in self.cases], "estimate": _jsonable(self.estimate)}
 
     def table(self) -> str:
         """A plain-text table: one row per case, then the verdict and the diagnosis."""
@@ -275,14 +278,19 @@ def diagnose(kind: str, target: str, config: dict, probes: list[Probe], hypothes
     ran = [(p, e, w) for p, e, w in measured if e is not None]
     raised = [p for p, e, _ in measured if e is None]
     failed = [(p, e, w) for p, e, w in ran if e > p.tolerance]
+    mutated = [p for p, _, _ in measured if p.mutated]
 
     finding = None
-    if failed or raised:
+    if mutated:  # right numbers or not, a write into the caller's tensors is a bug of its own
+        finding = _mutation_finding(mutated)
+    elif failed or raised:
         finding = _explain(ran, failed, raised, hypotheses, angles, precision_text)
     cases = []
     for p, err, worst in measured:
         if err is None:
             status = "error"
+        elif p.mutated:
+            status = "fail"
         elif err <= p.tolerance:
             status = "pass"
         elif finding is not None and finding.severity == "precision":
@@ -353,6 +361,19 @@ def _explain(ran, failed, raised, hypotheses: Sequence[Hypothesis], angles: bool
                    f"{p.positions}.{suffix}", w)
 
 
+def _mutation_finding(mutated: list[Probe]) -> Finding:
+    p = mutated[0]
+    cases = ", ".join(repr(m.name) for m in mutated[:4]) + (" ..." if len(mutated) > 4 else "")
+    qk = any(name in ("q", "k") for m in mutated for name in m.mutated.split(" and "))
+    advice = ("Callers keep using q and k (the KV cache) and the positions after the call; return new tensors, or "
+              "declare the candidate in-place (check_rope(..., inplace=True), posenc conform --inplace) if that is "
+              "its contract." if qk else "Callers keep using the positions they pass (a cache's, a packed "
+                                         "batch's); compute on a copy.")
+    return Finding("mutates_input", "bug", f"your implementation writes into its inputs: {p.mutated} changed in case "
+                   f"{p.name!r} ({p.positions}, shape {'x'.join(map(str, p.shape))}, {dtype_name(p.dtype)}, memory "
+                   f"{p.memory}; also in {len(mutated) - 1} other case(s): {cases}). {advice}", None)
+
+
 def _memory_finding(ran, failed, raised, angles: bool) -> Finding | None:
     """A bug of memory layout: every probe with contiguous q/k conforms (within tolerance, plus the float32-angle
     slack), and only probes with other layouts fail or raise. ``None`` when that is not the pattern."""
@@ -370,6 +391,13 @@ def _memory_finding(ran, failed, raised, angles: bool) -> Finding | None:
         return None
     layouts = sorted({p.memory for p, _, _ in wrong} | {p.memory for p in broken})
     what = "; ".join(f"{m}: {MEMORY_LAYOUTS.get(m, m)}" for m in layouts)
+    if layouts == ["aliased"]:
+        p, e, w = max(wrong, key=lambda r: r[1] / r[0].tolerance) if wrong else (broken[0], None, None)
+        how = (f"{_where(w)} (tolerance {p.tolerance:.3g})" if w is not None else f"it raised: {p.message}")
+        return Finding("aliasing", "bug", f"your output is right when q and k are separate tensors but wrong when one "
+                       f"tensor is passed as both (k is q, shared-QK attention): rotating q in place rotates k too, "
+                       f"so k is rotated twice (or q is read after k was written); rotate into new tensors, or "
+                       f"handle k is q once; case {p.name!r}: {how}.", w)
     if wrong:
         p, e, w = max(wrong, key=lambda r: r[1] / r[0].tolerance)
         sentence = (f"your output is right for contiguous q/k but wrong for q/k in another memory layout ({what}): "

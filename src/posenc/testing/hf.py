@@ -41,6 +41,9 @@ def load_hf_config(source: Any) -> Any:
             raise ValueError("conform: a Hugging Face config.json needs 'model_type' (e.g. 'llama') to find the "
                              "model's rotary code.")
         return AutoConfig.for_model(data.pop("model_type"), **data)
+    if not hasattr(source, "model_type"):  # 5, None, a list: not something with a model's rotary code
+        raise TypeError(f"conform: a Hugging Face source must be a model, a PretrainedConfig, a config.json dict or a "
+                        f"path to a model directory / config.json; got {type(source).__name__} {source!r:.60}.")
     return source
 
 

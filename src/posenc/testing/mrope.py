@@ -217,11 +217,12 @@ def check_mrope(candidate: Callable, config: Any, *, layout: str | None = None,
             q = torch.randn(B, 4, T, spec.head_dim, generator=g, dtype=torch.float64).to(dt)  # (B, H, T, D)
             k = torch.randn(B, kv_heads, T, spec.head_dim, generator=g, dtype=torch.float64).to(dt)
             want = list(reference_mrope(q, k, coords, spec))
-            got, message = call_candidate(candidate, q, k, coords, memory)
+            got, message, mutated = call_candidate(candidate, q, k, coords, memory)
             top = int(coords.max())
             probes.append(Probe(name, dt, tuple(q.shape), f"coords {int(coords.min())}..{top}", top, want, got,
                                 {"q": q, "k": k, "coords": coords}, angle=float(top), message=message,
-                                position_of=lambda _n, idx, c=coords: int(c[idx[0], idx[2]].max()), memory=memory))
+                                position_of=lambda _n, idx, c=coords: int(c[idx[0], idx[2]].max()), memory=memory,
+                                mutated=mutated))
         hypotheses = [Hypothesis(n, s, _buggy(b)) for n, s, b in mrope_hypotheses(spec)]
         return diagnose("mrope", target or getattr(candidate, "__qualname__", type(candidate).__name__),
                         spec.describe(), probes, hypotheses)

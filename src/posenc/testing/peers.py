@@ -107,7 +107,7 @@ def liger(config: dict) -> Callable:
 
     def fn(q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         pos = positions if positions.dim() == 2 else positions[None]
-        seq_len = int(positions.max()) + 1
+        seq_len = int(positions.max()) + 1 if positions.numel() else 1  # the adapter's own need, not Liger's
         inv, scale = spec.inv_freq(seq_len)
         ang = pos.to(torch.float64)[..., None] * inv  # (1 or B, T, r/2)
         emb = torch.cat((ang, ang), dim=-1)
@@ -201,8 +201,12 @@ def _summary(result: Any) -> dict:
     short = [c.error for c in f32 if c.max_position < 4096]
     at_1e5 = by["long-100007"].error if "long-100007" in by else None
     at_1e6 = by["long-999999"].error if "long-999999" in by else None
+    finding = None if result.finding is None else result.finding.hypothesis
+    errors = [c.name for c in result.cases if c.status == "error"]
+    if finding is not None and errors and finding != "raised":  # e.g. a precision limit and a raise on T = 0
+        finding = f"{finding}; raises on {', '.join(errors)}"
     return {"verdict": result.verdict, "short": max(short) if short else None, "at_1e5": at_1e5, "at_1e6": at_1e6,
-            "diagnosis": result.diagnosis, "finding": None if result.finding is None else result.finding.hypothesis}
+            "diagnosis": result.diagnosis, "finding": finding}
 
 
 def run_peers(names: tuple[str, ...] | None = None) -> list[dict]:

@@ -43,6 +43,7 @@ from posenc.testing._args import (
 from posenc.testing.diagnose import (
     MEMORY_LAYOUTS,
     ConformanceResult,
+    Finding,
     Hypothesis,
     Probe,
     diagnose,
@@ -205,9 +206,12 @@ class RopeCase:
 
     def describe(self) -> str:
         p = self.positions
+        if not p.numel():
+            return "empty (T = 0)"
+        kind = "" if p.dtype == torch.int64 else f" ({dtype_name(p.dtype)})"
         if p.dim() == 2:
-            return f"(B, T) {p.min().item()}..{p.max().item()}"
-        return f"{p[0].item()}" if p.numel() == 1 else f"{p[0].item()}..{p[-1].item()}"
+            return f"(B, T) {p.min().item()}..{p.max().item()}{kind}"
+        return (f"{p[0].item()}" if p.numel() == 1 else f"{p[0].item()}..{p[-1].item()}") + kind
 
 
 def rope_cases(*, dtypes: Sequence[str | torch.dtype] = ("float32", "bfloat16", "float16"),
@@ -220,7 +224,9 @@ def rope_cases(*, dtypes: Sequence[str | torch.dtype] = ("float32", "bfloat16", 
     q/k are contiguous except in the ``-transposed`` cases (prefill in every dtype, ``(B, T)`` positions in the
     first): ``(B, H, T, D)`` views of ``(B, T, H, D)`` storage, as Hugging Face's attention passes them; and the
     ``-fused`` case (GQA, or prefill without it, in the first dtype): views into one fused qkv projection output; and
-    ``offset-fused-heads``: views into a per-head fused qkv output (GPT-NeoX)."""
+    ``offset-fused-heads``: views into a per-head fused qkv output (GPT-NeoX). In the first dtype also
+    ``offset-int32`` (int32 positions, as vLLM passes them), ``prefill-aliased`` (one tensor passed as q and k) and
+    ``empty`` (T = 0: outputs of shape ``(B, H, 0, D)``)."""
     dtypes = require_dtypes(dtypes, "conform rope")
     max_position = require_int(max_position, "max_position", "conform rope", minimum=1)
     require_bool(gqa, "gqa", "conform rope")
@@ -249,6 +255,10 @@ def rope_cases(*, dtypes: Sequence[str | torch.dtype] = ("float32", "bfloat16", 
             kv = max(1, heads // 2) if gqa else heads
             out.append(RopeCase("gqa-fused" if gqa else "prefill-fused", dt, 2, heads, kv, ar, "fused"))
             out.append(RopeCase("offset-fused-heads", dt, 2, heads, heads, ar + 37, "fused_heads"))
+            # what else callers pass: int32 positions (vLLM, ONNX exports), q and k as one tensor, no tokens at all
+            out.append(RopeCase("offset-int32", dt, 2, heads, heads, (ar + 37).to(torch.int32)))
+            out.append(RopeCase("prefill-aliased", dt, 2, heads, heads, ar, "aliased"))
+            out.append(RopeCase("empty", dt, 2, heads, heads, torch.arange(0)))
         for top, name in (longs if n == 0 else longs[-1:]):
             out.append(RopeCase(f"{name}{sfx}", dt, 2, heads, heads, ar + (top - T + 1)))
     return out
@@ -370,8 +380,18 @@ def arrange(q: Tensor, k: Tensor, memory: str = "contiguous") -> tuple[Tensor, T
       ``query_key_value(h).view(B, T, H, 3 D).transpose(1, 2).chunk(3, -1)``): strides ``(3 T H D, 3 D, 3 H D,
       1)``; needs as many key heads as query heads.
 
-    The values are q's and k's in every layout; a candidate may write into its inputs without touching the caller's.
+    - ``"aliased"``: one contiguous tensor passed as both q and k (``k is q``: shared-QK attention such as Reformer's,
+      or a caller that rotates one tensor for both); the values are q's, so the case is built with ``k == q``.
+
+    The values are q's and k's in every layout (k's are q's for ``"aliased"``); these are fresh copies, so the kit
+    can tell whether the candidate wrote into them (:func:`call_candidate`).
     """
+    if memory == "aliased":
+        if k.shape != q.shape:
+            raise ValueError(f"conform: the aliased layout passes one tensor as q and k, so they need one shape; got "
+                             f"q {tuple(q.shape)} and k {tuple(k.shape)}.")
+        x = q.clone(memory_format=torch.contiguous_format)
+        return x, x
     if memory == "contiguous":
         return q.clone(memory_format=torch.contiguous_format), k.clone(memory_format=torch.contiguous_format)
     if memory == "transposed":
@@ -398,24 +418,44 @@ def arrange(q: Tensor, k: Tensor, memory: str = "contiguous") -> tuple[Tensor, T
     raise ValueError(f"conform: memory layout must be one of {sorted(MEMORY_LAYOUTS)}; got {memory!r}.")
 
 
-def call_candidate(fn: Callable, q: Tensor, k: Tensor, pos: Tensor,
-                   memory: str = "contiguous") -> tuple[list[Tensor] | None, str | None]:
-    """Run a candidate ``fn(q, k, pos)`` under no_grad on copies of q/k laid out as ``memory`` (:func:`arrange`):
-    ``(outputs, None)``, or ``(None, why it failed)``."""
+def call_candidate(fn: Callable, q: Tensor, k: Tensor, pos: Tensor, memory: str = "contiguous", *,
+                   inplace: bool = False) -> tuple[list[Tensor] | None, str | None, str | None]:
+    """Run a candidate ``fn(q, k, pos)`` under no_grad on copies of q/k laid out as ``memory`` (:func:`arrange`).
+
+    Returns:
+        ``(outputs, None, mutated)`` or ``(None, why it failed, mutated)``; ``mutated`` says which input the
+        candidate wrote into (``"q"``, ``"k"``, ``"q and k"``, ``"positions"``) or is ``None``. Callers keep using
+        q, k (the cache) and positions after the call, so a write is a bug unless the candidate is declared
+        ``inplace`` (then q/k may change; positions never).
+    """
     q_in, k_in = arrange(q, k, memory)
+    pos_in = pos.clone()
+    before = (q_in.clone(), k_in.clone(), pos_in.clone())  # the values the caller passed, to spot writes
     try:
         with torch.no_grad():
-            out = fn(q_in, k_in, pos.clone())
+            out = fn(q_in, k_in, pos_in)
     except Exception as exc:  # noqa: BLE001 - a candidate's failure is a result, not a crash of the kit
-        return None, f"{type(exc).__name__}: {exc}".splitlines()[0]
+        return None, f"{type(exc).__name__}: {exc}".splitlines()[0], _mutated(before, (q_in, k_in, pos_in), inplace)
+    mutated = _mutated(before, (q_in, k_in, pos_in), inplace)
     if not isinstance(out, (tuple, list)) or len(out) != 2 or not all(isinstance(t, Tensor) for t in out):
-        return None, f"expected (q, k) tensors back; got {type(out).__name__}"
+        return None, f"expected (q, k) tensors back; got {type(out).__name__}", mutated
     for name, got, want in (("q", out[0], q), ("k", out[1], k)):
         if tuple(got.shape) != tuple(want.shape):
-            return None, f"returned {name} of shape {tuple(got.shape)} for input {tuple(want.shape)}"
+            return None, f"returned {name} of shape {tuple(got.shape)} for input {tuple(want.shape)}", mutated
         if got.dtype != want.dtype:
-            return None, f"returned {name} in {dtype_name(got.dtype)} for {dtype_name(want.dtype)} input"
-    return [out[0].detach(), out[1].detach()], None
+            return None, f"returned {name} in {dtype_name(got.dtype)} for {dtype_name(want.dtype)} input", mutated
+    return [out[0].detach(), out[1].detach()], None, mutated
+
+
+def _mutated(before: tuple[Tensor, ...], after: tuple[Tensor, ...], inplace: bool) -> str | None:
+    """Which of q, k, positions changed (bitwise: NaN-safe ``equal`` on the raw values), or ``None``."""
+    def changed(a: Tensor, b: Tensor) -> bool:
+        return a.shape != b.shape or not torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))
+
+    names = [] if inplace else [n for n, a, b in zip(("q", "k"), before, after) if changed(a, b)]
+    if changed(before[2], after[2]):
+        names.append("positions")
+    return " and ".join(names) or None
 
 
 def _position_of(pos: Tensor) -> Callable[[str, tuple[int, ...]], int]:
@@ -428,7 +468,8 @@ def _position_of(pos: Tensor) -> Callable[[str, tuple[int, ...]], int]:
 def check_rope(candidate: Any, config: Any, *, layout: str | None = None,
                dtypes: Sequence[str | torch.dtype] = ("float32", "bfloat16", "float16"),
                max_position: int = 1_000_000, gqa: bool = True, batch_positions: bool = True,
-               cases: Sequence[RopeCase] | None = None, seed: int = 0, target: str | None = None) -> ConformanceResult:
+               cases: Sequence[RopeCase] | None = None, seed: int = 0, target: str | None = None,
+               inplace: bool = False) -> ConformanceResult:
     """Check a RoPE implementation against posenc's reference and, if it fails, name the bug.
 
     Args:
@@ -441,6 +482,9 @@ def check_rope(candidate: Any, config: Any, *, layout: str | None = None,
         max_position: largest position to try (default 10**6).
         gqa, batch_positions: include the GQA case (fewer key heads) and ``(B, T)`` positions.
         cases: an explicit matrix instead of :func:`rope_cases`.
+        inplace: the candidate is declared to rotate q and k in place (it may write into them; it must still return
+            the rotated q and k, also when q and k are one tensor). Without it, any write into q, k or positions
+            fails with the finding ``mutates_input``: callers keep using them after the call.
 
     The candidate gets q/k as contiguous tensors and, in the ``-transposed`` / ``-fused`` cases, as the strided views
     Hugging Face's attention passes (:func:`arrange`); a candidate right on the first and wrong on the others fails
@@ -457,12 +501,13 @@ def check_rope(candidate: Any, config: Any, *, layout: str | None = None,
     """
     with one_thread():
         return _check_rope(candidate, config, layout=layout, dtypes=dtypes, max_position=max_position, gqa=gqa,
-                           batch_positions=batch_positions, cases=cases, seed=seed, target=target)
+                           batch_positions=batch_positions, cases=cases, seed=seed, target=target, inplace=inplace)
 
 
 def _check_rope(candidate: Any, config: Any, *, layout, dtypes, max_position, gqa, batch_positions, cases, seed,
-                target) -> ConformanceResult:
+                target, inplace) -> ConformanceResult:
     fn = _as_candidate(candidate)
+    require_bool(inplace, "inplace", "conform rope")
     require_int(seed, "seed", "conform rope")
     require_target(target, "conform rope")
     spec = rope_spec(config, layout=layout)
@@ -473,17 +518,45 @@ def _check_rope(candidate: Any, config: Any, *, layout, dtypes, max_position, gq
     probes = []
     for i, case in enumerate(cases):
         q, k = _inputs(case, spec.head_dim, seed + i)
+        if case.memory == "aliased":
+            k = q  # one tensor passed as both: the reference rotates the same values twice
         want = list(reference_rope(q, k, case.positions, spec))
-        got, message = call_candidate(fn, q, k, case.positions, case.memory)
-        seq_len = int(case.positions.max()) + 1
-        top_freq = float(spec.inv_freq(seq_len)[0].max())
-        probes.append(Probe(case.name, case.dtype, tuple(q.shape), case.describe(), int(case.positions.max()), want,
+        got, message, mutated = call_candidate(fn, q, k, case.positions, case.memory, inplace=inplace)
+        top = int(case.positions.abs().max()) if case.positions.numel() else 0
+        top_freq = float(spec.inv_freq(top + 1)[0].max())
+        probes.append(Probe(case.name, case.dtype, tuple(q.shape), case.describe(), top, want,
                             got, {"q": q, "k": k, "positions": case.positions},
-                            angle=float(case.positions.abs().max()) * top_freq, message=message,
-                            position_of=_position_of(case.positions), memory=case.memory))
+                            angle=top * top_freq, message=message, position_of=_position_of(case.positions),
+                            memory=case.memory, mutated=mutated))
     hypotheses = [Hypothesis(name, sentence, _buggy(bug)) for name, sentence, bug in rope_hypotheses(spec)]
-    return diagnose("rope", target or getattr(candidate, "__qualname__", type(candidate).__name__), spec.describe(),
-                    probes, hypotheses)
+    result = diagnose("rope", target or getattr(candidate, "__qualname__", type(candidate).__name__), spec.describe(),
+                      probes, hypotheses)
+    if result.finding is not None and result.finding.hypothesis == "unexplained":
+        _blind_diagnosis(fn, spec, result)
+    return result
+
+
+def _blind_diagnosis(fn: Callable, spec: RopeSpec, result: ConformanceResult) -> None:
+    """No listed bug explains the numbers: estimate what the candidate computes (:mod:`posenc.testing.estimate`) and
+    put the differences, with their measured values, in the finding (``"estimate"``)."""
+    from posenc.testing.estimate import explain_rope
+
+    words, estimate = explain_rope(fn, spec)
+    result.estimate = estimate.to_dict()
+    old = result.finding
+    where = old.sentence.split("; ", 1)[1] if "; " in old.sentence else old.sentence
+    if not words:
+        result.finding = Finding("unexplained", "bug", f"no known bug explains the numbers, and the estimate from "
+                                 f"your outputs (float32 contiguous q/k at positions 0..32768) finds your rotation "
+                                 f"equal to the configuration's, so the failure is in what that probe does not cover; "
+                                 f"{where}", old.worst)
+        return
+    if words[0].startswith("the estimate cannot describe"):
+        result.finding = Finding("unexplained", "bug", f"no known bug explains the numbers; {'; '.join(words)}; "
+                                 f"{where}", old.worst)
+        return
+    result.finding = Finding("estimate", "bug", f"no listed bug, but the estimate from your outputs says: "
+                             f"{'; '.join(words)}; {where}", old.worst)
 
 
 def _check_cases(cases: Any, spec: RopeSpec) -> None:
@@ -499,8 +572,11 @@ def _check_cases(cases: Any, spec: RopeSpec) -> None:
         if c.memory == "fused_heads" and c.heads != c.kv_heads:
             raise ValueError(f"conform rope: case {c.name!r}: the per-head fused layout needs heads == kv_heads; got "
                              f"{c.heads} and {c.kv_heads}.")
-        if c.positions.dtype != torch.int64 or c.positions.dim() not in (1, 2) or not c.positions.numel():
-            raise ValueError(f"conform rope: case {c.name!r} needs int64 positions (T,) or (B, T); got "
+        if c.memory == "aliased" and c.heads != c.kv_heads:
+            raise ValueError(f"conform rope: case {c.name!r}: the aliased layout (one tensor as q and k) needs heads "
+                             f"== kv_heads; got {c.heads} and {c.kv_heads}.")
+        if c.positions.dtype not in (torch.int64, torch.int32) or c.positions.dim() not in (1, 2):
+            raise ValueError(f"conform rope: case {c.name!r} needs int64 (or int32) positions (T,) or (B, T); got "
                              f"{c.positions.dtype} of shape {tuple(c.positions.shape)}.")
 
 
@@ -613,6 +689,9 @@ def _table_positions(values: Any) -> list[int]:
         if isinstance(v, float) and not v.is_integer():
             raise ValueError(f"conform: positions[{i}] = {v!r} is fractional; a row of a RoPE table belongs to an "
                              f"integer position. Export the integer positions the tables were computed at.")
+        if not abs(v) < 2 ** 53:  # the reference forms p * theta in float64, exact for integers below 2^53
+            raise ValueError(f"conform: positions[{i}] = {v!r} is beyond +-2^53; the reference holds positions "
+                             f"exactly only below that (and no RoPE table has rows there).")
         out.append(int(v))
     return out
 
