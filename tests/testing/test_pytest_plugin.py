@@ -45,8 +45,14 @@ USER_TESTS = textwrap.dedent('''
 def test_the_fixture_runs_in_a_projects_own_suite(tmp_path):
     (tmp_path / "test_user.py").write_text(USER_TESTS)
     env_path = f"{ROOT / 'src'}"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
-                           "posenc.testing.pytest_plugin", str(tmp_path / "test_user.py")], cwd=tmp_path,
+    from importlib.metadata import entry_points
+
+    # installed (make test), pytest loads the plugin through its pytest11 entry point; a source checkout on
+    # PYTHONPATH without the install names it with -p (naming it as well would register it twice)
+    installed = any(ep.name == "posenc_conform" for ep in entry_points(group="pytest11"))
+    plugin = [] if installed else ["-p", "posenc.testing.pytest_plugin"]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin,
+                           str(tmp_path / "test_user.py")], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300,
                           env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"})
     out = proc.stdout + proc.stderr
