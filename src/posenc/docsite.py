@@ -33,7 +33,7 @@ from posenc.backends import BACKENDS, explain
 from posenc.base import EncodingInfo, encoding_class, get_encoding, list_encodings
 
 __all__ = ["API_PAGES", "FAMILY_FORMULAS_TEX", "LANGS", "TEXT", "cli_page", "encoding_figures", "encoding_page",
-           "formula_tex", "index_page", "nav", "overview_page", "site_pages"]
+           "formula_tex", "index_page", "nav", "overview_page", "public_names", "site_pages"]
 
 LANGS = gallery.LANGS
 ROOT = Path(__file__).resolve().parents[2]  # the repository (for the tests that compare an encoding with peers)
@@ -383,6 +383,18 @@ def overview_page(*, lang: str = "en") -> str:
             f"## {_t('overview_start', lang)}\n\n{_t('overview_links', lang)}\n")
 
 
+def public_names(module: str) -> list[str]:
+    """The names a module's API page documents: its ``__all__``, else its public submodules (a package of modules
+    such as :mod:`posenc.lab`)."""
+    import importlib
+    import pkgutil
+
+    mod = importlib.import_module(module)
+    if hasattr(mod, "__all__"):
+        return sorted(mod.__all__, key=str.lower)
+    return sorted(m.name for m in pkgutil.iter_modules(mod.__path__) if not m.name.startswith("_"))
+
+
 def api_page(module: str) -> str:
     """An API reference page: mkdocstrings renders every name of ``module.__all__`` from its docstring."""
     import importlib
@@ -390,8 +402,8 @@ def api_page(module: str) -> str:
     mod = importlib.import_module(module)
     doc = (inspect.getdoc(mod) or "").split("\n\n")[0].replace("``", "`")
     parts = [f"# `{module}`", "", doc, ""]
-    for name in sorted(getattr(mod, "__all__", []), key=str.lower):
-        obj = getattr(mod, name)
+    for name in public_names(module):
+        obj = getattr(mod, name, None) or importlib.import_module(f"{module}.{name}")
         home = getattr(obj, "__module__", None) or module
         if inspect.ismodule(obj):
             home, target = obj.__name__, obj.__name__
