@@ -423,8 +423,15 @@ def get_encoding(name: str, *, dim: int, n_heads: int, max_seq_len: int = 2048, 
 
     Args:
         name: registry key, e.g. ``"rope"``; ``list_encodings()`` shows them all.
-        dim, n_heads, max_seq_len, causal: see :class:`PositionalEncoding`.
-        **options: the encoding's own keyword arguments (e.g. ``base=10000.0`` for ``rope``). Unknown options raise.
+        dim: model width; see :class:`PositionalEncoding`.
+        n_heads: number of query heads (``head_dim = dim // n_heads``).
+        max_seq_len: the longest sequence the encoding is built or trained for.
+        causal: whether the attention it serves is causal (decoder) or bidirectional (encoder).
+        **options: the encoding's own keyword arguments (e.g. ``base=10000.0`` for ``rope``). Unknown options raise
+            ``TypeError`` naming the accepted ones; each encoding's page of the documentation lists them.
+
+    Returns:
+        The encoding, a :class:`PositionalEncoding` (an ``nn.Module``).
 
     Example:
         >>> pe = get_encoding("rope", dim=512, n_heads=8, layout="half")

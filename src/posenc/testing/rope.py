@@ -439,7 +439,8 @@ def check_rope(candidate: Any, config: Any, *, layout: str | None = None,
         layout: the pair layout the candidate must use, ``"half"`` (Hugging Face, default) or ``"interleaved"``.
         dtypes: input dtypes to run (the first gets the full matrix).
         max_position: largest position to try (default 10**6).
-        gqa, batch_positions: include the GQA case (fewer key heads) and ``(B, T)`` positions.
+        gqa: include the GQA case (fewer key heads than query heads).
+        batch_positions: include the ``(B, T)`` positions cases.
         cases: an explicit matrix instead of :func:`rope_cases`.
 
     The candidate gets q/k as contiguous tensors and, in the ``-transposed`` / ``-fused`` cases, as the strided views
