@@ -19,7 +19,8 @@ import pytest
 import chromium_devtools as chromium  # tests/chromium_devtools.py: headless Chromium over the DevTools protocol
 
 SITE = Path(os.environ.get("POSENC_SITE", Path(__file__).resolve().parent.parent / "site"))
-PAGES = ["index.html", "encodings/rope.html", "api/posenc.html", "guides/your-attention.html", "zh/encodings/alibi.html"]
+PAGES = ["index.html", "encodings/rope.html", "api/posenc.html", "guides/your-attention.html",
+         "zh/encodings/alibi.html"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

@@ -30,7 +30,7 @@ import torch
 
 from posenc import gallery, viz
 from posenc.backends import BACKENDS, explain
-from posenc.base import EncodingInfo, encoding_class, get_encoding, list_encodings
+from posenc.base import EncodingInfo, PositionalEncoding, encoding_class, get_encoding, list_encodings
 
 __all__ = ["API_PAGES", "FAMILY_FORMULAS_TEX", "LANGS", "TEXT", "cli_page", "encoding_figures", "encoding_page",
            "formula_tex", "index_page", "nav", "overview_page", "public_names", "site_pages"]
@@ -177,7 +177,7 @@ def _md(text: str) -> str:
     return re.sub(r"``([^`]+)``", r"`\1`", text)
 
 
-def formula_tex(cls: type) -> tuple[str, bool]:
+def formula_tex(cls: type[PositionalEncoding]) -> tuple[str, bool]:
     """The LaTeX of an encoding class's formula and whether it is its own (``False``: its family's general form).
 
     An encoding gives its own in a ``Formula:`` section of its docstring: the indented lines below hold LaTeX,
@@ -229,9 +229,9 @@ def _arg_docs(cls: type) -> dict[str, str]:
     return {k: _md(v.strip()) for k, v in entries.items()}
 
 
-def _options_table(cls: type, lang: str) -> str:
+def _options_table(cls: type[PositionalEncoding], lang: str) -> str:
     common = ("self", "dim", "n_heads", "max_seq_len", "causal")
-    params = [p for p in inspect.signature(cls.__init__).parameters.values()
+    params = [p for p in inspect.signature(cls).parameters.values()
               if p.name not in common and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     intro = _t("options_intro", lang, name=cls.name)
     if not params:
@@ -260,7 +260,7 @@ def _explained(name: str) -> tuple[str | None, str | None, tuple[tuple[str, str 
         auto = explain(q, k, v, pe, q_pos=pos, k_pos=pos, causal=True)
     except (ValueError, TypeError, KeyError) as exc:  # encodings that read the layer's input or the layer itself
         return None, str(exc).strip("\"'"), ()
-    rows = []
+    rows: list[tuple[str, str | None]] = []
     for backend in sorted(BACKENDS.values(), key=lambda b: -b.priority):
         try:
             explain(q, k, v, pe, q_pos=pos, k_pos=pos, causal=True, backend=backend.name)
