@@ -21,7 +21,11 @@ DOCS = Path(__file__).resolve().parent
 def on_config(config):
     _PAGES.clear()
     _PAGES.update(site_pages(figures=os.environ.get("POSENC_DOCS_FIGURES", "1") != "0"))
-    guides = sorted(p.relative_to(DOCS).as_posix() for p in (DOCS / "guides").glob("*.md"))
+    # the guides in the order a newcomer reads them; a guide added later joins at the end
+    order = ["your-attention", "port-from-hf", "extend-rope", "lab-sweep", "add-encoding"]
+    found = sorted((DOCS / "guides").glob("*.md"), key=lambda p: (order.index(p.stem) if p.stem in order else 99, p.stem))
+    guides = [p.relative_to(DOCS).as_posix() for p in found] + [t for t in ("attention.md", "more.md")
+                                                                if (DOCS / t).exists()]
     results = ["conformance.md", "numerics.md", "results/standard/report.md", "results/standard/timing.md",
                "results/frontier/report.md", "results/calibration.md", "mutation.md"]
     config["nav"] = nav(_PAGES, guides, [r for r in results if (DOCS / r).exists()])
