@@ -23,7 +23,8 @@ def on_config(config):
     _PAGES.update(site_pages(figures=os.environ.get("POSENC_DOCS_FIGURES", "1") != "0"))
     # the guides in the order a newcomer reads them; a guide added later joins at the end
     order = ["your-attention", "port-from-hf", "extend-rope", "lab-sweep", "add-encoding"]
-    found = sorted((DOCS / "guides").glob("*.md"), key=lambda p: (order.index(p.stem) if p.stem in order else 99, p.stem))
+    found = sorted((DOCS / "guides").glob("*.md"),
+                   key=lambda p: (order.index(p.stem) if p.stem in order else len(order), p.stem))
     guides = [p.relative_to(DOCS).as_posix() for p in found] + [t for t in ("attention.md", "more.md")
                                                                 if (DOCS / t).exists()]
     results = ["conformance.md", "numerics.md", "results/standard/report.md", "results/standard/timing.md",
