@@ -192,3 +192,12 @@ def test_public_docstrings_parse_without_warnings(caplog):
     problems = [r.getMessage() for r in caplog.records if "does not appear in the function signature" in
                 r.getMessage()]
     assert problems == []
+
+
+@pytest.mark.parametrize("name", ["rope", "alibi", "sinusoidal", "fox"])
+def test_core_encodings_show_their_own_formula(name):
+    """These docstrings carry a ``Formula:`` section, so their pages show it, not their family's general form."""
+    tex, own = docsite.formula_tex(posenc.base.encoding_class(name))
+    assert own and tex.count("{") == tex.count("}")
+    page = docsite.encoding_page(_info(name), lang="en")
+    assert tex in page and docsite.TEXT["family_form"]["en"] not in page
