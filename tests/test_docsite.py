@@ -71,9 +71,9 @@ def test_an_encoding_registered_later_gets_its_page():
         pages = docsite.site_pages(figures=False, names=["docs_probe"])
         page = pages["encodings/docs_probe.md"]
         assert "b_{ij} = -\\lambda |i - j|" in page and "(general form of its family)" not in page
-        assert "| `strength` | `float` | `0.5` | the slope. |" in page
+        assert "| `strength` | float | `0.5` | the slope. |" in page
         assert "[arXiv:0000.00000](https://arxiv.org/abs/0000.00000)" in page
-        assert "| `reference` | yes | |" in page  # a bias encoding runs on every backend
+        assert "| `reference` | yes |" in page and "| `chunked` | yes |" in page  # a bias runs on the backends
         assert "[`docs_probe`](docs_probe.md)" in pages["encodings/index.md"]
     finally:
         del _REGISTRY["docs_probe"]

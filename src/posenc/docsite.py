@@ -243,7 +243,8 @@ def _options_table(cls: type[PositionalEncoding], lang: str) -> str:
                                                         else inspect.formatannotation(p.annotation))
         default = "required" if p.default is p.empty else repr(p.default)
         cell = docs.get(p.name, "").replace("|", "\\|")
-        rows.append(f"| `{p.name}` | `{annotation.replace('|', chr(92) + '|')}` | `{default}` | {cell} |")
+        # the type as plain text: an escaped pipe inside a code span would show its backslash
+        rows.append(f"| `{p.name}` | {annotation.replace('|', chr(92) + '|')} | `{default}` | {cell} |")
     return f"{intro}\n\n" + "\n".join(rows) + "\n"
 
 
