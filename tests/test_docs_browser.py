@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -114,3 +115,22 @@ def test_page_renders_offline(site, page, tmp_path):
         assert report["apiObjects"] > 20, report
     if page.startswith("guides/"):
         assert report["codeBlocks"] >= 3, report
+
+
+def test_built_site_is_current():
+    """The built site has a page for every encoding registered now, each with its current summary: a site built
+    before an encoding was added (or its docstring changed) fails here until `make docs` runs again."""
+    import html
+
+    from posenc import list_encodings
+
+    if not (SITE / "index.html").exists():
+        pytest.skip(f"no built site at {SITE}: run `make docs` first (or `make test-docs`, which builds it)")
+    stale = []
+    for info in list_encodings():
+        for page in (SITE / "encodings" / f"{info.name}.html", SITE / "zh" / "encodings" / f"{info.name}.html"):
+            text = html.unescape(page.read_text(encoding="utf-8")) if page.exists() else ""
+            summary = info.summary.replace("``", "").replace("`", "")
+            if not text or summary[:60] not in re.sub(r"<[^>]+>", "", text):
+                stale.append(page.relative_to(SITE).as_posix())
+    assert stale == [], f"stale or missing pages (rebuild with make docs): {stale}"
