@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
-EXTRAS := viz,lab,peers,dev,gpu,export,ray,tensorboard
+EXTRAS := viz,lab,peers,dev,gpu,export,ray,tensorboard,docs
 # The tests that compare numbers recorded on one machine or computed by a peer (goldens, eigenvectors, transformers'
 # outputs): test-cpu-variants reruns them under other CPU kernels, so a pass that holds only on this CPU shows here.
 NUMERIC_TESTS := tests/lab/test_lab_golden.py tests/test_model_golden.py tests/test_attention_golden.py \
@@ -13,7 +13,7 @@ NUMERIC_TESTS := tests/lab/test_lab_golden.py tests/test_model_golden.py tests/t
 	tests/test_peers_rope.py tests/test_hf_families.py tests/test_hf_interop.py
 LATEST := .venv-latest
 
-.PHONY: demo test test-slow test-cpu-variants test-latest test-mutate lint install clean readme
+.PHONY: demo test test-slow test-cpu-variants test-latest test-mutate test-docs docs lint install clean readme
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,9 +65,22 @@ test-mutate: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+
+# The documentation site, built into site/ (open site/index.html: no server, no network). The encoding pages, the API
+# reference and the CLI page are generated from the registry and the docstrings at build time (docs/hooks.py).
+# POSENC_DOCS_FIGURES=0 skips the gallery's pictures for a quicker text-only build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --clean
+
+# The site's tests: its generated pages and guides (also in make test), then the built site in headless Chromium
+# (apt-get install chromium; the browser test skips, saying why, without it).
+test-docs: docs
+	$(PY) -m pytest -q -p no:cacheprovider -m "slow or not slow" tests/test_docsite.py tests/test_docs_guides.py \
+		tests/test_docs_browser.py
 
 clean:
-	rm -rf $(VENV) $(LATEST) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(LATEST) build site *.egg-info src/*.egg-info
 
 readme: $(STAMP)
 	$(PY) scripts/update_readme.py

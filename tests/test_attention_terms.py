@@ -396,3 +396,16 @@ def test_chunked_sums_a_terms_own_key_and_value_gradients_over_each_kv_heads_gro
     assert _chunked_backward(pe, q, k, v, causal=True) == "ChunkedTermsBackward"
     for field in ("out", "q", "k", "v", "key_weight", "value_weight"):
         torch.testing.assert_close(got[field], want[field], atol=1e-5, rtol=1e-5, msg=lambda m, f=field: f"{f}: {m}")
+
+
+def test_terms_that_replace_scores_must_define_logits():
+    """With ``replaces_scores`` the backends compute no raw scores: the default ``logits`` would hand ``None`` on as
+    the block's logits, so it says what to override instead."""
+
+    class NoLogits(AttentionTerms):
+        replaces_scores = True
+
+    with pytest.raises(TypeError, match="must override logits"):
+        NoLogits().logits(None, None)
+    scores = torch.zeros(1, 1, 2, 2)
+    assert AttentionTerms().logits(scores, None) is scores

@@ -435,23 +435,31 @@ def get_encoding(name: str, *, dim: int, n_heads: int, max_seq_len: int = 2048, 
 
     Args:
         name: registry key, e.g. ``"rope"``; ``list_encodings()`` shows them all.
-        dim, n_heads, max_seq_len, causal: see :class:`PositionalEncoding`.
-        **options: the encoding's own keyword arguments (e.g. ``base=10000.0`` for ``rope``). Unknown options raise.
+        dim: model width; see :class:`PositionalEncoding`.
+        n_heads: number of query heads (``head_dim = dim // n_heads``).
+        max_seq_len: the longest sequence the encoding is built or trained for.
+        causal: whether the attention it serves is causal (decoder) or bidirectional (encoder).
+        **options: the encoding's own keyword arguments (e.g. ``base=10000.0`` for ``rope``). Unknown options raise
+            ``TypeError`` naming the accepted ones; each encoding's page of the documentation lists them.
+
+    Returns:
+        The encoding, a :class:`PositionalEncoding` (an ``nn.Module``).
 
     Example:
         >>> pe = get_encoding("rope", dim=512, n_heads=8, layout="half")
     """
     cls = _lookup(name)
     accepted = _accepted_options(cls)
-    unknown = sorted(set(options) - accepted) if accepted is not None else []
-    if unknown:
-        raise TypeError(f"{name}: unknown option(s) {unknown}; it accepts {sorted(accepted) or 'none'}.")
+    if accepted is not None:  # None: the constructor takes **kwargs and checks its options itself
+        unknown = sorted(set(options) - accepted)
+        if unknown:
+            raise TypeError(f"{name}: unknown option(s) {unknown}; it accepts {sorted(accepted) or 'none'}.")
     return cls(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal, **options)
 
 
 def _accepted_options(cls: type) -> set[str] | None:
     """Keyword options a class's constructor accepts beyond the common four (None when it takes **kwargs)."""
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls).parameters  # the constructor's, without self
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return None
     return {p for p in params if p not in ("self", "dim", "n_heads", "max_seq_len", "causal")}

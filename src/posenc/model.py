@@ -616,10 +616,12 @@ class Transformer(nn.Module):
         Args:
             tokens: ``(B, T)`` token ids (the source for encoder-decoder models).
             tgt: ``(B, T_tgt)`` target ids, only for encoder-decoder models.
-            positions / tgt_positions: explicit positions ``(T,)`` or ``(B, T)`` (default ``offset + arange(T)``), or a
+            positions: explicit positions ``(T,)`` or ``(B, T)`` (default ``offset + arange(T)``), or a
                 :class:`posenc.Positions` carrying them and any structure the encoding reads (a coordinate table, a
                 graph, token ids, segment ids of packed documents).
-            padding_mask / tgt_padding_mask: bool ``(B, T_keys)``, True for real tokens.
+            tgt_positions: the same for the target of an encoder-decoder model.
+            padding_mask: bool ``(B, T_keys)``, True for real tokens.
+            tgt_padding_mask: the same for the target of an encoder-decoder model.
             cache: a :class:`KVCache` for incremental decoding (decoder and the decoder of encoder-decoder).
         """
         if self.cfg.kind == "encoder_decoder":

@@ -99,8 +99,8 @@ class Positions:
         check_positions_layout(self.pos, length, name=name, batch=batch, device=device)
         top = None
         if self.pos.numel() and reads_values(self.pos):
-            lo, hi = self.pos.aminmax()
-            lo, top = int(lo), int(hi)
+            lo_hi = self.pos.aminmax()
+            lo, top = int(lo_hi.min), int(lo_hi.max)
             if lo < 0:
                 raise ValueError(f"{name} must be non-negative; got a minimum of {lo}.")
         if self.segment_ids is not None:

@@ -49,7 +49,7 @@ class Registry(Generic[C]):
             value = getattr(cls, self.attribute)
             if value not in self.allowed:
                 raise ValueError(f"{who}({name!r}): {self.attribute} {value!r} is not one of {self.allowed}.")
-            cls.name = name
+            cls.name = name  # type: ignore[attr-defined]  # C is bound to `type`: every table's base declares name
             self._classes[name] = cls
             return cls
 

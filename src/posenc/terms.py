@@ -276,6 +276,9 @@ class AttentionTerms:
             scores: ``(B, H, rows, keys)`` in the compute dtype, or ``None`` when ``replaces_scores``.
             blk: the block (queries, keys, values, positions, mask).
         """
+        if scores is None:
+            raise TypeError(f"{type(self).__name__} sets replaces_scores = True, so the backends compute no raw scores "
+                            f"for it: it must override logits(scores, blk) to build the block's logits itself.")
         return scores
 
     def normalize(self, logits: Tensor, blk: ScoreBlock) -> Tensor:

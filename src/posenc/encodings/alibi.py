@@ -99,6 +99,12 @@ class ALiBi(PairwiseBias):
     symmetric form ``-m_h * |i - j|`` (as x-transformers and encoder ALiBi variants use), so distance is penalised
     on both sides.
 
+    Formula:
+        $$
+        \\mathrm{softmax}\\!\\left(\\frac{q_i^\\top k_j}{\\sqrt{d}} - m_h\\,(i - j)\\right),\\quad
+        m_h = 2^{-8h/H}\\ \\text{(H a power of two)}
+        $$
+
     Args:
         symmetric: use ``-m_h * |i - j|``; defaults to ``not causal``.
         slopes: explicit per-head slopes (a sequence of ``n_heads`` positive floats) instead of the paper's.

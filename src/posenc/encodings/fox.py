@@ -162,6 +162,13 @@ class FoX(PositionalEncoding):
     Shapes: ``features(x, pos, layer=...)`` takes ``x`` ``(B, T, dim)`` and returns ``{"log_f": (B, H, T, 1)}`` in
     float32 (float64 for float64 input); ``terms`` reads every key's ``log_f`` ``(B|1, H|1, Tk, 1)``.
 
+    Formula:
+        $$
+        \\log f_t = \\log\\sigma(w_h^\\top x_t + b_h),\\quad
+        c_i = \\sum_{l \\le i} \\log f_l,\\quad
+        \\mathrm{logit}_{ij} = \\frac{q_i^\\top k_j}{\\sqrt{d}} + c_i - c_j
+        $$
+
     Args:
         gate_bias_init: initial gate bias ``b_h``. The paper's code (``zhixuan-lin/forgetting-transformer``,
             ``fgate_type="full"``) starts it at 0 (``f = 1/2``: a strong initial locality the model learns away);

@@ -121,6 +121,13 @@ def permute_projection(weight: Tensor, *, n_heads: int, head_dim: int, rotary_di
 class RoPE(PositionalEncoding):
     """Rotary position embedding (Su et al. 2021, arXiv 2104.09864): rotates q and k by position.
 
+    Formula:
+        $$
+        q'_m = R_{\\Theta,m}\\, q_m,\\quad
+        k'_n = R_{\\Theta,n}\\, k_n,\\quad
+        \\theta_i = b^{-2i/d} \\;\\Rightarrow\\; q'^{\\top}_m k'_n = q_m^\\top R_{\\Theta,n-m}\\, k_n
+        $$
+
     Args:
         base: frequency base (10000 in the paper and llama 1/2; 500000 in llama 3).
         layout: ``"half"`` (GPT-NeoX / HF ``rotate_half``) or ``"interleaved"`` (paper, llama, torchtune).

@@ -47,6 +47,13 @@ class SinusoidalPE(PositionalEncoding):
     Zero parameters and defined at any position. ``PE(p + k)`` is a fixed linear map (a block rotation) of ``PE(p)``,
     which is the paper's argument for why relative offsets are easy to attend to.
 
+    Formula:
+        $$
+        x'_p = x_p + \\mathrm{PE}(p),\\quad
+        \\mathrm{PE}(p, 2i) = \\sin\\!\\big(p / b^{2i/d}\\big),\\quad
+        \\mathrm{PE}(p, 2i+1) = \\cos\\!\\big(p / b^{2i/d}\\big)
+        $$
+
     Args:
         base: wavelength base (paper: 10000).
         scale: multiplier on the encoding before it is added (1.0 in the paper; some code bases use

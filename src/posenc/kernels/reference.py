@@ -21,7 +21,8 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, *, layout: str = "half") -> 
 
     Args:
         x: ``(B, H, T, D)`` (any leading dims; the last two are ``(T, D)``).
-        cos, sin: ``(T, F)`` shared by the batch, or ``(B, T, F)`` per sequence, with ``2F <= D``.
+        cos: ``(T, F)`` shared by the batch, or ``(B, T, F)`` per sequence, with ``2F <= D``.
+        sin: the same shape as ``cos``.
         layout: ``"half"`` or ``"interleaved"`` (see the module docstring).
 
     Returns:

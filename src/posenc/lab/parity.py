@@ -82,10 +82,20 @@ def train_side_by_side(task_name: str, *, steps: int, dim: int, n_layers: int, n
 
     Args:
         task_name: a registered encoder or decoder task.
-        steps, lr, batch_size, weight_decay, warmup, grad_clip: the optimisation, shared by every contender.
-        dim, n_layers, n_heads, ffn_mult: the size, shared by every contender.
+        steps: optimiser steps (the optimisation below is shared by every contender).
+        dim: model width (the size is shared by every contender).
+        n_layers: layers.
+        n_heads: attention heads.
+        lr: AdamW's peak learning rate.
         train_lengths: ``(min, max)`` task lengths; each step's length is drawn uniformly, once for all.
+        ffn_mult: feed-forward width as a multiple of ``dim``.
+        batch_size: sequences per step.
+        weight_decay: AdamW's weight decay.
+        warmup: the share of ``steps`` spent warming the learning rate up.
+        grad_clip: the gradient norm clipped to.
         seed: seeds both initialisations and the data.
+        eval_batches: batches of the final in-distribution evaluation.
+        eval_batch_size: sequences per evaluation batch.
         posenc_options: extra :class:`posenc.TransformerConfig` fields for posenc's model (e.g. the old recipe's
             ``{"tie_embeddings": True}``).
         contenders: models to compare instead of :func:`build_contenders`'s pair.

@@ -99,10 +99,10 @@ def hf_rope_candidate(source: Any) -> tuple[Callable, Any, str]:
         return torch.cat((q_rot, q[..., r:]), -1), torch.cat((k_rot, k[..., r:]), -1)
 
     if _is_mrope(text):
-        def fn(q: Tensor, k: Tensor, coords: Tensor) -> tuple[Tensor, Tensor]:
+        def mrope_fn(q: Tensor, k: Tensor, coords: Tensor) -> tuple[Tensor, Tensor]:
             cos, sin = rotary(q, coords.permute(2, 0, 1))  # HF position_ids (3, B, T)
             return rotate(q, k, cos, sin)
-        return fn, text, "mrope"
+        return mrope_fn, text, "mrope"
 
     def fn(q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         ids = positions if positions.dim() == 2 else positions[None].expand(q.shape[0], -1)  # (B, T)

@@ -480,7 +480,8 @@ def check_rope(candidate: Any, config: Any, *, layout: str | None = None,
         layout: the pair layout the candidate must use, ``"half"`` (Hugging Face, default) or ``"interleaved"``.
         dtypes: input dtypes to run (the first gets the full matrix).
         max_position: largest position to try (default 10**6).
-        gqa, batch_positions: include the GQA case (fewer key heads) and ``(B, T)`` positions.
+        gqa: include the GQA case (fewer key heads than query heads).
+        batch_positions: include the ``(B, T)`` positions cases.
         cases: an explicit matrix instead of :func:`rope_cases`.
         inplace: the candidate is declared to rotate q and k in place (it may write into them; it must still return
             the rotated q and k, also when q and k are one tensor). Without it, any write into q, k or positions
