@@ -78,7 +78,9 @@ class RotationND(StructuredPositions, PositionalEncoding):
     extrapolates = True
 
     def __init__(self, *, dim: int, n_heads: int, max_seq_len: int, causal: bool, axes: int,
-                 position_scale: float | None, rotation_heads: int, default_scale: float) -> None:
+                 position_scale: float | None, rotation_heads: int, default_scale: float | None) -> None:
+        """``default_scale``: the ``position_scale`` when none is given; ``None`` means ``1 / max_seq_len`` (the
+        papers' normalisation to [0, 1]), formed once the base class has validated ``max_seq_len``."""
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal)
         who = type(self).name or type(self).__name__
         check_int(axes, f"{who}: axes", minimum=1)
@@ -89,7 +91,7 @@ class RotationND(StructuredPositions, PositionalEncoding):
             raise ValueError(f"{who}: rotation_heads must be a positive divisor of n_heads={n_heads}; got "
                              f"{rotation_heads}.")
         if position_scale is None:
-            position_scale = default_scale
+            position_scale = 1.0 / max_seq_len if default_scale is None else default_scale
         if isinstance(position_scale, bool) or not isinstance(position_scale, (int, float)) or \
                 not 0 < position_scale < float("inf"):
             raise ValueError(f"{who}: position_scale must be a finite number > 0 (coordinates are multiplied by it); "

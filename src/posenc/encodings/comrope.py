@@ -62,7 +62,7 @@ class ComRoPE(BlockGenerators):
         check_int(block_size, "comrope: block_size", minimum=2)
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal, axes=axes,
                          position_scale=position_scale, rotation_heads=rotation_heads,
-                         default_scale=1.0 / max_seq_len, block_size=block_size)
+                         default_scale=None, block_size=block_size)
         if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or not 0 < init_std < float("inf"):
             raise ValueError(f"comrope: init_std must be a finite number > 0; got {init_std!r}.")
         nb, b = self.n_blocks, self.block_size

@@ -52,7 +52,7 @@ class LieRE(BlockGenerators):
                  rotation_heads: int = 1) -> None:
         super().__init__(dim=dim, n_heads=n_heads, max_seq_len=max_seq_len, causal=causal, axes=axes,
                          position_scale=position_scale, rotation_heads=rotation_heads,
-                         default_scale=1.0 / max_seq_len, block_size=block_size)
+                         default_scale=None, block_size=block_size)
         b = self.block_size
         # official init: torch.rand(...) * 2 pi; only the strict upper triangle is read
         self.generator_raw = nn.Parameter(torch.rand(rotation_heads, axes, self.n_blocks, b, b) * (2 * math.pi))
