@@ -66,7 +66,7 @@ def test_readme_lab_claims_quote_the_committed_report(start, end, folder):
 
 
 def test_speed_figures_quote_the_committed_measurement():
-    """Every min / median / max triple in the Speed section (docs/more.md) is a figure of docs/results/speed/speed.md."""
+    """Every min / median / max triple in the Speed section (docs/more.md) is in docs/results/speed/speed.md."""
     import re
 
     more = (ROOT / "docs" / "more.md").read_text(encoding="utf-8")

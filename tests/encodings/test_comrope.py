@@ -164,3 +164,14 @@ def test_generator_matrices_commute_and_exponentiate_to_the_rotation(variant, ax
     r = torch.rand(axes, dtype=torch.float64) * 2
     expected = torch.linalg.matrix_exp((r[:, None, None] * gens).sum(0))
     torch.testing.assert_close(rotation_matrix(pe, r), expected, atol=1e-12, rtol=0)
+
+
+def test_the_axis_partition_is_rebuilt_after_to_empty():
+    """``model.to("meta")`` then ``to_empty`` leaves non-persistent buffers uninitialised (the full suite caught a
+    flaky meta round trip): the axis partition is derived, so it is rebuilt on every move."""
+    pe = get_encoding("comrope", dim=64, n_heads=4, axes=2, variant="ap")
+    expected = pe.partition.clone()
+    pe.to("meta")
+    pe.to_empty(device="cpu")
+    assert torch.equal(pe.partition, expected)
+    assert expected.sum(0).eq(1).all()  # each block belongs to exactly one axis

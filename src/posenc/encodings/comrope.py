@@ -75,8 +75,18 @@ class ComRoPE(BlockGenerators):
         if variant == "ld":
             self.multiplier = nn.Parameter(torch.randn(axes, nb))  # m_{k, j}
         else:
-            axis = torch.arange(nb) % axes
-            self.register_buffer("partition", (axis == torch.arange(axes)[:, None]), persistent=False)  # (A, nb)
+            self.register_buffer("partition", self._partition(torch.device("cpu")), persistent=False)  # (A, nb)
+
+    def _partition(self, device: torch.device) -> Tensor:
+        """Which blocks each axis owns (axis-partition variant): block ``j`` belongs to axis ``j % axes``."""
+        axis = torch.arange(self.n_blocks, device=device) % self.n_axes
+        return axis == torch.arange(self.n_axes, device=device)[:, None]  # (A, nb) bool
+
+    def rebuild_caches(self) -> None:
+        # a derived table, not state: rebuilt after every .to() / .to_empty() (which leaves it uninitialised)
+        super().rebuild_caches()
+        if getattr(self, "variant", None) == "ap" and "partition" in self._buffers:
+            self.partition = self._partition(self.partition.device)
 
     def generators(self) -> Tensor:
         w = self.weight.to(torch.float64)
