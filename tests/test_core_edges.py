@@ -152,3 +152,129 @@ def test_a_per_sequence_4d_mask_gives_the_dense_mask_a_batch_axis():
     mask = torch.ones(3, 1, 4, 4, dtype=torch.bool)
     assert dense_mask_shape(dataclasses.replace(call, attn_mask=mask)) == (3, 2, 4, 4)
     assert dense_mask_shape(dataclasses.replace(call, attn_mask=mask[:1].expand(1, 2, 4, 4))) == (1, 2, 4, 4)
+
+
+# -- surviving mutants of the seed-2 sample (core) --------------------------------------------------------------------
+
+
+def test_check_bool_and_check_number_end_with_the_hints_they_are_given_and_nothing_else():
+    from posenc._checks import check_bool, check_number
+
+    with pytest.raises(TypeError, match=r"^flag must be True or False \(a bool\); got str 'no'\.$"):
+        check_bool("no", "flag")  # no hint: the message ends at what came in
+    with pytest.raises(TypeError, match=r"got str '3'\. Use a scale\. Write it without quotes\.$"):
+        check_number("3", "scale", hint="Use a scale.", type_hint="Write it without quotes.")
+
+
+def test_a_features_entry_that_is_not_a_tensor_is_named_with_its_type():
+    q = torch.randn(1, 2, 3, 4)
+    with pytest.raises(TypeError, match=r"features must map names \(str\) to tensors; got 'gate': list\."):
+        posenc.attention(q, q, q, features={"gate": [1.0, 2.0]})
+
+
+def test_auto_falls_back_to_the_reference_backend_when_every_faster_one_refuses(monkeypatch):
+    q = torch.randn(1, 2, 3, 4)
+    for name in [n for n in BACKENDS if n != "reference"]:
+        monkeypatch.delitem(BACKENDS, name)
+    pe = posenc.get_encoding("alibi", dim=8, n_heads=2)
+    assert posenc.explain(q, q, q, pe).startswith("reference: no faster backend supports this call (skipped )")
+    expected = torch.softmax(q @ q.transpose(-1, -2) / 2 + pe.bias(torch.arange(3), torch.arange(3)), -1) @ q
+    torch.testing.assert_close(posenc.attention(q, q, q, pe), expected)
+
+
+def test_flex_refuses_a_float_mask_and_says_to_pass_a_bool_one():
+    if "flex" not in BACKENDS:
+        pytest.skip("needs torch's flex_attention")
+    pe = posenc.get_encoding("alibi", dim=8, n_heads=2)
+    q = torch.randn(1, 2, 3, 4)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"exactly: a float attn_mask cannot become a block_mask; "
+                                                          r"pass a bool mask \(True = attend\) or use 'chunked'\. "
+                                                          r"Use backend='auto'\.$"):
+        posenc.attention(q, q, q, pe, attn_mask=torch.zeros(3, 3), backend="flex")
+
+
+def test_unknown_options_list_only_the_encodings_own_options():
+    with pytest.raises(TypeError, match=r"rope: unknown option\(s\) \['bogus'\]; it accepts \[") as err:
+        posenc.get_encoding("rope", dim=8, n_heads=2, bogus=1)
+    accepted = str(err.value).split("it accepts ")[1]
+    assert "'layout'" in accepted
+    for common in ("'dim'", "'n_heads'", "'max_seq_len'", "'causal'", "'self'"):
+        assert common not in accepted  # set by get_encoding itself, never an option
+
+
+@pytest.mark.parametrize("arg", ["dim", "n_heads", "max_seq_len"])
+def test_a_size_below_one_is_named_in_the_error(arg):
+    sizes = {"dim": 8, "n_heads": 2, "max_seq_len": 16, arg: 0}
+    with pytest.raises(ValueError, match=rf"^RoPE: {arg} must be an int >= 1; got 0\."):
+        posenc.get_encoding("rope", **sizes)
+
+
+def _bound_alibi(pos):
+    pe = posenc.get_encoding("alibi", dim=8, n_heads=2)
+    positions = Positions(pos=pos).validate(pos.shape[-1], batch=pos.shape[0] if pos.dim() == 2 else None)
+    return positions, pe.bind(positions.with_keys(positions.pos, positions.max_pos))
+
+
+def test_a_bound_view_trusts_its_own_positions_and_the_slices_of_them_only():
+    positions, view = _bound_alibi(torch.arange(12).view(2, 6))  # (B, T) contiguous
+    pos = positions.pos
+    assert view.trusts(pos) and view.trusted_max(pos) == 11
+    assert view.trusts(pos[:, 2:4]) and view.trusts(pos[1]) and view.trusts(pos[:, :3])  # blocks chunked takes
+    assert not view.trusts(pos.clone())  # same values, other storage: never checked
+    assert view.trusted_max(pos.clone()) is None
+    big = torch.arange(8)
+    positions, view = _bound_alibi(big[2:])
+    assert view.trusts(big[3:5]) and not view.trusts(big[:3])  # big[2:] validated does not vouch for big[:2]
+    big_before = positions.pos
+    big_before.add_(0)  # an in-place change since validation: trusted no more
+    assert not view.trusts(big_before)
+
+
+def test_a_bound_view_builds_its_bias_once_for_every_dense_call(monkeypatch):
+    # the dense backend passes the bound positions themselves (not a slice of all keys), so the view's table is reused
+    positions, view = _bound_alibi(torch.arange(5))
+    built = []
+    original = view._bias
+    monkeypatch.setattr(view, "_bias", lambda q_pos, k_pos: built.append(1) or original(q_pos, k_pos))
+    q = torch.randn(1, 2, 5, 4)
+    for _ in range(3):
+        posenc.attention(q, q, q, view, positions=positions.with_keys(positions.pos, positions.max_pos),
+                         backend="dense")
+    assert len(built) == 1
+
+
+def test_bool_positions_are_refused_as_a_mask_not_as_a_narrow_integer_dtype():
+    q = torch.randn(1, 2, 3, 4)
+    with pytest.raises(TypeError, match=r"q_pos must hold integer positions \(int64\); got dtype torch\.bool\.") as e:
+        posenc.attention(q, q, q, q_pos=torch.ones(3, dtype=torch.bool))
+    assert "wrap around" not in str(e.value)
+
+
+def test_bool_segment_ids_are_refused():
+    pos = Positions(pos=torch.arange(4), segment_ids=torch.ones(1, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"segment_ids must be an integer tensor \(B, T\) = \(1, 4\), one document id "
+                                         r"per token; got torch\.bool of shape \(1, 4\)\."):
+        pos.validate(4, batch=1)
+
+
+def test_chunked_slices_a_one_dimensional_key_mask_per_causal_block(monkeypatch):
+    monkeypatch.setattr(posenc.attention_settings, "CHUNK_ELEMENTS", 1)  # blocks of 16 rows: key_stop 16, 32, 40
+    pe = posenc.get_encoding("alibi", dim=8, n_heads=2)
+    q, k, v = torch.randn(1, 2, 40, 4), torch.randn(1, 2, 40, 4), torch.randn(1, 2, 40, 4)
+    keys = torch.rand(40) > 0.3  # (Tk,): one flag per key, broadcast over every row
+    keys[0] = True  # every causal row sees a key
+    dense = posenc.attention(q, k, v, pe, causal=True, attn_mask=keys, backend="dense")
+    torch.testing.assert_close(posenc.attention(q, k, v, pe, causal=True, attn_mask=keys, backend="chunked"), dense)
+
+
+def test_visibility_mask_slices_a_key_mask_of_any_rank_to_the_blocks_keys():
+    # posenc.attention makes every mask 4-D; visibility_mask also takes an AttentionCall built by hand
+    from posenc.blocks import visibility_mask
+
+    keys = torch.tensor([True, False, True, True, False])
+    call = dataclasses.replace(_call(torch.arange(4), torch.arange(5), b=1), causal=False, attn_mask=keys)
+    call = dataclasses.replace(call, k=torch.randn(1, 2, 5, 4), v=torch.randn(1, 2, 5, 4))
+    assert torch.equal(visibility_mask(call, 0, 4, 3), keys[:3])
+    assert torch.equal(visibility_mask(call, 0, 4, 5), keys)
+    rows = torch.rand(4, 5) > 0.5  # (Tq, Tk): rows and keys
+    assert torch.equal(visibility_mask(dataclasses.replace(call, attn_mask=rows), 1, 3, 2), rows[1:3, :2])
