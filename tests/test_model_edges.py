@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from posenc import KVCache, Transformer, TransformerConfig
-from posenc.model import _cat_features, _cat_positions
+from posenc.model import LayerCache, _cat_features, _cat_positions
 
 
 def _seq2seq():
@@ -124,3 +124,117 @@ def test_model_errors_say_what_to_do():
         model(torch.tensor([[0, 11]]))
     with pytest.raises(ValueError, match=r"^an encoder_decoder model needs the encoder's memory"):
         _seq2seq().decode(torch.zeros(1, 3, dtype=torch.long), None)
+
+
+# -- surviving mutants of the seed-2 sample (model) -------------------------------------------------------------------
+
+
+def _decoder(encoding="alibi", **kw):
+    torch.manual_seed(0)
+    cfg = TransformerConfig(vocab_size=11, dim=16, n_heads=2, n_layers=2, encoding=encoding, max_seq_len=32, **kw)
+    return Transformer(cfg).eval()
+
+
+def test_a_padding_mask_that_is_not_a_tensor_is_named_by_its_type():
+    with pytest.raises(TypeError, match=r"padding_mask must be a bool tensor \(B, T_keys\), True for real tokens; got "
+                                        r"list\. Hint: padding_mask\.bool\(\)"):
+        _decoder()(torch.zeros(2, 4, dtype=torch.long), padding_mask=[[1] * 4] * 2)
+
+
+def test_an_attention_layer_without_an_encoding_is_plain_attention():
+    from posenc import Positions
+    from posenc.model import Attention
+
+    model = _decoder()
+    attn = model.decoder.blocks[0].attn
+    assert isinstance(attn, Attention)
+    x = torch.randn(2, 5, 16)
+    positions = Positions(pos=torch.arange(5)).validate(5)
+    with torch.no_grad():
+        out, cache = attn(x, pe=None, positions=positions, causal=True, attn_mask=None, cache=None)
+        q, k, v = (attn._heads(p(x), 2) for p in (attn.q_proj, attn.k_proj, attn.v_proj))  # (B, H, T, D)
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        expected = attn.o_proj(expected.transpose(1, 2).reshape(2, 5, 16))
+    assert cache is None
+    torch.testing.assert_close(out, expected)
+
+
+def test_a_block_built_without_cross_attention_has_none_and_runs_without_memory():
+    from posenc import Positions
+    from posenc.model import Block
+
+    block = Block(_decoder().cfg).eval()
+    assert block.cross_attn is None and block.cross_norm is None
+    assert not any(name.startswith("cross") for name in block.state_dict())
+    positions = Positions(pos=torch.arange(3)).validate(3)
+    pe = _decoder().decoder.pe
+    out, _ = block(torch.randn(1, 3, 16), pe=pe, positions=positions.with_keys(positions.pos, positions.max_pos),
+                   causal=True, attn_mask=None, cache=None, memory=None, memory_mask=None)
+    assert out.shape == (1, 3, 16)
+
+
+def test_with_zero_dropout_training_and_eval_forwards_agree():
+    model = _decoder(dropout=0.0)
+    tokens = torch.randint(0, 11, (2, 6))
+    with torch.no_grad():
+        evaluated = model(tokens)
+        trained = model.train()(tokens)
+    torch.testing.assert_close(trained, evaluated)
+
+
+def test_a_one_sequence_cache_broadcasts_its_memory_mask_too():
+    k = torch.randn(1, 2, 3, 8)
+    mask = torch.tensor([[[[True, True, False]]]])  # (1, 1, 1, S)
+    cache = KVCache(layers=[LayerCache(k=k, v=k)], k_pos=torch.arange(3), offset=3, memory_mask=mask)
+    grown = cache.broadcast_to(4)
+    assert grown.memory_mask.shape == (4, 1, 1, 3) and bool((grown.memory_mask == mask).all())
+    assert grown.layers[0].k.shape == (4, 2, 3, 8)
+    assert KVCache(layers=[LayerCache(k=k, v=k)]).broadcast_to(4).memory_mask is None
+
+
+def test_positions_on_another_device_are_named_where_they_enter():
+    with pytest.raises(ValueError, match=r"^positions is on meta but the input is on cpu; move it with "
+                                         r"positions\.to\(x\.device\)"):
+        _decoder()(torch.zeros(2, 4, dtype=torch.long), positions=torch.arange(4, device="meta"))
+
+
+def test_per_sequence_positions_after_a_shared_prefill_decode_like_the_full_forward():
+    model = _decoder()
+    tokens = torch.randint(0, 11, (2, 6))
+    pos = torch.stack([torch.arange(6), torch.cat([torch.arange(4), torch.arange(10, 12)])])  # rows part at step 2
+    with torch.no_grad():
+        full = model(tokens, positions=pos)
+        cache = KVCache()
+        first = model(tokens[:, :4], positions=torch.arange(4), cache=cache)  # shared (T,) positions cached
+        second = model(tokens[:, 4:], positions=pos[:, 4:], cache=cache)  # (B, T): per sequence
+    assert torch.equal(cache.k_pos, pos)
+    torch.testing.assert_close(first, full[:, :4], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(second, full[:, 4:], rtol=1e-5, atol=1e-5)
+
+
+def test_an_encoder_decoder_forward_without_a_target_says_how_to_call_it():
+    with pytest.raises(ValueError, match=r"^an encoder_decoder model takes model\(src, tgt\)\.$"):
+        _seq2seq()(torch.zeros(1, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("payload", [{"config": {}, "state_dict": []}, {"config": [], "state_dict": {}}])
+def test_load_refuses_a_checkpoint_whose_config_or_weights_are_not_dicts(tmp_path, payload):
+    import io
+
+    from posenc._io import atomic_write_bytes, checked_bytes
+
+    buffer = io.BytesIO()
+    torch.save({"format": "posenc.Transformer/1", **payload}, buffer)
+    path = tmp_path / "model.pt"
+    atomic_write_bytes(path, checked_bytes(buffer.getvalue()))
+    with pytest.raises(ValueError, match=r"model\.pt is not a posenc Transformer checkpoint \(written by "
+                                         r"Transformer\.save\); save the model again"):
+        Transformer.load(path)
+
+
+def test_num_parameters_counts_the_trainable_ones():
+    model = _decoder()
+    total = sum(p.numel() for p in model.parameters())
+    assert model.num_parameters() == total
+    next(model.parameters()).requires_grad_(False)  # frozen: no longer counted
+    assert model.num_parameters() == sum(p.numel() for p in model.parameters() if p.requires_grad) < total
