@@ -6,6 +6,7 @@ import torch
 
 import posenc
 from posenc import from_hf_config, to_hf_config, to_scaled
+from posenc.hf import patch_rotary
 
 
 def test_to_scaled_keeps_the_rotary_width_of_a_partial_rope():
@@ -32,3 +33,80 @@ def test_a_quoted_number_in_a_config_says_to_unquote_it():
         from_hf_config(config)
     with pytest.raises(TypeError, match=r"In config\.json write it without quotes\."):
         from_hf_config({**config, "rope_theta": 10000.0, "hidden_size": "64"})
+
+
+# -- surviving mutants of the seed-2 sample (hf) ----------------------------------------------------------------------
+QWEN_VL = {"model_type": "qwen2_vl", "hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 128}
+
+
+def _tiny_llama(max_len=32):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=max_len)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def test_a_config_bool_written_as_a_string_is_named_with_its_type():
+    with pytest.raises(TypeError, match=r"mrope_interleaved'\] must be true or false \(a bool\); got str 'false'\. "
+                                        r"In config\.json write false"):
+        from_hf_config({**QWEN_VL, "rope_scaling": {"mrope_section": [2, 3, 3], "mrope_interleaved": "false"}})
+
+
+def test_a_rope_dict_that_is_not_a_dict_is_named_with_its_type():
+    with pytest.raises(ValueError, match=r"rope_parameters/rope_scaling must be a dict; got list\."):
+        from_hf_config({**QWEN_VL, "rope_scaling": [1.0, 2.0]})
+
+
+def test_an_interleaved_rope_is_refused_by_the_llama_export_with_the_way_out():
+    pe = posenc.get_encoding("rope", dim=64, n_heads=4, layout="interleaved")
+    with pytest.raises(ValueError, match=r"this rope uses layout='interleaved'\. Hint: posenc\.convert_rope_layout\("
+                                         r"model, 'half'\) \(permutes q/k weights, same outputs\)"):
+        to_hf_config(pe)
+
+
+def test_mrope_keeps_the_configs_section():
+    pe = from_hf_config({**QWEN_VL, "rope_scaling": {"mrope_section": [4, 2, 2], "rope_type": "default"}})
+    assert tuple(pe.mrope_section) == (4, 2, 2)
+
+
+def test_mla_interleaves_by_default_as_deepseek_v3():
+    from posenc.hf import mla_from_hf_config
+
+    config = {"model_type": "deepseek_v3", "hidden_size": 64, "num_attention_heads": 4, "head_dim": 8,
+              "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "max_position_embeddings": 128}
+    assert mla_from_hf_config(config).rope.layout == "interleaved"  # rope_interleave left out: HF's default
+
+
+def test_a_llama_rotary_module_is_found_with_its_style():
+    from posenc.hf import find_rotary_modules
+
+    found = find_rotary_modules(_tiny_llama())
+    assert [(name, style) for name, _, style in found] == [("model.rotary_emb", "llama")]
+
+
+def test_a_single_rope_module_refuses_a_dict_of_encodings():
+    rope = posenc.get_encoding("rope", dim=32, n_heads=2)
+    with pytest.raises(ValueError, match=r"'model\.rotary_emb' \(LlamaRotaryEmbedding\) has a single RoPE; got a dict "
+                                         r"of encodings per layer type \['full_attention'\]"):
+        patch_rotary(_tiny_llama(), {"full_attention": rope})
+
+
+def test_changed_frequencies_are_refused_and_the_message_adds_no_note_for_float32_buffers():
+    model = _tiny_llama()
+    with torch.no_grad():
+        model.model.rotary_emb.inv_freq.mul_(1.01)  # not what the config gives
+    with pytest.raises(ValueError, match=r"by \S+ at positions < 31: the model computes RoPE in a way posenc does not "
+                                         r"reproduce; not patched\.$"):
+        patch_rotary(model)
+
+
+def test_gptj_is_probed_below_its_table_length():
+    transformers = pytest.importorskip("transformers")
+    model = transformers.GPTJForCausalLM(transformers.GPTJConfig(
+        vocab_size=50, n_embd=32, n_layer=1, n_head=2, n_positions=20, rotary_dim=8)).eval()  # 20 < 64 probe rows
+    tokens = torch.randint(0, 50, (1, 12))
+    with torch.no_grad():
+        before = model(input_ids=tokens).logits
+        patch_rotary(model)
+        torch.testing.assert_close(model(input_ids=tokens).logits, before, rtol=1e-5, atol=1e-5)
