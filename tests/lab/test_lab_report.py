@@ -889,3 +889,67 @@ def test_claims_in_words_in_distribution_and_a_narrow_call(tmp_path, monkeypatch
     text = write_report(tmp_path).read_text()
     assert "### negation: the papers' claims in words" in text
     assert text.count("**DeBERTa**, `negation`: relative positions carry word order: **disagrees**") == 2
+
+
+# -- surviving mutants of the seed-2 sample (report) ------------------------------------------------------------------
+
+
+def _negation(values_by_encoding, bar=None):
+    records = [_record("negation", enc, s, {10: v}, train=(10, 10))
+               for enc, values in values_by_encoding.items() for s, v in enumerate(values)]
+    return records if bar is None else [_with_bar(r, bar) for r in records]
+
+
+_NEGATION_CLAIM = {"paper": "DeBERTa", "task": "negation", "claim": "relative positions carry word order",
+                   "encoding": "deberta", "baseline": "learned", "kind": "not_worse", "at": "in_distribution",
+                   "verified": "[V] abstract"}
+
+
+def test_the_bar_margin_of_an_accuracy_task_is_score_minus_bar():
+    from posenc.lab.report import claim_checks
+
+    records = _negation({"deberta": (0.96, 0.97, 0.98), "learned": (0.92, 1.0, 1.0)}, bar=0.9)
+    (check,) = claim_checks(records, (_NEGATION_CLAIM,))
+    # higher accuracy is ahead: the smallest margins are 0.96 - 0.9 and 0.92 - 0.9
+    assert "smallest margin to the in-distribution bar: deberta +6.0 points, learned +2.0 points" in check["why"]
+
+
+def test_a_claim_without_a_bar_ends_with_the_seed_counts():
+    from posenc.lab.report import claim_checks
+
+    (check,) = claim_checks(_negation({"deberta": (0.96, 0.97, 0.98), "learned": (1.0, 1.0, 1.0)}),
+                            (_NEGATION_CLAIM,))
+    assert "bar" not in check["why"]
+    assert check["why"].split("; a narrow call")[0].endswith("seeds that learned: deberta 3/3, learned 3/3")
+
+
+def test_a_seed_evaluated_at_fewer_lengths_has_no_value_at_the_others():
+    from posenc.lab.report import aggregate
+
+    full = _record("parity_check", "rope", 0, {4: 1.0, 8: 0.5})
+    short = _record("parity_check", "rope", 1, {4: 0.8, 8: 0.3})
+    del short["metrics"]["8"]  # a run stopped before its last evaluation
+    assert aggregate([full, short])["parity_check"]["encodings"]["rope"] == {4: [1.0, 0.8], 8: [0.5, None]}
+
+
+def test_figures_keep_their_small_fonts_and_shared_rows():
+    import matplotlib.pyplot as plt
+
+    from posenc.lab.report import _heatmap_figure, _plot_figure, aggregate
+
+    records = [_record(task, enc, 0, {4: 0.9, 8: 0.4}) for task in ("parity_check", "bucket_sort")
+               for enc in ("rope", "alibi")]
+    fig, _ = _heatmap_figure(records)
+    try:
+        fig.canvas.draw()
+        inside, beyond = [ax for ax in fig.axes if ax.get_images()]
+        assert inside.title.get_fontsize() == beyond.title.get_fontsize() == 10  # under the default 12: they fit
+        assert inside.get_shared_y_axes().joined(inside, beyond)  # one set of rows, named on the left
+    finally:
+        plt.close(fig)
+    fig = _plot_figure("parity_check", aggregate(records)["parity_check"])
+    try:
+        (legend,) = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+        assert {t.get_fontsize() for t in legend.get_texts()} == {8}
+    finally:
+        plt.close(fig)
