@@ -278,3 +278,75 @@ def test_visibility_mask_slices_a_key_mask_of_any_rank_to_the_blocks_keys():
     assert torch.equal(visibility_mask(call, 0, 4, 5), keys)
     rows = torch.rand(4, 5) > 0.5  # (Tq, Tk): rows and keys
     assert torch.equal(visibility_mask(dataclasses.replace(call, attn_mask=rows), 1, 3, 2), rows[1:3, :2])
+
+
+# -- surviving mutants of the seed-3 sample (core) --------------------------------------------------------------------
+
+
+def test_float_bounds_are_written_like_numbers_in_range_errors():
+    from posenc._checks import check_number
+
+    with pytest.raises(ValueError, match=r"^x must be a number >= 1 and <= 2\.5; got 0\.5\.$"):
+        check_number(0.5, "x", minimum=1.0, maximum=2.5)
+
+
+def test_features_shared_by_the_batch_are_accepted_and_other_batch_sizes_refused():
+    q = torch.randn(3, 2, 4, 4)
+    posenc.explain(q, q, q, features={"gate": torch.zeros(1, 2, 4, 1)})  # (1, ...): one for every sequence
+    posenc.explain(q, q, q, features={"gate": torch.zeros(3, 2, 4, 1)})
+    with pytest.raises(ValueError, match=r"features\['gate'\] must have shape \(B\|1, heads, Tk, X\) with B=3"):
+        posenc.explain(q, q, q, features={"gate": torch.zeros(2, 2, 4, 1)})
+
+
+def test_validated_positions_of_another_batch_size_are_refused():
+    pos = Positions(pos=torch.arange(8).view(2, 4)).validate(4, batch=2)
+    q = torch.randn(3, 2, 4, 4)
+    with pytest.raises(ValueError, match=r"batch"):
+        posenc.attention(q, q, q, positions=pos)
+
+
+@pytest.mark.parametrize("which", ["q", "k", "v"])
+def test_a_q_k_or_v_that_is_not_a_float_tensor_is_named(which):
+    args = {"q": torch.randn(1, 2, 3, 4), "k": torch.randn(1, 2, 3, 4), "v": torch.randn(1, 2, 3, 4)}
+    with pytest.raises(TypeError, match=rf"^{which} must be a tensor of shape \(B, H, T, D\); got list\."):
+        posenc.attention(**{**args, which: [[1.0]]})
+    with pytest.raises(TypeError, match=rf"^{which} must be a floating-point tensor; got torch\.int64\."):
+        posenc.attention(**{**args, which: torch.ones(1, 2, 3, 4, dtype=torch.long)})
+
+
+def test_check_positions_layout_calls_the_tensor_pos_by_default():
+    from posenc.base import check_positions_layout
+
+    with pytest.raises(TypeError, match=r"^pos must hold integer positions"):
+        check_positions_layout(torch.ones(3), 3)
+
+
+def test_a_block_casts_a_float_mask_to_its_compute_dtype():
+    from posenc.backends import prepare_call
+    from posenc.blocks import make_block
+
+    q = torch.randn(1, 2, 3, 4, dtype=torch.bfloat16)
+    mask = torch.zeros(3, 3, dtype=torch.bfloat16)  # additive, in the queries' dtype: kept as it is by the call
+    call = prepare_call(q, q, q, posenc.get_encoding("alibi", dim=8, n_heads=2), attn_mask=mask)
+    block = make_block(call, 0, 3, q, q, q)
+    assert block.mask.dtype == block.q.dtype == torch.float32  # scores are computed in float32
+
+
+def test_chunked_attention_with_no_queries_gives_an_empty_output_of_the_values_width():
+    pe = posenc.get_encoding("alibi", dim=8, n_heads=2)
+    q, k, v = torch.randn(1, 2, 0, 4), torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 6)
+    assert posenc.attention(q, k, v, pe, backend="chunked").shape == (1, 2, 0, 6)
+
+
+def test_default_positions_are_made_on_the_queries_device():
+    pe = posenc.get_encoding("alibi", dim=8, n_heads=2)
+    q, k = torch.randn(1, 2, 3, 4, device="meta"), torch.randn(1, 2, 5, 4, device="meta")
+    call = posenc.backends.prepare_call(q, k, k, pe)
+    assert call.q_pos.device.type == call.k_pos.device.type == "meta"
+    assert posenc.attention(q, k, k, pe, backend="dense").shape == (1, 2, 3, 4)
+
+
+def test_a_causal_flag_that_is_not_a_bool_says_which_direction_each_means():
+    with pytest.raises(TypeError, match=r"^RoPE: causal must be True or False \(a bool\); got str 'False'\. True for "
+                                        r"a decoder, False for an encoder\.$"):
+        posenc.get_encoding("rope", dim=8, n_heads=2, causal="False")
