@@ -238,3 +238,118 @@ def test_num_parameters_counts_the_trainable_ones():
     assert model.num_parameters() == total
     next(model.parameters()).requires_grad_(False)  # frozen: no longer counted
     assert model.num_parameters() == sum(p.numel() for p in model.parameters() if p.requires_grad) < total
+
+
+# -- surviving mutants of the seed-3 sample (model) -------------------------------------------------------------------
+
+
+def test_segment_ids_after_a_cache_filled_without_them_are_refused_with_the_rule():
+    from posenc import Positions
+
+    model = _decoder()
+    cache = KVCache()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, dtype=torch.long), cache=cache)
+        with pytest.raises(ValueError, match=r"segment_ids: the KV cache holds tokens without segment ids; give "
+                                             r"segment_ids from the first call on, or none at all\.$"):
+            model(torch.zeros(1, 1, dtype=torch.long), cache=cache,
+                  positions=Positions(segment_ids=torch.zeros(1, 1, dtype=torch.long)))
+
+
+def test_a_padding_mask_of_the_wrong_rank_is_refused_and_one_row_is_shared_by_the_batch():
+    model = _decoder()
+    tokens = torch.randint(0, 11, (3, 4))
+    with pytest.raises(ValueError, match=r"padding_mask must have shape \(B, T_keys\) = \(3, 4\)"):
+        model(tokens, padding_mask=torch.ones(3, 4, 1, dtype=torch.bool))
+    row = torch.tensor([[True, True, True, False]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens, padding_mask=row), model(tokens, padding_mask=row.expand(3, 4)))
+
+
+def test_a_commit_that_drops_keys_is_refused_with_both_shapes():
+    from types import SimpleNamespace
+
+    from posenc.model import _checked_commit
+
+    k, v = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 6)
+    pe = SimpleNamespace(name="probe", commit=lambda k, v, f, new, attn_mask: (k, v[:, :, 1:], f))
+    with pytest.raises(ValueError, match=r"probe\.commit must return every key's k, v and features with their "
+                                         r"shapes \(k \(1, 2, 3, 4\), v \(1, 2, 3, 6\)\); got k \(1, 2, 3, 4\), "
+                                         r"v \(1, 2, 2, 6\)"):
+        _checked_commit(pe, k, v, {}, 1, None)
+
+
+def test_each_attention_layer_knows_its_index():
+    model = _decoder()
+    assert [block.attn.view().index for block in model.decoder.blocks] == [0, 1]
+
+
+def test_a_one_sequence_cache_broadcasts_its_cross_attention_keys_and_values():
+    k, mem = torch.randn(1, 2, 3, 8), torch.randn(1, 2, 5, 8)
+    grown = KVCache(layers=[LayerCache(k=k, v=k, cross_k=mem, cross_v=mem)]).broadcast_to(4)
+    assert grown.layers[0].cross_k.shape == grown.layers[0].cross_v.shape == (4, 2, 5, 8)
+
+
+def test_a_model_on_meta_makes_its_default_positions_on_meta():
+    model = _decoder().to("meta")
+    out = model(torch.zeros(2, 5, dtype=torch.long, device="meta"))
+    assert out.device.type == "meta" and out.shape == (2, 5, 11)
+
+
+def test_the_encoder_of_an_encoder_decoder_is_bidirectional():
+    model = _seq2seq()
+    src = torch.randint(0, 11, (1, 5))
+    changed = src.clone()
+    changed[0, -1] = (src[0, -1] + 1) % 11
+    with torch.no_grad():
+        first, second = model.encode(src), model.encode(changed)
+    assert not torch.allclose(first[:, 0], second[:, 0])  # the first token sees the last one
+    assert model.encoder.causal is False and model.decoder.causal is True
+
+
+def test_encode_on_a_decoder_says_to_use_forward():
+    with pytest.raises(ValueError, match=r"^encode\(\) is for 'encoder' and 'encoder_decoder' models; a decoder uses "
+                                         r"forward\(\)\.$"):
+        _decoder().encode(torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_an_encoder_decoder_forward_uses_the_target_positions():
+    model = _seq2seq()
+    src, tgt = torch.randint(0, 11, (1, 5)), torch.randint(0, 11, (1, 4))
+    with torch.no_grad():
+        spread = model(src, tgt, tgt_positions=torch.tensor([0, 2, 5, 9]))  # gaps: RoPE sees other distances
+        default = model(src, tgt, tgt_positions=torch.arange(4))
+        plain = model(src, tgt)
+    torch.testing.assert_close(default, plain)
+    assert not torch.allclose(spread, plain, atol=1e-4)
+
+
+def _checkpoint(tmp_path, data: bytes):
+    from posenc._io import atomic_write_bytes, checked_bytes
+
+    path = tmp_path / "model.pt"
+    atomic_write_bytes(path, checked_bytes(data))
+    return path
+
+
+def test_load_names_what_went_wrong_reading_or_building_a_checkpoint(tmp_path):
+    import io
+
+    with pytest.raises(ValueError, match=r"model\.pt is not a readable posenc Transformer checkpoint \(\w+: "):
+        Transformer.load(_checkpoint(tmp_path, b"not a torch file at all"))
+    buffer = io.BytesIO()
+    torch.save({"format": "posenc.Transformer/1", "config": {"bogus_field": 1}, "state_dict": {}}, buffer)
+    with pytest.raises(ValueError, match=r"holds a configuration or weights this posenc cannot build \(TypeError: .*"
+                                         r"bogus_field.*\); save the model again"):
+        Transformer.load(_checkpoint(tmp_path, buffer.getvalue()))
+
+
+def test_load_never_unpickles_code_on_any_supported_torch(tmp_path, monkeypatch):
+    # torch < 2.6 (pyproject allows 2.5) defaults to weights_only=False: the flag must be passed explicitly
+    path = tmp_path / "model.pt"
+    _decoder().save(path)
+    seen = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: seen.append(kw.get("weights_only")) or real_load(*a, **kw))
+    Transformer.load(path)
+    assert seen == [True]
