@@ -110,3 +110,57 @@ def test_gptj_is_probed_below_its_table_length():
         before = model(input_ids=tokens).logits
         patch_rotary(model)
         torch.testing.assert_close(model(input_ids=tokens).logits, before, rtol=1e-5, atol=1e-5)
+
+
+# -- surviving mutants of the seed-3 sample (hf) ----------------------------------------------------------------------
+LLAMA = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 128}
+
+
+def test_log_n_scaling_is_refused_because_hf_rotates_q_and_k_alike():
+    rope = posenc.get_encoding("rope", dim=32, n_heads=2, scaling={"rope_type": "default", "logn": True})
+    with pytest.raises(ValueError, match=r"log-n scaling multiplies queries only, but HF applies one \(cos, sin\) to "
+                                         r"both q and k; remove 'logn' from the scaling\."):
+        patch_rotary(_tiny_llama(), rope)
+
+
+def test_config_sizes_below_one_are_refused():
+    with pytest.raises(ValueError, match=r"from_hf_config: num_attention_heads must be an int >= 1; got 0\."):
+        from_hf_config({**LLAMA, "num_attention_heads": 0})
+
+
+def test_mrope_probe_positions_differ_per_axis():
+    from posenc.hf import _probe_positions
+
+    pos = _probe_positions(torch.nn.Module(), "mrope", torch.device("cpu"))  # no length limit: 64 positions
+    p = torch.arange(64)
+    assert torch.equal(pos, torch.stack((p, p // 2, (3 * p) % 64))[:, None])  # (3, 1, T): time, height, width
+    assert _probe_positions(torch.nn.Module(), "llama", torch.device("cpu")).shape == (1, 64)
+
+
+def test_axial_rope_is_pointed_to_posencs_own():
+    with pytest.raises(ValueError, match=r"rope_type 'axial' \(2-D vision RoPE\) is not the 1-D `rope` encoding; use "
+                                         r"posenc's `axial_rope`"):
+        from_hf_config({**LLAMA, "rope_scaling": {"rope_type": "axial"}})
+
+
+@pytest.mark.parametrize("fraction", [0, 0.0, 1.5])
+def test_partial_rotary_factor_outside_zero_to_one_is_refused(fraction):
+    with pytest.raises(ValueError, match=rf"partial_rotary_factor must be in \(0, 1\]; got {fraction!r}\."):
+        from_hf_config({**LLAMA, "partial_rotary_factor": fraction})
+
+
+def test_a_model_with_only_unknown_rotary_modules_names_them():
+    class FooRotaryEmbedding(torch.nn.Module):  # no inv_freq: not one posenc knows
+        pass
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), FooRotaryEmbedding())
+    with pytest.raises(TypeError, match=r"found no text rotary module posenc can replace in Sequential \(1: "
+                                        r"FooRotaryEmbedding\)"):
+        patch_rotary(model)
+
+
+def test_a_per_layer_type_export_has_the_hidden_size():
+    full = posenc.get_encoding("rope", dim=64, n_heads=4, max_seq_len=128)
+    sliding = posenc.get_encoding("rope", dim=64, n_heads=4, max_seq_len=128, base=1000.0)
+    config = to_hf_config({"full_attention": full, "sliding_attention": sliding})
+    assert (config["num_attention_heads"], config["head_dim"], config["hidden_size"]) == (4, 16, 64)
