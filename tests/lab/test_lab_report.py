@@ -953,3 +953,59 @@ def test_figures_keep_their_small_fonts_and_shared_rows():
         assert {t.get_fontsize() for t in legend.get_texts()} == {8}
     finally:
         plt.close(fig)
+
+
+# -- surviving mutants of the seed-3 sample (report) ------------------------------------------------------------------
+
+
+def test_claim_numbers_are_signed_only_as_differences():
+    from posenc.lab.report import _claim_fmt
+
+    assert (_claim_fmt(3.85, "perplexity"), _claim_fmt(3.85, "perplexity", signed=True)) == ("3.85", "+3.85")
+    assert (_claim_fmt(0.912, "accuracy"), _claim_fmt(0.082, "accuracy", signed=True)) == ("91.2%", "+8.2 points")
+
+
+def test_a_claim_neither_side_learned_names_both():
+    from posenc.lab.report import claim_checks
+
+    records = [dict(r, learned=False) for r in _negation({"deberta": (0.5, 0.5), "learned": (0.5, 0.5)})]
+    (check,) = claim_checks(records, (_NEGATION_CLAIM,))
+    assert check["verdict"] == "not comparable" and check["why"] == "deberta and learned learned on no seed"
+
+
+def test_a_record_from_before_bars_is_judged_by_its_tasks_bar_now():
+    from posenc.lab.report import record_learned
+
+    good, bad = _record("parity_check", "rope", 0, {4: 1.0}), _record("parity_check", "rope", 1, {4: 0.0})
+    for r in (good, bad):
+        del r["learned"]
+    assert record_learned(good) is True and record_learned(bad) is False
+
+
+def test_the_perplexity_ratio_reads_the_longest_length():
+    records = [_record("lm", "rope", 0, {32: 10.0, 128: 20.0, 256: 40.0}, metric="perplexity", train=(32, 32))]
+    (row,) = summary_rows(records)
+    assert row["ratio"][0] == pytest.approx(4.0)  # 40 / 10: the longest over the training length, not 128's 2.0
+
+
+def test_the_suite_progress_is_a_paragraph_of_its_own(tmp_path):
+    from posenc.lab.config import SUITES, suite_encodings
+
+    quick = SUITES["quick"]
+    (t, e, s), = [(t, e, s) for t in quick.experiments for e in suite_encodings(quick, t)[0]
+                  for s in quick.seeds_for(t)][:1]
+    append_record(tmp_path / RESULTS, dict(_record(t, e, s, {4: 1.0}), suite="quick"))
+    assert "\n\n**Partial: 1 of the" in write_report(tmp_path).read_text(encoding="utf-8")
+
+
+def test_the_heatmaps_row_names_are_small():
+    import matplotlib.pyplot as plt
+
+    from posenc.lab.report import _heatmap_figure
+
+    fig, _ = _heatmap_figure([_record("parity_check", enc, 0, {4: 0.9, 8: 0.4}) for enc in ("rope", "alibi")])
+    try:
+        inside = next(ax for ax in fig.axes if ax.get_images())
+        assert {t.get_fontsize() for t in inside.get_yticklabels()} == {8}
+    finally:
+        plt.close(fig)
