@@ -164,3 +164,79 @@ def test_a_per_layer_type_export_has_the_hidden_size():
     sliding = posenc.get_encoding("rope", dim=64, n_heads=4, max_seq_len=128, base=1000.0)
     config = to_hf_config({"full_attention": full, "sliding_attention": sliding})
     assert (config["num_attention_heads"], config["head_dim"], config["hidden_size"]) == (4, 16, 64)
+
+
+# -- surviving mutants of the seed-4 sample (hf) ----------------------------------------------------------------------
+
+
+def _tiny_gptj():
+    transformers = pytest.importorskip("transformers")
+    return transformers.GPTJForCausalLM(transformers.GPTJConfig(
+        vocab_size=50, n_embd=32, n_layer=1, n_head=2, n_positions=20, rotary_dim=8)).eval()
+
+
+def test_gptj_refuses_a_half_split_rope_with_its_pairing():
+    rope = posenc.get_encoding("rope", dim=32, n_heads=2, rotary_dim=8, layout="half")
+    with pytest.raises(ValueError, match=r"pairs channels with pairs \(2i, 2i \+ 1\) \(layout='interleaved'\); the "
+                                         r"encoding uses layout='half'"):
+        patch_rotary(_tiny_gptj(), rope)
+
+
+def test_log_n_export_says_where_qwen_keeps_it():
+    rope = posenc.get_encoding("rope", dim=64, n_heads=4, scaling={"rope_type": "default", "logn": True})
+    with pytest.raises(ValueError, match=r"no log-n query scaling; remove 'logn' from the scaling \(Qwen-1's "
+                                         r"use_logn_attn lives in its own modeling code\)\."):
+        to_hf_config(rope)
+
+
+def test_yarn_without_a_factor_stretches_to_max_position_embeddings():
+    pe = from_hf_config({**LLAMA, "rope_scaling": {"rope_type": "yarn", "original_max_position_embeddings": 32}})
+    assert pe.scaling["factor"] == pytest.approx(128 / 32)
+
+
+def test_mla_keeps_the_configs_base():
+    from posenc.hf import mla_from_hf_config
+
+    config = {"model_type": "deepseek_v3", "hidden_size": 64, "num_attention_heads": 4, "head_dim": 8,
+              "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "max_position_embeddings": 128, "rope_theta": 50000.0}
+    assert mla_from_hf_config(config).rope.base == 50000.0
+
+
+def test_patch_rotary_says_when_there_is_no_rotary_module_at_all():
+    with pytest.raises(TypeError, match=r"found no text rotary module posenc can replace in Linear \(no "
+                                        r"\*RotaryEmbedding module\)"):
+        patch_rotary(torch.nn.Linear(2, 2))
+
+
+def test_a_model_with_a_known_and_an_unknown_rotary_module_is_not_patched():
+    class FooRotaryEmbedding(torch.nn.Module):
+        pass
+
+    model = torch.nn.Sequential(_tiny_llama(), FooRotaryEmbedding())
+    with pytest.raises(TypeError, match=r"^patch_rotary: Sequential also has rotary modules posenc does not know how "
+                                        r"to replace: \[\('1', 'FooRotaryEmbedding'\)\]"):
+        patch_rotary(model)
+    assert not any(type(m).__name__.startswith("Posenc") for m in model.modules())
+
+
+def test_the_multimodal_replacement_scales_attention_by_one():
+    from posenc.hf import PosencMultimodalRotaryEmbedding
+
+    mrope = from_hf_config({**QWEN_VL, "rope_scaling": {"mrope_section": [4, 2, 2], "rope_type": "default"}})
+    assert PosencMultimodalRotaryEmbedding(mrope).attention_scaling == 1.0  # as Qwen2-VL's own (default RoPE)
+
+
+def test_gemma3_per_layer_type_frequencies_are_checked_and_named():
+    transformers = pytest.importorskip("transformers")
+    model = transformers.Gemma3ForCausalLM(transformers.Gemma3TextConfig(
+        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, max_position_embeddings=64, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                         "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000000.0}})).eval()
+    rotary = model.model.rotary_emb
+    with torch.no_grad():
+        rotary.full_attention_inv_freq.mul_(1.01)  # not what the config gives
+    with pytest.raises(ValueError, match=r"differ from 'model\.rotary_emb' \(Gemma3RotaryEmbedding, "
+                                         r"layer_type='full_attention'\)"):
+        patch_rotary(model)
