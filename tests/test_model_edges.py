@@ -350,6 +350,37 @@ def test_load_never_unpickles_code_on_any_supported_torch(tmp_path, monkeypatch)
     _decoder().save(path)
     seen = []
     real_load = torch.load
-    monkeypatch.setattr(torch, "load", lambda *a, **kw: seen.append(kw.get("weights_only")) or real_load(*a, **kw))
-    Transformer.load(path)
-    assert seen == [True]
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: seen.append((kw.get("weights_only"), kw.get("map_location")))
+                        or real_load(*a, **kw))
+    Transformer.load(path, map_location="cpu")
+    assert seen == [(True, "cpu")]  # and the caller's map_location reaches torch.load
+
+
+# -- surviving mutants of the seed-4 sample (model) -------------------------------------------------------------------
+
+
+def test_a_block_built_alone_serves_layer_zero():
+    from posenc.model import Block
+
+    assert Block(_decoder().cfg).attn.view().index == 0
+
+
+def test_every_per_layer_instance_gets_the_configs_max_seq_len():
+    model = _decoder("fox")  # two layers: the stack's instance and one of layer 1's own
+    assert [pe.max_seq_len for pe in model.decoder.encodings()] == [32, 32]
+
+
+def test_a_layer_encoding_that_embeds_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"TransformerConfig\.layer_encodings\[1\]: 'learned' adds to the token "
+                                         r"embeddings, which the stack does once"):
+        _decoder("rope", layer_encodings={1: {"encoding": "learned"}})
+
+
+def test_dropout_of_one_is_refused():
+    with pytest.raises(ValueError, match=r"TransformerConfig\.dropout must be in \[0, 1\); got 1\.0\."):
+        _decoder(dropout=1.0)
+
+
+def test_tokens_that_are_not_a_tensor_are_named_by_type():
+    with pytest.raises(TypeError, match=r"^tokens must be an integer tensor of token ids \(B, T\); got list\.$"):
+        _decoder()([[1, 2, 3]])
