@@ -350,3 +350,94 @@ def test_a_causal_flag_that_is_not_a_bool_says_which_direction_each_means():
     with pytest.raises(TypeError, match=r"^RoPE: causal must be True or False \(a bool\); got str 'False'\. True for "
                                         r"a decoder, False for an encoder\.$"):
         posenc.get_encoding("rope", dim=8, n_heads=2, causal="False")
+
+
+# -- surviving mutants of the seed-4 sample (core) --------------------------------------------------------------------
+
+
+def test_explain_names_flex_with_its_cpu_reason():
+    if "flex" not in BACKENDS or posenc.attention_settings.get("FLEX_CPU_MIN_ELEMENTS") != float("inf"):
+        pytest.skip("needs torch's flex_attention with the default FLEX_CPU_MIN_ELEMENTS")
+    q = torch.randn(1, 2, 8, 4)
+    with torch.no_grad():
+        why = posenc.explain(q, q, q, posenc.get_encoding("alibi", dim=8, n_heads=2))
+    assert "flex: auto does not use compiled FlexAttention on CPU (torch's CPU flex kernel fails to compile some " \
+           "score_mods; opt in by setting posenc.attention_settings.FLEX_CPU_MIN_ELEMENTS)" in why
+
+
+def test_flex_on_cpu_without_a_compiler_says_so(monkeypatch):
+    if "flex" not in BACKENDS:
+        pytest.skip("needs torch's flex_attention")
+    monkeypatch.setattr(posenc.backends, "HAVE_CXX", False)
+    q = torch.randn(1, 2, 3, 4)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"exactly: FlexAttention on CPU runs only under "
+                                                          r"torch\.compile, which needs a C\+\+ compiler \(g\+\+ or "
+                                                          r"clang\+\+\)\. Use backend='auto'\.$"):
+        posenc.attention(q, q, q, posenc.get_encoding("alibi", dim=8, n_heads=2), backend="flex")
+
+
+def test_explain_writes_a_mask_of_mebibytes_in_mib():
+    q = torch.randn(1, 8, 512, 4)  # the dense mask: 8 * 512 * 512 float32 = 8 MiB
+    why = posenc.explain(q, q, q, posenc.get_encoding("alibi", dim=32, n_heads=8))
+    assert "dense mask (1, 8, 512, 512) = 8.0 MiB in float32" in why
+
+
+def test_positions_without_key_positions_give_the_keys_the_same_ones():
+    pe = posenc.get_encoding("alibi", dim=8, n_heads=2)
+    q = torch.randn(1, 2, 4, 4)
+    pos = torch.tensor([0, 2, 5, 9])  # gaps: ALiBi sees other distances than arange's
+    torch.testing.assert_close(posenc.attention(q, q, q, pe, positions=Positions(pos=pos)),
+                               posenc.attention(q, q, q, pe, q_pos=pos, k_pos=pos))
+
+
+def test_q_k_and_v_on_different_devices_are_named():
+    q = torch.randn(1, 2, 3, 4, device="meta")
+    with pytest.raises(ValueError, match=r"^q, k and v must be on one device; got meta, cpu, cpu\.$"):
+        posenc.attention(q, torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4))
+
+
+def test_narrow_integer_positions_are_refused_with_the_fix():
+    q = torch.randn(1, 2, 3, 4)
+    with pytest.raises(TypeError, match=r"^q_pos must hold integer positions as int64 \(or int32\); got dtype "
+                                        r"torch\.int16, whose differences wrap around\. Hint: q_pos\.long\(\)\.$"):
+        posenc.attention(q, q, q, q_pos=torch.arange(3, dtype=torch.int16))
+
+
+def test_list_encodings_counts_parameters_at_the_documented_probe_size():
+    (row,) = [r for r in posenc.list_encodings() if r.name == "learned"]
+    expected = posenc.get_encoding("learned", dim=512, n_heads=8, max_seq_len=2048)
+    assert row.parameters == sum(p.numel() for p in expected.parameters())
+
+
+def test_a_bound_view_trusts_no_non_tensor_and_knows_the_maxima_of_queries_and_keys():
+    pe = posenc.get_encoding("alibi", dim=8, n_heads=2)
+    positions = Positions(pos=torch.arange(3)).validate(3)
+    keys = torch.cat((torch.tensor([7, 8]), positions.pos))  # cached keys past the queries' positions
+    view = pe.bind(positions.with_keys(keys, 8))
+    assert view.trusted_max(positions.pos) == 2 and view.trusted_max(keys) == 8
+    assert not view.trusts([0, 1, 2])
+
+
+def test_positions_validate_names_the_argument_positions_by_default():
+    with pytest.raises(TypeError, match=r"^positions must hold integer positions"):
+        Positions(pos=torch.arange(3.0)).validate(3)
+
+
+def test_segment_ids_of_one_row_are_shared_by_the_batch():
+    seg = torch.tensor([[0, 0, 1]])
+    assert Positions(pos=torch.arange(3), segment_ids=seg).validate(3, batch=4).validated
+
+
+def test_check_head_dim_refuses_keys_of_another_head_dim():
+    from posenc.terms import check_head_dim
+
+    pe = posenc.get_encoding("shaw", dim=8, n_heads=2)  # head_dim 4
+    with pytest.raises(ValueError, match=r"built for head_dim=4 \(dim // n_heads\) but q has head_dim 4 and k has 6"):
+        check_head_dim(pe, torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 6))
+    check_head_dim(pe, torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4))
+
+
+def test_a_missing_feature_is_named_with_the_encoding():
+    call = _call(torch.arange(4), torch.arange(4))
+    with pytest.raises(KeyError, match=r"alibi: no feature 'gate' in this call"):
+        call.query_features("gate")
