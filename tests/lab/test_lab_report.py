@@ -1009,3 +1009,29 @@ def test_the_heatmaps_row_names_are_small():
         assert {t.get_fontsize() for t in inside.get_yticklabels()} == {8}
     finally:
         plt.close(fig)
+
+
+# -- surviving mutants of the seed-4 sample (report) ------------------------------------------------------------------
+
+
+def test_summary_rows_hold_the_score_at_the_longest_length():
+    records = [_record("parity_check", "rope", s, {4: 1.0, 8: 0.6, 16: v}) for s, v in enumerate((0.2, 0.4))]
+    (row,) = summary_rows(records)
+    assert row["longest"] == pytest.approx((0.3, 12.706 * statistics.stdev([0.2, 0.4]) / 2**0.5))
+
+
+def test_heatmap_cells_are_centred_and_not_learned_ones_thinly_outlined():
+    import matplotlib.pyplot as plt
+
+    from posenc.lab.report import _heatmap_figure
+
+    records = [_record("parity_check", "rope", 0, {4: 0.9, 8: 0.7}),
+               _record("parity_check", "nope", 0, {4: 0.3, 8: 0.2}, learned=False)]
+    fig, _ = _heatmap_figure(records)
+    try:
+        inside = next(ax for ax in fig.axes if ax.get_images())
+        assert inside.texts and all(t.get_ha() == "center" and t.get_va() == "center" for t in inside.texts)
+        (patch,) = inside.patches
+        assert patch.get_linewidth() == 0.5
+    finally:
+        plt.close(fig)
