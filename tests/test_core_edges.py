@@ -441,3 +441,47 @@ def test_a_missing_feature_is_named_with_the_encoding():
     call = _call(torch.arange(4), torch.arange(4))
     with pytest.raises(KeyError, match=r"alibi: no feature 'gate' in this call"):
         call.query_features("gate")
+
+
+# -- surviving mutants of the seed-5 sample (core) --------------------------------------------------------------------
+
+
+def test_check_int_without_hints_ends_at_what_came_in():
+    from posenc._checks import check_int
+
+    with pytest.raises(TypeError, match=r"^n must be an int; got str '3'\.$"):
+        check_int("3", "n")
+    with pytest.raises(ValueError, match=r"^n must be an int >= 1; got 0\.$"):
+        check_int(0, "n", minimum=1)
+
+
+def test_key_positions_and_their_batch_are_checked_by_name():
+    q = torch.randn(2, 2, 3, 4)
+    with pytest.raises(TypeError, match=r"^k_pos must hold integer positions"):
+        posenc.attention(q, q, q, k_pos=torch.arange(3.0))
+    with pytest.raises(ValueError, match=r"q_pos"):
+        posenc.attention(q, q, q, q_pos=torch.arange(3).expand(3, 3))  # 3 rows for a batch of 2
+
+
+def test_a_view_bound_to_expanded_positions_trusts_each_row():
+    pos = torch.arange(4).expand(2, 4)  # (B, T) sharing one row: stride 0 on the batch axis
+    _, view = _bound_alibi(pos)
+    assert view.trusts(pos[1]) and view.trusts(pos[:, 1:3])
+
+
+def test_default_positions_are_int64_for_an_int32_offset():
+    assert posenc.default_positions(2, offset=torch.tensor([1, 2], dtype=torch.int32)).dtype == torch.long
+
+
+def test_an_encoding_without_options_says_it_accepts_none():
+    with pytest.raises(TypeError, match=r"^nope: unknown option\(s\) \['bogus'\]; it accepts none\.$"):
+        posenc.get_encoding("nope", dim=8, n_heads=2, bogus=1)
+
+
+def test_key_positions_stay_trusted_after_the_query_positions_change_in_place():
+    pe = posenc.get_encoding("alibi", dim=8, n_heads=2)
+    positions = Positions(pos=torch.arange(3)).validate(3)
+    keys = torch.cat((torch.tensor([7, 8]), positions.pos))
+    view = pe.bind(positions.with_keys(keys, 8))
+    positions.pos.add_(0)  # the queries' tensor changed since validation: no longer trusted
+    assert not view.trusts(positions.pos) and view.trusts(keys) and view.trusted_max(keys) == 8

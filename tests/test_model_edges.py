@@ -384,3 +384,30 @@ def test_dropout_of_one_is_refused():
 def test_tokens_that_are_not_a_tensor_are_named_by_type():
     with pytest.raises(TypeError, match=r"^tokens must be an integer tensor of token ids \(B, T\); got list\.$"):
         _decoder()([[1, 2, 3]])
+
+
+# -- surviving mutants of the seed-5 sample (model) -------------------------------------------------------------------
+
+
+def test_a_layer_view_projects_with_the_layers_own_q_and_k():
+    attn = _decoder().decoder.blocks[1].attn
+    view = attn.view()
+    x = torch.randn(2, 5, 16)
+    torch.testing.assert_close(view.project_q(x), attn.q_proj(x).unflatten(-1, (2, 8)))
+    torch.testing.assert_close(view.project_k(x), attn.k_proj(x).unflatten(-1, (2, 8)))
+
+
+def test_a_one_sequence_cache_broadcasts_per_sequence_key_positions():
+    k = torch.randn(1, 2, 3, 8)
+    grown = KVCache(layers=[LayerCache(k=k, v=k)], k_pos=torch.tensor([[0, 5, 6]]), offset=3).broadcast_to(4)
+    assert torch.equal(grown.k_pos, torch.tensor([[0, 5, 6]] * 4))
+
+
+def test_token_shape_and_encoder_cache_errors_say_what_to_do():
+    with pytest.raises(ValueError, match=r"^tokens must have shape \(B, T\); got \(3,\)\. Hint: tokens\[None\] adds"):
+        _decoder()(torch.zeros(3, dtype=torch.long))
+    encoder = Transformer(TransformerConfig(vocab_size=11, dim=16, n_heads=2, n_layers=1, kind="encoder",
+                                            encoding="rope"))
+    with pytest.raises(ValueError, match=r"^a bidirectional encoder has no KV cache: every token attends to every "
+                                         r"other\.$"):
+        encoder(torch.zeros(1, 3, dtype=torch.long), cache=KVCache())
