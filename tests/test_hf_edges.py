@@ -240,3 +240,51 @@ def test_gemma3_per_layer_type_frequencies_are_checked_and_named():
     with pytest.raises(ValueError, match=r"differ from 'model\.rotary_emb' \(Gemma3RotaryEmbedding, "
                                          r"layer_type='full_attention'\)"):
         patch_rotary(model)
+
+
+# -- surviving mutants of the seed-5 sample (hf) ----------------------------------------------------------------------
+GPTJ = {"model_type": "gptj", "n_embd": 4096, "n_head": 16, "n_positions": 2048, "rotary_dim": 64}
+
+
+def test_an_interleaved_mrope_export_says_to_build_it_half_split():
+    mrope = posenc.get_encoding("mrope", dim=64, n_heads=4, layout="interleaved")
+    with pytest.raises(ValueError, match=r"Qwen2-VL / Qwen3-VL pair channels with rotate_half; the mrope encoding "
+                                         r"uses layout='interleaved'\. Hint: build it with layout='half'\."):
+        to_hf_config(mrope)
+
+
+def test_exported_factor_lists_are_json_lists():
+    rope = posenc.get_encoding("rope", dim=64, n_heads=4, max_seq_len=128, scaling={
+        "rope_type": "longrope", "short_factor": (1.0,) * 8, "long_factor": (2.0,) * 8,
+        "original_max_position_embeddings": 32, "factor": 4.0})
+    params = to_hf_config(rope)["rope_parameters"]
+    assert params["short_factor"] == [1.0] * 8 and params["long_factor"] == [2.0] * 8
+
+
+def test_gptj_takes_an_explicit_rotary_dim_over_the_configs():
+    assert from_hf_config(GPTJ).rotary_dim == 64
+    assert from_hf_config(GPTJ, rotary_dim=32).rotary_dim == 32
+
+
+def test_longrope_without_a_factor_stretches_to_max_position_embeddings():
+    pe = from_hf_config({**LLAMA, "rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 8,
+                                                   "long_factor": [2.0] * 8, "original_max_position_embeddings": 32}})
+    assert pe.scaling["factor"] == pytest.approx(128 / 32)
+
+
+def test_mla_needs_head_dim_equal_to_the_rope_part():
+    from posenc.hf import mla_from_hf_config
+
+    config = {"model_type": "deepseek_v3", "hidden_size": 64, "num_attention_heads": 4, "head_dim": 16,
+              "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "max_position_embeddings": 128}
+    with pytest.raises(ValueError, match=r"expected head_dim = qk_rope_head_dim = 8 in the config \(as "
+                                         r"DeepseekV3Config sets it\); got an encoding of head_dim 16\."):
+        mla_from_hf_config(config)
+
+
+def test_to_scaled_back_to_default_drops_the_models_scaling_option():
+    model = posenc.Transformer(posenc.TransformerConfig(
+        vocab_size=11, dim=16, n_heads=2, n_layers=1, encoding="rope", max_seq_len=32,
+        encoding_options={"scaling": {"rope_type": "linear", "factor": 2.0}}))
+    to_scaled(model, rope_type="default", inplace=True)
+    assert "scaling" not in model.cfg.encoding_options

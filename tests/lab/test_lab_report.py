@@ -1035,3 +1035,32 @@ def test_heatmap_cells_are_centred_and_not_learned_ones_thinly_outlined():
         assert patch.get_linewidth() == 0.5
     finally:
         plt.close(fig)
+
+
+# -- surviving mutants of the seed-5 sample (report) ------------------------------------------------------------------
+
+
+def test_claims_not_comparable_say_why_and_carry_no_margin(tmp_path, monkeypatch):
+    from posenc.lab.report import claim_checks
+
+    records = _negation({"deberta": (0.9, None), "learned": (1.0, 1.0)})  # one deberta seed has no score
+    (check,) = claim_checks(records, (_NEGATION_CLAIM,))
+    assert check["verdict"] == "not comparable" and check["why"] == "deberta has no score in distribution"
+    assert check["margin"] is None and check["spread"] is None
+    for record in records:
+        append_record(tmp_path / RESULTS, record)
+    monkeypatch.setattr("posenc.lab.report.CLAIMS", (_NEGATION_CLAIM,))
+    assert "deberta has no score in distribution." in write_report(tmp_path).read_text(encoding="utf-8")
+
+
+def test_a_heatmap_cell_without_a_score_says_n_a_centred():
+    import matplotlib.pyplot as plt
+
+    from posenc.lab.report import _heatmap_figure
+
+    fig, _ = _heatmap_figure([_record("parity_check", "learned", 0, {4: 0.9, 8: None})])
+    try:
+        texts = [t for ax in fig.axes for t in ax.texts if t.get_text() == "n/a"]
+        assert texts and all(t.get_ha() == "center" and t.get_va() == "center" for t in texts)
+    finally:
+        plt.close(fig)
