@@ -196,7 +196,7 @@ def _flex_supports(call: AttentionCall) -> str | None:
                 f"{torch.__version__.split('+')[0]} (inductor codegen error); use 'chunked' or 'dense'")
     if call.uses_bias and type(call.pe).score_mod is PositionalEncoding.score_mod:
         return f"{call.pe.name} defines bias() but no score_mod()"
-    if call.uses_bias and call.needs_grad and not getattr(call.pe, "flex_backward", True):
+    if call.uses_bias and call.needs_grad and not call.pe.flex_backward:  # a class attribute of every encoding
         return (f"{call.pe.name}'s score_mod indexes a trainable tensor more than once, which FlexAttention's "
                 f"backward does not support (torch {torch.__version__.split('+')[0]}); use 'chunked' or 'dense'")
     return None

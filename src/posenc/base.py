@@ -75,7 +75,8 @@ def default_positions(length: int, *, offset: int | Tensor = 0,
         offset = offset.to(device=offset.device if device is None else device, dtype=torch.long)
         steps = torch.arange(length, dtype=torch.long, device=offset.device)
         return offset[..., None] + steps if offset.dim() else offset + steps
-    return torch.arange(offset, offset + length, dtype=torch.long, device=device)
+    # dtype=torch.long is not observable (int bounds give int64 anyway): it states the contract
+    return torch.arange(offset, offset + length, dtype=torch.long, device=device)  # pragma: no mutate
 
 
 def check_positions(pos: Tensor | None, length: int, *, name: str = "pos", batch: int | None = None,

@@ -60,7 +60,7 @@ def visibility_mask(call: AttentionCall, start: int, stop: int, key_stop: int) -
     Returns a bool mask (True = attend), an additive float mask, or ``None`` when nothing is masked, broadcastable
     to ``(B, H, stop - start, key_stop)``.
     """
-    q_len, k_len = call.q.shape[-2], call.k.shape[-2]
+    q_len, k_len = call.q.shape[2], call.k.shape[2]  # (B, H, T, D): a negative index mutates to an equal one
     mask = call.attn_mask
     if mask is not None:
         mask = _slice_attn_mask(mask, q_len, k_len, start, stop, key_stop)
@@ -82,7 +82,7 @@ def sdpa_mask(call: AttentionCall, dtype: torch.dtype, *, start: int = 0, stop: 
     Returns an additive float mask in ``dtype`` broadcastable to ``(B, H, stop - start, key_stop)`` when the
     encoding has a bias, else :func:`visibility_mask` (bool, float or ``None``).
     """
-    q_len, k_len = call.q.shape[-2], call.k.shape[-2]
+    q_len, k_len = call.q.shape[2], call.k.shape[2]  # (B, H, T, D): a negative index mutates to an equal one
     stop = q_len if stop is None else stop
     key_stop = k_len if key_stop is None else key_stop
     mask = visibility_mask(call, start, stop, key_stop)
@@ -115,7 +115,7 @@ def make_block(call: AttentionCall, start: int, stop: int, q: Tensor, k: Tensor,
     """
     compute = compute_dtype(q)
     keys = k.shape[-2]
-    q_len, k_len = call.q.shape[-2], call.k.shape[-2]
+    q_len, k_len = call.q.shape[2], call.k.shape[2]  # (B, H, T, D): a negative index mutates to an equal one
     mask = visibility_mask(call, start, stop, keys)
     if mask is not None and mask.dtype != torch.bool:
         mask = mask.to(compute)

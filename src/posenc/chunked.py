@@ -50,7 +50,7 @@ def chunk_rows(call: AttentionCall) -> int:
 
 def _blocks(call: AttentionCall, rows: int):
     """``(start, stop, key_stop)`` of each ``chunked`` block: causal blocks skip the keys none of their rows sees."""
-    q_len, k_len = call.q.shape[-2], call.k.shape[-2]
+    q_len, k_len = call.q.shape[2], call.k.shape[2]  # (B, H, T, D): a negative index mutates to an equal one
     for start in range(0, q_len, rows):
         stop = min(start + rows, q_len)
         # Causal: the block's last query sits at key index k_len - q_len + stop - 1; later keys are masked anyway.

@@ -309,8 +309,8 @@ def _cat_features(cached: dict, new: dict) -> dict:
     if set(cached) != set(new):
         raise ValueError(f"the KV cache holds features {sorted(cached)} but this call's encoding made {sorted(new)}; "
                          f"a cache belongs to one model and encoding.")
-    return {name: torch.cat((cached[name].expand(new[name].shape[0], *cached[name].shape[1:])
-                             if cached[name].shape[0] < new[name].shape[0] else cached[name], new[name]), dim=2)
+    # a batch-shared (1, ...) cache grows to the call's batch; expanding to the same size is a no-op view
+    return {name: torch.cat((cached[name].expand(new[name].shape[0], *cached[name].shape[1:]), new[name]), dim=2)
             for name in new}
 
 

@@ -889,3 +889,178 @@ def test_claims_in_words_in_distribution_and_a_narrow_call(tmp_path, monkeypatch
     text = write_report(tmp_path).read_text()
     assert "### negation: the papers' claims in words" in text
     assert text.count("**DeBERTa**, `negation`: relative positions carry word order: **disagrees**") == 2
+
+
+# -- surviving mutants of the seed-2 sample (report) ------------------------------------------------------------------
+
+
+def _negation(values_by_encoding, bar=None):
+    records = [_record("negation", enc, s, {10: v}, train=(10, 10))
+               for enc, values in values_by_encoding.items() for s, v in enumerate(values)]
+    return records if bar is None else [_with_bar(r, bar) for r in records]
+
+
+_NEGATION_CLAIM = {"paper": "DeBERTa", "task": "negation", "claim": "relative positions carry word order",
+                   "encoding": "deberta", "baseline": "learned", "kind": "not_worse", "at": "in_distribution",
+                   "verified": "[V] abstract"}
+
+
+def test_the_bar_margin_of_an_accuracy_task_is_score_minus_bar():
+    from posenc.lab.report import claim_checks
+
+    records = _negation({"deberta": (0.96, 0.97, 0.98), "learned": (0.92, 1.0, 1.0)}, bar=0.9)
+    (check,) = claim_checks(records, (_NEGATION_CLAIM,))
+    # higher accuracy is ahead: the smallest margins are 0.96 - 0.9 and 0.92 - 0.9
+    assert "smallest margin to the in-distribution bar: deberta +6.0 points, learned +2.0 points" in check["why"]
+
+
+def test_a_claim_without_a_bar_ends_with_the_seed_counts():
+    from posenc.lab.report import claim_checks
+
+    (check,) = claim_checks(_negation({"deberta": (0.96, 0.97, 0.98), "learned": (1.0, 1.0, 1.0)}),
+                            (_NEGATION_CLAIM,))
+    assert "bar" not in check["why"]
+    assert check["why"].split("; a narrow call")[0].endswith("seeds that learned: deberta 3/3, learned 3/3")
+
+
+def test_a_seed_evaluated_at_fewer_lengths_has_no_value_at_the_others():
+    from posenc.lab.report import aggregate
+
+    full = _record("parity_check", "rope", 0, {4: 1.0, 8: 0.5})
+    short = _record("parity_check", "rope", 1, {4: 0.8, 8: 0.3})
+    del short["metrics"]["8"]  # a run stopped before its last evaluation
+    assert aggregate([full, short])["parity_check"]["encodings"]["rope"] == {4: [1.0, 0.8], 8: [0.5, None]}
+
+
+def test_figures_keep_their_small_fonts_and_shared_rows():
+    import matplotlib.pyplot as plt
+
+    from posenc.lab.report import _heatmap_figure, _plot_figure, aggregate
+
+    records = [_record(task, enc, 0, {4: 0.9, 8: 0.4}) for task in ("parity_check", "bucket_sort")
+               for enc in ("rope", "alibi")]
+    fig, _ = _heatmap_figure(records)
+    try:
+        fig.canvas.draw()
+        inside, beyond = [ax for ax in fig.axes if ax.get_images()]
+        assert inside.title.get_fontsize() == beyond.title.get_fontsize() == 10  # under the default 12: they fit
+        assert inside.get_shared_y_axes().joined(inside, beyond)  # one set of rows, named on the left
+    finally:
+        plt.close(fig)
+    fig = _plot_figure("parity_check", aggregate(records)["parity_check"])
+    try:
+        (legend,) = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+        assert {t.get_fontsize() for t in legend.get_texts()} == {8}
+    finally:
+        plt.close(fig)
+
+
+# -- surviving mutants of the seed-3 sample (report) ------------------------------------------------------------------
+
+
+def test_claim_numbers_are_signed_only_as_differences():
+    from posenc.lab.report import _claim_fmt
+
+    assert (_claim_fmt(3.85, "perplexity"), _claim_fmt(3.85, "perplexity", signed=True)) == ("3.85", "+3.85")
+    assert (_claim_fmt(0.912, "accuracy"), _claim_fmt(0.082, "accuracy", signed=True)) == ("91.2%", "+8.2 points")
+
+
+def test_a_claim_neither_side_learned_names_both():
+    from posenc.lab.report import claim_checks
+
+    records = [dict(r, learned=False) for r in _negation({"deberta": (0.5, 0.5), "learned": (0.5, 0.5)})]
+    (check,) = claim_checks(records, (_NEGATION_CLAIM,))
+    assert check["verdict"] == "not comparable" and check["why"] == "deberta and learned learned on no seed"
+
+
+def test_a_record_from_before_bars_is_judged_by_its_tasks_bar_now():
+    from posenc.lab.report import record_learned
+
+    good, bad = _record("parity_check", "rope", 0, {4: 1.0}), _record("parity_check", "rope", 1, {4: 0.0})
+    for r in (good, bad):
+        del r["learned"]
+    assert record_learned(good) is True and record_learned(bad) is False
+
+
+def test_the_perplexity_ratio_reads_the_longest_length():
+    records = [_record("lm", "rope", 0, {32: 10.0, 128: 20.0, 256: 40.0}, metric="perplexity", train=(32, 32))]
+    (row,) = summary_rows(records)
+    assert row["ratio"][0] == pytest.approx(4.0)  # 40 / 10: the longest over the training length, not 128's 2.0
+
+
+def test_the_suite_progress_is_a_paragraph_of_its_own(tmp_path):
+    from posenc.lab.config import SUITES, suite_encodings
+
+    quick = SUITES["quick"]
+    (t, e, s), = [(t, e, s) for t in quick.experiments for e in suite_encodings(quick, t)[0]
+                  for s in quick.seeds_for(t)][:1]
+    append_record(tmp_path / RESULTS, dict(_record(t, e, s, {4: 1.0}), suite="quick"))
+    assert "\n\n**Partial: 1 of the" in write_report(tmp_path).read_text(encoding="utf-8")
+
+
+def test_the_heatmaps_row_names_are_small():
+    import matplotlib.pyplot as plt
+
+    from posenc.lab.report import _heatmap_figure
+
+    fig, _ = _heatmap_figure([_record("parity_check", enc, 0, {4: 0.9, 8: 0.4}) for enc in ("rope", "alibi")])
+    try:
+        inside = next(ax for ax in fig.axes if ax.get_images())
+        assert {t.get_fontsize() for t in inside.get_yticklabels()} == {8}
+    finally:
+        plt.close(fig)
+
+
+# -- surviving mutants of the seed-4 sample (report) ------------------------------------------------------------------
+
+
+def test_summary_rows_hold_the_score_at_the_longest_length():
+    records = [_record("parity_check", "rope", s, {4: 1.0, 8: 0.6, 16: v}) for s, v in enumerate((0.2, 0.4))]
+    (row,) = summary_rows(records)
+    assert row["longest"] == pytest.approx((0.3, 12.706 * statistics.stdev([0.2, 0.4]) / 2**0.5))
+
+
+def test_heatmap_cells_are_centred_and_not_learned_ones_thinly_outlined():
+    import matplotlib.pyplot as plt
+
+    from posenc.lab.report import _heatmap_figure
+
+    records = [_record("parity_check", "rope", 0, {4: 0.9, 8: 0.7}),
+               _record("parity_check", "nope", 0, {4: 0.3, 8: 0.2}, learned=False)]
+    fig, _ = _heatmap_figure(records)
+    try:
+        inside = next(ax for ax in fig.axes if ax.get_images())
+        assert inside.texts and all(t.get_ha() == "center" and t.get_va() == "center" for t in inside.texts)
+        (patch,) = inside.patches
+        assert patch.get_linewidth() == 0.5
+    finally:
+        plt.close(fig)
+
+
+# -- surviving mutants of the seed-5 sample (report) ------------------------------------------------------------------
+
+
+def test_claims_not_comparable_say_why_and_carry_no_margin(tmp_path, monkeypatch):
+    from posenc.lab.report import claim_checks
+
+    records = _negation({"deberta": (0.9, None), "learned": (1.0, 1.0)})  # one deberta seed has no score
+    (check,) = claim_checks(records, (_NEGATION_CLAIM,))
+    assert check["verdict"] == "not comparable" and check["why"] == "deberta has no score in distribution"
+    assert check["margin"] is None and check["spread"] is None
+    for record in records:
+        append_record(tmp_path / RESULTS, record)
+    monkeypatch.setattr("posenc.lab.report.CLAIMS", (_NEGATION_CLAIM,))
+    assert "deberta has no score in distribution." in write_report(tmp_path).read_text(encoding="utf-8")
+
+
+def test_a_heatmap_cell_without_a_score_says_n_a_centred():
+    import matplotlib.pyplot as plt
+
+    from posenc.lab.report import _heatmap_figure
+
+    fig, _ = _heatmap_figure([_record("parity_check", "learned", 0, {4: 0.9, 8: None})])
+    try:
+        texts = [t for ax in fig.axes for t in ax.texts if t.get_text() == "n/a"]
+        assert texts and all(t.get_ha() == "center" and t.get_va() == "center" for t in texts)
+    finally:
+        plt.close(fig)

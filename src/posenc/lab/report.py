@@ -328,7 +328,7 @@ def _heatmap_figure(records: list[dict]):
         ax.set_title(title, fontsize=10)
     axes[0][0].set_yticks(range(len(encodings)), labels, fontsize=8)
     axes[0][1].tick_params(labelleft=False)  # the same rows: named once, on the left
-    fig.colorbar(image, ax=list(axes[0]), fraction=0.04, pad=0.02, label="accuracy (mean over seeds)")
+    fig.colorbar(image, ax=list(axes[0]), pad=0.02, label="accuracy (mean over seeds)")
     return fig, left_out
 
 
